@@ -1,0 +1,40 @@
+"""batchmagic: run a notebook cell on a bigger machine and bring its results back.
+
+Importing this package has no side effects; ``%load_ext batchmagic`` registers the magics.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "submit", "Run", "RemoteError", "BatchMagicError", "load_ipython_extension"]
+
+if TYPE_CHECKING:
+    from batchmagic.api import Run, submit
+    from batchmagic.errors import BatchMagicError, RemoteError
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that `import batchmagic` stays fast and the runner never imports IPython.
+    if name in ("submit", "Run"):
+        from batchmagic import api
+
+        return getattr(api, name)
+    if name in ("RemoteError", "BatchMagicError"):
+        from batchmagic import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module 'batchmagic' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%%azbatch`` magics (``%load_ext batchmagic``)."""
+    from batchmagic.magics import AzBatch
+
+    ipython.register_magics(AzBatch(shell=ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Nothing to undo beyond IPython's own bookkeeping."""
