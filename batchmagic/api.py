@@ -1,0 +1,450 @@
+"""The Python API: :func:`submit` a cell, get a :class:`Run` back. The magics are a thin layer on it.
+
+Examples
+--------
+In [1]: import batchmagic
+In [2]: run = batchmagic.submit("y = x * 2\\nprint(y)", {"x": 21}, backend="local")
+In [3]: run.wait()
+42
+Out[3]: {'y': 42}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskSubmission
+from batchmagic.capture import capture, check_cell
+from batchmagic.config import DEFAULT_TIMEOUT, check_home, default_backend, default_home, parse_timeout
+from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
+from batchmagic.ledger import Ledger
+from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
+
+__all__ = ["Run", "Session", "submit", "default_session"]
+
+log = logging.getLogger("batchmagic.api")
+
+UpdateCallback = Callable[[RunState, list[LogRecord]], None]
+_SAS_GRACE = timedelta(hours=1)  # SAS URLs outlive the run's timeout by this much
+
+
+class OutputWarning(UserWarning):
+    """An output of the remote cell could not be brought back."""
+
+
+class Run:
+    """A handle on one submitted cell.
+
+    Attributes
+    ----------
+    id : str
+        Unique run id (also the Batch job id on Azure).
+    name : str
+        The name given with ``--name``, or one made from the id.
+    outputs : dict
+        The names the cell assigned, once it has succeeded.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        name: str,
+        backend: Backend,
+        vm_size: str,
+        timeout: float,
+        task_ids: list[str],
+    ) -> None:
+        self.id = run_id
+        self.name = name
+        self.backend = backend
+        self.store = backend.store
+        self.vm_size = vm_size
+        self.timeout = timeout
+        self.task_ids = task_ids
+        self.created = time.time()
+        self.outputs: dict[str, Any] = {}
+        self.deleted: list[str] = []
+        self.error: BaseException | None = None
+        self.detail = ""
+        self._phases: list[PhaseSpan] = []
+        self._listeners: list[UpdateCallback] = []
+        self._lock = threading.RLock()
+        self._monitor: Monitor | None = None
+        self._last_status: BackendStatus | None = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name} ({self.id}) on {self.backend.name}: {self.status}>"
+
+    # --- state ---
+
+    @property
+    def status(self) -> str:
+        """The current phase: packaging, uploading, queued, running, collecting, done, failed..."""
+        return self.phase.value
+
+    @property
+    def phase(self) -> Phase:
+        return self._phases[-1].phase if self._phases else Phase.PACKAGING
+
+    @property
+    def done(self) -> bool:
+        return self.phase.final
+
+    def state(self) -> RunState:
+        counts: dict[str, int] = {}
+        if self._last_status is not None:
+            for task in self._last_status.tasks.values():
+                counts[task.state] = counts.get(task.state, 0) + 1
+        return RunState(
+            run_id=self.id,
+            name=self.name,
+            backend=self.backend.name,
+            vm_size=self.vm_size,
+            phase=self.phase,
+            phases=tuple(self._phases),
+            started=self.created,
+            detail=self.detail,
+            error=str(self.error) if self.error else "",
+            task_counts=counts,
+        )
+
+    def subscribe(self, callback: UpdateCallback) -> None:
+        """Call ``callback(state, new_log_records)`` on every change."""
+        self._listeners.append(callback)
+
+    def _notify(self, records: list[LogRecord] | None = None) -> None:
+        state = self.state()
+        for callback in list(self._listeners):
+            callback(state, records or [])
+
+    def _enter(self, phase: Phase, detail: str = "") -> None:
+        with self._lock:
+            now = time.time()
+            changed = phase != self.phase or not self._phases
+            if changed:
+                if self._phases:
+                    last = self._phases[-1]
+                    self._phases[-1] = PhaseSpan(last.phase, last.start, now)
+                self._phases.append(PhaseSpan(phase, now, now if phase.final else None))
+            self.detail = detail
+        self._notify()
+
+    # --- keys in the store ---
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.id}/"
+
+    def log_key(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}/output.log"
+
+    def result_key(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}/result"
+
+    # --- the lifecycle ---
+
+    def logs(self, task_id: str | None = None) -> str:
+        """Everything the cell printed so far, stdout and stderr interleaved in order."""
+        tid = task_id or self.task_ids[0]
+        from batchmagic.monitor import LogTail
+
+        return "".join(r.text for r in LogTail(self.log_key(tid), tid).read(self.store))
+
+    def poll(self) -> bool:
+        """One monitoring tick: update the phase, deliver new logs; True once the run is over."""
+        with self._lock:
+            if self.done:
+                return True
+            monitor = self._monitor or Monitor(self)
+            self._monitor = monitor
+            try:
+                status, records = monitor.tick()
+            except Exception as err:
+                log.debug("poll failed", exc_info=True)
+                self._fail(RunFailed(f"lost track of the run: {err}"))
+                return True
+            self._last_status = status
+            if records:
+                self._notify(records)
+            if status.error:
+                self._fail(RunFailed(status.error))
+                self.backend.release(self.id)
+            elif status.finished:
+                self._collect(status)
+            elif status.phase != self.phase or status.detail != self.detail:
+                self._enter(status.phase, status.detail)
+            else:
+                self._notify()
+            return self.done
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the run ends, polling on this thread; return its outputs.
+
+        Ctrl-C cancels the run.
+
+        Raises
+        ------
+        RemoteError
+            The cell raised remotely.
+        RunFailed
+            The run ended without a result (killed, timed out, infrastructure).
+        TimeoutError
+            ``timeout`` seconds passed first; the run goes on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.poll():
+                monitor = self._monitor
+                active = bool(monitor and monitor.ticks and self._recent_output)
+                pause = monitor.next_interval(active=active) if monitor else 0.05
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
+                time.sleep(pause)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise RunCancelled(f"run {self.name} cancelled by Ctrl-C") from None
+        if self.error is not None:
+            raise self.error
+        return self.outputs
+
+    @property
+    def _recent_output(self) -> bool:
+        monitor = self._monitor
+        return bool(monitor and any(t.offset for t in monitor.tails.values()))
+
+    def cancel(self) -> None:
+        """Stop the run. Idempotent."""
+        with self._lock:
+            if self.done:
+                return
+            self.backend.cancel(self.id)
+            self.error = RunCancelled(f"run {self.name} was cancelled")
+            self._enter(Phase.CANCELLED)
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._enter(Phase.FAILED, str(error))
+
+    def _collect(self, status: BackendStatus) -> None:
+        self._enter(Phase.COLLECTING)
+        # The last log bytes may have landed after the previous tick.
+        if self._monitor is not None:
+            records = self._monitor.read_logs()
+            if records:
+                self._notify(records)
+        task = status.tasks[self.task_ids[0]]
+        try:
+            raw = self.store.get_bytes(self.result_key(task.task_id))
+        except KeyError:
+            hint = self.backend.task_log_hint(self.id, task.task_id)
+            reason = task.failure or f"the task ended without a result (exit code {task.exit_code})"
+            self._fail(RunFailed(reason + (f"; its own output is in {hint}" if hint and not task.failure else "")))
+            return
+        if task.failure:  # killed or timed out: the runner's result only says it was terminated
+            self._fail(RunFailed(f"run {self.name}: {task.failure}"))
+            return
+        outcome = cloudpickle.loads(raw)
+        if not outcome["ok"]:
+            err = outcome["error"]
+            self._fail(RemoteError(err["type"], err["message"], err["traceback"], task.task_id))
+            return
+        outputs = {}
+        for name, data in outcome["outputs"].items():
+            try:
+                outputs[name] = cloudpickle.loads(data)
+            except Exception as exc:
+                warnings.warn(f"`{name}` could not be brought back: {exc}", OutputWarning, stacklevel=2)
+        for name, reason in outcome.get("skipped", {}).items():
+            warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
+        self.outputs = outputs
+        self.deleted = list(outcome.get("deleted", []))
+        self._enter(Phase.DONE)
+
+
+class Session:
+    """This process's runs and the backends they use (one per kernel).
+
+    Parameters
+    ----------
+    home : Path, optional
+        State and local run data (``BATCHMAGIC_HOME``, default ``~/.batchmagic``).
+    """
+
+    def __init__(self, home: Path | None = None) -> None:
+        self._home = Path(home) if home else None
+        self.runs: list[Run] = []
+        self._backends: dict[tuple[str, Path], Backend] = {}
+        self._ledgers: dict[Path, Ledger] = {}
+        self.client_id = uuid.uuid4().hex[:12]
+
+    def home(self, home: Path | str | None = None) -> Path:
+        return check_home(Path(home) if home else self._home or default_home())
+
+    def ledger(self, home: Path) -> Ledger:
+        if home not in self._ledgers:
+            self._ledgers[home] = Ledger(home, client_id=self.client_id)
+        return self._ledgers[home]
+
+    def backend(self, name: str | Backend | None = None, *, home: Path | None = None, **config: Any) -> Backend:
+        """The backend called ``name`` (created once per session and home)."""
+        if isinstance(name, Backend):
+            return name
+        name = (name or default_backend()).lower()
+        home = self.home(home)
+        key = (name, home)
+        if key not in self._backends:
+            if name == "local":
+                from batchmagic.backends.local import LocalBackend
+
+                self._backends[key] = LocalBackend(home)
+            elif name == "azure":
+                from batchmagic.backends.azure import AzureBackend
+
+                self._backends[key] = AzureBackend.from_config(**config)
+            else:
+                raise ConfigError(f"backend {name!r} is not one of: local, azure")
+        return self._backends[key]
+
+    def submit(
+        self,
+        cell: str,
+        namespace: Mapping[str, Any] | None = None,
+        *,
+        backend: str | Backend | None = None,
+        home: Path | str | None = None,
+        vm_size: str = "",
+        name: str | None = None,
+        outputs: Iterable[str] | None = None,
+        timeout: float | str | None = None,
+        env: Mapping[str, str] | None = None,
+        on_update: UpdateCallback | None = None,
+        backend_config: Mapping[str, Any] | None = None,
+    ) -> Run:
+        """Package ``cell`` with what it reads from ``namespace`` and start it; see :func:`submit`."""
+        check_cell(cell)  # syntax, emptiness, star imports: before anything else
+        seconds = parse_timeout(timeout if timeout is not None else DEFAULT_TIMEOUT)
+        home_path = self.home(home)
+        chosen = self.backend(backend, home=home_path, **dict(backend_config or {}))
+        run_id = _new_run_id(name)
+        run = Run(
+            run_id=run_id,
+            name=name or run_id,
+            backend=chosen,
+            vm_size=vm_size,
+            timeout=seconds,
+            task_ids=["task-0"],
+        )
+        if on_update is not None:
+            run.subscribe(on_update)
+        run._enter(Phase.PACKAGING)
+        with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:
+            try:
+                captured = capture(cell, namespace or {}, Path(tmp) / "bundle", outputs=outputs)
+            except Exception as err:
+                run._fail(err)
+                raise
+            run.detail = f"{captured.size / 1e6:.1f} MB"
+            run._enter(Phase.UPLOADING, run.detail)
+            chosen.store.put_file(f"{run.prefix}bundle", captured.path)
+        submission = self._write_specs(run, env or {})
+        ledger = self.ledger(home_path)
+        ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
+        submission.ledger_id = ledger.client_id
+        self.runs.append(run)
+        try:
+            chosen.submit(submission)
+        except Exception as err:
+            run._fail(err)
+            chosen.release(run.id)
+            ledger.record("released", run.id)
+            raise
+        run._enter(Phase.QUEUED)
+        return run
+
+    def _write_specs(self, run: Run, env: Mapping[str, str]) -> TaskSubmission:
+        store = run.store
+        expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+        spec_keys = {}
+        for task_id in run.task_ids:
+            spec = {
+                "run_id": run.id,
+                "task_id": task_id,
+                "bundle": store.url(f"{run.prefix}bundle", permissions="r", expiry=expiry),
+                "log": store.url(run.log_key(task_id), permissions="acw", expiry=expiry),
+                "result": store.url(run.result_key(task_id), permissions="cw", expiry=expiry),
+            }
+            key = f"{run.prefix}{task_id}/spec.json"
+            store.put_bytes(key, json.dumps(spec).encode())
+            spec_keys[task_id] = key
+        return TaskSubmission(
+            run_id=run.id,
+            name=run.name,
+            task_ids=run.task_ids,
+            spec_keys=spec_keys,
+            vm_size=run.vm_size,
+            timeout=run.timeout,
+            env=dict(env),
+        )
+
+    def teardown(self) -> list[str]:
+        """Stop and release whatever this session started that still runs or holds resources."""
+        removed: list[str] = []
+        for run in self.runs:
+            if not run.done:
+                run.cancel()
+            lines = run.backend.release(run.id)
+            if lines:
+                removed.extend(lines)
+        return removed
+
+
+def _new_run_id(name: str | None) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:32] or "run"
+    return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+_default: Session | None = None
+
+
+def default_session() -> Session:
+    """The process-wide session that :func:`submit` and the magics use."""
+    global _default
+    if _default is None:
+        _default = Session()
+    return _default
+
+
+def submit(cell: str, namespace: Mapping[str, Any] | None = None, **options: Any) -> Run:
+    """Run ``cell`` out of this process with the values it reads from ``namespace``.
+
+    Parameters
+    ----------
+    cell : str
+        Python source of the cell.
+    namespace : mapping, optional
+        Where the cell's inputs come from (a notebook's ``user_ns``, or a plain dict).
+    backend : str or Backend, optional
+        ``"local"`` or ``"azure"``; default from ``BATCHMAGIC_BACKEND`` / ``AZURE_BATCH_ENDPOINT``.
+    vm_size, name, outputs, timeout, env, home, on_update
+        As the ``%%azbatch`` flags of the same names; ``timeout`` in seconds or ``"30m"``.
+
+    Returns
+    -------
+    Run
+        Already started; call :meth:`Run.wait` for the outputs.
+    """
+    return default_session().submit(cell, namespace, **options)

@@ -1,0 +1,106 @@
+"""The backend protocol and the status objects a poll returns."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from batchmagic.storage import Store
+
+
+class Phase(StrEnum):
+    """Where a run is. The client sets the first two and the last three; backends report the rest."""
+
+    PACKAGING = "packaging"
+    UPLOADING = "uploading"
+    CREATING_POOL = "creating pool"
+    ALLOCATING = "allocating nodes"
+    NODE_STARTING = "node starting"
+    PULLING_IMAGE = "pulling image"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (Phase.DONE, Phase.FAILED, Phase.CANCELLED)
+
+
+@dataclass
+class TaskSubmission:
+    """What a backend needs to start one run: the runner is told everything else through the spec."""
+
+    run_id: str
+    name: str
+    task_ids: list[str]
+    spec_keys: dict[str, str]  # task id -> store key of its spec.json
+    vm_size: str
+    timeout: float  # seconds
+    env: dict[str, str] = field(default_factory=dict)
+    nodes: int = 1
+    low_priority: bool = False
+    slots_per_node: int = 1
+    image: str = ""
+    ledger_id: str = ""
+
+
+@dataclass
+class TaskStatus:
+    task_id: str
+    state: str = "pending"  # pending, running, completed
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    node: str = ""
+    failure: str = ""  # a one-line reason when the task ended without a result of its own
+
+
+@dataclass
+class BackendStatus:
+    """One poll's answer.
+
+    ``phase`` is the backend's view (queued, running, allocating...); ``error`` is set when the run
+    cannot go on (quota, unknown size, job timeout...) and is one line that says what to do.
+    """
+
+    phase: Phase
+    tasks: dict[str, TaskStatus]
+    detail: str = ""
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.error) or all(t.state == "completed" for t in self.tasks.values())
+
+
+class Backend(ABC):
+    """Runs tasks and reports on them; every resource it creates is released by :meth:`release`."""
+
+    name: str = ""
+    store: Store
+    #: (first, longest) seconds between polls: fast at first, slower later.
+    poll_intervals: tuple[float, float] = (0.05, 1.0)
+
+    @abstractmethod
+    def submit(self, submission: TaskSubmission) -> None:
+        """Create what the run needs and start its tasks."""
+
+    @abstractmethod
+    def poll(self, run_id: str) -> BackendStatus:
+        """A snapshot of the run: a small, fixed number of calls however long it runs."""
+
+    @abstractmethod
+    def cancel(self, run_id: str) -> None:
+        """Stop the run's tasks. Idempotent."""
+
+    @abstractmethod
+    def release(self, run_id: str) -> list[str]:
+        """Stop the run and free whatever it still holds; return a line per thing removed. Idempotent."""
+
+    def task_log_hint(self, run_id: str, task_id: str) -> str:
+        """Where the task's own stdout/stderr can be found, for messages when the runner never started."""
+        return ""

@@ -1,0 +1,209 @@
+"""The local backend: each task is a ``python -m batchmagic.runner`` subprocess on this machine.
+
+It mirrors a Batch node: a fresh working directory per task, the run's data in a
+:class:`~batchmagic.storage.LocalStore`, the process's own stdout/stderr in ``stdout.txt`` and
+``stderr.txt`` beside it, and a wall-clock limit enforced by killing the process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskStatus, TaskSubmission
+from batchmagic.storage import LocalStore
+
+log = logging.getLogger("batchmagic.backends.local")
+
+# Secrets of the client never reach a task's environment.
+_SECRET_ENV = (
+    "AZURE_BATCH_ACCESS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_KEY",
+    "AZURE_CLIENT_SECRET",
+    "BATCHMAGIC_REGISTRY_PASSWORD",
+)
+_GRACE_SECONDS = 3.0
+
+
+@dataclass
+class _Task:
+    task_id: str
+    spec_path: Path
+    dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    started: float | None = None
+    ended: float | None = None
+    failure: str = ""
+
+
+@dataclass
+class _LocalRun:
+    submission: TaskSubmission
+    tasks: dict[str, _Task]
+    cancelled: bool = False
+    timers: list[threading.Timer] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class LocalBackend(Backend):
+    """Run tasks as subprocesses, at most ``slots_per_node`` at once.
+
+    Parameters
+    ----------
+    home : Path
+        batchmagic's state directory; run data goes under ``home/runs``.
+    python : str, optional
+        The interpreter that runs the runner. Default: this one.
+    """
+
+    name = "local"
+    poll_intervals = (0.05, 0.5)
+
+    def __init__(self, home: Path, *, python: str | None = None) -> None:
+        self.home = Path(home)
+        self.store = LocalStore(self.home)
+        self.python = python or sys.executable
+        self._runs: dict[str, _LocalRun] = {}
+
+    def submit(self, submission: TaskSubmission) -> None:
+        tasks = {}
+        for task_id in submission.task_ids:
+            spec_path = self.store.path(submission.spec_keys[task_id])
+            tasks[task_id] = _Task(task_id, spec_path, spec_path.parent)
+        run = _LocalRun(submission, tasks)
+        self._runs[submission.run_id] = run
+        self._start_ready(run)
+
+    def _start_ready(self, run: _LocalRun) -> None:
+        with run.lock:
+            if run.cancelled:
+                return
+            running = sum(1 for t in run.tasks.values() if t.process is not None and t.process.poll() is None)
+            slots = max(1, run.submission.slots_per_node) * max(1, run.submission.nodes)
+            for task in run.tasks.values():
+                if running >= slots:
+                    break
+                if task.process is None:
+                    self._spawn(run, task)
+                    running += 1
+
+    def _spawn(self, run: _LocalRun, task: _Task) -> None:
+        workdir = task.dir / "wd"
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV and k != "PYTHONPATH"}
+        env.update(run.submission.env)
+        env.update(
+            AZ_BATCH_TASK_ID=task.task_id,
+            AZ_BATCH_JOB_ID=run.submission.run_id,
+            AZ_BATCH_TASK_WORKING_DIR=str(workdir),
+            PYTHONUNBUFFERED="1",
+        )
+        with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
+            task.process = subprocess.Popen(
+                [self.python, "-m", "batchmagic.runner", "--spec", str(task.spec_path)],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # its own process group, killed as one
+            )
+        task.started = time.time()
+        timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
+        timer.daemon = True
+        timer.start()
+        run.timers.append(timer)
+
+    def _time_out(self, run: _LocalRun, task: _Task) -> None:
+        if task.process is not None and task.process.poll() is None:
+            task.failure = f"stopped after its --timeout of {_seconds(run.submission.timeout)}"
+            _kill_group(task.process)
+
+    def poll(self, run_id: str) -> BackendStatus:
+        run = self._runs[run_id]
+        self._start_ready(run)
+        statuses = {}
+        for task in run.tasks.values():
+            status = TaskStatus(task.task_id, node="localhost", started=task.started)
+            process = task.process
+            if process is None:
+                status.state = "completed" if run.cancelled else "pending"
+                status.failure = "cancelled before it started" if run.cancelled else ""
+            elif (code := process.poll()) is None:
+                status.state = "running"
+            else:
+                if task.ended is None:
+                    task.ended = time.time()
+                status.state, status.exit_code, status.ended = "completed", code, task.ended
+                status.failure = task.failure or _exit_reason(code)
+            statuses[task.task_id] = status
+        states = {s.state for s in statuses.values()}
+        phase = Phase.RUNNING if "running" in states or states == {"completed"} else Phase.QUEUED
+        return BackendStatus(phase=phase, tasks=statuses)
+
+    def cancel(self, run_id: str) -> None:
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        with run.lock:
+            run.cancelled = True
+            for task in run.tasks.values():
+                if task.process is not None and task.process.poll() is None:
+                    task.failure = "cancelled"
+                    _kill_group(task.process)
+
+    def release(self, run_id: str) -> list[str]:
+        run = self._runs.get(run_id)
+        if run is None:
+            return []
+        alive = [t for t in run.tasks.values() if t.process is not None and t.process.poll() is None]
+        self.cancel(run_id)
+        for timer in run.timers:
+            timer.cancel()
+        return [f"local process {t.process.pid} (task {t.task_id})" for t in alive if t.process]
+
+    def task_log_hint(self, run_id: str, task_id: str) -> str:
+        return str(self.store.path(f"runs/{run_id}/{task_id}/stderr.txt"))
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the task's process group (the runner flushes its log), SIGKILL it if it lingers."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def _exit_reason(code: int) -> str:
+    if code in (0, 1, 2):
+        return ""  # the runner's own codes: the result says what happened
+    if code < 0:
+        try:
+            return f"the task process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the task process was killed by signal {-code}"
+    return f"the task process exited with code {code}"
+
+
+def _seconds(value: float) -> str:
+    value = float(value)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{int(value // size)}{unit}"
+    return f"{value:g}s"

@@ -1,0 +1,247 @@
+"""Cell + namespace -> bundle: decide what the cell needs and package it.
+
+Names the cell reads (see :mod:`batchmagic.analysis`) that exist in the namespace are shipped:
+modules as imports, everything else by value with cloudpickle (functions and classes defined in
+the notebook travel by value; those of installed packages by reference). Local ``.py`` modules
+and packages under the working directory travel as source files.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import logging
+import os
+import sys
+import types
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+import batchmagic
+from batchmagic.analysis import CellAnalysis, StarImportError, analyze
+from batchmagic.bundle import CELL_FILENAME, BundleWriter, Manifest
+from batchmagic.errors import CaptureError
+
+__all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]
+
+log = logging.getLogger("batchmagic.capture")
+
+# Names IPython puts in every user namespace; a cell reading them means the kernel's, not a value.
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"})
+_NEVER_SHIP_MODULES = frozenset({"batchmagic", "__main__"})
+
+
+class UndefinedNameWarning(UserWarning):
+    """The cell reads a name that is defined nowhere: it will raise NameError remotely."""
+
+
+@dataclass
+class CapturedCell:
+    """The result of :func:`capture`: a bundle on disk and what went into it."""
+
+    path: Path
+    manifest: Manifest
+    analysis: CellAnalysis
+    size: int
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.manifest.outputs if self.manifest.outputs is not None else self.manifest.bound
+
+
+def check_cell(source: str) -> CellAnalysis:
+    """Parse and analyze a cell, turning its problems into :class:`CaptureError`."""
+    if not source.strip():
+        raise CaptureError("the cell is empty: put the code to run below the %%azbatch line")
+    try:
+        return analyze(source, filename=CELL_FILENAME)
+    except SyntaxError as err:
+        where = f"line {err.lineno}" if err.lineno else "the cell"
+        raise CaptureError(f"syntax error at {where}: {err.msg}; nothing was submitted") from err
+    except StarImportError as err:
+        raise CaptureError(
+            f"line {err.lineno}: 'from {err.module} import *' cannot be captured reliably; "
+            f"import the names you use explicitly (from {err.module} import a, b)"
+        ) from err
+
+
+def capture(
+    source: str,
+    namespace: Mapping[str, Any],
+    path: Path,
+    *,
+    outputs: Iterable[str] | None = None,
+    extra_values: Mapping[str, Any] | None = None,
+    root: Path | None = None,
+) -> CapturedCell:
+    """Package a cell and what it reads from ``namespace`` into a bundle at ``path``.
+
+    Parameters
+    ----------
+    source : str
+        The cell's code.
+    namespace : mapping
+        The namespace it would run in (the notebook's ``user_ns``).
+    path : Path
+        Where to write the bundle.
+    outputs : iterable of str, optional
+        Names to bring back; each must be bound by the cell. Default: every bound name.
+    extra_values : mapping, optional
+        Values shipped in addition (e.g. sweep parameters), shadowing the namespace.
+    root : Path, optional
+        Local modules are those whose files lie under this directory. Default: the working directory.
+
+    Raises
+    ------
+    CaptureError
+        Empty cell, syntax error, star import, ``outputs`` naming a name the cell never binds,
+        or a value that cannot be pickled. Nothing is left on disk.
+    """
+    analysis = check_cell(source)
+    wanted: list[str] | None = None
+    if outputs is not None:
+        wanted = list(dict.fromkeys(outputs))
+        never = [n for n in wanted if n not in analysis.bound]
+        if never:
+            raise CaptureError(
+                f"--out names {', '.join(never)}, which the cell never assigns; "
+                f"it assigns: {', '.join(analysis.bound) or 'nothing'}"
+            )
+
+    values = {**namespace, **(extra_values or {})}
+    to_ship: dict[str, Any] = {}
+    modules: dict[str, str] = {}
+    for name in analysis.inputs:
+        if name in _IPYTHON_NAMES or name not in values:
+            continue
+        value = values[name]
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+        else:
+            to_ship[name] = value
+
+    undefined = [
+        n
+        for n in analysis.inputs
+        if n not in values and n not in vars(builtins) and n not in analysis.bound and n not in _IPYTHON_NAMES
+    ]
+    for name in undefined:
+        warnings.warn(
+            f"the cell reads `{name}`, which is defined nowhere; it will raise NameError remotely",
+            UndefinedNameWarning,
+            stacklevel=2,
+        )
+
+    manifest = Manifest(
+        batchmagic=batchmagic.__version__,
+        modules=modules,
+        bound=analysis.bound,
+        outputs=wanted,
+        deleted=sorted(analysis.deleted),
+    )
+    root = Path(root or os.getcwd()).resolve()
+    with BundleWriter(path, manifest) as writer:
+        writer.add_cell(source)
+        for name, value in to_ship.items():
+            with writer.open_value(name) as f:
+                try:
+                    cloudpickle.dump(value, f, protocol=5)
+                except Exception as err:
+                    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    raise CaptureError(
+                        f"cannot ship `{name}` ({_type_name(value)}): it cannot be pickled ({reason}); "
+                        "create it inside the cell instead"
+                    ) from err
+        for relpath, data in _local_sources(analysis, values, root):
+            writer.add_source(relpath, data)
+    return CapturedCell(path=Path(path), manifest=manifest, analysis=analysis, size=Path(path).stat().st_size)
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --- local modules ---
+
+
+def _is_local_file(file: str | None, root: Path) -> bool:
+    if not file:
+        return False
+    path = Path(file).resolve()
+    if root not in path.parents:
+        return False
+    return not any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+def _module_file(name: str) -> str | None:
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec and spec.has_location else None
+
+
+def _module_of(value: Any) -> str | None:
+    if isinstance(value, types.ModuleType):
+        return value.__name__
+    owner = value if isinstance(value, type | types.FunctionType) else type(value)
+    return getattr(owner, "__module__", None)
+
+
+def _local_modules(root: Path) -> dict[str, str]:
+    """Top-level local modules already imported in this process: name -> file."""
+    found = {}
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in _NEVER_SHIP_MODULES:
+            continue
+        file = getattr(module, "__file__", None)
+        if _is_local_file(file, root):
+            found[name] = file
+    return found
+
+
+def _local_sources(analysis: CellAnalysis, values: Mapping[str, Any], root: Path) -> list[tuple[str, bytes]]:
+    """Source files of local modules, if the cell or the namespace uses any.
+
+    Local modules may import each other, so when one is used, every local module this process
+    has imported goes along (plus any the cell imports that are not imported yet).
+    """
+    local = _local_modules(root)
+    for name in analysis.imported_modules:
+        if name not in local and name not in _NEVER_SHIP_MODULES:
+            file = _module_file(name)
+            if _is_local_file(file, root):
+                local[name] = file  # type: ignore[assignment]
+    if not local:
+        return []
+    used = set(analysis.imported_modules)
+    for value in values.values():
+        module = _module_of(value)
+        if module:
+            used.add(module.split(".")[0])
+    if not used & set(local):
+        return []
+
+    files: list[tuple[str, bytes]] = []
+    for name, file in sorted(local.items()):
+        path = Path(file).resolve()
+        if path.name == "__init__.py":
+            package_dir = path.parent
+            base = package_dir.parent
+            for source in sorted(package_dir.rglob("*.py")):
+                if "__pycache__" not in source.parts:
+                    files.append((source.relative_to(base).as_posix(), source.read_bytes()))
+        elif path.suffix == ".py":
+            files.append((path.name, path.read_bytes()))
+        else:
+            log.warning("local module %s is not pure Python (%s); it is not shipped", name, path)
+    return files

@@ -1,0 +1,290 @@
+"""How the emulator runs a task's command line: on the host (``process``) or in Docker (``docker``).
+
+An executor prepares a node when it starts (``prepare_node``: the docker executor pulls the pool's
+``containerImageNames`` there) and starts one task attempt (``start``), returning a handle the
+scheduler waits on and can kill.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = [
+    "TaskContext",
+    "TaskStartError",
+    "RunningTask",
+    "Executor",
+    "ProcessExecutor",
+    "DockerExecutor",
+    "make_executor",
+]
+
+log = logging.getLogger("batchmagic.emulator")
+
+#: The exit code reported for a task the emulator killed (SIGKILL, as a shell reports it).
+KILLED_EXIT_CODE = 137
+
+
+@dataclass
+class TaskContext:
+    """Everything an executor needs to run one task attempt."""
+
+    job_id: str
+    task_id: str
+    pool_id: str
+    node_id: str
+    task_dir: Path
+    command_line: str
+    env: dict[str, str]
+    """The task's own environment: AZ_BATCH_* and its environmentSettings (not the host's)."""
+    container_settings: dict[str, Any] | None = None
+    pool_container: dict[str, Any] | None = None
+
+    @property
+    def wd(self) -> Path:
+        """The task's working directory, ``<task_dir>/wd``."""
+        return self.task_dir / "wd"
+
+
+class TaskStartError(Exception):
+    """A task could not be started; reported in the task's ``failureInfo``.
+
+    Parameters
+    ----------
+    code : str
+        The failureInfo code, e.g. ``"ContainerInvalidImage"``.
+    message : str
+        The failureInfo message.
+    details : list of (str, str)
+        ``failureInfo.details`` name/value pairs.
+    """
+
+    def __init__(self, code: str, message: str, details: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.details = list(details or [])
+
+
+class RunningTask(Protocol):
+    """A started task attempt."""
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds; return the exit code, or None while still running."""
+
+    def kill(self) -> None:
+        """Kill the attempt and everything it started."""
+
+
+class Executor(Protocol):
+    """The interface the scheduler uses to run tasks."""
+
+    name: str
+
+    def prepare_node(self, pool: dict[str, Any], node_id: str) -> dict[str, Any] | None:
+        """Prepare a starting node; return a node ``errors`` entry to make it unusable, else None."""
+
+    def start(self, ctx: TaskContext) -> RunningTask:
+        """Start one attempt of a task (stdout/stderr go to ``task_dir``); raise TaskStartError on failure."""
+
+    def close(self) -> None:
+        """Release resources (nothing to kill: the scheduler kills the running tasks itself)."""
+
+
+class _Process:
+    def __init__(self, proc: subprocess.Popen[bytes], on_kill: Any = None) -> None:
+        self.proc = proc
+        self.on_kill = on_kill
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return KILLED_EXIT_CODE if code == -signal.SIGKILL else (128 - code if code < 0 else code)
+
+    def kill(self) -> None:
+        if self.on_kill is not None:
+            self.on_kill()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _open_logs(ctx: TaskContext) -> tuple[Any, Any]:
+    return open(ctx.task_dir / "stdout.txt", "wb"), open(ctx.task_dir / "stderr.txt", "wb")
+
+
+@dataclass
+class ProcessExecutor:
+    """Run command lines on the host with ``/bin/sh -c`` in their own process group.
+
+    The directory of the emulator's ``sys.executable`` comes first on PATH, so ``python`` in a command
+    line is the emulator's interpreter. Container settings are accepted but ignored.
+    """
+
+    python_bin_dir: str = ""
+    name: str = "process"
+
+    def prepare_node(self, pool: dict[str, Any], node_id: str) -> dict[str, Any] | None:
+        return None
+
+    def start(self, ctx: TaskContext) -> RunningTask:
+        env = {**os.environ, **ctx.env}
+        if self.python_bin_dir:
+            env["PATH"] = self.python_bin_dir + os.pathsep + env.get("PATH", os.defpath)
+        out, err = _open_logs(ctx)
+        try:
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", ctx.command_line],
+                cwd=ctx.wd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise TaskStartError("CommandLaunchFailed", f"The task command line could not be launched: {exc}")
+        finally:
+            out.close()
+            err.close()
+        return _Process(proc)
+
+    def close(self) -> None:
+        return None
+
+
+def _registry_for(image: str, registries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    host = image.split("/", 1)[0] if "/" in image else ""
+    for reg in registries:
+        server = str(reg.get("registryServer") or "docker.io")
+        if server == host or (not host and server in ("docker.io", "index.docker.io")):
+            return reg
+    return None
+
+
+@dataclass
+class DockerExecutor:
+    """Run container tasks with ``docker run`` (network host, task dir mounted at the same path).
+
+    Images are pulled with the docker SDK (``DOCKER_HOST`` honoured), using the matching
+    ``containerRegistries`` credentials. Tasks without ``containerSettings`` run on the host as with
+    the process executor, as on a real container-enabled pool.
+    """
+
+    python_bin_dir: str = ""
+    name: str = "docker"
+    _client: Any = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _docker(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                import docker  # the only module of the emulator that imports docker
+
+                self._client = docker.from_env()
+            return self._client
+
+    def _ensure_image(self, image: str, registries: list[dict[str, Any]]) -> None:
+        client = self._docker()
+        try:
+            client.images.get(image)
+            return
+        except Exception:  # noqa: BLE001 - not present locally (or engine error, surfaced by the pull)
+            pass
+        reg = _registry_for(image, registries)
+        auth = None
+        if reg and reg.get("username"):
+            auth = {"username": reg["username"], "password": reg.get("password", "")}
+        repo, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "latest")
+        client.images.pull(repo, tag=tag or "latest", auth_config=auth)
+
+    def prepare_node(self, pool: dict[str, Any], node_id: str) -> dict[str, Any] | None:
+        cfg = (pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration") or {}
+        registries = list(cfg.get("containerRegistries") or [])
+        for image in cfg.get("containerImageNames") or []:
+            try:
+                self._ensure_image(image, registries)
+            except Exception as exc:  # noqa: BLE001 - any pull failure makes the node unusable
+                log.warning("node %s: cannot pull %s: %s", node_id, image, exc)
+                return {
+                    "code": "ContainerInvalidImage",
+                    "message": "One or more container images specified are invalid",
+                    "errorDetails": [
+                        {"name": "ContainerImage", "value": image},
+                        {"name": "Message", "value": str(exc)[:1000]},
+                    ],
+                }
+        return None
+
+    def start(self, ctx: TaskContext) -> RunningTask:
+        settings = ctx.container_settings
+        if not settings:
+            return ProcessExecutor(self.python_bin_dir).start(ctx)
+        image = str(settings.get("imageName") or "")
+        registries = list((ctx.pool_container or {}).get("containerRegistries") or [])
+        if settings.get("registry"):
+            registries.insert(0, settings["registry"])
+        try:
+            self._ensure_image(image, registries)
+        except Exception as exc:  # noqa: BLE001
+            raise TaskStartError(
+                "ContainerInvalidImage",
+                "One or more container images specified are invalid",
+                [("ContainerImage", image), ("Message", str(exc)[:1000])],
+            ) from exc
+        options = shlex.split(str(settings.get("containerRunOptions") or ""))
+        name = f"batchemu-{uuid.uuid4().hex[:12]}"
+        argv = ["docker", "run", "--name", name]
+        if "--rm" not in options:
+            argv.append("--rm")
+        if not any(o == "--network" or o.startswith(("--network=", "--net=")) or o == "--net" for o in options):
+            argv += ["--network", "host"]
+        argv += ["-v", f"{ctx.task_dir}:{ctx.task_dir}"]
+        if settings.get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
+            argv += ["-w", str(ctx.wd)]
+        for key, value in ctx.env.items():
+            argv += ["-e", f"{key}={value}"]
+        argv += options + [image] + shlex.split(ctx.command_line)
+        host_env = dict(os.environ)
+        out, err = _open_logs(ctx)
+        try:
+            proc = subprocess.Popen(
+                argv, env=host_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
+        except OSError as exc:
+            raise TaskStartError("ContainerInvalidSettings", f"docker run could not be launched: {exc}") from exc
+        finally:
+            out.close()
+            err.close()
+
+        def kill_container() -> None:
+            subprocess.run(["docker", "kill", name], env=host_env, capture_output=True, timeout=30, check=False)
+
+        return _Process(proc, on_kill=kill_container)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def make_executor(kind: str, python_bin_dir: str = "") -> Executor:
+    """Return the executor named ``kind`` (``"process"`` or ``"docker"``)."""
+    if kind == "process":
+        return ProcessExecutor(python_bin_dir)
+    if kind == "docker":
+        return DockerExecutor(python_bin_dir)
+    raise ValueError(f"unknown executor {kind!r}; use 'process' or 'docker'")

@@ -1,0 +1,227 @@
+"""The ``%%azbatch`` magics: traits, argument parsing, error translation, nothing else.
+
+Every step of the work happens in :mod:`batchmagic.api`; this module turns flags into keyword
+arguments, our errors into one-line ``UsageError``\\ s, and a run's updates into the panel and
+the cell's own stdout/stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Enum, Unicode, default, validate
+
+from batchmagic import api
+from batchmagic.backends import BACKENDS
+from batchmagic.capture import check_cell
+from batchmagic.config import default_backend, default_home, parse_env, parse_timeout
+from batchmagic.errors import CaptureError, ConfigError
+from batchmagic.monitor import LogRecord, RunState
+from batchmagic.widget import PANEL_MODES, format_seconds, make_panel
+
+__all__ = ["AzBatch"]
+
+
+@magics_class
+class AzBatch(Magics):
+    """Run a cell on a bigger machine: ``%%azbatch [flags]``; ``%azbatch_status``; ``%azbatch_teardown``."""
+
+    backend = Unicode(
+        help="Where cells run: 'azure' (Azure Batch) or 'local' (a subprocess on this machine). "
+        "Defaults to BATCHMAGIC_BACKEND, else 'azure' when AZURE_BATCH_ENDPOINT is set, else 'local'.",
+    ).tag(config=True)
+    home = Unicode(
+        help="Directory for batchmagic's state and local run data. Defaults to BATCHMAGIC_HOME, else ~/.batchmagic.",
+    ).tag(config=True)
+    vm_size = Unicode(
+        "Standard_D2s_v3",
+        help="Azure VM size used when a cell gives no --vm, e.g. Standard_E32_v3.",
+    ).tag(config=True)
+    timeout = Unicode(
+        "24h",
+        help="Longest a run may take when a cell gives no --timeout, like 90s, 30m, 6h (at most 7d).",
+    ).tag(config=True)
+    panel = Enum(
+        PANEL_MODES,
+        default_value="auto",
+        help="How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
+        "or 'auto' (the widget where it can render, text otherwise).",
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.session = api.Session()
+        self._notice_shown = False
+
+    @default("backend")
+    def _default_backend(self) -> str:
+        return default_backend()
+
+    @default("home")
+    def _default_home(self) -> str:
+        return str(default_home())
+
+    @validate("backend")
+    def _check_backend(self, proposal: Any) -> str:
+        value = str(proposal["value"]).lower()
+        if value not in BACKENDS:
+            raise ValueError(f"AzBatch.backend must be one of {', '.join(BACKENDS)}, not {value!r}")
+        return value
+
+    @validate("timeout")
+    def _check_timeout(self, proposal: Any) -> str:
+        try:
+            parse_timeout(proposal["value"])
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return str(proposal["value"])
+
+    # --- %%azbatch ---
+
+    @magic_arguments()
+    @argument("--backend", help="Where to run: azure or local. Default: the AzBatch.backend trait.")
+    @argument(
+        "--vm", help="Azure VM size, e.g. Standard_E32_v3 (recorded and shown on local). Default: AzBatch.vm_size."
+    )
+    @argument("--name", help="A name for the run, shown in the panel and used in its id.")
+    @argument(
+        "--out",
+        help="Comma-separated names to bring back, e.g. --out model,score. Default: every name the cell assigns.",
+    )
+    @argument("--timeout", help="Longest the run may take, e.g. 90s, 30m, 6h (at most 7d). Default: AzBatch.timeout.")
+    @argument(
+        "--env",
+        action="append",
+        metavar="KEY=VALUE",
+        help="An environment variable for the remote cell; repeat the flag for several.",
+    )
+    @cell_magic("azbatch")
+    def azbatch(self, line: str, cell: str) -> None:
+        """Run this cell out of the kernel and bring the names it assigns back.
+
+        The cell runs in a separate Python process: on Azure Batch, or on this machine with
+        ``--backend local``. The values and functions it reads are shipped with it; what it
+        prints appears here while it runs; its handle is bound to ``_azbatch``.
+        """
+        args = parse_argstring(self.azbatch, line)
+        backend = (args.backend or self.backend).lower()
+        if backend not in BACKENDS:
+            raise UsageError(f"--backend {args.backend!r} is not one of: {', '.join(BACKENDS)}")
+        outputs = [n.strip() for n in args.out.split(",") if n.strip()] if args.out is not None else None
+        if outputs is not None and not outputs:
+            raise UsageError("--out needs at least one name, like --out model,score")
+        with _usage_errors():
+            timeout = parse_timeout(args.timeout or self.timeout)
+            env = parse_env(args.env)
+            check_cell(cell)
+        self._explain_default_backend(args.backend)
+
+        panel = make_panel(self.panel, on_cancel=self._cancel_current)
+        self._current: api.Run | None = None
+
+        def on_update(state: RunState, records: list[LogRecord]) -> None:
+            for record in records:
+                stream = sys.stderr if record.stream == "stderr" else sys.stdout
+                stream.write(record.text)
+            if records:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            panel.update(state)
+
+        with _usage_errors(), _warnings_as_lines():
+            run = self.session.submit(
+                cell,
+                self.shell.user_ns,
+                backend=backend,
+                home=self.home,
+                vm_size=args.vm or self.vm_size,
+                name=args.name,
+                outputs=outputs,
+                timeout=timeout,
+                env=env,
+                on_update=on_update,
+            )
+        self._current = run
+        self.shell.user_ns["_azbatch"] = run
+        with _warnings_as_lines():
+            outputs_back = run.wait()
+        self.shell.user_ns.update(outputs_back)
+        for name in run.deleted:
+            self.shell.user_ns.pop(name, None)
+
+    def _cancel_current(self) -> None:
+        run = getattr(self, "_current", None)
+        if run is not None:
+            run.cancel()
+
+    def _explain_default_backend(self, explicit: str | None) -> None:
+        """Say once why cells run locally when nobody chose the backend."""
+        chosen = explicit or os.environ.get("BATCHMAGIC_BACKEND") or "backend" in self.config.get("AzBatch", {})
+        if chosen or self._notice_shown or self.backend != "local":
+            return
+        self._notice_shown = True
+        print(
+            "batchmagic: AZURE_BATCH_ENDPOINT is not set, so cells run on this machine "
+            "(--backend local); set it to use Azure Batch.",
+            file=sys.stderr,
+        )
+
+    # --- %azbatch_status and %azbatch_teardown ---
+
+    @line_magic("azbatch_status")
+    def azbatch_status(self, line: str) -> None:
+        """List this kernel's runs: name, backend, VM size, phase and elapsed time."""
+        if line.strip():
+            raise UsageError("%azbatch_status takes no arguments")
+        runs = self.session.runs
+        if not runs:
+            print("no runs in this kernel yet")
+            return
+        for run in runs:
+            if not run.done:
+                run.poll()
+            state = run.state()
+            print(
+                f"{state.name:<40} {state.backend:<6} {state.vm_size or '-':<18} "
+                f"{state.phase.value:<10} {format_seconds(state.elapsed)}"
+            )
+
+    @line_magic("azbatch_teardown")
+    def azbatch_teardown(self, line: str) -> None:
+        """Stop whatever this kernel started that still runs or holds resources; say what was removed."""
+        if line.strip():
+            raise UsageError("%azbatch_teardown takes no arguments")
+        removed = self.session.teardown()
+        if removed:
+            for item in removed:
+                print(f"removed {item}")
+        else:
+            print("nothing to tear down: no run of this kernel is running or holds resources")
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """A user's mistake becomes IPython's UsageError: one line, no traceback."""
+    try:
+        yield
+    except (CaptureError, ConfigError) as err:
+        raise UsageError(str(err)) from None
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for item in caught:
+                print(f"warning: {item.message}", file=sys.stderr)

@@ -1,0 +1,122 @@
+"""Poll a backend and tail the run's logs; each tick yields a :class:`RunState` snapshot.
+
+The monitor owns no thread: blocking runs call :meth:`Monitor.tick` from the main thread (robust
+under ipykernel 6 and 7); background runs call it from their own thread.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from batchmagic.backends.base import BackendStatus, Phase
+
+if TYPE_CHECKING:
+    from batchmagic.api import Run
+
+__all__ = ["LogRecord", "Monitor", "RunState", "PhaseSpan"]
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: float
+    stream: str  # "stdout" or "stderr"
+    text: str
+    task_id: str = ""
+
+
+@dataclass(frozen=True)
+class PhaseSpan:
+    phase: Phase
+    start: float
+    end: float | None = None
+
+    def duration(self, now: float | None = None) -> float:
+        return (self.end if self.end is not None else (now or time.time())) - self.start
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the panel shows: a snapshot, safe to hand to another thread."""
+
+    run_id: str
+    name: str
+    backend: str
+    vm_size: str
+    phase: Phase
+    phases: tuple[PhaseSpan, ...]
+    started: float
+    detail: str = ""
+    error: str = ""
+    task_counts: dict[str, int] = field(default_factory=dict)
+    now: float = field(default_factory=time.time)
+
+    @property
+    def elapsed(self) -> float:
+        end = self.phases[-1].start if self.phase.final and self.phases else self.now
+        return end - self.started
+
+    @property
+    def finished(self) -> bool:
+        return self.phase.final
+
+
+class LogTail:
+    """Reads new complete records of one task's log by byte offset."""
+
+    def __init__(self, key: str, task_id: str) -> None:
+        self.key = key
+        self.task_id = task_id
+        self.offset = 0
+
+    def read(self, store: object) -> list[LogRecord]:
+        data: bytes = store.read_from(self.key, self.offset)  # type: ignore[attr-defined]
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return []
+        self.offset += end
+        records = []
+        for line in data[:end].splitlines():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            stream = "stderr" if item.get("s") == "e" else "stdout"
+            records.append(LogRecord(item.get("t", 0.0), stream, item.get("d", ""), self.task_id))
+        return records
+
+
+class Monitor:
+    """One run's poller: backend status + log tails, with a poll interval that grows."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.tails = {tid: LogTail(run.log_key(tid), tid) for tid in run.task_ids}
+        first, self.longest = run.backend.poll_intervals
+        self.interval = first
+        self.ticks = 0
+
+    def tick(self) -> tuple[BackendStatus, list[LogRecord]]:
+        """Poll once; return the status and the log records that arrived since the last tick."""
+        self.ticks += 1
+        status = self.run.backend.poll(self.run.id)
+        records = self.read_logs()
+        return status, records
+
+    def read_logs(self) -> list[LogRecord]:
+        records: list[LogRecord] = []
+        for tail in self.tails.values():
+            records.extend(tail.read(self.run.store))
+        records.sort(key=lambda r: r.time)
+        return records
+
+    def next_interval(self, *, active: bool) -> float:
+        """Seconds to the next tick: back to fast while output flows, slower while nothing happens."""
+        if active:
+            self.interval = self.run.backend.poll_intervals[0]
+        else:
+            self.interval = min(self.longest, self.interval * 1.5)
+        return self.interval * random.uniform(0.9, 1.1)

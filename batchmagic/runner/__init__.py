@@ -1,0 +1,19 @@
+"""The runner: ``python -m batchmagic.runner --spec SPEC`` runs one task of a bundle anywhere.
+
+It is the single entry point on every backend (a local subprocess, a Batch container task). It
+reads the task spec (URLs of the bundle, the log and the result), rebuilds the cell's namespace,
+runs the cell with stdout/stderr teed into the log, and always ends by writing a result and
+exiting with a code:
+
+- 0: the cell succeeded; the result holds its outputs.
+- 1: the cell raised; the result holds the exception, type, message and remote traceback.
+- 2: the runner could not set the cell up (bad bundle, a value that won't unpickle...).
+
+It imports neither IPython nor widgets, so the training image stays small.
+"""
+
+from __future__ import annotations
+
+from batchmagic.runner.main import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, main
+
+__all__ = ["main", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR"]

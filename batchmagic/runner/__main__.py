@@ -1,0 +1,5 @@
+import sys
+
+from batchmagic.runner.main import main
+
+sys.exit(main())

@@ -1,0 +1,140 @@
+"""The runner's steps: read the spec, rebuild the namespace, run the cell, write the result."""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import importlib
+import json
+import linecache
+import os
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import cloudpickle
+
+from batchmagic.bundle import CELL_FILENAME, BundleReader
+from batchmagic.runner.logsink import LogSink, TeeStream
+from batchmagic.storage import Channel, open_channel
+
+EXIT_OK = 0
+EXIT_CELL_ERROR = 1
+EXIT_SETUP_ERROR = 2
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (cancel or timeout): unwind so the log is flushed and a result written."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated("the run was terminated (cancelled or out of time)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m batchmagic.runner", description=__doc__)
+    parser.add_argument("--spec", required=True, help="path or URL of the task spec (JSON)")
+    args = parser.parse_args(argv)
+
+    spec = json.loads(_read_spec(args.spec))
+    log = LogSink(open_channel(spec["log"]), interval=float(spec.get("log_interval", 0.2))).start()
+    result_channel = open_channel(spec["result"])
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    started = time.time()
+    try:
+        code, outcome = _run(spec, log)
+    except BaseException as err:  # the runner's own failure still ends in a result
+        code = EXIT_SETUP_ERROR
+        outcome = {"ok": False, "phase": "setup", "error": _describe(err, err.__traceback__, cell_only=False)}
+    finally:
+        log.close()
+    outcome.update(task_id=spec.get("task_id", ""), started=started, ended=time.time(), log_errors=log.errors)
+    _write_result(result_channel, outcome)
+    return code
+
+
+def _read_spec(where: str) -> bytes:
+    if "://" in where:
+        return open_channel(where).read()
+    return Path(where).read_bytes()
+
+
+def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
+    workdir = Path(tempfile.mkdtemp(prefix=".azbatch-", dir=os.getcwd()))
+    bundle_path = workdir / "bundle.zip"
+    open_channel(spec["bundle"]).download_to(bundle_path)
+    reader = BundleReader(bundle_path)
+    reader.verify()
+    manifest = reader.manifest
+    if manifest.sources:
+        reader.extract_sources(workdir / "src")
+        sys.path.insert(0, str(workdir / "src"))
+
+    source = reader.cell()
+    linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    for name, module in manifest.modules.items():
+        namespace[name] = importlib.import_module(module)
+    for name in manifest.values:
+        with reader.open_value(name) as f:
+            namespace[name] = cloudpickle.load(f)
+    for name, text in spec.get("params", {}).items():
+        namespace[name] = cloudpickle.loads(bytes.fromhex(text))
+    reader.close()
+    code = compile(source, CELL_FILENAME, "exec")
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout = TeeStream(sys.__stdout__, log, "o")  # type: ignore[assignment]
+    sys.stderr = TeeStream(sys.__stderr__, log, "e")  # type: ignore[assignment]
+    try:
+        exec(code, namespace)
+    except BaseException as err:
+        sys.stdout.flush()
+        return EXIT_CELL_ERROR, {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__)}
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+    return EXIT_OK, {"ok": True, **_collect(namespace, manifest.outputs or manifest.bound, manifest.deleted)}
+
+
+def _collect(namespace: dict[str, Any], names: list[str], deleted: list[str]) -> dict[str, Any]:
+    """Pickle each output separately, so one that can't travel doesn't sink the others."""
+    outputs: dict[str, bytes] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name not in namespace:
+            continue
+        try:
+            outputs[name] = cloudpickle.dumps(namespace[name], protocol=5)
+        except Exception as err:
+            skipped[name] = f"{type(namespace[name]).__name__} cannot be pickled: {err}"
+    gone = [n for n in deleted if n not in namespace]
+    return {"outputs": outputs, "skipped": skipped, "deleted": gone}
+
+
+def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool = True) -> dict[str, Any]:
+    """Type name, message and a traceback that starts at the cell's own frames."""
+    if cell_only:
+        while tb is not None and tb.tb_frame.f_code.co_filename != CELL_FILENAME:
+            tb = tb.tb_next
+    cls = type(err)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    return {
+        "type": name,
+        "message": str(err),
+        "traceback": traceback.format_exception(cls, err, tb),
+    }
+
+
+def _write_result(channel: Channel, outcome: dict[str, Any]) -> None:
+    try:
+        data = cloudpickle.dumps(outcome, protocol=5)
+    except Exception as err:  # e.g. an exception object with unpicklable state
+        data = cloudpickle.dumps({"ok": False, "phase": "result", "error": _describe(err, None, cell_only=False)})
+    channel.write(data)
