@@ -1,0 +1,45 @@
+"""Shared fixtures: a real IPython shell that re-raises, and an isolated BATCHMAGIC_HOME."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+
+class TestingShell(InteractiveShell):
+    """An InteractiveShell whose run_cell raises the cell's error (jupysql's TestingShell)."""
+
+    def run_cell(self, raw_cell: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = super().run_cell(raw_cell, *args, **kwargs)
+        result.raise_error()
+        return result
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh BATCHMAGIC_HOME, and no Azure settings leaking in from the machine."""
+    path = tmp_path / "bmhome"
+    monkeypatch.setenv("BATCHMAGIC_HOME", str(path))
+    for var in ("BATCHMAGIC_BACKEND", "AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCOUNT", "AZURE_BATCH_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return path
+
+
+@pytest.fixture
+def shell(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestingShell]:
+    """A real InteractiveShell with batchmagic loaded, history off, text panel."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    config = Config()
+    config.HistoryManager.enabled = False
+    ip = TestingShell.instance(config=config)
+    ip.run_cell("%load_ext batchmagic")
+    yield ip
+    ip.run_line_magic("azbatch_teardown", "")
+    ip.extension_manager.unload_extension("batchmagic")
+    TestingShell.clear_instance()
