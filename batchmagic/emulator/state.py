@@ -544,6 +544,10 @@ class BatchState:
         pool.alloc_start = None
         for node in list(pool.nodes.values()):
             _transition(node.data, "leavingpool", now, with_previous=False)
+            for job_id, task_id in list(node.running):
+                task = self.jobs[job_id].tasks.get(task_id) if job_id in self.jobs else None
+                if task is not None:
+                    self._kill(task, "requeue")
         pool.delete_at = now + min(self.allocation_delay, 2.0) / 2
 
     def resize_pool(self, pool_id: str, body: dict[str, Any]) -> None:

@@ -1,0 +1,763 @@
+"""The Batch emulator's HTTP front end: routing, SharedKey checks, OData bodies, headers, recording.
+
+Examples
+--------
+In [1]: from batchmagic.emulator.server import Emulator
+
+In [2]: emu = Emulator(account="devbatch", key=KEY, allocation_delay=0.2).start()
+
+In [3]: client = BatchClient(emu.url, AzureNamedKeyCredential("devbatch", KEY))
+
+In [4]: emu.stop()
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import mimetypes
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from batchmagic.emulator import auth
+from batchmagic.emulator.errors import ApiError, invalid_property, not_found
+from batchmagic.emulator.executors import make_executor
+from batchmagic.emulator.odata import apply_select, compile_filter
+from batchmagic.emulator.state import BatchState, environ_path_dir, iso, rfc1123
+
+__all__ = ["Emulator", "SUPPORTED_IMAGES", "DEFAULT_KEY"]
+
+log = logging.getLogger("batchmagic.emulator")
+
+#: A throwaway key for tests and demos (base64, as Batch keys are). Never a real account's key.
+DEFAULT_KEY = base64.b64encode(b"batchmagic-emulator-test-key-000").decode()
+
+SUPPORTED_IMAGES: list[dict[str, Any]] = [
+    {
+        "imageReference": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204", "version": "latest"},
+        "verificationType": "verified",
+        "nodeAgentSKUId": "batch.node.ubuntu 22.04",
+        "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled", "SupportsRDMAOnly"],
+        "osType": "linux",
+    },
+    {
+        "imageReference": {
+            "publisher": "microsoft-azure-batch",
+            "offer": "ubuntu-server-container",
+            "sku": "20-04-lts",
+            "version": "latest",
+        },
+        "verificationType": "verified",
+        "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+        "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled"],
+        "batchSupportEndOfLife": "2025-04-30T00:00:00Z",
+        "osType": "linux",
+    },
+    {
+        "imageReference": {
+            "publisher": "canonical",
+            "offer": "0001-com-ubuntu-server-jammy",
+            "sku": "22_04-lts",
+            "version": "latest",
+        },
+        "verificationType": "verified",
+        "nodeAgentSKUId": "batch.node.ubuntu 22.04",
+        "osType": "linux",
+    },
+    {
+        "imageReference": {
+            "publisher": "microsoft-dsvm",
+            "offer": "ubuntu-hpc",
+            "sku": "2204-gen2",
+            "version": "latest",
+        },
+        "verificationType": "verified",
+        "nodeAgentSKUId": "batch.node.ubuntu 22.04",
+        "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled", "Generation2VMImage"],
+        "osType": "linux",
+    },
+]
+
+_JSON = "application/json; odata=minimalmetadata"
+_MAX_RESULTS = 1000
+
+
+class _Response:
+    """What a route handler answers: status, JSON body (or raw bytes) and extra headers."""
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.raw = raw
+        self.content_type = content_type
+
+
+class _Request:
+    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: Any):
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+
+    def q(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == name), None)
+
+
+Handler = Callable[..., _Response]
+
+
+class Emulator:
+    """An Azure Batch service emulator speaking REST api-version 2025-06-01 to the azure-batch SDK.
+
+    Parameters
+    ----------
+    host : str
+        Interface to listen on.
+    port : int
+        Port to listen on; 0 picks a free one (see ``url`` after ``start``).
+    account : str
+        The Batch account name clients sign with.
+    key : str
+        The account's base64 shared key; requests signed with another key get 403 AuthenticationFailed.
+    executor : str
+        ``"process"`` (run command lines on this host) or ``"docker"`` (container tasks in Docker).
+    allocation_delay : float
+        Seconds from a pool (re)size until its nodes are idle and the pool is steady.
+    core_quota : int, optional
+        Dedicated core quota of the account; pools beyond it get ``AccountCoreQuotaReached`` resize errors.
+    low_priority_core_quota : int, optional
+        Low-priority core quota; unlimited when None.
+    record : str or Path, optional
+        A JSON Lines file receiving every request (method, path, query, headers, body, status).
+    workdir : str or Path, optional
+        Where node and task directories live; a temporary directory (removed on stop) when None.
+    empty_job_grace : float
+        Seconds a ``terminatejob`` job with no tasks waits before completing.
+
+    Examples
+    --------
+    In [1]: with Emulator(key=DEFAULT_KEY, allocation_delay=0.2) as emu:
+       ...:     print(emu.url, len(emu.state.pools))
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        account: str = "devbatch",
+        key: str = DEFAULT_KEY,
+        *,
+        executor: str = "process",
+        allocation_delay: float = 1.0,
+        core_quota: int | None = None,
+        low_priority_core_quota: int | None = None,
+        record: str | os.PathLike[str] | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        empty_job_grace: float = 5.0,
+    ) -> None:
+        base64.b64decode(key.encode(), validate=True)  # fail early on a key the SDK could not use either
+        self.host = host
+        self.account = account
+        self._key = key
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="batchemu-"))
+        self.record_path = Path(record) if record is not None else None
+        self._record_lock = threading.Lock()
+        self._record_file: Any = None
+        self._httpd = ThreadingHTTPServer((host, port), _RequestHandler)
+        self._httpd.daemon_threads = True
+        self._httpd.emulator = self  # type: ignore[attr-defined]
+        self.port = int(self._httpd.server_address[1])
+        self.url = f"http://{host}:{self.port}"
+        self.state = BatchState(
+            account=account,
+            url=self.url,
+            workdir=self.workdir,
+            executor=make_executor(executor, environ_path_dir(sys.executable)),
+            allocation_delay=allocation_delay,
+            core_quota=core_quota,
+            low_priority_core_quota=low_priority_core_quota,
+            empty_job_grace=empty_job_grace,
+        )
+        self._thread: threading.Thread | None = None
+        self._routes = self._build_routes()
+
+    def __repr__(self) -> str:
+        return f"Emulator(url={self.url!r}, account={self.account!r})"
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Emulator:
+        """Start serving in a background thread; returns self."""
+        if self.record_path is not None:
+            self.record_path.parent.mkdir(parents=True, exist_ok=True)
+            self._record_file = open(self.record_path, "a", encoding="utf-8")  # noqa: SIM115
+        self.state.start()
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="batch-emulator-http", daemon=True)
+        self._thread.start()
+        log.info("batch emulator listening on %s", self.url)
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until ``stop`` is called from another thread (or Ctrl-C)."""
+        if self._thread is None:
+            self.start()
+        assert self._thread is not None
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving, kill running tasks, stop the scheduler and close the record file."""
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread = None
+        self._httpd.server_close()
+        self.state.stop()
+        with self._record_lock:
+            if self._record_file is not None:
+                self._record_file.close()
+                self._record_file = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ----------------------------------------------------------------- plumbing
+    def _verify(self, method: str, raw_path: str, headers: dict[str, str]) -> str | None:
+        return auth.verify(method, raw_path, headers, self.account, self._key)
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._record_lock:
+            if self._record_file is not None:
+                self._record_file.write(json.dumps(entry) + "\n")
+                self._record_file.flush()
+
+    def _build_routes(self) -> list[tuple[str, re.Pattern[str], Handler]]:
+        seg = r"([^/]+)"
+        table: list[tuple[str, str, Handler]] = [
+            ("GET", r"/pools", self._list_pools),
+            ("POST", r"/pools", self._create_pool),
+            ("GET", rf"/pools/{seg}", self._get_pool),
+            ("HEAD", rf"/pools/{seg}", self._head_pool),
+            ("PATCH", rf"/pools/{seg}", self._patch_pool),
+            ("DELETE", rf"/pools/{seg}", self._delete_pool),
+            ("POST", rf"/pools/{seg}/resize", self._resize_pool),
+            ("POST", rf"/pools/{seg}/stopresize", self._stop_resize),
+            ("POST", rf"/pools/{seg}/updateproperties", self._update_pool_properties),
+            ("GET", rf"/pools/{seg}/nodes", self._list_nodes),
+            ("GET", rf"/pools/{seg}/nodes/{seg}", self._get_node),
+            ("GET", rf"/pools/{seg}/nodes/{seg}/files", self._list_node_files),
+            ("GET", rf"/pools/{seg}/nodes/{seg}/files/(.+)", self._get_node_file),
+            ("HEAD", rf"/pools/{seg}/nodes/{seg}/files/(.+)", self._get_node_file),
+            ("DELETE", rf"/pools/{seg}/nodes/{seg}/files/(.+)", self._delete_node_file),
+            ("GET", r"/nodecounts", self._node_counts),
+            ("GET", r"/supportedimages", self._supported_images),
+            ("GET", r"/poolusagemetrics", self._empty_list("poolusagemetrics")),
+            ("GET", r"/jobschedules", self._empty_list("jobschedules")),
+            ("GET", rf"/jobschedules/{seg}", self._no_schedule),
+            ("HEAD", rf"/jobschedules/{seg}", self._no_schedule),
+            ("GET", r"/jobs", self._list_jobs),
+            ("POST", r"/jobs", self._create_job),
+            ("GET", rf"/jobs/{seg}", self._get_job),
+            ("PATCH", rf"/jobs/{seg}", self._patch_job),
+            ("PUT", rf"/jobs/{seg}", self._put_job),
+            ("DELETE", rf"/jobs/{seg}", self._delete_job),
+            ("POST", rf"/jobs/{seg}/terminate", self._terminate_job),
+            ("POST", rf"/jobs/{seg}/disable", self._disable_job),
+            ("POST", rf"/jobs/{seg}/enable", self._enable_job),
+            ("GET", rf"/jobs/{seg}/taskcounts", self._task_counts),
+            ("GET", rf"/jobs/{seg}/jobpreparationandreleasetaskstatus", self._prep_release_status),
+            ("GET", rf"/jobs/{seg}/tasks", self._list_tasks),
+            ("POST", rf"/jobs/{seg}/tasks", self._create_task),
+            ("POST", rf"/jobs/{seg}/addtaskcollection", self._add_task_collection),
+            ("GET", rf"/jobs/{seg}/tasks/{seg}", self._get_task),
+            ("DELETE", rf"/jobs/{seg}/tasks/{seg}", self._delete_task),
+            ("POST", rf"/jobs/{seg}/tasks/{seg}/terminate", self._terminate_task),
+            ("GET", rf"/jobs/{seg}/tasks/{seg}/subtasksinfo", self._empty_list("subtaskinfo")),
+            ("GET", rf"/jobs/{seg}/tasks/{seg}/files", self._list_task_files),
+            ("GET", rf"/jobs/{seg}/tasks/{seg}/files/(.+)", self._get_task_file),
+            ("HEAD", rf"/jobs/{seg}/tasks/{seg}/files/(.+)", self._get_task_file),
+            ("DELETE", rf"/jobs/{seg}/tasks/{seg}/files/(.+)", self._delete_task_file),
+        ]
+        return [(m, re.compile(p + "$"), h) for m, p, h in table]
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[_Response, Any]:
+        """Answer one request (used by the HTTP handler); returns the response and the parsed body."""
+        parts = urlsplit(raw_path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        body: Any = ""
+        if raw_body:
+            try:
+                body = json.loads(raw_body)
+            except ValueError:
+                body = raw_body.decode("utf-8", "replace")
+                if method in ("POST", "PUT", "PATCH"):
+                    return self._error(ApiError(400, "InvalidRequestBody")), body
+        reason = self._verify(method, raw_path, headers)
+        if reason is not None:
+            return self._error(ApiError(403, "AuthenticationFailed", values=[("AuthenticationErrorDetail", reason)])), body
+        if not query.get("api-version"):
+            return (
+                self._error(
+                    ApiError(400, "MissingRequiredQueryParameter", values=[("QueryParameterName", "api-version")])
+                ),
+                body,
+            )
+        path = parts.path.rstrip("/") or "/"
+        request = _Request(method, path, query, headers, body)
+        allowed = False
+        for route_method, pattern, handler in self._routes:
+            m = pattern.match(path)
+            if not m:
+                continue
+            allowed = True
+            if route_method != method:
+                continue
+            args = [unquote(g) for g in m.groups()]
+            try:
+                return handler(request, *args), body
+            except ApiError as err:
+                return self._error(err), body
+            except Exception as exc:  # noqa: BLE001 - answer 500 in the service's shape, keep serving
+                log.exception("internal error on %s %s", method, path)
+                return self._error(ApiError(500, "InternalError", values=[("Message", str(exc)[:300])])), body
+        if allowed:
+            return self._error(ApiError(405, "UnsupportedHttpVerb")), body
+        return self._error(not_found("ResourceNotFound")), body
+
+    # ----------------------------------------------------------------- response helpers
+    def _error(self, err: ApiError) -> _Response:
+        request_id = str(uuid.uuid4())
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+        body: dict[str, Any] = {
+            "odata.metadata": f"{self.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
+            "code": err.code,
+            "message": {"lang": "en-US", "value": f"{err.message}\nRequestId:{request_id}\nTime:{stamp}"},
+        }
+        if err.values:
+            body["values"] = [{"key": k, "value": v} for k, v in err.values]
+        return _Response(err.status, body, {"request-id": request_id})
+
+    def _entity(self, data: dict[str, Any], collection: str, request: _Request) -> _Response:
+        body = {"odata.metadata": f"{self.url}/$metadata#{collection}/@Element"}
+        body.update(apply_select(data, request.q("$select")))
+        return _Response(200, body, {"ETag": data["eTag"], "Last-Modified": _http_date(data["lastModified"])})
+
+    def _list(self, items: list[dict[str, Any]], collection: str, request: _Request) -> _Response:
+        pred = compile_filter(request.q("$filter"))
+        select = request.q("$select")
+        try:
+            limit = min(int(request.q("maxresults") or _MAX_RESULTS), _MAX_RESULTS)
+            skip = int(request.q("$skiptoken") or 0)
+        except ValueError as exc:
+            raise ApiError(400, "InvalidQueryParameterValue", values=[("QueryParameterName", "maxresults")]) from exc
+        if limit < 1:
+            raise ApiError(400, "InvalidQueryParameterValue", values=[("QueryParameterName", "maxresults")])
+        matched = [i for i in items if pred(i)]
+        page = matched[skip : skip + limit]
+        body: dict[str, Any] = {
+            "odata.metadata": f"{self.url}/$metadata#{collection}",
+            "value": [apply_select(i, select) for i in page],
+        }
+        if skip + limit < len(matched):
+            params = {"api-version": request.q("api-version") or "2025-06-01", "maxresults": str(limit)}
+            for name in ("$filter", "$select", "$expand", "recursive"):
+                if request.q(name):
+                    params[name] = str(request.q(name))
+            params["$skiptoken"] = str(skip + limit)
+            body["odata.nextLink"] = f"{self.url}{request.path}?{urlencode(params, quote_via=quote)}"
+        return _Response(200, body)
+
+    def _created(self, url: str, data: dict[str, Any]) -> _Response:
+        return _Response(
+            201,
+            None,
+            {
+                "Location": url,
+                "DataServiceId": url,
+                "ETag": data["eTag"],
+                "Last-Modified": _http_date(data["lastModified"]),
+            },
+        )
+
+    def _accepted(self, request: _Request, data: dict[str, Any] | None, status: int = 202) -> _Response:
+        headers = {"DataServiceId": f"{self.url}{request.path}"}
+        if data is not None:
+            headers.update({"ETag": data["eTag"], "Last-Modified": _http_date(data["lastModified"])})
+        return _Response(status, None, headers)
+
+    def _obj(self, request: _Request) -> dict[str, Any]:
+        if not isinstance(request.body, dict):
+            raise ApiError(400, "InvalidRequestBody")
+        return request.body
+
+    def _empty_list(self, collection: str) -> Handler:
+        def handler(request: _Request, *args: str) -> _Response:
+            return _Response(200, {"odata.metadata": f"{self.url}/$metadata#{collection}", "value": []})
+
+        return handler
+
+    # ----------------------------------------------------------------- pools
+    def _list_pools(self, request: _Request) -> _Response:
+        return self._list(self.state.list_pools(), "pools", request)
+
+    def _create_pool(self, request: _Request) -> _Response:
+        pool = self.state.create_pool(self._obj(request))
+        return self._created(pool.data["url"], pool.data)
+
+    def _get_pool(self, request: _Request, pool_id: str) -> _Response:
+        return self._entity(self.state.get_pool(pool_id), "pools", request)
+
+    def _head_pool(self, request: _Request, pool_id: str) -> _Response:
+        data = self.state.get_pool(pool_id)
+        return _Response(200, None, {"ETag": data["eTag"], "Last-Modified": _http_date(data["lastModified"])})
+
+    def _patch_pool(self, request: _Request, pool_id: str) -> _Response:
+        self.state.update_pool(pool_id, self._obj(request))
+        return self._accepted(request, self.state.get_pool(pool_id), 200)
+
+    def _update_pool_properties(self, request: _Request, pool_id: str) -> _Response:
+        self.state.update_pool(pool_id, self._obj(request))
+        return self._accepted(request, self.state.get_pool(pool_id), 204)
+
+    def _delete_pool(self, request: _Request, pool_id: str) -> _Response:
+        self.state.delete_pool(pool_id)
+        return _Response(202)
+
+    def _resize_pool(self, request: _Request, pool_id: str) -> _Response:
+        self.state.resize_pool(pool_id, self._obj(request))
+        return self._accepted(request, self.state.get_pool(pool_id))
+
+    def _stop_resize(self, request: _Request, pool_id: str) -> _Response:
+        self.state.stop_resize(pool_id)
+        return self._accepted(request, self.state.get_pool(pool_id))
+
+    def _list_nodes(self, request: _Request, pool_id: str) -> _Response:
+        return self._list(self.state.list_nodes(pool_id), "nodes", request)
+
+    def _get_node(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        body = {"odata.metadata": f"{self.url}/$metadata#nodes/@Element"}
+        body.update(apply_select(self.state.get_node(pool_id, node_id), request.q("$select")))
+        return _Response(200, body)
+
+    def _node_counts(self, request: _Request) -> _Response:
+        return self._list(self.state.node_counts(), "poolnodecounts", request)
+
+    def _supported_images(self, request: _Request) -> _Response:
+        return self._list([dict(i) for i in SUPPORTED_IMAGES], "supportedimages", request)
+
+    def _no_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        raise not_found("JobScheduleNotFound")
+
+    # ----------------------------------------------------------------- jobs
+    def _list_jobs(self, request: _Request) -> _Response:
+        return self._list(self.state.list_jobs(), "jobs", request)
+
+    def _create_job(self, request: _Request) -> _Response:
+        job = self.state.create_job(self._obj(request))
+        return self._created(job.data["url"], job.data)
+
+    def _get_job(self, request: _Request, job_id: str) -> _Response:
+        return self._entity(self.state.get_job(job_id), "jobs", request)
+
+    def _patch_job(self, request: _Request, job_id: str) -> _Response:
+        self.state.update_job(job_id, self._obj(request))
+        return self._accepted(request, self.state.get_job(job_id), 200)
+
+    def _put_job(self, request: _Request, job_id: str) -> _Response:
+        self.state.update_job(job_id, self._obj(request), replace=True)
+        return self._accepted(request, self.state.get_job(job_id), 200)
+
+    def _delete_job(self, request: _Request, job_id: str) -> _Response:
+        self.state.delete_job(job_id)
+        return _Response(202)
+
+    def _terminate_job(self, request: _Request, job_id: str) -> _Response:
+        reason = request.body.get("terminateReason") if isinstance(request.body, dict) else None
+        self.state.terminate_job(job_id, reason)
+        return self._accepted(request, self.state.get_job(job_id))
+
+    def _disable_job(self, request: _Request, job_id: str) -> _Response:
+        with self.state.lock:
+            job = self.state.jobs.get(job_id)
+            if job is None:
+                raise not_found("JobNotFound")
+            job.data["state"] = "disabled"
+            job.data["stateTransitionTime"] = iso(time.time())
+        return self._accepted(request, self.state.get_job(job_id))
+
+    def _enable_job(self, request: _Request, job_id: str) -> _Response:
+        with self.state.lock:
+            job = self.state.jobs.get(job_id)
+            if job is None:
+                raise not_found("JobNotFound")
+            if job.data["state"] == "disabled":
+                job.data["state"] = "active"
+                job.data["stateTransitionTime"] = iso(time.time())
+        return self._accepted(request, self.state.get_job(job_id))
+
+    def _task_counts(self, request: _Request, job_id: str) -> _Response:
+        body = {"odata.metadata": f"{self.url}/$metadata#taskcountsresult/@Element"}
+        body.update(self.state.task_counts(job_id))
+        return _Response(200, body)
+
+    def _prep_release_status(self, request: _Request, job_id: str) -> _Response:
+        self.state.get_job(job_id)
+        return self._empty_list("jobpreparationandreleasetaskstatuslist")(request)
+
+    # ----------------------------------------------------------------- tasks
+    def _list_tasks(self, request: _Request, job_id: str) -> _Response:
+        return self._list(self.state.list_tasks(job_id), "tasks", request)
+
+    def _create_task(self, request: _Request, job_id: str) -> _Response:
+        task = self.state.add_task(job_id, self._obj(request))
+        return self._created(task.data["url"], task.data)
+
+    def _add_task_collection(self, request: _Request, job_id: str) -> _Response:
+        body = self._obj(request)
+        tasks = body.get("value")
+        if not isinstance(tasks, list):
+            raise ApiError(400, "MissingRequiredProperty", values=[("PropertyName", "value")])
+        if len(tasks) > 100:
+            raise invalid_property("value", f"{len(tasks)} tasks", "A collection may hold at most 100 tasks.")
+        results = self.state.add_task_collection(job_id, tasks)
+        for entry in results:
+            err = entry.get("error")
+            if isinstance(err, ApiError):
+                error_body = self._error(err).body
+                error_body.pop("odata.metadata", None)
+                entry["error"] = error_body
+        return _Response(200, {"odata.metadata": f"{self.url}/$metadata#taskaddresult", "value": results})
+
+    def _get_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        return self._entity(self.state.get_task(job_id, task_id), "tasks", request)
+
+    def _delete_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        self.state.delete_task(job_id, task_id)
+        return _Response(200)
+
+    def _terminate_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        self.state.terminate_task(job_id, task_id)
+        return self._accepted(request, self.state.get_task(job_id, task_id), 204)
+
+    # ----------------------------------------------------------------- files
+    def _task_root(self, job_id: str, task_id: str) -> Path:
+        root = self.state.task_dir(job_id, task_id)
+        if root is None or not root.exists():
+            raise not_found("FileNotFound")
+        return root
+
+    def _node_root(self, pool_id: str, node_id: str) -> Path:
+        self.state.get_node(pool_id, node_id)
+        return self.state.node_root(node_id)
+
+    def _file_list(self, root: Path, base_url: str, request: _Request) -> _Response:
+        recursive = (request.q("recursive") or "false").lower() == "true"
+        entries: list[dict[str, Any]] = []
+        walker = sorted(root.rglob("*")) if recursive else sorted(root.iterdir())
+        for path in walker:
+            rel = path.relative_to(root).as_posix()
+            url = f"{base_url}/files/{quote(rel)}"
+            if path.is_dir():
+                entries.append({"name": rel, "url": url, "isDirectory": True})
+            else:
+                st = path.stat()
+                entries.append(
+                    {
+                        "name": rel,
+                        "url": url,
+                        "isDirectory": False,
+                        "properties": {
+                            "creationTime": iso(st.st_ctime),
+                            "lastModified": iso(st.st_mtime),
+                            "contentLength": str(st.st_size),
+                            "contentType": _content_type(path),
+                            "fileMode": format(st.st_mode, "o"),
+                        },
+                    }
+                )
+        return self._list(entries, "files", request)
+
+    def _file(self, root: Path, rel: str, base_url: str, request: _Request) -> _Response:
+        target = (root / rel.replace("\\", "/")).resolve()
+        if not str(target).startswith(str(root.resolve())) or not target.exists():
+            raise not_found("FileNotFound")
+        st = target.stat()
+        headers = {
+            "Last-Modified": rfc1123(st.st_mtime),
+            "ocp-creation-time": rfc1123(st.st_ctime),
+            "ocp-batch-file-isdirectory": "True" if target.is_dir() else "False",
+            "ocp-batch-file-url": quote(f"{base_url}/files/{quote(rel)}", safe=""),
+            "ocp-batch-file-mode": format(st.st_mode, "o"),
+        }
+        if target.is_dir():
+            return _Response(200, None, headers, raw=b"", content_type="application/octet-stream")
+        size = st.st_size
+        start, end = 0, size - 1
+        spec = request.header("ocp-range")
+        if spec:
+            m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", spec)
+            if not m or (not m.group(1) and not m.group(2)):
+                raise ApiError(400, "InvalidHeaderValue", "The value for one of the HTTP headers is not in the correct format.", [("HeaderName", "ocp-range"), ("HeaderValue", spec)])
+            if m.group(1):
+                start = int(m.group(1))
+                end = int(m.group(2)) if m.group(2) else size - 1
+            else:
+                start = max(0, size - int(m.group(2)))
+            end = min(end, size - 1)
+            if start >= size and size > 0:
+                raise ApiError(416, "InvalidRange", "The range specified is invalid for the current size of the resource.")
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(size)
+            return _Response(200, None, headers, raw=b"", content_type=_content_type(target))
+        with open(target, "rb") as fh:
+            fh.seek(start)
+            data = fh.read(max(0, end - start + 1))
+        return _Response(200, None, headers, raw=data, content_type=_content_type(target))
+
+    def _list_task_files(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        self.state.get_task(job_id, task_id)
+        root = self.state.task_dir(job_id, task_id)
+        if root is None or not root.exists():
+            return self._list([], "files", request)
+        return self._file_list(root, f"{self.url}/jobs/{job_id}/tasks/{task_id}", request)
+
+    def _get_task_file(self, request: _Request, job_id: str, task_id: str, rel: str) -> _Response:
+        self.state.get_task(job_id, task_id)
+        root = self._task_root(job_id, task_id)
+        return self._file(root, rel, f"{self.url}/jobs/{job_id}/tasks/{task_id}", request)
+
+    def _delete_task_file(self, request: _Request, job_id: str, task_id: str, rel: str) -> _Response:
+        self.state.get_task(job_id, task_id)
+        return self._delete_file(self._task_root(job_id, task_id), rel, request)
+
+    def _list_node_files(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        return self._file_list(self._node_root(pool_id, node_id), f"{self.url}/pools/{pool_id}/nodes/{node_id}", request)
+
+    def _get_node_file(self, request: _Request, pool_id: str, node_id: str, rel: str) -> _Response:
+        return self._file(self._node_root(pool_id, node_id), rel, f"{self.url}/pools/{pool_id}/nodes/{node_id}", request)
+
+    def _delete_node_file(self, request: _Request, pool_id: str, node_id: str, rel: str) -> _Response:
+        return self._delete_file(self._node_root(pool_id, node_id), rel, request)
+
+    def _delete_file(self, root: Path, rel: str, request: _Request) -> _Response:
+        target = (root / rel.replace("\\", "/")).resolve()
+        if not str(target).startswith(str(root.resolve())) or not target.exists():
+            raise not_found("FileNotFound")
+        if target.is_dir():
+            if (request.q("recursive") or "").lower() == "true":
+                shutil.rmtree(target)
+            else:
+                try:
+                    target.rmdir()
+                except OSError as exc:
+                    raise ApiError(409, "DirectoryNotEmpty", "The directory is not empty.") from exc
+        else:
+            target.unlink()
+        return _Response(200)
+
+
+def _http_date(iso_text: str) -> str:
+    return rfc1123(datetime.strptime(iso_text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp())
+
+
+def _content_type(path: Path) -> str:
+    if path.suffix in (".txt", ".log", ".out", ".err"):
+        return "text/plain"
+    return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Microsoft-HTTPAPI/2.0"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _serve(self) -> None:
+        emulator: Emulator = self.server.emulator  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        raw_body = self.rfile.read(length) if length else b""
+        headers = {k: v for k, v in self.headers.items()}
+        response, body = emulator.handle(self.command, self.path, headers, raw_body)
+        request_id = response.headers.pop("request-id", None) or str(uuid.uuid4())
+        if response.raw is not None:
+            payload = response.raw
+            content_type = response.content_type
+        elif response.body is not None:
+            payload = json.dumps(response.body).encode()
+            content_type = _JSON
+        else:
+            payload = b""
+            content_type = None
+        self.send_response(response.status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("DataServiceVersion", "3.0")
+        self.send_header("request-id", request_id)
+        client_request_id = self.headers.get("client-request-id")
+        if client_request_id:
+            self.send_header("client-request-id", client_request_id)
+        for name, value in response.headers.items():
+            if name != "Content-Length":
+                self.send_header(name, value)
+        if self.command == "HEAD":
+            self.send_header("Content-Length", response.headers.get("Content-Length", str(len(payload))))
+        else:
+            self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        if self.command != "HEAD" and payload:
+            self.wfile.write(payload)
+        emulator._record(
+            {
+                "method": self.command,
+                "path": urlsplit(self.path).path,
+                "query": parse_qs(urlsplit(self.path).query, keep_blank_values=True),
+                "headers": headers,
+                "body": body,
+                "status": response.status,
+                "sharedkey_valid": response.status != 403 or not _is_auth_error(response),
+            }
+        )
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+def _is_auth_error(response: _Response) -> bool:
+    return isinstance(response.body, dict) and response.body.get("code") == "AuthenticationFailed"
