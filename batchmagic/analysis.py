@@ -120,11 +120,14 @@ def _arg_expressions(args: ast.arguments) -> list[ast.expr]:
 class _ScopeNames(ast.NodeVisitor):
     """Collect loads, local bindings and global declarations of one scope's body.
 
-    Nested scopes are reduced to their own free names, which count as loads here.
+    Nested scopes are reduced to their own free names, kept apart in ``nested``: a function
+    resolves them against its locals like its own loads, but a class body does not (a method
+    or comprehension in a class cannot see the class's names).
     """
 
     def __init__(self) -> None:
         self.loads: set[str] = set()
+        self.nested: set[str] = set()
         self.binds: set[str] = set()
         self.globals: set[str] = set()
         self.nonlocals: set[str] = set()
@@ -175,7 +178,7 @@ class _ScopeNames(ast.NodeVisitor):
         self.generic_visit(node)
 
     def _nested(self, free: set[str], global_stores: set[str]) -> None:
-        self.loads |= free
+        self.nested |= free
         self.global_stores |= global_stores
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
@@ -200,8 +203,9 @@ class _ScopeNames(ast.NodeVisitor):
         self._nested(*_class_free(node))
 
     def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp) -> None:
-        free, walrus = _comprehension_free(node)
-        self.loads |= free
+        first_iter, free, walrus = _comprehension_free(node)
+        self.loads |= first_iter
+        self.nested |= free
         self.binds |= walrus
 
     visit_ListComp = _comprehension  # type: ignore[assignment]
@@ -216,7 +220,7 @@ def _function_free(args: ast.arguments, body: list[ast.stmt] | list[ast.expr]) -
     for stmt in body:
         scope.visit(stmt)
     local = (scope.binds | _arg_names(args)) - scope.globals - scope.nonlocals
-    free = scope.loads - local
+    free = (scope.loads | scope.nested) - local
     global_stores = (scope.binds & scope.globals) | scope.global_stores
     return free | (scope.globals & scope.binds), global_stores
 
@@ -227,18 +231,25 @@ def _class_free(node: ast.ClassDef) -> tuple[set[str], set[str]]:
         scope.visit(stmt)
     # A class body's loads resolve to its own bindings only if bound before use; treating every
     # load not bound in the body as free is the safe (over-shipping) answer.
-    free = scope.loads - (scope.binds - scope.globals)
+    free = (scope.loads - (scope.binds - scope.globals)) | scope.nested
     return free, (scope.binds & scope.globals) | scope.global_stores
 
 
 def _comprehension_free(
     node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp,
-) -> tuple[set[str], set[str]]:
-    """Free names of a comprehension, and names its walrus expressions bind outside it."""
+) -> tuple[set[str], set[str], set[str]]:
+    """Names read by the first iterable, free names of the rest, and names bound by walrus.
+
+    The first iterable is evaluated in the enclosing scope, before any target is bound, so
+    ``[x for x in x]`` reads the outer ``x``.
+    """
+    outer = _ScopeNames()
+    outer.visit(node.generators[0].iter)
     scope = _ScopeNames()
     targets: set[str] = set()
-    for gen in node.generators:
-        scope.visit(gen.iter)
+    for i, gen in enumerate(node.generators):
+        if i:
+            scope.visit(gen.iter)
         targets |= _target_names(gen.target)
         for cond in gen.ifs:
             scope.visit(cond)
@@ -248,7 +259,8 @@ def _comprehension_free(
     else:
         scope.visit(node.elt)
     walrus = {n.target.id for n in ast.walk(node) if isinstance(n, ast.NamedExpr)}
-    return scope.loads - targets - (scope.binds - walrus), walrus
+    free = (scope.loads | scope.nested) - targets - (scope.binds - walrus)
+    return outer.loads | outer.nested, free, walrus
 
 
 # --- the top level, in evaluation order ---
@@ -306,7 +318,8 @@ class _TopLevel(ast.NodeVisitor):
         self.all_bound.extend(sorted(global_stores))
 
     def _comprehension(self, node: ast.ListComp | ast.SetComp | ast.GeneratorExp | ast.DictComp) -> None:
-        free, walrus = _comprehension_free(node)
+        first_iter, free, walrus = _comprehension_free(node)
+        self.load(first_iter)
         self.load(free)
         self.bind(walrus)
 
@@ -339,6 +352,7 @@ class _TopLevel(ast.NodeVisitor):
             self.store(node.target)
         elif not isinstance(node.target, ast.Name):
             self.visit(node.target)
+        self.visit(node.annotation)  # evaluated at top level (and stored in __annotations__)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self.visit(node.value)
@@ -455,6 +469,9 @@ class _TopLevel(ast.NodeVisitor):
             for sub in ast.walk(case.pattern):
                 if isinstance(sub, ast.MatchValue | ast.MatchClass):
                     self.visit(sub.value if isinstance(sub, ast.MatchValue) else sub.cls)
+                elif isinstance(sub, ast.MatchMapping):
+                    for key in sub.keys:
+                        self.visit(key)
             self.bind(_pattern_names(case.pattern))
             if case.guard is not None:
                 self.visit(case.guard)
