@@ -184,13 +184,16 @@ class BundleReader:
     def verify(self) -> None:
         """Recompute the content hash; raise BundleError if it differs from the manifest's."""
         digest = hashlib.sha256()
-        for info in self._zip.infolist():
-            if info.filename == MANIFEST:
-                continue
-            digest.update(info.filename.encode() + b"\0")
-            with self._zip.open(info) as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+        try:
+            for info in self._zip.infolist():
+                if info.filename == MANIFEST:
+                    continue
+                digest.update(info.filename.encode() + b"\0")
+                with self._zip.open(info) as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError) as err:  # zip's CRC check caught it first
+            raise BundleError(f"bundle content is damaged: it was altered or truncated ({err})") from err
         if digest.hexdigest() != self.manifest.sha256:
             raise BundleError("bundle content does not match its manifest hash: it was altered or truncated")
 
