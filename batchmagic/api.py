@@ -401,14 +401,15 @@ class Session:
         )
 
     def teardown(self) -> list[str]:
-        """Stop and release whatever this session started that still runs or holds resources."""
+        """Stop and release whatever this session started that still runs or holds resources.
+
+        Returns a line per thing removed; calling it again removes (and returns) nothing.
+        """
         removed: list[str] = []
         for run in self.runs:
+            removed.extend(run.backend.release(run.id))
             if not run.done:
                 run.cancel()
-            lines = run.backend.release(run.id)
-            if lines:
-                removed.extend(lines)
         return removed
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Enum, Unicode, default, validate
+from traitlets import Enum, TraitError, Unicode, default, validate
 
 from batchmagic import api
 from batchmagic.backends import BACKENDS
@@ -73,7 +73,7 @@ class AzBatch(Magics):
     def _check_backend(self, proposal: Any) -> str:
         value = str(proposal["value"]).lower()
         if value not in BACKENDS:
-            raise ValueError(f"AzBatch.backend must be one of {', '.join(BACKENDS)}, not {value!r}")
+            raise TraitError(f"AzBatch.backend must be one of {', '.join(BACKENDS)}, not {value!r}")
         return value
 
     @validate("timeout")
@@ -81,7 +81,7 @@ class AzBatch(Magics):
         try:
             parse_timeout(proposal["value"])
         except ConfigError as err:
-            raise ValueError(str(err)) from None
+            raise TraitError(str(err)) from None
         return str(proposal["value"])
 
     # --- %%azbatch ---

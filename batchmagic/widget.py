@@ -97,7 +97,7 @@ def make_panel(mode: str, *, on_cancel: Callable[[], None] | None = None) -> Pan
         return TextPanel()
     from IPython.display import display
 
-    display(panel.widget)
+    panel.handle = display(panel.widget, display_id=True)
     return panel
 
 
@@ -121,6 +121,7 @@ class StatusPanel:
             layout=w.Layout(border="1px solid #ddd", padding="4px 8px", width="auto"),
         )
         self.state: RunState | None = None
+        self.handle: Any = None  # the display handle, refreshed at the end so saved notebooks get the summary
 
     def _clicked(self, _button: Any) -> None:
         self.cancel_button.disabled = True
@@ -154,6 +155,8 @@ class StatusPanel:
             if state.finished:
                 self.cancel_button.disabled = True
                 self.cancel_button.layout.display = "none"
+        if state.finished and self.handle is not None:
+            self.handle.update(self.widget)
 
 
 def _summary_box_class() -> type:

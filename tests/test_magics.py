@@ -88,8 +88,10 @@ def test_timeout_kills_the_run(shell):
 
 def test_env_reaches_the_cell_and_secrets_do_not(shell, monkeypatch):
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountKey=secret")
-    shell.run_cell("%%azbatch --env MODE=fast --env LEVEL=3\nimport os\nmode = os.environ['MODE']\n"
-                   "level = os.environ['LEVEL']\nleak = os.environ.get('AZURE_STORAGE_CONNECTION_STRING')")
+    shell.run_cell(
+        "%%azbatch --env MODE=fast --env LEVEL=3\nimport os\nmode = os.environ['MODE']\n"
+        "level = os.environ['LEVEL']\nleak = os.environ.get('AZURE_STORAGE_CONNECTION_STRING')"
+    )
     assert (shell.user_ns["mode"], shell.user_ns["level"], shell.user_ns["leak"]) == ("fast", "3", None)
 
 

@@ -1,0 +1,78 @@
+"""The API on the local backend: live logs, cancel, Ctrl-C, phases, the ledger."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from batchmagic.api import Session
+from batchmagic.errors import RunCancelled, RunFailed
+
+
+@pytest.fixture
+def session(home):
+    s = Session()
+    yield s
+    s.teardown()
+
+
+def test_output_arrives_while_the_cell_runs(session):
+    seen = []
+    run = session.submit(
+        "import sys, time\nprint('first')\nprint('oops', file=sys.stderr)\ntime.sleep(1.5)\nprint('last')",
+        {},
+        backend="local",
+        on_update=lambda state, records: seen.extend((state.phase.value, r.stream, r.text) for r in records),
+    )
+    run.wait()
+    texts = [(stream, text) for _, stream, text in seen if text.strip()]
+    assert texts == [("stdout", "first"), ("stderr", "oops"), ("stdout", "last")]
+    first_phase = next(phase for phase, _, text in seen if text == "first")
+    assert first_phase == "running"  # delivered before the run ended, not at collection
+
+
+def test_phases_are_recorded_in_order(session):
+    run = session.submit("x = 1", {}, backend="local")
+    run.wait()
+    phases = [span.phase.value for span in run.state().phases]
+    assert phases[:3] == ["packaging", "uploading", "queued"]
+    assert phases[-2:] == ["collecting", "done"]
+    assert all(span.end is not None for span in run.state().phases)
+
+
+def test_cancel_stops_the_process(session):
+    run = session.submit("import time\ntime.sleep(60)", {}, backend="local")
+    time.sleep(0.3)
+    run.cancel()
+    assert run.status == "cancelled"
+    with pytest.raises(RunCancelled):
+        run.wait()
+    process = session.backend("local")._runs[run.id].tasks["task-0"].process
+    assert process.poll() is not None
+
+
+def test_ctrl_c_while_waiting_cancels(session):
+    run = session.submit("import time\ntime.sleep(60)", {}, backend="local")
+    timer = threading.Timer(0.5, lambda: signal.raise_signal(signal.SIGINT))
+    timer.start()
+    with pytest.raises(RunCancelled, match="Ctrl-C"):
+        run.wait()
+    assert run.status == "cancelled"
+
+
+def test_killed_process_is_one_line(session):
+    run = session.submit("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", {}, backend="local")
+    with pytest.raises(RunFailed, match="killed by SIGKILL"):
+        run.wait()
+
+
+def test_ledger_records_submissions(session, home):
+    run = session.submit("x = 1", {}, backend="local")
+    run.wait()
+    events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "submitted" and events[0]["run"] == run.id
+    assert events[0]["client"] == session.client_id
