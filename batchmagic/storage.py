@@ -16,16 +16,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import urllib.parse
 from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Store", "LocalStore", "Channel", "FileChannel", "open_channel", "LOG_RECORD_KEYS"]
+__all__ = [
+    "Store",
+    "LocalStore",
+    "BlobStore",
+    "Channel",
+    "FileChannel",
+    "BlobChannel",
+    "open_channel",
+    "check_container_name",
+    "LOG_RECORD_KEYS",
+]
 
 LOG_RECORD_KEYS = ("t", "s", "d")  # time, stream ("o" or "e"), data
-
 
 class Store(ABC):
     """Key -> bytes storage for run data, as the client sees it."""
@@ -176,8 +187,6 @@ def open_channel(url: str) -> Channel:
     if parsed.scheme == "file":
         return FileChannel(Path(urllib.parse.unquote(parsed.path)))
     if parsed.scheme in ("http", "https"):
-        from batchmagic.storage_blob import BlobChannel
-
         return BlobChannel(url)
     raise ValueError(f"unsupported URL scheme for run data: {parsed.scheme!r}")
 
@@ -185,3 +194,184 @@ def open_channel(url: str) -> Channel:
 def encode_log_record(t: float, stream: str, data: str) -> bytes:
     """One log record: a JSON line with the time, the stream ("o"/"e") and the text."""
     return (json.dumps({"t": round(t, 3), "s": stream, "d": data}, ensure_ascii=False) + "\n").encode()
+
+
+# --- Azure Blob Storage ---
+
+_CONTAINER_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
+
+
+def check_container_name(name: str) -> str:
+    """Azure's naming rules: 3-63 characters, lowercase letters, digits, single hyphens inside."""
+    if not _CONTAINER_NAME.match(name or ""):
+        raise ValueError(
+            f"storage container name {name!r} breaks Azure's rules: 3-63 characters, lowercase letters, "
+            "digits and single hyphens, starting and ending with a letter or digit; set BATCHMAGIC_CONTAINER"
+        )
+    return name
+
+
+class BlobStore(Store):
+    """Run data in an Azure Blob Storage container; runners get SAS URLs scoped to single blobs.
+
+    Build it with :meth:`from_connection_string` (account key: SAS signed with it) or
+    :meth:`from_account_url` (an Entra ID credential: user-delegation SAS). The key or credential
+    stays inside this object: it is never part of a URL, a message or a repr.
+    """
+
+    kind = "blob"
+
+    def __init__(self, container_client: Any, *, account_key: str | None = None, credential: Any = None) -> None:
+        self._container = container_client
+        self._account_key = account_key
+        self._credential = credential
+        self._delegation_key: Any = None
+        self._delegation_expiry: datetime | None = None
+        self.container_name: str = container_client.container_name
+        self.account_name: str = container_client.account_name
+
+    def __repr__(self) -> str:
+        return f"<BlobStore {self.describe()}>"
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, container: str, **client_options: Any) -> BlobStore:
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient.from_connection_string(connection_string, **client_options)
+        key = service.credential.account_key if service.credential is not None else None
+        return cls(service.get_container_client(check_container_name(container)), account_key=key)
+
+    @classmethod
+    def from_account_url(cls, account_url: str, container: str, credential: Any, **client_options: Any) -> BlobStore:
+        from azure.storage.blob import BlobServiceClient
+
+        service = BlobServiceClient(account_url, credential=credential, **client_options)
+        return cls(service.get_container_client(check_container_name(container)), credential=credential)
+
+    def ensure_container(self) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self._container.create_container()
+        except ResourceExistsError:
+            pass
+
+    def _blob(self, key: str) -> Any:
+        return self._container.get_blob_client(key)
+
+    def put_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as f:
+            self._blob(key).upload_blob(f, overwrite=True, max_concurrency=4)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._blob(key).upload_blob(data, overwrite=True)
+
+    def get_bytes(self, key: str) -> bytes:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return bytes(self._blob(key).download_blob().readall())
+        except ResourceNotFoundError:
+            raise KeyError(key) from None
+
+    def read_from(self, key: str, offset: int) -> bytes:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            return bytes(self._blob(key).download_blob(offset=offset).readall())
+        except ResourceNotFoundError:
+            return b""
+        except HttpResponseError as err:
+            if err.status_code == 416:  # nothing past offset yet
+                return b""
+            raise
+
+    def exists(self, key: str) -> bool:
+        return bool(self._blob(key).exists())
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix)]
+
+    def delete_prefix(self, prefix: str) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        count = 0
+        for name in self.list_keys(prefix):
+            try:
+                self._container.delete_blob(name)
+                count += 1
+            except ResourceNotFoundError:
+                pass
+        return count
+
+    def _sas_signing(self, expiry: datetime) -> dict[str, Any]:
+        if self._account_key:
+            return {"account_key": self._account_key}
+        from datetime import UTC, timedelta
+
+        if self._delegation_key is None or (self._delegation_expiry and self._delegation_expiry < expiry):
+            service = self._container._get_blob_service_client()  # noqa: SLF001 - same account
+            start = datetime.now(UTC) - timedelta(minutes=5)
+            self._delegation_expiry = expiry + timedelta(hours=1)
+            self._delegation_key = service.get_user_delegation_key(start, self._delegation_expiry)
+        return {"user_delegation_key": self._delegation_key}
+
+    def url(self, key: str, *, permissions: str, expiry: datetime) -> str:
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        sas = generate_blob_sas(
+            self.account_name,
+            self.container_name,
+            key,
+            permission=BlobSasPermissions.from_string(permissions),
+            expiry=expiry,
+            **self._sas_signing(expiry),
+        )
+        return f"{self._blob(key).url}?{sas}"
+
+    def container_url(self, *, permissions: str, expiry: datetime) -> str:
+        """A container SAS URL (for Batch's outputFiles, which need one): keep ``permissions`` to ``cw``."""
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        sas = generate_container_sas(
+            self.account_name,
+            self.container_name,
+            permission=ContainerSasPermissions.from_string(permissions),
+            expiry=expiry,
+            **self._sas_signing(expiry),
+        )
+        return f"{self._container.url}?{sas}"
+
+    def describe(self) -> str:
+        return f"{self._container.url}"
+
+
+class BlobChannel(Channel):
+    """A blob the runner reaches through a SAS URL (no account key ever reaches a task)."""
+
+    def __init__(self, url: str) -> None:
+        from azure.storage.blob import BlobClient
+
+        self._client = BlobClient.from_blob_url(url)
+        self._created = False
+
+    def read(self) -> bytes:
+        return bytes(self._client.download_blob().readall())
+
+    def download_to(self, path: Path) -> None:
+        with open(path, "wb") as f:
+            self._client.download_blob(max_concurrency=4).readinto(f)
+
+    def append(self, data: bytes) -> None:
+        if not self._created:
+            from azure.core.exceptions import ResourceExistsError
+
+            try:
+                self._client.create_append_blob(if_none_match="*")
+            except ResourceExistsError:
+                pass  # a retried task appends to the log its first attempt started
+            self._created = True
+        self._client.append_block(data)
+
+    def write(self, data: bytes) -> None:
+        self._client.upload_blob(data, overwrite=True)
