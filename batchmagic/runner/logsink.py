@@ -84,8 +84,10 @@ class TeeStream(io.TextIOBase):
         return self._target.fileno()
 
     def write(self, text: str) -> int:
-        self._target.write(text)
+        # Log first: a SIGTERM raised between the two calls must not leave the log short of
+        # what the terminal already showed.
         self._sink.add(self._stream, text)
+        self._target.write(text)
         return len(text)
 
     def flush(self) -> None:

@@ -1,0 +1,325 @@
+"""``python -m batchmagic.runner --spec spec.json`` as a real subprocess, fed by capture()."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from batchmagic.capture import capture
+from batchmagic.errors import RemoteError
+from batchmagic.runner import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and paths")
+
+
+@dataclass
+class Task:
+    root: Path
+    spec: Path
+    log: Path
+    result: Path
+    workdir: Path
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "batchmagic.runner", "--spec", str(self.spec)]
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def outcome(self) -> dict[str, Any]:
+        return pickle.loads(self.result.read_bytes())
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+    def streams(self) -> list[tuple[str, str]]:
+        """The log as (stream, text) runs: consecutive records of one stream joined."""
+        runs: list[tuple[str, str]] = []
+        for record in self.records():
+            if runs and runs[-1][0] == record["s"]:
+                runs[-1] = (record["s"], runs[-1][1] + record["d"])
+            else:
+                runs.append((record["s"], record["d"]))
+        return runs
+
+
+def _prepare(
+    root: Path, cell: str, namespace: Mapping[str, Any], *, outputs: list[str] | None = None, **spec: Any
+) -> Task:
+    root.mkdir(parents=True, exist_ok=True)
+    task_dir = root / "store" / "runs" / "r1" / "t0"
+    task_dir.mkdir(parents=True)
+    bundle = root / "store" / "runs" / "r1" / "bundle"
+    capture(textwrap.dedent(cell), namespace, bundle, outputs=outputs)
+    task = Task(root, task_dir / "spec.json", task_dir / "output.log", task_dir / "result", root / "wd")
+    task.workdir.mkdir()
+    spec = {
+        "run_id": "r1",
+        "task_id": "t0",
+        "bundle": bundle.as_uri(),
+        "log": task.log.as_uri(),
+        "result": task.result.as_uri(),
+        **spec,
+    }
+    task.spec.write_text(json.dumps(spec))
+    return task
+
+
+def _run(task: Task, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        task.command(), cwd=task.workdir, env=task.env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_success_returns_outputs(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "import math\ny = x * 2\nroot = math.sqrt(y)\nprint('y is', y)", {"x": 8})
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "y is 16" in done.stdout  # written through to the real stdout too
+    outcome = task.outcome()
+    assert outcome["ok"] is True
+    assert outcome["task_id"] == "t0"
+    assert outcome["ended"] >= outcome["started"]
+    outputs = {name: cloudpickle.loads(data) for name, data in outcome["outputs"].items()}
+    assert outputs["y"] == 16
+    assert outputs["root"] == 4.0
+    assert outputs["math"].__name__ == "math"
+    assert set(outputs) == {"math", "y", "root"}
+    assert outcome["skipped"] == {}
+    assert outcome["deleted"] == []
+    assert task.streams() == [("o", "y is 16\n")]
+
+
+def test_outputs_are_limited_and_notebook_functions_run(tmp_path: Path) -> None:
+    ns: dict[str, Any] = {"__name__": "__main__"}
+    exec("OFFSET = 1\ndef train(d, a):\n    return sum(d) * a + OFFSET\n", ns)
+    cell = "model = train(data, alpha)\nextra = 1"
+    task = _prepare(tmp_path, cell, {"train": ns["train"], "data": [1, 2, 3], "alpha": 0.5}, outputs=["model"])
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    outputs = task.outcome()["outputs"]
+    assert list(outputs) == ["model"]
+    assert cloudpickle.loads(outputs["model"]) == 4.0
+
+
+def test_cell_error_is_remote_error_ready(tmp_path: Path) -> None:
+    cell = """\
+    a = 1
+    def helper(v):
+        return v / 0
+    b = helper(a)  # the failing line
+    """
+    task = _prepare(tmp_path, cell, {})
+    done = _run(task)
+    assert done.returncode == EXIT_CELL_ERROR, done.stderr
+    outcome = task.outcome()
+    assert outcome["ok"] is False
+    assert outcome["phase"] == "cell"
+    error = outcome["error"]
+    assert error["type"] == "ZeroDivisionError"
+    assert error["message"] == "division by zero"
+    text = "".join(error["traceback"])
+    assert 'File "<azbatch-cell>", line 4, in <module>' in text
+    assert "b = helper(a)  # the failing line" in text
+    assert 'File "<azbatch-cell>", line 3, in helper' in text
+    assert "return v / 0" in text
+    assert text.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "batchmagic/runner" not in text
+    assert "batchmagic" not in text
+    remote = RemoteError(error["type"], error["message"], error["traceback"], "t0")
+    assert str(remote) == "ZeroDivisionError: division by zero"
+    assert pickle.loads(pickle.dumps(remote)).traceback == error["traceback"]
+    rendered = "\n".join(remote._render_traceback_())
+    assert "b = helper(a)" in rendered
+
+
+def test_chained_error_keeps_both_and_no_runner_frames(tmp_path: Path) -> None:
+    cell = """\
+    import json
+    try:
+        json.loads("{bad")
+    except ValueError as err:
+        raise KeyError("config") from err
+    """
+    task = _prepare(tmp_path, cell, {})
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    error = task.outcome()["error"]
+    assert error["type"] == "KeyError"
+    text = "".join(error["traceback"])
+    assert "json.decoder.JSONDecodeError" in text
+    assert "direct cause" in text
+    assert 'raise KeyError("config") from err' in text
+    assert "batchmagic/runner" not in text
+
+
+def test_custom_exception_type_name(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "import json\njson.loads('nope')", {})
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    assert task.outcome()["error"]["type"] == "json.decoder.JSONDecodeError"
+
+
+def test_corrupted_bundle_is_a_setup_error(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "y = x + 1", {"x": b"Z" * 2000})
+    bundle = tmp_path / "store" / "runs" / "r1" / "bundle"
+    data = bytearray(bundle.read_bytes())
+    data[data.index(b"Z" * 2000) + 1000] = ord("Y")
+    bundle.write_bytes(bytes(data))
+    done = _run(task)
+    assert done.returncode == EXIT_SETUP_ERROR, done.stderr
+    outcome = task.outcome()
+    assert outcome["ok"] is False
+    assert outcome["phase"] == "setup"
+    assert outcome["error"]["type"] == "batchmagic.bundle.BundleError"
+
+
+def test_missing_bundle_is_a_setup_error(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "y = 1", {})
+    (tmp_path / "store" / "runs" / "r1" / "bundle").unlink()
+    assert _run(task).returncode == EXIT_SETUP_ERROR
+    assert task.outcome()["phase"] == "setup"
+
+
+def test_stdout_and_stderr_interleave_in_order(tmp_path: Path) -> None:
+    cell = """\
+    import sys
+    print("out 1")
+    print("err 1", file=sys.stderr)
+    print("out 2")
+    sys.stderr.write("err 2\\n")
+    sys.stdout.write("out 3\\n")
+    """
+    task = _prepare(tmp_path, cell, {})
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert task.streams() == [("o", "out 1\n"), ("e", "err 1\n"), ("o", "out 2\n"), ("e", "err 2\n"), ("o", "out 3\n")]
+    records = task.records()
+    assert all(set(r) == {"t", "s", "d"} for r in records)
+    times = [r["t"] for r in records]
+    assert times == sorted(times)
+    assert "err 1" in done.stderr and "out 3" in done.stdout
+
+
+def test_error_output_before_the_exception_is_logged(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "print('partial')\n1 / 0", {})
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    assert task.streams() == [("o", "partial\n")]
+
+
+@pytest.fixture
+def local_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    project = tmp_path / "project"
+    (project / "bm_runpkg").mkdir(parents=True)
+    (project / "bm_runmod.py").write_text("from bm_runpkg.core import base\n\ndef score(v):\n    return base() + v\n")
+    (project / "bm_runpkg" / "__init__.py").write_text("")
+    (project / "bm_runpkg" / "core.py").write_text("def base():\n    return 100\n")
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    yield project
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("bm_runmod", "bm_runpkg"):
+            del sys.modules[name]
+
+
+def test_local_module_shipped_as_source_is_importable(tmp_path: Path, local_module: Path) -> None:
+    import bm_runmod  # type: ignore[import-not-found]
+
+    cell = "from bm_runpkg.core import base\ns = bm_runmod.score(5) + base()\nwhere = bm_runmod.__file__"
+    task = _prepare(tmp_path / "run", cell, {"bm_runmod": bm_runmod})
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    outputs = {k: cloudpickle.loads(v) for k, v in task.outcome()["outputs"].items() if k != "base"}
+    assert outputs["s"] == 205
+    # imported from the shipped copy, not from the project directory
+    assert not outputs["where"].startswith(str(local_module))
+    assert str(task.workdir) in outputs["where"]
+
+
+def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
+    cell = """\
+    import sys, time
+    print("before sleep")
+    print("warned", file=sys.stderr)
+    time.sleep(30)
+    print("after sleep")
+    """
+    # A long log interval: only the final flush on the way out can put the lines in the log.
+    task = _prepare(tmp_path, cell, {}, log_interval=60)
+    proc = subprocess.Popen(
+        task.command(), cwd=task.workdir, env=task.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "before sleep\n"
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "warned\n"
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=10)
+        assert time.monotonic() - start < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert code == EXIT_CELL_ERROR
+    assert task.streams() == [("o", "before sleep\n"), ("e", "warned\n")]
+    outcome = task.outcome()
+    assert outcome["ok"] is False
+    assert "terminated" in outcome["error"]["message"]
+
+
+def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:
+    cell = "import threading\nlock = threading.Lock()\ngen = (i for i in range(3))\ncount = 3"
+    task = _prepare(tmp_path, cell, {})
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    outcome = task.outcome()
+    assert set(outcome["skipped"]) == {"lock", "gen"}
+    assert "lock" in outcome["skipped"]["lock"] and "cannot be pickled" in outcome["skipped"]["lock"]
+    assert set(outcome["outputs"]) == {"threading", "count"}
+    assert cloudpickle.loads(outcome["outputs"]["count"]) == 3
+
+
+def test_deleted_names_are_reported(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "y = len(big)\ndel big\ntmp = 1\ndel tmp", {"big": [0] * 10})
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    outcome = task.outcome()
+    assert sorted(outcome["deleted"]) == ["big", "tmp"]
+    assert set(outcome["outputs"]) == {"y"}
+
+
+def test_params_are_injected(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "y = lr * 10", {"lr": 0.1}, params={"lr": cloudpickle.dumps(0.5).hex()})
+    assert _run(task).returncode == EXIT_OK
+    assert cloudpickle.loads(task.outcome()["outputs"]["y"]) == 5.0
+
+
+def test_spec_given_as_a_file_url(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "y = 1", {})
+    done = subprocess.run(
+        [sys.executable, "-m", "batchmagic.runner", "--spec", task.spec.as_uri()],
+        cwd=task.workdir,
+        env=task.env(),
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == EXIT_OK
+    assert task.outcome()["ok"] is True
