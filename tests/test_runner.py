@@ -283,6 +283,9 @@ def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
     outcome = task.outcome()
     assert outcome["ok"] is False
     assert "terminated" in outcome["error"]["message"]
+    text = "".join(outcome["error"]["traceback"])
+    assert 'File "<azbatch-cell>", line 4' in text and "time.sleep(30)" in text
+    assert "batchmagic/runner" not in text  # not even the signal handler's frame
 
 
 def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:
@@ -304,6 +307,12 @@ def test_deleted_names_are_reported(tmp_path: Path) -> None:
     outcome = task.outcome()
     assert sorted(outcome["deleted"]) == ["big", "tmp"]
     assert set(outcome["outputs"]) == {"y"}
+
+
+def test_empty_outputs_bring_nothing_back(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "a = 1\nb = 2", {}, outputs=[])
+    assert _run(task).returncode == EXIT_OK
+    assert task.outcome()["outputs"] == {}
 
 
 def test_params_are_injected(tmp_path: Path) -> None:

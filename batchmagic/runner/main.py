@@ -100,7 +100,8 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
-    return EXIT_OK, {"ok": True, **_collect(namespace, manifest.outputs or manifest.bound, manifest.deleted)}
+    names = manifest.outputs if manifest.outputs is not None else manifest.bound
+    return EXIT_OK, {"ok": True, **_collect(namespace, names, manifest.deleted)}
 
 
 def _collect(namespace: dict[str, Any], names: list[str], deleted: list[str]) -> dict[str, Any]:
@@ -123,6 +124,12 @@ def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool =
     if cell_only:
         while tb is not None and tb.tb_frame.f_code.co_filename != CELL_FILENAME:
             tb = tb.tb_next
+        last = tb
+        while last is not None and last.tb_next is not None:
+            if last.tb_next.tb_frame.f_code.co_filename == __file__:  # our SIGTERM handler's frame
+                last.tb_next = None
+            else:
+                last = last.tb_next
     cls = type(err)
     name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
     return {
