@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from batchmagic.emulator import auth
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
@@ -93,6 +93,7 @@ SUPPORTED_IMAGES: list[dict[str, Any]] = [
 
 _JSON = "application/json; odata=minimalmetadata"
 _MAX_RESULTS = 1000
+_QUERY_SAFE = "$'(),/:"
 
 
 class _Response:
@@ -399,7 +400,8 @@ class Emulator:
                 if request.q(name):
                     params[name] = str(request.q(name))
             params["$skiptoken"] = str(skip + limit)
-            body["odata.nextLink"] = f"{self.url}{request.path}?{urlencode(params, quote_via=quote)}"
+            query = "&".join(f"{k}={quote(v, safe=_QUERY_SAFE)}" for k, v in params.items())
+            body["odata.nextLink"] = f"{self.url}{request.path}?{query}"
         return _Response(200, body)
 
     def _created(self, url: str, data: dict[str, Any]) -> _Response:

@@ -334,6 +334,7 @@ class BatchState:
                 "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication", False)),
                 "taskSlotsPerNode": int(body.get("taskSlotsPerNode", 1)),
                 "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
+                "targetNodeCommunicationMode": body.get("targetNodeCommunicationMode", "default"),
             }
             vmc = copy.deepcopy(body["virtualMachineConfiguration"])
             vmc.setdefault("imageReference", {}).setdefault("version", "latest")
@@ -346,7 +347,6 @@ class BatchState:
                 "networkConfiguration",
                 "mountConfiguration",
                 "applicationPackageReferences",
-                "targetNodeCommunicationMode",
                 "resourceTags",
             ):
                 if key in body:
@@ -687,7 +687,19 @@ class BatchState:
                 pool = self.create_pool(spec, auto_job_id=job_id)
                 job.auto_pool_id = pool.id
                 job.auto_pool_lifetime = str(auto.get("poolLifetimeOption", "job")).lower()
-                data["poolInfo"]["autoPoolSpecification"].setdefault("keepAlive", False)
+                stored = data["poolInfo"]["autoPoolSpecification"]
+                stored.setdefault("keepAlive", False)
+                defaults = {
+                    "taskSlotsPerNode": 1,
+                    "taskSchedulingPolicy": {"nodeFillType": "Spread"},
+                    "resizeTimeout": "PT15M",
+                    "targetDedicatedNodes": 0,
+                    "targetLowPriorityNodes": 0,
+                    "enableAutoScale": False,
+                    "enableInterNodeCommunication": False,
+                }
+                for key, value in defaults.items():
+                    stored["pool"].setdefault(key, value)
                 data["executionInfo"]["poolId"] = pool.id
             else:
                 data["executionInfo"]["poolId"] = pool_info["poolId"]
