@@ -1,0 +1,164 @@
+"""The emulator's docker executor against a private dockerd and a tiny image made from host binaries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.batch import models as m
+
+from tests.support.emulator import start_emulator, wait_for
+
+IMAGE = "batchemu/mini:1"
+BAD_IMAGE = "127.0.0.1:1/missing/image:1"
+BINARIES = ["/bin/sh", "/bin/sleep", "/bin/cat", "/bin/pwd", "/usr/bin/env"]
+
+
+def _docker(env: dict[str, str], *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["docker", *args], env={**os.environ, **env}, capture_output=True, check=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def docker_env() -> Iterator[dict[str, str]]:
+    """DOCKER_HOST of a reachable engine: $DOCKER_HOST if it answers, else a private dockerd we start."""
+    if os.environ.get("DOCKER_HOST") and _docker({}, "version").returncode == 0:
+        env = {"DOCKER_HOST": os.environ["DOCKER_HOST"]}
+        proc = None
+        root = None
+    else:
+        if not shutil.which("dockerd") or os.geteuid() != 0:
+            pytest.skip("docker executor tests need a Docker engine: set DOCKER_HOST or run as root with dockerd")
+        root = Path(tempfile.mkdtemp(prefix="emu-dockerd-", dir="/tmp"))
+        sock = root / "docker.sock"
+        proc = subprocess.Popen(
+            [
+                "dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+                "-H", f"unix://{sock}", "--pidfile", str(root / "dockerd.pid"), "--storage-driver", "overlay2",
+                "--iptables=false", "--ip-masq=false", "--bridge=none", "--ip6tables=false",
+            ],  # fmt: skip
+            stdout=open(root / "dockerd.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        env = {"DOCKER_HOST": f"unix://{sock}"}
+        deadline = time.monotonic() + 30
+        while _docker(env, "version").returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("dockerd did not start:\n" + (root / "dockerd.log").read_text()[-2000:])
+            time.sleep(0.2)
+    if _docker(env, "image", "inspect", IMAGE).returncode != 0:
+        rootfs = Path(tempfile.mkdtemp(prefix="emu-rootfs-"))
+        for binary in BINARIES:
+            libs = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+            for path in [binary] + [w for w in libs.split() if w.startswith("/")]:
+                dest = rootfs / path.lstrip("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(os.path.realpath(path), dest)
+        (rootfs / "tmp").mkdir(exist_ok=True)
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+        assert _docker(env, "import", "-", IMAGE, input=tar).returncode == 0
+        shutil.rmtree(rootfs, ignore_errors=True)
+    try:
+        yield env
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if root is not None:
+            subprocess.run(["umount", "-R", str(root / "data")], capture_output=True, check=False)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def docker_emulator(docker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with start_emulator(tmp_path_factory.mktemp("docker-emu"), executor="docker", env=docker_env) as emu:
+        yield emu
+
+
+def _pool(client: Any, pool_id: str, images: list[str]) -> None:
+    client.create_pool(
+        m.BatchPoolCreateOptions(
+            id=pool_id,
+            vm_size="standard_d2s_v3",
+            target_dedicated_nodes=1,
+            task_slots_per_node=2,
+            virtual_machine_configuration=m.VirtualMachineConfiguration(
+                image_reference=m.BatchVmImageReference(
+                    publisher="microsoft-azure-batch", offer="ubuntu-server-container", sku="20-04-lts"
+                ),
+                node_agent_sku_id="batch.node.ubuntu 20.04",
+                container_configuration=m.BatchContainerConfiguration(
+                    type=m.ContainerType.DOCKER_COMPATIBLE, container_image_names=images
+                ),
+            ),
+        )
+    )
+
+
+def _done(client: Any, job_id: str, task_id: str) -> Any:
+    return wait_for(lambda: (t := client.get_task(job_id, task_id)).state == m.BatchTaskState.COMPLETED and t, 60)
+
+
+def test_container_task_runs_in_image(docker_emulator: Any) -> None:
+    client = docker_emulator.client()
+    _pool(client, "dock", [IMAGE])
+    wait_for(lambda: [n for n in client.list_nodes("dock") if n.state == m.BatchNodeState.IDLE], 60)
+    client.create_job(m.BatchJobCreateOptions(id="dock", pool_info=m.BatchPoolInfo(pool_id="dock")))
+    settings = m.BatchTaskContainerSettings(image_name=IMAGE, container_run_options="--rm")
+    client.create_task(
+        "dock",
+        m.BatchTaskCreateOptions(
+            id="hello",
+            command_line="/bin/sh -c 'echo in-container $AZ_BATCH_TASK_ID $GREETING; pwd; cat /proc/1/cmdline'",
+            container_settings=settings,
+            environment_settings=[m.EnvironmentSetting(name="GREETING", value="hi")],
+        ),
+    )
+    task = _done(client, "dock", "hello")
+    assert task.execution_info.exit_code == 0, task.execution_info.failure_info
+    out = b"".join(client.download_task_file("dock", "hello", "stdout.txt")).decode()
+    lines = out.splitlines()
+    assert lines[0] == "in-container hello hi"
+    assert lines[1].endswith("/tasks/dock/job-1/hello/wd")
+
+    client.create_task(
+        "dock", m.BatchTaskCreateOptions(id="sleepy", command_line="sleep 100", container_settings=settings)
+    )
+    wait_for(lambda: client.get_task("dock", "sleepy").state == m.BatchTaskState.RUNNING, 30)
+    time.sleep(0.5)
+    started = time.monotonic()
+    client.terminate_task("dock", "sleepy")
+    sleepy = _done(client, "dock", "sleepy")
+    assert time.monotonic() - started < 15
+    assert sleepy.execution_info.failure_info.code == "TaskEnded"
+
+    client.create_task(
+        "dock",
+        m.BatchTaskCreateOptions(
+            id="badimage", command_line="true", container_settings=m.BatchTaskContainerSettings(image_name=BAD_IMAGE)
+        ),
+    )
+    bad = _done(client, "dock", "badimage")
+    info = bad.execution_info.failure_info
+    assert (info.category, info.code) == ("usererror", "ContainerInvalidImage")
+    assert {d.name for d in info.details} == {"ContainerImage", "Message"}
+
+
+def test_unpullable_pool_image_makes_node_unusable(docker_emulator: Any) -> None:
+    client = docker_emulator.client()
+    _pool(client, "badpool", [BAD_IMAGE])
+    node = wait_for(
+        lambda: [n for n in client.list_nodes("badpool") if n.state == m.BatchNodeState.UNUSABLE], 60
+    )[0]
+    assert node.errors[0].code == "ContainerInvalidImage"
+    assert node.errors[0].error_details[0].value == BAD_IMAGE
