@@ -155,7 +155,9 @@ class ProcessExecutor:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise TaskStartError("CommandLaunchFailed", f"The task command line could not be launched: {exc}")
+            raise TaskStartError(
+                "CommandLaunchFailed", f"The task command line could not be launched: {exc}"
+            ) from exc
         finally:
             out.close()
             err.close()

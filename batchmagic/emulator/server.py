@@ -330,7 +330,9 @@ class Emulator:
                     return self._error(ApiError(400, "InvalidRequestBody")), body
         reason = self._verify(method, raw_path, headers)
         if reason is not None:
-            return self._error(ApiError(403, "AuthenticationFailed", values=[("AuthenticationErrorDetail", reason)])), body
+            return self._error(
+                ApiError(403, "AuthenticationFailed", values=[("AuthenticationErrorDetail", reason)])
+            ), body
         if not query.get("api-version"):
             return (
                 self._error(
@@ -634,7 +636,12 @@ class Emulator:
         if spec:
             m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", spec)
             if not m or (not m.group(1) and not m.group(2)):
-                raise ApiError(400, "InvalidHeaderValue", "The value for one of the HTTP headers is not in the correct format.", [("HeaderName", "ocp-range"), ("HeaderValue", spec)])
+                raise ApiError(
+                    400,
+                    "InvalidHeaderValue",
+                    "The value for one of the HTTP headers is not in the correct format.",
+                    [("HeaderName", "ocp-range"), ("HeaderValue", spec)],
+                )
             if m.group(1):
                 start = int(m.group(1))
                 end = int(m.group(2)) if m.group(2) else size - 1
@@ -642,7 +649,9 @@ class Emulator:
                 start = max(0, size - int(m.group(2)))
             end = min(end, size - 1)
             if start >= size and size > 0:
-                raise ApiError(416, "InvalidRange", "The range specified is invalid for the current size of the resource.")
+                raise ApiError(
+                    416, "InvalidRange", "The range specified is invalid for the current size of the resource."
+                )
         if request.method == "HEAD":
             headers["Content-Length"] = str(size)
             return _Response(200, None, headers, raw=b"", content_type=_content_type(target))
@@ -668,10 +677,14 @@ class Emulator:
         return self._delete_file(self._task_root(job_id, task_id), rel, request)
 
     def _list_node_files(self, request: _Request, pool_id: str, node_id: str) -> _Response:
-        return self._file_list(self._node_root(pool_id, node_id), f"{self.url}/pools/{pool_id}/nodes/{node_id}", request)
+        return self._file_list(
+            self._node_root(pool_id, node_id), f"{self.url}/pools/{pool_id}/nodes/{node_id}", request
+        )
 
     def _get_node_file(self, request: _Request, pool_id: str, node_id: str, rel: str) -> _Response:
-        return self._file(self._node_root(pool_id, node_id), rel, f"{self.url}/pools/{pool_id}/nodes/{node_id}", request)
+        return self._file(
+            self._node_root(pool_id, node_id), rel, f"{self.url}/pools/{pool_id}/nodes/{node_id}", request
+        )
 
     def _delete_node_file(self, request: _Request, pool_id: str, node_id: str, rel: str) -> _Response:
         return self._delete_file(self._node_root(pool_id, node_id), rel, request)

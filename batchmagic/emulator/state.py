@@ -924,7 +924,11 @@ class BatchState:
         """One scheduler step (called with the lock held): pools, jobs, then task placement."""
         for pool in list(self.pools.values()):
             if pool.data["state"] == "deleting":
-                if pool.delete_at is not None and now >= pool.delete_at and not any(n.running for n in pool.nodes.values()):
+                if (
+                    pool.delete_at is not None
+                    and now >= pool.delete_at
+                    and not any(n.running for n in pool.nodes.values())
+                ):
                     for node in list(pool.nodes.values()):
                         self._remove_node(pool, node)
                     del self.pools[pool.id]
@@ -1025,7 +1029,9 @@ class BatchState:
         }
         _transition(task.data, "preparing", now)
         _touch(task.data, now)
-        thread = threading.Thread(target=self._run_task, args=(job, task, pool, node), name=f"task-{task.id}", daemon=True)
+        thread = threading.Thread(
+            target=self._run_task, args=(job, task, pool, node), name=f"task-{task.id}", daemon=True
+        )
         task.thread = thread
         thread.start()
 
@@ -1143,7 +1149,9 @@ class BatchState:
             failure = _failure("TaskEnded", "Task Was Ended by User Request")
         elif exit_code != 0:
             failure = _failure(
-                "FailureExitCode", "The task exited with an exit code representing a failure", [("Message", "The task exited with an exit code representing a failure")]
+                "FailureExitCode",
+                "The task exited with an exit code representing a failure",
+                [("Message", "The task exited with an exit code representing a failure")],
             )
         succeeded = failure is None
         if task.kill_reason != "shutdown":

@@ -219,7 +219,9 @@ def upload_output_files(output_files: list[dict[str, Any]], task_dir: Path, succ
                         TransferError("FileUploadAccessDenied", "Access denied while uploading an output file", details)
                         if status == 403
                         else TransferError(
-                            "FileUploadMiscError", "Miscellaneous error encountered while uploading output file(s)", details
+                            "FileUploadMiscError",
+                            "Miscellaneous error encountered while uploading output file(s)",
+                            details,
                         )
                     )
     if lines or errors:

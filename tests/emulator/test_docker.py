@@ -39,9 +39,21 @@ def docker_env() -> Iterator[dict[str, str]]:
         sock = root / "docker.sock"
         proc = subprocess.Popen(
             [
-                "dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-                "-H", f"unix://{sock}", "--pidfile", str(root / "dockerd.pid"), "--storage-driver", "overlay2",
-                "--iptables=false", "--ip-masq=false", "--bridge=none", "--ip6tables=false",
+                "dockerd",
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "-H",
+                f"unix://{sock}",
+                "--pidfile",
+                str(root / "dockerd.pid"),
+                "--storage-driver",
+                "overlay2",
+                "--iptables=false",
+                "--ip-masq=false",
+                "--bridge=none",
+                "--ip6tables=false",
             ],  # fmt: skip
             stdout=open(root / "dockerd.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
@@ -157,8 +169,6 @@ def test_container_task_runs_in_image(docker_emulator: Any) -> None:
 def test_unpullable_pool_image_makes_node_unusable(docker_emulator: Any) -> None:
     client = docker_emulator.client()
     _pool(client, "badpool", [BAD_IMAGE])
-    node = wait_for(
-        lambda: [n for n in client.list_nodes("badpool") if n.state == m.BatchNodeState.UNUSABLE], 60
-    )[0]
+    node = wait_for(lambda: [n for n in client.list_nodes("badpool") if n.state == m.BatchNodeState.UNUSABLE], 60)[0]
     assert node.errors[0].code == "ContainerInvalidImage"
     assert node.errors[0].error_details[0].value == BAD_IMAGE

@@ -150,7 +150,9 @@ def test_error_bodies(world: dict[str, Any]) -> None:
 
 def test_pool_operations(world: dict[str, Any]) -> None:
     client = world["client"]
-    check(recorded("create_pools.json", "POST", "/pools", 201), send(client, "POST", "/pools", {**_POOL, "id": "fid-p2"}))
+    check(
+        recorded("create_pools.json", "POST", "/pools", 201), send(client, "POST", "/pools", {**_POOL, "id": "fid-p2"})
+    )
     check(recorded("create_pools.json", "GET", "/pools/batch_disk_"), send(client, "GET", "/pools/fid-pool"))
     steady = recorded("scale_pools.json", "GET", "/pools/f50021c2?")
     check(steady, send(client, "GET", "/pools/fid-pool"))
@@ -162,20 +164,25 @@ def test_pool_operations(world: dict[str, Any]) -> None:
     assert "$skiptoken=" in response.json()["odata.nextLink"]
     # Like the service, the emulator resizes only steady pools (409 PoolNotSteady otherwise).
     wait_for(lambda: send(client, "GET", "/pools/fid-p2").json()["allocationState"] == "steady")
-    check(recorded("scale_pools.json", "POST", "/resize"), send(client, "POST", "/pools/fid-p2/resize", {"targetDedicatedNodes": 0}))
+    check(
+        recorded("scale_pools.json", "POST", "/resize"),
+        send(client, "POST", "/pools/fid-p2/resize", {"targetDedicatedNodes": 0}),
+    )
 
 
 def test_node_operations(world: dict[str, Any]) -> None:
     client, node = world["client"], world["node"]
-    check(recorded("compute_nodes.json", "GET", "/nodes/tvmps_4f03"), send(client, "GET", f"/pools/fid-pool/nodes/{node}"))
+    check(
+        recorded("compute_nodes.json", "GET", "/nodes/tvmps_4f03"), send(client, "GET", f"/pools/fid-pool/nodes/{node}")
+    )
     entry = recorded("tasks-files_sync_2025-06-01.json", "GET", "/pools/filepool/nodes?")
     check(entry, send(client, "GET", "/pools/fid-pool/nodes"))
 
 
 def test_job_operations(world: dict[str, Any]) -> None:
     client = world["client"]
-    body = {"id": "fid-j2", "poolInfo": {"autoPoolSpecification": {"poolLifetimeOption": "job", "pool": {
-        "vmSize": "standard_d2s_v3", "virtualMachineConfiguration": _POOL["virtualMachineConfiguration"]}}}}  # fmt: skip
+    pool = {"vmSize": "standard_d2s_v3", "virtualMachineConfiguration": _POOL["virtualMachineConfiguration"]}
+    body = {"id": "fid-j2", "poolInfo": {"autoPoolSpecification": {"poolLifetimeOption": "job", "pool": pool}}}
     check(recorded("jobs.json", "POST", "/jobs?", 201), send(client, "POST", "/jobs", body))
     check(recorded("jobs.json", "GET", "/jobs/batch_job2_bb11edc"), send(client, "GET", "/jobs/fid-j2"))
     check(recorded("jobs.json", "GET", "/jobs?"), send(client, "GET", "/jobs"))
@@ -189,9 +196,15 @@ def test_job_operations(world: dict[str, Any]) -> None:
 def test_task_and_file_operations(world: dict[str, Any]) -> None:
     client = world["client"]
     rec = "tasks-files_sync_2025-06-01.json"
-    check(recorded(rec, "POST", "/jobs/batch/tasks?"), send(client, "POST", "/jobs/fid-job/tasks", {"id": "fid-t2", "commandLine": "true"}))
+    check(
+        recorded(rec, "POST", "/jobs/batch/tasks?"),
+        send(client, "POST", "/jobs/fid-job/tasks", {"id": "fid-t2", "commandLine": "true"}),
+    )
     check(recorded(rec, "GET", "/jobs/batch/tasks/test_task?"), send(client, "GET", "/jobs/fid-job/tasks/fid-task"))
-    check(recorded(rec, "GET", "/jobs/batch/tasks/test_task/files?"), send(client, "GET", "/jobs/fid-job/tasks/fid-task/files"))
+    check(
+        recorded(rec, "GET", "/jobs/batch/tasks/test_task/files?"),
+        send(client, "GET", "/jobs/fid-job/tasks/fid-task/files"),
+    )
     head = send(client, "HEAD", "/jobs/fid-job/tasks/fid-task/files/stdout.txt")
     check(recorded(rec, "HEAD", "/jobs/batch/tasks/test_task/files/stderr.txt"), head)
     assert head.headers["Content-Length"] == str(len("hello world\n"))

@@ -49,9 +49,7 @@ def auto_job(client: BatchClient, job_id: str, *, terminate: bool = True, **kwar
 
 
 def wait_task(client: BatchClient, job_id: str, task_id: str, timeout: float = 20.0) -> m.BatchTask:
-    return wait_for(
-        lambda: (t := client.get_task(job_id, task_id)).state == m.BatchTaskState.COMPLETED and t, timeout
-    )
+    return wait_for(lambda: (t := client.get_task(job_id, task_id)).state == m.BatchTaskState.COMPLETED and t, timeout)
 
 
 def test_bad_key_is_403_authentication_failed(emulator: Any) -> None:
@@ -139,13 +137,19 @@ def test_pool_allocation_nodes_and_counts(emulator: Any) -> None:
     images = list(client.list_supported_images())
     assert any(i.node_agent_sku_id == "batch.node.ubuntu 22.04" for i in images)
     with pytest.raises(ResourceExistsError) as info:
-        client.create_pool(m.BatchPoolCreateOptions(id="steady", vm_size="standard_d2s_v3", virtual_machine_configuration=VMC))
+        client.create_pool(
+            m.BatchPoolCreateOptions(id="steady", vm_size="standard_d2s_v3", virtual_machine_configuration=VMC)
+        )
     assert info.value.error.code == "PoolExists"
     with pytest.raises(HttpResponseError) as info:
-        client.create_pool(m.BatchPoolCreateOptions(id="bad", vm_size="standard_x99", virtual_machine_configuration=VMC))
+        client.create_pool(
+            m.BatchPoolCreateOptions(id="bad", vm_size="standard_x99", virtual_machine_configuration=VMC)
+        )
     assert info.value.status_code == 400 and info.value.error.code == "InvalidPropertyValue"
     assert "vmSize" in str(info.value)
-    client.begin_resize_pool("steady", m.BatchPoolResizeOptions(target_dedicated_nodes=1, target_low_priority_nodes=0), polling_interval=0.1).result()
+    client.begin_resize_pool(
+        "steady", m.BatchPoolResizeOptions(target_dedicated_nodes=1, target_low_priority_nodes=0), polling_interval=0.1
+    ).result()
     wait_for(lambda: len(list(client.list_nodes("steady"))) == 1)
     client.begin_delete_pool("steady", polling_interval=0.1).result()
 
@@ -154,7 +158,9 @@ def test_quota_gives_resize_error_and_no_nodes(tmp_path: Path) -> None:
     with start_emulator(tmp_path, core_quota=4) as emu:
         client = emu.client()
         client.create_pool(
-            m.BatchPoolCreateOptions(id="small", vm_size="standard_d2s_v3", virtual_machine_configuration=VMC, target_dedicated_nodes=1)
+            m.BatchPoolCreateOptions(
+                id="small", vm_size="standard_d2s_v3", virtual_machine_configuration=VMC, target_dedicated_nodes=1
+            )
         )
         auto_job(client, "big", pool=pool_spec("standard_d16s_v3", nodes=1))
         client.create_task("big", m.BatchTaskCreateOptions(id="t", command_line="true"))
@@ -173,7 +179,11 @@ def test_task_collection_of_250(emulator: Any) -> None:
     client = emulator.client()
     client.create_pool(
         m.BatchPoolCreateOptions(
-            id="many", vm_size="standard_d4s_v3", virtual_machine_configuration=VMC, target_dedicated_nodes=2, task_slots_per_node=8
+            id="many",
+            vm_size="standard_d4s_v3",
+            virtual_machine_configuration=VMC,
+            target_dedicated_nodes=2,
+            task_slots_per_node=8,
         )
     )
     client.create_job(m.BatchJobCreateOptions(id="many", pool_info=m.BatchPoolInfo(pool_id="many")))
@@ -191,7 +201,13 @@ def test_task_collection_of_250(emulator: Any) -> None:
 def test_list_filter_select_and_paging(emulator: Any) -> None:
     client = emulator.client()
     client.create_pool(
-        m.BatchPoolCreateOptions(id="lists", vm_size="standard_d2s_v3", virtual_machine_configuration=VMC, target_dedicated_nodes=1, task_slots_per_node=4)
+        m.BatchPoolCreateOptions(
+            id="lists",
+            vm_size="standard_d2s_v3",
+            virtual_machine_configuration=VMC,
+            target_dedicated_nodes=1,
+            task_slots_per_node=4,
+        )
     )
     client.create_job(m.BatchJobCreateOptions(id="lists", pool_info=m.BatchPoolInfo(pool_id="lists")))
     for i in range(5):
@@ -330,19 +346,29 @@ def test_resource_files_and_output_files(emulator: Any, blob_sink: Any) -> None:
                 m.OutputFile(
                     file_pattern="../std*.txt",
                     destination=m.OutputFileDestination(container=container),
-                    upload_options=m.OutputFileUploadConfiguration(upload_condition=m.OutputFileUploadCondition.TASK_COMPLETION),
+                    upload_options=m.OutputFileUploadConfiguration(
+                        upload_condition=m.OutputFileUploadCondition.TASK_COMPLETION
+                    ),
                 ),
                 m.OutputFile(
                     file_pattern="out/a.txt",
                     destination=m.OutputFileDestination(
-                        container=m.OutputFileBlobContainerDestination(container_url=f"{base}/c?sig=abc", path="single.txt")
+                        container=m.OutputFileBlobContainerDestination(
+                            container_url=f"{base}/c?sig=abc", path="single.txt"
+                        )
                     ),
-                    upload_options=m.OutputFileUploadConfiguration(upload_condition=m.OutputFileUploadCondition.TASK_SUCCESS),
+                    upload_options=m.OutputFileUploadConfiguration(
+                        upload_condition=m.OutputFileUploadCondition.TASK_SUCCESS
+                    ),
                 ),
                 m.OutputFile(
                     file_pattern="out/*.txt",
-                    destination=m.OutputFileDestination(container=m.OutputFileBlobContainerDestination(container_url=f"{base}/c?sig=abc")),
-                    upload_options=m.OutputFileUploadConfiguration(upload_condition=m.OutputFileUploadCondition.TASK_FAILURE),
+                    destination=m.OutputFileDestination(
+                        container=m.OutputFileBlobContainerDestination(container_url=f"{base}/c?sig=abc")
+                    ),
+                    upload_options=m.OutputFileUploadConfiguration(
+                        upload_condition=m.OutputFileUploadCondition.TASK_FAILURE
+                    ),
                 ),
             ],
         ),
@@ -386,7 +412,10 @@ def test_record_file_has_every_request_and_never_the_key(emulator: Any) -> None:
     with pytest.raises(ResourceNotFoundError):
         client.get_job("does-not-exist")
     records = emulator.requests()[before:]
-    assert [(r["method"], r["path"], r["status"]) for r in records] == [("GET", "/pools", 200), ("GET", "/jobs/does-not-exist", 404)]
+    assert [(r["method"], r["path"], r["status"]) for r in records] == [
+        ("GET", "/pools", 200),
+        ("GET", "/jobs/does-not-exist", 404),
+    ]
     assert records[0]["query"]["api-version"] == ["2025-06-01"]
     assert records[0]["headers"]["Authorization"].startswith(f"SharedKey {emulator.account}:")
     assert TEST_KEY not in emulator.record_path.read_text()
