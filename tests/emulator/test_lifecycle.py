@@ -1,0 +1,76 @@
+"""Starting and stopping the emulator: in-process API, no leaked task processes, empty terminatejob jobs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from azure.batch import BatchClient
+from azure.batch import models as m
+from azure.core.credentials import AzureNamedKeyCredential
+
+from batchmagic.emulator import Emulator, cores_for
+from tests.support.emulator import TEST_KEY, start_emulator, wait_for
+
+VMC = m.VirtualMachineConfiguration(
+    image_reference=m.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
+    node_agent_sku_id="batch.node.ubuntu 22.04",
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead for our purpose
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_vm_size_table() -> None:
+    assert cores_for("Standard_D4s_v3") == 4
+    assert cores_for("standard_nc6s_v3") == 6
+    assert cores_for("standard_nope") is None
+
+
+def test_in_process_emulator_and_state(tmp_path: Path) -> None:
+    with Emulator(key=TEST_KEY, allocation_delay=0.1, workdir=tmp_path, empty_job_grace=0.3) as emu:
+        client = BatchClient(emu.url, AzureNamedKeyCredential("devbatch", TEST_KEY))
+        client.create_pool(
+            m.BatchPoolCreateOptions(
+                id="p", vm_size="standard_a1_v2", virtual_machine_configuration=VMC, target_dedicated_nodes=1
+            )
+        )
+        assert set(emu.state.pools) == {"p"}
+        client.create_job(
+            m.BatchJobCreateOptions(
+                id="empty",
+                pool_info=m.BatchPoolInfo(pool_id="p"),
+                all_tasks_complete_mode=m.BatchAllTasksCompleteMode.TERMINATE_JOB,
+            )
+        )
+        # Like the service, a terminatejob job without tasks completes (here after empty_job_grace).
+        job = wait_for(lambda: (j := client.get_job("empty")).state == m.BatchJobState.COMPLETED and j, 5)
+        assert job.execution_info.termination_reason == "AllTasksComplete"
+        assert emu.state.jobs["empty"].data["state"] == "completed"
+
+
+def test_stopping_the_emulator_kills_running_tasks(tmp_path: Path) -> None:
+    with start_emulator(tmp_path) as emu:
+        client = emu.client()
+        client.create_pool(
+            m.BatchPoolCreateOptions(
+                id="p", vm_size="standard_d2s_v3", virtual_machine_configuration=VMC, target_dedicated_nodes=1
+            )
+        )
+        client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        client.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="echo $$ > ../pid; exec sleep 100"))
+        wait_for(lambda: client.get_task("j", "t").state == m.BatchTaskState.RUNNING)
+        pid_file = next(emu.workdir.glob("nodes/*/tasks/j/job-1/t/pid"))
+        pid = int(wait_for(lambda: pid_file.read_text().strip()))
+        assert _alive(pid)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
