@@ -85,6 +85,7 @@ class Run:
         self._lock = threading.RLock()
         self._monitor: Monitor | None = None
         self._last_status: BackendStatus | None = None
+        self._activity = False  # the last tick brought output or a new phase: poll fast again
 
     def __repr__(self) -> str:
         return f"<Run {self.name} ({self.id}) on {self.backend.name}: {self.status}>"
@@ -178,6 +179,7 @@ class Run:
                 self._fail(RunFailed(f"lost track of the run: {err}"))
                 return True
             self._last_status = status
+            self._activity = bool(records) or status.phase != self.phase
             if records:
                 self._notify(records)
             if status.error:
@@ -209,8 +211,7 @@ class Run:
         try:
             while not self.poll():
                 monitor = self._monitor
-                active = bool(monitor and monitor.ticks and self._recent_output)
-                pause = monitor.next_interval(active=active) if monitor else 0.05
+                pause = monitor.next_interval(active=self._activity) if monitor else 0.05
                 if deadline is not None and time.monotonic() + pause > deadline:
                     raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
                 time.sleep(pause)
@@ -220,11 +221,6 @@ class Run:
         if self.error is not None:
             raise self.error
         return self.outputs
-
-    @property
-    def _recent_output(self) -> bool:
-        monitor = self._monitor
-        return bool(monitor and any(t.offset for t in monitor.tails.values()))
 
     def cancel(self) -> None:
         """Stop the run. Idempotent."""
@@ -250,9 +246,9 @@ class Run:
         try:
             raw = self.store.get_bytes(self.result_key(task.task_id))
         except KeyError:
-            hint = self.backend.task_log_hint(self.id, task.task_id)
             reason = task.failure or f"the task ended without a result (exit code {task.exit_code})"
-            self._fail(RunFailed(reason + (f"; its own output is in {hint}" if hint and not task.failure else "")))
+            hint = self.backend.task_log_hint(self.id, task.task_id)
+            self._fail(RunFailed(f"run {self.name}: {reason}" + (f"; {hint}" if hint else "")))
             return
         if task.failure:  # killed or timed out: the runner's result only says it was terminated
             self._fail(RunFailed(f"run {self.name}: {task.failure}"))
@@ -287,7 +283,7 @@ class Session:
     def __init__(self, home: Path | None = None) -> None:
         self._home = Path(home) if home else None
         self.runs: list[Run] = []
-        self._backends: dict[tuple[str, Path], Backend] = {}
+        self._backends: dict[tuple[str, Path, tuple[tuple[str, Any], ...]], Backend] = {}
         self._ledgers: dict[Path, Ledger] = {}
         self.client_id = uuid.uuid4().hex[:12]
 
@@ -305,7 +301,7 @@ class Session:
             return name
         name = (name or default_backend()).lower()
         home = self.home(home)
-        key = (name, home)
+        key = (name, home, tuple(sorted(config.items())))
         if key not in self._backends:
             if name == "local":
                 from batchmagic.backends.local import LocalBackend
@@ -331,22 +327,42 @@ class Session:
         outputs: Iterable[str] | None = None,
         timeout: float | str | None = None,
         env: Mapping[str, str] | None = None,
+        nodes: int = 1,
+        low_priority: bool = False,
+        retries: int = 0,
         on_update: UpdateCallback | None = None,
         backend_config: Mapping[str, Any] | None = None,
     ) -> Run:
-        """Package ``cell`` with what it reads from ``namespace`` and start it; see :func:`submit`."""
+        """Package ``cell`` with what it reads from ``namespace`` and start it; see :func:`submit`.
+
+        Everything that can be checked is checked before anything is uploaded or created.
+        """
         check_cell(cell)  # syntax, emptiness, star imports: before anything else
         seconds = parse_timeout(timeout if timeout is not None else DEFAULT_TIMEOUT)
+        if retries < 0:
+            raise ConfigError(f"--retries must be 0 or more, not {retries}")
+        if nodes < 1:
+            raise ConfigError(f"--nodes must be at least 1, not {nodes}")
         home_path = self.home(home)
         chosen = self.backend(backend, home=home_path, **dict(backend_config or {}))
         run_id = _new_run_id(name)
-        run = Run(
+        task_ids = ["task-0"]
+        submission = TaskSubmission(
             run_id=run_id,
             name=name or run_id,
-            backend=chosen,
+            task_ids=task_ids,
+            spec_keys={tid: f"runs/{run_id}/{tid}/spec.json" for tid in task_ids},
             vm_size=vm_size,
             timeout=seconds,
-            task_ids=["task-0"],
+            env=dict(env or {}),
+            nodes=nodes,
+            low_priority=low_priority,
+            retries=retries,
+        )
+        chosen.validate(submission)
+
+        run = Run(
+            run_id=run_id, name=submission.name, backend=chosen, vm_size=vm_size, timeout=seconds, task_ids=task_ids
         )
         if on_update is not None:
             run.subscribe(on_update)
@@ -357,10 +373,9 @@ class Session:
             except Exception as err:
                 run._fail(err)
                 raise
-            run.detail = f"{captured.size / 1e6:.1f} MB"
-            run._enter(Phase.UPLOADING, run.detail)
+            run._enter(Phase.UPLOADING, f"{captured.size / 1e6:.1f} MB")
             chosen.store.put_file(f"{run.prefix}bundle", captured.path)
-        submission = self._write_specs(run, env or {})
+        self._write_specs(run, submission)
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
         submission.ledger_id = ledger.client_id
@@ -375,33 +390,30 @@ class Session:
         run._enter(Phase.QUEUED)
         return run
 
-    def _write_specs(self, run: Run, env: Mapping[str, str]) -> TaskSubmission:
+    def _write_specs(self, run: Run, submission: TaskSubmission) -> None:
+        """Each task's spec: the URLs of its bundle (read), log (append) and result (write), nothing else."""
         store = run.store
         expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
-        spec_keys = {}
-        for task_id in run.task_ids:
+        for task_id, key in submission.spec_keys.items():
             spec = {
                 "run_id": run.id,
                 "task_id": task_id,
                 "bundle": store.url(f"{run.prefix}bundle", permissions="r", expiry=expiry),
                 "log": store.url(run.log_key(task_id), permissions="acw", expiry=expiry),
                 "result": store.url(run.result_key(task_id), permissions="cw", expiry=expiry),
+                "log_interval": 0.2 if store.kind == "local" else 1.0,
             }
-            key = f"{run.prefix}{task_id}/spec.json"
             store.put_bytes(key, json.dumps(spec).encode())
-            spec_keys[task_id] = key
-        return TaskSubmission(
-            run_id=run.id,
-            name=run.name,
-            task_ids=run.task_ids,
-            spec_keys=spec_keys,
-            vm_size=run.vm_size,
-            timeout=run.timeout,
-            env=dict(env),
-        )
 
-    def teardown(self) -> list[str]:
+    def teardown(self, *, everything: bool = False, blobs: bool = False, backend: Backend | None = None) -> list[str]:
         """Stop and release whatever this session started that still runs or holds resources.
+
+        Parameters
+        ----------
+        everything : bool
+            Also find what other clients left behind (batchmagic-tagged jobs and pools) on ``backend``.
+        blobs : bool
+            Also delete the run data (bundles, logs, results).
 
         Returns a line per thing removed; calling it again removes (and returns) nothing.
         """
@@ -410,6 +422,12 @@ class Session:
             removed.extend(run.backend.release(run.id))
             if not run.done:
                 run.cancel()
+            if blobs:
+                count = run.store.delete_prefix(run.prefix)
+                if count:
+                    removed.append(f"{count} files of run data of {run.name}")
+        if everything and backend is not None and hasattr(backend, "teardown_all"):
+            removed.extend(backend.teardown_all(blobs=blobs))
         return removed
 
 

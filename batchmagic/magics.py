@@ -49,6 +49,24 @@ class AzBatch(Magics):
         "24h",
         help="Longest a run may take when a cell gives no --timeout, like 90s, 30m, 6h (at most 7d).",
     ).tag(config=True)
+    batch_endpoint = Unicode(
+        help="Azure Batch account endpoint, https://<account>.<region>.batch.azure.com. "
+        "Defaults to AZURE_BATCH_ENDPOINT.",
+    ).tag(config=True)
+    batch_account = Unicode(
+        help="Azure Batch account name (used with AZURE_BATCH_ACCESS_KEY). Defaults to AZURE_BATCH_ACCOUNT.",
+    ).tag(config=True)
+    storage_account_url = Unicode(
+        help="Blob Storage account URL for run data, used with your Entra ID login when "
+        "AZURE_STORAGE_CONNECTION_STRING is not set. Defaults to AZURE_STORAGE_ACCOUNT_URL.",
+    ).tag(config=True)
+    container = Unicode(
+        help="Blob container that holds run data. Defaults to BATCHMAGIC_CONTAINER, else 'batchmagic'.",
+    ).tag(config=True)
+    image = Unicode(
+        help="Training image the task runs in, e.g. myregistry.azurecr.io/batchmagic:env-0123abcd4567. "
+        "Defaults to BATCHMAGIC_IMAGE.",
+    ).tag(config=True)
     panel = Enum(
         PANEL_MODES,
         default_value="auto",
@@ -68,6 +86,36 @@ class AzBatch(Magics):
     @default("home")
     def _default_home(self) -> str:
         return str(default_home())
+
+    @default("batch_endpoint")
+    def _default_batch_endpoint(self) -> str:
+        return os.environ.get("AZURE_BATCH_ENDPOINT", "")
+
+    @default("batch_account")
+    def _default_batch_account(self) -> str:
+        return os.environ.get("AZURE_BATCH_ACCOUNT", "")
+
+    @default("storage_account_url")
+    def _default_storage_account_url(self) -> str:
+        return os.environ.get("AZURE_STORAGE_ACCOUNT_URL", "")
+
+    @default("container")
+    def _default_container(self) -> str:
+        return os.environ.get("BATCHMAGIC_CONTAINER", "batchmagic")
+
+    @default("image")
+    def _default_image(self) -> str:
+        return os.environ.get("BATCHMAGIC_IMAGE", "")
+
+    def backend_config(self) -> dict[str, str]:
+        """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""
+        return {
+            "batch_endpoint": self.batch_endpoint,
+            "batch_account": self.batch_account,
+            "storage_account_url": self.storage_account_url,
+            "container": self.container,
+            "image": self.image,
+        }
 
     @validate("backend")
     def _check_backend(self, proposal: Any) -> str:
@@ -103,6 +151,11 @@ class AzBatch(Magics):
         metavar="KEY=VALUE",
         help="An environment variable for the remote cell; repeat the flag for several.",
     )
+    @argument("--nodes", type=int, default=1, help="Number of VMs in the run's pool (Azure). Default 1.")
+    @argument(
+        "--low-priority", action="store_true", help="Use low-priority (spot) VMs: cheaper, may be preempted (Azure)."
+    )
+    @argument("--retries", type=int, default=0, help="Times Batch retries the task if it fails (Azure). Default 0.")
     @cell_magic("azbatch")
     def azbatch(self, line: str, cell: str) -> None:
         """Run this cell out of the kernel and bring the names it assigns back.
@@ -147,7 +200,11 @@ class AzBatch(Magics):
                 outputs=outputs,
                 timeout=timeout,
                 env=env,
+                nodes=args.nodes,
+                low_priority=args.low_priority,
+                retries=args.retries,
                 on_update=on_update,
+                backend_config=self.backend_config() if backend == "azure" else None,
             )
         self._current = run
         self.shell.user_ns["_azbatch"] = run
@@ -194,12 +251,27 @@ class AzBatch(Magics):
                 f"{state.phase.value:<10} {format_seconds(state.elapsed)}"
             )
 
+    @magic_arguments()
+    @argument(
+        "--all",
+        action="store_true",
+        dest="everything",
+        help="Also end batchmagic-tagged jobs and pools that other kernels left on the Azure account.",
+    )
+    @argument("--blobs", action="store_true", help="Also delete run data (bundles, logs, results).")
     @line_magic("azbatch_teardown")
     def azbatch_teardown(self, line: str) -> None:
-        """Stop whatever this kernel started that still runs or holds resources; say what was removed."""
-        if line.strip():
-            raise UsageError("%azbatch_teardown takes no arguments")
-        removed = self.session.teardown()
+        """End whatever this kernel started that still runs or holds resources, and say what was removed.
+
+        Safe to repeat: a second call removes nothing.
+        """
+        args = parse_argstring(self.azbatch_teardown, line)
+        backend = None
+        if args.everything and self.backend == "azure":
+            with _usage_errors():
+                backend = self.session.backend("azure", home=self.home, **self.backend_config())
+        with _usage_errors():
+            removed = self.session.teardown(everything=args.everything, blobs=args.blobs, backend=backend)
         if removed:
             for item in removed:
                 print(f"removed {item}")

@@ -20,7 +20,7 @@ import pytest
 
 from batchmagic.capture import capture
 from batchmagic.errors import RemoteError
-from batchmagic.runner import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR
+from batchmagic.runner import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TERMINATED
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and paths")
 
@@ -278,10 +278,10 @@ def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    assert code == EXIT_CELL_ERROR
+    assert code == EXIT_TERMINATED
     assert task.streams() == [("o", "before sleep\n"), ("e", "warned\n")]
     outcome = task.outcome()
-    assert outcome["ok"] is False
+    assert outcome["ok"] is False and outcome["phase"] == "terminated"
     assert "terminated" in outcome["error"]["message"]
     text = "".join(outcome["error"]["traceback"])
     assert 'File "<azbatch-cell>", line 4' in text and "time.sleep(30)" in text

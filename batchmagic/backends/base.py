@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,6 +46,7 @@ class TaskSubmission:
     low_priority: bool = False
     slots_per_node: int = 1
     image: str = ""
+    retries: int = 0
     ledger_id: str = ""
 
 
@@ -85,6 +87,9 @@ class Backend(ABC):
     #: (first, longest) seconds between polls: fast at first, slower later.
     poll_intervals: tuple[float, float] = (0.05, 1.0)
 
+    def validate(self, submission: TaskSubmission) -> None:  # noqa: B027 - an optional hook
+        """Check what can be checked before anything is uploaded or created; raise ConfigError if wrong."""
+
     @abstractmethod
     def submit(self, submission: TaskSubmission) -> None:
         """Create what the run needs and start its tasks."""
@@ -102,5 +107,28 @@ class Backend(ABC):
         """Stop the run and free whatever it still holds; return a line per thing removed. Idempotent."""
 
     def task_log_hint(self, run_id: str, task_id: str) -> str:
-        """Where the task's own stdout/stderr can be found, for messages when the runner never started."""
+        """A phrase pointing at the task's own stderr, for when the runner never produced a result."""
         return ""
+
+
+def exit_reason(code: int | None) -> str:
+    """One line for a task process's exit code; empty for the runner's own codes (its result explains)."""
+    if code is None or code in (0, 1, 2):
+        return ""
+    if code == 143:
+        return "the task was terminated (cancelled, or past its time limit)"
+    if code < 0:
+        try:
+            return f"the task process was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the task process was killed by signal {-code}"
+    return f"the task process exited with code {code}"
+
+
+def format_duration(seconds: float) -> str:
+    """90 -> '90s', 1800 -> '30m', 21600 -> '6h': the way --timeout is written."""
+    seconds = float(seconds)
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

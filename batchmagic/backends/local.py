@@ -17,7 +17,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskStatus, TaskSubmission
+from batchmagic.backends.base import (
+    Backend,
+    BackendStatus,
+    Phase,
+    TaskStatus,
+    TaskSubmission,
+    exit_reason,
+    format_duration,
+)
 from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")
@@ -124,7 +132,7 @@ class LocalBackend(Backend):
 
     def _time_out(self, run: _LocalRun, task: _Task) -> None:
         if task.process is not None and task.process.poll() is None:
-            task.failure = f"stopped after its --timeout of {_seconds(run.submission.timeout)}"
+            task.failure = f"stopped after its --timeout of {format_duration(run.submission.timeout)}"
             _kill_group(task.process)
 
     def poll(self, run_id: str) -> BackendStatus:
@@ -143,7 +151,7 @@ class LocalBackend(Backend):
                 if task.ended is None:
                     task.ended = time.time()
                 status.state, status.exit_code, status.ended = "completed", code, task.ended
-                status.failure = task.failure or _exit_reason(code)
+                status.failure = task.failure or exit_reason(code)
             statuses[task.task_id] = status
         states = {s.state for s in statuses.values()}
         phase = Phase.RUNNING if "running" in states or states == {"completed"} else Phase.QUEUED
@@ -171,7 +179,7 @@ class LocalBackend(Backend):
         return [f"local process {t.process.pid} (task {t.task_id})" for t in alive if t.process]
 
     def task_log_hint(self, run_id: str, task_id: str) -> str:
-        return str(self.store.path(f"runs/{run_id}/{task_id}/stderr.txt"))
+        return f"its own stderr is in {self.store.path(f'runs/{run_id}/{task_id}/stderr.txt')}"
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -188,22 +196,3 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         except ProcessLookupError:
             pass
         process.wait()
-
-
-def _exit_reason(code: int) -> str:
-    if code in (0, 1, 2):
-        return ""  # the runner's own codes: the result says what happened
-    if code < 0:
-        try:
-            return f"the task process was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"the task process was killed by signal {-code}"
-    return f"the task process exited with code {code}"
-
-
-def _seconds(value: float) -> str:
-    value = float(value)
-    for unit, size in (("h", 3600), ("m", 60)):
-        if value >= size and value % size == 0:
-            return f"{int(value // size)}{unit}"
-    return f"{value:g}s"

@@ -8,12 +8,13 @@ exiting with a code:
 - 0: the cell succeeded; the result holds its outputs.
 - 1: the cell raised; the result holds the exception, type, message and remote traceback.
 - 2: the runner could not set the cell up (bad bundle, a value that won't unpickle...).
+- 143: SIGTERM ended it (a cancel or a wall-clock limit); the log is flushed first.
 
 It imports neither IPython nor widgets, so the training image stays small.
 """
 
 from __future__ import annotations
 
-from batchmagic.runner.main import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, main
+from batchmagic.runner.main import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TERMINATED, main
 
-__all__ = ["main", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR"]
+__all__ = ["main", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR", "EXIT_TERMINATED"]

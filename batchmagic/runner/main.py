@@ -26,6 +26,7 @@ from batchmagic.storage import Channel, open_channel
 EXIT_OK = 0
 EXIT_CELL_ERROR = 1
 EXIT_SETUP_ERROR = 2
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
 class _Terminated(BaseException):
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         code, outcome = _run(spec, log)
+    except _Terminated as err:
+        code = EXIT_TERMINATED
+        outcome = {"ok": False, "phase": "terminated", "error": _describe(err, err.__traceback__)}
     except BaseException as err:  # the runner's own failure still ends in a result
         code = EXIT_SETUP_ERROR
         outcome = {"ok": False, "phase": "setup", "error": _describe(err, err.__traceback__, cell_only=False)}
@@ -93,6 +97,8 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
     sys.stderr = TeeStream(sys.__stderr__, log, "e")  # type: ignore[assignment]
     try:
         exec(code, namespace)
+    except _Terminated:
+        raise
     except BaseException as err:
         sys.stdout.flush()
         return EXIT_CELL_ERROR, {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__)}
