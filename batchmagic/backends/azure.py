@@ -58,7 +58,7 @@ def vm_cores(vm_size: str) -> int:
     ConfigError
         The name is not an Azure VM size at all.
     """
-    from batchmagic.emulator.vmsizes import cores_for
+    from batchmagic.vmsizes import cores_for
 
     cores = cores_for(vm_size)
     if cores is not None:
@@ -291,8 +291,6 @@ class AzureBackend(Backend):
             return BackendStatus(
                 phase=Phase.FAILED, tasks=tasks, error=f"Batch could not create the pool ({err.code}: {err.message})"
             )
-        if all(t.state == "completed" for t in tasks.values()):
-            return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
         if _value(job.state) in ("completed", "terminating") and info is not None:
             reason = info.termination_reason or ""
             if reason == "MaxWallClockTimeExpiry":
@@ -301,8 +299,10 @@ class AzureBackend(Backend):
                     tasks=tasks,
                     error=f"the run went past its --timeout of {format_duration(sub.timeout)} and Batch ended it",
                 )
-            if reason and reason != "AllTasksComplete":
+            if reason and reason != "AllTasksComplete" and not all(t.state == "completed" for t in tasks.values()):
                 return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=f"the job ended ({reason})")
+        if all(t.state == "completed" for t in tasks.values()):
+            return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
         if any(t.state == "running" for t in tasks.values()) or run.started_task:
             run.started_task = True
             return BackendStatus(phase=Phase.RUNNING, tasks=tasks)

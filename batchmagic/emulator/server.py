@@ -765,13 +765,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 "path": urlsplit(self.path).path,
                 "query": parse_qs(urlsplit(self.path).query, keep_blank_values=True),
                 "headers": headers,
-                "body": body,
+                "body": _redact(body),
                 "status": response.status,
                 "sharedkey_valid": response.status != 403 or not _is_auth_error(response),
             }
         )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+def _redact(value: Any) -> Any:
+    """A copy of a request body with secrets (container registry passwords) masked: a record is a log."""
+    if isinstance(value, dict):
+        return {k: "***" if k.lower() == "password" and v else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 def _is_auth_error(response: _Response) -> bool:

@@ -22,7 +22,7 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-from batchmagic.emulator import vmsizes
+from batchmagic import vmsizes
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
 from batchmagic.emulator.executors import Executor, TaskContext, TaskStartError
 from batchmagic.emulator.transfer import TransferError, download_resource_files, upload_output_files
@@ -284,8 +284,11 @@ class BatchState:
 
     @staticmethod
     def view(data: dict[str, Any]) -> dict[str, Any]:
-        """A deep copy of a resource's wire representation, safe to serialise outside the lock."""
-        return copy.deepcopy(data)
+        """A deep copy of a resource's wire representation, safe to serialise outside the lock.
+
+        Like the real service, it never returns a secret: container registry passwords are left out.
+        """
+        return _without_passwords(copy.deepcopy(data))
 
     # ----------------------------------------------------------------- pools
     def _validate_pool_spec(self, spec: dict[str, Any], prefix: str = "") -> None:
@@ -1222,3 +1225,14 @@ def _failure(
 def environ_path_dir(executable: str) -> str:
     """The directory of an interpreter, for putting it first on a task's PATH."""
     return os.path.dirname(os.path.abspath(executable))
+
+
+def _without_passwords(value: Any) -> Any:
+    if isinstance(value, dict):
+        value.pop("password", None)
+        for item in value.values():
+            _without_passwords(item)
+    elif isinstance(value, list):
+        for item in value:
+            _without_passwords(item)
+    return value
