@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.emulator import RunningEmulator, emulator_fixture, wait_for
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -40,3 +48,83 @@ def test_quickstart(home: Path, tmp_path: Path) -> None:
     assert text_of(outputs_of(nb, "'score' in dir()")) == "False"
     assert "first-run" in text_of(outputs_of(nb, "%azbatch_status"))
     assert (home / "runs").is_dir()  # the kernel used the test's BATCHMAGIC_HOME
+
+
+class TimedClient(NotebookClient):
+    """Notes when each stream output of the kernel arrived, to tell live logs from logs at the end."""
+
+    def __init__(self, nb: nbformat.NotebookNode, **kwargs: Any) -> None:
+        super().__init__(nb, **kwargs)
+        self.arrivals: list[tuple[float, int, str]] = []  # (monotonic time, cell index, text)
+
+    def process_message(self, msg: dict[str, Any], cell: nbformat.NotebookNode, cell_index: int) -> Any:
+        if msg["msg_type"] == "stream":
+            self.arrivals.append((time.monotonic(), cell_index, msg["content"]["text"]))
+        return super().process_message(msg, cell, cell_index)
+
+
+emulator = emulator_fixture(allocation_delay=0.3)
+azurite = azurite_fixture()
+
+
+def test_azure_walkthrough(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator, azurite: RunningAzurite
+) -> None:
+    # The kernel inherits this process's environment: the settings a user exports before starting Jupyter.
+    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emulator.endpoint)
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emulator.account)
+    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emulator.key)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
+    monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"walkthrough-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
+    nb = nbformat.read(NOTEBOOKS / "azure.ipynb", as_version=4)
+    client = TimedClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+
+    settings = text_of(outputs_of(nb, "for name in ["))
+    for name in ("AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCESS_KEY", "AZURE_STORAGE_CONNECTION_STRING"):
+        assert re.search(rf"^{name} +set$", settings, re.MULTILINE)
+    assert emulator.key not in settings and azurite.connection_string not in settings
+
+    run_index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "%%azbatch" in c.source)
+    run_out = nb.cells[run_index].outputs
+    printed = text_of([o for o in run_out if o["output_type"] == "stream" and o["name"] == "stdout"])
+    epochs = re.findall(r"^epoch (\d)/5: loss (\d+\.\d+)$", printed, re.MULTILINE)
+    assert [e for e, _ in epochs] == ["1", "2", "3", "4", "5"]
+    assert "trained: final loss 0.01" in printed
+    # Live: the epoch lines (a second apart in the remote cell) reached the notebook while the cell ran.
+    arrived = {}
+    for when, index, text in client.arrivals:
+        for epoch in re.findall(r"^epoch (\d)/5", text, re.MULTILINE) if index == run_index else []:
+            arrived.setdefault(epoch, when)
+    assert arrived["5"] - arrived["1"] >= 2.0, arrived
+    panel = [o for o in run_out if o["output_type"] == "display_data"]
+    assert panel and "application/vnd.jupyter.widget-view+json" in panel[0]["data"]
+    assert re.fullmatch(r"walkthrough \[azure, Standard_E32_v3\] done \d+\.\ds", panel[0]["data"]["text/plain"])
+
+    assert text_of(outputs_of(nb, "weights.round(2)")).split() == [
+        "a",
+        "3.0",
+        "b",
+        "-2.0",
+        "c",
+        "0.5",
+        "bias",
+        "1.0",
+        "dtype:",
+        "float64",
+    ]
+    assert text_of(outputs_of(nb, "round(loss, 4) for loss in history")).startswith("[")
+    assert text_of(outputs_of(nb, "_azbatch.status")) == "'done'"
+    assert "epoch 5/5" in text_of(outputs_of(nb, "_azbatch.logs()"))
+    status = text_of(outputs_of(nb, "%azbatch_status"))
+    assert re.search(r"^walkthrough +azure +Standard_E32_v3 +done ", status, re.MULTILINE), status
+    teardown = text_of(outputs_of(nb, "%azbatch_teardown"))
+    assert teardown.startswith(("nothing to tear down", "removed Azure Batch job walkthrough-")), teardown
+
+    batch = emulator.client()
+    wait_for(lambda: not list(batch.list_pools()), timeout=20)
+    assert [j.id for j in batch.list_jobs() if str(getattr(j.state, "value", j.state)) == "active"] == []
+    (job,) = [r["body"] for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/jobs"]
+    assert job["poolInfo"]["autoPoolSpecification"]["pool"]["vmSize"] == "Standard_E32_v3"
