@@ -19,7 +19,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from batchmagic.config import DEFAULT_TIMEOUT, check_home, default_backend, defa
 from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
+from batchmagic.sweep import TaskOutcome, check_size, results_table, task_ids_for
 
 __all__ = ["Run", "Session", "submit", "default_session"]
 
@@ -54,8 +56,13 @@ class Run:
         Unique run id (also the Batch job id on Azure).
     name : str
         The name given with ``--name``, or one made from the id.
-    outputs : dict
-        The names the cell assigned, once it has succeeded.
+    outputs : dict or list of dict
+        The names the cell assigned, once it has succeeded; for a sweep, one dict per task.
+    results : pandas.DataFrame
+        A sweep's table: one row per task with its parameters, state, exit code, duration,
+        node, scalar outputs and error.
+    errors : dict
+        A sweep's failed tasks: task id -> :class:`RemoteError` with the remote traceback.
     """
 
     def __init__(
@@ -67,6 +74,8 @@ class Run:
         vm_size: str,
         timeout: float,
         task_ids: list[str],
+        params: list[dict[str, Any]] | None = None,
+        namespace: MutableMapping[str, Any] | None = None,
     ) -> None:
         self.id = run_id
         self.name = name
@@ -75,9 +84,15 @@ class Run:
         self.vm_size = vm_size
         self.timeout = timeout
         self.task_ids = task_ids
+        self.params = params  # a sweep's parameter sets, one per task; None for a single cell
         self.created = time.time()
-        self.outputs: dict[str, Any] = {}
+        self.outputs: Any = [] if params is not None else {}
+        self.results: Any = None  # a sweep's DataFrame, one row per task
+        self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
+        self.fetched = False
+        self._namespace = namespace
+        self._background: threading.Thread | None = None
         self.error: BaseException | None = None
         self.detail = ""
         self._phases: list[PhaseSpan] = []
@@ -105,11 +120,29 @@ class Run:
     def done(self) -> bool:
         return self.phase.final
 
+    @property
+    def is_sweep(self) -> bool:
+        return self.params is not None
+
+    def task_states(self) -> tuple[str, ...]:
+        """Each task's state, in task order: pending, running, succeeded or failed."""
+        status = self._last_status
+        if status is None:
+            return tuple("pending" for _ in self.task_ids)
+        states = []
+        for tid in self.task_ids:
+            task = status.tasks.get(tid)
+            if task is None or task.state != "completed":
+                states.append(task.state if task is not None else "pending")
+            else:
+                states.append("succeeded" if task.exit_code == 0 and not task.failure else "failed")
+        return tuple(states)
+
     def state(self) -> RunState:
+        states = self.task_states()
         counts: dict[str, int] = {}
-        if self._last_status is not None:
-            for task in self._last_status.tasks.values():
-                counts[task.state] = counts.get(task.state, 0) + 1
+        for value in states:
+            counts[value] = counts.get(value, 0) + 1
         return RunState(
             run_id=self.id,
             name=self.name,
@@ -121,7 +154,17 @@ class Run:
             detail=self.detail,
             error=str(self.error) if self.error else "",
             task_counts=counts,
+            task_ids=tuple(self.task_ids) if self.is_sweep else (),
+            task_states=states if self.is_sweep else (),
+            first_start=self._first_start(),
         )
+
+    def _first_start(self) -> float | None:
+        status = self._last_status
+        if status is None:
+            return None
+        starts = [t.started for t in status.tasks.values() if t.started]
+        return min(starts) if starts else None
 
     def subscribe(self, callback: UpdateCallback) -> None:
         """Call ``callback(state, new_log_records)`` on every change."""
@@ -158,8 +201,14 @@ class Run:
 
     # --- the lifecycle ---
 
+    def follow(self, task_id: str) -> None:
+        """Stream this task's log through the updates too (a sweep streams none by default)."""
+        monitor = self._monitor or Monitor(self)
+        self._monitor = monitor
+        monitor.follow(task_id)
+
     def logs(self, task_id: str | None = None) -> str:
-        """Everything the cell printed so far, stdout and stderr interleaved in order."""
+        """Everything the cell (or one task of a sweep) printed so far, stdout and stderr in order."""
         tid = task_id or self.task_ids[0]
         from batchmagic.monitor import LogTail
 
@@ -193,8 +242,8 @@ class Run:
                 self._notify()
             return self.done
 
-    def wait(self, timeout: float | None = None) -> dict[str, Any]:
-        """Block until the run ends, polling on this thread; return its outputs.
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the run ends, polling on this thread; return its outputs (a sweep: its results).
 
         Ctrl-C cancels the run.
 
@@ -218,9 +267,43 @@ class Run:
         except KeyboardInterrupt:
             self.cancel()
             raise RunCancelled(f"run {self.name} cancelled by Ctrl-C") from None
+        return self.result()
+
+    def result(self) -> Any:
+        """The outputs of a finished run (a sweep: its results DataFrame); raise its error if it failed."""
+        if not self.done:
+            raise RuntimeError(f"run {self.name} is still {self.status}: call wait() first")
         if self.error is not None:
             raise self.error
-        return self.outputs
+        return self.results if self.is_sweep else self.outputs
+
+    def fetch(self, namespace: MutableMapping[str, Any] | None = None) -> list[str]:
+        """Bring a finished single-cell run's names into ``namespace`` (default: the one it was submitted
+        from); return the names. Background runs never write into a notebook by themselves."""
+        if self.is_sweep:
+            raise ConfigError(f"run {self.name} is a sweep: its results are in run.results, not in names")
+        outputs = self.result()
+        target = namespace if namespace is not None else self._namespace
+        if target is None:
+            raise ConfigError("fetch needs a namespace: run.fetch(globals())")
+        target.update(outputs)
+        for name in self.deleted:
+            target.pop(name, None)
+        self.fetched = True
+        return list(outputs)
+
+    def watch_in_background(self) -> threading.Thread:
+        """Poll from a daemon thread until the run ends; listeners are then called from that thread."""
+
+        def loop() -> None:
+            while not self.poll():
+                monitor = self._monitor
+                time.sleep(monitor.next_interval(active=self._activity) if monitor else 0.05)
+
+        if self._background is None:
+            self._background = threading.Thread(target=loop, name=f"batchmagic-{self.id}", daemon=True)
+            self._background.start()
+        return self._background
 
     def cancel(self) -> None:
         """Stop the run. Idempotent."""
@@ -242,6 +325,9 @@ class Run:
             records = self._monitor.read_logs()
             if records:
                 self._notify(records)
+        if self.is_sweep:
+            self._collect_sweep(status)
+            return
         task = status.tasks[self.task_ids[0]]
         try:
             raw = self.store.get_bytes(self.result_key(task.task_id))
@@ -269,6 +355,43 @@ class Run:
         self.outputs = outputs
         self.deleted = list(outcome.get("deleted", []))
         self._enter(Phase.DONE)
+
+    def _collect_sweep(self, status: BackendStatus) -> None:
+        """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``."""
+        params = self.params or []
+
+        def one(index: int) -> TaskOutcome:
+            tid = self.task_ids[index]
+            task = status.tasks[tid]
+            out = TaskOutcome(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
+            try:
+                outcome = cloudpickle.loads(self.store.get_bytes(self.result_key(tid)))
+            except KeyError:
+                out.error_type = "RunFailed"
+                out.error_message = task.failure or f"the task ended without a result (exit code {task.exit_code})"
+                return out
+            out.started, out.ended = outcome.get("started", out.started), outcome.get("ended", out.ended)
+            if task.failure:
+                out.error_type, out.error_message = "RunFailed", task.failure
+            elif outcome["ok"]:
+                out.state = "succeeded"
+                for name, data in outcome["outputs"].items():
+                    try:
+                        out.outputs[name] = cloudpickle.loads(data)
+                    except Exception as exc:
+                        log.warning("task %s: `%s` could not be brought back: %s", tid, name, exc)
+            else:
+                err = outcome["error"]
+                out.error_type, out.error_message = err["type"], err["message"]
+                self.errors[tid] = RemoteError(err["type"], err["message"], err["traceback"], tid)
+            return out
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            outcomes = list(pool.map(one, range(len(self.task_ids))))
+        self.outputs = [o.outputs for o in outcomes]
+        self.results = results_table(outcomes)
+        failed = sum(1 for o in outcomes if o.state == "failed")
+        self._enter(Phase.DONE, f"{len(outcomes) - failed} succeeded, {failed} failed")
 
 
 class Session:
@@ -330,6 +453,8 @@ class Session:
         nodes: int = 1,
         low_priority: bool = False,
         retries: int = 0,
+        sweep: list[dict[str, Any]] | None = None,
+        slots_per_node: int = 1,
         on_update: UpdateCallback | None = None,
         backend_config: Mapping[str, Any] | None = None,
     ) -> Run:
@@ -343,10 +468,14 @@ class Session:
             raise ConfigError(f"--retries must be 0 or more, not {retries}")
         if nodes < 1:
             raise ConfigError(f"--nodes must be at least 1, not {nodes}")
+        if slots_per_node < 1:
+            raise ConfigError(f"--slots-per-node must be at least 1, not {slots_per_node}")
+        if sweep is not None:
+            check_size(sweep)
         home_path = self.home(home)
         chosen = self.backend(backend, home=home_path, **dict(backend_config or {}))
         run_id = _new_run_id(name)
-        task_ids = ["task-0"]
+        task_ids = task_ids_for(len(sweep)) if sweep is not None else ["task-0"]
         submission = TaskSubmission(
             run_id=run_id,
             name=name or run_id,
@@ -358,24 +487,33 @@ class Session:
             nodes=nodes,
             low_priority=low_priority,
             retries=retries,
+            slots_per_node=slots_per_node,
         )
         chosen.validate(submission)
 
         run = Run(
-            run_id=run_id, name=submission.name, backend=chosen, vm_size=vm_size, timeout=seconds, task_ids=task_ids
+            run_id=run_id,
+            name=submission.name,
+            backend=chosen,
+            vm_size=vm_size,
+            timeout=seconds,
+            task_ids=task_ids,
+            params=sweep,
+            namespace=namespace if isinstance(namespace, MutableMapping) else None,
         )
         if on_update is not None:
             run.subscribe(on_update)
         run._enter(Phase.PACKAGING)
         with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:
             try:
-                captured = capture(cell, namespace or {}, Path(tmp) / "bundle", outputs=outputs)
+                provided = {key for row in sweep for key in row} if sweep else ()
+                captured = capture(cell, namespace or {}, Path(tmp) / "bundle", outputs=outputs, provided=provided)
             except Exception as err:
                 run._fail(err)
                 raise
             run._enter(Phase.UPLOADING, f"{captured.size / 1e6:.1f} MB")
             chosen.store.put_file(f"{run.prefix}bundle", captured.path)
-        self._write_specs(run, submission)
+        self._write_specs(run, submission, sweep)
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
         submission.ledger_id = ledger.client_id
@@ -390,20 +528,28 @@ class Session:
         run._enter(Phase.QUEUED)
         return run
 
-    def _write_specs(self, run: Run, submission: TaskSubmission) -> None:
-        """Each task's spec: the URLs of its bundle (read), log (append) and result (write), nothing else."""
+    def _write_specs(self, run: Run, submission: TaskSubmission, sweep: list[dict[str, Any]] | None) -> None:
+        """Each task's spec: the URLs of its bundle (read), log (append) and result (write), its
+        parameters, nothing else."""
         store = run.store
         expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
-        for task_id, key in submission.spec_keys.items():
+        bundle_url = store.url(f"{run.prefix}bundle", permissions="r", expiry=expiry)
+
+        def write(index: int) -> None:
+            task_id = run.task_ids[index]
             spec = {
                 "run_id": run.id,
                 "task_id": task_id,
-                "bundle": store.url(f"{run.prefix}bundle", permissions="r", expiry=expiry),
+                "bundle": bundle_url,
                 "log": store.url(run.log_key(task_id), permissions="acw", expiry=expiry),
                 "result": store.url(run.result_key(task_id), permissions="cw", expiry=expiry),
                 "log_interval": 0.2 if store.kind == "local" else 1.0,
+                "params": {k: cloudpickle.dumps(v).hex() for k, v in (sweep[index] if sweep else {}).items()},
             }
-            store.put_bytes(key, json.dumps(spec).encode())
+            store.put_bytes(submission.spec_keys[task_id], json.dumps(spec).encode())
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(write, range(len(run.task_ids))))
 
     def teardown(self, *, everything: bool = False, blobs: bool = False, backend: Backend | None = None) -> list[str]:
         """Stop and release whatever this session started that still runs or holds resources.

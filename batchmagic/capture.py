@@ -76,7 +76,7 @@ def capture(
     path: Path,
     *,
     outputs: Iterable[str] | None = None,
-    extra_values: Mapping[str, Any] | None = None,
+    provided: Iterable[str] = (),
     root: Path | None = None,
 ) -> CapturedCell:
     """Package a cell and what it reads from ``namespace`` into a bundle at ``path``.
@@ -91,8 +91,8 @@ def capture(
         Where to write the bundle.
     outputs : iterable of str, optional
         Names to bring back; each must be bound by the cell. Default: every bound name.
-    extra_values : mapping, optional
-        Values shipped in addition (e.g. sweep parameters), shadowing the namespace.
+    provided : iterable of str, optional
+        Names each task gets from elsewhere (a sweep's parameters): not shipped from the namespace.
     root : Path, optional
         Local modules are those whose files lie under this directory. Default: the working directory.
 
@@ -113,7 +113,8 @@ def capture(
                 f"it assigns: {', '.join(analysis.bound) or 'nothing'}"
             )
 
-    values = {**namespace, **(extra_values or {})}
+    given = set(provided)
+    values = {k: v for k, v in namespace.items() if k not in given}
     to_ship: dict[str, Any] = {}
     modules: dict[str, str] = {}
     for name in analysis.inputs:
@@ -128,7 +129,11 @@ def capture(
     undefined = [
         n
         for n in analysis.inputs
-        if n not in values and n not in vars(builtins) and n not in analysis.bound and n not in _IPYTHON_NAMES
+        if n not in values
+        and n not in given
+        and n not in vars(builtins)
+        and n not in analysis.bound
+        and n not in _IPYTHON_NAMES
     ]
     for name in undefined:
         warnings.warn(

@@ -25,6 +25,7 @@ from batchmagic.capture import check_cell
 from batchmagic.config import default_backend, default_home, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.monitor import LogRecord, RunState
+from batchmagic.sweep import parse_grid, rows_from
 from batchmagic.widget import PANEL_MODES, format_seconds, make_panel
 
 __all__ = ["AzBatch"]
@@ -156,8 +157,19 @@ class AzBatch(Magics):
         "--low-priority", action="store_true", help="Use low-priority (spot) VMs: cheaper, may be preempted (Azure)."
     )
     @argument("--retries", type=int, default=0, help="Times Batch retries the task if it fails (Azure). Default 0.")
+    @argument(
+        "--sweep",
+        action="append",
+        metavar="NAME=V1,V2",
+        help="Run the cell once per value, with NAME bound to it; repeat for a grid (their product). "
+        "Values are Python literals where they parse, strings otherwise. Shows a results table.",
+    )
+    @argument("--sweep-from", metavar="VAR", help="Run once per element of VAR: a list of dicts or a DataFrame.")
+    @argument("--slots-per-node", type=int, default=1, help="Tasks each node runs at once (sweeps). Default 1.")
+    @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating in the background.")
+    @argument("--out-run", metavar="NAME", help="Also bind the run's handle to NAME (besides _azbatch).")
     @cell_magic("azbatch")
-    def azbatch(self, line: str, cell: str) -> None:
+    def azbatch(self, line: str, cell: str) -> Any:
         """Run this cell out of the kernel and bring the names it assigns back.
 
         The cell runs in a separate Python process: on Azure Batch, or on this machine with
@@ -171,14 +183,22 @@ class AzBatch(Magics):
         outputs = [n.strip() for n in args.out.split(",") if n.strip()] if args.out is not None else None
         if outputs is not None and not outputs:
             raise UsageError("--out needs at least one name, like --out model,score")
+        if args.out_run is not None and not args.out_run.isidentifier():
+            raise UsageError(f"--out-run {args.out_run!r} is not a Python name")
         with _usage_errors():
             timeout = parse_timeout(args.timeout or self.timeout)
             env = parse_env(args.env)
             check_cell(cell)
+            sweep = self._sweep(args)
         self._explain_default_backend(args.backend)
 
-        panel = make_panel(self.panel, on_cancel=self._cancel_current)
-        self._current: api.Run | None = None
+        current: list[api.Run] = []  # the panel exists before the run does
+        panel = make_panel(
+            self.panel,
+            on_cancel=lambda: current[0].cancel() if current else None,
+            on_pick=lambda task_id: _follow(current[0], task_id) if current else "",
+            background=args.no_wait,
+        )
 
         def on_update(state: RunState, records: list[LogRecord]) -> None:
             for record in records:
@@ -188,6 +208,10 @@ class AzBatch(Magics):
                 sys.stdout.flush()
                 sys.stderr.flush()
             panel.update(state)
+
+        def on_background_update(state: RunState, records: list[LogRecord]) -> None:
+            # From the monitor thread: set widget traits and append to its Output; never print.
+            panel.update(state, records)
 
         with _usage_errors(), _warnings_as_lines():
             run = self.session.submit(
@@ -203,21 +227,38 @@ class AzBatch(Magics):
                 nodes=args.nodes,
                 low_priority=args.low_priority,
                 retries=args.retries,
-                on_update=on_update,
+                sweep=sweep,
+                slots_per_node=args.slots_per_node,
+                on_update=on_background_update if args.no_wait else on_update,
                 backend_config=self.backend_config() if backend == "azure" else None,
             )
-        self._current = run
+        current.append(run)
         self.shell.user_ns["_azbatch"] = run
+        if args.out_run:
+            self.shell.user_ns[args.out_run] = run
+        if args.no_wait:
+            run.watch_in_background()
+            return None
         with _warnings_as_lines():
-            outputs_back = run.wait()
-        self.shell.user_ns.update(outputs_back)
+            result = run.wait()
+        if run.is_sweep:
+            return result  # the results DataFrame, displayed as the cell's value
+        self.shell.user_ns.update(result)
         for name in run.deleted:
             self.shell.user_ns.pop(name, None)
+        return None
 
-    def _cancel_current(self) -> None:
-        run = getattr(self, "_current", None)
-        if run is not None:
-            run.cancel()
+    def _sweep(self, args: Any) -> list[dict[str, Any]] | None:
+        """The parameter sets of --sweep / --sweep-from, or None for a single cell."""
+        if args.sweep and args.sweep_from:
+            raise UsageError("give --sweep or --sweep-from, not both")
+        if args.sweep:
+            return parse_grid(args.sweep)
+        if args.sweep_from:
+            if args.sweep_from not in self.shell.user_ns:
+                raise UsageError(f"--sweep-from {args.sweep_from}: no such variable in the notebook")
+            return rows_from(args.sweep_from, self.shell.user_ns[args.sweep_from])
+        return None
 
     def _explain_default_backend(self, explicit: str | None) -> None:
         """Say once why cells run locally when nobody chose the backend."""
@@ -232,6 +273,24 @@ class AzBatch(Magics):
         )
 
     # --- %azbatch_status and %azbatch_teardown ---
+
+    @line_magic("azbatch_fetch")
+    def azbatch_fetch(self, line: str) -> None:
+        """Bring a finished background run's names into the notebook: ``%azbatch_fetch NAME``.
+
+        NAME is a variable holding the run (``--out-run NAME``, or ``_azbatch``) or the run's name.
+        """
+        name = line.strip() or "_azbatch"
+        run = self.shell.user_ns.get(name)
+        if not isinstance(run, api.Run):
+            run = next((r for r in reversed(self.session.runs) if name in (r.name, r.id)), None)
+        if run is None:
+            raise UsageError(f"{name!r} is neither a variable holding a run nor the name of one of this kernel's runs")
+        if not run.done:
+            raise UsageError(f"run {run.name} is still {run.status}: wait for it (run.wait()) and fetch again")
+        with _usage_errors():
+            names = run.fetch(self.shell.user_ns)
+        print(f"fetched {', '.join(names) or 'nothing'} from {run.name}")
 
     @line_magic("azbatch_status")
     def azbatch_status(self, line: str) -> None:
@@ -277,6 +336,12 @@ class AzBatch(Magics):
                 print(f"removed {item}")
         else:
             print("nothing to tear down: no run of this kernel is running or holds resources")
+
+
+def _follow(run: api.Run, task_id: str) -> str:
+    """The panel's task picker: stream that task's log from now on and return what it printed so far."""
+    run.follow(task_id)
+    return run.logs(task_id)
 
 
 @contextmanager

@@ -52,7 +52,33 @@ class RunState:
     detail: str = ""
     error: str = ""
     task_counts: dict[str, int] = field(default_factory=dict)
+    task_ids: tuple[str, ...] = ()  # a sweep's tasks, in order (empty for a single cell)
+    task_states: tuple[str, ...] = ()  # pending, running, succeeded or failed, per task
+    first_start: float | None = None  # when the first task started running
     now: float = field(default_factory=time.time)
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.task_ids)
+
+    @property
+    def finished_tasks(self) -> int:
+        return self.task_counts.get("succeeded", 0) + self.task_counts.get("failed", 0)
+
+    @property
+    def throughput(self) -> float | None:
+        """Tasks finished per minute since the first one started."""
+        if self.first_start is None or not self.finished_tasks:
+            return None
+        return self.finished_tasks / max(self.now - self.first_start, 1e-6) * 60
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every task is done, at the throughput so far."""
+        rate = self.throughput
+        if not rate:
+            return None
+        return (len(self.task_ids) - self.finished_tasks) / rate * 60
 
     @property
     def elapsed(self) -> float:
@@ -94,7 +120,9 @@ class Monitor:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.tails = {tid: LogTail(run.log_key(tid), tid) for tid in run.task_ids}
+        # A single cell's log streams; a sweep's logs stream only for tasks someone follows (the
+        # panel's picker), so a tick's cost does not grow with the number of tasks.
+        self.tails = {} if run.is_sweep else {tid: LogTail(run.log_key(tid), tid) for tid in run.task_ids}
         first, self.longest = run.backend.poll_intervals
         self.interval = first
         self.ticks = 0
@@ -106,9 +134,13 @@ class Monitor:
         records = self.read_logs()
         return status, records
 
+    def follow(self, task_id: str) -> None:
+        if task_id not in self.tails:
+            self.tails[task_id] = LogTail(self.run.log_key(task_id), task_id)
+
     def read_logs(self) -> list[LogRecord]:
         records: list[LogRecord] = []
-        for tail in self.tails.values():
+        for tail in list(self.tails.values()):
             records.extend(tail.read(self.run.store))
         records.sort(key=lambda r: r.time)
         return records

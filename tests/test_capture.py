@@ -81,9 +81,11 @@ def test_plain_values_by_value(tmp_path: Path) -> None:
     assert captured.size == captured.path.stat().st_size
 
 
-def test_extra_values_shadow_the_namespace(tmp_path: Path) -> None:
-    captured = capture("y = lr * 2", {"lr": 0.1}, tmp_path / "b.zip", extra_values={"lr": 0.5})
-    assert _values(captured) == {"lr": 0.5}
+def test_provided_names_are_neither_shipped_nor_undefined(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndefinedNameWarning)
+        captured = capture("y = lr * depth", {"lr": 0.1}, tmp_path / "b.zip", provided=["lr", "depth"])
+    assert _values(captured) == {}
 
 
 def test_names_bound_before_use_are_not_shipped(tmp_path: Path) -> None:
