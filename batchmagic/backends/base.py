@@ -11,9 +11,11 @@ from batchmagic.storage import Store
 
 
 class Phase(StrEnum):
-    """Where a run is. The client sets the first two and the last three; backends report the rest."""
+    """Where a run is. The client sets the first four and the last three; backends report the rest."""
 
     PACKAGING = "packaging"
+    BUILDING_IMAGE = "building image"
+    PUSHING_IMAGE = "pushing image"
     UPLOADING = "uploading"
     CREATING_POOL = "creating pool"
     ALLOCATING = "allocating nodes"
