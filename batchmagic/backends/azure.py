@@ -127,6 +127,8 @@ class AzureBackend(Backend):
         ConfigError
             A missing or invalid setting: the message names it and how to set it.
         """
+        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
+        registry = overrides.pop("registry", None) or os.environ.get("BATCHMAGIC_REGISTRY", "")
         settings = AzureSettings.from_env(**overrides)
         if not settings.batch_endpoint:
             raise ConfigError(
@@ -139,10 +141,11 @@ class AzureBackend(Backend):
             check_container_name(settings.container)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if not settings.image:
+        if not settings.image and not registry:
             raise ConfigError(
                 "BATCHMAGIC_IMAGE is not set: export it to the training image to run "
-                "(e.g. myregistry.azurecr.io/batchmagic:env-...) or %config AzBatch.image = '...'"
+                "(e.g. myregistry.azurecr.io/batchmagic:env-...) or %config AzBatch.image = '...', "
+                "or set BATCHMAGIC_REGISTRY to have the image built for the cell"
             )
         return cls(_batch_client(settings), _blob_store(settings), settings)
 
