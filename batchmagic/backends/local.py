@@ -114,9 +114,12 @@ class LocalBackend(Backend):
             AZ_BATCH_TASK_WORKING_DIR=str(workdir),
             PYTHONUNBUFFERED="1",
         )
+        argv = [self.python, "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
+        if run.submission.image:  # --container: the same runner, in the training image, via the local engine
+            argv = _container_argv(run.submission, task, workdir)
         with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
             task.process = subprocess.Popen(
-                [self.python, "-m", "batchmagic.runner", "--spec", str(task.spec_path)],
+                argv,
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -180,6 +183,21 @@ class LocalBackend(Backend):
 
     def task_log_hint(self, run_id: str, task_id: str) -> str:
         return f"its own stderr is in {self.store.path(f'runs/{run_id}/{task_id}/stderr.txt')}"
+
+
+def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path) -> list[str]:
+    """``docker run`` of the runner in ``submission.image``: host network, the run's directory mounted at
+    the same path (so the spec's file:// URLs work), this user's uid, and the task's variables by name
+    only (``-e KEY``: their values come from the client's environment, never its command line)."""
+    run_dir = task.dir.parent
+    argv = [
+        "docker", "run", "--rm", "--network", "host", "--user", f"{os.getuid()}:{os.getgid()}",
+        "-v", f"{run_dir}:{run_dir}", "-w", str(workdir),
+    ]  # fmt: skip
+    names = [*submission.env, "AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
+    for key in names:
+        argv += ["-e", key]
+    return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
