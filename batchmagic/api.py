@@ -31,6 +31,7 @@ from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskSubmissi
 from batchmagic.capture import capture, check_cell
 from batchmagic.config import DEFAULT_TIMEOUT, check_home, default_backend, default_home, parse_timeout
 from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
+from batchmagic.image import plan_image
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
 from batchmagic.sweep import TaskOutcome, check_size, results_table, task_ids_for
@@ -457,10 +458,18 @@ class Session:
         slots_per_node: int = 1,
         on_update: UpdateCallback | None = None,
         backend_config: Mapping[str, Any] | None = None,
+        image: str | None = None,
+        container: bool = False,
+        requirements: str | Path | None = None,
+        pip: Iterable[str] = (),
+        registry: str | None = None,
+        base_image: str | None = None,
     ) -> Run:
         """Package ``cell`` with what it reads from ``namespace`` and start it; see :func:`submit`.
 
-        Everything that can be checked is checked before anything is uploaded or created.
+        Everything that can be checked is checked before anything is uploaded or created. The
+        image (``image``, ``container``, ``requirements``, ``pip``, ``registry``, ``base_image``:
+        see :func:`batchmagic.image.plan_image`) is resolved after packaging, before uploading.
         """
         check_cell(cell)  # syntax, emptiness, star imports: before anything else
         seconds = parse_timeout(timeout if timeout is not None else DEFAULT_TIMEOUT)
@@ -473,7 +482,12 @@ class Session:
         if sweep is not None:
             check_size(sweep)
         home_path = self.home(home)
-        chosen = self.backend(backend, home=home_path, **dict(backend_config or {}))
+        config = {**dict(backend_config or {}), **({"image": image} if image else {})}
+        chosen = self.backend(backend, home=home_path, **config)
+        image_request = plan_image(
+            chosen.name, image=image, configured_image=config.get("image"), container=container,
+            registry=registry, base_image=base_image, requirements=requirements, pip=pip,
+        )  # fmt: skip
         run_id = _new_run_id(name)
         task_ids = task_ids_for(len(sweep)) if sweep is not None else ["task-0"]
         submission = TaskSubmission(
@@ -508,6 +522,8 @@ class Session:
             try:
                 provided = {key for row in sweep for key in row} if sweep else ()
                 captured = capture(cell, namespace or {}, Path(tmp) / "bundle", outputs=outputs, provided=provided)
+                if image_request is not None:
+                    submission.image = image_request.resolve(captured, run._enter)
             except Exception as err:
                 run._fail(err)
                 raise
