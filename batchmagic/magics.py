@@ -23,6 +23,7 @@ from batchmagic import api
 from batchmagic.backends import BACKENDS
 from batchmagic.capture import check_cell
 from batchmagic.config import default_backend, default_home, parse_env, parse_timeout
+from batchmagic.environment import DEFAULT_BASE_IMAGE
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.monitor import LogRecord, RunState
 from batchmagic.sweep import parse_grid, rows_from
@@ -68,6 +69,15 @@ class AzBatch(Magics):
         help="Training image the task runs in, e.g. myregistry.azurecr.io/batchmagic:env-0123abcd4567. "
         "Defaults to BATCHMAGIC_IMAGE.",
     ).tag(config=True)
+    registry = Unicode(
+        help="Container registry (and repository) the training image is pushed to and pulled from, e.g. "
+        "myregistry.azurecr.io/batchmagic or 127.0.0.1:5000/batchmagic. With a registry and no AzBatch.image, "
+        "each cell's image is built (or reused) from its environment. Defaults to BATCHMAGIC_REGISTRY.",
+    ).tag(config=True)
+    base_image = Unicode(
+        help="Image the training image is built FROM: any Debian-like image whose Python matches the kernel's. "
+        "Defaults to BATCHMAGIC_BASE_IMAGE, else python:3.11-slim.",
+    ).tag(config=True)
     panel = Enum(
         PANEL_MODES,
         default_value="auto",
@@ -108,6 +118,14 @@ class AzBatch(Magics):
     def _default_image(self) -> str:
         return os.environ.get("BATCHMAGIC_IMAGE", "")
 
+    @default("registry")
+    def _default_registry(self) -> str:
+        return os.environ.get("BATCHMAGIC_REGISTRY", "")
+
+    @default("base_image")
+    def _default_base_image(self) -> str:
+        return os.environ.get("BATCHMAGIC_BASE_IMAGE", "") or DEFAULT_BASE_IMAGE
+
     def backend_config(self) -> dict[str, str]:
         """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""
         return {
@@ -116,6 +134,7 @@ class AzBatch(Magics):
             "storage_account_url": self.storage_account_url,
             "container": self.container,
             "image": self.image,
+            "registry": self.registry,
         }
 
     @validate("backend")
@@ -168,6 +187,14 @@ class AzBatch(Magics):
     @argument("--slots-per-node", type=int, default=1, help="Tasks each node runs at once (sweeps). Default 1.")
     @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating in the background.")
     @argument("--out-run", metavar="NAME", help="Also bind the run's handle to NAME (besides _azbatch).")
+    @argument("--image", help="Run in this prebuilt image, after the version guard. Default: AzBatch.image.")
+    @argument("--requirements", metavar="FILE", help="A pip requirements file to add to the cell's image.")
+    @argument("--pip", action="append", metavar="PKG", help='A requirement to add to the image, e.g. "pkg==1.2".')
+    @argument(
+        "--container",
+        action="store_true",
+        help="With --backend local: build (or reuse) the training image and run the cell in it (local Docker).",
+    )
     @cell_magic("azbatch")
     def azbatch(self, line: str, cell: str) -> Any:
         """Run this cell out of the kernel and bring the names it assigns back.
@@ -231,6 +258,12 @@ class AzBatch(Magics):
                 slots_per_node=args.slots_per_node,
                 on_update=on_background_update if args.no_wait else on_update,
                 backend_config=self.backend_config() if backend == "azure" else None,
+                image=args.image,
+                container=args.container,
+                requirements=args.requirements,
+                pip=args.pip or (),
+                registry=self.registry,
+                base_image=self.base_image,
             )
         current.append(run)
         self.shell.user_ns["_azbatch"] = run
