@@ -287,7 +287,15 @@ def connect_engine(timeout: float = API_TIMEOUT) -> Any:
             probe.close()
         return docker.from_env(timeout=timeout)
     except Exception as err:
-        reason = str(err).splitlines()[0][:120] if str(err) else type(err).__name__
+        text = str(err)
+        if "FileNotFoundError" in text or "No such file" in text:
+            reason = "no socket there"
+        elif "Connection refused" in text or "ConnectionRefused" in text:
+            reason = "connection refused"
+        elif "timed out" in text.lower():
+            reason = "no answer within a few seconds"
+        else:
+            reason = text.replace("Error while fetching server API version: ", "").splitlines()[0][:100] or "error"
         raise ConfigError(
             f"no Docker engine is reachable at {where} ({reason}): start Docker (or set DOCKER_HOST), "
             "or pass a prebuilt image with --image"
