@@ -90,18 +90,19 @@ def test_azure_walkthrough(
     run_index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "%%azbatch" in c.source)
     run_out = nb.cells[run_index].outputs
     printed = text_of([o for o in run_out if o["output_type"] == "stream" and o["name"] == "stdout"])
-    epochs = re.findall(r"^epoch (\d)/5: loss (\d+\.\d+)$", printed, re.MULTILINE)
-    assert [e for e, _ in epochs] == ["1", "2", "3", "4", "5"]
+    epochs = re.findall(r"^epoch (\d+)/10: loss \d+\.\d+$", printed, re.MULTILINE)
+    assert epochs == [str(i) for i in range(1, 11)]
     assert "trained: final loss 0.01" in printed
-    # Live: the epoch lines (a second apart in the remote cell) reached the notebook while the cell ran.
+    # Live: the lines reached the notebook while the cell ran. They are 1.5 s apart, 13.5 s from first to last;
+    # a quiet run is polled every 10 s at most, and every second again once output flows.
     arrived = {}
     for when, index, text in client.arrivals:
-        for epoch in re.findall(r"^epoch (\d)/5", text, re.MULTILINE) if index == run_index else []:
+        for epoch in re.findall(r"^epoch (\d+)/10", text, re.MULTILINE) if index == run_index else []:
             arrived.setdefault(epoch, when)
-    assert arrived["5"] - arrived["1"] >= 2.0, arrived
+    assert arrived["10"] - arrived["1"] >= 1.0, arrived
     panel = [o for o in run_out if o["output_type"] == "display_data"]
     assert panel and "application/vnd.jupyter.widget-view+json" in panel[0]["data"]
-    assert re.fullmatch(r"walkthrough \[azure, Standard_E32_v3\] done \d+\.\ds", panel[0]["data"]["text/plain"])
+    assert re.fullmatch(r"walkthrough \[azure, Standard_E32_v3\] done [0-9.hms]+", panel[0]["data"]["text/plain"])
 
     assert text_of(outputs_of(nb, "weights.round(2)")).split() == [
         "a",
@@ -117,7 +118,7 @@ def test_azure_walkthrough(
     ]
     assert text_of(outputs_of(nb, "round(loss, 4) for loss in history")).startswith("[")
     assert text_of(outputs_of(nb, "_azbatch.status")) == "'done'"
-    assert "epoch 5/5" in text_of(outputs_of(nb, "_azbatch.logs()"))
+    assert "epoch 10/10" in text_of(outputs_of(nb, "_azbatch.logs()"))
     status = text_of(outputs_of(nb, "%azbatch_status"))
     assert re.search(r"^walkthrough +azure +Standard_E32_v3 +done ", status, re.MULTILINE), status
     teardown = text_of(outputs_of(nb, "%azbatch_teardown"))
