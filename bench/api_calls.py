@@ -133,6 +133,7 @@ def main() -> None:
                 BATCHMAGIC_CONTAINER="bench",
                 BATCHMAGIC_IMAGE="127.0.0.1:5000/batchmagic/train:env-bench",
             )
+            os.environ.pop("BATCHMAGIC_REGISTRY", None)  # a given image: nothing to build
             try:
                 for length in LENGTHS:
                     results.append(measure(length, emulator, Session(tmp / "home"), tmp / "home"))

@@ -78,6 +78,7 @@ def test_azure_walkthrough(
     monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
     monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"walkthrough-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
+    monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)  # a given image: nothing to build
     nb = nbformat.read(NOTEBOOKS / "azure.ipynb", as_version=4)
     client = TimedClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
