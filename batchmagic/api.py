@@ -29,7 +29,7 @@ import cloudpickle
 
 from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskSubmission
 from batchmagic.capture import capture, check_cell
-from batchmagic.config import DEFAULT_TIMEOUT, check_home, default_backend, default_home, parse_timeout
+from batchmagic.config import DEFAULT_TIMEOUT, DEFAULT_VM_SIZE, check_home, default_backend, default_home, parse_timeout
 from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.image import plan_image
 from batchmagic.ledger import Ledger
@@ -446,7 +446,7 @@ class Session:
         *,
         backend: str | Backend | None = None,
         home: Path | str | None = None,
-        vm_size: str = "",
+        vm_size: str = DEFAULT_VM_SIZE,
         name: str | None = None,
         outputs: Iterable[str] | None = None,
         timeout: float | str | None = None,

@@ -14,6 +14,7 @@ __all__ = ["parse_timeout", "parse_env", "default_home", "default_backend", "che
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
 DEFAULT_TIMEOUT = 24 * 3600
+DEFAULT_VM_SIZE = "Standard_D2s_v3"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TIMEOUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -22,7 +22,7 @@ from traitlets import Enum, TraitError, Unicode, default, validate
 from batchmagic import api
 from batchmagic.backends import BACKENDS
 from batchmagic.capture import check_cell
-from batchmagic.config import default_backend, default_home, parse_env, parse_timeout
+from batchmagic.config import DEFAULT_VM_SIZE, default_backend, default_home, parse_env, parse_timeout
 from batchmagic.environment import DEFAULT_BASE_IMAGE
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.monitor import LogRecord, RunState
@@ -44,7 +44,7 @@ class AzBatch(Magics):
         help="Directory for batchmagic's state and local run data. Defaults to BATCHMAGIC_HOME, else ~/.batchmagic.",
     ).tag(config=True)
     vm_size = Unicode(
-        "Standard_D2s_v3",
+        DEFAULT_VM_SIZE,
         help="Azure VM size used when a cell gives no --vm, e.g. Standard_E32_v3.",
     ).tag(config=True)
     timeout = Unicode(

@@ -347,31 +347,69 @@ class BlobStore(Store):
 
 
 class BlobChannel(Channel):
-    """A blob the runner reaches through a SAS URL (no account key ever reaches a task)."""
+    """A blob the runner reaches through a SAS URL (no account key ever reaches a task).
+
+    Plain Blob REST calls over ``urllib``: a task starts in a fraction of the time the Azure SDK's
+    import takes, and the training image needs nothing but the standard library for its I/O.
+    """
+
+    API_VERSION = "2021-12-02"
+    ATTEMPTS = 4
 
     def __init__(self, url: str) -> None:
-        from azure.storage.blob import BlobClient
-
-        self._client = BlobClient.from_blob_url(url)
+        self.url = url
         self._created = False
 
+    def __repr__(self) -> str:
+        return f"<BlobChannel {self.url.split('?')[0]}>"  # never the SAS token
+
+    def _request(self, method: str, data: bytes | None = None, *, query: str = "", **headers: str) -> Any:
+        import time
+        import urllib.error
+        import urllib.request
+
+        url = self.url + (("&" if "?" in self.url else "?") + query if query else "")
+        headers = {"x-ms-version": self.API_VERSION, **{k.replace("_", "-"): v for k, v in headers.items()}}
+        if data is not None:
+            headers["Content-Length"] = str(len(data))
+        for attempt in range(self.ATTEMPTS):
+            request = urllib.request.Request(url, data=data, method=method, headers=headers)
+            try:
+                return urllib.request.urlopen(request, timeout=120)  # noqa: S310 - a SAS URL we were given
+            except urllib.error.HTTPError as err:
+                if err.code < 500 or attempt == self.ATTEMPTS - 1:
+                    raise BlobRequestError(method, err.code, self.url) from None
+            except OSError:
+                if attempt == self.ATTEMPTS - 1:
+                    raise
+            time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def read(self) -> bytes:
-        return bytes(self._client.download_blob().readall())
+        with self._request("GET") as response:
+            return bytes(response.read())
 
     def download_to(self, path: Path) -> None:
-        with open(path, "wb") as f:
-            self._client.download_blob(max_concurrency=4).readinto(f)
+        with self._request("GET") as response, open(path, "wb") as f:
+            shutil.copyfileobj(response, f, length=4 << 20)
 
     def append(self, data: bytes) -> None:
         if not self._created:
-            from azure.core.exceptions import ResourceExistsError
-
             try:
-                self._client.create_append_blob(if_none_match="*")
-            except ResourceExistsError:
-                pass  # a retried task appends to the log its first attempt started
+                self._request("PUT", b"", x_ms_blob_type="AppendBlob", If_None_Match="*").close()
+            except BlobRequestError as err:
+                if err.status != 409:  # 409: a retried task appends to the log its first attempt started
+                    raise
             self._created = True
-        self._client.append_block(data)
+        self._request("PUT", data, query="comp=appendblock").close()
 
     def write(self, data: bytes) -> None:
-        self._client.upload_blob(data, overwrite=True)
+        self._request("PUT", data, x_ms_blob_type="BlockBlob").close()
+
+
+class BlobRequestError(OSError):
+    """A Blob REST call through a SAS URL was refused; the message never carries the SAS token."""
+
+    def __init__(self, method: str, status: int, url: str) -> None:
+        super().__init__(f"{method} {url.split('?')[0]} answered HTTP {status}")
+        self.status = status

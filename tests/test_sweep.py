@@ -1,0 +1,177 @@
+"""Sweeps and background runs: on the local backend and through the Batch emulator + Azurite."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+from IPython.core.error import UsageError
+
+from batchmagic.api import Session
+from batchmagic.errors import ConfigError
+from batchmagic.sweep import parse_grid, rows_from, task_ids_for
+from tests.support.azurite import azurite_fixture
+from tests.support.emulator import start_emulator, wait_for
+
+azurite = azurite_fixture()
+
+GRID_CELL = "import time\ntime.sleep(0.4)\nscore = 10 / (lr * 10 + depth - 20)\nlabel = f'{lr}-{depth}'\nbig = [0] * 3"
+
+
+def test_parse_grid_is_the_product_with_literals():
+    grid = parse_grid(["lr=0.1,0.01", "depth=3,5", "name=adam, sgd", "flag=True"])
+    assert len(grid) == 8
+    assert grid[0] == {"lr": 0.1, "depth": 3, "name": "adam", "flag": True}
+    assert grid[-1] == {"lr": 0.01, "depth": 5, "name": "sgd", "flag": True}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        (["lr"], "is not name=v1,v2"),
+        (["1x=2"], "is not name=v1,v2"),
+        (["lr="], "has no values"),
+        (["lr=1", "lr=2"], "names 'lr' twice"),
+    ],
+)
+def test_parse_grid_refuses_malformed_tokens(tokens, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_grid(tokens)
+
+
+def test_rows_from_dataframe_and_list():
+    assert rows_from("p", pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})) == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    assert rows_from("p", [{"a": 1}]) == [{"a": 1}]
+    with pytest.raises(ConfigError, match="is a dict, not a list of dicts"):
+        rows_from("p", {"a": 1})
+
+
+def test_task_ids_are_deterministic():
+    assert task_ids_for(3) == ["task-00000", "task-00001", "task-00002"]
+    assert task_ids_for(123_456)[-1] == "task-123455"
+
+
+def check_grid_results(results: pd.DataFrame) -> None:
+    assert len(results) == 12
+    assert list(results.columns[:2]) == ["lr", "depth"]
+    failed = results[results.state == "failed"]
+    assert list(zip(failed.lr, failed.depth, strict=True)) == [(2, 0)]
+    assert failed.error.iloc[0] == "ZeroDivisionError: division by zero"
+    ok = results[results.state == "succeeded"]
+    assert (ok.score == 10 / (ok.lr * 10 + ok.depth - 20)).all()
+    assert (ok.label == ok.lr.astype(str) + "-" + ok.depth.astype(str)).all()
+    assert "big" not in results.columns  # not a scalar: in run.outputs only
+    assert (ok.exit_code == 0).all() and (results.duration > 0.3).all()
+
+
+def test_sweep_on_local_runs_in_parallel(shell, capsys):
+    shell.run_cell("lr = 'notebook value'")
+    shell.run_cell("%%azbatch --sweep lr=1,2,3 --sweep depth=0,1,2,3 --slots-per-node 4 --name grid\n" + GRID_CELL)
+    results = shell.last_execution_result.result
+    check_grid_results(results)
+    run = shell.user_ns["_azbatch"]
+    assert run.results is results and len(run.outputs) == 12 and run.outputs[1]["big"] == [0, 0, 0]
+    assert list(run.errors) == ["task-00004"] and "ZeroDivisionError" in "".join(run.errors["task-00004"].traceback)
+    assert shell.user_ns["lr"] == "notebook value" and "score" not in shell.user_ns  # never writes names
+    starts, ends = results.started.sort_values(), results.ended.sort_values()
+    assert starts.iloc[3] < ends.iloc[0]  # four tasks were running at once
+    err = capsys.readouterr().err
+    assert "grid [local" in err and "12/12 tasks, 1 failed" in err
+
+
+def test_sweep_from_a_dataframe(shell):
+    shell.run_cell("import pandas as pd\nparams = pd.DataFrame({'a': [1, 2, 3]})\nk = 10")
+    shell.run_cell("%%azbatch --sweep-from params --slots-per-node 3\ny = a * k")
+    assert list(shell.last_execution_result.result.y) == [10, 20, 30]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--sweep lr", "is not name=v1,v2"),
+        ("--sweep-from nothing_here", "no such variable"),
+        ("--sweep-from k", "k is a int, not a list of dicts"),
+        ("--sweep a=1 --sweep-from k", "not both"),
+        ("--sweep a=1,2,3 --sweep b=1,2,3,4", "over the limit of 10"),
+        ("--sweep a=1 --slots-per-node 0", "--slots-per-node must be at least 1"),
+    ],
+)
+def test_bad_sweeps_are_one_line_and_start_nothing(shell, home, monkeypatch, line, message):
+    monkeypatch.setenv("BATCHMAGIC_MAX_TASKS", "10")
+    shell.run_cell("k = 3")
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_cell(f"%%azbatch {line}\ny = 1")
+    assert "\n" not in str(info.value)
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+def test_no_wait_returns_at_once_and_fetch_brings_names(shell, capsys):
+    start = time.monotonic()
+    shell.run_cell("%%azbatch --no-wait --out-run bg --name background\nimport time\ntime.sleep(2)\nanswer = 42")
+    assert time.monotonic() - start < 1.5
+    run = shell.user_ns["bg"]
+    assert shell.user_ns["_azbatch"] is run and run.status in ("queued", "running")
+    shell.run_cell("x = 1")  # other cells run meanwhile
+    with pytest.raises(UsageError, match="still"):
+        shell.run_cell("%azbatch_fetch bg")
+    wait_for(lambda: run.done, timeout=20)  # the background thread finished it
+    assert run.status == "done" and "answer" not in shell.user_ns  # not written by itself
+    assert run.result() == {"answer": 42, "time": __import__("time")}
+    capsys.readouterr()
+    shell.run_cell("%azbatch_fetch bg")
+    assert shell.user_ns["answer"] == 42
+    assert "fetched time, answer from background" in capsys.readouterr().out
+
+
+def test_api_wait_and_result_of_background_run(home):
+    session = Session()
+    run = session.submit("y = 2", {}, backend="local")
+    run.watch_in_background()
+    assert run.wait(timeout=20) == {"y": 2} and run.result() == {"y": 2}
+    session.teardown()
+
+
+# --- through the Batch emulator and Azurite ---
+
+
+@pytest.fixture
+def azure_session(tmp_path, monkeypatch, home, azurite):
+    with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+        monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emu.endpoint)
+        monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emu.account)
+        monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emu.key)
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+        monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"sweep-{int(time.time() * 1000) % 10**9}")
+        monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
+        session = Session()
+        yield session, emu
+        session.teardown()
+
+
+def test_grid_on_the_emulator(azure_session):
+    session, emu = azure_session
+    grid = parse_grid(["lr=1,2,3", "depth=0,1,2,3"])
+    run = session.submit(GRID_CELL, {}, backend="azure", sweep=grid, nodes=2, slots_per_node=2)
+    results = run.wait(timeout=120)
+    check_grid_results(results)
+    assert set(results.node) == {n for n in results.node if n} and len(set(results.node)) == 2
+    adds = [r for r in emu.requests() if r["method"] == "POST" and r["path"].endswith("/addtaskcollection")]
+    assert len(adds) == 1 and len(adds[0]["body"]["value"]) == 12
+    wait_for(lambda: not list(emu.client().list_pools()), timeout=20)
+
+
+@pytest.mark.slow  # about two minutes on 2 cores: a thousand real runner processes
+def test_thousand_tasks_on_the_emulator(azure_session):
+    session, emu = azure_session
+    grid = [{"i": i} for i in range(1000)]
+    run = session.submit(
+        "y = i * 2", {}, backend="azure", sweep=grid, nodes=2, slots_per_node=4, vm_size="Standard_D16s_v3"
+    )
+    results = run.wait(timeout=600)
+    assert len(results) == 1000 and (results.state == "succeeded").all()
+    assert list(results.y) == [i * 2 for i in range(1000)]
+    adds = [r for r in emu.requests() if r["method"] == "POST" and r["path"].endswith("/addtaskcollection")]
+    assert len(adds) == 10  # chunks of 100
+    per_tick = [r for r in emu.requests() if r["method"] == "GET" and r["path"] == f"/jobs/{run.id}/tasks"]
+    assert all("$select" in r["query"] for r in per_tick)
