@@ -69,7 +69,10 @@ def _read_spec(where: str) -> bytes:
 
 
 def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
-    workdir = Path(tempfile.mkdtemp(prefix=".azbatch-", dir=os.getcwd()))
+    # The task's working directory, unless this user cannot write it (a non-root image user on a
+    # directory the node agent created as root): then the temp dir.
+    cwd = os.getcwd()
+    workdir = Path(tempfile.mkdtemp(prefix=".azbatch-", dir=cwd if os.access(cwd, os.W_OK) else None))
     bundle_path = workdir / "bundle.zip"
     open_channel(spec["bundle"]).download_to(bundle_path)
     reader = BundleReader(bundle_path)
