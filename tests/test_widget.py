@@ -77,3 +77,49 @@ def test_auto_panel_without_kernel_is_text_and_none_is_silent(capsys):
     quiet = make_panel("none")
     quiet.update(state(Phase.DONE))
     assert capsys.readouterr() == ("", "")
+
+
+def sweep_state(states: tuple[str, ...], *, now: float = 160.0) -> RunState:
+    counts: dict[str, int] = {}
+    for value in states:
+        counts[value] = counts.get(value, 0) + 1
+    return RunState(
+        run_id="s-1", name="grid", backend="local", vm_size="", phase=Phase.RUNNING,
+        phases=(PhaseSpan(Phase.RUNNING, 100.0),), started=100.0, task_counts=counts,
+        task_ids=tuple(f"task-{i:05d}" for i in range(len(states))), task_states=states,
+        first_start=100.0, now=now,
+    )  # fmt: skip
+
+
+def test_sweep_panel_counts_grid_throughput_eta_and_picker():
+    picked = []
+    panel = StatusPanel(on_pick=lambda tid: picked.append(tid) or f"log of {tid}\n")
+    states = ("succeeded", "failed", "running", "pending")
+    panel.update(sweep_state(states))
+    html_text = panel.tasks.value
+    assert "4 tasks" in html_text and "succeeded 1" in html_text and "failed 1" in html_text
+    assert html_text.count("display:inline-block") == 4  # one cell per task
+    assert "#ef5350" in html_text and "task-00001: failed" in html_text
+    assert "2.0 tasks/min" in html_text and "ETA 1m00s" in html_text  # 2 done in 60 s, 2 to go
+    assert list(panel.picker.options) == ["", "task-00000", "task-00001", "task-00002", "task-00003"]
+    panel.picker.value = "task-00001"
+    assert picked == ["task-00001"]
+    assert panel.log.outputs[0]["text"] == "log of task-00001\n"
+    assert repr(panel.widget).endswith("2/4 tasks, 1 failed")
+
+
+def test_background_panel_appends_logs_to_its_output_and_never_prints(capsys):
+    from batchmagic.monitor import LogRecord
+
+    panel = StatusPanel(background=True)
+    panel.update(state(Phase.RUNNING), [LogRecord(1.0, "stdout", "hello\n"), LogRecord(2.0, "stderr", "warn\n")])
+    assert [(o["name"], o["text"]) for o in panel.log.outputs] == [("stdout", "hello\n"), ("stderr", "warn\n")]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_text_panel_reports_sweeps_by_tenths():
+    out = io.StringIO()
+    panel = TextPanel(out)
+    for done in range(0, 21):
+        panel.update(sweep_state(("succeeded",) * done + ("pending",) * (20 - done)))
+    assert len(out.getvalue().splitlines()) == 11  # 0/20, 2/20, ..., 20/20
