@@ -306,12 +306,16 @@ def connect_engine(timeout: float = API_TIMEOUT) -> Any:
 
 
 def _dockerfile() -> str:
-    repo_copy = Path(batchmagic.__file__).resolve().parents[1] / "container" / "Dockerfile"
-    if repo_copy.exists():
-        return repo_copy.read_text()
-    from batchmagic._dockerfile import DOCKERFILE  # an installed copy carries it as a string
+    """container/Dockerfile: from the source checkout, else where the wheel installs it (data-files)."""
+    import sys
 
-    return DOCKERFILE
+    for candidate in (
+        Path(batchmagic.__file__).resolve().parents[1] / "container" / "Dockerfile",
+        Path(sys.prefix) / "share" / "batchmagic" / "Dockerfile",
+    ):
+        if candidate.exists():
+            return candidate.read_text()
+    raise ConfigError("batchmagic's container/Dockerfile is missing from this installation: reinstall batchmagic")
 
 
 def build_wheel(dest: Path) -> Path:
