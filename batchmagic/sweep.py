@@ -122,23 +122,18 @@ class TaskOutcome:
 
 
 def results_table(outcomes: list[TaskOutcome]) -> Any:
-    """One row per task: parameters, state, exit code, duration, node, scalar outputs, error."""
+    """One row per task: parameters, state, exit code, duration, node, scalar outputs, error, start, end."""
     import pandas as pd
 
     rows = []
     for outcome in outcomes:
         row: dict[str, Any] = {"task_id": outcome.task_id, **outcome.params}
-        row.update(
-            state=outcome.state,
-            exit_code=outcome.exit_code,
-            duration=outcome.duration,
-            node=outcome.node,
-            started=pd.Timestamp(outcome.started, unit="s") if outcome.started else pd.NaT,
-            ended=pd.Timestamp(outcome.ended, unit="s") if outcome.ended else pd.NaT,
-        )
+        row.update(state=outcome.state, exit_code=outcome.exit_code, duration=outcome.duration, node=outcome.node)
         for key, value in outcome.outputs.items():
             if isinstance(value, SCALARS) and key not in row:
                 row[key] = value
         row["error"] = f"{outcome.error_type}: {outcome.error_message}" if outcome.error_type else ""
+        row["started"] = pd.Timestamp(outcome.started, unit="s") if outcome.started else pd.NaT
+        row["ended"] = pd.Timestamp(outcome.ended, unit="s") if outcome.ended else pd.NaT
         rows.append(row)
     return pd.DataFrame(rows).set_index("task_id")
