@@ -207,3 +207,18 @@ def test_guard_refuses_an_image_built_for_another_python(image_env, azure_image_
     with pytest.raises(UsageError, match="3.10 in the image"):
         shell.run_cell(f"%%azbatch --backend azure --image {name}\nx = 1")
     assert not [r for r in _jobs_created(azure_image_env) if "py310" in json.dumps(r["body"])]
+
+
+def test_cli_finds_the_cells_image_and_lists_it(image_env, capsys):
+    from batchmagic.cli import main
+
+    registry = image_env
+    uploads = len(registry.uploads())
+    assert main(["image", "build", "--import", "tabulate"]) == 0  # the environment of the first test's cell
+    out = capsys.readouterr().out
+    assert out.startswith(f"{registry.host}/batchmagic:env-") and "already there: nothing built or pushed" in out
+    assert len(registry.uploads()) == uploads
+    assert main(["image", "ls"]) == 0
+    listed = capsys.readouterr().out
+    assert out.split()[0] in listed and f"tabulate=={md.version('tabulate')}" in listed
+    assert registry.password not in out + listed
