@@ -42,6 +42,7 @@ log = logging.getLogger("batchmagic.api")
 
 UpdateCallback = Callable[[RunState, list[LogRecord]], None]
 _SAS_GRACE = timedelta(hours=1)  # SAS URLs outlive the run's timeout by this much
+_POLL_ATTEMPTS = 5  # consecutive failed polls before a run is declared lost
 
 
 class OutputWarning(UserWarning):
@@ -102,6 +103,7 @@ class Run:
         self._monitor: Monitor | None = None
         self._last_status: BackendStatus | None = None
         self._activity = False  # the last tick brought output or a new phase: poll fast again
+        self._poll_errors = 0  # consecutive failed polls
 
     def __repr__(self) -> str:
         return f"<Run {self.name} ({self.id}) on {self.backend.name}: {self.status}>"
@@ -225,9 +227,19 @@ class Run:
             try:
                 status, records = monitor.tick()
             except Exception as err:
-                log.debug("poll failed", exc_info=True)
-                self._fail(RunFailed(f"lost track of the run: {err}"))
+                # A network blip or a throttled call: try again on the next ticks; give up (and release
+                # what the run holds) only when the backend stays unreachable.
+                self._poll_errors += 1
+                log.debug("poll %d failed", self._poll_errors, exc_info=True)
+                if self._poll_errors < _POLL_ATTEMPTS:
+                    return False
+                self._fail(RunFailed(f"lost track of the run after {self._poll_errors} failed polls: {err}"))
+                try:
+                    self.backend.release(self.id)
+                except Exception:
+                    log.warning("could not release run %s; %%azbatch_teardown retries", self.id, exc_info=True)
                 return True
+            self._poll_errors = 0
             self._last_status = status
             self._activity = bool(records) or status.phase != self.phase
             if records:
@@ -389,6 +401,7 @@ class Run:
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             outcomes = list(pool.map(one, range(len(self.task_ids))))
+        self.errors = {tid: self.errors[tid] for tid in self.task_ids if tid in self.errors}  # in task order
         self.outputs = [o.outputs for o in outcomes]
         self.results = results_table(outcomes)
         failed = sum(1 for o in outcomes if o.state == "failed")

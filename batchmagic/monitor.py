@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LogRecord", "Monitor", "RunState", "PhaseSpan"]
 
+RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cells still show output soon)
+
 
 @dataclass(frozen=True)
 class LogRecord:
@@ -146,9 +148,11 @@ class Monitor:
         return records
 
     def next_interval(self, *, active: bool) -> float:
-        """Seconds to the next tick: back to fast while output flows, slower while nothing happens."""
+        """Seconds to the next tick: back to fast while output flows, slower while nothing happens,
+        and never so slow while the cell runs that its first line waits long to show."""
         if active:
             self.interval = self.run.backend.poll_intervals[0]
         else:
-            self.interval = min(self.longest, self.interval * 1.5)
+            longest = self.longest if self.run.phase != Phase.RUNNING else min(self.longest, RUNNING_LONGEST)
+            self.interval = min(longest, self.interval * 1.5)
         return self.interval * random.uniform(0.9, 1.1)

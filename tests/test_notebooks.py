@@ -130,3 +130,34 @@ def test_azure_walkthrough(
     assert [j.id for j in batch.list_jobs() if str(getattr(j.state, "value", j.state)) == "active"] == []
     (job,) = [r["body"] for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/jobs"]
     assert job["poolInfo"]["autoPoolSpecification"]["pool"]["vmSize"] == "Standard_E32_v3"
+
+
+def test_sweep_walkthrough(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator, azurite: RunningAzurite
+) -> None:
+    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emulator.endpoint)
+    monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emulator.account)
+    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emulator.key)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
+    monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"sweep-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
+    monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)
+    nb = execute("sweep.ipynb", tmp_path)
+
+    grid_out = outputs_of(nb, "--name grid")
+    panel = [o for o in grid_out if o["output_type"] == "display_data"]
+    assert re.fullmatch(
+        r"grid \[azure, Standard_D2s_v3\] done \S+ 12/12 tasks, 3 failed", panel[0]["data"]["text/plain"]
+    )
+    table = text_of(outputs_of(nb, "grid.results[["))
+    assert table.count("succeeded") == 9 and table.count("failed") == 3
+    errors = text_of(outputs_of(nb, "grid.errors.items()")).splitlines()
+    assert errors == [f"task-{i:05d} ValueError: diverged at lr=1.5" for i in (9, 10, 11)]
+    assert "2/2 tasks" in text_of(outputs_of(nb, "--sweep-from trials"))
+    assert text_of(outputs_of(nb, "long_run.wait(")).strip() == "done"
+    assert "fetched w_final from background" in text_of(outputs_of(nb, "%azbatch_fetch long_run"))
+    assert text_of(outputs_of(nb, "round(w_final, 2)")).endswith("2.99)")
+    batch = emulator.client()
+    wait_for(lambda: not list(batch.list_pools()), timeout=20)
+    assert [j.id for j in batch.list_jobs() if str(getattr(j.state, "value", j.state)) == "active"] == []

@@ -718,6 +718,7 @@ def _content_type(path: Path) -> str:
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: without this, 40 ms a response
     server_version = "Microsoft-HTTPAPI/2.0"
     sys_version = ""
 
