@@ -202,19 +202,27 @@ def pickled_modules(data: bytes) -> set[str]:
     strings: list[str] = []
     memo: dict[int, Any] = {}
     try:
+        last: str | None = None  # the string on top of the stack, if the last push was one
         for opcode, arg, _pos in pickletools.genops(data):
             name = opcode.name
             if name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-                strings.append(str(arg))
-            elif name == "MEMOIZE":
-                memo[len(memo)] = strings[-1] if strings else None
-            elif name in ("BINPUT", "LONG_BINPUT", "PUT"):
-                memo[int(arg)] = strings[-1] if strings else None
-            elif name in ("BINGET", "LONG_BINGET", "GET"):
-                value = memo.get(int(arg))
-                if isinstance(value, str):
-                    strings.append(value)
-            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                last = str(arg)
+                strings.append(last)
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = last
+                continue
+            if name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg or 0)] = last
+                continue
+            if name in ("BINGET", "LONG_BINGET", "GET"):
+                value = memo.get(int(arg or 0))
+                last = value if isinstance(value, str) else None
+                if last is not None:
+                    strings.append(last)
+                continue
+            last = None
+            if name == "STACK_GLOBAL" and len(strings) >= 2:
                 found.add(strings[-2].split(".")[0])
             elif name in ("GLOBAL", "INST") and isinstance(arg, str):
                 found.add(arg.split(" ")[0].split(".")[0])
