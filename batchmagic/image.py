@@ -435,7 +435,7 @@ def _push(client: Any, image: str, credentials: tuple[str, str] | None, progress
         if status == "Pushing" and layer:
             sent[layer] = max(sent.get(layer, 0), int(detail.get("current") or 0))
         now = time.monotonic()
-        if sent and now - last > 0.5:
+        if sent and now - last > 2.0:  # a panel line every 2 s at most
             last = now
             progress("pushing", f"{sum(sent.values()) / 1e6:.1f} MB pushed")
     total = sum(sent.values())
