@@ -242,6 +242,7 @@ class Run:
             self._poll_errors = 0
             self._last_status = status
             self._activity = bool(records) or status.phase != self.phase
+            records = self._take_progress(records)
             if records:
                 self._notify(records)
             if status.error:
@@ -254,6 +255,23 @@ class Run:
             else:
                 self._notify()
             return self.done
+
+    def _take_progress(self, records: list[LogRecord]) -> list[LogRecord]:
+        """Turn the runner's transfer progress into the panel's detail; return the other records."""
+        rest = []
+        for record in records:
+            if record.stream != "progress":
+                rest.append(record)
+                continue
+            try:
+                info = json.loads(record.text)
+                self.detail = (
+                    f"{info['phase']}: {info['bytes'] / 1e6:,.0f} of {info['total'] / 1e6:,.0f} MB"
+                    f" at {info['mb_per_s']:,.0f} MB/s"
+                )
+            except (ValueError, KeyError, TypeError):
+                log.debug("unreadable progress record %r", record.text)
+        return rest
 
     def wait(self, timeout: float | None = None) -> Any:
         """Block until the run ends, polling on this thread; return its outputs (a sweep: its results).

@@ -25,7 +25,7 @@ RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cell
 @dataclass(frozen=True)
 class LogRecord:
     time: float
-    stream: str  # "stdout" or "stderr"
+    stream: str  # "stdout", "stderr", or "progress" (the runner's transfers, JSON)
     text: str
     task_id: str = ""
 
@@ -92,6 +92,10 @@ class RunState:
         return self.phase.final
 
 
+# Log record streams: the cell's stdout and stderr, and the runner's transfer progress (JSON).
+_STREAMS = {"o": "stdout", "e": "stderr", "p": "progress"}
+
+
 class LogTail:
     """Reads new complete records of one task's log by byte offset."""
 
@@ -112,7 +116,7 @@ class LogTail:
                 item = json.loads(line)
             except ValueError:
                 continue
-            stream = "stderr" if item.get("s") == "e" else "stdout"
+            stream = _STREAMS.get(item.get("s", "o"), "stdout")
             records.append(LogRecord(item.get("t", 0.0), stream, item.get("d", ""), self.task_id))
         return records
 

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,6 +22,7 @@ import cloudpickle
 
 from batchmagic.bundle import CELL_FILENAME, BundleReader
 from batchmagic.runner.logsink import LogSink, TeeStream
+from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 from batchmagic.storage import Channel, open_channel
 
 EXIT_OK = 0
@@ -94,6 +96,8 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
     code = compile(source, CELL_FILENAME, "exec")
+    if spec.get("inputs"):
+        fetch_inputs(spec["inputs"], Path(cwd), concurrency=int(spec.get("concurrency", 16)), progress=progress(log))
 
     saved = sys.stdout, sys.stderr
     sys.stdout = TeeStream(sys.__stdout__, log, "o")  # type: ignore[assignment]
@@ -104,13 +108,26 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
         raise
     except BaseException as err:
         sys.stdout.flush()
-        return EXIT_CELL_ERROR, {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__)}
+        failed = {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__)}
+        return EXIT_CELL_ERROR, {**failed, **_upload(spec, Path(cwd), workdir)}
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
-    return EXIT_OK, {"ok": True, **_collect(namespace, names, manifest.deleted)}
+    return EXIT_OK, {"ok": True, **_collect(namespace, names, manifest.deleted), **_upload(spec, Path(cwd), workdir)}
+
+
+def progress(log: LogSink) -> Callable[[str], None]:
+    """Transfer progress travels as log records of their own stream, which the panel shows."""
+    return lambda text: log.add("p", text)
+
+
+def _upload(spec: dict[str, Any], cwd: Path, workdir: Path) -> dict[str, Any]:
+    """The --output files (also after a failed cell: they may say why)."""
+    if not spec.get("outputs"):
+        return {}
+    return upload_outputs(spec["outputs"], cwd, skip=workdir)
 
 
 def _collect(namespace: dict[str, Any], names: list[str], deleted: list[str]) -> dict[str, Any]:
