@@ -32,6 +32,7 @@ from batchmagic.capture import capture, check_cell
 from batchmagic.config import DEFAULT_TIMEOUT, DEFAULT_VM_SIZE, check_home, default_backend, default_home, parse_timeout
 from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.image import plan_image
+from batchmagic.inputs import HashCache, InputSpec, StagedInputs, parse_input, parse_output, stage_inputs
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
 from batchmagic.sweep import TaskOutcome, check_size, results_table, task_ids_for
@@ -93,6 +94,8 @@ class Run:
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
         self.fetched = False
+        self.files: list[tuple[str, int]] = []  # --output files the cell wrote: (relative path, size)
+        self.uploaded_input_bytes = 0  # bytes of local --input uploaded for this run
         self._namespace = namespace
         self._background: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -104,6 +107,7 @@ class Run:
         self._last_status: BackendStatus | None = None
         self._activity = False  # the last tick brought output or a new phase: poll fast again
         self._poll_errors = 0  # consecutive failed polls
+        self._progress = ""  # the runner's latest transfer progress, shown as the detail
 
     def __repr__(self) -> str:
         return f"<Run {self.name} ({self.id}) on {self.backend.name}: {self.status}>"
@@ -202,6 +206,21 @@ class Run:
     def result_key(self, task_id: str) -> str:
         return f"{self.prefix}{task_id}/result"
 
+    def outputs_prefix(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}/outputs/"
+
+    def download(self, dest: str | Path = ".", *, task_id: str | None = None) -> list[Path]:
+        """Fetch the ``--output`` files the cell wrote into ``dest``; return their paths."""
+        prefix = self.outputs_prefix(task_id or self.task_ids[0])
+        target = Path(dest)
+        paths = []
+        for key, _size in self.store.list_keys(prefix):
+            path = target / key[len(prefix) :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.store.get_file(key, path)
+            paths.append(path)
+        return paths
+
     # --- the lifecycle ---
 
     def follow(self, task_id: str) -> None:
@@ -250,8 +269,8 @@ class Run:
                 self.backend.release(self.id)
             elif status.finished:
                 self._collect(status)
-            elif status.phase != self.phase or status.detail != self.detail:
-                self._enter(status.phase, status.detail)
+            elif status.phase != self.phase or (status.detail or self._progress) != self.detail:
+                self._enter(status.phase, status.detail or self._progress)
             else:
                 self._notify()
             return self.done
@@ -265,7 +284,7 @@ class Run:
                 continue
             try:
                 info = json.loads(record.text)
-                self.detail = (
+                self._progress = (
                     f"{info['phase']}: {info['bytes'] / 1e6:,.0f} of {info['total'] / 1e6:,.0f} MB"
                     f" at {info['mb_per_s']:,.0f} MB/s"
                 )
@@ -372,6 +391,7 @@ class Run:
             return
         outcome = cloudpickle.loads(raw)
         if not outcome["ok"]:
+            self._note_files(outcome)
             err = outcome["error"]
             self._fail(RemoteError(err["type"], err["message"], err["traceback"], task.task_id))
             return
@@ -385,7 +405,13 @@ class Run:
             warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
         self.outputs = outputs
         self.deleted = list(outcome.get("deleted", []))
-        self._enter(Phase.DONE)
+        self._note_files(outcome)
+        self._enter(Phase.DONE, _files_line(self.files))
+
+    def _note_files(self, outcome: dict[str, Any]) -> None:
+        self.files = [(str(path), int(size)) for path, size in outcome.get("files", [])]
+        for pattern in outcome.get("unmatched", []):
+            warnings.warn(f"--output {pattern!r} matched no file", OutputWarning, stacklevel=3)
 
     def _collect_sweep(self, status: BackendStatus) -> None:
         """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``."""
@@ -441,6 +467,7 @@ class Session:
         self._backends: dict[tuple[str, Path, tuple[tuple[str, Any], ...]], Backend] = {}
         self._ledgers: dict[Path, Ledger] = {}
         self.client_id = uuid.uuid4().hex[:12]
+        self.hashes = HashCache()  # sha256 of local inputs, so unchanged data is hashed once
 
     def home(self, home: Path | str | None = None) -> Path:
         return check_home(Path(home) if home else self._home or default_home())
@@ -487,6 +514,9 @@ class Session:
         retries: int = 0,
         sweep: list[dict[str, Any]] | None = None,
         slots_per_node: int = 1,
+        inputs: Iterable[str] = (),
+        output_files: Iterable[str] = (),
+        input_concurrency: int = 16,
         on_update: UpdateCallback | None = None,
         backend_config: Mapping[str, Any] | None = None,
         image: str | None = None,
@@ -512,6 +542,8 @@ class Session:
             raise ConfigError(f"--slots-per-node must be at least 1, not {slots_per_node}")
         if sweep is not None:
             check_size(sweep)
+        input_specs = [parse_input(token) for token in inputs]
+        output_globs = [parse_output(pattern) for pattern in output_files]
         home_path = self.home(home)
         config = {**dict(backend_config or {}), **({"image": image} if image else {})}
         chosen = self.backend(backend, home=home_path, **config)
@@ -559,8 +591,15 @@ class Session:
                 run._fail(err)
                 raise
             run._enter(Phase.UPLOADING, f"{captured.size / 1e6:.1f} MB")
+            staged = self._stage(run, input_specs)
             chosen.store.put_file(f"{run.prefix}bundle", captured.path)
-        self._write_specs(run, submission, sweep)
+        extra: dict[str, Any] = {}
+        if staged.files:
+            extra.update(inputs=staged.files, concurrency=input_concurrency)
+        if output_globs:
+            expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+            extra["outputs"] = {"url": run.store.write_url(expiry=expiry), "prefix": "", "patterns": output_globs}
+        self._write_specs(run, submission, sweep, extra)
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
         submission.ledger_id = ledger.client_id
@@ -575,7 +614,24 @@ class Session:
         run._enter(Phase.QUEUED)
         return run
 
-    def _write_specs(self, run: Run, submission: TaskSubmission, sweep: list[dict[str, Any]] | None) -> None:
+    def _stage(self, run: Run, specs: list[InputSpec]) -> StagedInputs:
+        """Upload the local inputs the store lacks (by content) and sign a read URL for every input file."""
+        expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+        try:
+            staged = stage_inputs(specs, run.store, expiry=expiry, hashes=self.hashes)
+        except Exception as err:
+            run._fail(err)
+            raise
+        run.uploaded_input_bytes = staged.uploaded
+        return staged
+
+    def _write_specs(
+        self,
+        run: Run,
+        submission: TaskSubmission,
+        sweep: list[dict[str, Any]] | None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Each task's spec: the URLs of its bundle (read), log (append) and result (write), its
         parameters, nothing else."""
         store = run.store
@@ -592,7 +648,10 @@ class Session:
                 "result": store.url(run.result_key(task_id), permissions="cw", expiry=expiry),
                 "log_interval": 0.2 if store.kind == "local" else 1.0,
                 "params": {k: cloudpickle.dumps(v).hex() for k, v in (sweep[index] if sweep else {}).items()},
+                **(extra or {}),
             }
+            if "outputs" in spec:
+                spec["outputs"] = {**spec["outputs"], "prefix": run.outputs_prefix(task_id)}
             store.put_bytes(submission.spec_keys[task_id], json.dumps(spec).encode())
 
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -622,6 +681,15 @@ class Session:
         if everything and backend is not None and hasattr(backend, "teardown_all"):
             removed.extend(backend.teardown_all(blobs=blobs))
         return removed
+
+
+def _files_line(files: list[tuple[str, int]]) -> str:
+    """The panel's list of --output files: names and sizes, the first few."""
+    if not files:
+        return ""
+    shown = ", ".join(f"{path} ({size / 1e6:,.1f} MB)" for path, size in files[:5])
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    return f"outputs: {shown}{more}"
 
 
 def _new_run_id(name: str | None) -> str:

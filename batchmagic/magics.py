@@ -17,7 +17,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Enum, TraitError, Unicode, default, validate
+from traitlets import Enum, Integer, TraitError, Unicode, default, validate
 
 from batchmagic import api
 from batchmagic.backends import BACKENDS
@@ -78,6 +78,9 @@ class AzBatch(Magics):
         help="Image the training image is built FROM: any Debian-like image whose Python matches the kernel's. "
         "Defaults to BATCHMAGIC_BASE_IMAGE, else python:3.11-slim.",
     ).tag(config=True)
+    input_concurrency = Integer(16, help="Parallel connections each task uses to download its --input data.").tag(
+        config=True
+    )
     panel = Enum(
         PANEL_MODES,
         default_value="auto",
@@ -187,6 +190,19 @@ class AzBatch(Magics):
     @argument("--slots-per-node", type=int, default=1, help="Tasks each node runs at once (sweeps). Default 1.")
     @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating in the background.")
     @argument("--out-run", metavar="NAME", help="Also bind the run's handle to NAME (besides _azbatch).")
+    @argument(
+        "--input",
+        action="append",
+        metavar="SOURCE[:DEST]",
+        help="Data for the cell's working directory, downloaded before it runs: az://container/prefix "
+        "(Blob Storage) or a local file or folder (uploaded once by content). Repeatable.",
+    )
+    @argument(
+        "--output",
+        action="append",
+        metavar="GLOB",
+        help="Files the cell writes to upload when it ends (also when it fails); run.download() fetches them.",
+    )
     @argument("--image", help="Run in this prebuilt image, after the version guard. Default: AzBatch.image.")
     @argument("--requirements", metavar="FILE", help="A pip requirements file to add to the cell's image.")
     @argument("--pip", action="append", metavar="PKG", help='A requirement to add to the image, e.g. "pkg==1.2".')
@@ -256,6 +272,9 @@ class AzBatch(Magics):
                 retries=args.retries,
                 sweep=sweep,
                 slots_per_node=args.slots_per_node,
+                inputs=args.input or (),
+                output_files=args.output or (),
+                input_concurrency=self.input_concurrency,
                 on_update=on_background_update if args.no_wait else on_update,
                 backend_config=self.backend_config() if backend == "azure" else None,
                 image=args.image,

@@ -77,6 +77,18 @@ class Store(ABC):
     def describe(self) -> str:
         """Where the data lives, for messages (never contains a secret)."""
 
+    @abstractmethod
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        """``(key, size)`` of every key under ``prefix``."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Write the data under ``key`` to the file ``path``."""
+
+    @abstractmethod
+    def write_url(self, *, expiry: datetime) -> str:
+        """A URL under which a runner may create (not read) keys: children via :func:`child_url`."""
+
 
 class LocalStore(Store):
     """Run data in a directory on this machine (the local backend's store)."""
@@ -137,6 +149,28 @@ class LocalStore(Store):
 
     def describe(self) -> str:
         return str(self.root)
+
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root.resolve()
+        if base.is_file():
+            return [(prefix, base.stat().st_size)]
+        root = self.root.resolve()
+        return [(p.relative_to(root).as_posix(), p.stat().st_size) for p in sorted(base.rglob("*")) if p.is_file()]
+
+    def get_file(self, key: str, path: Path) -> None:
+        shutil.copyfile(self.path(key), path)
+
+    def write_url(self, *, expiry: datetime) -> str:
+        return self.root.resolve().as_uri()
+
+    def put_file_linked(self, key: str, path: Path) -> None:
+        """Store a file by hard link where possible (content-addressed inputs: never modified)."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copyfile(path, target)
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
@@ -298,14 +332,46 @@ class BlobStore(Store):
     def exists(self, key: str) -> bool:
         return bool(self._blob(key).exists())
 
-    def list_keys(self, prefix: str) -> list[str]:
-        return [blob.name for blob in self._container.list_blobs(name_starts_with=prefix)]
+    def list_keys(self, prefix: str) -> list[tuple[str, int]]:
+        return [(blob.name, blob.size) for blob in self._container.list_blobs(name_starts_with=prefix)]
+
+    def get_file(self, key: str, path: Path) -> None:
+        with open(path, "wb") as f:
+            self._blob(key).download_blob(max_concurrency=8).readinto(f)
+
+    def write_url(self, *, expiry: datetime) -> str:
+        return self.container_url(permissions="cw", expiry=expiry)
+
+    def list_blobs_in(self, container: str, prefix: str) -> list[tuple[str, int]]:
+        """``(name, size)`` of the blobs under ``prefix`` in another container of this account."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        client = self._container._get_blob_service_client().get_container_client(container)  # noqa: SLF001
+        try:
+            return [(blob.name, blob.size) for blob in client.list_blobs(name_starts_with=prefix)]
+        except ResourceNotFoundError:
+            return []
+
+    def blob_url_in(self, container: str, name: str, *, permissions: str, expiry: datetime) -> str:
+        """A SAS URL for one blob of another container of this account."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        sas = generate_blob_sas(
+            self.account_name,
+            container,
+            name,
+            permission=BlobSasPermissions.from_string(permissions),
+            expiry=expiry,
+            **self._sas_signing(expiry),
+        )
+        service = self._container._get_blob_service_client()  # noqa: SLF001
+        return f"{service.get_blob_client(container, name).url}?{sas}"
 
     def delete_prefix(self, prefix: str) -> int:
         from azure.core.exceptions import ResourceNotFoundError
 
         count = 0
-        for name in self.list_keys(prefix):
+        for name, _size in self.list_keys(prefix):
             try:
                 self._container.delete_blob(name)
                 count += 1

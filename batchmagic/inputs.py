@@ -1,0 +1,148 @@
+"""``--input`` and ``--output``: data into the task's working directory, files out of it.
+
+``--input az://container/prefix[:dest]`` names blobs already in Blob Storage; ``--input
+./local/path[:dest]`` names local files, uploaded once by content (``inputs/sha256/<hash>`` in the
+run store, so unchanged data is never uploaded twice). Either way the runner gets one read SAS URL
+per file, scoped to that blob, and downloads them in parallel before the cell runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from batchmagic.errors import ConfigError
+from batchmagic.storage import BlobStore, LocalStore, Store
+
+__all__ = ["InputSpec", "parse_input", "parse_output", "stage_inputs", "StagedInputs", "HashCache"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    source: str  # az://container/prefix, or a local path
+    dest: str  # relative to the task's working directory
+
+    @property
+    def remote(self) -> bool:
+        return self.source.startswith("az://")
+
+
+def _check_dest(dest: str, token: str) -> str:
+    path = PurePosixPath(dest)
+    if not dest or path.is_absolute() or ".." in path.parts:
+        raise ConfigError(f"--input {token!r}: the destination {dest!r} is outside the task's working directory")
+    return posixpath.normpath(dest)
+
+
+def parse_input(token: str) -> InputSpec:
+    """``az://c/p[:dest]`` or ``path[:dest]`` -> an InputSpec (the local path must exist)."""
+    if token.startswith("az://"):
+        rest = token[len("az://") :]
+        location, _, dest = rest.partition(":")
+        container, _, prefix = location.partition("/")
+        if not container or not prefix:
+            raise ConfigError(f"--input {token!r} is not az://container/prefix[:dest]")
+        default = PurePosixPath(prefix.rstrip("/")).name
+        return InputSpec(f"az://{container}/{prefix}", _check_dest(dest or default, token))
+    location, _, dest = token.partition(":")
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise ConfigError(f"--input {token!r}: {location} does not exist")
+    return InputSpec(str(path.resolve()), _check_dest(dest or path.resolve().name, token))
+
+
+def parse_output(pattern: str) -> str:
+    path = PurePosixPath(pattern)
+    if not pattern or path.is_absolute() or ".." in path.parts:
+        raise ConfigError(f"--output {pattern!r} must be a glob relative to the working directory, like model/*.pt")
+    return pattern
+
+
+class HashCache:
+    """sha256 of local files, remembered by (path, size, mtime) so unchanged data is hashed once."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int], str] = {}
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while chunk := f.read(4 << 20):
+                    digest.update(chunk)
+            self._known[key] = digest.hexdigest()
+        return self._known[key]
+
+
+@dataclass
+class StagedInputs:
+    files: list[dict[str, Any]]  # what the runner fetches: url, path, size
+    uploaded: int  # bytes uploaded for this run (0 when all content was there already)
+    total: int  # bytes the task will download
+
+
+def _signer_for_remote(store: Store) -> BlobStore:
+    if isinstance(store, BlobStore):
+        return store
+    connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if not connection:
+        raise ConfigError(
+            "az:// inputs need Blob Storage: export AZURE_STORAGE_CONNECTION_STRING for the account holding them"
+        )
+    return BlobStore.from_connection_string(connection, "batchmagic")
+
+
+def stage_inputs(
+    specs: list[InputSpec],
+    store: Store,
+    *,
+    expiry: datetime,
+    hashes: HashCache,
+    on_upload: Callable[[int, int], None] | None = None,
+) -> StagedInputs:
+    """Resolve every input to files with read URLs, uploading local content the store lacks.
+
+    Raises
+    ------
+    ConfigError
+        An ``az://`` path with no blob under it.
+    """
+    files: list[dict[str, Any]] = []
+    uploaded = 0
+    for spec in specs:
+        if spec.remote:
+            signer = _signer_for_remote(store)
+            container, _, prefix = spec.source[len("az://") :].partition("/")
+            blobs = signer.list_blobs_in(container, prefix)
+            if not blobs:
+                raise ConfigError(f"--input {spec.source}: no blob there (container {container!r}, prefix {prefix!r})")
+            single = len(blobs) == 1 and blobs[0][0] == prefix
+            for name, size in blobs:
+                relative = spec.dest if single else posixpath.join(spec.dest, name[len(prefix) :].lstrip("/"))
+                url = signer.blob_url_in(container, name, permissions="r", expiry=expiry)
+                files.append({"url": url, "path": relative, "size": size})
+            continue
+        root = Path(spec.source)
+        local = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in local:
+            relative = spec.dest if root.is_file() else posixpath.join(spec.dest, path.relative_to(root).as_posix())
+            key = f"inputs/sha256/{hashes.sha256(path)}"
+            size = path.stat().st_size
+            if not store.exists(key):
+                if isinstance(store, LocalStore):
+                    store.put_file_linked(key, path)
+                else:
+                    store.put_file(key, path)
+                uploaded += size
+                if on_upload is not None:
+                    on_upload(uploaded, size)
+            files.append({"url": store.url(key, permissions="r", expiry=expiry), "path": relative, "size": size})
+    return StagedInputs(files, uploaded, sum(f["size"] for f in files))
