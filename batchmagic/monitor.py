@@ -10,7 +10,7 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from batchmagic.backends.base import BackendStatus, Phase
 
@@ -25,9 +25,10 @@ RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cell
 @dataclass(frozen=True)
 class LogRecord:
     time: float
-    stream: str  # "stdout", "stderr", or "progress" (the runner's transfers, JSON)
-    text: str
+    stream: str  # "stdout", "stderr", "progress" (the runner's transfers, JSON) or "display"
+    text: str  # "" for a display
     task_id: str = ""
+    output: dict[str, Any] | None = field(default=None, compare=False)  # a display: its nbformat output object
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class RunState:
 
 
 # Log record streams: the cell's stdout and stderr, and the runner's transfer progress (JSON).
-_STREAMS = {"o": "stdout", "e": "stderr", "p": "progress"}
+_STREAMS = {"o": "stdout", "e": "stderr", "p": "progress", "d": "display"}
 
 
 class LogTail:
@@ -117,6 +118,10 @@ class LogTail:
             except ValueError:
                 continue
             stream = _STREAMS.get(item.get("s", "o"), "stdout")
+            if stream == "display":
+                if isinstance(item.get("d"), dict):
+                    records.append(LogRecord(item.get("t", 0.0), stream, "", self.task_id, item["d"]))
+                continue
             records.append(LogRecord(item.get("t", 0.0), stream, item.get("d", ""), self.task_id))
         return records
 

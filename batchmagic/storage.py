@@ -6,6 +6,7 @@ Every run keeps its data under ``runs/<run-id>/`` in a store::
     runs/<run-id>/<task-id>/spec.json     what the runner is told: URLs of the three below
     runs/<run-id>/<task-id>/output.log    stdout/stderr records, appended while the cell runs
     runs/<run-id>/<task-id>/result        the pickled outcome, written once at the end
+    runs/<run-id>/outputs.ipynb           the cell and all it printed and displayed (written by the client)
 
 The client works with keys (:class:`LocalStore` on disk, :class:`BlobStore` in Azure Blob
 Storage). The runner gets URLs only: ``file://`` paths locally, SAS URLs in Azure, opened with
@@ -36,7 +37,7 @@ __all__ = [
     "LOG_RECORD_KEYS",
 ]
 
-LOG_RECORD_KEYS = ("t", "s", "d")  # time, stream ("o" or "e"), data
+LOG_RECORD_KEYS = ("t", "s", "d")  # time, stream ("o", "e", or "d": a display), data
 RANGE_SIZE = 8 << 20  # bytes per ranged download request or upload block
 
 
@@ -234,8 +235,9 @@ def open_channel(url: str) -> Channel:
     raise ValueError(f"unsupported URL scheme for run data: {parsed.scheme!r}")
 
 
-def encode_log_record(t: float, stream: str, data: str) -> bytes:
-    """One log record: a JSON line with the time, the stream ("o"/"e") and the text."""
+def encode_log_record(t: float, stream: str, data: str | dict[str, Any]) -> bytes:
+    """One log record: a JSON line with the time, the stream ("o"/"e") and the text; or the stream "d"
+    and an nbformat output object (something the cell displayed)."""
     return (json.dumps({"t": round(t, 3), "s": stream, "d": data}, ensure_ascii=False) + "\n").encode()
 
 
