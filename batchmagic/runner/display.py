@@ -20,9 +20,9 @@ Out[3]: [{'output_type': 'execute_result', 'execution_count': None, 'data': {'te
 
 from __future__ import annotations
 
-import __future__
 import ast
 import base64
+import importlib
 import importlib.abc
 import importlib.machinery
 import io
@@ -261,11 +261,13 @@ def compile_cell(source: str, filename: str) -> list[CodeType]:
 
 
 def _future_flags(tree: ast.Module) -> int:
+    """The compiler flags of the cell's ``from __future__`` imports, for its last expression too."""
+    future = importlib.import_module("__future__")
     flags = 0
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
             for alias in node.names:
-                feature = getattr(__future__, alias.name, None)
+                feature = getattr(future, alias.name, None)
                 flags |= getattr(feature, "compiler_flag", 0)
     return flags
 
