@@ -205,7 +205,13 @@ def test_stdout_and_stderr_interleave_in_order(tmp_path: Path) -> None:
     task = _prepare(tmp_path, cell, {})
     done = _run(task)
     assert done.returncode == EXIT_OK, done.stderr
-    assert task.streams() == [("o", "out 1\n"), ("e", "err 1\n"), ("o", "out 2\n"), ("e", "err 2\n"), ("o", "out 3\n")]
+    *printed, shown = task.streams()
+    assert printed == [("o", "out 1\n"), ("e", "err 1\n"), ("o", "out 2\n"), ("e", "err 2\n"), ("o", "out 3\n")]
+    # The last expression's value (write's count) is displayed, as a notebook shows it as Out.
+    assert shown == (
+        "d",
+        {"output_type": "execute_result", "execution_count": None, "data": {"text/plain": "6"}, "metadata": {}},
+    )
     records = task.records()
     assert all(set(r) == {"t", "s", "d"} for r in records)
     times = [r["t"] for r in records]

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import ast
 import base64
+import builtins
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import io
 import json
+import os
 import sys
 import tokenize
 from collections.abc import Callable, Iterator
@@ -34,7 +37,7 @@ from contextlib import contextmanager
 from types import CodeType, ModuleType
 from typing import Any
 
-__all__ = ["Capture", "compile_cell", "mime_bundle", "active", "install_ipython_hook"]
+__all__ = ["Capture", "compile_cell", "mime_bundle", "active", "prepare"]
 
 Output = dict[str, Any]
 
@@ -229,7 +232,10 @@ class Capture:
         for manager in Gcf.get_all_fig_managers():
             figure = manager.canvas.figure
             if not (only_new and id(figure) in self._shown):
-                self.display(figure)
+                try:
+                    self.display(figure)
+                except Exception as err:  # one figure that cannot render must not lose the cell's result
+                    print(f"batchmagic: could not render figure {manager.num}: {err!r}", file=sys.stderr)
         pyplot.close("all")
 
     @contextmanager
@@ -340,6 +346,17 @@ def install_ipython_hook() -> None:
         sys.meta_path.insert(0, _IPythonHook())
 
 
-def namespace_display() -> Callable[..., None]:
-    """The ``display`` to put in the cell's namespace."""
-    return _display
+MPL_BACKEND = "module://batchmagic.runner.mpl_backend"
+
+
+def prepare() -> None:
+    """Before the cell's values are loaded: ``display`` as a builtin (as in IPython, so shipped functions
+    find it too; the cell's own ``display`` wins), IPython's ``display`` routed here, and matplotlib's
+    backend set to ours, if matplotlib is installed (the kernel's inline backend would need IPython)."""
+    if not hasattr(builtins, "display"):
+        builtins.display = _display  # type: ignore[attr-defined]
+    install_ipython_hook()
+    if importlib.util.find_spec("matplotlib") is not None:
+        os.environ["MPLBACKEND"] = MPL_BACKEND
+        if "matplotlib" in sys.modules:
+            sys.modules["matplotlib"].use(MPL_BACKEND)

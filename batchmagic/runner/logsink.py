@@ -11,7 +11,7 @@ import io
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from batchmagic.storage import Channel, encode_log_record
 
@@ -33,7 +33,7 @@ class LogSink:
         self._thread.start()
         return self
 
-    def add(self, stream: str, text: str) -> None:
+    def add(self, stream: str, text: str | dict[str, Any]) -> None:
         if text:
             record = encode_log_record(time.time(), stream, text)
             with self._lock:

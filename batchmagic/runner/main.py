@@ -21,6 +21,7 @@ from typing import Any
 import cloudpickle
 
 from batchmagic.bundle import CELL_FILENAME, BundleReader
+from batchmagic.runner import display as rich
 from batchmagic.runner.logsink import LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 from batchmagic.storage import Channel, open_channel
@@ -86,6 +87,7 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
 
     source = reader.cell()
     linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
+    rich.prepare()  # before the values load: unpickling one may import matplotlib or IPython
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for name, module in manifest.modules.items():
         namespace[name] = importlib.import_module(module)
@@ -95,27 +97,34 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
     for name, text in spec.get("params", {}).items():
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
-    code = compile(source, CELL_FILENAME, "exec")
+    codes = rich.compile_cell(source, CELL_FILENAME)  # a last expression's value is displayed, as in a notebook
     if spec.get("inputs"):
         fetch_inputs(spec["inputs"], Path(cwd), concurrency=int(spec.get("concurrency", 16)), progress=progress(log))
 
     saved = sys.stdout, sys.stderr
     sys.stdout = TeeStream(sys.__stdout__, log, "o")  # type: ignore[assignment]
     sys.stderr = TeeStream(sys.__stderr__, log, "e")  # type: ignore[assignment]
+    capture = rich.Capture(lambda output: log.add("d", output))
     try:
-        exec(code, namespace)
+        with capture.active():
+            try:
+                for code in codes:
+                    exec(code, namespace)
+            finally:
+                capture.show_figures(only_new=True)  # figures left open, as the inline backend shows them
     except _Terminated:
         raise
     except BaseException as err:
         sys.stdout.flush()
-        failed = {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__)}
+        failed = {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__), "displays": capture.outputs}
         return EXIT_CELL_ERROR, {**failed, **_upload(spec, Path(cwd), workdir)}
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
-    return EXIT_OK, {"ok": True, **_collect(namespace, names, manifest.deleted), **_upload(spec, Path(cwd), workdir)}
+    collected = _collect(namespace, names, manifest.deleted)
+    return EXIT_OK, {"ok": True, **collected, "displays": capture.outputs, **_upload(spec, Path(cwd), workdir)}
 
 
 def progress(log: LogSink) -> Callable[[str], None]:
