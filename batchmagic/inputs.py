@@ -40,8 +40,16 @@ def _check_dest(dest: str, token: str) -> str:
     return posixpath.normpath(dest)
 
 
+def _unquote(token: str) -> str:
+    """IPython's magic line splitting keeps quotes around a token: 'data/*.csv' means data/*.csv."""
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+        return token[1:-1]
+    return token
+
+
 def parse_input(token: str) -> InputSpec:
     """``az://c/p[:dest]`` or ``path[:dest]`` -> an InputSpec (the local path must exist)."""
+    token = _unquote(token)
     if token.startswith("az://"):
         rest = token[len("az://") :]
         location, _, dest = rest.partition(":")
@@ -58,6 +66,7 @@ def parse_input(token: str) -> InputSpec:
 
 
 def parse_output(pattern: str) -> str:
+    pattern = _unquote(pattern)
     path = PurePosixPath(pattern)
     if not pattern or path.is_absolute() or ".." in path.parts:
         raise ConfigError(f"--output {pattern!r} must be a glob relative to the working directory, like model/*.pt")

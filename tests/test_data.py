@@ -1,0 +1,171 @@
+"""--input and --output: on the local backend, and through the Batch emulator and Azurite."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+
+from batchmagic.api import Session
+from batchmagic.errors import ConfigError
+from batchmagic.inputs import parse_input, parse_output
+from tests.support.azurite import azurite_fixture
+from tests.support.emulator import start_emulator
+
+azurite = azurite_fixture()
+
+CHECKSUM_CELL = """\
+import hashlib, pathlib
+digests = {p.as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in sorted(pathlib.Path("inputs").rglob("*")) if p.is_file()}
+pathlib.Path("model").mkdir()
+pathlib.Path("model/weights.bin").write_bytes(bytes(range(256)) * 1000)
+pathlib.Path("model/notes.txt").write_text("trained")
+"""
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "dataset"
+    (root / "part").mkdir(parents=True)
+    (root / "train.bin").write_bytes(os.urandom(20_000_000))  # several ranged requests
+    (root / "part" / "labels.csv").write_text("id,label\n1,cat\n")
+    return root
+
+
+def test_parse_input_and_output():
+    assert parse_input("az://data/train/:inputs/train").dest == "inputs/train"
+    assert parse_input("az://data/train/part-0.csv").dest == "part-0.csv"
+    for bad in ("az://data/x:../up", "az://data/x:/abs"):
+        with pytest.raises(ConfigError, match="outside the task's working directory"):
+            parse_input(bad)
+    with pytest.raises(ConfigError, match="is not az://container/prefix"):
+        parse_input("az://onlycontainer")
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse_input("./no/such/file")
+    with pytest.raises(ConfigError, match="relative to the working directory"):
+        parse_output("/etc/*")
+
+
+def test_local_input_output_and_no_second_upload(shell, dataset, tmp_path):
+    shell.run_cell(f"%%azbatch --input {dataset}:inputs --output model/* --output missing/*\n{CHECKSUM_CELL}")
+    run = shell.user_ns["_azbatch"]
+    assert shell.user_ns["digests"] == {
+        "inputs/part/labels.csv": sha((dataset / "part" / "labels.csv").read_bytes()),
+        "inputs/train.bin": sha((dataset / "train.bin").read_bytes()),
+    }
+    assert run.uploaded_input_bytes == 20_000_000 + 15
+    assert sorted(run.files) == [("model/notes.txt", 7), ("model/weights.bin", 256_000)]
+    paths = run.download(tmp_path / "got")
+    assert (tmp_path / "got/model/weights.bin").read_bytes() == bytes(range(256)) * 1000 and len(paths) == 2
+    count = "import pathlib\nn = len(list(pathlib.Path('inputs').rglob('*')))"
+    shell.run_cell(f"%%azbatch --input {dataset}:inputs\n{count}")
+    assert shell.user_ns["_azbatch"].uploaded_input_bytes == 0 and shell.user_ns["n"] == 3
+
+
+def test_outputs_are_uploaded_when_the_cell_fails(shell, tmp_path):
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        shell.run_cell("%%azbatch --output debug.txt\nopen('debug.txt', 'w').write('state at failure')\n1 / 0")
+    run = shell.user_ns["_azbatch"]
+    run.download(tmp_path / "dbg")
+    assert (tmp_path / "dbg/debug.txt").read_text() == "state at failure"
+
+
+def test_unmatched_output_glob_is_a_warning(shell, capsys):
+    shell.run_cell("%%azbatch --output 'nothing/*.pt'\nx = 1")
+    assert "--output 'nothing/*.pt' matched no file" in capsys.readouterr().err and shell.user_ns["x"] == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--input ./missing.csv", "does not exist"), ("--input az://c/p:../x", "outside the task's working directory")],
+)
+def test_bad_inputs_are_one_line(shell, home, flag, message):
+    with pytest.raises(UsageError, match=message):
+        shell.run_cell(f"%%azbatch {flag}\nx = 1")
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+# --- through Azurite and the emulator ---
+
+
+@pytest.fixture
+def azure_session(tmp_path, monkeypatch, home, azurite):
+    with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+        monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emu.endpoint)
+        monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emu.account)
+        monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emu.key)
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+        monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"data-{int(time.time() * 1000) % 10**9}")
+        monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
+        monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)
+        session = Session()
+        yield session, emu
+        session.teardown()
+
+
+def test_inputs_outputs_through_blob_storage(azure_session, azurite, dataset, tmp_path):
+    session, _emu = azure_session
+    service = azurite.service()
+    container = service.get_container_client("training")
+    if not container.exists():
+        container.create_container()
+    remote = os.urandom(30_000_000)
+    container.upload_blob("sets/v1/big.bin", remote, overwrite=True)
+    container.upload_blob("sets/v1/meta/info.json", b"{}", overwrite=True)
+    run = session.submit(
+        CHECKSUM_CELL, {}, backend="azure",
+        inputs=["az://training/sets/v1:inputs/remote", f"{dataset}:inputs/local"], output_files=["model/*"],
+    )  # fmt: skip
+    outputs = run.wait(timeout=120)
+    assert outputs["digests"] == {
+        "inputs/local/part/labels.csv": sha((dataset / "part" / "labels.csv").read_bytes()),
+        "inputs/local/train.bin": sha((dataset / "train.bin").read_bytes()),
+        "inputs/remote/big.bin": sha(remote),
+        "inputs/remote/meta/info.json": sha(b"{}"),
+    }
+    assert run.uploaded_input_bytes == 20_000_015  # the local data; the az:// blobs were already there
+    run.download(tmp_path / "got")
+    assert (tmp_path / "got/model/weights.bin").read_bytes() == bytes(range(256)) * 1000
+    again = session.submit("x = 1", {}, backend="azure", inputs=[f"{dataset}:inputs/local"])
+    again.wait(timeout=120)
+    assert again.uploaded_input_bytes == 0
+
+
+def test_missing_az_path_is_one_line_before_the_pool(azure_session):
+    session, emu = azure_session
+    with pytest.raises(ConfigError, match="az://training/nope: no blob there"):
+        session.submit("x = 1", {}, backend="azure", inputs=["az://training/nope"])
+    assert [r for r in emu.requests() if r["method"] == "POST" and r["path"] == "/jobs"] == []
+
+
+@pytest.mark.slow  # a gigabyte through Azurite, which is CPU-bound on 2 cores
+def test_one_gigabyte_input_is_checksummed_in_the_task(azure_session, azurite, tmp_path):
+    session, _emu = azure_session
+    big = tmp_path / "big.bin"
+    digest = hashlib.sha256()
+    with open(big, "wb") as f:
+        for _ in range(64):
+            chunk = os.urandom(16 << 20)
+            digest.update(chunk)
+            f.write(chunk)
+    container = azurite.service().get_container_client("gigabyte")
+    if not container.exists():
+        container.create_container()
+    with open(big, "rb") as f:
+        container.upload_blob("blob.bin", f, overwrite=True, max_concurrency=8)
+    cell = (
+        "import hashlib\nh = hashlib.sha256()\nwith open('data.bin', 'rb') as f:\n"
+        "    while chunk := f.read(1 << 24):\n        h.update(chunk)\ndigest = h.hexdigest()"
+    )
+    run = session.submit(cell, {}, backend="azure", inputs=["az://gigabyte/blob.bin:data.bin"])
+    assert run.wait(timeout=600)["digest"] == digest.hexdigest()
+    assert any(span.phase.value == "running" for span in run.state().phases)
