@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 
 from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskSubmission
-from batchmagic.capture import capture, check_cell
+from batchmagic.capture import CapturedCell, capture, check_cell
 from batchmagic.config import DEFAULT_TIMEOUT, DEFAULT_VM_SIZE, check_home, default_backend, default_home, parse_timeout
 from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.image import plan_image
@@ -44,10 +44,15 @@ log = logging.getLogger("batchmagic.api")
 UpdateCallback = Callable[[RunState, list[LogRecord]], None]
 _SAS_GRACE = timedelta(hours=1)  # SAS URLs outlive the run's timeout by this much
 _POLL_ATTEMPTS = 5  # consecutive failed polls before a run is declared lost
+LARGE_UPLOAD_WARNING = 1_000_000_000  # bytes of shipped variables above which submit suggests --input
 
 
 class OutputWarning(UserWarning):
     """An output of the remote cell could not be brought back."""
+
+
+class LargeUploadWarning(UserWarning):
+    """The cell ships more data in its variables than is wise; --input is the better road."""
 
 
 class Run:
@@ -66,6 +71,10 @@ class Run:
         node, scalar outputs and error.
     errors : dict
         A sweep's failed tasks: task id -> :class:`RemoteError` with the remote traceback.
+    displays : list of dict
+        What the cell displayed (``display(...)``, its last expression, matplotlib figures), as
+        nbformat output objects in order. The whole record, with what it printed, is the notebook
+        ``runs/<run-id>/outputs.ipynb`` in the run's store (:attr:`record_key`).
     """
 
     def __init__(
@@ -93,9 +102,12 @@ class Run:
         self.results: Any = None  # a sweep's DataFrame, one row per task
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
+        self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
+        self.displays: list[dict[str, Any]] = []  # what the cell displayed: nbformat output objects, in order
         self.fetched = False
         self.files: list[tuple[str, int]] = []  # --output files the cell wrote: (relative path, size)
         self.uploaded_input_bytes = 0  # bytes of local --input uploaded for this run
+        self.uploaded_object_bytes = 0  # bytes of large variables uploaded for this run (0 if unchanged)
         self._namespace = namespace
         self._background: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -390,6 +402,8 @@ class Run:
             self._fail(RunFailed(f"run {self.name}: {task.failure}"))
             return
         outcome = cloudpickle.loads(raw)
+        self.displays = list(outcome.get("displays", []))
+        self._write_record(task.task_id, outcome)
         if not outcome["ok"]:
             self._note_files(outcome)
             err = outcome["error"]
@@ -407,6 +421,26 @@ class Run:
         self.deleted = list(outcome.get("deleted", []))
         self._note_files(outcome)
         self._enter(Phase.DONE, _files_line(self.files))
+
+    @property
+    def record_key(self) -> str:
+        """Where the run's record lives: a notebook of the cell and all it printed and displayed."""
+        return f"{self.prefix}outputs.ipynb"
+
+    def _write_record(self, task_id: str, outcome: dict[str, Any]) -> None:
+        """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
+        import nbformat
+
+        from batchmagic.monitor import LogTail
+        from batchmagic.notebook import run_notebook
+
+        try:
+            records = LogTail(self.log_key(task_id), task_id).read(self.store)
+            error = None if outcome["ok"] else outcome.get("error")
+            nb = run_notebook(self.source, records, error=error, run_id=self.id, name=self.name, task_id=task_id)
+            self.store.put_bytes(self.record_key, nbformat.writes(nb).encode())
+        except Exception:
+            log.warning("could not write the record of run %s", self.id, exc_info=True)
 
     def _note_files(self, outcome: dict[str, Any]) -> None:
         self.files = [(str(path), int(size)) for path, size in outcome.get("files", [])]
@@ -578,6 +612,7 @@ class Session:
             params=sweep,
             namespace=namespace if isinstance(namespace, MutableMapping) else None,
         )
+        run.source = cell
         if on_update is not None:
             run.subscribe(on_update)
         run._enter(Phase.PACKAGING)
@@ -590,10 +625,21 @@ class Session:
             except Exception as err:
                 run._fail(err)
                 raise
-            run._enter(Phase.UPLOADING, f"{captured.size / 1e6:.1f} MB")
+            shipped = captured.size + sum(o.size for o in captured.objects.values())
+            run._enter(Phase.UPLOADING, f"{shipped / 1e6:,.1f} MB of cell and variables")
+            if shipped > LARGE_UPLOAD_WARNING:
+                warnings.warn(
+                    f"the cell ships {shipped / 1e9:.1f} GB of variables; for data this big, --input "
+                    "(az://container/prefix or a local path) downloads it in parallel on the node instead",
+                    LargeUploadWarning,
+                    stacklevel=2,
+                )
             staged = self._stage(run, input_specs)
+            objects = self._upload_objects(run, captured)
             chosen.store.put_file(f"{run.prefix}bundle", captured.path)
         extra: dict[str, Any] = {}
+        if objects:
+            extra["objects"] = objects
         if staged.files:
             extra.update(inputs=staged.files, concurrency=input_concurrency)
         if output_globs:
@@ -613,6 +659,18 @@ class Session:
             raise
         run._enter(Phase.QUEUED)
         return run
+
+    def _upload_objects(self, run: Run, captured: CapturedCell) -> dict[str, dict[str, Any]]:
+        """Large values by content: uploaded only when the store lacks them; a read URL for each."""
+        expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+        objects = {}
+        for name, obj in captured.objects.items():
+            if not run.store.exists(obj.key):
+                run.store.put_file(obj.key, obj.path)
+                run.uploaded_object_bytes += obj.size
+            url = run.store.url(obj.key, permissions="r", expiry=expiry)
+            objects[name] = {"url": url, "sha256": obj.sha256, "size": obj.size}
+        return objects
 
     def _stage(self, run: Run, specs: list[InputSpec]) -> StagedInputs:
         """Upload the local inputs the store lacks (by content) and sign a read URL for every input file."""

@@ -17,6 +17,7 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import publish_display_data
 from traitlets import Enum, Integer, TraitError, Unicode, default, validate
 
 from batchmagic import api
@@ -245,6 +246,9 @@ class AzBatch(Magics):
 
         def on_update(state: RunState, records: list[LogRecord]) -> None:
             for record in records:
+                if record.output is not None:
+                    _replay(record.output)
+                    continue
                 stream = sys.stderr if record.stream == "stderr" else sys.stdout
                 stream.write(record.text)
             if records:
@@ -388,6 +392,13 @@ class AzBatch(Magics):
                 print(f"removed {item}")
         else:
             print("nothing to tear down: no run of this kernel is running or holds resources")
+
+
+def _replay(output: dict[str, Any]) -> None:
+    """Show what the remote cell displayed, after what it printed before (an Out shows as display data)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    publish_display_data(output.get("data", {}), output.get("metadata", {}))
 
 
 def _follow(run: api.Run, task_id: str) -> str:

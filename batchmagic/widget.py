@@ -235,6 +235,10 @@ class StatusPanel:
                 self.cancel_button.layout.display = "none"
         for record in records or []:
             # Logs of a background run (or of the picked task) go to the panel's Output, never printed.
+            if record.output is not None:  # a display: its output object, as display data
+                data, metadata = record.output.get("data", {}), record.output.get("metadata", {})
+                self.log.outputs += ({"output_type": "display_data", "data": data, "metadata": metadata},)
+                continue
             (self.log.append_stderr if record.stream == "stderr" else self.log.append_stdout)(record.text)
         if state.finished and self.handle is not None and not self.background:
             self.handle.update(self.widget)
