@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 import uuid
@@ -46,6 +47,14 @@ def test_quickstart(home: Path, tmp_path: Path) -> None:
     assert errors and errors[0]["ename"] == "RemoteError"
     assert any("math domain error" in line for line in errors[0]["traceback"])
     assert text_of(outputs_of(nb, "'score' in dir()")) == "False"
+    # What the remote cell displayed: a matplotlib figure, then two DataFrames (display() and the last expression)
+    shown = [o for o in outputs_of(nb, "--name plots") if o["output_type"] == "display_data"][1:]  # after the panel
+    assert [sorted(o["data"]) for o in shown] == [["image/png", "text/plain"], *[["text/html", "text/plain"]] * 2]
+    assert base64.b64decode(shown[0]["data"]["image/png"]).startswith(b"\x89PNG")
+    assert "<table" in shown[1]["data"]["text/html"] and "mean" in shown[1]["data"]["text/plain"]
+    (record,) = (home / "runs").glob("plots-*/outputs.ipynb")
+    kinds = [o.output_type for o in nbformat.read(record, as_version=4).cells[0].outputs]
+    assert kinds == ["display_data", "display_data", "execute_result"]
     assert "first-run" in text_of(outputs_of(nb, "%azbatch_status"))
     assert (home / "runs").is_dir()  # the kernel used the test's BATCHMAGIC_HOME
 
