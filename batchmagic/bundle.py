@@ -52,6 +52,9 @@ class Manifest:
         Hash of every entry's name and bytes, in order, manifest excluded.
     values : dict
         Shipped value name -> size in bytes of its pickle.
+    objects : dict
+        Shipped values too big for the bundle: name -> ``{"sha256", "size"}`` of their pickle,
+        stored apart (``objects/sha256/<hash>``) and handed to the runner by URL.
     modules : dict
         Name in the namespace -> module to import for it (``{"np": "numpy"}``).
     sources : list of str
@@ -69,6 +72,7 @@ class Manifest:
     sha256: str = ""
     format: int = FORMAT_VERSION
     values: dict[str, int] = field(default_factory=dict)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     modules: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)

@@ -9,14 +9,16 @@ and packages under the working directory travel as source files.
 from __future__ import annotations
 
 import builtins
+import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import types
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ log = logging.getLogger("batchmagic.capture")
 # Names IPython puts in every user namespace; a cell reading them means the kernel's, not a value.
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_i", "_ii", "_iii"})
 _NEVER_SHIP_MODULES = frozenset({"batchmagic", "__main__"})
+OBJECT_THRESHOLD = 16 << 20  # bytes: bigger pickled values travel as content-addressed objects
 
 
 class UndefinedNameWarning(UserWarning):
@@ -48,6 +51,7 @@ class CapturedCell:
     manifest: Manifest
     analysis: CellAnalysis
     size: int
+    objects: dict[str, ExternalObject] = field(default_factory=dict)  # large values, outside the bundle
 
     @property
     def outputs(self) -> list[str]:
@@ -78,6 +82,7 @@ def capture(
     outputs: Iterable[str] | None = None,
     provided: Iterable[str] = (),
     root: Path | None = None,
+    object_threshold: int = OBJECT_THRESHOLD,
 ) -> CapturedCell:
     """Package a cell and what it reads from ``namespace`` into a bundle at ``path``.
 
@@ -95,6 +100,9 @@ def capture(
         Names each task gets from elsewhere (a sweep's parameters): not shipped from the namespace.
     root : Path, optional
         Local modules are those whose files lie under this directory. Default: the working directory.
+    object_threshold : int
+        Values whose pickle is bigger than this many bytes become objects of their own
+        (:class:`ExternalObject`, beside the bundle) instead of bundle entries.
 
     Raises
     ------
@@ -150,21 +158,70 @@ def capture(
         deleted=sorted(analysis.deleted),
     )
     root = Path(root or os.getcwd()).resolve()
+    objects: dict[str, ExternalObject] = {}
     with BundleWriter(path, manifest) as writer:
         writer.add_cell(source)
         for name, value in to_ship.items():
-            with writer.open_value(name) as f:
-                try:
-                    cloudpickle.dump(value, f, protocol=5)
-                except Exception as err:
-                    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    raise CaptureError(
-                        f"cannot ship `{name}` ({_type_name(value)}): it cannot be pickled ({reason}); "
-                        "create it inside the cell instead"
-                    ) from err
+            pickled = _pickle_to_file(name, value, Path(path).with_name(f"{Path(path).name}.{name}.pkl"))
+            if pickled.size > object_threshold:
+                # Its own content-addressed object: uploaded once, however many runs ship it.
+                objects[name] = pickled
+                manifest.objects[name] = {"sha256": pickled.sha256, "size": pickled.size}
+                continue
+            with writer.open_value(name) as f, open(pickled.path, "rb") as src:
+                shutil.copyfileobj(src, f, length=1 << 20)
+            pickled.path.unlink()
         for relpath, data in _local_sources(analysis, values, root):
             writer.add_source(relpath, data)
-    return CapturedCell(path=Path(path), manifest=manifest, analysis=analysis, size=Path(path).stat().st_size)
+    return CapturedCell(
+        path=Path(path), manifest=manifest, analysis=analysis, size=Path(path).stat().st_size, objects=objects
+    )
+
+
+@dataclass
+class ExternalObject:
+    """A shipped value pickled to a file of its own, named in the store by its sha256."""
+
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def key(self) -> str:
+        return f"objects/sha256/{self.sha256}"
+
+
+def _pickle_to_file(name: str, value: Any, path: Path) -> ExternalObject:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "wb") as raw:
+            writer = _HashingFile(raw, digest)
+            cloudpickle.dump(value, writer, protocol=5)
+            size = writer.count
+    except Exception as err:
+        path.unlink(missing_ok=True)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CaptureError(
+            f"cannot ship `{name}` ({_type_name(value)}): it cannot be pickled ({reason}); "
+            "create it inside the cell instead"
+        ) from err
+    return ExternalObject(path, digest.hexdigest(), size)
+
+
+class _HashingFile:
+    """Write-through to a file, hashing and counting on the way (pickle only calls write)."""
+
+    def __init__(self, target: Any, digest: Any) -> None:
+        self._target = target
+        self._digest = digest
+        self.count = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._digest.update(view)
+        self._target.write(view)
+        self.count += view.nbytes
+        return view.nbytes
 
 
 def _type_name(value: Any) -> str:

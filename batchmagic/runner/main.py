@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import hashlib
 import importlib
 import json
 import linecache
@@ -20,7 +21,7 @@ from typing import Any
 
 import cloudpickle
 
-from batchmagic.bundle import CELL_FILENAME, BundleReader
+from batchmagic.bundle import CELL_FILENAME, BundleError, BundleReader
 from batchmagic.runner import display as rich
 from batchmagic.runner.logsink import LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
@@ -94,6 +95,8 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
     for name in manifest.values:
         with reader.open_value(name) as f:
             namespace[name] = cloudpickle.load(f)
+    for name, obj in spec.get("objects", {}).items():
+        namespace[name] = _load_object(name, obj, workdir)
     for name, text in spec.get("params", {}).items():
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
@@ -125,6 +128,22 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
     collected = _collect(namespace, names, manifest.deleted)
     return EXIT_OK, {"ok": True, **collected, "displays": capture.outputs, **_upload(spec, Path(cwd), workdir)}
+
+
+def _load_object(name: str, obj: dict[str, Any], workdir: Path) -> Any:
+    """A large shipped value: downloaded in parallel ranges, checked against its hash, unpickled."""
+    path = workdir / f"{name}.pkl"
+    open_channel(obj["url"]).download_to(path, size=int(obj["size"]))
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != obj["sha256"]:
+        raise BundleError(f"the object holding `{name}` does not match its hash: it was altered or truncated")
+    with open(path, "rb") as f:
+        value = cloudpickle.load(f)
+    path.unlink()
+    return value
 
 
 def progress(log: LogSink) -> Callable[[str], None]:
