@@ -292,3 +292,16 @@ def test_failed_cell_still_shows_what_it_displayed(shell: Any, capsys: Any) -> N
     outputs = nb.cells[0].outputs
     assert [o.output_type for o in outputs] == ["display_data", "error"]
     assert outputs[1].ename == "ValueError" and outputs[1].evalue == "late"
+
+
+def test_background_panel_shows_displays_in_its_output(capsys: Any) -> None:
+    from batchmagic.backends.base import Phase
+    from batchmagic.widget import StatusPanel
+    from tests.test_widget import state
+
+    panel = StatusPanel(background=True)
+    shown = {"output_type": "execute_result", "execution_count": None, "data": {"text/plain": "42"}, "metadata": {}}
+    panel.update(state(Phase.RUNNING), [LogRecord(1, "stdout", "hi\n"), LogRecord(2, "display", "", output=shown)])
+    assert [o["output_type"] for o in panel.log.outputs] == ["stream", "display_data"]
+    assert panel.log.outputs[1]["data"] == {"text/plain": "42"}
+    assert capsys.readouterr().out == ""
