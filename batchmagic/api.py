@@ -30,9 +30,18 @@ import cloudpickle
 from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskSubmission
 from batchmagic.capture import CapturedCell, capture, check_cell
 from batchmagic.config import DEFAULT_TIMEOUT, DEFAULT_VM_SIZE, check_home, default_backend, default_home, parse_timeout
+from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.image import plan_image
-from batchmagic.inputs import HashCache, InputSpec, StagedInputs, parse_input, parse_output, stage_inputs
+from batchmagic.inputs import (
+    HashCache,
+    InputSpec,
+    StagedInputs,
+    grant_paths,
+    parse_input,
+    parse_output,
+    stage_inputs,
+)
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
 from batchmagic.sweep import TaskOutcome, check_size, results_table, task_ids_for
@@ -640,10 +649,13 @@ class Session:
         extra: dict[str, Any] = {}
         if objects:
             extra["objects"] = objects
+        grants = grant_paths(az_paths(cell), run.store, expiry=self._expiry(run))
+        if grants:
+            extra["grants"] = grants
         if staged.files:
             extra.update(inputs=staged.files, concurrency=input_concurrency)
         if output_globs:
-            expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+            expiry = self._expiry(run)
             extra["outputs"] = {"url": run.store.write_url(expiry=expiry), "prefix": "", "patterns": output_globs}
         self._write_specs(run, submission, sweep, extra)
         ledger = self.ledger(home_path)
@@ -660,9 +672,14 @@ class Session:
         run._enter(Phase.QUEUED)
         return run
 
+    @staticmethod
+    def _expiry(run: Run) -> datetime:
+        """When the SAS URLs of a run expire: its timeout, and an hour's grace to collect."""
+        return datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+
     def _upload_objects(self, run: Run, captured: CapturedCell) -> dict[str, dict[str, Any]]:
         """Large values by content: uploaded only when the store lacks them; a read URL for each."""
-        expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+        expiry = self._expiry(run)
         objects = {}
         for name, obj in captured.objects.items():
             if not run.store.exists(obj.key):
@@ -674,7 +691,7 @@ class Session:
 
     def _stage(self, run: Run, specs: list[InputSpec]) -> StagedInputs:
         """Upload the local inputs the store lacks (by content) and sign a read URL for every input file."""
-        expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+        expiry = self._expiry(run)
         try:
             staged = stage_inputs(specs, run.store, expiry=expiry, hashes=self.hashes)
         except Exception as err:
@@ -693,7 +710,7 @@ class Session:
         """Each task's spec: the URLs of its bundle (read), log (append) and result (write), its
         parameters, nothing else."""
         store = run.store
-        expiry = datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
+        expiry = self._expiry(run)
         bundle_url = store.url(f"{run.prefix}bundle", permissions="r", expiry=expiry)
 
         def write(index: int) -> None:

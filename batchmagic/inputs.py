@@ -20,7 +20,15 @@ from typing import Any
 from batchmagic.errors import ConfigError
 from batchmagic.storage import BlobStore, LocalStore, Store
 
-__all__ = ["InputSpec", "parse_input", "parse_output", "stage_inputs", "StagedInputs", "HashCache"]
+__all__ = [
+    "InputSpec",
+    "parse_input",
+    "parse_output",
+    "stage_inputs",
+    "StagedInputs",
+    "HashCache",
+    "grant_paths",
+]
 
 
 @dataclass(frozen=True)
@@ -155,3 +163,28 @@ def stage_inputs(
                     on_upload(uploaded, size)
             files.append({"url": store.url(key, permissions="r", expiry=expiry), "path": relative, "size": size})
     return StagedInputs(files, uploaded, sum(f["size"] for f in files))
+
+
+class DataAccessWarning(UserWarning):
+    """An az:// path in the cell cannot be granted to the run."""
+
+
+def grant_paths(paths: list[str], store: Store, *, expiry: datetime) -> dict[str, str]:
+    """A read SAS URL for each ``az://container/blob`` the cell names literally (batchmagic.data)."""
+    import warnings
+
+    if not paths:
+        return {}
+    try:
+        signer = _signer_for_remote(store)
+    except ConfigError as err:
+        warnings.warn(f"the cell reads {paths[0]}, but {err}", DataAccessWarning, stacklevel=3)
+        return {}
+    grants = {}
+    for path in paths:
+        container, _, name = path[len("az://") :].partition("/")
+        if not any(blob == name for blob, _size in signer.list_blobs_in(container, name)):
+            warnings.warn(f"the cell reads {path}, and there is no such blob", DataAccessWarning, stacklevel=3)
+            continue
+        grants[path] = signer.blob_url_in(container, name, permissions="r", expiry=expiry)
+    return grants

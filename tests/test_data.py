@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -169,3 +170,36 @@ def test_one_gigabyte_input_is_checksummed_in_the_task(azure_session, azurite, t
     run = session.submit(cell, {}, backend="azure", inputs=["az://gigabyte/blob.bin:data.bin"])
     assert run.wait(timeout=600)["digest"] == digest.hexdigest()
     assert any(span.phase.value == "running" for span in run.state().phases)
+
+
+def test_batchmagic_data_reads_blobs_with_the_runs_own_sas(azure_session, azurite, monkeypatch):
+    session, emu = azure_session
+    container = azurite.service().get_container_client("tables")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob("iris/train.csv", b"a,b\n1,2\n3,4\n", overwrite=True)
+    cell = (
+        "from batchmagic import data\n"
+        "df = data.read_csv('az://tables/iris/train.csv')\n"
+        "total = int(df.a.sum() + df.b.sum())\n"
+        "try:\n"
+        "    data.read_bytes('az://tables/' + 'iris/train.csv'.upper())\n"
+        "except PermissionError as err:\n"
+        "    refused = str(err)\n"
+    )
+    outputs = session.submit(cell, {}, backend="azure").wait(timeout=120)
+    assert outputs["total"] == 10
+    assert "write the az:// path literally in the cell" in outputs["refused"]
+    (task,) = [r for r in emu.requests() if r["method"] == "POST" and r["path"].endswith("/tasks")]
+    assert "AccountKey" not in json.dumps(task["body"])
+    # In the notebook itself, the user's own account is used.
+    from batchmagic import data
+
+    assert data.read_bytes("az://tables/iris/train.csv") == b"a,b\n1,2\n3,4\n"
+
+
+def test_az_paths_are_the_literals_of_the_cell():
+    from batchmagic.data import az_paths
+
+    cell = "x = read('az://data/a.csv')\ny = 'az://data/a.csv'\nz = f'az://data/{n}.csv'\nw = 'az://Bad_Name/x'"
+    assert az_paths(cell) == ["az://data/a.csv"]

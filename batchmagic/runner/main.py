@@ -21,6 +21,7 @@ from typing import Any
 
 import cloudpickle
 
+from batchmagic import data
 from batchmagic.bundle import CELL_FILENAME, BundleError, BundleReader
 from batchmagic.runner import display as rich
 from batchmagic.runner.logsink import LogSink, TeeStream
@@ -97,6 +98,7 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
             namespace[name] = cloudpickle.load(f)
     for name, obj in spec.get("objects", {}).items():
         namespace[name] = _load_object(name, obj, workdir)
+    data.grant(spec.get("grants", {}))  # batchmagic.data reads az:// paths with the run's own SAS
     for name, text in spec.get("params", {}).items():
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
