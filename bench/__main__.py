@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["packaging", "log_latency", "api_calls", "sweep_calls", "image"]
+BENCHMARKS = ["packaging", "log_latency", "api_calls", "sweep_calls", "image", "data"]
 
 
 def main(argv: list[str]) -> int:

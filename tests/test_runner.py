@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -287,7 +288,8 @@ def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
     assert outcome["ok"] is False and outcome["phase"] == "terminated"
     assert "terminated" in outcome["error"]["message"]
     text = "".join(outcome["error"]["traceback"])
-    assert 'File "<azbatch-cell>", line 4' in text and "time.sleep(30)" in text
+    # SIGTERM lands in the sleep, or still in the write of "warned" that the test just read.
+    assert re.search(r'File "<azbatch-cell>", line [34]', text), text
     assert "batchmagic/runner" not in text  # not even the signal handler's frame
 
 
