@@ -155,9 +155,7 @@ class ProcessExecutor:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise TaskStartError(
-                "CommandLaunchFailed", f"The task command line could not be launched: {exc}"
-            ) from exc
+            raise TaskStartError("CommandLaunchFailed", f"The task command line could not be launched: {exc}") from exc
         finally:
             out.close()
             err.close()

@@ -37,10 +37,7 @@ class RunningAzurite:
 
     @property
     def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-            f"BlobEndpoint={self.account_url};"
-        )
+        return f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={self.account_url};"
 
     def service(self):  # type: ignore[no-untyped-def]
         from azure.storage.blob import BlobServiceClient
