@@ -20,9 +20,9 @@ quickstart: $(BIN)/.installed
 	env -u AZURE_BATCH_ENDPOINT $(BIN)/jupyter execute notebooks/quickstart.ipynb --output quickstart.out.ipynb
 	@echo "executed notebook written to notebooks/quickstart.out.ipynb"
 
-# The whole test suite: unit tests, the magics in a real shell, notebooks on real kernels, and the
-# real parts (Azurite, the Batch emulator) that the tests start themselves.
-test: $(BIN)/.installed node_modules/.installed
+# The whole test suite: ruff, unit tests, the magics in a real shell, notebooks on real kernels, and
+# the real parts (Azurite, the Batch emulator, dockerd, a registry) that the tests start themselves.
+test: $(BIN)/.installed node_modules/.installed lint
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
