@@ -23,7 +23,7 @@ from batchmagic.image import RegistryClient, ensure_image
 from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.docker import DockerEngine, RunningRegistry
-from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -224,3 +224,18 @@ def test_cli_finds_the_cells_image_and_lists_it(image_env, capsys):
     listed = capsys.readouterr().out
     assert out.split()[0] in listed and f"tabulate=={md.version('tabulate')}" in listed
     assert registry.password not in out + listed
+
+
+def test_unpullable_image_is_one_line_and_the_pool_goes(azure_image_env, shell, monkeypatch, registry):
+    """Container pull failure: the node cannot pull the training image; reported, never waited out."""
+    monkeypatch.setenv("BATCHMAGIC_IMAGE", f"{registry.host}/batchmagic/missing:env-000000000000")
+    monkeypatch.delenv("BATCHMAGIC_REGISTRY")
+    from batchmagic.errors import RunFailed
+
+    with pytest.raises(RunFailed, match="the node could not start \\(ContainerInvalidImage") as info:
+        shell.run_cell("%%azbatch --timeout 10m\nx = 1")
+    assert "BATCHMAGIC_IMAGE" in str(info.value) and "\n" not in str(info.value)
+    assert "x" not in shell.user_ns
+    client = azure_image_env.client()
+    wait_for(lambda: not list(client.list_pools()), timeout=30)
+    assert [j.id for j in client.list_jobs() if str(getattr(j.state, "value", j.state)) == "active"] == []
