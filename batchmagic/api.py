@@ -128,6 +128,8 @@ class Run:
         self._last_status: BackendStatus | None = None
         self._activity = False  # the last tick brought output or a new phase: poll fast again
         self._poll_errors = 0  # consecutive failed polls
+        self._ledger: Ledger | None = None
+        self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
 
     def __repr__(self) -> str:
@@ -274,10 +276,7 @@ class Run:
                 if self._poll_errors < _POLL_ATTEMPTS:
                     return False
                 self._fail(RunFailed(f"lost track of the run after {self._poll_errors} failed polls: {err}"))
-                try:
-                    self.backend.release(self.id)
-                except Exception:
-                    log.warning("could not release run %s; %%azbatch_teardown retries", self.id, exc_info=True)
+                self._release_quietly()
                 return True
             self._poll_errors = 0
             self._last_status = status
@@ -287,7 +286,7 @@ class Run:
                 self._notify(records)
             if status.error:
                 self._fail(RunFailed(status.error))
-                self.backend.release(self.id)
+                self._release_quietly()
             elif status.finished:
                 self._collect(status)
             elif status.phase != self.phase or (status.detail or self._progress) != self.detail:
@@ -367,9 +366,17 @@ class Run:
         """Poll from a daemon thread until the run ends; listeners are then called from that thread."""
 
         def loop() -> None:
-            while not self.poll():
-                monitor = self._monitor
-                time.sleep(monitor.next_interval(active=self._activity) if monitor else 0.05)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    while not self.poll():
+                        monitor = self._monitor
+                        time.sleep(monitor.next_interval(active=self._activity) if monitor else 0.05)
+                except Exception as err:  # never a silent dead thread: the run says what happened
+                    log.debug("background monitor of %s failed", self.id, exc_info=True)
+                    self._fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
+                    self._release_quietly()
+                self.warnings.extend(str(w.message) for w in caught)
 
         if self._background is None:
             self._background = threading.Thread(target=loop, name=f"batchmagic-{self.id}", daemon=True)
@@ -382,8 +389,24 @@ class Run:
             if self.done:
                 return
             self.backend.cancel(self.id)
-            self.error = RunCancelled(f"run {self.name} was cancelled")
-            self._enter(Phase.CANCELLED)
+            self._mark_cancelled()
+
+    def _mark_cancelled(self) -> None:
+        with self._lock:
+            if not self.done:
+                self.error = RunCancelled(f"run {self.name} was cancelled")
+                self._enter(Phase.CANCELLED)
+
+    def _release_quietly(self) -> list[str]:
+        """Free what the run holds after a failure, without letting a second error hide the first."""
+        try:
+            removed = self.backend.release(self.id)
+        except Exception:
+            log.warning("could not release run %s; %%azbatch_teardown retries", self.id, exc_info=True)
+            return []
+        if self._ledger is not None:
+            self._ledger.record("released", self.id, removed=removed)
+        return removed
 
     def _fail(self, error: BaseException) -> None:
         self.error = error
@@ -660,14 +683,16 @@ class Session:
         self._write_specs(run, submission, sweep, extra)
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
+        run._ledger = ledger
         submission.ledger_id = ledger.client_id
         self.runs.append(run)
         try:
             chosen.submit(submission)
-        except Exception as err:
-            run._fail(err)
-            chosen.release(run.id)
-            ledger.record("released", run.id)
+        except BaseException as err:  # Ctrl-C included: a half-made job must not outlive this
+            run._fail(
+                err if isinstance(err, Exception) else RunCancelled(f"run {run.name} interrupted while submitting")
+            )
+            run._release_quietly()
             raise
         run._enter(Phase.QUEUED)
         return run
@@ -746,9 +771,16 @@ class Session:
         """
         removed: list[str] = []
         for run in self.runs:
-            removed.extend(run.backend.release(run.id))
+            try:
+                lines = run.backend.release(run.id)
+            except Exception as err:  # one stuck run must not keep the others alive
+                removed.append(f"nothing of {run.name}: {err} (run %azbatch_teardown again)")
+                continue
+            removed.extend(lines)
+            if lines and run._ledger is not None:
+                run._ledger.record("released", run.id, removed=lines)
             if not run.done:
-                run.cancel()
+                run._mark_cancelled()
             if blobs:
                 count = run.store.delete_prefix(run.prefix)
                 if count:

@@ -151,7 +151,8 @@ def stage_inputs(
         local = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
         for path in local:
             relative = spec.dest if root.is_file() else posixpath.join(spec.dest, path.relative_to(root).as_posix())
-            key = f"inputs/sha256/{hashes.sha256(path)}"
+            digest = hashes.sha256(path)
+            key = f"inputs/sha256/{digest}"
             size = path.stat().st_size
             if not store.exists(key):
                 if isinstance(store, LocalStore):
@@ -161,7 +162,8 @@ def stage_inputs(
                 uploaded += size
                 if on_upload is not None:
                     on_upload(uploaded, size)
-            files.append({"url": store.url(key, permissions="r", expiry=expiry), "path": relative, "size": size})
+            url = store.url(key, permissions="r", expiry=expiry)
+            files.append({"url": url, "path": relative, "size": size, "sha256": digest})  # checked on the node
     return StagedInputs(files, uploaded, sum(f["size"] for f in files))
 
 

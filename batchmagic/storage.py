@@ -389,7 +389,8 @@ class BlobStore(Store):
         if self._delegation_key is None or (self._delegation_expiry and self._delegation_expiry < expiry):
             service = self._container._get_blob_service_client()  # noqa: SLF001 - same account
             start = datetime.now(UTC) - timedelta(minutes=5)
-            self._delegation_expiry = expiry + timedelta(hours=1)
+            # Azure issues user-delegation keys for at most 7 days.
+            self._delegation_expiry = min(expiry + timedelta(hours=1), start + timedelta(days=7))
             self._delegation_key = service.get_user_delegation_key(start, self._delegation_expiry)
         return {"user_delegation_key": self._delegation_key}
 

@@ -393,8 +393,9 @@ class AzureBackend(Backend):
         run = self._runs.get(run_id)
         if run is None or run.released:
             return []
+        removed = self._terminate(run_id)  # raises when it cannot: a later teardown tries again
         run.released = True
-        return self._terminate(run_id)
+        return removed
 
     def _terminate(self, run_id: str) -> list[str]:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,14 +31,9 @@ from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")
 
-# Secrets of the client never reach a task's environment.
-_SECRET_ENV = (
-    "AZURE_BATCH_ACCESS_KEY",
-    "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_STORAGE_KEY",
-    "AZURE_CLIENT_SECRET",
-    "BATCHMAGIC_REGISTRY_PASSWORD",
-)
+# Secrets of the client never reach a task's environment (unless passed on purpose with --env):
+# anything that names a key, a secret, a password, a token, a SAS or a connection string.
+_SECRET_ENV = re.compile(r"KEY|SECRET|PASSWORD|PASSWD|TOKEN|SAS|CONNECTION_STRING|CREDENTIAL", re.IGNORECASE)
 _GRACE_SECONDS = 3.0
 
 
@@ -50,6 +46,7 @@ class _Task:
     started: float | None = None
     ended: float | None = None
     failure: str = ""
+    timer: threading.Timer | None = None  # the --timeout watchdog, cancelled when the process ends
 
 
 @dataclass
@@ -57,7 +54,6 @@ class _LocalRun:
     submission: TaskSubmission
     tasks: dict[str, _Task]
     cancelled: bool = False
-    timers: list[threading.Timer] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -106,7 +102,7 @@ class LocalBackend(Backend):
     def _spawn(self, run: _LocalRun, task: _Task) -> None:
         workdir = task.dir / "wd"
         workdir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_ENV and k != "PYTHONPATH"}
+        env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k) and k != "PYTHONPATH"}
         env.update(run.submission.env)
         env.update(
             AZ_BATCH_TASK_ID=task.task_id,
@@ -116,7 +112,7 @@ class LocalBackend(Backend):
         )
         argv = [self.python, "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
         if run.submission.image:  # --container: the same runner, in the training image, via the local engine
-            argv = _container_argv(run.submission, task, workdir)
+            argv = _container_argv(run.submission, task, workdir, self.store.root.resolve())
         with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
             task.process = subprocess.Popen(
                 argv,
@@ -128,15 +124,27 @@ class LocalBackend(Backend):
                 start_new_session=True,  # its own process group, killed as one
             )
         task.started = time.time()
-        timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
-        timer.daemon = True
-        timer.start()
-        run.timers.append(timer)
+        task.timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
+        task.timer.daemon = True
+        task.timer.start()
+
+    def _stop(self, run: _LocalRun, task: _Task) -> None:
+        """End a task: its process group, and its container when it runs in one (the docker CLI going
+        away does not stop a container that ignores the signal)."""
+        if task.process is not None:
+            _kill_group(task.process)
+        if run.submission.image:
+            subprocess.run(
+                ["docker", "rm", "-f", _container_name(run.submission.run_id, task.task_id)],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
 
     def _time_out(self, run: _LocalRun, task: _Task) -> None:
         if task.process is not None and task.process.poll() is None:
             task.failure = f"stopped after its --timeout of {format_duration(run.submission.timeout)}"
-            _kill_group(task.process)
+            self._stop(run, task)
 
     def poll(self, run_id: str) -> BackendStatus:
         run = self._runs[run_id]
@@ -153,6 +161,8 @@ class LocalBackend(Backend):
             else:
                 if task.ended is None:
                     task.ended = time.time()
+                    if task.timer is not None:
+                        task.timer.cancel()
                 status.state, status.exit_code, status.ended = "completed", code, task.ended
                 status.failure = task.failure or exit_reason(code)
             statuses[task.task_id] = status
@@ -169,7 +179,7 @@ class LocalBackend(Backend):
             for task in run.tasks.values():
                 if task.process is not None and task.process.poll() is None:
                     task.failure = "cancelled"
-                    _kill_group(task.process)
+                    self._stop(run, task)
 
     def release(self, run_id: str) -> list[str]:
         run = self._runs.get(run_id)
@@ -177,22 +187,28 @@ class LocalBackend(Backend):
             return []
         alive = [t for t in run.tasks.values() if t.process is not None and t.process.poll() is None]
         self.cancel(run_id)
-        for timer in run.timers:
-            timer.cancel()
+        for task in run.tasks.values():
+            if task.timer is not None:
+                task.timer.cancel()
         return [f"local process {t.process.pid} (task {t.task_id})" for t in alive if t.process]
 
     def task_log_hint(self, run_id: str, task_id: str) -> str:
         return f"its own stderr is in {self.store.path(f'runs/{run_id}/{task_id}/stderr.txt')}"
 
 
-def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path) -> list[str]:
-    """``docker run`` of the runner in ``submission.image``: host network, the run's directory mounted at
-    the same path (so the spec's file:// URLs work), this user's uid, and the task's variables by name
-    only (``-e KEY``: their values come from the client's environment, never its command line)."""
-    run_dir = task.dir.parent
+def _container_name(run_id: str, task_id: str) -> str:
+    return f"batchmagic-{run_id}-{task_id}"
+
+
+def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, store_root: Path) -> list[str]:
+    """``docker run`` of the runner in ``submission.image``: host network, the store mounted at the same
+    path (so the spec's file:// URLs work: the run's directory, and the content-addressed inputs and
+    objects beside it), this user's uid, a name to kill it by, and the task's variables by name only
+    (``-e KEY``: their values come from the client's environment, never its command line)."""
+    home = store_root
     argv = [
-        "docker", "run", "--rm", "--network", "host", "--user", f"{os.getuid()}:{os.getgid()}",
-        "-v", f"{run_dir}:{run_dir}", "-w", str(workdir),
+        "docker", "run", "--rm", "--name", _container_name(submission.run_id, task.task_id), "--network", "host",
+        "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{home}:{home}", "-w", str(workdir),
     ]  # fmt: skip
     names = [*submission.env, "AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
     for key in names:

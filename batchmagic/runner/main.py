@@ -9,6 +9,7 @@ import importlib
 import json
 import linecache
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -74,10 +75,18 @@ def _read_spec(where: str) -> bytes:
 
 
 def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
-    # The task's working directory, unless this user cannot write it (a non-root image user on a
-    # directory the node agent created as root): then the temp dir.
+    # The runner's own files (bundle, sources, big objects) go in a directory of their own, removed at
+    # the end: in the task's working directory, unless this user cannot write it (a non-root image
+    # user on a directory the node agent created as root): then the temp dir.
     cwd = os.getcwd()
     workdir = Path(tempfile.mkdtemp(prefix=".azbatch-", dir=cwd if os.access(cwd, os.W_OK) else None))
+    try:
+        return _run_in(spec, log, cwd, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tuple[int, dict[str, Any]]:
     bundle_path = workdir / "bundle.zip"
     open_channel(spec["bundle"]).download_to(bundle_path)
     reader = BundleReader(bundle_path)

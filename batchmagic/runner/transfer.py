@@ -8,6 +8,7 @@ prefix, also when the cell failed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -28,6 +29,14 @@ def _inside(root: Path, relative: str) -> Path:
     if target != root.resolve() and root.resolve() not in target.parents:
         raise ValueError(f"input destination {relative!r} is outside the working directory")
     return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fetch_inputs(
@@ -60,6 +69,8 @@ def fetch_inputs(
         size = int(item.get("size", 0))
         small = size <= 8 << 20
         open_channel(item["url"]).download_to(target, size=size, concurrency=1 if small else concurrency)
+        if item.get("sha256") and _sha256(target) != item["sha256"]:
+            raise ValueError(f"input {item['path']} does not match its content hash: it was altered in the store")
         with lock:
             done += size
         report()
