@@ -167,7 +167,7 @@ def test_one_gigabyte_input_is_checksummed_in_the_task(azure_session, azurite, t
         "import hashlib\nh = hashlib.sha256()\nwith open('data.bin', 'rb') as f:\n"
         "    while chunk := f.read(1 << 24):\n        h.update(chunk)\ndigest = h.hexdigest()"
     )
-    run = session.submit(cell, {}, backend="azure", inputs=["az://gigabyte/blob.bin:data.bin"])
+    run = session.submit(cell, {}, backend="azure", inputs=["az://gigabyte/blob.bin:data.bin"], outputs=["digest"])
     assert run.wait(timeout=600)["digest"] == digest.hexdigest()
     assert any(span.phase.value == "running" for span in run.state().phases)
 
