@@ -107,6 +107,8 @@ class Run:
         self.task_ids = task_ids
         self.params = params  # a sweep's parameter sets, one per task; None for a single cell
         self.created = time.time()
+        # Every SAS URL of the run expires at its timeout, plus an hour's grace to collect.
+        self.sas_expiry = datetime.now(UTC) + timedelta(seconds=timeout) + _SAS_GRACE
         self.outputs: Any = [] if params is not None else {}
         self.results: Any = None  # a sweep's DataFrame, one row per task
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
@@ -672,19 +674,20 @@ class Session:
         extra: dict[str, Any] = {}
         if objects:
             extra["objects"] = objects
-        grants = grant_paths(az_paths(cell), run.store, expiry=self._expiry(run))
+        grants = grant_paths(az_paths(cell), run.store, expiry=run.sas_expiry)
         if grants:
             extra["grants"] = grants
         if staged.files:
             extra.update(inputs=staged.files, concurrency=input_concurrency)
         if output_globs:
-            expiry = self._expiry(run)
+            expiry = run.sas_expiry
             extra["outputs"] = {"url": run.store.write_url(expiry=expiry), "prefix": "", "patterns": output_globs}
         self._write_specs(run, submission, sweep, extra)
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
         run._ledger = ledger
         submission.ledger_id = ledger.client_id
+        submission.sas_expiry = run.sas_expiry
         self.runs.append(run)
         try:
             chosen.submit(submission)
@@ -697,14 +700,9 @@ class Session:
         run._enter(Phase.QUEUED)
         return run
 
-    @staticmethod
-    def _expiry(run: Run) -> datetime:
-        """When the SAS URLs of a run expire: its timeout, and an hour's grace to collect."""
-        return datetime.now(UTC) + timedelta(seconds=run.timeout) + _SAS_GRACE
-
     def _upload_objects(self, run: Run, captured: CapturedCell) -> dict[str, dict[str, Any]]:
         """Large values by content: uploaded only when the store lacks them; a read URL for each."""
-        expiry = self._expiry(run)
+        expiry = run.sas_expiry
         objects = {}
         for name, obj in captured.objects.items():
             if not run.store.exists(obj.key):
@@ -716,7 +714,7 @@ class Session:
 
     def _stage(self, run: Run, specs: list[InputSpec]) -> StagedInputs:
         """Upload the local inputs the store lacks (by content) and sign a read URL for every input file."""
-        expiry = self._expiry(run)
+        expiry = run.sas_expiry
         try:
             staged = stage_inputs(specs, run.store, expiry=expiry, hashes=self.hashes)
         except Exception as err:
@@ -735,7 +733,7 @@ class Session:
         """Each task's spec: the URLs of its bundle (read), log (append) and result (write), its
         parameters, nothing else."""
         store = run.store
-        expiry = self._expiry(run)
+        expiry = run.sas_expiry
         bundle_url = store.url(f"{run.prefix}bundle", permissions="r", expiry=expiry)
 
         def write(index: int) -> None:

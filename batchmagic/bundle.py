@@ -94,8 +94,8 @@ class Manifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that feeds a hash and counts bytes on their way into a zip entry."""
+class HashingWriter(io.RawIOBase):
+    """A write-only stream that feeds a hash and counts bytes on their way to ``target`` (a zip entry, a file)."""
 
     def __init__(self, target: IO[bytes], digest: Any) -> None:
         self._target = target
@@ -145,7 +145,7 @@ class BundleWriter:
     def _entry(self, name: str) -> Iterator[IO[bytes]]:
         self._digest.update(name.encode() + b"\0")
         with self._zip.open(name, "w", force_zip64=True) as raw:
-            counter = _HashingWriter(raw, self._digest)
+            counter = HashingWriter(raw, self._digest)
             buffered = io.BufferedWriter(counter, buffer_size=1 << 20)
             yield buffered  # type: ignore[misc]
             buffered.flush()

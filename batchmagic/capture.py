@@ -26,7 +26,7 @@ import cloudpickle
 
 import batchmagic
 from batchmagic.analysis import CellAnalysis, StarImportError, analyze
-from batchmagic.bundle import CELL_FILENAME, BundleWriter, Manifest
+from batchmagic.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
 from batchmagic.errors import CaptureError
 
 __all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]
@@ -195,7 +195,7 @@ def _pickle_to_file(name: str, value: Any, path: Path) -> ExternalObject:
     digest = hashlib.sha256()
     try:
         with open(path, "wb") as raw:
-            writer = _HashingFile(raw, digest)
+            writer = HashingWriter(raw, digest)
             cloudpickle.dump(value, writer, protocol=5)
             size = writer.count
     except Exception as err:
@@ -206,22 +206,6 @@ def _pickle_to_file(name: str, value: Any, path: Path) -> ExternalObject:
             "create it inside the cell instead"
         ) from err
     return ExternalObject(path, digest.hexdigest(), size)
-
-
-class _HashingFile:
-    """Write-through to a file, hashing and counting on the way (pickle only calls write)."""
-
-    def __init__(self, target: Any, digest: Any) -> None:
-        self._target = target
-        self._digest = digest
-        self.count = 0
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        self._digest.update(view)
-        self._target.write(view)
-        self.count += view.nbytes
-        return view.nbytes
 
 
 def _type_name(value: Any) -> str:

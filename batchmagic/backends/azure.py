@@ -193,7 +193,7 @@ class AzureBackend(Backend):
 
         run = _AzureRun(submission)
         self._runs[submission.run_id] = run
-        expiry = datetime.now(UTC) + timedelta(seconds=submission.timeout) + timedelta(hours=1)
+        expiry = submission.sas_expiry or datetime.now(UTC) + timedelta(seconds=submission.timeout, hours=1)
         metadata = [
             m.BatchMetadataItem(name="created-by", value=CREATED_BY),
             m.BatchMetadataItem(name="run-id", value=submission.run_id),

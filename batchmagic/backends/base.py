@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 from batchmagic.storage import Store
@@ -50,6 +51,7 @@ class TaskSubmission:
     image: str = ""
     retries: int = 0
     ledger_id: str = ""
+    sas_expiry: datetime | None = None  # when the run's SAS URLs expire (its timeout + a grace hour)
 
 
 @dataclass
