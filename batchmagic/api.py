@@ -45,6 +45,7 @@ from batchmagic.inputs import (
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
 from batchmagic.sweep import TaskOutcome, check_size, results_table, task_ids_for
+from batchmagic.vmsizes import temp_disk_bytes
 
 __all__ = ["Run", "Session", "submit", "default_session"]
 
@@ -716,7 +717,10 @@ class Session:
         """Upload the local inputs the store lacks (by content) and sign a read URL for every input file."""
         expiry = run.sas_expiry
         try:
-            staged = stage_inputs(specs, run.store, expiry=expiry, hashes=self.hashes)
+            disk = temp_disk_bytes(run.vm_size) if run.backend.name == "azure" else None
+            staged = stage_inputs(
+                specs, run.store, expiry=expiry, hashes=self.hashes, disk=(run.vm_size, disk) if disk else None
+            )
         except Exception as err:
             run._fail(err)
             raise

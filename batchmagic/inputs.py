@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -123,48 +122,64 @@ def stage_inputs(
     *,
     expiry: datetime,
     hashes: HashCache,
-    on_upload: Callable[[int, int], None] | None = None,
+    disk: tuple[str, int] | None = None,
 ) -> StagedInputs:
     """Resolve every input to files with read URLs, uploading local content the store lacks.
+
+    Everything is listed and sized first, so an input that cannot fit is refused before a byte moves.
+
+    Parameters
+    ----------
+    disk : (str, int), optional
+        The VM size and the bytes of its temporary disk, where the task's working directory lives.
 
     Raises
     ------
     ConfigError
-        An ``az://`` path with no blob under it.
+        An ``az://`` path with no blob under it, or inputs larger than ``disk``.
     """
-    files: list[dict[str, Any]] = []
-    uploaded = 0
+    remote: list[tuple[str, str, str, int]] = []  # container, blob, destination, size
+    local: list[tuple[Path, str, int]] = []  # file, destination, size
     for spec in specs:
         if spec.remote:
-            signer = _signer_for_remote(store)
             container, _, prefix = spec.source[len("az://") :].partition("/")
-            blobs = signer.list_blobs_in(container, prefix)
+            blobs = _signer_for_remote(store).list_blobs_in(container, prefix)
             if not blobs:
                 raise ConfigError(f"--input {spec.source}: no blob there (container {container!r}, prefix {prefix!r})")
             single = len(blobs) == 1 and blobs[0][0] == prefix
             for name, size in blobs:
                 relative = spec.dest if single else posixpath.join(spec.dest, name[len(prefix) :].lstrip("/"))
-                url = signer.blob_url_in(container, name, permissions="r", expiry=expiry)
-                files.append({"url": url, "path": relative, "size": size})
+                remote.append((container, name, relative, size))
             continue
         root = Path(spec.source)
-        local = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for path in local:
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for path in paths:
             relative = spec.dest if root.is_file() else posixpath.join(spec.dest, path.relative_to(root).as_posix())
-            digest = hashes.sha256(path)
-            key = f"inputs/sha256/{digest}"
-            size = path.stat().st_size
-            if not store.exists(key):
-                if isinstance(store, LocalStore):
-                    store.put_file_linked(key, path)
-                else:
-                    store.put_file(key, path)
-                uploaded += size
-                if on_upload is not None:
-                    on_upload(uploaded, size)
-            url = store.url(key, permissions="r", expiry=expiry)
-            files.append({"url": url, "path": relative, "size": size, "sha256": digest})  # checked on the node
-    return StagedInputs(files, uploaded, sum(f["size"] for f in files))
+            local.append((path, relative, path.stat().st_size))
+    total = sum(item[3] for item in remote) + sum(item[2] for item in local)
+    if disk is not None and total > disk[1]:
+        raise ConfigError(
+            f"--input data is {total / 2**30:,.1f} GiB, more than the {disk[1] / 2**30:,.0f} GiB temporary disk of "
+            f"{disk[0]}: pick a --vm with a bigger disk, or read the data in parts with batchmagic.data"
+        )
+
+    files: list[dict[str, Any]] = []
+    for container, name, relative, size in remote:
+        url = _signer_for_remote(store).blob_url_in(container, name, permissions="r", expiry=expiry)
+        files.append({"url": url, "path": relative, "size": size})
+    uploaded = 0
+    for path, relative, size in local:
+        digest = hashes.sha256(path)
+        key = f"inputs/sha256/{digest}"
+        if not store.exists(key):
+            if isinstance(store, LocalStore):
+                store.put_file_linked(key, path)
+            else:
+                store.put_file(key, path)
+            uploaded += size
+        url = store.url(key, permissions="r", expiry=expiry)
+        files.append({"url": url, "path": relative, "size": size, "sha256": digest})  # checked on the node
+    return StagedInputs(files, uploaded, total)
 
 
 class DataAccessWarning(UserWarning):

@@ -13,7 +13,7 @@ Out[2]: 4
 
 from __future__ import annotations
 
-__all__ = ["VM_SIZES", "cores_for", "family_for"]
+__all__ = ["VM_SIZES", "TEMP_DISK_GIB", "cores_for", "family_for", "temp_disk_bytes"]
 
 #: Lower-case VM size name -> (vCPUs, quota family), as the Batch service counts cores.
 VM_SIZES: dict[str, tuple[int, str]] = {
@@ -85,3 +85,30 @@ def family_for(vm_size: str) -> str | None:
     """Return the quota family of a VM size (e.g. ``"standardDSv3Family"``), or None when unknown."""
     entry = VM_SIZES.get(vm_size.strip().lower())
     return entry[1] if entry else None
+
+
+#: Lower-case VM size name -> its temporary disk in GiB, where task working directories live on a
+#: Batch node. Only sizes whose figure is published here; the rest are unknown (no check is made).
+TEMP_DISK_GIB: dict[str, int] = {
+    "standard_d2s_v3": 16,
+    "standard_d4s_v3": 32,
+    "standard_d8s_v3": 64,
+    "standard_d16s_v3": 128,
+    "standard_d32s_v3": 256,
+    "standard_d64s_v3": 512,
+    "standard_d2_v3": 50,
+    "standard_d4_v3": 100,
+    "standard_d8_v3": 200,
+    "standard_e2_v3": 50,
+    "standard_e4_v3": 100,
+    "standard_e8_v3": 200,
+    "standard_e16_v3": 400,
+    "standard_e32_v3": 800,
+    "standard_e64_v3": 1600,
+}
+
+
+def temp_disk_bytes(vm_size: str) -> int | None:
+    """Bytes of a VM size's temporary disk (the task's working directory), or None when unknown."""
+    gib = TEMP_DISK_GIB.get(vm_size.strip().lower())
+    return gib << 30 if gib else None

@@ -203,3 +203,15 @@ def test_az_paths_are_the_literals_of_the_cell():
 
     cell = "x = read('az://data/a.csv')\ny = 'az://data/a.csv'\nz = f'az://data/{n}.csv'\nw = 'az://Bad_Name/x'"
     assert az_paths(cell) == ["az://data/a.csv"]
+
+
+def test_inputs_bigger_than_the_vms_disk_are_refused_before_anything_moves(azure_session, azurite):
+    session, emu = azure_session
+    container = azurite.service().get_container_client("huge")
+    if not container.exists():
+        container.create_container()
+    # A sparse 20 GiB blob: Azurite stores a page blob's unwritten pages as nothing.
+    container.get_blob_client("disk.img").create_page_blob(size=20 << 30)
+    with pytest.raises(ConfigError, match=r"20\.0 GiB, more than the 16 GiB temporary disk of Standard_D2s_v3"):
+        session.submit("x = 1", {}, backend="azure", vm_size="Standard_D2s_v3", inputs=["az://huge/disk.img"])
+    assert [r for r in emu.requests() if r["method"] == "POST" and r["path"] == "/jobs"] == []
