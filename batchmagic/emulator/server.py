@@ -741,6 +741,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
         else:
             payload = b""
             content_type = None
+        # Recorded before the answer goes out: a client that has its answer finds its request in the record.
+        emulator._record(
+            {
+                "method": self.command,
+                "path": urlsplit(self.path).path,
+                "query": parse_qs(urlsplit(self.path).query, keep_blank_values=True),
+                "headers": headers,
+                "body": _redact(body),
+                "status": response.status,
+                "sharedkey_valid": response.status != 403 or not _is_auth_error(response),
+            }
+        )
         self.send_response(response.status)
         if content_type:
             self.send_header("Content-Type", content_type)
@@ -760,17 +772,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD" and payload:
             self.wfile.write(payload)
-        emulator._record(
-            {
-                "method": self.command,
-                "path": urlsplit(self.path).path,
-                "query": parse_qs(urlsplit(self.path).query, keep_blank_values=True),
-                "headers": headers,
-                "body": _redact(body),
-                "status": response.status,
-                "sharedkey_valid": response.status != 403 or not _is_auth_error(response),
-            }
-        )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
