@@ -28,6 +28,7 @@ test: $(BIN)/.installed node_modules/.installed lint
 lint: $(BIN)/.installed
 	$(BIN)/ruff check batchmagic tests bench
 	$(BIN)/ruff format --check batchmagic tests bench
+	$(BIN)/python -m mypy batchmagic --ignore-missing-imports
 
 bench: $(BIN)/.installed node_modules/.installed
 	$(BIN)/python -m bench

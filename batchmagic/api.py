@@ -546,7 +546,7 @@ class Session:
             self._ledgers[home] = Ledger(home, client_id=self.client_id)
         return self._ledgers[home]
 
-    def backend(self, name: str | Backend | None = None, *, home: Path | None = None, **config: Any) -> Backend:
+    def backend(self, name: str | Backend | None = None, *, home: Path | str | None = None, **config: Any) -> Backend:
         """The backend called ``name`` (created once per session and home)."""
         if isinstance(name, Backend):
             return name

@@ -245,12 +245,12 @@ def _module_of(value: Any) -> str | None:
 
 def _local_modules(root: Path) -> dict[str, str]:
     """Top-level local modules already imported in this process: name -> file."""
-    found = {}
+    found: dict[str, str] = {}
     for name, module in list(sys.modules.items()):
         if "." in name or name in _NEVER_SHIP_MODULES:
             continue
         file = getattr(module, "__file__", None)
-        if _is_local_file(file, root):
+        if file is not None and _is_local_file(file, root):
             found[name] = file
     return found
 

@@ -212,7 +212,7 @@ class AzBatch(Magics):
         action="store_true",
         help="With --backend local: build (or reuse) the training image and run the cell in it (local Docker).",
     )
-    @cell_magic("azbatch")
+    @cell_magic("azbatch")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch(self, line: str, cell: str) -> Any:
         """Run this cell out of the kernel and bring the names it assigns back.
 
@@ -263,7 +263,7 @@ class AzBatch(Magics):
         with _usage_errors(), _warnings_as_lines():
             run = self.session.submit(
                 cell,
-                self.shell.user_ns,
+                self._user_ns,
                 backend=backend,
                 home=self.home,
                 vm_size=args.vm or self.vm_size,
@@ -289,9 +289,9 @@ class AzBatch(Magics):
                 base_image=self.base_image,
             )
         current.append(run)
-        self.shell.user_ns["_azbatch"] = run
+        self._user_ns["_azbatch"] = run
         if args.out_run:
-            self.shell.user_ns[args.out_run] = run
+            self._user_ns[args.out_run] = run
         if args.no_wait:
             run.watch_in_background()
             return None
@@ -299,10 +299,16 @@ class AzBatch(Magics):
             result = run.wait()
         if run.is_sweep:
             return result  # the results DataFrame, displayed as the cell's value
-        self.shell.user_ns.update(result)
+        self._user_ns.update(result)
         for name in run.deleted:
-            self.shell.user_ns.pop(name, None)
+            self._user_ns.pop(name, None)
         return None
+
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        """The notebook's namespace: a magic runs only once registered with a shell."""
+        assert self.shell is not None, "AzBatch magics need an IPython shell"
+        return self.shell.user_ns
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:
         """The parameter sets of --sweep / --sweep-from, or None for a single cell."""
@@ -311,9 +317,9 @@ class AzBatch(Magics):
         if args.sweep:
             return parse_grid(args.sweep)
         if args.sweep_from:
-            if args.sweep_from not in self.shell.user_ns:
+            if args.sweep_from not in self._user_ns:
                 raise UsageError(f"--sweep-from {args.sweep_from}: no such variable in the notebook")
-            return rows_from(args.sweep_from, self.shell.user_ns[args.sweep_from])
+            return rows_from(args.sweep_from, self._user_ns[args.sweep_from])
         return None
 
     def _explain_default_backend(self, explicit: str | None) -> None:
@@ -330,14 +336,14 @@ class AzBatch(Magics):
 
     # --- %azbatch_status and %azbatch_teardown ---
 
-    @line_magic("azbatch_fetch")
+    @line_magic("azbatch_fetch")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_fetch(self, line: str) -> None:
         """Bring a finished background run's names into the notebook: ``%azbatch_fetch NAME``.
 
         NAME is a variable holding the run (``--out-run NAME``, or ``_azbatch``) or the run's name.
         """
         name = line.strip() or "_azbatch"
-        run = self.shell.user_ns.get(name)
+        run = self._user_ns.get(name)
         if not isinstance(run, api.Run):
             run = next((r for r in reversed(self.session.runs) if name in (r.name, r.id)), None)
         if run is None:
@@ -345,10 +351,10 @@ class AzBatch(Magics):
         if not run.done:
             raise UsageError(f"run {run.name} is still {run.status}: wait for it (run.wait()) and fetch again")
         with _usage_errors():
-            names = run.fetch(self.shell.user_ns)
+            names = run.fetch(self._user_ns)
         print(f"fetched {', '.join(names) or 'nothing'} from {run.name}")
 
-    @line_magic("azbatch_status")
+    @line_magic("azbatch_status")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_status(self, line: str) -> None:
         """List this kernel's runs: name, backend, VM size, phase and elapsed time."""
         if line.strip():
@@ -374,7 +380,7 @@ class AzBatch(Magics):
         help="Also end batchmagic-tagged jobs and pools that other kernels left on the Azure account.",
     )
     @argument("--blobs", action="store_true", help="Also delete run data (bundles, logs, results).")
-    @line_magic("azbatch_teardown")
+    @line_magic("azbatch_teardown")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_teardown(self, line: str) -> None:
         """End whatever this kernel started that still runs or holds resources, and say what was removed.
 

@@ -195,10 +195,12 @@ class Channel(ABC):
     @abstractmethod
     def write(self, data: bytes) -> None: ...
 
-    def download_to(self, path: Path, **_: Any) -> None:
+    def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
+        """Copy the object into ``path``; ``size`` and ``concurrency`` are hints a subclass may use."""
         Path(path).write_bytes(self.read())
 
-    def upload_file(self, path: Path, **_: Any) -> None:
+    def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
+        """Copy ``path`` into the object; ``concurrency`` is a hint a subclass may use."""
         self.write(Path(path).read_bytes())
 
 
@@ -217,10 +219,10 @@ class FileChannel(Channel):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.path, data)
 
-    def download_to(self, path: Path, **_: Any) -> None:
+    def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
         shutil.copyfile(self.path, path)
 
-    def upload_file(self, path: Path, **_: Any) -> None:
+    def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, self.path)
 
@@ -571,11 +573,11 @@ def list_urls(url: str, prefix: str = "") -> list[tuple[str, int, str]]:
         if marker:
             query += "&marker=" + urllib.parse.quote(marker, safe="")
         with channel._request("GET", query=query) as response:
-            root = ET.fromstring(response.read())
-        for blob in root.iter("Blob"):
+            listing = ET.fromstring(response.read())
+        for blob in listing.iter("Blob"):
             name = blob.findtext("Name") or ""
             size = int(blob.findtext("Properties/Content-Length") or 0)
             found.append((name, size, child_url(url, name)))
-        marker = root.findtext("NextMarker") or ""
+        marker = listing.findtext("NextMarker") or ""
         if not marker:
             return found

@@ -109,6 +109,7 @@ class AzureBackend(Backend):
 
     name = "azure"
     poll_intervals = (1.0, 10.0)
+    store: BlobStore
 
     def __init__(self, client: Any, store: BlobStore, settings: AzureSettings) -> None:
         self.client = client

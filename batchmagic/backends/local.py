@@ -70,6 +70,7 @@ class LocalBackend(Backend):
 
     name = "local"
     poll_intervals = (0.05, 0.5)
+    store: LocalStore
 
     def __init__(self, home: Path, *, python: str | None = None) -> None:
         self.home = Path(home)

@@ -49,7 +49,8 @@ class LogSink:
                     self._channel.append(data[start : start + MAX_APPEND])
                 except Exception as err:  # a lost log chunk must not kill the cell
                     self.errors += 1
-                    sys.__stderr__.write(f"batchmagic runner: could not append to the log: {err}\n")
+                    if sys.__stderr__ is not None:  # None only when the process has no stderr at all
+                        sys.__stderr__.write(f"batchmagic runner: could not append to the log: {err}\n")
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):

@@ -116,8 +116,9 @@ def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tupl
         fetch_inputs(spec["inputs"], Path(cwd), concurrency=int(spec.get("concurrency", 16)), progress=progress(log))
 
     saved = sys.stdout, sys.stderr
-    sys.stdout = TeeStream(sys.__stdout__, log, "o")  # type: ignore[assignment]
-    sys.stderr = TeeStream(sys.__stderr__, log, "e")  # type: ignore[assignment]
+    # sys.__stdout__/__stderr__ are None only without a console; then tee to the streams we replace.
+    sys.stdout = TeeStream(sys.__stdout__ or saved[0], log, "o")  # type: ignore[assignment]
+    sys.stderr = TeeStream(sys.__stderr__ or saved[1], log, "e")  # type: ignore[assignment]
     capture = rich.Capture(lambda output: log.add("d", output))
     try:
         with capture.active():
