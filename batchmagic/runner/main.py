@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         code, outcome = _run(spec, log)
     except _Terminated as err:
         code = EXIT_TERMINATED
-        outcome = {"ok": False, "phase": "terminated", "error": _describe(err, err.__traceback__)}
+        outcome = {"ok": False, "phase": "terminated", "error": _where_terminated(err)}
     except BaseException as err:  # the runner's own failure still ends in a result
         code = EXIT_SETUP_ERROR
         outcome = {"ok": False, "phase": "setup", "error": _describe(err, err.__traceback__, cell_only=False)}
@@ -203,6 +203,14 @@ def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool =
         "message": str(err),
         "traceback": traceback.format_exception(cls, err, tb),
     }
+
+
+def _where_terminated(err: _Terminated) -> dict[str, Any]:
+    """Where the cell was when SIGTERM came: its own frames only (the signal may land in the runner's
+    log writer or handler, which say nothing to the user)."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == CELL_FILENAME]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames), f"{err}\n"]
+    return {"type": "Terminated", "message": str(err), "traceback": lines}
 
 
 def _write_result(channel: Channel, outcome: dict[str, Any]) -> None:
