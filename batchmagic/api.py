@@ -44,6 +44,7 @@ from batchmagic.inputs import (
 )
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
+from batchmagic.storage import BlobStore
 from batchmagic.sweep import TaskOutcome, check_size, results_table, task_ids_for
 from batchmagic.vmsizes import temp_disk_bytes
 
@@ -103,6 +104,7 @@ class Run:
         self.name = name
         self.backend = backend
         self.store = backend.store
+        self.outbox = backend.store.outbox(run_id)  # where its tasks write (--output files, Batch's std*.txt)
         self.vm_size = vm_size
         self.timeout = timeout
         self.task_ids = task_ids
@@ -240,10 +242,10 @@ class Run:
         prefix = self.outputs_prefix(task_id or self.task_ids[0])
         target = Path(dest)
         paths = []
-        for key, _size in self.store.list_keys(prefix):
+        for key, _size in self.outbox.list_keys(prefix):
             path = target / key[len(prefix) :]
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.store.get_file(key, path)
+            self.outbox.get_file(key, path)
             paths.append(path)
         return paths
 
@@ -682,7 +684,7 @@ class Session:
             extra.update(inputs=staged.files, concurrency=input_concurrency)
         if output_globs:
             expiry = run.sas_expiry
-            extra["outputs"] = {"url": run.store.write_url(expiry=expiry), "prefix": "", "patterns": output_globs}
+            extra["outputs"] = {"url": run.outbox.write_url(expiry=expiry), "prefix": "", "patterns": output_globs}
         self._write_specs(run, submission, sweep, extra)
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
@@ -785,6 +787,10 @@ class Session:
                 run._mark_cancelled()
             if blobs:
                 count = run.store.delete_prefix(run.prefix)
+                if run.outbox is not run.store:
+                    count += run.outbox.delete_prefix(run.prefix)
+                    if isinstance(run.outbox, BlobStore):
+                        run.outbox.delete_container()
                 if count:
                     removed.append(f"{count} files of run data of {run.name}")
         if everything and backend is not None and hasattr(backend, "teardown_all"):

@@ -15,6 +15,7 @@ Storage). The runner gets URLs only: ``file://`` paths locally, SAS URLs in Azur
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -89,6 +90,12 @@ class Store(ABC):
     @abstractmethod
     def write_url(self, *, expiry: datetime) -> str:
         """A URL under which a runner may create (not read) keys: children via :func:`child_url`."""
+
+    def outbox(self, run_id: str) -> Store:
+        """Where a run's tasks write files whose names are not known in advance (``--output``,
+        Batch's own stdout/stderr): a store that holds that run's files and nothing else, so the
+        write access a task gets is scoped to its run. Same keys as in the main store."""
+        return self
 
 
 class LocalStore(Store):
@@ -345,6 +352,35 @@ class BlobStore(Store):
 
     def write_url(self, *, expiry: datetime) -> str:
         return self.container_url(permissions="cw", expiry=expiry)
+
+    def outbox(self, run_id: str) -> BlobStore:
+        """A container of the run's own (``<container>-<hash of the run id>``), created here: a
+        write-only SAS on it reaches no other run's data, nor the bundles and inputs."""
+        name = f"{self.container_name[:40]}-{hashlib.sha256(run_id.encode()).hexdigest()[:20]}"
+        box = BlobStore(self._service().get_container_client(name), account_key=self._account_key)
+        box._credential = self._credential
+        box._delegation_key, box._delegation_expiry = self._delegation_key, self._delegation_expiry
+        return box
+
+    def delete_container(self) -> bool:
+        """Delete this store's container; False if it was not there."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._container.delete_container()
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    def outbox_names(self) -> list[str]:
+        """The run containers (outboxes) next to this store's container."""
+        prefix = f"{self.container_name[:40]}-"
+        return [
+            c.name for c in self._service().list_containers(name_starts_with=prefix) if len(c.name) == len(prefix) + 20
+        ]
+
+    def _service(self) -> Any:
+        return self._container._get_blob_service_client()  # noqa: SLF001 - the same account, same credential
 
     def list_blobs_in(self, container: str, prefix: str) -> list[tuple[str, int]]:
         """``(name, size)`` of the blobs under ``prefix`` in another container of this account."""

@@ -93,10 +93,17 @@ def test_cell_runs_on_batch_and_results_come_back(azure_env, shell, azurite, cap
     assert "environmentSettings" not in body  # no --env given, and secrets never go there
     assert body["outputFiles"][0]["destination"]["container"]["path"] == f"runs/{run.id}/batch/task-0"
 
-    # Run data in Blob Storage, Batch's own stdout/stderr uploaded beside it.
+    # Run data in Blob Storage; Batch's own stdout/stderr in the run's own container, the only one the
+    # task may write anywhere in (its write-only SAS reaches no other run, no bundle, no input).
     names = azurite.blob_names(run.store.container_name, f"runs/{run.id}/")
-    for suffix in ("bundle", "task-0/spec.json", "task-0/output.log", "task-0/result", "batch/task-0/stdout.txt"):
+    for suffix in ("bundle", "task-0/spec.json", "task-0/output.log", "task-0/result"):
         assert f"runs/{run.id}/{suffix}" in names
+    outbox = run.outbox.container_name
+    assert (
+        outbox != run.store.container_name
+        and f"/{outbox}?" in body["outputFiles"][0]["destination"]["container"]["containerUrl"]
+    )
+    assert f"runs/{run.id}/batch/task-0/stdout.txt" in azurite.blob_names(outbox)
     assert_nothing_left(azure_env)
 
 
@@ -161,11 +168,12 @@ def test_teardown_ends_jobs_pools_and_blobs(azure_env, shell, azurite, capsys):
     assert "blobs" in out or "files of run data" in out
     assert_nothing_left(azure_env)
     assert azurite.blob_names(run.store.container_name, f"runs/{run.id}/") == []
+    assert not azurite.service().get_container_client(run.outbox.container_name).exists()
     shell.run_cell("%azbatch_teardown")
     assert "nothing to tear down" in capsys.readouterr().out
 
 
-def test_teardown_all_finds_what_other_kernels_left(azure_env, shell, capsys):
+def test_teardown_all_finds_what_other_kernels_left(azure_env, shell, azurite, capsys):
     from batchmagic.api import Session
 
     other = Session()  # another kernel
@@ -180,8 +188,12 @@ def test_teardown_all_finds_what_other_kernels_left(azure_env, shell, capsys):
     assert active_jobs(azure_env) == [left.id]
     shell.run_cell("%azbatch_teardown")
     assert "nothing to tear down" in capsys.readouterr().out
-    shell.run_cell("%azbatch_teardown --all")
-    assert f"removed Azure Batch job {left.id}" in capsys.readouterr().out
+    assert azurite.service().get_container_client(left.outbox.container_name).exists()
+    shell.run_cell("%azbatch_teardown --all --blobs")
+    out = capsys.readouterr().out
+    assert f"removed Azure Batch job {left.id}" in out and "blobs of run data" in out
+    assert not azurite.service().get_container_client(left.outbox.container_name).exists()
+    assert azurite.blob_names(left.store.container_name, f"runs/{left.id}/") == []
     assert_nothing_left(azure_env)
 
 

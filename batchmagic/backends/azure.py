@@ -234,7 +234,9 @@ class AzureBackend(Backend):
             metadata=metadata,
         )
         self._call(lambda: self.client.create_job(job), "create the job")
-        outputs_url = self.store.container_url(permissions="cw", expiry=expiry)
+        outbox = self.store.outbox(submission.run_id)
+        outbox.ensure_container()
+        outputs_url = outbox.container_url(permissions="cw", expiry=expiry)  # write-only, this run's container
         tasks = []
         for task_id in submission.task_ids:
             spec_url = self.store.url(submission.spec_keys[task_id], permissions="r", expiry=expiry)
@@ -420,7 +422,11 @@ class AzureBackend(Backend):
     def task_log_hint(self, run_id: str, task_id: str) -> str:
         """Batch's own stderr of the task (uploaded by outputFiles), its last lines."""
         try:
-            text = self.store.get_bytes(f"runs/{run_id}/batch/{task_id}/stderr.txt").decode(errors="replace")
+            text = (
+                self.store.outbox(run_id)
+                .get_bytes(f"runs/{run_id}/batch/{task_id}/stderr.txt")
+                .decode(errors="replace")
+            )
         except KeyError:
             return ""
         lines = [line for line in text.splitlines() if line.strip()][-3:]
@@ -443,8 +449,12 @@ class AzureBackend(Backend):
                     log.warning("could not delete pool %s: %s", pool.id, _message(err))
         if blobs:
             count = self.store.delete_prefix("runs/")
+            for name in self.store.outbox_names():
+                box = BlobStore(self.store._service().get_container_client(name))  # noqa: SLF001
+                count += len(box.list_keys(""))
+                box.delete_container()
             if count:
-                removed.append(f"{count} blobs of run data in container {self.settings.container}")
+                removed.append(f"{count} blobs of run data in container {self.settings.container} and its runs'")
         return removed
 
     def delete_run_data(self, run_id: str) -> list[str]:
