@@ -619,7 +619,7 @@ class Session:
         config = {**dict(backend_config or {}), **({"image": image} if image else {})}
         chosen = self.backend(backend, home=home_path, **config)
         image_request = plan_image(
-            chosen.name, image=image, configured_image=config.get("image"), container=container,
+            chosen.name, image=image, configured_image=chosen.default_image, container=container,
             registry=registry, base_image=base_image, requirements=requirements, pip=pip,
         )  # fmt: skip
         run_id = _new_run_id(name)

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -566,6 +567,10 @@ def describe(spec: EnvironmentSpec | None) -> str:
 # --- what Session.submit uses ---
 
 
+class GuardWarning(UserWarning):
+    """The version guard could not look at the configured image; the run goes on unchecked."""
+
+
 @dataclass
 class ImageRequest:
     """How a submit gets its image: a given one (checked by the guard) or one built for the cell.
@@ -581,6 +586,7 @@ class ImageRequest:
     pip: tuple[str, ...] = ()
     push: bool = True
     engine_first: bool = False
+    configured: bool = False  # ``given`` came from the settings (AzBatch.image), not from --image
     result: ImageResult | None = None
 
     def spec_for(self, modules: Iterable[str]) -> EnvironmentSpec:
@@ -605,10 +611,21 @@ class ImageRequest:
         if self.given:
             try:
                 labels = image_labels(self.given, engine_first=self.engine_first)
-            except ConfigError:
+            except ConfigError as err:
+                if self.configured:
+                    # The image of the settings, whose registry this client may not reach: run it, say so.
+                    warnings.warn(
+                        f"could not check {self.given} against this kernel: {err}", GuardWarning, stacklevel=2
+                    )
+                    return self.given
                 if self.engine_first or split_image(self.given)[0]:
                     raise
                 labels = {}  # a public image name and no engine here to ask: nothing to compare
+            if labels is None and self.configured:
+                warnings.warn(
+                    f"{self.given} is not in its registry (as far as this client can see)", GuardWarning, stacklevel=2
+                )
+                return self.given
             if labels is None:
                 where = "the local Docker engine" if self.engine_first else f"registry {split_image(self.given)[0]}"
                 raise ConfigError(f"image {self.given} is not in {where}: build it first or check the name")
@@ -670,7 +687,7 @@ def plan_image(
             return None
         return ImageRequest(registry=registry, base_image=base_image, requirements=requirements, pip=pip, push=False)
     if configured_image and not (requirements or pip):
-        return None
+        return ImageRequest(given=configured_image, configured=True)  # the guard runs on it too
     if not registry:
         if requirements or pip:
             raise ConfigError(

@@ -155,7 +155,8 @@ def test_plan_image_rejects_flags_that_do_not_apply(tmp_path: Path):
     with pytest.raises(ConfigError, match="add --container"):
         plan_image("local", pip=["tabulate"])
     assert plan_image("local") is None
-    assert plan_image("azure", configured_image="x/y:1", registry="") is None
+    configured = plan_image("azure", configured_image="x/y:1", registry="")
+    assert configured is not None and configured.given == "x/y:1" and configured.configured  # guarded too
     request = plan_image("azure", registry="127.0.0.1:5000/bm", base_image="base:1")
     assert request is not None and request.push and request.base_image == "base:1"
 

@@ -206,6 +206,10 @@ def test_guard_refuses_an_image_built_for_another_python(image_env, azure_image_
     client.images.remove(name)
     with pytest.raises(UsageError, match="3.10 in the image"):
         shell.run_cell(f"%%azbatch --backend azure --image {name}\nx = 1")
+    # And when it is the configured image (BATCHMAGIC_IMAGE / AzBatch.image), not a flag.
+    shell.run_line_magic("config", f"AzBatch.image = '{name}'")
+    with pytest.raises(UsageError, match="3.10 in the image"):
+        shell.run_cell("%%azbatch --backend azure\nx = 1")
     assert not [r for r in _jobs_created(azure_image_env) if "py310" in json.dumps(r["body"])]
 
 

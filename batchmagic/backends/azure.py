@@ -152,6 +152,10 @@ class AzureBackend(Backend):
 
     # --- the protocol ---
 
+    @property
+    def default_image(self) -> str:
+        return self.settings.image
+
     def check_access(self) -> None:
         """One cheap call to each service, so bad credentials fail before anything is created."""
         if self._checked:

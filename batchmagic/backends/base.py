@@ -91,6 +91,11 @@ class Backend(ABC):
     #: (first, longest) seconds between polls: fast at first, slower later.
     poll_intervals: tuple[float, float] = (0.05, 1.0)
 
+    @property
+    def default_image(self) -> str:
+        """The training image runs use when none is given (``AzBatch.image``); empty when none is set."""
+        return ""
+
     def validate(self, submission: TaskSubmission) -> None:  # noqa: B027 - an optional hook
         """Check what can be checked before anything is uploaded or created; raise ConfigError if wrong."""
 
