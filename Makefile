@@ -2,14 +2,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# A second environment with ipykernel 6, for the tests that run a notebook on each kernel major (tests/test_kernels.py).
+VENV6 ?= .venv-ipykernel6
+BIN6 := $(VENV6)/bin
 
-.PHONY: quickstart test lint bench
+.PHONY: quickstart test lint bench ipykernel6
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
+
+$(BIN6)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV6)
+	$(BIN6)/python -m pip install -q --upgrade pip
+	$(BIN6)/python -m pip install -q -e . 'ipykernel>=6.29,<7'
+	touch $@
+
+ipykernel6: $(BIN6)/.installed
 
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
@@ -22,7 +33,7 @@ quickstart: $(BIN)/.installed
 
 # The whole test suite: ruff, unit tests, the magics in a real shell, notebooks on real kernels, and
 # the real parts (Azurite, the Batch emulator, dockerd, a registry) that the tests start themselves.
-test: $(BIN)/.installed node_modules/.installed lint
+test: $(BIN)/.installed $(BIN6)/.installed node_modules/.installed lint
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
