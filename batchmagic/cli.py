@@ -17,9 +17,9 @@ List the training images in the registry::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from batchmagic.config import setting
 from batchmagic.errors import ConfigError
 
 __all__ = ["main"]
@@ -55,11 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from batchmagic.environment import DEFAULT_BASE_IMAGE, environment_spec
+    from batchmagic.environment import environment_spec
     from batchmagic.image import ensure_image
 
-    registry = args.registry if args.registry is not None else os.environ.get("BATCHMAGIC_REGISTRY", "")
-    base = args.base_image or os.environ.get("BATCHMAGIC_BASE_IMAGE", "") or DEFAULT_BASE_IMAGE
+    registry = args.registry if args.registry is not None else setting("registry")
+    base = args.base_image or setting("base_image")
     spec = environment_spec(args.modules, base_image=base, requirements=args.requirements, pip=args.pip)
 
     def progress(stage: str, detail: str) -> None:
@@ -78,7 +78,7 @@ def _build(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     from batchmagic.image import describe, list_images
 
-    registry = args.registry if args.registry is not None else os.environ.get("BATCHMAGIC_REGISTRY", "")
+    registry = args.registry if args.registry is not None else setting("registry")
     images = list_images(registry)
     if not images:
         print("no training images", file=sys.stderr)

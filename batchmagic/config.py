@@ -10,11 +10,42 @@ from pathlib import Path
 
 from batchmagic.errors import ConfigError
 
-__all__ = ["parse_timeout", "parse_env", "default_home", "default_backend", "check_home", "MAX_TIMEOUT"]
+__all__ = [
+    "parse_timeout",
+    "parse_env",
+    "default_home",
+    "default_backend",
+    "check_home",
+    "setting",
+    "ENV_SETTINGS",
+    "MAX_TIMEOUT",
+]
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
 DEFAULT_TIMEOUT = 24 * 3600
 DEFAULT_VM_SIZE = "Standard_D2s_v3"
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+
+#: Settings environment variables seed (the Azure CLI's names where one exists): setting -> (variable,
+#: default). The magics' traits and the Python API both read them here. Secrets are not settings: the
+#: Batch key, the storage connection string and the registry password are read where they are used.
+ENV_SETTINGS: dict[str, tuple[str, str]] = {
+    "batch_endpoint": ("AZURE_BATCH_ENDPOINT", ""),
+    "batch_account": ("AZURE_BATCH_ACCOUNT", ""),
+    "storage_account_url": ("AZURE_STORAGE_ACCOUNT_URL", ""),
+    "container": ("BATCHMAGIC_CONTAINER", "batchmagic"),
+    "image": ("BATCHMAGIC_IMAGE", ""),
+    "registry": ("BATCHMAGIC_REGISTRY", ""),
+    "base_image": ("BATCHMAGIC_BASE_IMAGE", DEFAULT_BASE_IMAGE),
+}
+
+
+def setting(name: str) -> str:
+    """The value of setting ``name`` from its environment variable, or its default."""
+    variable, fallback = ENV_SETTINGS[name]
+    return os.environ.get(variable, "") or fallback
+
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TIMEOUT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

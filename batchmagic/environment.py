@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import batchmagic
+from batchmagic.config import DEFAULT_BASE_IMAGE
 from batchmagic.errors import ConfigError
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "split_registry",
 ]
 
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_REPOSITORY = "batchmagic"
 #: The image label that holds the spec (JSON).
 LABEL = "org.batchmagic.environment"

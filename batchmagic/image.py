@@ -662,11 +662,12 @@ def plan_image(
         ``--requirements`` missing or unparsable, a malformed ``--pip`` or registry, or flags that
         do not apply (``--container`` on Azure, ``--requirements`` with ``--image``).
     """
-    from batchmagic.environment import DEFAULT_BASE_IMAGE, parse_pip, read_requirements
+    from batchmagic.config import setting
+    from batchmagic.environment import parse_pip, read_requirements
 
     pip = tuple(pip or ())
-    registry = registry if registry is not None else os.environ.get("BATCHMAGIC_REGISTRY", "")
-    base_image = base_image or os.environ.get("BATCHMAGIC_BASE_IMAGE", "") or DEFAULT_BASE_IMAGE
+    registry = registry if registry is not None else setting("registry")
+    base_image = base_image or setting("base_image")
     if container and backend != "local":
         raise ConfigError("--container is for --backend local (on Azure every task runs in a container)")
     if image and (requirements or pip):

@@ -23,8 +23,7 @@ from traitlets import Enum, Integer, TraitError, Unicode, default, validate
 from batchmagic import api
 from batchmagic.backends import BACKENDS
 from batchmagic.capture import check_cell
-from batchmagic.config import DEFAULT_VM_SIZE, default_backend, default_home, parse_env, parse_timeout
-from batchmagic.environment import DEFAULT_BASE_IMAGE
+from batchmagic.config import DEFAULT_VM_SIZE, default_backend, default_home, parse_env, parse_timeout, setting
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.monitor import LogRecord, RunState
 from batchmagic.sweep import parse_grid, rows_from
@@ -104,31 +103,31 @@ class AzBatch(Magics):
 
     @default("batch_endpoint")
     def _default_batch_endpoint(self) -> str:
-        return os.environ.get("AZURE_BATCH_ENDPOINT", "")
+        return setting("batch_endpoint")
 
     @default("batch_account")
     def _default_batch_account(self) -> str:
-        return os.environ.get("AZURE_BATCH_ACCOUNT", "")
+        return setting("batch_account")
 
     @default("storage_account_url")
     def _default_storage_account_url(self) -> str:
-        return os.environ.get("AZURE_STORAGE_ACCOUNT_URL", "")
+        return setting("storage_account_url")
 
     @default("container")
     def _default_container(self) -> str:
-        return os.environ.get("BATCHMAGIC_CONTAINER", "batchmagic")
+        return setting("container")
 
     @default("image")
     def _default_image(self) -> str:
-        return os.environ.get("BATCHMAGIC_IMAGE", "")
+        return setting("image")
 
     @default("registry")
     def _default_registry(self) -> str:
-        return os.environ.get("BATCHMAGIC_REGISTRY", "")
+        return setting("registry")
 
     @default("base_image")
     def _default_base_image(self) -> str:
-        return os.environ.get("BATCHMAGIC_BASE_IMAGE", "") or DEFAULT_BASE_IMAGE
+        return setting("base_image")
 
     def backend_config(self) -> dict[str, str]:
         """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""

@@ -30,6 +30,7 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
+from batchmagic.config import setting
 from batchmagic.errors import ConfigError, RunFailed
 from batchmagic.storage import BlobStore, check_container_name
 
@@ -86,11 +87,8 @@ class AzureSettings:
     @classmethod
     def from_env(cls, **overrides: Any) -> AzureSettings:
         values = {
-            "batch_endpoint": os.environ.get("AZURE_BATCH_ENDPOINT", ""),
-            "batch_account": os.environ.get("AZURE_BATCH_ACCOUNT", ""),
-            "storage_account_url": os.environ.get("AZURE_STORAGE_ACCOUNT_URL", ""),
-            "container": os.environ.get("BATCHMAGIC_CONTAINER", "batchmagic"),
-            "image": os.environ.get("BATCHMAGIC_IMAGE", ""),
+            name: setting(name)
+            for name in ("batch_endpoint", "batch_account", "storage_account_url", "container", "image")
         }
         values.update({k: v for k, v in overrides.items() if v})
         return cls(**values)
@@ -129,7 +127,7 @@ class AzureBackend(Backend):
             A missing or invalid setting: the message names it and how to set it.
         """
         # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
-        registry = overrides.pop("registry", None) or os.environ.get("BATCHMAGIC_REGISTRY", "")
+        registry = overrides.pop("registry", None) or setting("registry")
         settings = AzureSettings.from_env(**overrides)
         if not settings.batch_endpoint:
             raise ConfigError(
