@@ -27,7 +27,7 @@ from typing import Any
 
 import cloudpickle
 
-from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskSubmission
+from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskStatus, TaskSubmission
 from batchmagic.capture import CapturedCell, capture, check_cell
 from batchmagic.config import DEFAULT_TIMEOUT, DEFAULT_VM_SIZE, check_home, default_backend, default_home, parse_timeout
 from batchmagic.data import az_paths
@@ -428,17 +428,12 @@ class Run:
             self._collect_sweep(status)
             return
         task = status.tasks[self.task_ids[0]]
-        try:
-            raw = self.store.get_bytes(self.result_key(task.task_id))
-        except KeyError:
-            reason = task.failure or f"the task ended without a result (exit code {task.exit_code})"
-            hint = self.backend.task_log_hint(self.id, task.task_id)
-            self._fail(RunFailed(f"run {self.name}: {reason}" + (f"; {hint}" if hint else "")))
+        outcome, failure = self._read_result(task)
+        if failure:
+            hint = self.backend.task_log_hint(self.id, task.task_id) if outcome is None else ""
+            self._fail(RunFailed(f"run {self.name}: {failure}" + (f"; {hint}" if hint else "")))
             return
-        if task.failure:  # killed or timed out: the runner's result only says it was terminated
-            self._fail(RunFailed(f"run {self.name}: {task.failure}"))
-            return
-        outcome = cloudpickle.loads(raw)
+        assert outcome is not None
         self.displays = list(outcome.get("displays", []))
         self._write_record(task.task_id, outcome)
         if not outcome["ok"]:
@@ -446,12 +441,7 @@ class Run:
             err = outcome["error"]
             self._fail(RemoteError(err["type"], err["message"], err["traceback"], task.task_id))
             return
-        outputs = {}
-        for name, data in outcome["outputs"].items():
-            try:
-                outputs[name] = cloudpickle.loads(data)
-            except Exception as exc:
-                warnings.warn(f"`{name}` could not be brought back: {exc}", OutputWarning, stacklevel=2)
+        outputs = _load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=4))
         for name, reason in outcome.get("skipped", {}).items():
             warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
         self.outputs = outputs
@@ -484,6 +474,16 @@ class Run:
         for pattern in outcome.get("unmatched", []):
             warnings.warn(f"--output {pattern!r} matched no file", OutputWarning, stacklevel=3)
 
+    def _read_result(self, task: TaskStatus) -> tuple[dict[str, Any] | None, str]:
+        """A finished task's outcome (None when the runner wrote none), and why it failed without
+        one of its own verdicts (killed, timed out, no result): empty when the outcome tells."""
+        try:
+            outcome = cloudpickle.loads(self.store.get_bytes(self.result_key(task.task_id)))
+        except KeyError:
+            return None, task.failure or f"the task ended without a result (exit code {task.exit_code})"
+        # Killed or timed out: the runner's result only says it was terminated; the backend knows why.
+        return outcome, task.failure
+
     def _collect_sweep(self, status: BackendStatus) -> None:
         """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``."""
         params = self.params or []
@@ -492,22 +492,14 @@ class Run:
             tid = self.task_ids[index]
             task = status.tasks[tid]
             out = TaskOutcome(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
-            try:
-                outcome = cloudpickle.loads(self.store.get_bytes(self.result_key(tid)))
-            except KeyError:
-                out.error_type = "RunFailed"
-                out.error_message = task.failure or f"the task ended without a result (exit code {task.exit_code})"
-                return out
-            out.started, out.ended = outcome.get("started", out.started), outcome.get("ended", out.ended)
-            if task.failure:
-                out.error_type, out.error_message = "RunFailed", task.failure
+            outcome, failure = self._read_result(task)
+            if outcome is not None:
+                out.started, out.ended = outcome.get("started", out.started), outcome.get("ended", out.ended)
+            if failure or outcome is None:
+                out.error_type, out.error_message = "RunFailed", failure
             elif outcome["ok"]:
                 out.state = "succeeded"
-                for name, data in outcome["outputs"].items():
-                    try:
-                        out.outputs[name] = cloudpickle.loads(data)
-                    except Exception as exc:
-                        log.warning("task %s: `%s` could not be brought back: %s", tid, name, exc)
+                out.outputs = _load_outputs(outcome, lambda text: log.warning("task %s: %s", tid, text))
             else:
                 err = outcome["error"]
                 out.error_type, out.error_message = err["type"], err["message"]
@@ -796,6 +788,17 @@ class Session:
         if everything and backend is not None and hasattr(backend, "teardown_all"):
             removed.extend(backend.teardown_all(blobs=blobs))
         return removed
+
+
+def _load_outputs(outcome: dict[str, Any], report: Callable[[str], None]) -> dict[str, Any]:
+    """Unpickle each output of a successful outcome; one that cannot come back is reported, not fatal."""
+    outputs = {}
+    for name, data in outcome["outputs"].items():
+        try:
+            outputs[name] = cloudpickle.loads(data)
+        except Exception as exc:
+            report(f"`{name}` could not be brought back: {exc}")
+    return outputs
 
 
 def _files_line(files: list[tuple[str, int]]) -> str:
