@@ -15,7 +15,6 @@ tick (access check, create job, add task, update job) are the run's fixed cost.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -28,6 +27,7 @@ from batchmagic.api import Session
 from batchmagic.backends.base import Phase
 from tests.support.azurite import start_azurite  # run from the repository root: `python -m bench api_calls`
 from tests.support.emulator import start_emulator
+from tests.support.settings import azure_environ
 
 SCALE = 10.0
 LENGTHS = [10.0, 60.0, 600.0]  # simulated seconds the cell runs
@@ -124,22 +124,9 @@ def main() -> None:
             start_emulator(tmp / "batch", allocation_delay=ALLOCATION_DELAY) as emulator,
             start_azurite(tmp / "azurite") as azurite,
         ):
-            saved = dict(os.environ)  # `python -m bench` runs the other benchmarks in this process
-            os.environ.update(
-                AZURE_BATCH_ENDPOINT=emulator.endpoint,
-                AZURE_BATCH_ACCOUNT=emulator.account,
-                AZURE_BATCH_ACCESS_KEY=emulator.key,
-                AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
-                BATCHMAGIC_CONTAINER="bench",
-                BATCHMAGIC_IMAGE="127.0.0.1:5000/batchmagic/train:env-bench",
-            )
-            os.environ.pop("BATCHMAGIC_REGISTRY", None)  # a given image: nothing to build
-            try:
+            with azure_environ(emulator, azurite, container="bench", home=tmp / "home"):
                 for length in LENGTHS:
                     results.append(measure(length, emulator, Session(tmp / "home"), tmp / "home"))
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
     report(results)
 
 

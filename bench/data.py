@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from batchmagic.api import Session
 from batchmagic.storage import BlobChannel, BlobStore
 from tests.support.azurite import start_azurite  # run from the repository root: `python -m bench data`
 from tests.support.emulator import start_emulator
+from tests.support.settings import azure_environ
 
 SIZE = 1 << 30
 ROUNDS = 3
@@ -75,18 +77,11 @@ def throughput(tmp: Path, connection: str) -> None:
         )
 
 
-def dedup(tmp: Path, connection: str) -> None:
-    with start_emulator(tmp / "batch", allocation_delay=0.2) as emu:
-        os.environ.update(
-            AZURE_BATCH_ENDPOINT=emu.endpoint,
-            AZURE_BATCH_ACCOUNT=emu.account,
-            AZURE_BATCH_ACCESS_KEY=emu.key,
-            AZURE_STORAGE_CONNECTION_STRING=connection,
-            BATCHMAGIC_IMAGE="127.0.0.1:5000/batchmagic/train:env-bench",
-            BATCHMAGIC_HOME=str(tmp / "home"),
-        )
-        for var in ("BATCHMAGIC_REGISTRY", "BATCHMAGIC_REGISTRY_USERNAME", "BATCHMAGIC_REGISTRY_PASSWORD"):
-            os.environ.pop(var, None)
+def dedup(tmp: Path, azurite: Any) -> None:
+    with (
+        start_emulator(tmp / "batch", allocation_delay=0.2) as emu,
+        azure_environ(emu, azurite, container="bench-data", home=tmp / "home"),
+    ):
         session = Session()
         weights = np.random.default_rng(0).random(500_000_000 // 8)
         for attempt in ("first", "second"):
@@ -101,7 +96,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         with start_azurite(tmp / "azurite") as azurite:
             throughput(tmp, azurite.connection_string)
-            dedup(tmp, azurite.connection_string)
+            dedup(tmp, azurite)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ tasks (pending) and the tick's cost is the steady one; then the run is torn down
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from batchmagic.api import Session
 from bench.api_calls import operation as single_task_operation
 from tests.support.azurite import start_azurite  # run from the repository root: `python -m bench sweep_calls`
 from tests.support.emulator import start_emulator
+from tests.support.settings import azure_environ
 
 TASKS = 1000
 TICKS = 10
@@ -36,17 +37,12 @@ def operation(request: dict[str, Any]) -> str:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        with start_azurite(tmp / "azurite") as azurite, start_emulator(tmp / "batch", allocation_delay=3600) as emu:
-            os.environ.update(
-                AZURE_BATCH_ENDPOINT=emu.endpoint,
-                AZURE_BATCH_ACCOUNT=emu.account,
-                AZURE_BATCH_ACCESS_KEY=emu.key,
-                AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
-                BATCHMAGIC_IMAGE="127.0.0.1:5000/batchmagic/train:env-bench",
-                BATCHMAGIC_HOME=str(tmp / "home"),
-            )
-            for var in ("BATCHMAGIC_REGISTRY", "BATCHMAGIC_REGISTRY_USERNAME", "BATCHMAGIC_REGISTRY_PASSWORD"):
-                os.environ.pop(var, None)
+        with (
+            ExitStack() as stack,
+            start_azurite(tmp / "azurite") as azurite,
+            start_emulator(tmp / "batch", allocation_delay=3600) as emu,
+        ):
+            stack.enter_context(azure_environ(emu, azurite, container="bench-sweep", home=tmp / "home"))
             session = Session()
             session.backend("azure").check_access()  # once per session: not part of a submission
             before = len(emu.requests())

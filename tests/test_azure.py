@@ -4,7 +4,6 @@ azure-batch SDK over HTTP) and Azurite (Blob Storage, spoken to by azure-storage
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from batchmagic.errors import RunFailed
 from tests.support.azurite import KEY as STORAGE_KEY
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.settings import use_azure
 
 azurite = azurite_fixture()
 IMAGE = "127.0.0.1:5000/batchmagic/train:env-test"
@@ -31,12 +31,7 @@ def emulator(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running
 
 @pytest.fixture
 def azure_env(monkeypatch, home, emulator: RunningEmulator, azurite: RunningAzurite) -> RunningEmulator:
-    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emulator.endpoint)
-    monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emulator.account)
-    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emulator.key)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"bm-{int(time.time() * 1000) % 10**9}")
-    monkeypatch.setenv("BATCHMAGIC_IMAGE", IMAGE)
+    use_azure(monkeypatch, emulator, azurite, prefix="bm", image=IMAGE)
     monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", "trainer")
     monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", REGISTRY_PASSWORD)
     return emulator

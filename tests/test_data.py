@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from batchmagic.errors import ConfigError
 from batchmagic.inputs import parse_input, parse_output
 from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator
+from tests.support.settings import use_azure
 
 azurite = azurite_fixture()
 
@@ -101,13 +101,7 @@ def test_bad_inputs_are_one_line(shell, home, flag, message):
 @pytest.fixture
 def azure_session(tmp_path, monkeypatch, home, azurite):
     with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
-        monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emu.endpoint)
-        monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emu.account)
-        monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emu.key)
-        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-        monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"data-{int(time.time() * 1000) % 10**9}")
-        monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
-        monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)
+        use_azure(monkeypatch, emu, azurite, prefix="data")
         session = Session()
         yield session, emu
         session.teardown()

@@ -24,6 +24,7 @@ from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.settings import azure_environment
 
 pytestmark = pytest.mark.slow
 
@@ -67,11 +68,10 @@ def azure_image_env(
     docker_emulator: RunningEmulator,
     azurite: RunningAzurite,
 ) -> RunningEmulator:
-    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", docker_emulator.endpoint)
-    monkeypatch.setenv("AZURE_BATCH_ACCOUNT", docker_emulator.account)
-    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", docker_emulator.key)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"img-{int(time.time() * 1000) % 10**9}")
+    settings = azure_environment(docker_emulator, azurite, container=f"img-{int(time.time() * 1000) % 10**9}")
+    settings.pop("BATCHMAGIC_IMAGE")  # this image is built for the cell: BATCHMAGIC_REGISTRY (image_env) says where
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
     return docker_emulator
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import re
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from nbclient import NotebookClient
 
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.emulator import RunningEmulator, emulator_fixture, wait_for
+from tests.support.settings import use_azure
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -80,14 +80,7 @@ def test_azure_walkthrough(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator, azurite: RunningAzurite
 ) -> None:
     # The kernel inherits this process's environment: the settings a user exports before starting Jupyter.
-    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emulator.endpoint)
-    monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emulator.account)
-    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emulator.key)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
-    monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"walkthrough-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
-    monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)  # a given image: nothing to build
+    use_azure(monkeypatch, emulator, azurite, prefix="walkthrough")  # a given image: nothing to build
     nb = nbformat.read(NOTEBOOKS / "azure.ipynb", as_version=4)
     client = TimedClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
@@ -144,14 +137,7 @@ def test_azure_walkthrough(
 def test_sweep_walkthrough(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator, azurite: RunningAzurite
 ) -> None:
-    monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emulator.endpoint)
-    monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emulator.account)
-    monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emulator.key)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_URL", raising=False)
-    monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"sweep-{uuid.uuid4().hex[:8]}")
-    monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
-    monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)
+    use_azure(monkeypatch, emulator, azurite, prefix="sweep")
     nb = execute("sweep.ipynb", tmp_path)
 
     grid_out = outputs_of(nb, "--name grid")

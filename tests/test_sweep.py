@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pandas as pd
 import pytest
 from IPython.core.error import UsageError
@@ -13,6 +11,7 @@ from batchmagic.errors import ConfigError
 from batchmagic.sweep import parse_grid, rows_from, task_ids_for
 from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator, wait_for
+from tests.support.settings import use_azure
 
 azurite = azurite_fixture()
 
@@ -136,12 +135,7 @@ def test_api_wait_and_result_of_background_run(home):
 @pytest.fixture
 def azure_session(tmp_path, monkeypatch, home, azurite):
     with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
-        monkeypatch.setenv("AZURE_BATCH_ENDPOINT", emu.endpoint)
-        monkeypatch.setenv("AZURE_BATCH_ACCOUNT", emu.account)
-        monkeypatch.setenv("AZURE_BATCH_ACCESS_KEY", emu.key)
-        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-        monkeypatch.setenv("BATCHMAGIC_CONTAINER", f"sweep-{int(time.time() * 1000) % 10**9}")
-        monkeypatch.setenv("BATCHMAGIC_IMAGE", "127.0.0.1:5000/batchmagic/train:env-test")
+        use_azure(monkeypatch, emu, azurite, prefix="sweep")
         session = Session()
         yield session, emu
         session.teardown()
