@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from azure.batch import models as m
 
+from tests.support import docker as docker_parts
+from tests.support.docker import DockerEngine
 from tests.support.emulator import start_emulator, wait_for
 
 IMAGE = "batchemu/mini:1"
@@ -25,46 +27,13 @@ def _docker(env: dict[str, str], *args: str, **kwargs: Any) -> subprocess.Comple
     return subprocess.run(["docker", *args], env={**os.environ, **env}, capture_output=True, check=False, **kwargs)
 
 
+docker_engine = docker_parts.docker_engine  # one private dockerd for the whole session
+
+
 @pytest.fixture(scope="module")
-def docker_env() -> Iterator[dict[str, str]]:
-    """DOCKER_HOST of a reachable engine: $DOCKER_HOST if it answers, else a private dockerd we start."""
-    if os.environ.get("DOCKER_HOST") and _docker({}, "version").returncode == 0:
-        env = {"DOCKER_HOST": os.environ["DOCKER_HOST"]}
-        proc = None
-        root = None
-    else:
-        if not shutil.which("dockerd") or os.geteuid() != 0:
-            pytest.skip("docker executor tests need a Docker engine: set DOCKER_HOST or run as root with dockerd")
-        root = Path(tempfile.mkdtemp(prefix="emu-dockerd-", dir="/tmp"))
-        sock = root / "docker.sock"
-        proc = subprocess.Popen(
-            [
-                "dockerd",
-                "--data-root",
-                str(root / "data"),
-                "--exec-root",
-                str(root / "exec"),
-                "-H",
-                f"unix://{sock}",
-                "--pidfile",
-                str(root / "dockerd.pid"),
-                "--storage-driver",
-                "overlay2",
-                "--iptables=false",
-                "--ip-masq=false",
-                "--bridge=none",
-                "--ip6tables=false",
-            ],  # fmt: skip
-            stdout=open(root / "dockerd.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-        env = {"DOCKER_HOST": f"unix://{sock}"}
-        deadline = time.monotonic() + 30
-        while _docker(env, "version").returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("dockerd did not start:\n" + (root / "dockerd.log").read_text()[-2000:])
-            time.sleep(0.2)
+def docker_env(docker_engine: DockerEngine) -> Iterator[dict[str, str]]:
+    """DOCKER_HOST of the session's engine, with the tiny image imported into it."""
+    env = {"DOCKER_HOST": docker_engine.host}
     if _docker(env, "image", "inspect", IMAGE).returncode != 0:
         rootfs = Path(tempfile.mkdtemp(prefix="emu-rootfs-"))
         for binary in BINARIES:
@@ -77,18 +46,7 @@ def docker_env() -> Iterator[dict[str, str]]:
         tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
         assert _docker(env, "import", "-", IMAGE, input=tar).returncode == 0
         shutil.rmtree(rootfs, ignore_errors=True)
-    try:
-        yield env
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if root is not None:
-            subprocess.run(["umount", "-R", str(root / "data")], capture_output=True, check=False)
-            shutil.rmtree(root, ignore_errors=True)
+    yield env
 
 
 @pytest.fixture(scope="module")
