@@ -76,3 +76,21 @@ def test_ledger_records_submissions(session, home):
     events = [json.loads(line) for line in (home / "ledger.jsonl").read_text().splitlines()]
     assert events[0]["event"] == "submitted" and events[0]["run"] == run.id
     assert events[0]["client"] == session.client_id
+
+
+def test_output_of_c_code_and_subprocesses_reaches_the_log(session, home):
+    """Writes straight to file descriptors 1 and 2 (a C extension's training log, a subprocess) stream too."""
+    seen = []
+    run = session.submit(
+        "import os, subprocess\nos.write(1, b'from fd 1\\n')\nsubprocess.run(['sh', '-c', 'echo from a child >&2'])",
+        {},
+        backend="local",
+        on_update=lambda state, records: seen.extend((r.stream, r.text) for r in records),
+    )
+    run.wait()
+    assert ("stdout", "from fd 1\n") in seen and ("stderr", "from a child\n") in seen
+    assert "from fd 1" in run.logs() and "from a child" in run.logs()
+    # ...and still reach the process's own streams (Batch's stdout.txt / stderr.txt on a node).
+    task_dir = home / "runs" / run.id / "task-0"
+    assert "from fd 1" in (task_dir / "stdout.txt").read_text()
+    assert "from a child" in (task_dir / "stderr.txt").read_text()

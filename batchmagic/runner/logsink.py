@@ -7,7 +7,9 @@ buffer of log records; a flusher thread appends the buffer to the log channel ev
 
 from __future__ import annotations
 
+import codecs
 import io
+import os
 import sys
 import threading
 import time
@@ -93,3 +95,59 @@ class TeeStream(io.TextIOBase):
 
     def flush(self) -> None:
         self._target.flush()
+
+
+class FdCapture:
+    """Output written straight to file descriptors 1 and 2 (C extensions such as a boosting
+    library's training log, subprocesses) goes through pipes into the log, and on to the real
+    stream. Python-level writes bypass the pipes (:attr:`stdout`/:attr:`stderr` write to the saved
+    descriptors, for :class:`TeeStream`), so they are logged once and in exact order.
+
+    Examples
+    --------
+    In [1]: with FdCapture(sink) as fds:
+       ...:     sys.stdout = TeeStream(fds.stdout, sink, "o")
+    """
+
+    def __init__(self, sink: LogSink) -> None:
+        self._sink = sink
+        self._saved: dict[int, int] = {}
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> FdCapture:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        for fd, name in ((1, "o"), (2, "e")):
+            self._saved[fd] = os.dup(fd)
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            thread = threading.Thread(target=self._pump, args=(read_end, self._saved[fd], name), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self.stdout = io.TextIOWrapper(io.FileIO(self._saved[1], "w", closefd=False), line_buffering=True)
+        self.stderr = io.TextIOWrapper(io.FileIO(self._saved[2], "w", closefd=False), line_buffering=True)
+        return self
+
+    def _pump(self, read_end: int, target: int, stream: str) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            while chunk := os.read(read_end, 1 << 16):
+                os.write(target, chunk)
+                self._sink.add(stream, decoder.decode(chunk))
+        finally:
+            os.close(read_end)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stdout.flush()
+        self.stderr.flush()
+        for stream in (sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        for fd, saved in self._saved.items():
+            os.dup2(saved, fd)  # drops the pipe's last write end here: its reader sees the end
+        for thread in self._threads:
+            thread.join(timeout=5)  # a child process still holding the pipe must not hang the runner
+        for saved in self._saved.values():
+            os.close(saved)

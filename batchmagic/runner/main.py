@@ -25,7 +25,7 @@ import cloudpickle
 from batchmagic import data
 from batchmagic.bundle import CELL_FILENAME, BundleError, BundleReader
 from batchmagic.runner import display as rich
-from batchmagic.runner.logsink import LogSink, TeeStream
+from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 from batchmagic.storage import Channel, open_channel
 
@@ -116,9 +116,9 @@ def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tupl
         fetch_inputs(spec["inputs"], Path(cwd), concurrency=int(spec.get("concurrency", 16)), progress=progress(log))
 
     saved = sys.stdout, sys.stderr
-    # sys.__stdout__/__stderr__ are None only without a console; then tee to the streams we replace.
-    sys.stdout = TeeStream(sys.__stdout__ or saved[0], log, "o")  # type: ignore[assignment]
-    sys.stderr = TeeStream(sys.__stderr__ or saved[1], log, "e")  # type: ignore[assignment]
+    fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
+    sys.stdout = TeeStream(fds.stdout, log, "o")  # type: ignore[assignment]
+    sys.stderr = TeeStream(fds.stderr, log, "e")  # type: ignore[assignment]
     capture = rich.Capture(lambda output: log.add("d", output))
     try:
         with capture.active():
@@ -137,6 +137,7 @@ def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tupl
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
+        fds.__exit__(None, None, None)
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
     collected = _collect(namespace, names, manifest.deleted)
     return EXIT_OK, {"ok": True, **collected, "displays": capture.outputs, **_upload(spec, Path(cwd), workdir)}
