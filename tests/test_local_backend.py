@@ -11,6 +11,7 @@ import pytest
 
 from batchmagic.api import Session
 from batchmagic.errors import RunCancelled, RunFailed
+from tests.support.emulator import wait_for
 
 
 @pytest.fixture
@@ -94,3 +95,11 @@ def test_output_of_c_code_and_subprocesses_reaches_the_log(session, home):
     task_dir = home / "runs" / run.id / "task-0"
     assert "from fd 1" in (task_dir / "stdout.txt").read_text()
     assert "from a child" in (task_dir / "stderr.txt").read_text()
+
+
+def test_a_local_sweep_goes_on_without_polls(session):
+    """Pending tasks start as slots free up, not when someone polls."""
+    run = session.submit("y = i", {}, backend="local", sweep=[{"i": i} for i in range(6)], slots_per_node=2)
+    local = session.backend("local")._runs[run.id]
+    wait_for(lambda: all(t.ended for t in local.tasks.values()), timeout=60)  # no run.poll() in between
+    assert list(run.wait().y) == list(range(6))

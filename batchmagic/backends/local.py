@@ -128,6 +128,22 @@ class LocalBackend(Backend):
         task.timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
         task.timer.daemon = True
         task.timer.start()
+        threading.Thread(target=self._reap, args=(run, task), name=f"reap-{task.task_id}", daemon=True).start()
+
+    def _reap(self, run: _LocalRun, task: _Task) -> None:
+        """When a task's process ends: note it, stop its watchdog, start the next pending task (a sweep goes
+        on whether or not anyone polls)."""
+        assert task.process is not None
+        task.process.wait()
+        self._finished(task)
+        self._start_ready(run)
+
+    @staticmethod
+    def _finished(task: _Task) -> None:
+        if task.ended is None:
+            task.ended = time.time()
+            if task.timer is not None:
+                task.timer.cancel()
 
     def _stop(self, run: _LocalRun, task: _Task) -> None:
         """End a task: its process group, and its container when it runs in one (the docker CLI going
@@ -160,10 +176,7 @@ class LocalBackend(Backend):
             elif (code := process.poll()) is None:
                 status.state = "running"
             else:
-                if task.ended is None:
-                    task.ended = time.time()
-                    if task.timer is not None:
-                        task.timer.cancel()
+                self._finished(task)
                 status.state, status.exit_code, status.ended = "completed", code, task.ended
                 status.failure = task.failure or exit_reason(code)
             statuses[task.task_id] = status
