@@ -12,16 +12,21 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "submit", "Run", "RemoteError", "BatchMagicError", "load_ipython_extension"]
 
 if TYPE_CHECKING:
-    from batchmagic.api import Run, submit
+    from batchmagic.api import submit
     from batchmagic.errors import BatchMagicError, RemoteError
+    from batchmagic.run import Run
 
 
 def __getattr__(name: str) -> Any:
     # Lazy so that `import batchmagic` stays fast and the runner never imports IPython.
-    if name in ("submit", "Run"):
-        from batchmagic import api
+    if name == "submit":
+        from batchmagic.api import submit
 
-        return getattr(api, name)
+        return submit
+    if name == "Run":
+        from batchmagic.run import Run
+
+        return Run
     if name in ("RemoteError", "BatchMagicError"):
         from batchmagic import errors
 

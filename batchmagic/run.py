@@ -1,0 +1,509 @@
+"""The handle on a submitted cell: :class:`Run` follows it (poll, wait, cancel), collects what it
+produced (outputs, a sweep's table, files, displays) and writes its record. :mod:`batchmagic.api`
+makes Runs; the magics and the panel only read them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskStatus
+from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
+from batchmagic.ledger import Ledger
+from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
+from batchmagic.sweep import TaskOutcome, results_table
+
+__all__ = ["Run", "OutputWarning", "LargeUploadWarning", "UpdateCallback"]
+
+log = logging.getLogger("batchmagic.run")
+
+UpdateCallback = Callable[[RunState, list[LogRecord]], None]
+_SAS_GRACE = timedelta(hours=1)  # SAS URLs outlive the run's timeout by this much
+_POLL_ATTEMPTS = 5  # consecutive failed polls before a run is declared lost
+
+
+class OutputWarning(UserWarning):
+    """An output of the remote cell could not be brought back."""
+
+
+class LargeUploadWarning(UserWarning):
+    """The cell ships more data in its variables than is wise; --input is the better road."""
+
+
+class Run:
+    """A handle on one submitted cell.
+
+    Attributes
+    ----------
+    id : str
+        Unique run id (also the Batch job id on Azure).
+    name : str
+        The name given with ``--name``, or one made from the id.
+    outputs : dict or list of dict
+        The names the cell assigned, once it has succeeded; for a sweep, one dict per task.
+    results : pandas.DataFrame
+        A sweep's table: one row per task with its parameters, state, exit code, duration,
+        node, scalar outputs and error.
+    errors : dict
+        A sweep's failed tasks: task id -> :class:`RemoteError` with the remote traceback.
+    displays : list of dict
+        What the cell displayed (``display(...)``, its last expression, matplotlib figures), as
+        nbformat output objects in order. The whole record, with what it printed, is the notebook
+        ``runs/<run-id>/outputs.ipynb`` in the run's store (:attr:`record_key`).
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        name: str,
+        backend: Backend,
+        vm_size: str,
+        timeout: float,
+        task_ids: list[str],
+        params: list[dict[str, Any]] | None = None,
+        namespace: MutableMapping[str, Any] | None = None,
+    ) -> None:
+        self.id = run_id
+        self.name = name
+        self.backend = backend
+        self.store = backend.store
+        self.outbox = backend.store.outbox(run_id)  # where its tasks write (--output files, Batch's std*.txt)
+        self.vm_size = vm_size
+        self.timeout = timeout
+        self.task_ids = task_ids
+        self.params = params  # a sweep's parameter sets, one per task; None for a single cell
+        self.created = time.time()
+        # Every SAS URL of the run expires at its timeout, plus an hour's grace to collect.
+        self.sas_expiry = datetime.now(UTC) + timedelta(seconds=timeout) + _SAS_GRACE
+        self.outputs: Any = [] if params is not None else {}
+        self.results: Any = None  # a sweep's DataFrame, one row per task
+        self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
+        self.deleted: list[str] = []
+        self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
+        self.displays: list[dict[str, Any]] = []  # what the cell displayed: nbformat output objects, in order
+        self.fetched = False
+        self.files: list[tuple[str, int]] = []  # --output files the cell wrote: (relative path, size)
+        self.uploaded_input_bytes = 0  # bytes of local --input uploaded for this run
+        self.uploaded_object_bytes = 0  # bytes of large variables uploaded for this run (0 if unchanged)
+        self._namespace = namespace
+        self._background: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.detail = ""
+        self._phases: list[PhaseSpan] = []
+        self._listeners: list[UpdateCallback] = []
+        self._lock = threading.RLock()
+        self._monitor: Monitor | None = None
+        self._last_status: BackendStatus | None = None
+        self._activity = False  # the last tick brought output or a new phase: poll fast again
+        self._poll_errors = 0  # consecutive failed polls
+        self._ledger: Ledger | None = None
+        self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
+        self._progress = ""  # the runner's latest transfer progress, shown as the detail
+
+    def __repr__(self) -> str:
+        return f"<Run {self.name} ({self.id}) on {self.backend.name}: {self.status}>"
+
+    # --- state ---
+
+    @property
+    def status(self) -> str:
+        """The current phase: packaging, uploading, queued, running, collecting, done, failed..."""
+        return self.phase.value
+
+    @property
+    def phase(self) -> Phase:
+        return self._phases[-1].phase if self._phases else Phase.PACKAGING
+
+    @property
+    def done(self) -> bool:
+        return self.phase.final
+
+    @property
+    def is_sweep(self) -> bool:
+        return self.params is not None
+
+    def task_states(self) -> tuple[str, ...]:
+        """Each task's state, in task order: pending, running, succeeded or failed."""
+        status = self._last_status
+        if status is None:
+            return tuple("pending" for _ in self.task_ids)
+        states = []
+        for tid in self.task_ids:
+            task = status.tasks.get(tid)
+            if task is None or task.state != "completed":
+                states.append(task.state if task is not None else "pending")
+            else:
+                states.append("succeeded" if task.exit_code == 0 and not task.failure else "failed")
+        return tuple(states)
+
+    def state(self) -> RunState:
+        states = self.task_states()
+        counts: dict[str, int] = {}
+        for value in states:
+            counts[value] = counts.get(value, 0) + 1
+        return RunState(
+            run_id=self.id,
+            name=self.name,
+            backend=self.backend.name,
+            vm_size=self.vm_size,
+            phase=self.phase,
+            phases=tuple(self._phases),
+            started=self.created,
+            detail=self.detail,
+            error=str(self.error) if self.error else "",
+            task_counts=counts,
+            task_ids=tuple(self.task_ids) if self.is_sweep else (),
+            task_states=states if self.is_sweep else (),
+            first_start=self._first_start(),
+        )
+
+    def _first_start(self) -> float | None:
+        status = self._last_status
+        if status is None:
+            return None
+        starts = [t.started for t in status.tasks.values() if t.started]
+        return min(starts) if starts else None
+
+    def subscribe(self, callback: UpdateCallback) -> None:
+        """Call ``callback(state, new_log_records)`` on every change."""
+        self._listeners.append(callback)
+
+    def _notify(self, records: list[LogRecord] | None = None) -> None:
+        state = self.state()
+        for callback in list(self._listeners):
+            callback(state, records or [])
+
+    def _enter(self, phase: Phase, detail: str = "") -> None:
+        with self._lock:
+            now = time.time()
+            changed = phase != self.phase or not self._phases
+            if changed:
+                if self._phases:
+                    last = self._phases[-1]
+                    self._phases[-1] = PhaseSpan(last.phase, last.start, now)
+                self._phases.append(PhaseSpan(phase, now, now if phase.final else None))
+            self.detail = detail
+        self._notify()
+
+    # --- keys in the store ---
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.id}/"
+
+    def log_key(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}/output.log"
+
+    def result_key(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}/result"
+
+    def outputs_prefix(self, task_id: str) -> str:
+        return f"{self.prefix}{task_id}/outputs/"
+
+    def download(self, dest: str | Path = ".", *, task_id: str | None = None) -> list[Path]:
+        """Fetch the ``--output`` files the cell wrote into ``dest``; return their paths."""
+        prefix = self.outputs_prefix(task_id or self.task_ids[0])
+        target = Path(dest)
+        paths = []
+        for key, _size in self.outbox.list_keys(prefix):
+            path = target / key[len(prefix) :]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.outbox.get_file(key, path)
+            paths.append(path)
+        return paths
+
+    # --- the lifecycle ---
+
+    def follow(self, task_id: str) -> None:
+        """Stream this task's log through the updates too (a sweep streams none by default)."""
+        monitor = self._monitor or Monitor(self)
+        self._monitor = monitor
+        monitor.follow(task_id)
+
+    def logs(self, task_id: str | None = None) -> str:
+        """Everything the cell (or one task of a sweep) printed so far, stdout and stderr in order."""
+        tid = task_id or self.task_ids[0]
+        from batchmagic.monitor import LogTail
+
+        return "".join(r.text for r in LogTail(self.log_key(tid), tid).read(self.store))
+
+    def poll(self) -> bool:
+        """One monitoring tick: update the phase, deliver new logs; True once the run is over."""
+        with self._lock:
+            if self.done:
+                return True
+            monitor = self._monitor or Monitor(self)
+            self._monitor = monitor
+            try:
+                status, records = monitor.tick()
+            except Exception as err:
+                # A network blip or a throttled call: try again on the next ticks; give up (and release
+                # what the run holds) only when the backend stays unreachable.
+                self._poll_errors += 1
+                log.debug("poll %d failed", self._poll_errors, exc_info=True)
+                if self._poll_errors < _POLL_ATTEMPTS:
+                    return False
+                self._fail(RunFailed(f"lost track of the run after {self._poll_errors} failed polls: {err}"))
+                self._release_quietly()
+                return True
+            self._poll_errors = 0
+            self._last_status = status
+            self._activity = bool(records) or status.phase != self.phase
+            records = self._take_progress(records)
+            if records:
+                self._notify(records)
+            if status.error:
+                self._fail(RunFailed(status.error))
+                self._release_quietly()
+            elif status.finished:
+                self._collect(status)
+            elif status.phase != self.phase or (status.detail or self._progress) != self.detail:
+                self._enter(status.phase, status.detail or self._progress)
+            else:
+                self._notify()
+            return self.done
+
+    def _take_progress(self, records: list[LogRecord]) -> list[LogRecord]:
+        """Turn the runner's transfer progress into the panel's detail; return the other records."""
+        rest = []
+        for record in records:
+            if record.stream != "progress":
+                rest.append(record)
+                continue
+            try:
+                info = json.loads(record.text)
+                self._progress = (
+                    f"{info['phase']}: {info['bytes'] / 1e6:,.0f} of {info['total'] / 1e6:,.0f} MB"
+                    f" at {info['mb_per_s']:,.0f} MB/s"
+                )
+            except (ValueError, KeyError, TypeError):
+                log.debug("unreadable progress record %r", record.text)
+        return rest
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the run ends, polling on this thread; return its outputs (a sweep: its results).
+
+        Ctrl-C cancels the run.
+
+        Raises
+        ------
+        RemoteError
+            The cell raised remotely.
+        RunFailed
+            The run ended without a result (killed, timed out, infrastructure).
+        TimeoutError
+            ``timeout`` seconds passed first; the run goes on.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.poll():
+                monitor = self._monitor
+                pause = monitor.next_interval(active=self._activity) if monitor else 0.05
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
+                time.sleep(pause)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise RunCancelled(f"run {self.name} cancelled by Ctrl-C") from None
+        return self.result()
+
+    def result(self) -> Any:
+        """The outputs of a finished run (a sweep: its results DataFrame); raise its error if it failed."""
+        if not self.done:
+            raise RuntimeError(f"run {self.name} is still {self.status}: call wait() first")
+        if self.error is not None:
+            raise self.error
+        return self.results if self.is_sweep else self.outputs
+
+    def fetch(self, namespace: MutableMapping[str, Any] | None = None) -> list[str]:
+        """Bring a finished single-cell run's names into ``namespace`` (default: the one it was submitted
+        from); return the names. Background runs never write into a notebook by themselves."""
+        if self.is_sweep:
+            raise ConfigError(f"run {self.name} is a sweep: its results are in run.results, not in names")
+        outputs = self.result()
+        target = namespace if namespace is not None else self._namespace
+        if target is None:
+            raise ConfigError("fetch needs a namespace: run.fetch(globals())")
+        target.update(outputs)
+        for name in self.deleted:
+            target.pop(name, None)
+        self.fetched = True
+        return list(outputs)
+
+    def watch_in_background(self) -> threading.Thread:
+        """Poll from a daemon thread until the run ends; listeners are then called from that thread."""
+
+        def loop() -> None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    while not self.poll():
+                        monitor = self._monitor
+                        time.sleep(monitor.next_interval(active=self._activity) if monitor else 0.05)
+                except Exception as err:  # never a silent dead thread: the run says what happened
+                    log.debug("background monitor of %s failed", self.id, exc_info=True)
+                    self._fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
+                    self._release_quietly()
+                self.warnings.extend(str(w.message) for w in caught)
+
+        if self._background is None:
+            self._background = threading.Thread(target=loop, name=f"batchmagic-{self.id}", daemon=True)
+            self._background.start()
+        return self._background
+
+    def cancel(self) -> None:
+        """Stop the run. Idempotent."""
+        with self._lock:
+            if self.done:
+                return
+            self.backend.cancel(self.id)
+            self._mark_cancelled()
+
+    def _mark_cancelled(self) -> None:
+        with self._lock:
+            if not self.done:
+                self.error = RunCancelled(f"run {self.name} was cancelled")
+                self._enter(Phase.CANCELLED)
+
+    def _release_quietly(self) -> list[str]:
+        """Free what the run holds after a failure, without letting a second error hide the first."""
+        try:
+            removed = self.backend.release(self.id)
+        except Exception:
+            log.warning("could not release run %s; %%azbatch_teardown retries", self.id, exc_info=True)
+            return []
+        if self._ledger is not None:
+            self._ledger.record("released", self.id, removed=removed)
+        return removed
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self._enter(Phase.FAILED, str(error))
+
+    def _collect(self, status: BackendStatus) -> None:
+        self._enter(Phase.COLLECTING)
+        # The last log bytes may have landed after the previous tick.
+        if self._monitor is not None:
+            records = self._monitor.read_logs()
+            if records:
+                self._notify(records)
+        if self.is_sweep:
+            self._collect_sweep(status)
+            return
+        task = status.tasks[self.task_ids[0]]
+        outcome, failure = self._read_result(task)
+        if failure:
+            hint = self.backend.task_log_hint(self.id, task.task_id) if outcome is None else ""
+            self._fail(RunFailed(f"run {self.name}: {failure}" + (f"; {hint}" if hint else "")))
+            return
+        assert outcome is not None
+        self.displays = list(outcome.get("displays", []))
+        self._write_record(task.task_id, outcome)
+        if not outcome["ok"]:
+            self._note_files(outcome)
+            err = outcome["error"]
+            self._fail(RemoteError(err["type"], err["message"], err["traceback"], task.task_id))
+            return
+        outputs = _load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=4))
+        for name, reason in outcome.get("skipped", {}).items():
+            warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
+        self.outputs = outputs
+        self.deleted = list(outcome.get("deleted", []))
+        self._note_files(outcome)
+        self._enter(Phase.DONE, _files_line(self.files))
+
+    @property
+    def record_key(self) -> str:
+        """Where the run's record lives: a notebook of the cell and all it printed and displayed."""
+        return f"{self.prefix}outputs.ipynb"
+
+    def _write_record(self, task_id: str, outcome: dict[str, Any]) -> None:
+        """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
+        import nbformat
+
+        from batchmagic.monitor import LogTail
+        from batchmagic.notebook import run_notebook
+
+        try:
+            records = LogTail(self.log_key(task_id), task_id).read(self.store)
+            error = None if outcome["ok"] else outcome.get("error")
+            nb = run_notebook(self.source, records, error=error, run_id=self.id, name=self.name, task_id=task_id)
+            self.store.put_bytes(self.record_key, nbformat.writes(nb).encode())
+        except Exception:
+            log.warning("could not write the record of run %s", self.id, exc_info=True)
+
+    def _note_files(self, outcome: dict[str, Any]) -> None:
+        self.files = [(str(path), int(size)) for path, size in outcome.get("files", [])]
+        for pattern in outcome.get("unmatched", []):
+            warnings.warn(f"--output {pattern!r} matched no file", OutputWarning, stacklevel=3)
+
+    def _read_result(self, task: TaskStatus) -> tuple[dict[str, Any] | None, str]:
+        """A finished task's outcome (None when the runner wrote none), and why it failed without
+        one of its own verdicts (killed, timed out, no result): empty when the outcome tells."""
+        try:
+            outcome = cloudpickle.loads(self.store.get_bytes(self.result_key(task.task_id)))
+        except KeyError:
+            return None, task.failure or f"the task ended without a result (exit code {task.exit_code})"
+        # Killed or timed out: the runner's result only says it was terminated; the backend knows why.
+        return outcome, task.failure
+
+    def _collect_sweep(self, status: BackendStatus) -> None:
+        """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``."""
+        params = self.params or []
+
+        def one(index: int) -> TaskOutcome:
+            tid = self.task_ids[index]
+            task = status.tasks[tid]
+            out = TaskOutcome(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
+            outcome, failure = self._read_result(task)
+            if outcome is not None:
+                out.started, out.ended = outcome.get("started", out.started), outcome.get("ended", out.ended)
+            if failure or outcome is None:
+                out.error_type, out.error_message = "RunFailed", failure
+            elif outcome["ok"]:
+                out.state = "succeeded"
+                out.outputs = _load_outputs(outcome, lambda text: log.warning("task %s: %s", tid, text))
+            else:
+                err = outcome["error"]
+                out.error_type, out.error_message = err["type"], err["message"]
+                self.errors[tid] = RemoteError(err["type"], err["message"], err["traceback"], tid)
+            return out
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            outcomes = list(pool.map(one, range(len(self.task_ids))))
+        self.errors = {tid: self.errors[tid] for tid in self.task_ids if tid in self.errors}  # in task order
+        self.outputs = [o.outputs for o in outcomes]
+        self.results = results_table(outcomes)
+        failed = sum(1 for o in outcomes if o.state == "failed")
+        self._enter(Phase.DONE, f"{len(outcomes) - failed} succeeded, {failed} failed")
+
+
+def _load_outputs(outcome: dict[str, Any], report: Callable[[str], None]) -> dict[str, Any]:
+    """Unpickle each output of a successful outcome; one that cannot come back is reported, not fatal."""
+    outputs = {}
+    for name, data in outcome["outputs"].items():
+        try:
+            outputs[name] = cloudpickle.loads(data)
+        except Exception as exc:
+            report(f"`{name}` could not be brought back: {exc}")
+    return outputs
+
+
+def _files_line(files: list[tuple[str, int]]) -> str:
+    """The panel's list of --output files: names and sizes, the first few."""
+    if not files:
+        return ""
+    shown = ", ".join(f"{path} ({size / 1e6:,.1f} MB)" for path, size in files[:5])
+    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+    return f"outputs: {shown}{more}"
