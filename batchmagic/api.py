@@ -29,7 +29,7 @@ from batchmagic.backends.base import Backend, Phase, TaskSubmission
 from batchmagic.capture import CapturedCell, capture, check_cell
 from batchmagic.config import DEFAULT_TIMEOUT, DEFAULT_VM_SIZE, check_home, default_backend, default_home, parse_timeout
 from batchmagic.data import az_paths
-from batchmagic.errors import ConfigError, RunCancelled
+from batchmagic.errors import BatchMagicError, ConfigError, RunCancelled, RunFailed
 from batchmagic.image import plan_image
 from batchmagic.inputs import (
     HashCache,
@@ -201,21 +201,31 @@ class Session:
                     LargeUploadWarning,
                     stacklevel=2,
                 )
-            staged = self._stage(run, input_specs)
-            objects = self._upload_objects(run, captured)
-            chosen.store.put_file(f"{run.prefix}bundle", captured.path)
-        extra: dict[str, Any] = {}
-        if objects:
-            extra["objects"] = objects
-        grants = grant_paths(az_paths(cell), run.store, expiry=run.sas_expiry)
-        if grants:
-            extra["grants"] = grants
-        if staged.files:
-            extra.update(inputs=staged.files, concurrency=input_concurrency)
-        if output_globs:
-            expiry = run.sas_expiry
-            extra["outputs"] = {"url": run.outbox.write_url(expiry=expiry), "prefix": "", "patterns": output_globs}
-        self._write_specs(run, submission, sweep, extra)
+            try:
+                staged = self._stage(run, input_specs)
+                objects = self._upload_objects(run, captured)
+                chosen.store.put_file(f"{run.prefix}bundle", captured.path)
+                extra: dict[str, Any] = {}
+                if objects:
+                    extra["objects"] = objects
+                grants = grant_paths(az_paths(cell), run.store, expiry=run.sas_expiry)
+                if grants:
+                    extra["grants"] = grants
+                if staged.files:
+                    extra.update(inputs=staged.files, concurrency=input_concurrency)
+                if output_globs:
+                    url = run.outbox.write_url(expiry=run.sas_expiry)
+                    extra["outputs"] = {"url": url, "prefix": "", "patterns": output_globs}
+                self._write_specs(run, submission, sweep, extra)
+            except BatchMagicError as err:
+                run._fail(err)
+                raise
+            except Exception as err:  # the store refused or could not be reached: one line, not a traceback
+                failure = RunFailed(
+                    f"could not store run {run.name}'s data in {run.store.describe()}: {_first_line(err)}"
+                )
+                run._fail(failure)
+                raise failure from err
         ledger = self.ledger(home_path)
         ledger.record("submitted", run.id, backend=chosen.name, name=run.name, vm_size=vm_size)
         run._ledger = ledger
@@ -247,15 +257,10 @@ class Session:
 
     def _stage(self, run: Run, specs: list[InputSpec]) -> StagedInputs:
         """Upload the local inputs the store lacks (by content) and sign a read URL for every input file."""
-        expiry = run.sas_expiry
-        try:
-            disk = temp_disk_bytes(run.vm_size) if run.backend.name == "azure" else None
-            staged = stage_inputs(
-                specs, run.store, expiry=expiry, hashes=self.hashes, disk=(run.vm_size, disk) if disk else None
-            )
-        except Exception as err:
-            run._fail(err)
-            raise
+        disk = temp_disk_bytes(run.vm_size) if run.backend.name == "azure" else None
+        staged = stage_inputs(
+            specs, run.store, expiry=run.sas_expiry, hashes=self.hashes, disk=(run.vm_size, disk) if disk else None
+        )
         run.uploaded_input_bytes = staged.uploaded
         return staged
 
@@ -326,6 +331,11 @@ class Session:
         if everything and backend is not None and hasattr(backend, "teardown_all"):
             removed.extend(backend.teardown_all(blobs=blobs))
         return removed
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _new_run_id(name: str | None) -> str:

@@ -291,7 +291,7 @@ class BlobStore(Store):
     def from_connection_string(cls, connection_string: str, container: str, **client_options: Any) -> BlobStore:
         from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient.from_connection_string(connection_string, **client_options)
+        service = BlobServiceClient.from_connection_string(connection_string, **{**_client_options(), **client_options})
         key = service.credential.account_key if service.credential is not None else None
         return cls(service.get_container_client(check_container_name(container)), account_key=key)
 
@@ -299,7 +299,7 @@ class BlobStore(Store):
     def from_account_url(cls, account_url: str, container: str, credential: Any, **client_options: Any) -> BlobStore:
         from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient(account_url, credential=credential, **client_options)
+        service = BlobServiceClient(account_url, credential=credential, **{**_client_options(), **client_options})
         return cls(service.get_container_client(check_container_name(container)), credential=credential)
 
     def ensure_container(self) -> None:
@@ -460,6 +460,14 @@ class BlobStore(Store):
 
     def describe(self) -> str:
         return f"{self._container.url}"
+
+
+def _client_options() -> dict[str, Any]:
+    """Retries for someone waiting at a notebook: a few, seconds apart (the SDK's default backs off for
+    about a minute and a half before it says the account cannot be reached)."""
+    from azure.storage.blob import ExponentialRetry
+
+    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
 
 
 class BlobChannel(Channel):

@@ -264,3 +264,20 @@ def test_no_secret_in_requests_logs_or_panel(azure_env, shell, azurite, capsys, 
         for secret in secrets:
             assert secret not in text, f"a secret leaked into {where}"
     assert "AZURE_BATCH_ACCESS_KEY" not in out
+
+
+def test_storage_that_stops_answering_is_one_line(azure_env, shell, tmp_path, monkeypatch):
+    """Blob Storage goes away after the checks: the upload's failure is one line, and nothing is created."""
+    from tests.support.azurite import start_azurite
+
+    with start_azurite(tmp_path / "doomed") as doomed:  # its own: the session's Azurite serves other tests
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", doomed.connection_string)
+        magics = shell.magics_manager.registry["AzBatch"]
+        backend = magics.session.backend("azure", home=magics.home, **magics.backend_config())
+        backend.check_access()  # the preflight passed...
+        doomed.process.terminate()  # ...then the storage account stops answering
+        doomed.process.wait(10)
+        with pytest.raises(RunFailed, match="could not store run .*'s data in http://127.0.0.1") as info:
+            magics.session.submit("x = 1", {}, backend=backend)
+    assert "\n" not in str(info.value)
+    assert [r for r in azure_env.requests() if r["method"] == "POST" and r["path"] == "/jobs"] == []
