@@ -251,6 +251,7 @@ class Run:
                 # A network blip or a throttled call: try again on the next ticks; give up (and release
                 # what the run holds) only when the backend stays unreachable.
                 self._poll_errors += 1
+                self._activity = False  # back off: the next tick waits longer, not less
                 log.debug("poll %d failed", self._poll_errors, exc_info=True)
                 if self._poll_errors < _POLL_ATTEMPTS:
                     return False
