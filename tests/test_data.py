@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from batchmagic.api import Session
 from batchmagic.errors import ConfigError
 from batchmagic.inputs import parse_input, parse_output
 from tests.support.azurite import azurite_fixture
-from tests.support.emulator import start_emulator
-from tests.support.settings import use_azure
+from tests.support.settings import azure_session_fixture
 
 azurite = azurite_fixture()
 
@@ -98,13 +96,7 @@ def test_bad_inputs_are_one_line(shell, home, flag, message):
 # --- through Azurite and the emulator ---
 
 
-@pytest.fixture
-def azure_session(tmp_path, monkeypatch, home, azurite):
-    with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
-        use_azure(monkeypatch, emu, azurite, prefix="data")
-        session = Session()
-        yield session, emu
-        session.teardown()
+azure_session = azure_session_fixture("data")
 
 
 def test_inputs_outputs_through_blob_storage(azure_session, azurite, dataset, tmp_path):

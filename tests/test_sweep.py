@@ -10,8 +10,8 @@ from batchmagic.api import Session
 from batchmagic.errors import ConfigError
 from batchmagic.sweep import parse_grid, rows_from, task_ids_for
 from tests.support.azurite import azurite_fixture
-from tests.support.emulator import start_emulator, wait_for
-from tests.support.settings import use_azure
+from tests.support.emulator import wait_for
+from tests.support.settings import azure_session_fixture
 
 azurite = azurite_fixture()
 
@@ -132,13 +132,7 @@ def test_api_wait_and_result_of_background_run(home):
 # --- through the Batch emulator and Azurite ---
 
 
-@pytest.fixture
-def azure_session(tmp_path, monkeypatch, home, azurite):
-    with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
-        use_azure(monkeypatch, emu, azurite, prefix="sweep")
-        session = Session()
-        yield session, emu
-        session.teardown()
+azure_session = azure_session_fixture("sweep")
 
 
 def test_grid_on_the_emulator(azure_session):

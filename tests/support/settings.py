@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE", "azure_environment", "azure_environ", "use_azure"]
+__all__ = ["IMAGE", "azure_environment", "azure_environ", "azure_session_fixture", "use_azure"]
 
 #: A training image name for runs on the process executor (which does not pull it).
 IMAGE = "127.0.0.1:5000/batchmagic/train:env-test"
@@ -62,3 +62,23 @@ def azure_environ(emulator: Any, azurite: Any, *, container: str, home: Path) ->
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def azure_session_fixture(prefix: str) -> Any:
+    """A pytest fixture: a fresh Batch emulator and the session's Azurite exported for the test (see
+    :func:`use_azure`), yielding ``(Session, emulator)``; the session is torn down afterwards. The test
+    module provides the ``azurite`` fixture (``azurite_fixture()``)."""
+    import pytest
+
+    from batchmagic.api import Session
+    from tests.support.emulator import start_emulator
+
+    @pytest.fixture
+    def _azure_session(tmp_path: Path, monkeypatch: Any, home: Path, azurite: Any) -> Iterator[tuple[Any, Any]]:
+        with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+            use_azure(monkeypatch, emu, azurite, prefix=prefix)
+            session = Session()
+            yield session, emu
+            session.teardown()
+
+    return _azure_session
