@@ -63,7 +63,7 @@ def _compare(op: str, left: Any, right: Any) -> bool:
     if left is None or right is None:
         return False
     try:
-        return {"gt": left > right, "ge": left >= right, "lt": left < right, "le": left <= right}[op]
+        return bool({"gt": left > right, "ge": left >= right, "lt": left < right, "le": left <= right}[op])
     except TypeError:
         return False
 

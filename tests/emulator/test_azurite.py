@@ -2,68 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import pytest
 from azure.batch import models as m
 
-from tests.support.emulator import emulator_fixture, free_port, wait_for
-
-AZURITE = Path("/tmp/azurite/node_modules/.bin/azurite-blob")
-ACCOUNT = "devstoreaccount1"
-KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+from tests.support.azurite import ACCOUNT, KEY, RunningAzurite, azurite_fixture
+from tests.support.emulator import emulator_fixture, wait_for
 
 emulator = emulator_fixture(scope="module", allocation_delay=0.2)
+azurite = azurite_fixture(scope="module")
 
 
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = shutil.which("azurite-blob") or (str(AZURITE) if AZURITE.exists() else None)
-    if binary is None:
-        pytest.skip("azurite-blob is not installed (npm install azurite)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--location",
-            str(tmp_path_factory.mktemp("azurite")),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--disableTelemetry",
-            "--silent",
-            "--skipApiVersionCheck",
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/{ACCOUNT}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("azurite did not start")
-            time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def test_resource_and_output_files_with_azurite(emulator: Any, azurite: str) -> None:
+def test_resource_and_output_files_with_azurite(emulator: Any, azurite: RunningAzurite) -> None:
     from azure.storage.blob import (
         BlobServiceClient,
         ContainerSasPermissions,
@@ -71,7 +22,8 @@ def test_resource_and_output_files_with_azurite(emulator: Any, azurite: str) -> 
         generate_container_sas,
     )
 
-    service = BlobServiceClient(azurite, credential={"account_name": ACCOUNT, "account_key": KEY})
+    url = azurite.account_url
+    service = BlobServiceClient(url, credential={"account_name": ACCOUNT, "account_key": KEY})
     container = service.create_container("runs")
     container.upload_blob("in/data.txt", b"payload\n")
     expiry = datetime.now(UTC) + timedelta(hours=1)
@@ -97,13 +49,13 @@ def test_resource_and_output_files_with_azurite(emulator: Any, azurite: str) -> 
         m.BatchTaskCreateOptions(
             id="t",
             command_line="cat data.txt; mkdir -p out/sub; echo r1 > out/r1.txt; echo r2 > out/sub/r2.txt",
-            resource_files=[m.ResourceFile(http_url=f"{azurite}/runs/in/data.txt?{read_sas}", file_path="data.txt")],
+            resource_files=[m.ResourceFile(http_url=f"{url}/runs/in/data.txt?{read_sas}", file_path="data.txt")],
             output_files=[
                 m.OutputFile(
                     file_pattern=pattern,
                     destination=m.OutputFileDestination(
                         container=m.OutputFileBlobContainerDestination(
-                            container_url=f"{azurite}/runs?{write_sas}", path=path
+                            container_url=f"{url}/runs?{write_sas}", path=path
                         )
                     ),
                     upload_options=m.OutputFileUploadConfiguration(

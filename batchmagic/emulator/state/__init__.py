@@ -1,0 +1,129 @@
+"""The emulator's in-memory Batch account: pools, nodes, jobs and tasks, and the scheduler thread.
+
+One module per resource, each a mixin over :class:`~batchmagic.emulator.state.core.AccountCore` (the
+settings, tables, lock and clock they share); :class:`BatchState` composes them and runs the scheduler:
+
+    model.py   records (Pool, Node, Job, Task), the Clock, timestamps, durations, etags
+    core.py    AccountCore: settings, tables, lock, clock, lookups
+    files.py   node and task directories
+    pools.py   pools and nodes
+    jobs.py    jobs
+    tasks.py   tasks, their placement and attempts
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from batchmagic.emulator.state.jobs import JobsMixin
+from batchmagic.emulator.state.model import (
+    TICK,
+    UNLIMITED_DURATION,
+    Clock,
+    Job,
+    Node,
+    Pool,
+    Task,
+    environ_path_dir,
+    iso,
+    parse_duration,
+    rfc1123,
+)
+from batchmagic.emulator.state.tasks import TasksMixin
+
+__all__ = [
+    "BatchState",
+    "Clock",
+    "Pool",
+    "Node",
+    "Job",
+    "Task",
+    "parse_duration",
+    "UNLIMITED_DURATION",
+    "iso",
+    "rfc1123",
+    "environ_path_dir",
+]
+
+log = logging.getLogger("batchmagic.emulator")
+
+
+class BatchState(JobsMixin, TasksMixin):
+    """The account's resources and the scheduler that moves them through their states.
+
+    Parameters
+    ----------
+    account : str
+        The Batch account name (``AZ_BATCH_ACCOUNT_NAME`` in tasks).
+    url : str
+        The account URL clients use; resource ``url`` fields and ``odata.metadata`` start with it.
+    workdir : Path
+        Where node and task directories are created.
+    executor : Executor
+        Runs task command lines.
+    allocation_delay : float
+        Seconds from a pool's (re)size request until its nodes are idle.
+    core_quota : int or None
+        The account's dedicated core quota; None for unlimited.
+    low_priority_core_quota : int or None
+        The account's low-priority/spot core quota; None for unlimited.
+    empty_job_grace : float
+        How long a job with ``onAllTasksComplete: terminatejob`` and no tasks waits for its first task
+        before it completes (the real service completes such a job almost at once).
+    clock : Clock, optional
+        The emulated clock (default: real time).
+    """
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the scheduler thread."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="batch-emulator-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the scheduler and kill every running task; waits for their threads to finish."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        threads = []
+        with self.lock:
+            for job in self.jobs.values():
+                for task in job.tasks.values():
+                    if task.thread is not None and task.thread.is_alive():
+                        self._kill(task, "shutdown")
+                        threads.append(task.thread)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.executor.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK):
+            try:
+                with self.lock:
+                    self.tick(self.now())
+            except Exception:  # noqa: BLE001 - the scheduler must survive a bug in one step
+                log.exception("scheduler step failed")
+
+    # ----------------------------------------------------------------- scheduler
+    def tick(self, now: float) -> None:
+        """One scheduler step (called with the lock held): pools, jobs, then task placement."""
+        for pool in list(self.pools.values()):
+            if pool.data["state"] == "deleting":
+                if (
+                    pool.delete_at is not None
+                    and now >= pool.delete_at
+                    and not any(n.running for n in pool.nodes.values())
+                ):
+                    for node in list(pool.nodes.values()):
+                        self._remove_node(pool, node)
+                    del self.pools[pool.id]
+                    log.info("pool %s deleted", pool.id)
+                continue
+            self._advance_pool(pool, now)
+        for job in list(self.jobs.values()):
+            self._advance_job(job, now)
+        self._schedule(now)

@@ -1,0 +1,215 @@
+"""The emulator's resource records and the small helpers every resource module shares.
+
+Every resource keeps its REST representation (``data``, wire field names) plus the private bookkeeping
+its state machine needs. Timestamps come from :class:`Clock`, the emulator's one clock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import formatdate
+from typing import Any
+
+__all__ = [
+    "Clock",
+    "Node",
+    "Pool",
+    "Task",
+    "Job",
+    "UNLIMITED_DURATION",
+    "TICK",
+    "parse_duration",
+    "iso",
+    "rfc1123",
+    "new_etag",
+    "touch",
+    "transition",
+    "failure_info",
+    "without_passwords",
+    "environ_path_dir",
+]
+
+UNLIMITED_DURATION = "P10675199DT2H48M5.4775807S"
+_DURATION = re.compile(
+    r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?"
+    r"(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
+)
+#: Seconds between scheduler steps and between polls of a running task.
+TICK = 0.05
+
+
+class Clock:
+    """The emulator's clock: every timestamp and every delay of the state machines reads ``now()``.
+
+    ``scale`` runs emulated time faster than real time (``scale=60``: a minute passes each second),
+    so that allocation delays, evaluation intervals and schedule recurrences take seconds in tests.
+    Only durations measured with this clock are scaled; a task's own processes run in real time.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if scale <= 0:
+            raise ValueError("the clock's scale must be positive")
+        self.scale = scale
+        self._origin_real = time.time()
+        self._origin = self._origin_real
+
+    def now(self) -> float:
+        """Emulated seconds since the epoch."""
+        return self._origin + (time.time() - self._origin_real) * self.scale
+
+    def real_seconds(self, emulated: float) -> float:
+        """How many real seconds ``emulated`` seconds of emulated time take."""
+        return emulated / self.scale
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Parse an ISO 8601 duration (``PT1H30M``, ``P1D``...) to seconds; None when absent or unlimited.
+
+    Raises
+    ------
+    ValueError
+        When ``value`` is not a duration.
+    """
+    if not value or value == UNLIMITED_DURATION:
+        return None
+    m = _DURATION.match(value.strip().upper())
+    if not m or value.strip().upper() in ("P", "PT"):
+        raise ValueError(value)
+    parts = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
+    seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    return None if seconds >= 10675199 * 86400 else seconds
+
+
+def iso(ts: float) -> str:
+    """A timestamp as the service writes it: ``2026-01-22T20:27:10.949589Z``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def rfc1123(ts: float) -> str:
+    """A timestamp as an HTTP date (``Last-Modified``)."""
+    return formatdate(ts, usegmt=True)
+
+
+_etag_lock = threading.Lock()
+_etag_last = 0
+
+
+def new_etag() -> str:
+    """A fresh, strictly increasing ETag in the service's ``0x8D...`` style."""
+    global _etag_last
+    with _etag_lock:
+        _etag_last = max(_etag_last + 1, time.time_ns() // 100)
+        return "0x8D" + format(_etag_last, "X")[-13:]
+
+
+@dataclass
+class Node:
+    """A compute node of a pool."""
+
+    data: dict[str, Any]
+    pool_id: str
+    dedicated: bool
+    used_slots: int = 0
+    running: set[tuple[str, str]] = field(default_factory=set)
+    preparing: bool = False
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+
+@dataclass
+class Pool:
+    """A pool and its allocation bookkeeping."""
+
+    data: dict[str, Any]
+    nodes: dict[str, Node] = field(default_factory=dict)
+    alloc_start: float | None = None
+    alloc_dedicated: int = 0
+    alloc_low: int = 0
+    delete_at: float | None = None
+    auto_job_id: str | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+
+@dataclass
+class Task:
+    """A task and the handle of its running attempt."""
+
+    data: dict[str, Any]
+    job_id: str
+    node: Node | None = None
+    pool_id: str | None = None
+    kill_event: threading.Event = field(default_factory=threading.Event)
+    kill_reason: str = ""
+    thread: threading.Thread | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+
+@dataclass
+class Job:
+    """A job, its tasks and its auto pool."""
+
+    data: dict[str, Any]
+    tasks: dict[str, Task] = field(default_factory=dict)
+    deadline: float | None = None
+    auto_pool_id: str | None = None
+    auto_pool_lifetime: str | None = None
+    pending_reason: str | None = None
+    delete_requested: bool = False
+    created: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+
+def touch(data: dict[str, Any], now: float) -> None:
+    data["eTag"] = new_etag()
+    data["lastModified"] = iso(now)
+
+
+def transition(data: dict[str, Any], state: str, now: float, *, with_previous: bool = True) -> None:
+    if data.get("state") == state:
+        return
+    if with_previous and "state" in data:
+        data["previousState"] = data["state"]
+        data["previousStateTransitionTime"] = data.get("stateTransitionTime")
+    data["state"] = state
+    data["stateTransitionTime"] = iso(now)
+
+
+def failure_info(
+    code: str, message: str, details: list[tuple[str, str]] | None = None, *, category: str = "usererror"
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"category": category, "code": code, "message": message}
+    if details:
+        out["details"] = [{"name": k, "value": v} for k, v in details]
+    return out
+
+
+def environ_path_dir(executable: str) -> str:
+    """The directory of an interpreter, for putting it first on a task's PATH."""
+    return os.path.dirname(os.path.abspath(executable))
+
+
+def without_passwords(value: Any) -> Any:
+    if isinstance(value, dict):
+        value.pop("password", None)
+        for item in value.values():
+            without_passwords(item)
+    elif isinstance(value, list):
+        for item in value:
+            without_passwords(item)
+    return value

@@ -1,0 +1,362 @@
+"""Pools and their nodes: create, allocate (with the account's core quotas), resize, delete, node counts."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import re
+import threading
+import time
+import uuid
+from typing import Any
+
+from batchmagic import vmsizes
+from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
+from batchmagic.emulator.state.files import FilesMixin
+from batchmagic.emulator.state.model import TICK, Node, Pool, iso, touch, transition
+
+__all__ = ["PoolsMixin"]
+
+log = logging.getLogger("batchmagic.emulator")
+
+
+class PoolsMixin(FilesMixin):
+    """Pools and nodes. ``_advance_pool`` is the scheduler's step for one pool."""
+
+    def _validate_pool_spec(self, spec: dict[str, Any], prefix: str = "") -> None:
+        vm_size = spec.get("vmSize")
+        if not vm_size:
+            raise missing_property(prefix + "vmSize")
+        if vmsizes.cores_for(str(vm_size)) is None:
+            raise invalid_property(prefix + "vmSize", vm_size, f"The specified vmSize '{vm_size}' is not supported.")
+        if not spec.get("virtualMachineConfiguration"):
+            raise missing_property(prefix + "virtualMachineConfiguration")
+        slots = spec.get("taskSlotsPerNode", 1)
+        if not isinstance(slots, int) or slots < 1 or slots > 256:
+            raise invalid_property(prefix + "taskSlotsPerNode", slots)
+        for key in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+            n = spec.get(key, 0)
+            if not isinstance(n, int) or n < 0:
+                raise invalid_property(prefix + key, n)
+
+    def create_pool(self, body: dict[str, Any], *, auto_job_id: str | None = None) -> Pool:
+        """Create a pool from a ``POST /pools`` body; allocation starts at once."""
+        pool_id = body.get("id")
+        if not pool_id:
+            raise missing_property("id")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(pool_id)):
+            raise invalid_property("id", pool_id)
+        self._validate_pool_spec(body)
+        now = self.now()
+        with self.lock:
+            if pool_id in self.pools:
+                raise exists("PoolExists")
+            data: dict[str, Any] = {
+                "id": pool_id,
+                "url": f"{self.url}/pools/{pool_id}",
+                "creationTime": iso(now),
+                "state": "active",
+                "stateTransitionTime": iso(now),
+                "allocationState": "resizing",
+                "allocationStateTransitionTime": iso(now),
+                "vmSize": str(body["vmSize"]).lower(),
+                "resizeTimeout": body.get("resizeTimeout", "PT15M"),
+                "currentDedicatedNodes": 0,
+                "targetDedicatedNodes": int(body.get("targetDedicatedNodes", 0)),
+                "currentLowPriorityNodes": 0,
+                "targetLowPriorityNodes": int(body.get("targetLowPriorityNodes", 0)),
+                "enableAutoScale": bool(body.get("enableAutoScale", False)),
+                "enableInterNodeCommunication": bool(body.get("enableInterNodeCommunication", False)),
+                "taskSlotsPerNode": int(body.get("taskSlotsPerNode", 1)),
+                "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
+                "targetNodeCommunicationMode": body.get("targetNodeCommunicationMode", "default"),
+            }
+            vmc = copy.deepcopy(body["virtualMachineConfiguration"])
+            vmc.setdefault("imageReference", {}).setdefault("version", "latest")
+            data["virtualMachineConfiguration"] = vmc
+            for key in (
+                "displayName",
+                "metadata",
+                "startTask",
+                "userAccounts",
+                "networkConfiguration",
+                "mountConfiguration",
+                "applicationPackageReferences",
+                "resourceTags",
+            ):
+                if key in body:
+                    data[key] = copy.deepcopy(body[key])
+            touch(data, now)
+            pool = Pool(data=data, auto_job_id=auto_job_id)
+            self.pools[pool_id] = pool
+            self._begin_allocation(pool, now)
+            log.info("pool %s created (%s x %s)", pool_id, data["targetDedicatedNodes"], data["vmSize"])
+            return pool
+
+    def _cores_in_use(self, dedicated: bool, exclude: Pool) -> int:
+        total = 0
+        for pool in self.pools.values():
+            if pool is exclude or pool.data["state"] == "deleting":
+                continue
+            cores = vmsizes.cores_for(pool.data["vmSize"]) or 0
+            count = pool.alloc_dedicated if dedicated else pool.alloc_low
+            if pool.alloc_start is None:
+                count = pool.data["currentDedicatedNodes" if dedicated else "currentLowPriorityNodes"]
+            total += cores * count
+        return total
+
+    def _begin_allocation(self, pool: Pool, now: float) -> None:
+        data = pool.data
+        cores = vmsizes.cores_for(data["vmSize"]) or 0
+        errors: list[dict[str, Any]] = []
+        want_d, want_l = data["targetDedicatedNodes"], data["targetLowPriorityNodes"]
+        for dedicated, want, quota in (
+            (True, want_d, self.core_quota),
+            (False, want_l, self.low_priority_core_quota),
+        ):
+            have = data["currentDedicatedNodes" if dedicated else "currentLowPriorityNodes"]
+            if quota is None or want <= have:
+                continue
+            if self._cores_in_use(dedicated, pool) + want * cores > quota:
+                kind = "dedicated" if dedicated else "low-priority"
+                errors.append(
+                    {
+                        "code": "AccountCoreQuotaReached" if dedicated else "AccountLowPriorityCoreQuotaReached",
+                        "message": (
+                            f"The specified account has reached its {kind} VM core quota. Please use a smaller "
+                            "VM size or fewer nodes, or request a quota increase."
+                        ),
+                        "values": [
+                            {"name": "Reason", "value": f"The {kind} core quota of the account is {quota}."},
+                            {"name": "CoreQuota", "value": str(quota)},
+                            {"name": "RequestedCores", "value": str(want * cores)},
+                        ],
+                    }
+                )
+                if dedicated:
+                    want_d = have
+                else:
+                    want_l = have
+        if errors:
+            data["resizeErrors"] = errors
+        else:
+            data.pop("resizeErrors", None)
+        pool.alloc_dedicated, pool.alloc_low = want_d, want_l
+        pool.alloc_start = now
+        if data["allocationState"] != "resizing":
+            data["allocationState"] = "resizing"
+            data["allocationStateTransitionTime"] = iso(now)
+
+    def _new_node(self, pool: Pool, dedicated: bool, now: float) -> Node:
+        self._node_seq += 1
+        digest = hashlib.sha256(f"{pool.id}/{self._node_seq}/{uuid.uuid4()}".encode()).hexdigest()
+        node_id = f"tvmps_{digest}_{'d' if dedicated else 'p'}"
+        image = dict(pool.data["virtualMachineConfiguration"].get("imageReference") or {})
+        image.setdefault("exactVersion", image.get("version", "latest"))
+        data = {
+            "id": node_id,
+            "url": f"{self.url}/pools/{pool.id}/nodes/{node_id}",
+            "state": "creating",
+            "schedulingState": "enabled",
+            "stateTransitionTime": iso(now),
+            "allocationTime": iso(now),
+            "ipAddress": f"10.0.{(self._node_seq // 250) % 250}.{self._node_seq % 250 + 4}",
+            "affinityId": f"TVM:{node_id}",
+            "vmSize": pool.data["vmSize"],
+            "totalTasksRun": 0,
+            "totalTasksSucceeded": 0,
+            "runningTasksCount": 0,
+            "runningTaskSlotsCount": 0,
+            "isDedicated": dedicated,
+            "endpointConfiguration": {
+                "inboundEndpoints": [
+                    {
+                        "name": "SSHRule.0",
+                        "protocol": "tcp",
+                        "publicIPAddress": "127.0.0.1",
+                        "publicFQDN": "localhost",
+                        "frontendPort": 50000 + self._node_seq % 10000,
+                        "backendPort": 22,
+                    }
+                ]
+            },
+            "virtualMachineInfo": {"imageReference": image},
+        }
+        node = Node(data=data, pool_id=pool.id, dedicated=dedicated)
+        for sub in ("shared", "startup", "tasks"):
+            (self.node_root(node_id) / sub).mkdir(parents=True, exist_ok=True)
+        return node
+
+    def _advance_pool(self, pool: Pool, now: float) -> None:
+        data = pool.data
+        if pool.alloc_start is None or data["state"] != "active":
+            return
+        elapsed = now - pool.alloc_start
+        delay = self.allocation_delay
+        current = [n for n in pool.nodes.values() if n.dedicated], [n for n in pool.nodes.values() if not n.dedicated]
+        # Shrinking happens at once: idle nodes go first; tasks on removed nodes are requeued.
+        for nodes, want in ((current[0], pool.alloc_dedicated), (current[1], pool.alloc_low)):
+            extra = len(nodes) - want
+            for node in sorted(nodes, key=lambda n: n.used_slots)[: max(0, extra)]:
+                self._remove_node(pool, node)
+        if elapsed >= delay / 3:
+            for dedicated, want in ((True, pool.alloc_dedicated), (False, pool.alloc_low)):
+                have = sum(1 for n in pool.nodes.values() if n.dedicated == dedicated)
+                for _ in range(max(0, want - have)):
+                    node = self._new_node(pool, dedicated, now)
+                    pool.nodes[node.id] = node
+        if elapsed >= 2 * delay / 3:
+            for node in pool.nodes.values():
+                if node.data["state"] == "creating":
+                    transition(node.data, "starting", now, with_previous=False)
+                    node.preparing = True
+                    threading.Thread(
+                        target=self._prepare_node, args=(pool, node), name=f"prepare-{node.id[:16]}", daemon=True
+                    ).start()
+        if elapsed >= delay:
+            data["currentDedicatedNodes"] = sum(1 for n in pool.nodes.values() if n.dedicated)
+            data["currentLowPriorityNodes"] = sum(1 for n in pool.nodes.values() if not n.dedicated)
+            data["allocationState"] = "steady"
+            data["allocationStateTransitionTime"] = iso(now)
+            pool.alloc_start = None
+            touch(data, now)
+
+    def _prepare_node(self, pool: Pool, node: Node) -> None:
+        try:
+            error = self.executor.prepare_node(pool.data, node.id)
+        except Exception as exc:  # noqa: BLE001 - a broken executor makes the node unusable, not the server
+            error = {"code": "NodePreparationFailed", "message": str(exc)[:500], "errorDetails": []}
+        # A node is not idle before the pool's allocation delay has passed.
+        while not self._stop.is_set():
+            with self.lock:
+                if pool.alloc_start is None or self.now() - pool.alloc_start >= self.allocation_delay:
+                    break
+            time.sleep(TICK)
+        with self.lock:
+            node.preparing = False
+            if node.data["state"] != "starting":
+                return
+            now = self.now()
+            if error:
+                node.data["errors"] = [error]
+                transition(node.data, "unusable", now, with_previous=False)
+            else:
+                node.data["lastBootTime"] = iso(now)
+                node.data["nodeAgentInfo"] = {"lastUpdateTime": iso(now), "version": "1.11.19"}
+                transition(node.data, "idle", now, with_previous=False)
+
+    def _remove_node(self, pool: Pool, node: Node) -> None:
+        for job_id, task_id in list(node.running):
+            job = self.jobs.get(job_id)
+            task = job.tasks.get(task_id) if job else None
+            if task is not None:
+                self._kill(task, "requeue")
+        pool.nodes.pop(node.id, None)
+
+    def get_pool(self, pool_id: str) -> dict[str, Any]:
+        """The wire representation of a pool."""
+        with self.lock:
+            return self.view(self._pool(pool_id).data)
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        """All pools, oldest first."""
+        with self.lock:
+            return [self.view(p.data) for p in self.pools.values()]
+
+    def delete_pool(self, pool_id: str) -> None:
+        """Mark a pool for deletion; its nodes go and running tasks are requeued."""
+        with self.lock:
+            pool = self._pool(pool_id)
+            self._delete_pool(pool, self.now())
+
+    def _delete_pool(self, pool: Pool, now: float) -> None:
+        if pool.data["state"] == "deleting":
+            return
+        transition(pool.data, "deleting", now, with_previous=False)
+        pool.data["allocationState"] = "resizing"
+        pool.data["allocationStateTransitionTime"] = iso(now)
+        touch(pool.data, now)
+        pool.alloc_start = None
+        for node in list(pool.nodes.values()):
+            transition(node.data, "leavingpool", now, with_previous=False)
+            for job_id, task_id in list(node.running):
+                task = self.jobs[job_id].tasks.get(task_id) if job_id in self.jobs else None
+                if task is not None:
+                    self._kill(task, "requeue")
+        pool.delete_at = now + min(self.allocation_delay, 2.0) / 2
+
+    def resize_pool(self, pool_id: str, body: dict[str, Any]) -> None:
+        """Apply a ``POST /pools/{id}/resize`` body."""
+        with self.lock:
+            pool = self._pool(pool_id)
+            if pool.data["state"] == "deleting":
+                raise ApiError(409, "PoolBeingDeleted")
+            if pool.data["allocationState"] != "steady":
+                raise ApiError(409, "PoolNotSteady", "The specified pool is not in steady state.")
+            now = self.now()
+            for key in ("targetDedicatedNodes", "targetLowPriorityNodes"):
+                if key in body:
+                    value = body[key]
+                    if not isinstance(value, int) or value < 0:
+                        raise invalid_property(key, value)
+                    pool.data[key] = value
+            touch(pool.data, now)
+            self._begin_allocation(pool, now)
+
+    def stop_resize(self, pool_id: str) -> None:
+        """Stop a pool's resize: it becomes steady with the nodes it has."""
+        with self.lock:
+            pool = self._pool(pool_id)
+            now = self.now()
+            if pool.alloc_start is not None:
+                pool.alloc_start = None
+                pool.data["allocationState"] = "steady"
+                pool.data["allocationStateTransitionTime"] = iso(now)
+                pool.data["currentDedicatedNodes"] = sum(1 for n in pool.nodes.values() if n.dedicated)
+                pool.data["currentLowPriorityNodes"] = sum(1 for n in pool.nodes.values() if not n.dedicated)
+                touch(pool.data, now)
+
+    def update_pool(self, pool_id: str, body: dict[str, Any]) -> None:
+        """Apply a ``PATCH /pools/{id}`` body (metadata, startTask, ...)."""
+        with self.lock:
+            pool = self._pool(pool_id)
+            for key in ("metadata", "startTask", "applicationPackageReferences", "targetNodeCommunicationMode"):
+                if key in body:
+                    pool.data[key] = copy.deepcopy(body[key])
+            touch(pool.data, self.now())
+
+    def list_nodes(self, pool_id: str) -> list[dict[str, Any]]:
+        """The nodes of a pool."""
+        with self.lock:
+            return [self.view(n.data) for n in self._pool(pool_id).nodes.values()]
+
+    def get_node(self, pool_id: str, node_id: str) -> dict[str, Any]:
+        """One node of a pool."""
+        with self.lock:
+            node = self._pool(pool_id).nodes.get(node_id)
+            if node is None:
+                raise not_found("NodeNotFound")
+            return self.view(node.data)
+
+    def node_counts(self) -> list[dict[str, Any]]:
+        """``GET /nodecounts``: node counts per pool and state."""
+        states = [
+            "creating", "idle", "offline", "preempted", "rebooting", "reimaging", "running", "starting",
+            "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask", "deallocated",
+            "deallocating", "upgradingOS",
+        ]  # fmt: skip
+        out = []
+        with self.lock:
+            for pool in self.pools.values():
+                entry: dict[str, Any] = {"poolId": pool.id}
+                for dedicated, key in ((True, "dedicated"), (False, "lowPriority")):
+                    counts = dict.fromkeys(states, 0)
+                    for node in pool.nodes.values():
+                        if node.dedicated == dedicated:
+                            name = "leavingPool" if node.data["state"] == "leavingpool" else node.data["state"]
+                            counts[name] = counts.get(name, 0) + 1
+                    counts["total"] = sum(counts.values())
+                    entry[key] = counts
+                out.append(entry)
+        return out

@@ -1,0 +1,407 @@
+"""Tasks: add, list, terminate, delete, task counts, placement on nodes and the attempts that run them."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property
+from batchmagic.emulator.executors import TaskContext, TaskStartError
+from batchmagic.emulator.state.files import FilesMixin
+from batchmagic.emulator.state.model import (
+    TICK,
+    UNLIMITED_DURATION,
+    Job,
+    Node,
+    Pool,
+    Task,
+    failure_info,
+    iso,
+    parse_duration,
+    touch,
+    transition,
+)
+from batchmagic.emulator.transfer import TransferError, download_resource_files, upload_output_files
+
+__all__ = ["TasksMixin"]
+
+log = logging.getLogger("batchmagic.emulator")
+
+
+class TasksMixin(FilesMixin):
+    """Tasks of jobs. ``_schedule`` places active tasks on free node slots; each attempt runs in a thread."""
+
+    def task_counts(self, job_id: str) -> dict[str, Any]:
+        """``GET /jobs/{id}/taskcounts``."""
+        with self.lock:
+            job = self._job(job_id)
+            counts = dict.fromkeys(("active", "running", "completed", "succeeded", "failed"), 0)
+            slots = dict(counts)
+            for task in job.tasks.values():
+                state = task.data["state"]
+                bucket = "running" if state in ("running", "preparing") else state
+                n = int(task.data.get("requiredSlots", 1))
+                counts[bucket] += 1
+                slots[bucket] += n
+                if state == "completed":
+                    ok = (task.data.get("executionInfo") or {}).get("result") == "success"
+                    counts["succeeded" if ok else "failed"] += 1
+                    slots["succeeded" if ok else "failed"] += n
+            return {"taskCounts": counts, "taskSlotCounts": slots}
+
+    def _new_task(self, job: Job, body: dict[str, Any], now: float) -> Task:
+        task_id = body.get("id")
+        if not task_id:
+            raise missing_property("id")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(task_id)):
+            raise invalid_property("id", task_id)
+        if not body.get("commandLine"):
+            raise missing_property("commandLine")
+        constraints = dict(body.get("constraints") or {})
+        try:
+            parse_duration(constraints.get("maxWallClockTime"))
+        except ValueError as exc:
+            raise invalid_property("maxWallClockTime", constraints.get("maxWallClockTime")) from exc
+        data: dict[str, Any] = {
+            "id": task_id,
+            "url": f"{self.url}/jobs/{job.id}/tasks/{task_id}",
+            "creationTime": iso(now),
+            "state": "active",
+            "stateTransitionTime": iso(now),
+            "commandLine": body["commandLine"],
+            "userIdentity": body.get("userIdentity") or {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}},
+            "constraints": {
+                "maxWallClockTime": constraints.get("maxWallClockTime", UNLIMITED_DURATION),
+                "retentionTime": constraints.get("retentionTime", "P7D"),
+                "maxTaskRetryCount": int(
+                    constraints.get("maxTaskRetryCount", job.data["constraints"].get("maxTaskRetryCount", 0))
+                ),
+            },
+            "requiredSlots": int(body.get("requiredSlots", 1)),
+            "executionInfo": {"retryCount": 0, "requeueCount": 0},
+        }
+        for key in (
+            "displayName", "resourceFiles", "outputFiles", "environmentSettings", "containerSettings",
+            "affinityInfo", "exitConditions", "dependsOn", "applicationPackageReferences", "multiInstanceSettings",
+        ):  # fmt: skip
+            if key in body:
+                data[key] = copy.deepcopy(body[key])
+        touch(data, now)
+        return Task(data=data, job_id=job.id)
+
+    def _check_job_accepts_tasks(self, job: Job) -> None:
+        state = job.data["state"]
+        if state == "completed":
+            raise ApiError(409, "JobCompleted")
+        if state == "terminating":
+            raise ApiError(409, "JobBeingTerminated")
+        if state == "deleting":
+            raise ApiError(409, "JobBeingDeleted")
+
+    def add_task(self, job_id: str, body: dict[str, Any]) -> Task:
+        """``POST /jobs/{id}/tasks``."""
+        with self.lock:
+            job = self._job(job_id)
+            self._check_job_accepts_tasks(job)
+            task = self._new_task(job, body, self.now())
+            if task.id in job.tasks:
+                raise exists("TaskExists")
+            job.tasks[task.id] = task
+            return task
+
+    def add_task_collection(self, job_id: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``POST /jobs/{id}/addtaskcollection``: per-task results, as the service reports them."""
+        with self.lock:
+            job = self._job(job_id)
+            self._check_job_accepts_tasks(job)
+            results: list[dict[str, Any]] = []
+            now = self.now()
+            for body in bodies:
+                task_id = str(body.get("id", ""))
+                try:
+                    task = self._new_task(job, body, now)
+                    if task.id in job.tasks:
+                        raise exists("TaskExists")
+                except ApiError as err:
+                    results.append({"status": "clienterror", "taskId": task_id, "error": err})
+                    continue
+                job.tasks[task.id] = task
+                results.append(
+                    {
+                        "status": "success",
+                        "taskId": task.id,
+                        "eTag": task.data["eTag"],
+                        "lastModified": task.data["lastModified"],
+                        "location": task.data["url"],
+                    }
+                )
+            return results
+
+    def get_task(self, job_id: str, task_id: str) -> dict[str, Any]:
+        """The wire representation of a task."""
+        with self.lock:
+            return self.view(self._task(job_id, task_id).data)
+
+    def list_tasks(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's tasks in the order they were added."""
+        with self.lock:
+            return [self.view(t.data) for t in self._job(job_id).tasks.values()]
+
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        """``POST /jobs/{j}/tasks/{t}/terminate``: kill it if running; an active task completes at once."""
+        with self.lock:
+            task = self._task(job_id, task_id)
+            now = self.now()
+            if task.data["state"] == "completed":
+                return
+            if task.thread is not None and task.thread.is_alive():
+                self._kill(task, "terminate")
+                return
+            info = task.data["executionInfo"]
+            info["endTime"] = iso(now)
+            info["result"] = "failure"
+            info["failureInfo"] = failure_info("TaskEnded", "Task Was Ended by User Request")
+            transition(task.data, "completed", now)
+            touch(task.data, now)
+
+    def delete_task(self, job_id: str, task_id: str) -> None:
+        """``DELETE /jobs/{j}/tasks/{t}``: kill it if running and forget it."""
+        with self.lock:
+            job = self._job(job_id)
+            task = self._task(job_id, task_id)
+            if task.thread is not None and task.thread.is_alive():
+                self._kill(task, "terminate")
+            job.tasks.pop(task_id, None)
+
+    def _schedule(self, now: float) -> None:
+        jobs = sorted(
+            (j for j in self.jobs.values() if j.data["state"] == "active"), key=lambda j: -int(j.data["priority"])
+        )
+        for job in jobs:
+            pool_id = job.data["executionInfo"].get("poolId")
+            pool = self.pools.get(str(pool_id))
+            if pool is None or pool.data["state"] != "active":
+                continue
+            limit = int(job.data.get("maxParallelTasks", -1))
+            running = sum(1 for t in job.tasks.values() if t.data["state"] in ("preparing", "running"))
+            slots_per_node = int(pool.data["taskSlotsPerNode"])
+            pack = str(pool.data["taskSchedulingPolicy"].get("nodeFillType", "spread")).lower() == "pack"
+            for task in job.tasks.values():
+                if limit >= 0 and running >= limit:
+                    break
+                if task.data["state"] != "active" or (task.thread is not None and task.thread.is_alive()):
+                    continue
+                need = int(task.data.get("requiredSlots", 1))
+                candidates = [
+                    n
+                    for n in pool.nodes.values()
+                    if n.data["state"] in ("idle", "running")
+                    and n.data["schedulingState"] == "enabled"
+                    and slots_per_node - n.used_slots >= need
+                ]
+                if not candidates:
+                    break
+                node = (max if pack else min)(candidates, key=lambda n: n.used_slots)
+                self._start_task(job, task, pool, node, now)
+                running += 1
+
+    def _start_task(self, job: Job, task: Task, pool: Pool, node: Node, now: float) -> None:
+        need = int(task.data.get("requiredSlots", 1))
+        node.used_slots += need
+        node.running.add((job.id, task.id))
+        node.data["runningTasksCount"] = len(node.running)
+        node.data["runningTaskSlotsCount"] = node.used_slots
+        transition(node.data, "running", now, with_previous=False)
+        task.node = node
+        task.pool_id = pool.id
+        task.kill_event = threading.Event()
+        task.kill_reason = ""
+        rel = self.task_rel_dir(job.id, task.id)
+        task.data["nodeInfo"] = {
+            "affinityId": node.data["affinityId"],
+            "nodeUrl": node.data["url"],
+            "poolId": pool.id,
+            "nodeId": node.id,
+            "taskRootDirectory": rel,
+            "taskRootDirectoryUrl": f"{node.data['url']}/files/{rel}",
+        }
+        transition(task.data, "preparing", now)
+        touch(task.data, now)
+        thread = threading.Thread(
+            target=self._run_task, args=(job, task, pool, node), name=f"task-{task.id}", daemon=True
+        )
+        task.thread = thread
+        thread.start()
+
+    # ----------------------------------------------------------------- task attempts
+    def _task_env(self, job: Job, task: Task, pool: Pool, node: Node, task_dir: Path) -> dict[str, str]:
+        root = self.node_root(node.id)
+        env = {
+            "AZ_BATCH_ACCOUNT_NAME": self.account,
+            "AZ_BATCH_ACCOUNT_URL": self.url,
+            "AZ_BATCH_POOL_ID": pool.id,
+            "AZ_BATCH_NODE_ID": node.id,
+            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.dedicated else "false",
+            "AZ_BATCH_NODE_ROOT_DIR": str(root),
+            "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+            "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+            "AZ_BATCH_JOB_ID": job.id,
+            "AZ_BATCH_TASK_ID": task.id,
+            "AZ_BATCH_TASK_DIR": str(task_dir),
+            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
+            "AZ_BATCH_TASK_USER": "_azbatch",
+            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
+            "AZ_BATCH_TASK_RESERVED_EPHEMERAL_PORTS": "",
+        }
+        for item in list(job.data.get("commonEnvironmentSettings") or []) + list(
+            task.data.get("environmentSettings") or []
+        ):
+            if item.get("name"):
+                env[str(item["name"])] = str(item.get("value") or "")
+        return env
+
+    def _run_task(self, job: Job, task: Task, pool: Pool, node: Node) -> None:
+        try:
+            self._attempts(job, task, pool, node)
+        except Exception as exc:  # noqa: BLE001 - record an internal failure rather than losing the task
+            log.exception("task %s/%s failed inside the emulator", job.id, task.id)
+            self._finish(task, None, failure_info("TaskEnded", f"Emulator error: {exc}", category="servererror"))
+
+    def _attempts(self, job: Job, task: Task, pool: Pool, node: Node) -> None:
+        task_dir = self.node_root(node.id) / self.task_rel_dir(job.id, task.id)
+        with self.lock:
+            data = copy.deepcopy(task.data)
+            env = self._task_env(job, task, pool, node, task_dir)
+            pool_container = (pool.data.get("virtualMachineConfiguration") or {}).get("containerConfiguration")
+        (task_dir / "wd").mkdir(parents=True, exist_ok=True)
+        for name in ("stdout.txt", "stderr.txt"):
+            (task_dir / name).touch()
+        try:
+            download_resource_files(list(data.get("resourceFiles") or []), task_dir / "wd")
+        except TransferError as err:
+            self._finish(task, None, failure_info(err.code, err.message, err.details))
+            return
+        wall = parse_duration(data["constraints"].get("maxWallClockTime"))
+        max_retries = int(data["constraints"].get("maxTaskRetryCount", 0))
+        ctx = TaskContext(
+            job_id=job.id,
+            task_id=task.id,
+            pool_id=pool.id,
+            node_id=node.id,
+            task_dir=task_dir,
+            command_line=str(data["commandLine"]),
+            env=env,
+            container_settings=data.get("containerSettings"),
+            pool_container=pool_container,
+        )
+        retry = 0
+        while True:
+            now = self.now()
+            with self.lock:
+                if task.kill_event.is_set():
+                    break
+                info = task.data["executionInfo"]
+                if retry == 0:
+                    info["startTime"] = iso(now)
+                else:
+                    info["retryCount"] = retry
+                    info["lastRetryTime"] = iso(now)
+                transition(task.data, "running", now)
+                touch(task.data, now)
+            try:
+                handle = self.executor.start(ctx)
+            except TaskStartError as err:
+                self._finish(task, None, failure_info(err.code, err.message, err.details))
+                return
+            deadline = now + wall if wall is not None else None
+            exit_code: int | None = None
+            timed_out = False
+            while exit_code is None:
+                exit_code = handle.wait(TICK)
+                if exit_code is not None:
+                    break
+                if task.kill_event.is_set():
+                    handle.kill()
+                    exit_code = handle.wait(10.0)
+                elif deadline is not None and self.now() >= deadline:
+                    timed_out = True
+                    handle.kill()
+                    exit_code = handle.wait(10.0)
+            killed = task.kill_event.is_set()
+            if not killed and not timed_out and exit_code != 0 and (max_retries == -1 or retry < max_retries):
+                retry += 1
+                log.info("task %s/%s exited %s; retry %d", job.id, task.id, exit_code, retry)
+                continue
+            break
+        if task.kill_reason in ("requeue", "shutdown"):
+            self._requeue(task)
+            return
+        failure: dict[str, Any] | None = None
+        if timed_out:
+            failure = failure_info(
+                "TaskEnded",
+                "Task was ended because it exceeded its maximum wall clock time (maxWallClockTime)",
+                [("MaxWallClockTime", str(data["constraints"].get("maxWallClockTime")))],
+            )
+        elif killed:
+            failure = failure_info("TaskEnded", "Task Was Ended by User Request")
+        elif exit_code != 0:
+            failure = failure_info(
+                "FailureExitCode",
+                "The task exited with an exit code representing a failure",
+                [("Message", "The task exited with an exit code representing a failure")],
+            )
+        succeeded = failure is None
+        if task.kill_reason != "shutdown":
+            try:
+                upload_output_files(list(data.get("outputFiles") or []), task_dir, succeeded)
+            except TransferError as err:
+                failure = failure or failure_info(err.code, err.message, err.details)
+        self._finish(task, exit_code, failure)
+
+    def _release_node(self, task: Task) -> None:
+        node = task.node
+        if node is None:
+            return
+        if (task.job_id, task.id) in node.running:
+            node.running.discard((task.job_id, task.id))
+            node.used_slots -= int(task.data.get("requiredSlots", 1))
+        node.data["runningTasksCount"] = len(node.running)
+        node.data["runningTaskSlotsCount"] = node.used_slots
+        if not node.running and node.data["state"] == "running":
+            transition(node.data, "idle", self.now(), with_previous=False)
+
+    def _requeue(self, task: Task) -> None:
+        with self.lock:
+            now = self.now()
+            self._release_node(task)
+            info = task.data["executionInfo"]
+            info["requeueCount"] = int(info.get("requeueCount", 0)) + 1
+            info["lastRequeueTime"] = iso(now)
+            task.data.pop("nodeInfo", None)
+            transition(task.data, "active", now)
+            touch(task.data, now)
+
+    def _finish(self, task: Task, exit_code: int | None, failure: dict[str, Any] | None) -> None:
+        with self.lock:
+            now = self.now()
+            self._release_node(task)
+            info = task.data["executionInfo"]
+            info.setdefault("startTime", iso(now))
+            info["endTime"] = iso(now)
+            if exit_code is not None:
+                info["exitCode"] = exit_code
+            if failure:
+                info["failureInfo"] = failure
+            info["result"] = "failure" if failure else "success"
+            transition(task.data, "completed", now)
+            touch(task.data, now)
+            if task.node is not None:
+                task.node.data["totalTasksRun"] += 1
+                if not failure:
+                    task.node.data["totalTasksSucceeded"] += 1
+            log.info("task %s/%s completed: exit %s %s", task.job_id, task.id, exit_code, info["result"])
