@@ -3,7 +3,7 @@
 One module per resource, each a mixin over :class:`~batchmagic.emulator.state.core.AccountCore` (the
 settings, tables, lock and clock they share); :class:`BatchState` composes them and runs the scheduler:
 
-    model.py   records (Pool, Node, Job, Task), the Clock, timestamps, durations, etags
+    model.py   records (Pool, Node, Job, Task), timestamps, durations, etags
     core.py    AccountCore: settings, tables, lock, clock, lookups
     files.py   node and task directories
     pools.py   pools and nodes
@@ -17,11 +17,11 @@ import logging
 import threading
 import time
 
+from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.state.jobs import JobsMixin
 from batchmagic.emulator.state.model import (
     TICK,
     UNLIMITED_DURATION,
-    Clock,
     Job,
     Node,
     Pool,

@@ -7,9 +7,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import not_found
 from batchmagic.emulator.executors import Executor
-from batchmagic.emulator.state.model import Clock, Job, Pool, Task, without_passwords
+from batchmagic.emulator.state.model import Job, Pool, Task, without_passwords
 
 __all__ = ["AccountCore"]
 
@@ -51,7 +52,7 @@ class AccountCore:
         self._node_seq = 0
 
     def now(self) -> float:
-        """The emulated time (see :class:`Clock`)."""
+        """The emulated time (see :class:`~batchmagic.emulator.clock.Clock`)."""
         return self.clock.now()
 
     def _pool(self, pool_id: str) -> Pool:

@@ -1,7 +1,7 @@
 """The emulator's resource records and the small helpers every resource module shares.
 
 Every resource keeps its REST representation (``data``, wire field names) plus the private bookkeeping
-its state machine needs. Timestamps come from :class:`Clock`, the emulator's one clock.
+its state machine needs. Timestamps come from the emulator's one clock (``batchmagic.emulator.clock``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from email.utils import formatdate
 from typing import Any
 
 __all__ = [
-    "Clock",
     "Node",
     "Pool",
     "Task",
@@ -41,30 +40,6 @@ _DURATION = re.compile(
 )
 #: Seconds between scheduler steps and between polls of a running task.
 TICK = 0.05
-
-
-class Clock:
-    """The emulator's clock: every timestamp and every delay of the state machines reads ``now()``.
-
-    ``scale`` runs emulated time faster than real time (``scale=60``: a minute passes each second),
-    so that allocation delays, evaluation intervals and schedule recurrences take seconds in tests.
-    Only durations measured with this clock are scaled; a task's own processes run in real time.
-    """
-
-    def __init__(self, scale: float = 1.0) -> None:
-        if scale <= 0:
-            raise ValueError("the clock's scale must be positive")
-        self.scale = scale
-        self._origin_real = time.time()
-        self._origin = self._origin_real
-
-    def now(self) -> float:
-        """Emulated seconds since the epoch."""
-        return self._origin + (time.time() - self._origin_real) * self.scale
-
-    def real_seconds(self, emulated: float) -> float:
-        """How many real seconds ``emulated`` seconds of emulated time take."""
-        return emulated / self.scale
 
 
 def parse_duration(value: str | None) -> float | None:
