@@ -5,8 +5,12 @@ BIN := $(VENV)/bin
 # A second environment with ipykernel 6, for the tests that run a notebook on each kernel major (tests/test_kernels.py).
 VENV6 ?= .venv-ipykernel6
 BIN6 := $(VENV6)/bin
+# Clients nobody here wrote, each in its own environment, for the emulator's client tests
+# (tests/emulator/test_clients.py): the Azure CLI (several minutes, about 1 GB) and the legacy azure-batch 14.
+VENV_AZCLI ?= .venv-azcli
+VENV_BATCH14 ?= .venv-batch14
 
-.PHONY: quickstart test lint bench ipykernel6
+.PHONY: quickstart test lint bench ipykernel6 clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +26,20 @@ $(BIN6)/.installed: pyproject.toml
 
 ipykernel6: $(BIN6)/.installed
 
+$(VENV_AZCLI)/bin/.installed:
+	$(PYTHON) -m venv $(VENV_AZCLI)
+	$(VENV_AZCLI)/bin/python -m pip install -q --upgrade pip
+	$(VENV_AZCLI)/bin/python -m pip install -q azure-cli
+	touch $@
+
+$(VENV_BATCH14)/bin/.installed:
+	$(PYTHON) -m venv $(VENV_BATCH14)
+	$(VENV_BATCH14)/bin/python -m pip install -q --upgrade pip
+	$(VENV_BATCH14)/bin/python -m pip install -q 'azure-batch==14.2.0' 'azure-storage-blob>=12.19'
+	touch $@
+
+clients: $(VENV_AZCLI)/bin/.installed $(VENV_BATCH14)/bin/.installed
+
 node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
@@ -33,7 +51,7 @@ quickstart: $(BIN)/.installed
 
 # The whole test suite: ruff, unit tests, the magics in a real shell, notebooks on real kernels, and
 # the real parts (Azurite, the Batch emulator, dockerd, a registry) that the tests start themselves.
-test: $(BIN)/.installed $(BIN6)/.installed node_modules/.installed lint
+test: $(BIN)/.installed $(BIN6)/.installed $(VENV_AZCLI)/bin/.installed $(VENV_BATCH14)/bin/.installed node_modules/.installed lint
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
