@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         help="Seconds a terminatejob job without tasks waits before it completes.",
     )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="Run the emulator's clock this many times faster than real time (allocation, autoscale "
+        "intervals, idle periods, schedules, reported timestamps); e.g. 60: a minute a second.",
+    )
     p.add_argument("--log-level", default="WARNING", help="Logging level for the batchmagic.emulator logger.")
     return p
 
@@ -64,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record=args.record,
         workdir=args.workdir,
         empty_job_grace=args.empty_job_grace,
+        time_scale=args.time_scale,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,7 +23,6 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from batchmagic.emulator import auth
+from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
 from batchmagic.emulator.executors import make_executor
 from batchmagic.emulator.odata import apply_select, compile_filter
@@ -161,6 +161,9 @@ class Emulator:
         Where node and task directories live; a temporary directory (removed on stop) when None.
     empty_job_grace : float
         Seconds a ``terminatejob`` job with no tasks waits before completing.
+    time_scale : float
+        How much faster than real time the emulator's clock runs (allocation delays, autoscale
+        intervals, idle periods, schedules and every timestamp reported); 1 is real time.
 
     Examples
     --------
@@ -182,6 +185,7 @@ class Emulator:
         record: str | os.PathLike[str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         empty_job_grace: float = 5.0,
+        time_scale: float = 1.0,
     ) -> None:
         base64.b64decode(key.encode(), validate=True)  # fail early on a key the SDK could not use either
         self.host = host
@@ -206,6 +210,7 @@ class Emulator:
             core_quota=core_quota,
             low_priority_core_quota=low_priority_core_quota,
             empty_job_grace=empty_job_grace,
+            clock=Clock(time_scale),
         )
         self._thread: threading.Thread | None = None
         self._routes = self._build_routes()
@@ -365,7 +370,7 @@ class Emulator:
     # ----------------------------------------------------------------- response helpers
     def _error(self, err: ApiError) -> _Response:
         request_id = str(uuid.uuid4())
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
+        stamp = datetime.fromtimestamp(self.state.now(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%f0Z")
         body: dict[str, Any] = {
             "odata.metadata": f"{self.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element",
             "code": err.code,
@@ -521,7 +526,7 @@ class Emulator:
             if job is None:
                 raise not_found("JobNotFound")
             job.data["state"] = "disabled"
-            job.data["stateTransitionTime"] = iso(time.time())
+            job.data["stateTransitionTime"] = iso(self.state.now())
         return self._accepted(request, self.state.get_job(job_id))
 
     def _enable_job(self, request: _Request, job_id: str) -> _Response:
@@ -531,7 +536,7 @@ class Emulator:
                 raise not_found("JobNotFound")
             if job.data["state"] == "disabled":
                 job.data["state"] = "active"
-                job.data["stateTransitionTime"] = iso(time.time())
+                job.data["stateTransitionTime"] = iso(self.state.now())
         return self._accepted(request, self.state.get_job(job_id))
 
     def _task_counts(self, request: _Request, job_id: str) -> _Response:

@@ -88,6 +88,7 @@ def start_emulator(
     allocation_delay: float = 0.2,
     core_quota: int | None = None,
     executor: str = "process",
+    time_scale: float | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
@@ -100,6 +101,8 @@ def start_emulator(
         Directory for the record file (``record.jsonl``) and the emulator's workdir.
     allocation_delay, core_quota, executor, account, key
         Passed to the emulator's command line.
+    time_scale : float, optional
+        ``--time-scale``: run the emulator's clock this many times faster.
     extra_args : list of str, optional
         More command-line flags.
     env : dict, optional
@@ -119,6 +122,8 @@ def start_emulator(
     ]  # fmt: skip
     if core_quota is not None:
         argv += ["--core-quota", str(core_quota)]
+    if time_scale is not None:
+        argv += ["--time-scale", str(time_scale)]
     argv += list(extra_args or [])
     proc = subprocess.Popen(
         argv,
