@@ -33,6 +33,19 @@ _MESSAGES: dict[str, str] = {
     "RequestBodyTooLarge": "The request body is too large and exceeds the maximum permissible limit.",
     "UnsupportedHttpVerb": "The resource doesn't support the specified HTTP verb.",
     "InternalError": "Server encountered an internal error. Please try again after some time.",
+    "InvalidAutoScalingSettings": "The specified auto-scaling settings are not valid.",
+    "AutoScalingFormulaSyntaxError": "The specified auto-scaling formula has a syntax error.",
+    "AutoScalingFormulaTooLong": "The specified auto-scaling formula exceeds lengths limit.",
+    "OperationNotValidOnPool": "The specified operation is not valid on the pool.",
+    "PoolBeingResized": "The specified pool is being resized",
+    "NodeUserNotFound": "The specified node user does not exist.",
+    "NodeUserExists": "The specified node user already exists.",
+    "NodeBeingCreated": "The specified node is being created",
+    "NodeBeingStarted": "The specified node is being started",
+    "NodeBeingRebooted": "The specified node is being rebooted",
+    "NodeBeingReimaged": "The specified node is being reimaged",
+    "NodeStateUnusable": "The state of the specified node is unusable",
+    "NodeAlreadyInTargetSchedulingState": "The specified node is already in the target scheduling state.",
 }
 
 

@@ -284,6 +284,9 @@ class Emulator:
             ("POST", rf"/pools/{seg}/resize", self._resize_pool),
             ("POST", rf"/pools/{seg}/stopresize", self._stop_resize),
             ("POST", rf"/pools/{seg}/updateproperties", self._update_pool_properties),
+            ("POST", rf"/pools/{seg}/enableautoscale", self._enable_autoscale),
+            ("POST", rf"/pools/{seg}/disableautoscale", self._disable_autoscale),
+            ("POST", rf"/pools/{seg}/evaluateautoscale", self._evaluate_autoscale),
             ("GET", rf"/pools/{seg}/nodes", self._list_nodes),
             ("GET", rf"/pools/{seg}/nodes/{seg}", self._get_node),
             ("GET", rf"/pools/{seg}/nodes/{seg}/files", self._list_node_files),
@@ -474,6 +477,19 @@ class Emulator:
     def _stop_resize(self, request: _Request, pool_id: str) -> _Response:
         self.state.stop_resize(pool_id)
         return self._accepted(request, self.state.get_pool(pool_id))
+
+    def _enable_autoscale(self, request: _Request, pool_id: str) -> _Response:
+        self.state.enable_autoscale(pool_id, self._obj(request))
+        return self._accepted(request, self.state.get_pool(pool_id), 200)
+
+    def _disable_autoscale(self, request: _Request, pool_id: str) -> _Response:
+        self.state.disable_autoscale(pool_id)
+        return self._accepted(request, self.state.get_pool(pool_id), 200)
+
+    def _evaluate_autoscale(self, request: _Request, pool_id: str) -> _Response:
+        run = self.state.evaluate_autoscale(pool_id, self._obj(request))
+        metadata = f"{self.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.AutoScaleRun"
+        return _Response(200, {"odata.metadata": metadata, **run}, {"DataServiceId": f"{self.url}{request.path}"})
 
     def _list_nodes(self, request: _Request, pool_id: str) -> _Response:
         return self._list(self.state.list_nodes(pool_id), "nodes", request)

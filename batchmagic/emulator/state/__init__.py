@@ -9,6 +9,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     pools.py   pools and nodes
     jobs.py    jobs
     tasks.py   tasks, their placement and attempts
+    autoscaling.py  pool autoscale: metric samples, formula evaluations on the clock
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 
 from batchmagic.emulator.clock import Clock
+from batchmagic.emulator.state.autoscaling import AutoscaleMixin
 from batchmagic.emulator.state.jobs import JobsMixin
 from batchmagic.emulator.state.model import (
     TICK,
@@ -50,7 +52,7 @@ __all__ = [
 log = logging.getLogger("batchmagic.emulator")
 
 
-class BatchState(JobsMixin, TasksMixin):
+class BatchState(AutoscaleMixin, JobsMixin, TasksMixin):
     """The account's resources and the scheduler that moves them through their states.
 
     Parameters

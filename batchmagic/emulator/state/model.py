@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any
 
+from batchmagic.emulator.autoscale import Formula, MetricHistory
+
 __all__ = [
     "Node",
     "Pool",
@@ -109,6 +111,12 @@ class Pool:
     alloc_low: int = 0
     delete_at: float | None = None
     auto_job_id: str | None = None
+    #: What happens to the tasks of nodes the next shrink removes (resize's or the formula's option).
+    deallocation: str = "requeue"
+    formula: Formula | None = None
+    evaluation_interval: float = 900.0
+    next_evaluation: float | None = None
+    history: MetricHistory = field(default_factory=MetricHistory)
 
     @property
     def id(self) -> str:

@@ -194,15 +194,19 @@ class PoolsMixin(FilesMixin):
             return
         elapsed = now - pool.alloc_start
         delay = self.allocation_delay
-        current = [n for n in pool.nodes.values() if n.dedicated], [n for n in pool.nodes.values() if not n.dedicated]
-        # Shrinking happens at once: idle nodes go first; tasks on removed nodes are requeued.
-        for nodes, want in ((current[0], pool.alloc_dedicated), (current[1], pool.alloc_low)):
+        staying = [n for n in pool.nodes.values() if n.data["state"] != "leavingpool"]
+        # Shrinking starts at once, idle nodes first; what happens to their tasks is the deallocation option.
+        for dedicated, want in ((True, pool.alloc_dedicated), (False, pool.alloc_low)):
+            nodes = [n for n in staying if n.dedicated == dedicated]
             extra = len(nodes) - want
             for node in sorted(nodes, key=lambda n: n.used_slots)[: max(0, extra)]:
-                self._remove_node(pool, node)
+                self._deallocate_node(pool, node, pool.deallocation, now)
+        self._reap_leaving(pool)
         if elapsed >= delay / 3:
             for dedicated, want in ((True, pool.alloc_dedicated), (False, pool.alloc_low)):
-                have = sum(1 for n in pool.nodes.values() if n.dedicated == dedicated)
+                have = sum(
+                    1 for n in pool.nodes.values() if n.dedicated == dedicated and n.data["state"] != "leavingpool"
+                )
                 for _ in range(max(0, want - have)):
                     node = self._new_node(pool, dedicated, now)
                     pool.nodes[node.id] = node
@@ -214,7 +218,7 @@ class PoolsMixin(FilesMixin):
                     threading.Thread(
                         target=self._prepare_node, args=(pool, node), name=f"prepare-{node.id[:16]}", daemon=True
                     ).start()
-        if elapsed >= delay:
+        if elapsed >= delay and not any(n.data["state"] == "leavingpool" for n in pool.nodes.values()):
             data["currentDedicatedNodes"] = sum(1 for n in pool.nodes.values() if n.dedicated)
             data["currentLowPriorityNodes"] = sum(1 for n in pool.nodes.values() if not n.dedicated)
             data["allocationState"] = "steady"
@@ -245,6 +249,26 @@ class PoolsMixin(FilesMixin):
                 node.data["lastBootTime"] = iso(now)
                 node.data["nodeAgentInfo"] = {"lastUpdateTime": iso(now), "version": "1.11.19"}
                 transition(node.data, "idle", now, with_previous=False)
+
+    def _deallocate_node(self, pool: Pool, node: Node, option: str, now: float) -> None:
+        """Start removing ``node`` from ``pool`` (it leaves once its tasks have stopped).
+
+        ``requeue`` kills its running tasks and puts them back in their job's queue, ``terminate``
+        ends them (failed, ``TaskEnded``), ``taskcompletion`` and ``retaineddata`` let them finish;
+        either way the node takes no new task.
+        """
+        transition(node.data, "leavingpool", now, with_previous=False)
+        if option in ("requeue", "terminate"):
+            for job_id, task_id in list(node.running):
+                job = self.jobs.get(job_id)
+                task = job.tasks.get(task_id) if job else None
+                if task is not None:
+                    self._kill(task, option)
+
+    def _reap_leaving(self, pool: Pool) -> None:
+        for node in [n for n in pool.nodes.values() if n.data["state"] == "leavingpool" and not n.running]:
+            pool.nodes.pop(node.id, None)
+            log.info("node %s left pool %s", node.id, pool.id)
 
     def _remove_node(self, pool: Pool, node: Node) -> None:
         for job_id, task_id in list(node.running):
@@ -294,6 +318,16 @@ class PoolsMixin(FilesMixin):
                 raise ApiError(409, "PoolBeingDeleted")
             if pool.data["allocationState"] != "steady":
                 raise ApiError(409, "PoolNotSteady", "The specified pool is not in steady state.")
+            if pool.formula is not None:
+                raise ApiError(
+                    409,
+                    "OperationNotValidOnPool",
+                    "The pool has autoscale enabled: disable it before resizing.",
+                )
+            option = body.get("nodeDeallocationOption") or "requeue"
+            if option not in ("requeue", "terminate", "taskcompletion", "retaineddata"):
+                raise invalid_property("nodeDeallocationOption", option)
+            pool.deallocation = str(option)
             now = self.now()
             for key in ("targetDedicatedNodes", "targetLowPriorityNodes"):
                 if key in body:
