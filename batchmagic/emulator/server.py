@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from batchmagic.emulator import auth
+from batchmagic.emulator import auth, schema
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
 from batchmagic.emulator.executors import make_executor
 from batchmagic.emulator.odata import apply_select, compile_filter
 from batchmagic.emulator.state import BatchState, environ_path_dir, iso, rfc1123
 
-__all__ = ["Emulator", "SUPPORTED_IMAGES", "DEFAULT_KEY"]
+__all__ = ["Emulator", "SUPPORTED_IMAGES", "DEFAULT_KEY", "API_VERSIONS"]
 
 log = logging.getLogger("batchmagic.emulator")
 
@@ -92,6 +92,35 @@ SUPPORTED_IMAGES: list[dict[str, Any]] = [
 ]
 
 _JSON = "application/json; odata=minimalmetadata"
+
+#: The api-versions the service accepts: what azure-batch 15.1 (2025-06-01) and every earlier SDK from
+#: about 6.0 send (11.0 sends 2021-06-01.14.0, 14.2 sends 2024-02-01.19.0, 15.0 and the Azure CLI's
+#: 15.0.0b1 send 2024-07-01.20.0). Another value is answered 400 InvalidQueryParameterValue, as the
+#: service answers it.
+API_VERSIONS = frozenset(
+    {
+        "2025-06-01",
+        "2025-06-01.21.0",
+        "2024-07-01",
+        "2024-07-01.20.0",
+        "2024-02-01.19.0",
+        "2023-11-01.18.0",
+        "2023-05-01.17.0",
+        "2022-10-01.16.0",
+        "2022-01-01.15.0",
+        "2021-06-01.14.0",
+        "2020-09-01.12.0",
+        "2020-03-01.11.0",
+        "2019-08-01.10.0",
+        "2019-06-01.9.0",
+        "2018-12-01.8.0",
+        "2018-08-01.7.0",
+        "2018-03-01.6.1",
+        "2017-09-01.6.0",
+        "2017-06-01.5.1",
+        "2017-05-01.5.0",
+    }
+)
 _MAX_RESULTS = 1000
 _QUERY_SAFE = "$'(),/:"
 
@@ -272,60 +301,128 @@ class Emulator:
                 self._record_file.write(json.dumps(entry) + "\n")
                 self._record_file.flush()
 
-    def _build_routes(self) -> list[tuple[str, re.Pattern[str], Handler]]:
-        seg = r"([^/]+)"
-        table: list[tuple[str, str, Handler]] = [
-            ("GET", r"/pools", self._list_pools),
-            ("POST", r"/pools", self._create_pool),
-            ("GET", rf"/pools/{seg}", self._get_pool),
-            ("HEAD", rf"/pools/{seg}", self._head_pool),
-            ("PATCH", rf"/pools/{seg}", self._patch_pool),
-            ("DELETE", rf"/pools/{seg}", self._delete_pool),
-            ("POST", rf"/pools/{seg}/resize", self._resize_pool),
-            ("POST", rf"/pools/{seg}/stopresize", self._stop_resize),
-            ("POST", rf"/pools/{seg}/updateproperties", self._update_pool_properties),
-            ("POST", rf"/pools/{seg}/enableautoscale", self._enable_autoscale),
-            ("POST", rf"/pools/{seg}/disableautoscale", self._disable_autoscale),
-            ("POST", rf"/pools/{seg}/evaluateautoscale", self._evaluate_autoscale),
-            ("GET", rf"/pools/{seg}/nodes", self._list_nodes),
-            ("GET", rf"/pools/{seg}/nodes/{seg}", self._get_node),
-            ("GET", rf"/pools/{seg}/nodes/{seg}/files", self._list_node_files),
-            ("GET", rf"/pools/{seg}/nodes/{seg}/files/(.+)", self._get_node_file),
-            ("HEAD", rf"/pools/{seg}/nodes/{seg}/files/(.+)", self._get_node_file),
-            ("DELETE", rf"/pools/{seg}/nodes/{seg}/files/(.+)", self._delete_node_file),
-            ("GET", r"/nodecounts", self._node_counts),
-            ("GET", r"/supportedimages", self._supported_images),
-            ("GET", r"/poolusagemetrics", self._empty_list("poolusagemetrics")),
-            ("GET", r"/jobschedules", self._empty_list("jobschedules")),
-            ("GET", rf"/jobschedules/{seg}", self._no_schedule),
-            ("HEAD", rf"/jobschedules/{seg}", self._no_schedule),
-            ("GET", r"/jobs", self._list_jobs),
-            ("POST", r"/jobs", self._create_job),
-            ("GET", rf"/jobs/{seg}", self._get_job),
-            ("PATCH", rf"/jobs/{seg}", self._patch_job),
-            ("PUT", rf"/jobs/{seg}", self._put_job),
-            ("DELETE", rf"/jobs/{seg}", self._delete_job),
-            ("POST", rf"/jobs/{seg}/terminate", self._terminate_job),
-            ("POST", rf"/jobs/{seg}/disable", self._disable_job),
-            ("POST", rf"/jobs/{seg}/enable", self._enable_job),
-            ("GET", rf"/jobs/{seg}/taskcounts", self._task_counts),
-            ("GET", rf"/jobs/{seg}/jobpreparationandreleasetaskstatus", self._prep_release_status),
-            ("GET", rf"/jobs/{seg}/tasks", self._list_tasks),
-            ("POST", rf"/jobs/{seg}/tasks", self._create_task),
-            ("POST", rf"/jobs/{seg}/addtaskcollection", self._add_task_collection),
-            ("GET", rf"/jobs/{seg}/tasks/{seg}", self._get_task),
-            ("DELETE", rf"/jobs/{seg}/tasks/{seg}", self._delete_task),
-            ("POST", rf"/jobs/{seg}/tasks/{seg}/terminate", self._terminate_task),
-            ("GET", rf"/jobs/{seg}/tasks/{seg}/subtasksinfo", self._empty_list("subtaskinfo")),
-            ("GET", rf"/jobs/{seg}/tasks/{seg}/files", self._list_task_files),
-            ("GET", rf"/jobs/{seg}/tasks/{seg}/files/(.+)", self._get_task_file),
-            ("HEAD", rf"/jobs/{seg}/tasks/{seg}/files/(.+)", self._get_task_file),
-            ("DELETE", rf"/jobs/{seg}/tasks/{seg}/files/(.+)", self._delete_task_file),
-        ]
-        return [(m, re.compile(p + "$"), h) for m, p, h in table]
+    def _handlers(self) -> dict[str, Handler]:
+        """Operation id (as in the service's OpenAPI description) -> handler.
+
+        Every operation of the description is routed: one missing here answers 501 ``NotImplemented``
+        naming it (see :meth:`_not_implemented`), never a 404 route miss. Add an operation by adding a
+        line.
+        """
+        return {
+            "Applications_ListApplications": self._list_applications,
+            "Applications_GetApplication": self._get_application,
+            "Certificates_ListCertificates": self._list_certificates,
+            "Certificates_CreateCertificate": self._create_certificate,
+            "Certificates_GetCertificate": self._get_certificate,
+            "Certificates_DeleteCertificate": self._delete_certificate,
+            "Certificates_CancelCertificateDeletion": self._cancel_certificate_deletion,
+            "Pools_ListPools": self._list_pools,
+            "Pools_CreatePool": self._create_pool,
+            "Pools_GetPool": self._get_pool,
+            "Pools_PoolExists": self._head_pool,
+            "Pools_UpdatePool": self._patch_pool,
+            "Pools_DeletePool": self._delete_pool,
+            "Pools_ResizePool": self._resize_pool,
+            "Pools_StopPoolResize": self._stop_resize,
+            "Pools_ReplacePoolProperties": self._update_pool_properties,
+            "Pools_ListPoolNodeCounts": self._node_counts,
+            "Pools_ListSupportedImages": self._supported_images,
+            "Pools_ListPoolUsageMetrics": self._pool_usage_metrics,
+            "Pools_EnablePoolAutoScale": self._enable_autoscale,
+            "Pools_DisablePoolAutoScale": self._disable_autoscale,
+            "Pools_EvaluatePoolAutoScale": self._evaluate_autoscale,
+            "Nodes_ListNodes": self._list_nodes,
+            "Nodes_GetNode": self._get_node,
+            "Nodes_GetNodeRemoteLoginSettings": self._remote_login_settings,
+            "Nodes_ListNodeExtensions": self._list_node_extensions,
+            "Nodes_GetNodeExtension": self._get_node_extension,
+            "Nodes_UploadNodeLogs": self._upload_node_logs,
+            "Nodes_ListNodeFiles": self._list_node_files,
+            "Nodes_GetNodeFile": self._get_node_file,
+            "Nodes_GetNodeFileProperties": self._get_node_file,
+            "Nodes_DeleteNodeFile": self._delete_node_file,
+            "JobSchedules_ListJobSchedules": self._list_job_schedules,
+            "JobSchedules_CreateJobSchedule": self._create_job_schedule,
+            "JobSchedules_GetJobSchedule": self._get_job_schedule,
+            "JobSchedules_JobScheduleExists": self._head_job_schedule,
+            "JobSchedules_UpdateJobSchedule": self._patch_job_schedule,
+            "JobSchedules_ReplaceJobSchedule": self._put_job_schedule,
+            "JobSchedules_DeleteJobSchedule": self._delete_job_schedule,
+            "JobSchedules_DisableJobSchedule": self._disable_job_schedule,
+            "JobSchedules_EnableJobSchedule": self._enable_job_schedule,
+            "JobSchedules_TerminateJobSchedule": self._terminate_job_schedule,
+            "Jobs_ListJobsFromSchedule": self._list_jobs_from_schedule,
+            "Jobs_ListJobs": self._list_jobs,
+            "Jobs_CreateJob": self._create_job,
+            "Jobs_GetJob": self._get_job,
+            "Jobs_UpdateJob": self._patch_job,
+            "Jobs_ReplaceJob": self._put_job,
+            "Jobs_DeleteJob": self._delete_job,
+            "Jobs_TerminateJob": self._terminate_job,
+            "Jobs_DisableJob": self._disable_job,
+            "Jobs_EnableJob": self._enable_job,
+            "Jobs_GetJobTaskCounts": self._task_counts,
+            "Jobs_ListJobPreparationAndReleaseTaskStatus": self._prep_release_status,
+            "Tasks_ListTasks": self._list_tasks,
+            "Tasks_CreateTask": self._create_task,
+            "Tasks_CreateTaskCollection": self._add_task_collection,
+            "Tasks_GetTask": self._get_task,
+            "Tasks_ReplaceTask": self._put_task,
+            "Tasks_DeleteTask": self._delete_task,
+            "Tasks_TerminateTask": self._terminate_task,
+            "Tasks_ReactivateTask": self._reactivate_task,
+            "Tasks_ListSubTasks": self._list_subtasks,
+            "Tasks_ListTaskFiles": self._list_task_files,
+            "Tasks_GetTaskFile": self._get_task_file,
+            "Tasks_GetTaskFileProperties": self._get_task_file,
+            "Tasks_DeleteTaskFile": self._delete_task_file,
+        }
+
+    def _build_routes(self) -> list[tuple[str, re.Pattern[str], str, Handler]]:
+        handlers = self._handlers()
+        routes = []
+        for op in schema.operations():
+            handler = handlers.get(op.operation_id) or self._not_implemented(op.operation_id)
+            routes.append((op.method, re.compile(schema.path_regex(op.path) + "$"), op.operation_id, handler))
+        return routes
+
+    def _not_implemented(self, operation_id: str) -> Handler:
+        def handler(request: _Request, *args: str) -> _Response:
+            raise ApiError(
+                501,
+                "NotImplemented",
+                f"The Batch emulator does not implement {operation_id} yet.",
+                [("OperationId", operation_id)],
+            )
+
+        return handler
 
     def handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[_Response, Any]:
-        """Answer one request (used by the HTTP handler); returns the response and the parsed body."""
+        """Answer one request (used by the HTTP handler); returns the response and the parsed body.
+
+        Absolute URLs in the answer (``url``, ``odata.metadata``, ``odata.nextLink``, ``Location``,
+        ``DataServiceId``...) start with the address the client used (its ``Host`` header), not the
+        address the emulator is bound to: behind a proxy or a port forward, a client's next page and
+        the ``url`` it reads go back the way it came.
+        """
+        response, body = self._handle(method, raw_path, headers, raw_body)
+        base = self._public_base(headers)
+        if base != self.url:
+            response.body = _rebase(response.body, self.url, base)
+            quoted_old, quoted_new = quote(self.url, safe=""), quote(base, safe="")
+            response.headers = {
+                k: v.replace(self.url, base).replace(quoted_old, quoted_new) for k, v in response.headers.items()
+            }
+        return response, body
+
+    def _public_base(self, headers: dict[str, str]) -> str:
+        host = next((v for k, v in headers.items() if k.lower() == "host"), None)
+        if not host or not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?", host.strip()):
+            return self.url
+        proto = next((v for k, v in headers.items() if k.lower() == "x-forwarded-proto"), "http")
+        return f"{'https' if proto.strip().lower() == 'https' else 'http'}://{host.strip()}"
+
+    def _handle(self, method: str, raw_path: str, headers: dict[str, str], raw_body: bytes) -> tuple[_Response, Any]:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query, keep_blank_values=True)
         body: Any = ""
@@ -348,10 +445,26 @@ class Emulator:
                 ),
                 body,
             )
+        version = query["api-version"][0]
+        if version not in API_VERSIONS:
+            return (
+                self._error(
+                    ApiError(
+                        400,
+                        "InvalidQueryParameterValue",
+                        values=[
+                            ("QueryParameterName", "api-version"),
+                            ("QueryParameterValue", version),
+                            ("Reason", "The specified api-version is invalid or not supported."),
+                        ],
+                    )
+                ),
+                body,
+            )
         path = parts.path.rstrip("/") or "/"
         request = _Request(method, path, query, headers, body)
         allowed = False
-        for route_method, pattern, handler in self._routes:
+        for route_method, pattern, operation_id, handler in self._routes:
             m = pattern.match(path)
             if not m:
                 continue
@@ -360,6 +473,8 @@ class Emulator:
                 continue
             args = [unquote(g) for g in m.groups()]
             try:
+                if method in ("POST", "PUT", "PATCH"):
+                    schema.validate(operation_id, body if raw_body else {})
                 return handler(request, *args), body
             except ApiError as err:
                 return self._error(err), body
@@ -437,11 +552,36 @@ class Emulator:
             raise ApiError(400, "InvalidRequestBody")
         return request.body
 
-    def _empty_list(self, collection: str) -> Handler:
-        def handler(request: _Request, *args: str) -> _Response:
-            return _Response(200, {"odata.metadata": f"{self.url}/$metadata#{collection}", "value": []})
+    # ----------------------------------------------------------------- account features
+    def _list_applications(self, request: _Request) -> _Response:
+        # The emulated account has no application packages (no linked storage account).
+        return self._list([], "applications", request)
 
-        return handler
+    def _get_application(self, request: _Request, application_id: str) -> _Response:
+        raise not_found("ApplicationNotFound")
+
+    def _list_certificates(self, request: _Request) -> _Response:
+        return self._list(self.state.list_certificates(), "certificates", request)
+
+    def _create_certificate(self, request: _Request) -> _Response:
+        data = self.state.create_certificate(self._obj(request))
+        return self._created(data["url"], data)
+
+    def _get_certificate(self, request: _Request, algorithm: str, thumbprint: str) -> _Response:
+        return self._entity(self.state.get_certificate(algorithm, thumbprint), "certificates", request)
+
+    def _delete_certificate(self, request: _Request, algorithm: str, thumbprint: str) -> _Response:
+        self.state.delete_certificate(algorithm, thumbprint)
+        return _Response(202)
+
+    def _cancel_certificate_deletion(self, request: _Request, algorithm: str, thumbprint: str) -> _Response:
+        data = self.state.cancel_certificate_deletion(algorithm, thumbprint)
+        return self._accepted(request, data, 204)
+
+    def _pool_usage_metrics(self, request: _Request) -> _Response:
+        # The service aggregates usage per pool and hour with a delay of hours; an emulator that has run
+        # for less than that has nothing to report yet.
+        return self._list([], "poolusagemetrics", request)
 
     # ----------------------------------------------------------------- pools
     def _list_pools(self, request: _Request) -> _Response:
@@ -499,14 +639,37 @@ class Emulator:
         body.update(apply_select(self.state.get_node(pool_id, node_id), request.q("$select")))
         return _Response(200, body)
 
+    def _remote_login_settings(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        node = self.state.get_node(pool_id, node_id)
+        endpoint = (node.get("endpointConfiguration") or {}).get("inboundEndpoints") or [{}]
+        body = {
+            "odata.metadata": f"{self.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.RemoteLoginSettings",
+            "remoteLoginIPAddress": endpoint[0].get("publicIPAddress", "127.0.0.1"),
+            "remoteLoginPort": int(endpoint[0].get("frontendPort", 50000)),
+        }
+        return _Response(200, body)
+
+    def _list_node_extensions(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        # Pools here have no VM extensions (virtualMachineConfiguration.extensions is not applied).
+        self.state.get_node(pool_id, node_id)
+        return self._list([], "nodeextensions", request)
+
+    def _get_node_extension(self, request: _Request, pool_id: str, node_id: str, name: str) -> _Response:
+        self.state.get_node(pool_id, node_id)
+        raise not_found("NodeExtensionNotFound")
+
+    def _upload_node_logs(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        result = self.state.upload_node_logs(pool_id, node_id, self._obj(request))
+        entity = "Microsoft.Azure.Batch.Protocol.Entities.UploadBatchServiceLogsResult"
+        body = {"odata.metadata": f"{self.url}/$metadata#{entity}"}
+        body.update(result)
+        return _Response(200, body)
+
     def _node_counts(self, request: _Request) -> _Response:
         return self._list(self.state.node_counts(), "poolnodecounts", request)
 
     def _supported_images(self, request: _Request) -> _Response:
         return self._list([dict(i) for i in SUPPORTED_IMAGES], "supportedimages", request)
-
-    def _no_schedule(self, request: _Request, schedule_id: str) -> _Response:
-        raise not_found("JobScheduleNotFound")
 
     # ----------------------------------------------------------------- jobs
     def _list_jobs(self, request: _Request) -> _Response:
@@ -537,22 +700,11 @@ class Emulator:
         return self._accepted(request, self.state.get_job(job_id))
 
     def _disable_job(self, request: _Request, job_id: str) -> _Response:
-        with self.state.lock:
-            job = self.state.jobs.get(job_id)
-            if job is None:
-                raise not_found("JobNotFound")
-            job.data["state"] = "disabled"
-            job.data["stateTransitionTime"] = iso(self.state.now())
+        self.state.disable_job(job_id, str(self._obj(request)["disableTasks"]))
         return self._accepted(request, self.state.get_job(job_id))
 
     def _enable_job(self, request: _Request, job_id: str) -> _Response:
-        with self.state.lock:
-            job = self.state.jobs.get(job_id)
-            if job is None:
-                raise not_found("JobNotFound")
-            if job.data["state"] == "disabled":
-                job.data["state"] = "active"
-                job.data["stateTransitionTime"] = iso(self.state.now())
+        self.state.enable_job(job_id)
         return self._accepted(request, self.state.get_job(job_id))
 
     def _task_counts(self, request: _Request, job_id: str) -> _Response:
@@ -561,8 +713,58 @@ class Emulator:
         return _Response(200, body)
 
     def _prep_release_status(self, request: _Request, job_id: str) -> _Response:
-        self.state.get_job(job_id)
-        return self._empty_list("jobpreparationandreleasetaskstatuslist")(request)
+        # The emulator runs no job preparation or release tasks, so no node has a status to report:
+        # the service's answer for a job without them.
+        job = self.state.get_job(job_id)
+        if not job.get("jobPreparationTask") and not job.get("jobReleaseTask"):
+            return self._list([], "jobpreparationandreleasetaskstatuslist", request)
+        raise ApiError(
+            409,
+            "JobPreparationTaskOrReleaseTaskNotSpecified",
+            "The emulator does not run job preparation and release tasks.",
+        )
+
+    # ----------------------------------------------------------------- job schedules
+    def _list_job_schedules(self, request: _Request) -> _Response:
+        return self._list(self.state.list_job_schedules(), "jobschedules", request)
+
+    def _create_job_schedule(self, request: _Request) -> _Response:
+        schedule = self.state.create_job_schedule(self._obj(request))
+        return self._created(schedule.data["url"], schedule.data)
+
+    def _get_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        return self._entity(self.state.get_job_schedule(schedule_id), "jobschedules", request)
+
+    def _head_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        data = self.state.get_job_schedule(schedule_id)
+        return _Response(200, None, {"ETag": data["eTag"], "Last-Modified": _http_date(data["lastModified"])})
+
+    def _patch_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        self.state.update_job_schedule(schedule_id, self._obj(request))
+        return self._accepted(request, self.state.get_job_schedule(schedule_id), 200)
+
+    def _put_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        self.state.update_job_schedule(schedule_id, self._obj(request), replace=True)
+        return self._accepted(request, self.state.get_job_schedule(schedule_id), 200)
+
+    def _delete_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        self.state.delete_job_schedule(schedule_id)
+        return _Response(202)
+
+    def _disable_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        self.state.disable_job_schedule(schedule_id)
+        return self._accepted(request, self.state.get_job_schedule(schedule_id), 204)
+
+    def _enable_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        self.state.enable_job_schedule(schedule_id)
+        return self._accepted(request, self.state.get_job_schedule(schedule_id), 204)
+
+    def _terminate_job_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        self.state.terminate_job_schedule(schedule_id)
+        return self._accepted(request, self.state.get_job_schedule(schedule_id))
+
+    def _list_jobs_from_schedule(self, request: _Request, schedule_id: str) -> _Response:
+        return self._list(self.state.list_jobs_from_schedule(schedule_id), "jobs", request)
 
     # ----------------------------------------------------------------- tasks
     def _list_tasks(self, request: _Request, job_id: str) -> _Response:
@@ -594,6 +796,19 @@ class Emulator:
     def _delete_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
         self.state.delete_task(job_id, task_id)
         return _Response(200)
+
+    def _put_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        self.state.replace_task(job_id, task_id, self._obj(request))
+        return self._accepted(request, self.state.get_task(job_id, task_id), 200)
+
+    def _reactivate_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        self.state.reactivate_task(job_id, task_id)
+        return self._accepted(request, self.state.get_task(job_id, task_id), 204)
+
+    def _list_subtasks(self, request: _Request, job_id: str, task_id: str) -> _Response:
+        # Only multi-instance tasks have subtasks; this answer is the service's for any other task.
+        self.state.get_task(job_id, task_id)
+        return _Response(200, {"odata.metadata": f"{self.url}/$metadata#subtaskinfo", "value": []})
 
     def _terminate_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
         self.state.terminate_task(job_id, task_id)
@@ -795,6 +1010,17 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+
+def _rebase(value: Any, old: str, new: str) -> Any:
+    """``value`` with every string that starts with ``old`` starting with ``new`` instead."""
+    if isinstance(value, str):
+        return new + value[len(old) :] if value.startswith(old) else value
+    if isinstance(value, dict):
+        return {k: _rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, old, new) for v in value]
+    return value
 
 
 def _redact(value: Any) -> Any:

@@ -160,7 +160,8 @@ def _matches(pattern: str, wd: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def _put_blob(url: str, path: Path, headers: list[dict[str, Any]]) -> None:
+def put_blob(url: str, path: Path, headers: list[dict[str, Any]]) -> None:
+    """PUT a file as a block blob at a (SAS) URL, with extra request headers."""
     data = path.read_bytes()
     req = urllib.request.Request(url, data=data, method="PUT")
     req.add_header("x-ms-blob-type", "BlockBlob")
@@ -208,7 +209,7 @@ def upload_output_files(output_files: list[dict[str, Any]], task_dir: Path, succ
             url = f"{base.rstrip('/')}/{urllib.parse.quote(blob)}" + (f"?{sas}" if sas else "")
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             try:
-                _put_blob(url, path, list(container.get("uploadHeaders") or []))
+                put_blob(url, path, list(container.get("uploadHeaders") or []))
                 lines.append(f"{stamp} INFO Uploaded {path} to {_redact(url)}")
             except (urllib.error.URLError, OSError) as exc:
                 errors.append(f"{stamp} ERROR Failed to upload {path} to {_redact(url)}: {exc}")

@@ -8,8 +8,10 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     files.py   node and task directories
     pools.py   pools and nodes
     jobs.py    jobs
+    schedules.py  job schedules and the jobs they create
     tasks.py   tasks, their placement and attempts
     autoscaling.py  pool autoscale: metric samples, formula evaluations on the clock
+    account.py certificates and node log uploads
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import threading
 import time
 
 from batchmagic.emulator.clock import Clock
+from batchmagic.emulator.state.account import AccountMixin
 from batchmagic.emulator.state.autoscaling import AutoscaleMixin
-from batchmagic.emulator.state.jobs import JobsMixin
 from batchmagic.emulator.state.model import (
     TICK,
     UNLIMITED_DURATION,
@@ -33,6 +35,7 @@ from batchmagic.emulator.state.model import (
     parse_duration,
     rfc1123,
 )
+from batchmagic.emulator.state.schedules import SchedulesMixin
 from batchmagic.emulator.state.tasks import TasksMixin
 
 __all__ = [
@@ -52,7 +55,7 @@ __all__ = [
 log = logging.getLogger("batchmagic.emulator")
 
 
-class BatchState(AutoscaleMixin, JobsMixin, TasksMixin):
+class BatchState(AutoscaleMixin, SchedulesMixin, TasksMixin, AccountMixin):
     """The account's resources and the scheduler that moves them through their states.
 
     Parameters
@@ -112,7 +115,7 @@ class BatchState(AutoscaleMixin, JobsMixin, TasksMixin):
 
     # ----------------------------------------------------------------- scheduler
     def tick(self, now: float) -> None:
-        """One scheduler step (called with the lock held): pools, jobs, then task placement."""
+        """One scheduler step (called with the lock held): pools, job schedules, jobs, then task placement."""
         for pool in list(self.pools.values()):
             if pool.data["state"] == "deleting":
                 if (
@@ -126,6 +129,7 @@ class BatchState(AutoscaleMixin, JobsMixin, TasksMixin):
                     log.info("pool %s deleted", pool.id)
                 continue
             self._advance_pool(pool, now)
+        self._advance_schedules(now)
         for job in list(self.jobs.values()):
             self._advance_job(job, now)
         self._schedule(now)

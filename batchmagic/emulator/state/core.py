@@ -10,7 +10,7 @@ from typing import Any
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import not_found
 from batchmagic.emulator.executors import Executor
-from batchmagic.emulator.state.model import Job, Pool, Task, without_passwords
+from batchmagic.emulator.state.model import Job, JobSchedule, Pool, Task, without_passwords
 
 __all__ = ["AccountCore"]
 
@@ -47,6 +47,8 @@ class AccountCore:
         self.lock = threading.RLock()
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
+        self.schedules: dict[str, JobSchedule] = {}
+        self.certificates: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._node_seq = 0

@@ -20,12 +20,16 @@ log = logging.getLogger("batchmagic.emulator")
 class JobsMixin(PoolsMixin):
     """Jobs and their lifecycle; a job's auto pool is made and released through :class:`PoolsMixin`."""
 
-    def create_job(self, body: dict[str, Any]) -> Job:
-        """Create a job from a ``POST /jobs`` body, with its auto pool if it asks for one."""
+    def create_job(self, body: dict[str, Any], *, scheduled: bool = False) -> Job:
+        """Create a job from a ``POST /jobs`` body, with its auto pool if it asks for one.
+
+        ``scheduled`` jobs come from a job schedule and have ids (``<schedule>:job-<n>``) a client
+        could not choose.
+        """
         job_id = body.get("id")
         if not job_id:
             raise missing_property("id")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(job_id)):
+        if not re.fullmatch(r"[A-Za-z0-9_:-]{1,130}" if scheduled else r"[A-Za-z0-9_-]{1,64}", str(job_id)):
             raise invalid_property("id", job_id)
         pool_info = body.get("poolInfo")
         if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
@@ -112,15 +116,34 @@ class JobsMixin(PoolsMixin):
             return [self.view(j.data) for j in self.jobs.values()]
 
     def update_job(self, job_id: str, body: dict[str, Any], *, replace: bool = False) -> None:
-        """Apply a ``PATCH`` (or ``PUT`` with ``replace``) body to a job."""
+        """Apply a ``PATCH /jobs/{id}`` body, or with ``replace`` a ``PUT`` body.
+
+        PATCH changes only the properties it names. PUT replaces every updatable property: one it
+        omits goes back to its default (priority 0, no metadata, unlimited constraints, ``noaction``).
+        Either way a completed, terminating or deleting job refuses with 409, and ``poolInfo`` may
+        name another pool only while the job is disabled.
+        """
         with self.lock:
             job = self._job(job_id)
-            if job.data["state"] in ("completed", "terminating", "deleting"):
-                raise ApiError(409, "JobCompleted" if job.data["state"] == "completed" else "JobBeingTerminated")
+            self._check_job_state(job, ())
             now = self.now()
-            for key in ("priority", "maxParallelTasks", "onAllTasksComplete", "metadata", "allowTaskPreemption"):
-                if key in body:
-                    job.data[key] = copy.deepcopy(body[key])
+            explicit = {k for k, v in body.items() if v is not None}
+            if replace:
+                body = {
+                    "priority": 0,
+                    "maxParallelTasks": -1,
+                    "allowTaskPreemption": False,
+                    "onAllTasksComplete": "noaction",
+                    "metadata": [],
+                    "constraints": {},
+                    **{k: v for k, v in body.items() if v is not None},
+                }
+            if "priority" in body and not -1000 <= int(body["priority"]) <= 1000:
+                raise invalid_property("priority", body["priority"], "Priority must be between -1000 and 1000.")
+            if "maxParallelTasks" in body and (int(body["maxParallelTasks"]) == 0 or body["maxParallelTasks"] < -1):
+                raise invalid_property("maxParallelTasks", body["maxParallelTasks"])
+            if "poolInfo" in body:
+                self._change_pool_info(job, body["poolInfo"])
             if "constraints" in body:
                 constraints = dict(body["constraints"] or {})
                 try:
@@ -132,16 +155,94 @@ class JobsMixin(PoolsMixin):
                     "maxTaskRetryCount": int(constraints.get("maxTaskRetryCount", 0)),
                 }
                 job.deadline = job.created + wall if wall is not None else None
+            if body.get("onAllTasksComplete") == "noaction" and job.data.get("onAllTasksComplete") == "terminatejob":
+                # The service refuses to turn terminatejob back off once set.
+                if "onAllTasksComplete" in explicit:
+                    raise invalid_property("onAllTasksComplete", "noaction")
+                body = {**body, "onAllTasksComplete": "terminatejob"}
+            for key in ("priority", "maxParallelTasks", "onAllTasksComplete", "allowTaskPreemption"):
+                if key in body:
+                    job.data[key] = copy.deepcopy(body[key])
+            if "metadata" in body:
+                if body["metadata"]:
+                    job.data["metadata"] = copy.deepcopy(body["metadata"])
+                else:
+                    job.data.pop("metadata", None)
+            touch(job.data, now)
+
+    def _change_pool_info(self, job: Job, pool_info: dict[str, Any]) -> None:
+        current = job.data["poolInfo"]
+        if pool_info.get("poolId") and pool_info.get("autoPoolSpecification"):
+            raise invalid_property("poolInfo", "poolId and autoPoolSpecification", "Specify one of them, not both.")
+        if not pool_info.get("poolId") and not pool_info.get("autoPoolSpecification"):
+            raise missing_property("poolInfo.poolId")
+        if pool_info.get("poolId") == current.get("poolId") and not pool_info.get("autoPoolSpecification"):
+            return
+        if pool_info.get("autoPoolSpecification") and current.get("autoPoolSpecification"):
+            # Only keepAlive of an auto pool specification may change.
+            keep = pool_info["autoPoolSpecification"].get("keepAlive")
+            if keep is not None:
+                current["autoPoolSpecification"]["keepAlive"] = bool(keep)
+            return
+        if job.data["state"] != "disabled":
+            raise ApiError(
+                409,
+                "JobNotDisabled",
+                "The pool of a job may change only while the job is disabled.",
+                [("JobState", str(job.data["state"]))],
+            )
+        if pool_info.get("autoPoolSpecification"):
+            raise invalid_property("poolInfo.autoPoolSpecification", "autoPoolSpecification")
+        job.data["poolInfo"] = {"poolId": pool_info["poolId"]}
+        job.data["executionInfo"]["poolId"] = pool_info["poolId"]
+
+    def _check_job_state(self, job: Job, allowed: tuple[str, ...]) -> None:
+        """409 for a job that has ended or is ending; ``JobNotActive`` for other states not in ``allowed``."""
+        state = job.data["state"]
+        if state == "completed":
+            raise ApiError(409, "JobCompleted")
+        if state == "terminating":
+            raise ApiError(409, "JobBeingTerminated")
+        if state == "deleting":
+            raise ApiError(409, "JobBeingDeleted")
+        if allowed and state not in allowed:
+            raise ApiError(409, "JobNotActive", values=[("JobState", state)])
+
+    def disable_job(self, job_id: str, disable_tasks: str) -> None:
+        """``POST /jobs/{id}/disable``: no new tasks start; running ones are requeued, ended or waited for.
+
+        The job is ``disabling`` until no task of it runs, then ``disabled``. Disabling a disabling or
+        disabled job changes nothing; a job in any other state than active refuses with 409.
+        """
+        with self.lock:
+            job = self._job(job_id)
+            self._check_job_state(job, ("active", "disabling", "disabled"))
+            if job.data["state"] != "active":
+                return
+            now = self.now()
+            transition(job.data, "disabling", now)
+            touch(job.data, now)
+            for task in job.tasks.values():
+                if task.thread is not None and task.thread.is_alive() and disable_tasks != "wait":
+                    self._kill(task, "requeue" if disable_tasks == "requeue" else "terminate")
+            log.info("job %s disabling (%s)", job.id, disable_tasks)
+
+    def enable_job(self, job_id: str) -> None:
+        """``POST /jobs/{id}/enable``: a disabled (or disabling) job becomes active; an active one stays so."""
+        with self.lock:
+            job = self._job(job_id)
+            self._check_job_state(job, ("active", "disabling", "disabled", "enabling"))
+            if job.data["state"] == "active":
+                return
+            now = self.now()
+            transition(job.data, "active", now)
             touch(job.data, now)
 
     def terminate_job(self, job_id: str, reason: str | None = None) -> None:
         """``POST /jobs/{id}/terminate``: kill running tasks; the job completes when they have stopped."""
         with self.lock:
             job = self._job(job_id)
-            if job.data["state"] == "deleting":
-                raise ApiError(409, "JobBeingDeleted")
-            if job.data["state"] in ("completed", "terminating"):
-                raise ApiError(409, "JobCompleted" if job.data["state"] == "completed" else "JobBeingTerminated")
+            self._check_job_state(job, ())
             self._terminate_job(job, reason or "UserTerminate", self.now())
 
     def _terminate_job(self, job: Job, reason: str, now: float) -> None:
@@ -183,10 +284,17 @@ class JobsMixin(PoolsMixin):
                 touch(job.data, now)
                 self._release_auto_pool(job, now)
             return
-        if state != "active":
+        if state not in ("active", "disabling", "disabled"):
             return
         if job.deadline is not None and now >= job.deadline:
             self._terminate_job(job, "MaxWallClockTimeExpiry", now)
+            return
+        if state == "disabling":
+            if not busy:
+                transition(job.data, "disabled", now)
+                touch(job.data, now)
+            return
+        if state == "disabled":
             return
         if job.data.get("onAllTasksComplete") == "terminatejob":
             if job.tasks:

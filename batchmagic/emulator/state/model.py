@@ -22,6 +22,7 @@ __all__ = [
     "Pool",
     "Task",
     "Job",
+    "JobSchedule",
     "UNLIMITED_DURATION",
     "TICK",
     "parse_duration",
@@ -152,6 +153,21 @@ class Job:
     pending_reason: str | None = None
     delete_requested: bool = False
     created: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return str(self.data["id"])
+
+
+@dataclass
+class JobSchedule:
+    """A job schedule and its recurrence bookkeeping."""
+
+    data: dict[str, Any]
+    next_run: float | None = None
+    job_count: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    auto_pool_id: str | None = None
 
     @property
     def id(self) -> str:

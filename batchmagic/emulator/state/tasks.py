@@ -168,6 +168,61 @@ class TasksMixin(FilesMixin):
             transition(task.data, "completed", now)
             touch(task.data, now)
 
+    def replace_task(self, job_id: str, task_id: str, body: dict[str, Any]) -> None:
+        """``PUT /jobs/{j}/tasks/{t}``: replace the task's constraints, the one updatable part of a task.
+
+        Constraints the body omits go back to their defaults (unlimited wall clock, seven days'
+        retention, the job's retry count). A completed task refuses with 409 ``TaskCompleted``.
+        """
+        with self.lock:
+            job = self._job(job_id)
+            task = self._task(job_id, task_id)
+            if task.data["state"] == "completed":
+                raise ApiError(409, "TaskCompleted")
+            constraints = dict(body.get("constraints") or {})
+            for key in ("maxWallClockTime", "retentionTime"):
+                try:
+                    parse_duration(constraints.get(key))
+                except ValueError as exc:
+                    raise invalid_property(f"constraints.{key}", constraints.get(key)) from exc
+            retries = int(constraints.get("maxTaskRetryCount", job.data["constraints"].get("maxTaskRetryCount", 0)))
+            if retries < -1:
+                raise invalid_property("constraints.maxTaskRetryCount", retries)
+            task.data["constraints"] = {
+                "maxWallClockTime": constraints.get("maxWallClockTime", UNLIMITED_DURATION),
+                "retentionTime": constraints.get("retentionTime", "P7D"),
+                "maxTaskRetryCount": retries,
+            }
+            touch(task.data, self.now())
+
+    def reactivate_task(self, job_id: str, task_id: str) -> None:
+        """``POST /jobs/{j}/tasks/{t}/reactivate``: a failed task becomes active again, its retry count reset.
+
+        Only a completed task that failed can be reactivated, and only in a job that is not ending;
+        otherwise the service answers 409. Its previous exit code and failure information are gone.
+        """
+        with self.lock:
+            job = self._job(job_id)
+            task = self._task(job_id, task_id)
+            self._check_job_accepts_tasks(job)
+            info = task.data["executionInfo"]
+            if task.data["state"] != "completed" or info.get("result") != "failure":
+                raise ApiError(
+                    409,
+                    "TaskNotReactivatable" if task.data["state"] == "completed" else "TaskNotCompleted",
+                    "Only a task that completed with a failure can be reactivated.",
+                    [("TaskState", str(task.data["state"])), ("TaskResult", str(info.get("result")))],
+                )
+            now = self.now()
+            for key in ("exitCode", "failureInfo", "result", "endTime", "startTime", "lastRetryTime"):
+                info.pop(key, None)
+            info["retryCount"] = 0
+            task.data.pop("nodeInfo", None)
+            task.node = None
+            task.kill_reason = ""
+            transition(task.data, "active", now)
+            touch(task.data, now)
+
     def delete_task(self, job_id: str, task_id: str) -> None:
         """``DELETE /jobs/{j}/tasks/{t}``: kill it if running and forget it."""
         with self.lock:
