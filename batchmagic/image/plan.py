@@ -1,0 +1,158 @@
+"""Where a run's image comes from, decided before packaging, and the version guard after it.
+
+:func:`plan_image` checks the image flags against the backend and returns an :class:`ImageRequest`
+(or None when the run needs no image of ours); :meth:`ImageRequest.resolve` then either checks a
+given image against the kernel (the guard: Python and the versions of the packages the shipped
+objects need) or builds and pushes one for the cell (:func:`~batchmagic.image.engine.ensure_image`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from batchmagic.environment import EnvironmentSpec, split_registry
+from batchmagic.errors import ConfigError
+from batchmagic.image.engine import ImageResult, ensure_image, image_labels
+from batchmagic.image.registry import split_image
+
+if TYPE_CHECKING:
+    from batchmagic.backends.base import Phase
+    from batchmagic.capture import CapturedCell
+
+__all__ = ["GuardWarning", "ImageRequest", "plan_image"]
+
+
+class GuardWarning(UserWarning):
+    """The version guard could not look at the configured image; the run goes on unchecked."""
+
+
+@dataclass
+class ImageRequest:
+    """How a submit gets its image: a given one (checked by the guard) or one built for the cell.
+
+    Made by :func:`plan_image` before anything is packaged (so a bad ``--requirements`` is one line
+    up front); :meth:`resolve` runs after packaging, when the shipped objects are known.
+    """
+
+    given: str = ""
+    registry: str = ""
+    base_image: str = ""
+    requirements: str | Path | None = None
+    pip: tuple[str, ...] = ()
+    push: bool = True
+    engine_first: bool = False
+    configured: bool = False  # ``given`` came from the settings (AzBatch.image), not from --image
+    result: ImageResult | None = None
+
+    def spec_for(self, modules: Iterable[str]) -> EnvironmentSpec:
+        from batchmagic.environment import environment_spec
+
+        return environment_spec(modules, base_image=self.base_image, requirements=self.requirements, pip=self.pip)
+
+    def resolve(self, captured: CapturedCell, enter: Callable[[Phase, str], None]) -> str:
+        """The image to run ``captured`` in.
+
+        ``enter(phase, detail)`` is called for the build and push phases (``Run._enter``).
+
+        Raises
+        ------
+        ConfigError
+            The guard found a mismatch, or the image could not be found, built or pushed.
+        """
+        from batchmagic.backends.base import Phase
+        from batchmagic.environment import check_compatible, shipped_modules
+
+        modules = shipped_modules(captured.path, captured.analysis.imported_modules, captured.manifest.modules)
+        if self.given:
+            try:
+                labels = image_labels(self.given, engine_first=self.engine_first)
+            except ConfigError as err:
+                if self.configured:
+                    # The image of the settings, whose registry this client may not reach: run it, say so.
+                    warnings.warn(
+                        f"could not check {self.given} against this kernel: {err}", GuardWarning, stacklevel=2
+                    )
+                    return self.given
+                if self.engine_first or split_image(self.given)[0]:
+                    raise
+                labels = {}  # a public image name and no engine here to ask: nothing to compare
+            if labels is None and self.configured:
+                warnings.warn(
+                    f"{self.given} is not in its registry (as far as this client can see)", GuardWarning, stacklevel=2
+                )
+                return self.given
+            if labels is None:
+                where = "the local Docker engine" if self.engine_first else f"registry {split_image(self.given)[0]}"
+                raise ConfigError(f"image {self.given} is not in {where}: build it first or check the name")
+            check_compatible(self.given, labels, modules)
+            return self.given
+        spec = self.spec_for(modules)
+        stages = {"building": Phase.BUILDING_IMAGE, "pushing": Phase.PUSHING_IMAGE}
+        self.result = ensure_image(
+            spec, self.registry, push=self.push, progress=lambda stage, detail: enter(stages[stage], detail)
+        )
+        return self.result.image
+
+
+def plan_image(
+    backend: str,
+    *,
+    image: str | None = None,
+    configured_image: str | None = None,
+    container: bool = False,
+    registry: str | None = None,
+    base_image: str | None = None,
+    requirements: str | Path | None = None,
+    pip: Iterable[str] = (),
+) -> ImageRequest | None:
+    """Decide, before packaging, where a run's image comes from; None when it needs none of ours.
+
+    - ``--image`` given: that image, after the guard.
+    - ``--backend local --container``: build (or reuse) the image in the local engine, no push.
+    - Azure with no image configured and a registry (``BATCHMAGIC_REGISTRY``): build-or-reuse and push.
+
+    Raises
+    ------
+    ConfigError
+        ``--requirements`` missing or unparsable, a malformed ``--pip`` or registry, or flags that
+        do not apply (``--container`` on Azure, ``--requirements`` with ``--image``).
+    """
+    from batchmagic.config import setting
+    from batchmagic.environment import parse_pip, read_requirements
+
+    pip = tuple(pip or ())
+    registry = registry if registry is not None else setting("registry")
+    base_image = base_image or setting("base_image")
+    if container and backend != "local":
+        raise ConfigError("--container is for --backend local (on Azure every task runs in a container)")
+    if image and (requirements or pip):
+        raise ConfigError("--image runs a prebuilt image as is: drop --requirements/--pip, or drop --image to build")
+    if requirements:
+        read_requirements(requirements)
+    parse_pip(pip)
+    if registry:
+        split_registry(registry)
+    if image:
+        if backend == "local" and not container:
+            raise ConfigError("--image on the local backend needs --container (it runs the task in that image)")
+        return ImageRequest(given=image, engine_first=backend == "local")
+    if backend == "local":
+        if not container:
+            if requirements or pip:
+                raise ConfigError("--requirements/--pip build an image: add --container, or use the azure backend")
+            return None
+        return ImageRequest(registry=registry, base_image=base_image, requirements=requirements, pip=pip, push=False)
+    if configured_image and not (requirements or pip):
+        return ImageRequest(given=configured_image, configured=True)  # the guard runs on it too
+    if not registry:
+        if requirements or pip:
+            raise ConfigError(
+                "--requirements/--pip need a registry to push the image to: set BATCHMAGIC_REGISTRY "
+                "(e.g. myregistry.azurecr.io/batchmagic) or %config AzBatch.registry = '...'"
+            )
+        return None
+    return ImageRequest(registry=registry, base_image=base_image, requirements=requirements, pip=pip)
