@@ -57,7 +57,7 @@ test: $(BIN)/.installed $(BIN6)/.installed $(VENV_AZCLI)/bin/.installed $(VENV_B
 lint: $(BIN)/.installed
 	$(BIN)/ruff check batchmagic tests bench
 	$(BIN)/ruff format --check batchmagic tests bench
-	$(BIN)/python -m mypy batchmagic --ignore-missing-imports
+	$(BIN)/python -m mypy --strict batchmagic
 
 bench: $(BIN)/.installed node_modules/.installed
 	$(BIN)/python -m bench

@@ -189,7 +189,7 @@ class _ScopeNames(ast.NodeVisitor):
             self.visit(node.returns)
         self._nested(*_function_free(node.args, node.body))
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Lambda(self, node: ast.Lambda) -> None:
         for expr in _arg_expressions(node.args):
@@ -208,10 +208,10 @@ class _ScopeNames(ast.NodeVisitor):
         self.nested |= free
         self.binds |= walrus
 
-    visit_ListComp = _comprehension  # type: ignore[assignment]
-    visit_SetComp = _comprehension  # type: ignore[assignment]
-    visit_GeneratorExp = _comprehension  # type: ignore[assignment]
-    visit_DictComp = _comprehension  # type: ignore[assignment]
+    visit_ListComp = _comprehension
+    visit_SetComp = _comprehension
+    visit_GeneratorExp = _comprehension
+    visit_DictComp = _comprehension
 
 
 def _function_free(args: ast.arguments, body: list[ast.stmt] | list[ast.expr]) -> tuple[set[str], set[str]]:
@@ -323,10 +323,10 @@ class _TopLevel(ast.NodeVisitor):
         self.load(free)
         self.bind(walrus)
 
-    visit_ListComp = _comprehension  # type: ignore[assignment]
-    visit_SetComp = _comprehension  # type: ignore[assignment]
-    visit_GeneratorExp = _comprehension  # type: ignore[assignment]
-    visit_DictComp = _comprehension  # type: ignore[assignment]
+    visit_ListComp = _comprehension
+    visit_SetComp = _comprehension
+    visit_GeneratorExp = _comprehension
+    visit_DictComp = _comprehension
 
     # statements that bind
     def store(self, target: ast.expr) -> None:
@@ -396,7 +396,7 @@ class _TopLevel(ast.NodeVisitor):
         self.bind([node.name])
         self.all_bound.extend(sorted(global_stores))
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node: ast.ClassDef) -> None:
         for expr in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
@@ -424,7 +424,7 @@ class _TopLevel(ast.NodeVisitor):
         self.bound = before
         self.branch(node.orelse)
 
-    visit_AsyncFor = visit_For  # type: ignore[assignment]
+    visit_AsyncFor = visit_For
 
     def visit_While(self, node: ast.While) -> None:
         self.visit(node.test)
@@ -437,7 +437,7 @@ class _TopLevel(ast.NodeVisitor):
                 self.store(item.optional_vars)
         self.block(node.body)
 
-    visit_AsyncWith = visit_With  # type: ignore[assignment]
+    visit_AsyncWith = visit_With
 
     def visit_Try(self, node: ast.Try | ast.TryStar) -> None:
         before = set(self.bound)
@@ -459,7 +459,7 @@ class _TopLevel(ast.NodeVisitor):
         self.block(node.finalbody)
         self.bound |= set.intersection(*handled)
 
-    visit_TryStar = visit_Try  # type: ignore[assignment]
+    visit_TryStar = visit_Try
 
     def visit_Match(self, node: ast.Match) -> None:
         self.visit(node.subject)

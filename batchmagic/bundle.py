@@ -147,7 +147,7 @@ class BundleWriter:
         with self._zip.open(name, "w", force_zip64=True) as raw:
             counter = HashingWriter(raw, self._digest)
             buffered = io.BufferedWriter(counter, buffer_size=1 << 20)
-            yield buffered  # type: ignore[misc]
+            yield buffered
             buffered.flush()
         self._last_size = counter.count
 

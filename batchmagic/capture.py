@@ -28,6 +28,7 @@ import batchmagic
 from batchmagic.analysis import CellAnalysis, StarImportError, analyze
 from batchmagic.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
 from batchmagic.errors import CaptureError
+from batchmagic.protocol import Layout
 
 __all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]
 
@@ -188,7 +189,7 @@ class ExternalObject:
 
     @property
     def key(self) -> str:
-        return f"objects/sha256/{self.sha256}"
+        return Layout.object(self.sha256)
 
 
 def _pickle_to_file(name: str, value: Any, path: Path) -> ExternalObject:

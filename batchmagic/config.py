@@ -1,16 +1,26 @@
-"""Parsing and checking of settings shared by the API and the magics (no second config system:
-the values themselves live in the magics' traits or in keyword arguments)."""
+"""Settings, resolved once into one object: from the magics' traits in a notebook, from the
+environment for API use. This is the only module that reads ``os.environ``; everything else is
+handed a :class:`Settings` (and the stores and credentials built from it).
+
+Also the parsing and checking of values shared by the API and the magics (durations, ``--env``).
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from batchmagic.errors import ConfigError
+from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 
 __all__ = [
+    "Settings",
+    "Secrets",
     "parse_timeout",
     "parse_env",
     "default_home",
@@ -25,6 +35,7 @@ MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
 DEFAULT_TIMEOUT = 24 * 3600
 DEFAULT_VM_SIZE = "Standard_D2s_v3"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
+DEFAULT_MAX_TASKS = 10_000
 
 #: Settings environment variables seed (the Azure CLI's names where one exists): setting -> (variable,
 #: default). The magics' traits and the Python API both read them here. Secrets are not settings: the
@@ -109,3 +120,100 @@ def check_home(home: Path) -> Path:
             "point it at a directory you can write, e.g. %config AzBatch.home = '/tmp/batchmagic'"
         ) from err
     return home
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What authenticates this client, read from the environment only (never traits, never logged:
+    the repr shows which are set, not their values)."""
+
+    batch_key: str = field(default="", repr=False)
+    storage_connection_string: str = field(default="", repr=False)
+    registry_username: str = field(default="", repr=False)
+    registry_password: str = field(default="", repr=False)
+
+    @classmethod
+    def from_env(cls) -> Secrets:
+        return cls(
+            batch_key=os.environ.get("AZURE_BATCH_ACCESS_KEY", ""),
+            storage_connection_string=os.environ.get("AZURE_STORAGE_CONNECTION_STRING", ""),
+            registry_username=os.environ.get("BATCHMAGIC_REGISTRY_USERNAME", ""),
+            registry_password=os.environ.get("BATCHMAGIC_REGISTRY_PASSWORD", ""),
+        )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f.name for f in fields(self) if getattr(self, f.name))
+        return f"Secrets(set: {shown or 'none'})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a session needs to know about where runs go, resolved once.
+
+    Built by :meth:`from_env` (the Python API, the command line) or by the magics from their traits
+    (which the same environment variables seed). Per-run choices are :class:`batchmagic.options.RunOptions`.
+    """
+
+    backend: str = "local"
+    backend_chosen: bool = False  # the backend was chosen (BATCHMAGIC_BACKEND, a trait), not defaulted
+    home: Path = field(default_factory=lambda: Path.home() / ".batchmagic")
+    vm_size: str = DEFAULT_VM_SIZE
+    timeout: float = DEFAULT_TIMEOUT
+    batch_endpoint: str = ""
+    batch_account: str = ""
+    storage_account_url: str = ""
+    container: str = "batchmagic"
+    image: str = ""
+    registry: str = ""
+    base_image: str = DEFAULT_BASE_IMAGE
+    input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
+    max_tasks: int = DEFAULT_MAX_TASKS
+    docker_host: str = ""
+    secrets: Secrets = field(default_factory=Secrets)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """The settings the environment gives (the Azure CLI's names where one exists), with
+        ``overrides`` (empty values ignored) on top.
+
+        Raises
+        ------
+        ConfigError
+            ``BATCHMAGIC_MAX_TASKS`` is not a positive integer.
+        """
+        raw_max = os.environ.get("BATCHMAGIC_MAX_TASKS", "") or str(DEFAULT_MAX_TASKS)
+        try:
+            max_tasks = int(raw_max)
+            if max_tasks < 1:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"BATCHMAGIC_MAX_TASKS={raw_max!r} is not a positive integer") from None
+        values: dict[str, Any] = {name: setting(name) for name in ENV_SETTINGS}
+        values.update(
+            backend=default_backend(),
+            backend_chosen=bool(os.environ.get("BATCHMAGIC_BACKEND", "").strip()),
+            home=default_home(),
+            max_tasks=max_tasks,
+            docker_host=os.environ.get("DOCKER_HOST", ""),
+            secrets=Secrets.from_env(),
+        )
+        return cls(**values).with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given values (``None`` and ``""`` leave a setting as it is)."""
+        given = {k: v for k, v in overrides.items() if v is not None and v != ""}
+        if "home" in given:
+            given["home"] = Path(given["home"]).expanduser()
+        if "backend" in given:
+            given["backend"] = str(given["backend"]).lower()
+        return replace(self, **given) if given else self
+
+    def public(self) -> Mapping[str, Any]:
+        """The settings without the secrets, for messages and the ledger."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"}
+
+
+def inherited_environment(secret: re.Pattern[str]) -> dict[str, str]:
+    """This process's environment without the variables whose names match ``secret`` and without
+    ``PYTHONPATH``: what a local task inherits."""
+    return {k: v for k, v in os.environ.items() if not secret.search(k) and k != "PYTHONPATH"}

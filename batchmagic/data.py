@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import io
-import os
 import re
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
@@ -52,7 +51,9 @@ def _url(path: str) -> str:
         raise ValueError(f"{path!r} is not az://container/blob")
     if path in _grants:
         return _grants[path]
-    connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    from batchmagic.config import Secrets
+
+    connection = Secrets.from_env().storage_connection_string
     if not connection:
         raise PermissionError(
             f"no read access to {path}: inside a run, write the az:// path literally in the cell (or pass it "

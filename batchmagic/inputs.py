@@ -8,15 +8,13 @@ per file, scoped to that blob, and downloads them in parallel before the cell ru
 
 from __future__ import annotations
 
-import hashlib
-import os
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from batchmagic.errors import ConfigError
+from batchmagic.protocol import InputFile, Layout, sha256_file
 from batchmagic.storage import BlobStore, LocalStore, Store
 
 __all__ = [
@@ -90,30 +88,23 @@ class HashCache:
         stat = path.stat()
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in self._known:
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(4 << 20):
-                    digest.update(chunk)
-            self._known[key] = digest.hexdigest()
+            self._known[key] = sha256_file(path)
         return self._known[key]
 
 
 @dataclass
 class StagedInputs:
-    files: list[dict[str, Any]]  # what the runner fetches: url, path, size
+    files: list[InputFile]  # what the runner fetches
     uploaded: int  # bytes uploaded for this run (0 when all content was there already)
     total: int  # bytes the task will download
 
 
-def _signer_for_remote(store: Store) -> BlobStore:
-    if isinstance(store, BlobStore):
-        return store
-    connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
-    if not connection:
+def _require(signer: BlobStore | None) -> BlobStore:
+    if signer is None:
         raise ConfigError(
             "az:// inputs need Blob Storage: export AZURE_STORAGE_CONNECTION_STRING for the account holding them"
         )
-    return BlobStore.from_connection_string(connection, "batchmagic")
+    return signer
 
 
 def stage_inputs(
@@ -122,6 +113,7 @@ def stage_inputs(
     *,
     expiry: datetime,
     hashes: HashCache,
+    signer: BlobStore | None = None,
     disk: tuple[str, int] | None = None,
 ) -> StagedInputs:
     """Resolve every input to files with read URLs, uploading local content the store lacks.
@@ -130,6 +122,8 @@ def stage_inputs(
 
     Parameters
     ----------
+    signer : BlobStore, optional
+        What lists ``az://`` inputs and signs read URLs for them (the run's store on Azure).
     disk : (str, int), optional
         The VM size and the bytes of its temporary disk, where the task's working directory lives.
 
@@ -143,7 +137,7 @@ def stage_inputs(
     for spec in specs:
         if spec.remote:
             container, _, prefix = spec.source[len("az://") :].partition("/")
-            blobs = _signer_for_remote(store).list_blobs_in(container, prefix)
+            blobs = _require(signer).list_blobs_in(container, prefix)
             if not blobs:
                 raise ConfigError(f"--input {spec.source}: no blob there (container {container!r}, prefix {prefix!r})")
             single = len(blobs) == 1 and blobs[0][0] == prefix
@@ -163,14 +157,14 @@ def stage_inputs(
             f"{disk[0]}: pick a --vm with a bigger disk, or read the data in parts with batchmagic.data"
         )
 
-    files: list[dict[str, Any]] = []
+    files: list[InputFile] = []
     for container, name, relative, size in remote:
-        url = _signer_for_remote(store).blob_url_in(container, name, permissions="r", expiry=expiry)
-        files.append({"url": url, "path": relative, "size": size})
+        url = _require(signer).blob_url_in(container, name, permissions="r", expiry=expiry)
+        files.append(InputFile(url, relative, size))
     uploaded = 0
     for path, relative, size in local:
         digest = hashes.sha256(path)
-        key = f"inputs/sha256/{digest}"
+        key = Layout.input(digest)
         if not store.exists(key):
             if isinstance(store, LocalStore):
                 store.put_file_linked(key, path)
@@ -178,7 +172,7 @@ def stage_inputs(
                 store.put_file(key, path)
             uploaded += size
         url = store.url(key, permissions="r", expiry=expiry)
-        files.append({"url": url, "path": relative, "size": size, "sha256": digest})  # checked on the node
+        files.append(InputFile(url, relative, size, digest))  # checked on the node
     return StagedInputs(files, uploaded, total)
 
 
@@ -186,16 +180,18 @@ class DataAccessWarning(UserWarning):
     """An az:// path in the cell cannot be granted to the run."""
 
 
-def grant_paths(paths: list[str], store: Store, *, expiry: datetime) -> dict[str, str]:
+def grant_paths(paths: list[str], signer: BlobStore | None, *, expiry: datetime) -> dict[str, str]:
     """A read SAS URL for each ``az://container/blob`` the cell names literally (batchmagic.data)."""
     import warnings
 
     if not paths:
         return {}
-    try:
-        signer = _signer_for_remote(store)
-    except ConfigError as err:
-        warnings.warn(f"the cell reads {paths[0]}, but {err}", DataAccessWarning, stacklevel=3)
+    if signer is None:
+        warnings.warn(
+            f"the cell reads {paths[0]}, but no Blob Storage is configured: export AZURE_STORAGE_CONNECTION_STRING",
+            DataAccessWarning,
+            stacklevel=3,
+        )
         return {}
     grants = {}
     for path in paths:

@@ -7,7 +7,6 @@ the cell's own stdout/stderr.
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -23,9 +22,11 @@ from traitlets import Enum, Integer, TraitError, Unicode, default, validate
 from batchmagic import api
 from batchmagic.backends import BACKENDS
 from batchmagic.capture import check_cell
-from batchmagic.config import DEFAULT_VM_SIZE, default_backend, default_home, parse_env, parse_timeout, setting
+from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
-from batchmagic.monitor import LogRecord, RunState
+from batchmagic.options import RunOptions, check_identifier
+from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
+from batchmagic.state import LogRecord, RunState
 from batchmagic.sweep import parse_grid, rows_from
 from batchmagic.widget import PANEL_MODES, format_seconds, make_panel
 
@@ -78,9 +79,9 @@ class AzBatch(Magics):
         help="Image the training image is built FROM: any Debian-like image whose Python matches the kernel's. "
         "Defaults to BATCHMAGIC_BASE_IMAGE, else python:3.11-slim.",
     ).tag(config=True)
-    input_concurrency = Integer(16, help="Parallel connections each task uses to download its --input data.").tag(
-        config=True
-    )
+    input_concurrency = Integer(
+        DEFAULT_INPUT_CONCURRENCY, help="Parallel connections each task uses to download its --input data."
+    ).tag(config=True)
     panel = Enum(
         PANEL_MODES,
         default_value="auto",
@@ -92,42 +93,69 @@ class AzBatch(Magics):
         super().__init__(shell=shell, **kwargs)
         self.session = api.Session()
         self._notice_shown = False
+        self._environment: Settings | None = None
+
+    @property
+    def _env(self) -> Settings:
+        """The environment's settings, read once: they seed the traits' defaults."""
+        if self._environment is None:
+            with _usage_errors():
+                self._environment = Settings.from_env()
+        return self._environment
 
     @default("backend")
     def _default_backend(self) -> str:
-        return default_backend()
+        return self._env.backend
 
     @default("home")
     def _default_home(self) -> str:
-        return str(default_home())
+        return str(self._env.home)
 
     @default("batch_endpoint")
     def _default_batch_endpoint(self) -> str:
-        return setting("batch_endpoint")
+        return self._env.batch_endpoint
 
     @default("batch_account")
     def _default_batch_account(self) -> str:
-        return setting("batch_account")
+        return self._env.batch_account
 
     @default("storage_account_url")
     def _default_storage_account_url(self) -> str:
-        return setting("storage_account_url")
+        return self._env.storage_account_url
 
     @default("container")
     def _default_container(self) -> str:
-        return setting("container")
+        return self._env.container
 
     @default("image")
     def _default_image(self) -> str:
-        return setting("image")
+        return self._env.image
 
     @default("registry")
     def _default_registry(self) -> str:
-        return setting("registry")
+        return self._env.registry
 
     @default("base_image")
     def _default_base_image(self) -> str:
-        return setting("base_image")
+        return self._env.base_image
+
+    def settings(self) -> Settings:
+        """The traits resolved into one Settings (secrets come from the environment, never traits)."""
+        return self._env.with_overrides(
+            backend=self.backend,
+            backend_chosen=self._env.backend_chosen or "backend" in self.config.get("AzBatch", {}),
+            home=self.home,
+            vm_size=self.vm_size,
+            timeout=parse_timeout(self.timeout),
+            batch_endpoint=self.batch_endpoint,
+            batch_account=self.batch_account,
+            storage_account_url=self.storage_account_url,
+            container=self.container,
+            image=self.image,
+            registry=self.registry,
+            base_image=self.base_image,
+            input_concurrency=self.input_concurrency,
+        )
 
     def backend_config(self) -> dict[str, str]:
         """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""
@@ -220,20 +248,14 @@ class AzBatch(Magics):
         prints appears here while it runs; its handle is bound to ``_azbatch``.
         """
         args = parse_argstring(self.azbatch, line)
-        backend = (args.backend or self.backend).lower()
-        if backend not in BACKENDS:
-            raise UsageError(f"--backend {args.backend!r} is not one of: {', '.join(BACKENDS)}")
-        outputs = [n.strip() for n in args.out.split(",") if n.strip()] if args.out is not None else None
-        if outputs is not None and not outputs:
-            raise UsageError("--out needs at least one name, like --out model,score")
-        if args.out_run is not None and not args.out_run.isidentifier():
-            raise UsageError(f"--out-run {args.out_run!r} is not a Python name")
         with _usage_errors():
-            timeout = parse_timeout(args.timeout or self.timeout)
-            env = parse_env(args.env)
+            settings = self.settings()
+            options = self._options(args)
             check_cell(cell)
-            sweep = self._sweep(args)
-        self._explain_default_backend(args.backend)
+            options.check_sweep(settings.max_tasks)
+            if args.out_run is not None:
+                check_identifier(args.out_run, "--out-run")
+        self._explain_default_backend(args.backend, settings)
 
         current: list[api.Run] = []  # the panel exists before the run does
         panel = make_panel(
@@ -263,29 +285,9 @@ class AzBatch(Magics):
             run = self.session.submit(
                 cell,
                 self._user_ns,
-                backend=backend,
-                home=self.home,
-                vm_size=args.vm or self.vm_size,
-                name=args.name,
-                outputs=outputs,
-                timeout=timeout,
-                env=env,
-                nodes=args.nodes,
-                low_priority=args.low_priority,
-                retries=args.retries,
-                sweep=sweep,
-                slots_per_node=args.slots_per_node,
-                inputs=args.input or (),
-                output_files=args.output or (),
-                input_concurrency=self.input_concurrency,
+                options,
+                settings=settings,
                 on_update=on_background_update if args.no_wait else on_update,
-                backend_config=self.backend_config() if backend == "azure" else None,
-                image=args.image,
-                container=args.container,
-                requirements=args.requirements,
-                pip=args.pip or (),
-                registry=self.registry,
-                base_image=self.base_image,
             )
         current.append(run)
         self._user_ns["_azbatch"] = run
@@ -307,7 +309,32 @@ class AzBatch(Magics):
     def _user_ns(self) -> dict[str, Any]:
         """The notebook's namespace: a magic runs only once registered with a shell."""
         assert self.shell is not None, "AzBatch magics need an IPython shell"
-        return self.shell.user_ns
+        namespace: dict[str, Any] = self.shell.user_ns
+        return namespace
+
+    def _options(self, args: Any) -> RunOptions:
+        """The cell's flags as run options (values are checked by RunOptions, once)."""
+        if args.backend is not None and args.backend.lower() not in BACKENDS:
+            raise UsageError(f"--backend {args.backend!r} is not one of: {', '.join(BACKENDS)}")
+        return RunOptions(
+            backend=args.backend,
+            vm_size=args.vm,
+            name=args.name,
+            outputs=None if args.out is None else tuple(args.out.split(",")),
+            timeout=args.timeout,
+            env=parse_env(args.env),
+            nodes=args.nodes,
+            low_priority=args.low_priority,
+            retries=args.retries,
+            sweep=_tuple_or_none(self._sweep(args)),
+            slots_per_node=args.slots_per_node,
+            inputs=tuple(args.input or ()),
+            output_files=tuple(args.output or ()),
+            image=args.image,
+            container=args.container,
+            requirements=args.requirements,
+            pip=tuple(args.pip or ()),
+        )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:
         """The parameter sets of --sweep / --sweep-from, or None for a single cell."""
@@ -321,10 +348,10 @@ class AzBatch(Magics):
             return rows_from(args.sweep_from, self._user_ns[args.sweep_from])
         return None
 
-    def _explain_default_backend(self, explicit: str | None) -> None:
+    def _explain_default_backend(self, explicit: str | None, settings: Settings) -> None:
         """Say once why cells run locally when nobody chose the backend."""
-        chosen = explicit or os.environ.get("BATCHMAGIC_BACKEND") or "backend" in self.config.get("AzBatch", {})
-        if chosen or self._notice_shown or self.backend != "local":
+        chosen = explicit or settings.backend_chosen
+        if chosen or self._notice_shown or settings.backend != "local":
             return
         self._notice_shown = True
         print(
@@ -389,7 +416,7 @@ class AzBatch(Magics):
         backend = None
         if args.everything and self.backend == "azure":
             with _usage_errors():
-                backend = self.session.backend("azure", home=self.home, **self.backend_config())
+                backend = self.session.backend("azure", settings=self.settings())
         with _usage_errors():
             removed = self.session.teardown(everything=args.everything, blobs=args.blobs, backend=backend)
         if removed:
@@ -397,6 +424,10 @@ class AzBatch(Magics):
                 print(f"removed {item}")
         else:
             print("nothing to tear down: no run of this kernel is running or holds resources")
+
+
+def _tuple_or_none(rows: list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:
+    return None if rows is None else tuple(rows)
 
 
 def _replay(output: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ text and the runner's display records), then its error if it raised. Any noteboo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import nbformat
 
@@ -52,4 +52,4 @@ def run_notebook(
     cell.outputs = [nbformat.from_dict(output) for output in outputs_of(records, error)]
     nb.cells.append(cell)
     nbformat.validate(nb)
-    return nb
+    return cast(nbformat.NotebookNode, nb)

@@ -1,27 +1,39 @@
-"""The handle on a submitted cell: :class:`Run` follows it (poll, wait, cancel), collects what it
-produced (outputs, a sweep's table, files, displays) and writes its record. :mod:`batchmagic.api`
-makes Runs; the magics and the panel only read them."""
+"""The handle on a submitted cell: :class:`Run` owns its whole lifecycle, from packaging to done.
+
+:mod:`batchmagic.api` creates a Run and walks it through its first steps (:meth:`Run.step` for
+packaging and uploading, :meth:`Run.launch` to start it); from then on the Run follows itself (poll,
+wait, cancel), collects what the tasks produced (outputs, a sweep's table, files, displays) and
+writes its record. The magics and the panel only read it."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
+import uuid
 import warnings
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
-from batchmagic.backends.base import Backend, BackendStatus, Phase, TaskStatus
-from batchmagic.errors import ConfigError, RemoteError, RunCancelled, RunFailed
+from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSubmission
+from batchmagic.config import Settings
+from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.ledger import Ledger
-from batchmagic.monitor import LogRecord, Monitor, PhaseSpan, RunState
-from batchmagic.sweep import TaskOutcome, results_table
+from batchmagic.monitor import LogTail, Monitor
+from batchmagic.options import RunOptions
+from batchmagic.protocol import Layout, TaskOutcome
+from batchmagic.state import LogRecord, Phase, PhaseSpan, RunState
+from batchmagic.storage import BlobStore
+from batchmagic.sweep import TaskOutcome as SweepRow
+from batchmagic.sweep import results_table, task_ids_for
 
 __all__ = ["Run", "OutputWarning", "LargeUploadWarning", "UpdateCallback"]
 
@@ -111,6 +123,49 @@ class Run:
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
 
+    @classmethod
+    def create(
+        cls,
+        options: RunOptions,
+        settings: Settings,
+        backend: Backend,
+        *,
+        namespace: Mapping[str, Any] | None = None,
+        source: str = "",
+    ) -> Run:
+        """A new run (a fresh id, one task or one per sweep row), not yet started."""
+        run_id = new_run_id(options.name)
+        sweep = options.sweep
+        run = cls(
+            run_id=run_id,
+            name=options.name or run_id,
+            backend=backend,
+            vm_size=options.vm_size or settings.vm_size,
+            timeout=options.timeout or settings.timeout,
+            task_ids=task_ids_for(len(sweep)) if sweep is not None else ["task-0"],
+            params=list(sweep) if sweep is not None else None,
+            namespace=namespace if isinstance(namespace, MutableMapping) else None,
+        )
+        run.source = source
+        return run
+
+    def submission(self, options: RunOptions) -> TaskSubmission:
+        """What the backend is asked to start for this run."""
+        return TaskSubmission(
+            run_id=self.id,
+            name=self.name,
+            task_ids=list(self.task_ids),
+            spec_keys={tid: Layout.spec(self.id, tid) for tid in self.task_ids},
+            vm_size=self.vm_size,
+            timeout=self.timeout,
+            env=dict(options.env),
+            nodes=options.nodes,
+            low_priority=options.low_priority,
+            retries=options.retries,
+            slots_per_node=options.slots_per_node,
+            sas_expiry=self.sas_expiry,
+        )
+
     def __repr__(self) -> str:
         return f"<Run {self.name} ({self.id}) on {self.backend.name}: {self.status}>"
 
@@ -184,7 +239,15 @@ class Run:
         for callback in list(self._listeners):
             callback(state, records or [])
 
-    def _enter(self, phase: Phase, detail: str = "") -> None:
+    @property
+    def ticks(self) -> int:
+        """How many times the run has polled its backend."""
+        return self._monitor.ticks if self._monitor is not None else 0
+
+    # --- the lifecycle: packaging -> uploading -> queued -> ... -> done | failed | cancelled ---
+
+    def enter(self, phase: Phase, detail: str = "") -> None:
+        """Move to ``phase`` (or update the detail of the current one) and tell the listeners."""
         with self._lock:
             now = time.time()
             changed = phase != self.phase or not self._phases
@@ -196,20 +259,59 @@ class Run:
             self.detail = detail
         self._notify()
 
-    # --- keys in the store ---
+    @contextmanager
+    def step(self, phase: Phase, detail: str = "", *, storing: bool = False) -> Iterator[None]:
+        """One of the client's steps before the run starts: entered now; an error ends the run
+        ``failed`` and propagates. With ``storing``, an error of the store (not of ours) becomes one
+        line (RunFailed) instead of a traceback."""
+        self.enter(phase, detail)
+        try:
+            yield
+        except BatchMagicError as err:
+            self.fail(err)
+            raise
+        except Exception as err:
+            if not storing:
+                self.fail(err)
+                raise
+            failure = RunFailed(
+                f"could not store run {self.name}'s data in {self.store.describe()}: {_first_line(err)}"
+            )
+            self.fail(failure)
+            raise failure from err
+
+    def launch(self, submission: TaskSubmission, ledger: Ledger) -> None:
+        """Record the run in the ledger and have the backend start it: then it is queued.
+
+        Whatever stops the backend half-way (an error, Ctrl-C) fails the run and releases what it made.
+        """
+        ledger.record("submitted", self.id, backend=self.backend.name, name=self.name, vm_size=self.vm_size)
+        self._ledger = ledger
+        submission.ledger_id = ledger.client_id
+        try:
+            self.backend.submit(submission)
+        except BaseException as err:  # Ctrl-C included: a half-made job must not outlive this
+            self.fail(
+                err if isinstance(err, Exception) else RunCancelled(f"run {self.name} interrupted while submitting")
+            )
+            self.release()
+            raise
+        self.enter(Phase.QUEUED)
+
+    # --- keys in the store (batchmagic.protocol.Layout) ---
 
     @property
     def prefix(self) -> str:
-        return f"runs/{self.id}/"
+        return Layout.run_prefix(self.id)
 
     def log_key(self, task_id: str) -> str:
-        return f"{self.prefix}{task_id}/output.log"
+        return Layout.log(self.id, task_id)
 
     def result_key(self, task_id: str) -> str:
-        return f"{self.prefix}{task_id}/result"
+        return Layout.result(self.id, task_id)
 
     def outputs_prefix(self, task_id: str) -> str:
-        return f"{self.prefix}{task_id}/outputs/"
+        return Layout.outputs(self.id, task_id)
 
     def download(self, dest: str | Path = ".", *, task_id: str | None = None) -> list[Path]:
         """Fetch the ``--output`` files the cell wrote into ``dest``; return their paths."""
@@ -225,17 +327,19 @@ class Run:
 
     # --- the lifecycle ---
 
+    def _monitoring(self) -> Monitor:
+        if self._monitor is None:
+            # A single cell's log streams; a sweep's streams only for the tasks someone follows.
+            self._monitor = Monitor(self.backend, self.id, follow=() if self.is_sweep else self.task_ids)
+        return self._monitor
+
     def follow(self, task_id: str) -> None:
         """Stream this task's log through the updates too (a sweep streams none by default)."""
-        monitor = self._monitor or Monitor(self)
-        self._monitor = monitor
-        monitor.follow(task_id)
+        self._monitoring().follow(task_id)
 
     def logs(self, task_id: str | None = None) -> str:
         """Everything the cell (or one task of a sweep) printed so far, stdout and stderr in order."""
         tid = task_id or self.task_ids[0]
-        from batchmagic.monitor import LogTail
-
         return "".join(r.text for r in LogTail(self.log_key(tid), tid).read(self.store))
 
     def poll(self) -> bool:
@@ -243,10 +347,8 @@ class Run:
         with self._lock:
             if self.done:
                 return True
-            monitor = self._monitor or Monitor(self)
-            self._monitor = monitor
             try:
-                status, records = monitor.tick()
+                status, records = self._monitoring().tick()
             except Exception as err:
                 # A network blip or a throttled call: try again on the next ticks; give up (and release
                 # what the run holds) only when the backend stays unreachable.
@@ -255,8 +357,8 @@ class Run:
                 log.debug("poll %d failed", self._poll_errors, exc_info=True)
                 if self._poll_errors < _POLL_ATTEMPTS:
                     return False
-                self._fail(RunFailed(f"lost track of the run after {self._poll_errors} failed polls: {err}"))
-                self._release_quietly()
+                self.fail(RunFailed(f"lost track of the run after {self._poll_errors} failed polls: {err}"))
+                self.release()
                 return True
             self._poll_errors = 0
             self._last_status = status
@@ -265,12 +367,12 @@ class Run:
             if records:
                 self._notify(records)
             if status.error:
-                self._fail(RunFailed(status.error))
-                self._release_quietly()
+                self.fail(RunFailed(status.error))
+                self.release()
             elif status.finished:
                 self._collect(status)
             elif status.phase != self.phase or (status.detail or self._progress) != self.detail:
-                self._enter(status.phase, status.detail or self._progress)
+                self.enter(status.phase, status.detail or self._progress)
             else:
                 self._notify()
             return self.done
@@ -309,8 +411,7 @@ class Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self.poll():
-                monitor = self._monitor
-                pause = monitor.next_interval(active=self._activity) if monitor else 0.05
+                pause = self._pause()
                 if deadline is not None and time.monotonic() + pause > deadline:
                     raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
                 time.sleep(pause)
@@ -350,12 +451,11 @@ class Run:
                 warnings.simplefilter("always")
                 try:
                     while not self.poll():
-                        monitor = self._monitor
-                        time.sleep(monitor.next_interval(active=self._activity) if monitor else 0.05)
+                        time.sleep(self._pause())
                 except Exception as err:  # never a silent dead thread: the run says what happened
                     log.debug("background monitor of %s failed", self.id, exc_info=True)
-                    self._fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
-                    self._release_quietly()
+                    self.fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
+                    self.release()
                 self.warnings.extend(str(w.message) for w in caught)
 
         if self._background is None:
@@ -363,37 +463,62 @@ class Run:
             self._background.start()
         return self._background
 
+    def _pause(self) -> float:
+        """Seconds until the next poll: fast while things happen, backing off while they don't."""
+        monitor = self._monitor
+        return monitor.next_interval(active=self._activity, phase=self.phase) if monitor else 0.05
+
     def cancel(self) -> None:
         """Stop the run. Idempotent."""
         with self._lock:
             if self.done:
                 return
             self.backend.cancel(self.id)
-            self._mark_cancelled()
+            self.mark_cancelled()
 
-    def _mark_cancelled(self) -> None:
+    def mark_cancelled(self) -> None:
+        """End the run ``cancelled`` (its backend already stopped); nothing if it has ended."""
         with self._lock:
             if not self.done:
                 self.error = RunCancelled(f"run {self.name} was cancelled")
-                self._enter(Phase.CANCELLED)
+                self.enter(Phase.CANCELLED)
 
-    def _release_quietly(self) -> list[str]:
-        """Free what the run holds after a failure, without letting a second error hide the first."""
+    def release(self) -> list[str]:
+        """Free what the run holds after a failure, without letting a second error hide the first;
+        return a line per thing removed."""
         try:
             removed = self.backend.release(self.id)
         except Exception:
             log.warning("could not release run %s; %%azbatch_teardown retries", self.id, exc_info=True)
             return []
-        if self._ledger is not None:
+        if removed and self._ledger is not None:
             self._ledger.record("released", self.id, removed=removed)
         return removed
 
-    def _fail(self, error: BaseException) -> None:
+    def teardown(self, *, blobs: bool = False) -> list[str]:
+        """Stop the run and free what it holds (and with ``blobs`` its run data); a line per thing
+        removed. Raises what the backend raises, so a teardown can say which run it could not end."""
+        removed = self.backend.release(self.id)
+        if removed and self._ledger is not None:
+            self._ledger.record("released", self.id, removed=removed)
+        self.mark_cancelled()
+        if blobs:
+            count = self.store.delete_prefix(self.prefix)
+            if self.outbox is not self.store:
+                count += self.outbox.delete_prefix(self.prefix)
+                if isinstance(self.outbox, BlobStore):
+                    self.outbox.delete_container()
+            if count:
+                removed.append(f"{count} files of run data of {self.name}")
+        return removed
+
+    def fail(self, error: BaseException) -> None:
+        """End the run ``failed`` with ``error`` (what :meth:`result` raises)."""
         self.error = error
-        self._enter(Phase.FAILED, str(error))
+        self.enter(Phase.FAILED, str(error))
 
     def _collect(self, status: BackendStatus) -> None:
-        self._enter(Phase.COLLECTING)
+        self.enter(Phase.COLLECTING)
         # The last log bytes may have landed after the previous tick.
         if self._monitor is not None:
             records = self._monitor.read_logs()
@@ -406,54 +531,54 @@ class Run:
         outcome, failure = self._read_result(task)
         if failure:
             hint = self.backend.task_log_hint(self.id, task.task_id) if outcome is None else ""
-            self._fail(RunFailed(f"run {self.name}: {failure}" + (f"; {hint}" if hint else "")))
+            self.fail(RunFailed(f"run {self.name}: {failure}" + (f"; {hint}" if hint else "")))
             return
         assert outcome is not None
-        self.displays = list(outcome.get("displays", []))
+        self.displays = list(outcome.displays)
         self._write_record(task.task_id, outcome)
-        if not outcome["ok"]:
-            self._note_files(outcome)
-            err = outcome["error"]
-            self._fail(RemoteError(err["type"], err["message"], err["traceback"], task.task_id))
+        self._note_files(outcome)
+        if not outcome.ok:
+            self.fail(_remote_error(outcome, task.task_id))
             return
         outputs = _load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=4))
-        for name, reason in outcome.get("skipped", {}).items():
+        for name, reason in outcome.skipped.items():
             warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
         self.outputs = outputs
-        self.deleted = list(outcome.get("deleted", []))
-        self._note_files(outcome)
-        self._enter(Phase.DONE, _files_line(self.files))
+        self.deleted = list(outcome.deleted)
+        self.enter(Phase.DONE, _files_line(self.files))
 
     @property
     def record_key(self) -> str:
         """Where the run's record lives: a notebook of the cell and all it printed and displayed."""
-        return f"{self.prefix}outputs.ipynb"
+        return Layout.record(self.id)
 
-    def _write_record(self, task_id: str, outcome: dict[str, Any]) -> None:
+    def _write_record(self, task_id: str, outcome: TaskOutcome) -> None:
         """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
         import nbformat
 
-        from batchmagic.monitor import LogTail
         from batchmagic.notebook import run_notebook
 
         try:
             records = LogTail(self.log_key(task_id), task_id).read(self.store)
-            error = None if outcome["ok"] else outcome.get("error")
+            error = None
+            if not outcome.ok and outcome.error is not None:
+                err = outcome.error
+                error = {"type": err.type, "message": err.message, "traceback": list(err.traceback)}
             nb = run_notebook(self.source, records, error=error, run_id=self.id, name=self.name, task_id=task_id)
             self.store.put_bytes(self.record_key, nbformat.writes(nb).encode())
         except Exception:
             log.warning("could not write the record of run %s", self.id, exc_info=True)
 
-    def _note_files(self, outcome: dict[str, Any]) -> None:
-        self.files = [(str(path), int(size)) for path, size in outcome.get("files", [])]
-        for pattern in outcome.get("unmatched", []):
+    def _note_files(self, outcome: TaskOutcome) -> None:
+        self.files = list(outcome.files)
+        for pattern in outcome.unmatched:
             warnings.warn(f"--output {pattern!r} matched no file", OutputWarning, stacklevel=3)
 
-    def _read_result(self, task: TaskStatus) -> tuple[dict[str, Any] | None, str]:
+    def _read_result(self, task: TaskStatus) -> tuple[TaskOutcome | None, str]:
         """A finished task's outcome (None when the runner wrote none), and why it failed without
         one of its own verdicts (killed, timed out, no result): empty when the outcome tells."""
         try:
-            outcome = cloudpickle.loads(self.store.get_bytes(self.result_key(task.task_id)))
+            outcome = TaskOutcome.from_bytes(self.store.get_bytes(self.result_key(task.task_id)))
         except KeyError:
             return None, task.failure or f"the task ended without a result (exit code {task.exit_code})"
         # Killed or timed out: the runner's result only says it was terminated; the backend knows why.
@@ -463,42 +588,61 @@ class Run:
         """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``."""
         params = self.params or []
 
-        def one(index: int) -> TaskOutcome:
+        def one(index: int) -> SweepRow:
             tid = self.task_ids[index]
             task = status.tasks[tid]
-            out = TaskOutcome(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
+            out = SweepRow(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
             outcome, failure = self._read_result(task)
             if outcome is not None:
-                out.started, out.ended = outcome.get("started", out.started), outcome.get("ended", out.ended)
+                out.started = outcome.started if outcome.started is not None else out.started
+                out.ended = outcome.ended if outcome.ended is not None else out.ended
             if failure or outcome is None:
                 out.error_type, out.error_message = "RunFailed", failure
-            elif outcome["ok"]:
+            elif outcome.ok:
                 out.state = "succeeded"
                 out.outputs = _load_outputs(outcome, lambda text: log.warning("task %s: %s", tid, text))
             else:
-                err = outcome["error"]
-                out.error_type, out.error_message = err["type"], err["message"]
-                self.errors[tid] = RemoteError(err["type"], err["message"], err["traceback"], tid)
+                error = _remote_error(outcome, tid)
+                out.error_type, out.error_message = error.ename, error.evalue
+                self.errors[tid] = error
             return out
 
         with ThreadPoolExecutor(max_workers=16) as pool:
-            outcomes = list(pool.map(one, range(len(self.task_ids))))
+            rows = list(pool.map(one, range(len(self.task_ids))))
         self.errors = {tid: self.errors[tid] for tid in self.task_ids if tid in self.errors}  # in task order
-        self.outputs = [o.outputs for o in outcomes]
-        self.results = results_table(outcomes)
-        failed = sum(1 for o in outcomes if o.state == "failed")
-        self._enter(Phase.DONE, f"{len(outcomes) - failed} succeeded, {failed} failed")
+        self.outputs = [row.outputs for row in rows]
+        self.results = results_table(rows)
+        failed = sum(1 for row in rows if row.state == "failed")
+        self.enter(Phase.DONE, f"{len(rows) - failed} succeeded, {failed} failed")
 
 
-def _load_outputs(outcome: dict[str, Any], report: Callable[[str], None]) -> dict[str, Any]:
+def new_run_id(name: str | None) -> str:
+    """``<name>-<UTC time>-<random>``: unique, sortable, and a valid Batch job id."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:32] or "run"
+    return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _remote_error(outcome: TaskOutcome, task_id: str) -> RemoteError:
+    err = outcome.error
+    if err is None:
+        return RemoteError("RunFailed", f"task {task_id} failed in its {outcome.phase} without an error", [], task_id)
+    return RemoteError(err.type, err.message, list(err.traceback), task_id)
+
+
+def _load_outputs(outcome: TaskOutcome, report: Callable[[str], None]) -> dict[str, Any]:
     """Unpickle each output of a successful outcome; one that cannot come back is reported, not fatal."""
     outputs = {}
-    for name, data in outcome["outputs"].items():
+    for name, data in outcome.outputs.items():
         try:
             outputs[name] = cloudpickle.loads(data)
         except Exception as exc:
             report(f"`{name}` could not be brought back: {exc}")
     return outputs
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _files_line(files: list[tuple[str, int]]) -> str:

@@ -1,30 +1,23 @@
-"""Where run data lives: the client's :class:`Store` and the runner's :class:`Channel`.
+"""Where run data lives, as the client sees it: a :class:`Store` of keys (the layout is
+:class:`batchmagic.protocol.Layout`).
 
-Every run keeps its data under ``runs/<run-id>/`` in a store::
-
-    runs/<run-id>/bundle                  the bundle (see batchmagic.bundle)
-    runs/<run-id>/<task-id>/spec.json     what the runner is told: URLs of the three below
-    runs/<run-id>/<task-id>/output.log    stdout/stderr records, appended while the cell runs
-    runs/<run-id>/<task-id>/result        the pickled outcome, written once at the end
-    runs/<run-id>/outputs.ipynb           the cell and all it printed and displayed (written by the client)
-
-The client works with keys (:class:`LocalStore` on disk, :class:`BlobStore` in Azure Blob
-Storage). The runner gets URLs only: ``file://`` paths locally, SAS URLs in Azure, opened with
-:func:`open_channel`. This is the only module that imports ``azure.storage``.
+:class:`LocalStore` keeps it in a directory on this machine, :class:`BlobStore` in an Azure Blob
+Storage container; both sign URLs for the runner, which reads and writes them through
+:mod:`batchmagic.channel`. This is the only module that imports ``azure.storage``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
-import urllib.parse
 from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from batchmagic.channel import BlobChannel, Channel, FileChannel, atomic_write, open_channel
 
 __all__ = [
     "Store",
@@ -35,11 +28,7 @@ __all__ = [
     "BlobChannel",
     "open_channel",
     "check_container_name",
-    "LOG_RECORD_KEYS",
 ]
-
-LOG_RECORD_KEYS = ("t", "s", "d")  # time, stream ("o", "e", or "d": a display), data
-RANGE_SIZE = 8 << 20  # bytes per ranged download request or upload block
 
 
 class Store(ABC):
@@ -122,7 +111,7 @@ class LocalStore(Store):
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(target, data)
+        atomic_write(target, data)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -179,75 +168,6 @@ class LocalStore(Store):
             os.link(path, target)
         except OSError:
             shutil.copyfile(path, target)
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
-
-
-# --- the runner's side: a URL it may read, append to, or write once ---
-
-
-class Channel(ABC):
-    """One object the runner reads or writes, named by a URL."""
-
-    @abstractmethod
-    def read(self) -> bytes: ...
-
-    @abstractmethod
-    def append(self, data: bytes) -> None: ...
-
-    @abstractmethod
-    def write(self, data: bytes) -> None: ...
-
-    def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
-        """Copy the object into ``path``; ``size`` and ``concurrency`` are hints a subclass may use."""
-        Path(path).write_bytes(self.read())
-
-    def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
-        """Copy ``path`` into the object; ``concurrency`` is a hint a subclass may use."""
-        self.write(Path(path).read_bytes())
-
-
-class FileChannel(Channel):
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def read(self) -> bytes:
-        return self.path.read_bytes()
-
-    def append(self, data: bytes) -> None:
-        with open(self.path, "ab") as f:
-            f.write(data)
-
-    def write(self, data: bytes) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path, data)
-
-    def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
-        shutil.copyfile(self.path, path)
-
-    def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, self.path)
-
-
-def open_channel(url: str) -> Channel:
-    """Open a ``file://`` or SAS ``https://`` URL given to the runner."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        return FileChannel(Path(urllib.parse.unquote(parsed.path)))
-    if parsed.scheme in ("http", "https"):
-        return BlobChannel(url)
-    raise ValueError(f"unsupported URL scheme for run data: {parsed.scheme!r}")
-
-
-def encode_log_record(t: float, stream: str, data: str | dict[str, Any]) -> bytes:
-    """One log record: a JSON line with the time, the stream ("o"/"e") and the text; or the stream "d"
-    and an nbformat output object (something the cell displayed)."""
-    return (json.dumps({"t": round(t, 3), "s": stream, "d": data}, ensure_ascii=False) + "\n").encode()
 
 
 # --- Azure Blob Storage ---
@@ -468,160 +388,3 @@ def _client_options() -> dict[str, Any]:
     from azure.storage.blob import ExponentialRetry
 
     return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
-
-
-class BlobChannel(Channel):
-    """A blob the runner reaches through a SAS URL (no account key ever reaches a task).
-
-    Plain Blob REST calls over ``urllib``: a task starts in a fraction of the time the Azure SDK's
-    import takes, and the training image needs nothing but the standard library for its I/O.
-    """
-
-    API_VERSION = "2021-12-02"
-    ATTEMPTS = 4
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._created = False
-
-    def __repr__(self) -> str:
-        return f"<BlobChannel {self.url.split('?')[0]}>"  # never the SAS token
-
-    def _request(self, method: str, data: bytes | None = None, *, query: str = "", **headers: str) -> Any:
-        import time
-        import urllib.error
-        import urllib.request
-
-        url = self.url + (("&" if "?" in self.url else "?") + query if query else "")
-        headers = {"x-ms-version": self.API_VERSION, **{k.replace("_", "-"): v for k, v in headers.items()}}
-        if data is not None:
-            headers["Content-Length"] = str(len(data))
-        for attempt in range(self.ATTEMPTS):
-            request = urllib.request.Request(url, data=data, method=method, headers=headers)
-            try:
-                return urllib.request.urlopen(request, timeout=120)  # noqa: S310 - a SAS URL we were given
-            except urllib.error.HTTPError as err:
-                if err.code < 500 or attempt == self.ATTEMPTS - 1:
-                    raise BlobRequestError(method, err.code, self.url) from None
-            except OSError:
-                if attempt == self.ATTEMPTS - 1:
-                    raise
-            time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def read(self) -> bytes:
-        with self._request("GET") as response:
-            return bytes(response.read())
-
-    def size(self) -> int:
-        with self._request("HEAD") as response:
-            return int(response.headers["Content-Length"])
-
-    def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
-        """Download in parallel ranged requests (``concurrency`` at once, 8 MiB each) into ``path``."""
-        total = self.size() if size is None else size
-        if total <= RANGE_SIZE or concurrency <= 1:
-            with self._request("GET") as response, open(path, "wb") as f:
-                shutil.copyfileobj(response, f, length=4 << 20)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with open(path, "wb") as f:
-            f.truncate(total)
-            fd = f.fileno()
-
-            def fetch(start: int) -> None:
-                end = min(start + RANGE_SIZE, total) - 1
-                with self._request("GET", x_ms_range=f"bytes={start}-{end}") as response:
-                    offset = start
-                    while chunk := response.read(1 << 20):
-                        os.pwrite(fd, chunk, offset)
-                        offset += len(chunk)
-
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                list(pool.map(fetch, range(0, total, RANGE_SIZE)))
-
-    def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
-        """Upload a file: one request when small, else 8 MiB blocks in parallel and a block list."""
-        total = Path(path).stat().st_size
-        if total <= RANGE_SIZE:
-            self.write(Path(path).read_bytes())
-            return
-        import base64
-        from concurrent.futures import ThreadPoolExecutor
-
-        ids = [base64.b64encode(f"{i:08d}".encode()).decode() for i in range((total + RANGE_SIZE - 1) // RANGE_SIZE)]
-
-        def put(index: int) -> None:
-            with open(path, "rb") as f:
-                f.seek(index * RANGE_SIZE)
-                data = f.read(RANGE_SIZE)
-            block = urllib.parse.quote(ids[index], safe="")
-            self._request("PUT", data, query=f"comp=block&blockid={block}").close()
-
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(put, range(len(ids))))
-        body = (
-            "<?xml version='1.0' encoding='utf-8'?><BlockList>"
-            + "".join(f"<Latest>{i}</Latest>" for i in ids)
-            + "</BlockList>"
-        )
-        self._request("PUT", body.encode(), query="comp=blocklist").close()
-
-    def append(self, data: bytes) -> None:
-        if not self._created:
-            try:
-                self._request("PUT", b"", x_ms_blob_type="AppendBlob", If_None_Match="*").close()
-            except BlobRequestError as err:
-                if err.status != 409:  # 409: a retried task appends to the log its first attempt started
-                    raise
-            self._created = True
-        self._request("PUT", data, query="comp=appendblock").close()
-
-    def write(self, data: bytes) -> None:
-        self._request("PUT", data, x_ms_blob_type="BlockBlob").close()
-
-
-class BlobRequestError(OSError):
-    """A Blob REST call through a SAS URL was refused; the message never carries the SAS token."""
-
-    def __init__(self, method: str, status: int, url: str) -> None:
-        super().__init__(f"{method} {url.split('?')[0]} answered HTTP {status}")
-        self.status = status
-
-
-def child_url(url: str, name: str) -> str:
-    """The URL of ``name`` under a container (or directory) URL, SAS query kept."""
-    base, sep, query = url.partition("?")
-    return f"{base.rstrip('/')}/{urllib.parse.quote(name)}{sep}{query}"
-
-
-def list_urls(url: str, prefix: str = "") -> list[tuple[str, int, str]]:
-    """``(name, size, url)`` of every blob under ``prefix`` in a container SAS URL (needs ``l`` and
-    ``r``), or of every file under a ``file://`` directory."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme == "file":
-        root = Path(urllib.parse.unquote(parsed.path))
-        found = []
-        for path in sorted(root.rglob("*")):
-            name = path.relative_to(root).as_posix()
-            if path.is_file() and name.startswith(prefix):
-                found.append((name, path.stat().st_size, path.as_uri()))
-        return found
-    import xml.etree.ElementTree as ET
-
-    channel = BlobChannel(url)
-    found, marker = [], ""
-    while True:
-        query = "restype=container&comp=list&prefix=" + urllib.parse.quote(prefix, safe="")
-        if marker:
-            query += "&marker=" + urllib.parse.quote(marker, safe="")
-        with channel._request("GET", query=query) as response:
-            listing = ET.fromstring(response.read())
-        for blob in listing.iter("Blob"):
-            name = blob.findtext("Name") or ""
-            size = int(blob.findtext("Properties/Content-Length") or 0)
-            found.append((name, size, child_url(url, name)))
-        marker = listing.findtext("NextMarker") or ""
-        if not marker:
-            return found

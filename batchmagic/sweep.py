@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import itertools
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +23,9 @@ SCALARS = (bool, int, float, str, type(None))
 
 def max_tasks() -> int:
     """The most tasks a sweep may have: ``BATCHMAGIC_MAX_TASKS``, default 10,000."""
-    raw = os.environ.get("BATCHMAGIC_MAX_TASKS", "10000")
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"BATCHMAGIC_MAX_TASKS={raw!r} is not a whole number") from None
+    from batchmagic.config import Settings
+
+    return Settings.from_env().max_tasks
 
 
 def _literal(text: str) -> Any:

@@ -112,7 +112,7 @@ def measure(length: float, emulator: Any, session: Session, home: Path) -> Measu
     per_tick = [ops[a:b] for a, b in zip(starts, starts[1:] + [len(ops)], strict=True)]
     running = sum(1 for p in phases if p is Phase.RUNNING)
     return Measured(
-        length, run._monitor.ticks if run._monitor else 0, running, ops[: starts[0]], per_tick, phases, tick_ms
+        length, run.ticks, running, ops[: starts[0]], per_tick, phases, tick_ms
     )
 
 

@@ -106,7 +106,7 @@ def test_poll_ticks_cost_a_fixed_number_of_calls(azure_env, shell):
     shell.run_cell("%%azbatch\nimport time\ntime.sleep(4)\nx = 1")
     run = shell.user_ns["_azbatch"]
     job_reads = requests_to(azure_env, "GET", f"/jobs/{run.id}")
-    ticks = run._monitor.ticks
+    ticks = run.ticks
     assert len(job_reads) == ticks  # one job read a tick...
     reads = [r for r in azure_env.requests() if r["method"] == "GET" and run.id in r["path"]]
     pool_reads = [r for r in azure_env.requests() if r["method"] == "GET" and r["path"].startswith("/pools/")]
@@ -135,7 +135,7 @@ def test_quota_exceeded_is_reported_within_two_ticks(azure_env, shell):
     assert "--low-priority" in message and "quota increase" in message
     run = shell.magics_manager.registry["AzBatch"].session.runs[-1]
     # The pool is steady with its resize error by the first tick (allocation takes 0.3 s).
-    assert run._monitor.ticks <= 2
+    assert run.ticks <= 2
     assert_nothing_left(azure_env)
 
 
@@ -151,7 +151,7 @@ def test_teardown_ends_jobs_pools_and_blobs(azure_env, shell, azurite, capsys):
         "import time\ntime.sleep(120)",
         {},
         backend="azure",
-        backend_config=magics.backend_config(),
+        settings=magics.settings(),
         vm_size="Standard_D2s_v3",
     )
     wait_for(lambda: run.poll() or run.status == "running", timeout=20)
@@ -177,7 +177,7 @@ def test_teardown_all_finds_what_other_kernels_left(azure_env, shell, azurite, c
         "import time\ntime.sleep(120)",
         {},
         backend="azure",
-        backend_config=magics.backend_config(),
+        settings=magics.settings(),
         vm_size="Standard_D2s_v3",
     )
     assert active_jobs(azure_env) == [left.id]

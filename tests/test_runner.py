@@ -20,6 +20,7 @@ import pytest
 
 from batchmagic.capture import capture
 from batchmagic.errors import RemoteError
+from batchmagic.protocol import SCHEMA_VERSION, TaskOutcome
 from batchmagic.runner import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TERMINATED
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and paths")
@@ -41,8 +42,8 @@ class Task:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def outcome(self) -> dict[str, Any]:
-        return pickle.loads(self.result.read_bytes())
+    def outcome(self) -> TaskOutcome:
+        return TaskOutcome.from_bytes(self.result.read_bytes())
 
     def records(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines()]
@@ -92,16 +93,16 @@ def test_success_returns_outputs(tmp_path: Path) -> None:
     assert done.returncode == EXIT_OK, done.stderr
     assert "y is 16" in done.stdout  # written through to the real stdout too
     outcome = task.outcome()
-    assert outcome["ok"] is True
-    assert outcome["task_id"] == "t0"
-    assert outcome["ended"] >= outcome["started"]
-    outputs = {name: cloudpickle.loads(data) for name, data in outcome["outputs"].items()}
+    assert outcome.ok is True
+    assert outcome.task_id == "t0"
+    assert outcome.ended >= outcome.started
+    outputs = {name: cloudpickle.loads(data) for name, data in outcome.outputs.items()}
     assert outputs["y"] == 16
     assert outputs["root"] == 4.0
     assert outputs["math"].__name__ == "math"
     assert set(outputs) == {"math", "y", "root"}
-    assert outcome["skipped"] == {}
-    assert outcome["deleted"] == []
+    assert outcome.skipped == {}
+    assert outcome.deleted == ()
     assert task.streams() == [("o", "y is 16\n")]
 
 
@@ -112,7 +113,7 @@ def test_outputs_are_limited_and_notebook_functions_run(tmp_path: Path) -> None:
     task = _prepare(tmp_path, cell, {"train": ns["train"], "data": [1, 2, 3], "alpha": 0.5}, outputs=["model"])
     done = _run(task)
     assert done.returncode == EXIT_OK, done.stderr
-    outputs = task.outcome()["outputs"]
+    outputs = task.outcome().outputs
     assert list(outputs) == ["model"]
     assert cloudpickle.loads(outputs["model"]) == 4.0
 
@@ -128,12 +129,12 @@ def test_cell_error_is_remote_error_ready(tmp_path: Path) -> None:
     done = _run(task)
     assert done.returncode == EXIT_CELL_ERROR, done.stderr
     outcome = task.outcome()
-    assert outcome["ok"] is False
-    assert outcome["phase"] == "cell"
-    error = outcome["error"]
-    assert error["type"] == "ZeroDivisionError"
-    assert error["message"] == "division by zero"
-    text = "".join(error["traceback"])
+    assert outcome.ok is False
+    assert outcome.phase == "cell"
+    error = outcome.error
+    assert error.type == "ZeroDivisionError"
+    assert error.message == "division by zero"
+    text = "".join(error.traceback)
     assert 'File "<azbatch-cell>", line 4, in <module>' in text
     assert "b = helper(a)  # the failing line" in text
     assert 'File "<azbatch-cell>", line 3, in helper' in text
@@ -141,9 +142,9 @@ def test_cell_error_is_remote_error_ready(tmp_path: Path) -> None:
     assert text.rstrip().endswith("ZeroDivisionError: division by zero")
     assert "batchmagic/runner" not in text
     assert "batchmagic" not in text
-    remote = RemoteError(error["type"], error["message"], error["traceback"], "t0")
+    remote = RemoteError(error.type, error.message, list(error.traceback), "t0")
     assert str(remote) == "ZeroDivisionError: division by zero"
-    assert pickle.loads(pickle.dumps(remote)).traceback == error["traceback"]
+    assert pickle.loads(pickle.dumps(remote)).traceback == list(error.traceback)
     rendered = "\n".join(remote._render_traceback_())
     assert "b = helper(a)" in rendered
 
@@ -158,9 +159,9 @@ def test_chained_error_keeps_both_and_no_runner_frames(tmp_path: Path) -> None:
     """
     task = _prepare(tmp_path, cell, {})
     assert _run(task).returncode == EXIT_CELL_ERROR
-    error = task.outcome()["error"]
-    assert error["type"] == "KeyError"
-    text = "".join(error["traceback"])
+    error = task.outcome().error
+    assert error.type == "KeyError"
+    text = "".join(error.traceback)
     assert "json.decoder.JSONDecodeError" in text
     assert "direct cause" in text
     assert 'raise KeyError("config") from err' in text
@@ -170,7 +171,7 @@ def test_chained_error_keeps_both_and_no_runner_frames(tmp_path: Path) -> None:
 def test_custom_exception_type_name(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "import json\njson.loads('nope')", {})
     assert _run(task).returncode == EXIT_CELL_ERROR
-    assert task.outcome()["error"]["type"] == "json.decoder.JSONDecodeError"
+    assert task.outcome().error.type == "json.decoder.JSONDecodeError"
 
 
 def test_corrupted_bundle_is_a_setup_error(tmp_path: Path) -> None:
@@ -182,16 +183,16 @@ def test_corrupted_bundle_is_a_setup_error(tmp_path: Path) -> None:
     done = _run(task)
     assert done.returncode == EXIT_SETUP_ERROR, done.stderr
     outcome = task.outcome()
-    assert outcome["ok"] is False
-    assert outcome["phase"] == "setup"
-    assert outcome["error"]["type"] == "batchmagic.bundle.BundleError"
+    assert outcome.ok is False
+    assert outcome.phase == "setup"
+    assert outcome.error.type == "batchmagic.bundle.BundleError"
 
 
 def test_missing_bundle_is_a_setup_error(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "y = 1", {})
     (tmp_path / "store" / "runs" / "r1" / "bundle").unlink()
     assert _run(task).returncode == EXIT_SETUP_ERROR
-    assert task.outcome()["phase"] == "setup"
+    assert task.outcome().phase == "setup"
 
 
 def test_stdout_and_stderr_interleave_in_order(tmp_path: Path) -> None:
@@ -248,7 +249,7 @@ def test_local_module_shipped_as_source_is_importable(tmp_path: Path, local_modu
     task = _prepare(tmp_path / "run", cell, {"bm_runmod": bm_runmod})
     done = _run(task)
     assert done.returncode == EXIT_OK, done.stderr
-    outputs = {k: cloudpickle.loads(v) for k, v in task.outcome()["outputs"].items() if k != "base"}
+    outputs = {k: cloudpickle.loads(v) for k, v in task.outcome().outputs.items() if k != "base"}
     assert outputs["s"] == 205
     # imported from the shipped copy, not from the project directory
     assert not outputs["where"].startswith(str(local_module))
@@ -285,9 +286,9 @@ def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
     assert code == EXIT_TERMINATED
     assert task.streams() == [("o", "before sleep\n"), ("e", "warned\n")]
     outcome = task.outcome()
-    assert outcome["ok"] is False and outcome["phase"] == "terminated"
-    assert "terminated" in outcome["error"]["message"]
-    text = "".join(outcome["error"]["traceback"])
+    assert outcome.ok is False and outcome.phase == "terminated"
+    assert "terminated" in outcome.error.message
+    text = "".join(outcome.error.traceback)
     # SIGTERM lands in the sleep, or still in the write of "warned" that the test just read.
     assert re.search(r'File "<azbatch-cell>", line [34]', text), text
     assert "batchmagic/runner" not in text  # not even the signal handler's frame
@@ -299,10 +300,10 @@ def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:
     done = _run(task)
     assert done.returncode == EXIT_OK, done.stderr
     outcome = task.outcome()
-    assert set(outcome["skipped"]) == {"lock", "gen"}
-    assert "lock" in outcome["skipped"]["lock"] and "cannot be pickled" in outcome["skipped"]["lock"]
-    assert set(outcome["outputs"]) == {"threading", "count"}
-    assert cloudpickle.loads(outcome["outputs"]["count"]) == 3
+    assert set(outcome.skipped) == {"lock", "gen"}
+    assert "lock" in outcome.skipped["lock"] and "cannot be pickled" in outcome.skipped["lock"]
+    assert set(outcome.outputs) == {"threading", "count"}
+    assert cloudpickle.loads(outcome.outputs["count"]) == 3
 
 
 def test_deleted_names_are_reported(tmp_path: Path) -> None:
@@ -310,20 +311,20 @@ def test_deleted_names_are_reported(tmp_path: Path) -> None:
     done = _run(task)
     assert done.returncode == EXIT_OK, done.stderr
     outcome = task.outcome()
-    assert sorted(outcome["deleted"]) == ["big", "tmp"]
-    assert set(outcome["outputs"]) == {"y"}
+    assert sorted(outcome.deleted) == ["big", "tmp"]
+    assert set(outcome.outputs) == {"y"}
 
 
 def test_empty_outputs_bring_nothing_back(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "a = 1\nb = 2", {}, outputs=[])
     assert _run(task).returncode == EXIT_OK
-    assert task.outcome()["outputs"] == {}
+    assert task.outcome().outputs == {}
 
 
 def test_params_are_injected(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "y = lr * 10", {"lr": 0.1}, params={"lr": cloudpickle.dumps(0.5).hex()})
     assert _run(task).returncode == EXIT_OK
-    assert cloudpickle.loads(task.outcome()["outputs"]["y"]) == 5.0
+    assert cloudpickle.loads(task.outcome().outputs["y"]) == 5.0
 
 
 def test_spec_given_as_a_file_url(tmp_path: Path) -> None:
@@ -336,4 +337,19 @@ def test_spec_given_as_a_file_url(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == EXIT_OK
-    assert task.outcome()["ok"] is True
+    assert task.outcome().ok is True
+
+
+def test_spec_from_a_newer_batchmagic_is_refused_in_one_line(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "y = 1", {})
+    spec = json.loads(task.spec.read_text())
+    task.spec.write_text(json.dumps({**spec, "schema": SCHEMA_VERSION + 1, "a_field_from_the_future": 1}))
+    done = _run(task)
+    assert done.returncode == EXIT_SETUP_ERROR
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"schema version {SCHEMA_VERSION + 1}" in lines[0] and f"up to {SCHEMA_VERSION}" in lines[0]
+    outcome = task.outcome()  # the newer client still learns why, through the result the spec names
+    assert outcome.ok is False and outcome.phase == "setup"
+    assert outcome.error is not None and outcome.error.type == "SpecVersionError"
+    assert lines[0].endswith(outcome.error.message)

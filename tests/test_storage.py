@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batchmagic.storage import LOG_RECORD_KEYS, FileChannel, LocalStore, encode_log_record, open_channel
+from batchmagic.channel import FileChannel, open_channel
+from batchmagic.protocol import encode_log_record
+from batchmagic.storage import LocalStore
 
 EXPIRY = datetime.now(UTC) + timedelta(hours=1)
 
@@ -156,5 +158,5 @@ def test_log_record_is_one_json_line() -> None:
     record = encode_log_record(1700000000.123456, "e", "héllo\nworld")
     assert record.endswith(b"\n") and record.count(b"\n") == 1
     data = json.loads(record)
-    assert tuple(data) == LOG_RECORD_KEYS
+    assert tuple(data) == ("t", "s", "d")
     assert data == {"t": 1700000000.123, "s": "e", "d": "héllo\nworld"}

@@ -13,7 +13,6 @@ A poll tick costs a fixed number of calls however long the run: the job, its poo
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -30,14 +29,15 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
-from batchmagic.config import setting
+from batchmagic.config import Settings
 from batchmagic.errors import ConfigError, RunFailed
+from batchmagic.protocol import SPEC_FILENAME, Layout
 from batchmagic.storage import BlobStore, check_container_name
 
 log = logging.getLogger("batchmagic.backends.azure")
 
 CREATED_BY = "batchmagic"
-COMMAND = "python3 -m batchmagic.runner --spec spec.json"
+COMMAND = f"python3 -m batchmagic.runner --spec {SPEC_FILENAME}"
 # An Ubuntu image with Docker, as Batch lists it in `list_supported_images` (container-capable).
 IMAGE_REFERENCE = {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204", "version": "latest"}
 NODE_AGENT_SKU = "batch.node.ubuntu 22.04"
@@ -74,27 +74,6 @@ def vm_cores(vm_size: str) -> int:
 
 
 @dataclass
-class AzureSettings:
-    """Where runs go. Secrets (the Batch key, the storage connection string) are read from the
-    environment when the backend is built and never stored here."""
-
-    batch_endpoint: str = ""
-    batch_account: str = ""
-    storage_account_url: str = ""
-    container: str = "batchmagic"
-    image: str = ""
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> AzureSettings:
-        values = {
-            name: setting(name)
-            for name in ("batch_endpoint", "batch_account", "storage_account_url", "container", "image")
-        }
-        values.update({k: v for k, v in overrides.items() if v})
-        return cls(**values)
-
-
-@dataclass
 class _AzureRun:
     submission: TaskSubmission
     pool_id: str = ""
@@ -109,7 +88,7 @@ class AzureBackend(Backend):
     poll_intervals = (1.0, 10.0)
     store: BlobStore
 
-    def __init__(self, client: Any, store: BlobStore, settings: AzureSettings) -> None:
+    def __init__(self, client: Any, store: BlobStore, settings: Settings) -> None:
         self.client = client
         self.store = store
         self.settings = settings
@@ -118,17 +97,14 @@ class AzureBackend(Backend):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, **overrides: Any) -> AzureBackend:
-        """Build from the environment (the Azure CLI's names) and the magics' traits.
+    def from_settings(cls, settings: Settings) -> AzureBackend:
+        """Build the Batch client and the run store from ``settings`` (and its secrets).
 
         Raises
         ------
         ConfigError
             A missing or invalid setting: the message names it and how to set it.
         """
-        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
-        registry = overrides.pop("registry", None) or setting("registry")
-        settings = AzureSettings.from_env(**overrides)
         if not settings.batch_endpoint:
             raise ConfigError(
                 "AZURE_BATCH_ENDPOINT is not set: export it (https://<account>.<region>.batch.azure.com) "
@@ -140,7 +116,8 @@ class AzureBackend(Backend):
             check_container_name(settings.container)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if not settings.image and not registry:
+        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
+        if not settings.image and not settings.registry:
             raise ConfigError(
                 "BATCHMAGIC_IMAGE is not set: export it to the training image to run "
                 "(e.g. myregistry.azurecr.io/batchmagic:env-...) or %config AzBatch.image = '...', "
@@ -210,7 +187,7 @@ class AzureBackend(Backend):
                 container_configuration=m.BatchContainerConfiguration(
                     type=m.ContainerType.DOCKER_COMPATIBLE,
                     container_image_names=[submission.image or self.settings.image],
-                    container_registries=_registries(submission.image or self.settings.image) or None,
+                    container_registries=_registries(submission.image or self.settings.image, self.settings) or None,
                 ),
             ),
             task_slots_per_node=max(1, submission.slots_per_node),
@@ -250,14 +227,14 @@ class AzureBackend(Backend):
                         image_name=submission.image or self.settings.image,
                         working_directory=m.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
                     ),
-                    resource_files=[m.ResourceFile(http_url=spec_url, file_path="spec.json")],
+                    resource_files=[m.ResourceFile(http_url=spec_url, file_path=SPEC_FILENAME)],
                     output_files=[
                         m.OutputFile(
                             file_pattern="../std*.txt",
                             destination=m.OutputFileDestination(
                                 container=m.OutputFileBlobContainerDestination(
                                     container_url=outputs_url,
-                                    path=f"runs/{submission.run_id}/batch/{task_id}",
+                                    path=Layout.process_files(submission.run_id, task_id),
                                 )
                             ),
                             upload_options=m.OutputFileUploadConfiguration(
@@ -426,7 +403,7 @@ class AzureBackend(Backend):
         try:
             text = (
                 self.store.outbox(run_id)
-                .get_bytes(f"runs/{run_id}/batch/{task_id}/stderr.txt")
+                .get_bytes(f"{Layout.process_files(run_id, task_id)}/stderr.txt")
                 .decode(errors="replace")
             )
         except KeyError:
@@ -450,7 +427,7 @@ class AzureBackend(Backend):
                 except HttpResponseError as err:
                     log.warning("could not delete pool %s: %s", pool.id, _message(err))
         if blobs:
-            count = self.store.delete_prefix("runs/")
+            count = self.store.delete_prefix(Layout.RUNS)
             for name in self.store.outbox_names():
                 box = BlobStore(self.store._service().get_container_client(name))  # noqa: SLF001
                 count += len(box.list_keys(""))
@@ -458,10 +435,6 @@ class AzureBackend(Backend):
             if count:
                 removed.append(f"{count} blobs of run data in container {self.settings.container} and its runs'")
         return removed
-
-    def delete_run_data(self, run_id: str) -> list[str]:
-        count = self.store.delete_prefix(f"runs/{run_id}/")
-        return [f"{count} blobs of run {run_id}"] if count else []
 
     # --- helpers ---
 
@@ -513,11 +486,11 @@ def _message(err: Any) -> str:
     return str(text).split("\n")[0]
 
 
-def _registries(image: str) -> list[Any]:
+def _registries(image: str, settings: Settings) -> list[Any]:
     """The pool's registry reference, when credentials are configured (the password stays in the pool
     spec, where Batch keeps it: never in a task's command line or environment)."""
-    user = os.environ.get("BATCHMAGIC_REGISTRY_USERNAME")
-    password = os.environ.get("BATCHMAGIC_REGISTRY_PASSWORD")
+    user = settings.secrets.registry_username
+    password = settings.secrets.registry_password
     if not (user and password) or "/" not in image:
         return []
     from azure.batch import models as m
@@ -525,10 +498,10 @@ def _registries(image: str) -> list[Any]:
     return [m.ContainerRegistryReference(registry_server=image.split("/")[0], username=user, password=password)]
 
 
-def _batch_client(settings: AzureSettings) -> Any:
+def _batch_client(settings: Settings) -> Any:
     from azure.batch import BatchClient
 
-    key = os.environ.get("AZURE_BATCH_ACCESS_KEY")
+    key = settings.secrets.batch_key
     if key:
         if not settings.batch_account:
             raise ConfigError("AZURE_BATCH_ACCOUNT is not set: export the Batch account name to go with its key")
@@ -547,8 +520,8 @@ def _batch_client(settings: AzureSettings) -> Any:
     return BatchClient(settings.batch_endpoint.rstrip("/"), credential)
 
 
-def _blob_store(settings: AzureSettings) -> BlobStore:
-    connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+def _blob_store(settings: Settings) -> BlobStore:
+    connection = settings.secrets.storage_connection_string
     try:
         if connection:
             return BlobStore.from_connection_string(connection, settings.container)

@@ -1,4 +1,9 @@
-"""The backend protocol and the status objects a poll returns."""
+"""The backend protocol and the status objects a poll returns.
+
+A backend starts the tasks of a :class:`TaskSubmission` and reports on them; it talks to the runner
+only through the run store (:class:`batchmagic.protocol.Layout`): each task is told the key of its
+spec, and the runner does the rest.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +11,11 @@ import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 
+from batchmagic.state import Phase
 from batchmagic.storage import Store
 
-
-class Phase(StrEnum):
-    """Where a run is. The client sets the first four and the last three; backends report the rest."""
-
-    PACKAGING = "packaging"
-    BUILDING_IMAGE = "building image"
-    PUSHING_IMAGE = "pushing image"
-    UPLOADING = "uploading"
-    CREATING_POOL = "creating pool"
-    ALLOCATING = "allocating nodes"
-    NODE_STARTING = "node starting"
-    PULLING_IMAGE = "pulling image"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COLLECTING = "collecting"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        return self in (Phase.DONE, Phase.FAILED, Phase.CANCELLED)
+__all__ = ["Backend", "BackendStatus", "Phase", "TaskStatus", "TaskSubmission", "exit_reason", "format_duration"]
 
 
 @dataclass

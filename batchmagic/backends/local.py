@@ -27,6 +27,8 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
+from batchmagic.config import inherited_environment
+from batchmagic.protocol import Layout
 from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")
@@ -103,7 +105,7 @@ class LocalBackend(Backend):
     def _spawn(self, run: _LocalRun, task: _Task) -> None:
         workdir = task.dir / "wd"
         workdir.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k) and k != "PYTHONPATH"}
+        env = inherited_environment(_SECRET_ENV)
         env.update(run.submission.env)
         env.update(
             AZ_BATCH_TASK_ID=task.task_id,
@@ -207,7 +209,7 @@ class LocalBackend(Backend):
         return [f"local process {t.process.pid} (task {t.task_id})" for t in alive if t.process]
 
     def task_log_hint(self, run_id: str, task_id: str) -> str:
-        return f"its own stderr is in {self.store.path(f'runs/{run_id}/{task_id}/stderr.txt')}"
+        return f"its own stderr is in {self.store.path(Layout.local_process_file(run_id, task_id, 'stderr.txt'))}"
 
 
 def _container_name(run_id: str, task_id: str) -> str:

@@ -15,7 +15,8 @@ import threading
 import time
 from typing import Any, TextIO
 
-from batchmagic.storage import Channel, encode_log_record
+from batchmagic.channel import Channel
+from batchmagic.protocol import encode_log_record
 
 MAX_APPEND = 4 * 1024 * 1024 - 1024  # an append block holds at most 4 MiB
 

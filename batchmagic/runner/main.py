@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import hashlib
 import importlib
 import json
 import linecache
@@ -16,6 +15,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,10 +24,11 @@ import cloudpickle
 
 from batchmagic import data
 from batchmagic.bundle import CELL_FILENAME, BundleError, BundleReader
+from batchmagic.channel import Channel, open_channel
+from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
-from batchmagic.storage import Channel, open_channel
 
 EXIT_OK = 0
 EXIT_CELL_ERROR = 1
@@ -48,24 +49,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="path or URL of the task spec (JSON)")
     args = parser.parse_args(argv)
 
-    spec = json.loads(_read_spec(args.spec))
-    log = LogSink(open_channel(spec["log"]), interval=float(spec.get("log_interval", 0.2))).start()
-    result_channel = open_channel(spec["result"])
+    raw = _read_spec(args.spec)
+    try:
+        spec = TaskSpec.from_json(raw)
+    except SpecVersionError as err:
+        _refuse(raw, err)
+        return EXIT_SETUP_ERROR
+    log = LogSink(open_channel(spec.log), interval=spec.log_interval).start()
+    result_channel = open_channel(spec.result)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
     try:
         code, outcome = _run(spec, log)
     except _Terminated as err:
         code = EXIT_TERMINATED
-        outcome = {"ok": False, "phase": "terminated", "error": _where_terminated(err)}
+        outcome = TaskOutcome(ok=False, phase="terminated", error=_where_terminated(err))
     except BaseException as err:  # the runner's own failure still ends in a result
         code = EXIT_SETUP_ERROR
-        outcome = {"ok": False, "phase": "setup", "error": _describe(err, err.__traceback__, cell_only=False)}
+        outcome = TaskOutcome(ok=False, phase="setup", error=_describe(err, err.__traceback__, cell_only=False))
     finally:
         log.close()
-    outcome.update(task_id=spec.get("task_id", ""), started=started, ended=time.time(), log_errors=log.errors)
+    outcome = replace(outcome, task_id=spec.task_id, started=started, ended=time.time(), log_errors=log.errors)
     _write_result(result_channel, outcome)
     return code
+
+
+def _refuse(raw: bytes, err: SpecVersionError) -> None:
+    """One line on stderr (Batch keeps it), and as the task's result when the spec still names one:
+    a newer client reads this runner's outcome."""
+    print(f"batchmagic runner: {err}", file=sys.stderr)
+    try:
+        url = json.loads(raw)["result"]
+        _write_result(
+            open_channel(url), TaskOutcome(ok=False, phase="setup", error=TaskError("SpecVersionError", str(err)))
+        )
+    except Exception:  # nothing more can be said through a spec we cannot read
+        pass
 
 
 def _read_spec(where: str) -> bytes:
@@ -74,7 +93,7 @@ def _read_spec(where: str) -> bytes:
     return Path(where).read_bytes()
 
 
-def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
+def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
     # The runner's own files (bundle, sources, big objects) go in a directory of their own, removed at
     # the end: in the task's working directory, unless this user cannot write it (a non-root image
     # user on a directory the node agent created as root): then the temp dir.
@@ -86,9 +105,9 @@ def _run(spec: dict[str, Any], log: LogSink) -> tuple[int, dict[str, Any]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tuple[int, dict[str, Any]]:
+def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int, TaskOutcome]:
     bundle_path = workdir / "bundle.zip"
-    open_channel(spec["bundle"]).download_to(bundle_path)
+    open_channel(spec.bundle).download_to(bundle_path)
     reader = BundleReader(bundle_path)
     reader.verify()
     manifest = reader.manifest
@@ -105,20 +124,20 @@ def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tupl
     for name in manifest.values:
         with reader.open_value(name) as f:
             namespace[name] = cloudpickle.load(f)
-    for name, obj in spec.get("objects", {}).items():
+    for name, obj in spec.objects.items():
         namespace[name] = _load_object(name, obj, workdir)
-    data.grant(spec.get("grants", {}))  # batchmagic.data reads az:// paths with the run's own SAS
-    for name, text in spec.get("params", {}).items():
+    data.grant(spec.grants)  # batchmagic.data reads az:// paths with the run's own SAS
+    for name, text in spec.params.items():
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
     codes = rich.compile_cell(source, CELL_FILENAME)  # a last expression's value is displayed, as in a notebook
-    if spec.get("inputs"):
-        fetch_inputs(spec["inputs"], Path(cwd), concurrency=int(spec.get("concurrency", 16)), progress=progress(log))
+    if spec.inputs:
+        fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
 
     saved = sys.stdout, sys.stderr
     fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
-    sys.stdout = TeeStream(fds.stdout, log, "o")  # type: ignore[assignment]
-    sys.stderr = TeeStream(fds.stderr, log, "e")  # type: ignore[assignment]
+    sys.stdout = TeeStream(fds.stdout, log, "o")
+    sys.stderr = TeeStream(fds.stderr, log, "e")
     capture = rich.Capture(lambda output: log.add("d", output))
     try:
         with capture.active():
@@ -131,27 +150,30 @@ def _run_in(spec: dict[str, Any], log: LogSink, cwd: str, workdir: Path) -> tupl
         raise
     except BaseException as err:
         sys.stdout.flush()
-        failed = {"ok": False, "phase": "cell", "error": _describe(err, err.__traceback__), "displays": capture.outputs}
-        return EXIT_CELL_ERROR, {**failed, **_upload(spec, Path(cwd), workdir)}
+        failed = TaskOutcome(ok=False, error=_describe(err, err.__traceback__), displays=tuple(capture.outputs))
+        return EXIT_CELL_ERROR, _with_files(failed, spec, Path(cwd), workdir)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
         fds.__exit__(None, None, None)
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
-    collected = _collect(namespace, names, manifest.deleted)
-    return EXIT_OK, {"ok": True, **collected, "displays": capture.outputs, **_upload(spec, Path(cwd), workdir)}
+    outputs, skipped = _collect(namespace, names)
+    done = TaskOutcome(
+        ok=True,
+        outputs=outputs,
+        skipped=skipped,
+        deleted=tuple(n for n in manifest.deleted if n not in namespace),
+        displays=tuple(capture.outputs),
+    )
+    return EXIT_OK, _with_files(done, spec, Path(cwd), workdir)
 
 
-def _load_object(name: str, obj: dict[str, Any], workdir: Path) -> Any:
+def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
     """A large shipped value: downloaded in parallel ranges, checked against its hash, unpickled."""
     path = workdir / f"{name}.pkl"
-    open_channel(obj["url"]).download_to(path, size=int(obj["size"]))
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != obj["sha256"]:
+    open_channel(obj.url).download_to(path, size=obj.size)
+    if sha256_file(path) != obj.sha256:
         raise BundleError(f"the object holding `{name}` does not match its hash: it was altered or truncated")
     with open(path, "rb") as f:
         value = cloudpickle.load(f)
@@ -164,14 +186,15 @@ def progress(log: LogSink) -> Callable[[str], None]:
     return lambda text: log.add("p", text)
 
 
-def _upload(spec: dict[str, Any], cwd: Path, workdir: Path) -> dict[str, Any]:
-    """The --output files (also after a failed cell: they may say why)."""
-    if not spec.get("outputs"):
-        return {}
-    return upload_outputs(spec["outputs"], cwd, skip=workdir)
+def _with_files(outcome: TaskOutcome, spec: TaskSpec, cwd: Path, workdir: Path) -> TaskOutcome:
+    """The outcome with the --output files uploaded (also after a failed cell: they may say why)."""
+    if spec.outputs is None:
+        return outcome
+    files, unmatched = upload_outputs(spec.outputs, cwd, skip=workdir)
+    return replace(outcome, files=files, unmatched=unmatched)
 
 
-def _collect(namespace: dict[str, Any], names: list[str], deleted: list[str]) -> dict[str, Any]:
+def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:
     """Pickle each output separately, so one that can't travel doesn't sink the others."""
     outputs: dict[str, bytes] = {}
     skipped: dict[str, str] = {}
@@ -182,11 +205,10 @@ def _collect(namespace: dict[str, Any], names: list[str], deleted: list[str]) ->
             outputs[name] = cloudpickle.dumps(namespace[name], protocol=5)
         except Exception as err:
             skipped[name] = f"{type(namespace[name]).__name__} cannot be pickled: {err}"
-    gone = [n for n in deleted if n not in namespace]
-    return {"outputs": outputs, "skipped": skipped, "deleted": gone}
+    return outputs, skipped
 
 
-def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool = True) -> dict[str, Any]:
+def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool = True) -> TaskError:
     """Type name, message and a traceback that starts at the cell's own frames."""
     if cell_only:
         while tb is not None and tb.tb_frame.f_code.co_filename != CELL_FILENAME:
@@ -199,24 +221,20 @@ def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool =
                 last = last.tb_next
     cls = type(err)
     name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
-    return {
-        "type": name,
-        "message": str(err),
-        "traceback": traceback.format_exception(cls, err, tb),
-    }
+    return TaskError(name, str(err), tuple(traceback.format_exception(cls, err, tb)))
 
 
-def _where_terminated(err: _Terminated) -> dict[str, Any]:
+def _where_terminated(err: _Terminated) -> TaskError:
     """Where the cell was when SIGTERM came: its own frames only (the signal may land in the runner's
     log writer or handler, which say nothing to the user)."""
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == CELL_FILENAME]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames), f"{err}\n"]
-    return {"type": "Terminated", "message": str(err), "traceback": lines}
+    return TaskError("Terminated", str(err), tuple(lines))
 
 
-def _write_result(channel: Channel, outcome: dict[str, Any]) -> None:
+def _write_result(channel: Channel, outcome: TaskOutcome) -> None:
     try:
-        data = cloudpickle.dumps(outcome, protocol=5)
-    except Exception as err:  # e.g. an exception object with unpicklable state
-        data = cloudpickle.dumps({"ok": False, "phase": "result", "error": _describe(err, None, cell_only=False)})
+        data = outcome.to_bytes()
+    except Exception as err:  # e.g. a display that is not plain data
+        data = TaskOutcome(ok=False, phase="result", error=_describe(err, None, cell_only=False)).to_bytes()
     channel.write(data)

@@ -1,0 +1,130 @@
+"""A run's options: one frozen object, checked once, before anything is uploaded or created.
+
+The magic builds it from its flags, :func:`batchmagic.submit` from its keyword arguments; the session,
+the backends and the run only read it. Where the run goes (endpoints, home, registry, defaults) is
+:class:`batchmagic.config.Settings`, not an option.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from batchmagic.config import DEFAULT_MAX_TASKS, parse_timeout
+from batchmagic.errors import ConfigError
+from batchmagic.inputs import InputSpec, parse_input, parse_output
+
+__all__ = ["RunOptions", "OPTION_NAMES"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one ``%%azbatch`` cell (or :func:`batchmagic.submit` call) asks for.
+
+    ``None`` means "the session's setting": ``backend``, ``vm_size`` and ``timeout`` fall back to
+    :class:`~batchmagic.config.Settings`. Values arrive as users write them (``timeout="30m"``,
+    ``inputs=["az://c/p:data"]``) and are kept normalized (seconds, parsed inputs, tuples).
+
+    Raises
+    ------
+    ConfigError
+        On construction, for any value that cannot work; the message says what to write instead.
+    """
+
+    backend: str | None = None
+    vm_size: str | None = None
+    name: str | None = None
+    outputs: tuple[str, ...] | None = None  # names to bring back; None: every name the cell binds
+    timeout: float | None = None  # seconds (given as seconds or "30m")
+    env: Mapping[str, str] = field(default_factory=dict)
+    nodes: int = 1
+    low_priority: bool = False
+    retries: int = 0
+    sweep: tuple[dict[str, Any], ...] | None = None  # one parameter set per task
+    slots_per_node: int = 1
+    inputs: tuple[InputSpec, ...] = ()
+    output_files: tuple[str, ...] = ()  # --output globs
+    image: str | None = None
+    container: bool = False
+    requirements: str | None = None
+    pip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once
+        if self.backend is not None:
+            set_(self, "backend", str(self.backend).lower())
+        if self.timeout is not None:
+            set_(self, "timeout", parse_timeout(self.timeout))
+        if self.outputs is not None:
+            names = tuple(_names(self.outputs))
+            if not names:
+                raise ConfigError("--out needs at least one name, like --out model,score")
+            for name in names:
+                _check_name(name, "--out")
+            set_(self, "outputs", names)
+        set_(self, "env", dict(self.env or {}))
+        for flag, value, least in (("--nodes", self.nodes, 1), ("--retries", self.retries, 0)):
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"{flag} must be {'at least 1' if least else '0 or more'}, not {value!r}")
+        if not isinstance(self.slots_per_node, int) or self.slots_per_node < 1:
+            raise ConfigError(f"--slots-per-node must be at least 1, not {self.slots_per_node!r}")
+        if self.sweep is not None:
+            set_(self, "sweep", tuple(dict(row) for row in self.sweep))
+        set_(self, "inputs", tuple(i if isinstance(i, InputSpec) else parse_input(i) for i in self.inputs))
+        set_(self, "output_files", tuple(parse_output(p) for p in self.output_files))
+        set_(self, "pip", tuple(self.pip))
+        if self.requirements is not None:
+            set_(self, "requirements", str(self.requirements))
+
+    def check_sweep(self, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
+        """A sweep is non-empty and within the task limit (``BATCHMAGIC_MAX_TASKS``)."""
+        if self.sweep is None:
+            return
+        if not self.sweep:
+            raise ConfigError("the sweep is empty: give at least one parameter set")
+        if len(self.sweep) > max_tasks:
+            raise ConfigError(
+                f"the sweep has {len(self.sweep):,} tasks, over the limit of {max_tasks:,}: narrow it, "
+                "or raise BATCHMAGIC_MAX_TASKS"
+            )
+
+    @property
+    def provided(self) -> frozenset[str]:
+        """Names a sweep binds in every task: the cell may read them without the notebook defining them."""
+        return frozenset(key for row in self.sweep or () for key in row)
+
+    @classmethod
+    def build(cls, base: RunOptions | None = None, **changes: Any) -> RunOptions:
+        """``base`` (or the defaults) with ``changes``; an unknown option is a ConfigError naming it."""
+        unknown = sorted(set(changes) - set(OPTION_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown run option {unknown[0]!r}: the options are {', '.join(OPTION_NAMES)}")
+        values = {f.name: getattr(base, f.name) for f in fields(cls)} if base is not None else {}
+        values.update(changes)
+        return cls(**values)
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(RunOptions))
+
+
+def _names(value: str | Iterable[str]) -> Iterable[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return (str(n).strip() for n in items if str(n).strip())
+
+
+def _check_name(name: str, flag: str) -> None:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise ConfigError(f"{flag} {name!r} is not a Python name")
+
+
+def check_identifier(name: str, flag: str) -> str:
+    """``name`` if it can be bound in a notebook (a name, not a keyword); ConfigError naming ``flag`` if not."""
+    _check_name(name, flag)
+    return name
+
+
+def requirements_path(value: str | Path | None) -> str | None:
+    return None if value is None else str(value)

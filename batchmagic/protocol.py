@@ -1,0 +1,336 @@
+"""What travels between the notebook and a task: the one contract both sides import.
+
+Standard library only: the runner imports it inside the training image, the client beside the SDKs.
+Everything a backend, the runner and the client tell each other is here, and nothing else:
+
+- :class:`Layout`: the run store's keys. A run keeps its data under ``runs/<run-id>/``::
+
+      runs/<run-id>/bundle                      the cell and its values (batchmagic.bundle), read by every task
+      runs/<run-id>/<task-id>/spec.json         a TaskSpec: what the runner is told (the client writes it)
+      runs/<run-id>/<task-id>/output.log        log records, appended by the runner while the cell runs
+      runs/<run-id>/<task-id>/result            a TaskOutcome, written once by the runner at the end
+      runs/<run-id>/<task-id>/outputs/          --output files (in the run's own container on Azure)
+      runs/<run-id>/batch/<task-id>/            the task process's own stdout/stderr (Azure Batch)
+      runs/<run-id>/outputs.ipynb               the run's record: the cell and all it printed (the client)
+      objects/sha256/<hash>                     a big shipped value, by content, shared across runs
+      inputs/sha256/<hash>                      a local --input file, by content, shared across runs
+
+- :class:`TaskSpec` (client -> runner, JSON) and :class:`TaskOutcome` (runner -> client), each with a
+  schema version. A runner refuses a spec newer than it understands (:class:`SpecVersionError`):
+  the training image was built by an older batchmagic than the client.
+- :func:`encode_log_record` / :func:`decode_log_records`: one JSON line per record of the task's log.
+
+The runner gets URLs only (``file://`` locally, SAS URLs on Azure); the client works with store keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Layout",
+    "SPEC_FILENAME",
+    "TaskSpec",
+    "ObjectRef",
+    "InputFile",
+    "OutputTarget",
+    "TaskError",
+    "TaskOutcome",
+    "SpecVersionError",
+    "LogRecord",
+    "STREAMS",
+    "encode_log_record",
+    "decode_log_records",
+    "sha256_file",
+]
+
+#: Version of TaskSpec and TaskOutcome. Raise it when a field changes meaning or a runner must
+#: understand a new one; a field a runner may ignore does not need it.
+SCHEMA_VERSION = 1
+
+#: The spec's file name in the task's working directory (Azure delivers it as a resource file).
+SPEC_FILENAME = "spec.json"
+
+
+class Layout:
+    """The run store's keys: every key either side uses is built here."""
+
+    RUNS = "runs/"
+
+    @staticmethod
+    def run_prefix(run_id: str) -> str:
+        return f"runs/{run_id}/"
+
+    @staticmethod
+    def bundle(run_id: str) -> str:
+        return f"runs/{run_id}/bundle"
+
+    @staticmethod
+    def task_prefix(run_id: str, task_id: str) -> str:
+        return f"runs/{run_id}/{task_id}/"
+
+    @staticmethod
+    def spec(run_id: str, task_id: str) -> str:
+        return f"runs/{run_id}/{task_id}/{SPEC_FILENAME}"
+
+    @staticmethod
+    def log(run_id: str, task_id: str) -> str:
+        return f"runs/{run_id}/{task_id}/output.log"
+
+    @staticmethod
+    def result(run_id: str, task_id: str) -> str:
+        return f"runs/{run_id}/{task_id}/result"
+
+    @staticmethod
+    def outputs(run_id: str, task_id: str) -> str:
+        return f"runs/{run_id}/{task_id}/outputs/"
+
+    @staticmethod
+    def process_files(run_id: str, task_id: str) -> str:
+        """Where Batch uploads the task process's own ``stdout.txt`` and ``stderr.txt`` (no trailing /)."""
+        return f"runs/{run_id}/batch/{task_id}"
+
+    @staticmethod
+    def local_process_file(run_id: str, task_id: str, name: str) -> str:
+        """The local backend's ``stdout.txt`` / ``stderr.txt``, beside the task's spec."""
+        return f"runs/{run_id}/{task_id}/{name}"
+
+    @staticmethod
+    def record(run_id: str) -> str:
+        return f"runs/{run_id}/outputs.ipynb"
+
+    @staticmethod
+    def object(sha256: str) -> str:
+        return f"objects/sha256/{sha256}"
+
+    @staticmethod
+    def input(sha256: str) -> str:
+        return f"inputs/sha256/{sha256}"
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's content, hex: how objects and inputs are addressed and checked."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class SpecVersionError(ValueError):
+    """A spec or outcome from a newer batchmagic than this side understands."""
+
+
+# --- client -> runner ---
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """A big shipped value stored apart by content: the runner downloads, checks and unpickles it."""
+
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One ``--input`` file for the task's working directory."""
+
+    url: str
+    path: str  # relative to the working directory
+    size: int
+    sha256: str = ""  # local inputs: checked on the node
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where the ``--output`` files go: a write-only container URL, a key prefix, the globs."""
+
+    url: str
+    prefix: str
+    patterns: tuple[str, ...]
+
+
+DEFAULT_INPUT_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the runner is told, as ``spec.json``. URLs only: never a key.
+
+    ``params`` are a sweep task's values, each cloudpickled and hex-encoded (the runner unpickles them
+    into the namespace); ``grants`` are read URLs for the ``az://`` paths the cell names literally.
+    """
+
+    run_id: str
+    task_id: str
+    bundle: str  # read
+    log: str  # append
+    result: str  # create + write
+    log_interval: float = 0.2
+    params: dict[str, str] = field(default_factory=dict)
+    objects: dict[str, ObjectRef] = field(default_factory=dict)
+    grants: dict[str, str] = field(default_factory=dict)
+    inputs: tuple[InputFile, ...] = ()
+    input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
+    outputs: OutputTarget | None = None
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> TaskSpec:
+        """Parse a spec; refuse one from a newer batchmagic, with both versions in one line.
+
+        Raises
+        ------
+        SpecVersionError
+            The spec's schema is newer than :data:`SCHEMA_VERSION`.
+        """
+        raw: dict[str, Any] = json.loads(data)
+        version = int(raw.get("schema", 1))
+        if version > SCHEMA_VERSION:
+            raise SpecVersionError(
+                f"this task's spec has schema version {version}, but the runner in its image understands up to "
+                f"{SCHEMA_VERSION}: the image was built by an older batchmagic; rebuild it with this client's "
+                "version (drop --image, or rebuild the configured image)"
+            )
+        out = raw.get("outputs")
+        outputs = OutputTarget(out["url"], out["prefix"], tuple(out["patterns"])) if out else None
+        return cls(
+            run_id=raw["run_id"],
+            task_id=raw["task_id"],
+            bundle=raw["bundle"],
+            log=raw["log"],
+            result=raw["result"],
+            log_interval=float(raw.get("log_interval", 0.2)),
+            params=dict(raw.get("params", {})),
+            objects={name: ObjectRef(**obj) for name, obj in raw.get("objects", {}).items()},
+            grants=dict(raw.get("grants", {})),
+            inputs=tuple(InputFile(**item) for item in raw.get("inputs", [])),
+            input_concurrency=int(raw.get("input_concurrency", DEFAULT_INPUT_CONCURRENCY)),
+            outputs=outputs,
+            schema=version,
+        )
+
+
+# --- runner -> client ---
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """An exception of the cell (or of the runner): its type's name, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a task leaves as its ``result``: written once by the runner, whatever happened.
+
+    ``phase`` says where it ended: ``"cell"`` (the cell ran: ``ok`` tells whether it raised),
+    ``"setup"`` (the runner failed before the cell ran), ``"terminated"`` (SIGTERM: cancelled or out
+    of time), ``"result"`` (the outcome itself could not be written whole). ``outputs`` are the names
+    the cell bound, each cloudpickled apart so one that cannot travel does not sink the others.
+    """
+
+    ok: bool
+    phase: str = "cell"
+    error: TaskError | None = None
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be pickled
+    deleted: tuple[str, ...] = ()  # names the cell deleted
+    displays: tuple[dict[str, Any], ...] = ()  # nbformat output objects, in order
+    files: tuple[tuple[str, int], ...] = ()  # --output files uploaded: (relative path, size)
+    unmatched: tuple[str, ...] = ()  # --output globs that matched nothing
+    task_id: str = ""
+    started: float | None = None
+    ended: float | None = None
+    log_errors: int = 0  # log appends that failed for good
+    schema: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        """A pickle of plain builtins (no class of ours), so either side can read it with ``pickle``."""
+        return pickle.dumps(asdict(self), protocol=5)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TaskOutcome:
+        raw: dict[str, Any] = pickle.loads(data)  # noqa: S301 - written by our runner into our run's store
+        version = int(raw.get("schema", 1))
+        if version > SCHEMA_VERSION:
+            raise SpecVersionError(
+                f"the task's result has schema version {version}, newer than this client's {SCHEMA_VERSION}: "
+                "upgrade batchmagic in the notebook"
+            )
+        error = raw.get("error")
+        return cls(
+            ok=bool(raw["ok"]),
+            phase=str(raw.get("phase", "cell")),
+            error=TaskError(error["type"], error["message"], tuple(error.get("traceback", ()))) if error else None,
+            outputs=dict(raw.get("outputs", {})),
+            skipped=dict(raw.get("skipped", {})),
+            deleted=tuple(raw.get("deleted", ())),
+            displays=tuple(raw.get("displays", ())),
+            files=tuple((str(path), int(size)) for path, size in raw.get("files", ())),
+            unmatched=tuple(raw.get("unmatched", ())),
+            task_id=str(raw.get("task_id", "")),
+            started=raw.get("started"),
+            ended=raw.get("ended"),
+            log_errors=int(raw.get("log_errors", 0)),
+            schema=version,
+        )
+
+
+# --- the task's log ---
+
+#: Log record streams on the wire -> their names: the cell's stdout and stderr, the runner's transfer
+#: progress (JSON text), and what the cell displayed (an nbformat output object).
+STREAMS = {"o": "stdout", "e": "stderr", "p": "progress", "d": "display"}
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    time: float
+    stream: str  # "stdout", "stderr", "progress" (the runner's transfers, JSON) or "display"
+    text: str  # "" for a display
+    task_id: str = ""
+    output: dict[str, Any] | None = field(default=None, compare=False)  # a display: its nbformat output object
+
+
+def encode_log_record(t: float, stream: str, data: str | dict[str, Any]) -> bytes:
+    """One log record: a JSON line with the time, the stream code (a key of :data:`STREAMS`) and the
+    text, or for ``"d"`` an nbformat output object."""
+    return (json.dumps({"t": round(t, 3), "s": stream, "d": data}, ensure_ascii=False) + "\n").encode()
+
+
+def decode_log_records(data: bytes, task_id: str = "") -> tuple[list[LogRecord], int]:
+    """The complete records at the start of ``data``, and how many bytes they took (a partial last
+    line is left for the next read). Lines that are not records are skipped."""
+    end = data.rfind(b"\n") + 1
+    records = []
+    for line in data[:end].splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        stream = STREAMS.get(item.get("s", "o"), "stdout")
+        payload = item.get("d", "")
+        t = float(item.get("t", 0.0))
+        if stream == "display":
+            if isinstance(payload, dict):
+                records.append(LogRecord(t, stream, "", task_id, payload))
+            continue
+        records.append(LogRecord(t, stream, str(payload), task_id))
+    return records, end

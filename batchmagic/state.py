@@ -1,0 +1,99 @@
+"""The client's own view of a run: its phases, the snapshot the panel draws, the records of its log.
+
+The monitor produces these, the panel and the image code read them; nothing here talks to a backend.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from batchmagic.protocol import LogRecord
+
+__all__ = ["Phase", "PhaseSpan", "RunState", "LogRecord"]
+
+
+class Phase(StrEnum):
+    """Where a run is. The client sets the first four and the last three; backends report the rest."""
+
+    PACKAGING = "packaging"
+    BUILDING_IMAGE = "building image"
+    PUSHING_IMAGE = "pushing image"
+    UPLOADING = "uploading"
+    CREATING_POOL = "creating pool"
+    ALLOCATING = "allocating nodes"
+    NODE_STARTING = "node starting"
+    PULLING_IMAGE = "pulling image"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (Phase.DONE, Phase.FAILED, Phase.CANCELLED)
+
+
+@dataclass(frozen=True)
+class PhaseSpan:
+    phase: Phase
+    start: float
+    end: float | None = None
+
+    def duration(self, now: float | None = None) -> float:
+        return (self.end if self.end is not None else (now or time.time())) - self.start
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the panel shows: a snapshot, safe to hand to another thread."""
+
+    run_id: str
+    name: str
+    backend: str
+    vm_size: str
+    phase: Phase
+    phases: tuple[PhaseSpan, ...]
+    started: float
+    detail: str = ""
+    error: str = ""
+    task_counts: dict[str, int] = field(default_factory=dict)
+    task_ids: tuple[str, ...] = ()  # a sweep's tasks, in order (empty for a single cell)
+    task_states: tuple[str, ...] = ()  # pending, running, succeeded or failed, per task
+    first_start: float | None = None  # when the first task started running
+    now: float = field(default_factory=time.time)
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.task_ids)
+
+    @property
+    def finished_tasks(self) -> int:
+        return self.task_counts.get("succeeded", 0) + self.task_counts.get("failed", 0)
+
+    @property
+    def throughput(self) -> float | None:
+        """Tasks finished per minute since the first one started."""
+        if self.first_start is None or not self.finished_tasks:
+            return None
+        return self.finished_tasks / max(self.now - self.first_start, 1e-6) * 60
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every task is done, at the throughput so far."""
+        rate = self.throughput
+        if not rate:
+            return None
+        return (len(self.task_ids) - self.finished_tasks) / rate * 60
+
+    @property
+    def elapsed(self) -> float:
+        end = self.phases[-1].start if self.phase.final and self.phases else self.now
+        return end - self.started
+
+    @property
+    def finished(self) -> bool:
+        return self.phase.final

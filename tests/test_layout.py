@@ -1,0 +1,176 @@
+"""The package's shape: no import cycles, one reader of the environment, a contract of the standard
+library only, and an API whose signature shows every option."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+
+import batchmagic
+from batchmagic.api import submit
+from batchmagic.options import OPTION_NAMES, RunOptions
+from batchmagic.protocol import Layout, TaskOutcome, TaskSpec
+
+PACKAGE = Path(batchmagic.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """batchmagic modules ``path`` imports, at any depth of the file (lazy imports included), except
+    under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("batchmagic"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            if base.startswith("batchmagic"):
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    graph = _graph()
+    # A package's __init__ that re-exports its submodules is not a cycle of theirs: drop the edges
+    # from a module to the packages that contain it.
+    for name, deps in graph.items():
+        graph[name] = {d for d in deps if not name.startswith(d + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def walk(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep) :] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                walk(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node)
+
+
+def test_cycle_finder_sees_a_cycle(tmp_path: Path) -> None:
+    """The walk above would catch a cycle hidden in a function body (a lazy import)."""
+    source = "def f():\n    from batchmagic.api import Run\n"
+    tree_imports = _imports_of_source(source, tmp_path)
+    assert "batchmagic.api" in tree_imports
+
+
+def _imports_of_source(source: str, tmp_path: Path) -> set[str]:
+    path = PACKAGE / "_probe_for_test.py"
+    try:
+        path.write_text(source)
+        return _imports(path)
+    finally:
+        path.unlink()
+
+
+def test_only_config_reads_the_environment() -> None:
+    readers = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative == "config.py" or relative.startswith(("runner/", "emulator/")):
+            continue  # the runner and the emulator are processes of their own, not the client
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            text = ast.unparse(node) if isinstance(node, ast.Attribute | ast.Call) else ""
+            if text.startswith(("os.environ", "os.getenv")):
+                readers.append(f"{relative}:{node.lineno}: {text}")
+    assert readers == [], "settings are read in config.py only"
+
+
+def test_protocol_needs_only_the_standard_library() -> None:
+    imported = {m.split(".")[0] for m in _all_imports(PACKAGE / "protocol.py")}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def _all_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+    return names
+
+
+def test_submit_shows_every_option_in_its_signature() -> None:
+    parameters = inspect.signature(submit).parameters
+    assert set(OPTION_NAMES) <= set(parameters), set(OPTION_NAMES) - set(parameters)
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def test_spec_and_outcome_round_trip() -> None:
+    spec = TaskSpec("r", "t", "file:///b", "file:///l", "file:///r", params={"a": "00"}, grants={"az://c/x": "u"})
+    assert TaskSpec.from_json(spec.to_json()) == spec
+    outcome = TaskOutcome(ok=True, outputs={"y": b"\x80"}, deleted=("z",), files=(("m.pt", 3),))
+    assert TaskOutcome.from_bytes(outcome.to_bytes()) == outcome
+
+
+def test_every_store_key_comes_from_the_layout() -> None:
+    """No module spells a run store key itself: ``runs/``, ``objects/sha256`` and ``inputs/sha256``
+    appear in protocol.py only (docstrings aside)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative == "protocol.py" or relative.startswith("emulator/"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if node.value.startswith(("runs/", "objects/sha256", "inputs/sha256")):
+                    offenders.append(f"{relative}:{node.lineno}: {node.value!r}")
+    assert offenders == []
+    assert Layout.spec("r", "t") == "runs/r/t/spec.json"
+
+
+def test_options_are_checked_once_on_construction() -> None:
+    from batchmagic.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--nodes must be at least 1"):
+        RunOptions(nodes=0)
+    with pytest.raises(ConfigError, match="not a Python name"):
+        RunOptions(outputs=("class",))
+    assert RunOptions(timeout="30m").timeout == 1800
