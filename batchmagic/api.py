@@ -129,9 +129,7 @@ class Session:
         given_backend = changes.pop("backend") if isinstance(changes.get("backend"), Backend) else None
         options = RunOptions.build(options, **changes)
         settings = (settings or self.settings()).with_overrides(home=home)
-        check_cell(cell)  # syntax, emptiness, star imports: before anything else
-        check_home(settings.home)
-        options.check_sweep(settings.max_tasks)
+        self.check(cell, options, settings)
         backend = given_backend or self.backend(options.backend, settings=settings)
         image = plan_image(
             backend.name, image=options.image, configured_image=backend.default_image, container=options.container,
@@ -154,6 +152,20 @@ class Session:
         self.runs.append(run)
         run.launch(submission, self.ledger(settings.home))
         return run
+
+    @staticmethod
+    def check(cell: str, options: RunOptions, settings: Settings) -> None:
+        """What can be known wrong from the cell, the options and the settings alone: syntax,
+        emptiness, star imports, the sweep's size, a home that cannot be written. Nothing is created.
+
+        Raises
+        ------
+        CaptureError, ConfigError
+            One line that says what to do.
+        """
+        check_cell(cell)
+        options.check_sweep(settings.max_tasks)
+        check_home(settings.home)
 
     def _upload(self, run: Run, cell: str, captured: CapturedCell, options: RunOptions, settings: Settings) -> None:
         """Everything the tasks read, then each task's spec: its URLs, its parameters, nothing else."""

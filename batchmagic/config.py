@@ -21,6 +21,7 @@ from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 __all__ = [
     "Settings",
     "Secrets",
+    "docker_host",
     "parse_timeout",
     "parse_env",
     "default_home",
@@ -217,3 +218,8 @@ def inherited_environment(secret: re.Pattern[str]) -> dict[str, str]:
     """This process's environment without the variables whose names match ``secret`` and without
     ``PYTHONPATH``: what a local task inherits."""
     return {k: v for k, v in os.environ.items() if not secret.search(k) and k != "PYTHONPATH"}
+
+
+def docker_host() -> str:
+    """``DOCKER_HOST``, only to name the engine in an error (the docker SDK reads it itself)."""
+    return os.environ.get("DOCKER_HOST", "")

@@ -35,13 +35,3 @@ class Ledger:
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in lines if line.strip()]
-
-    def open_runs(self) -> dict[str, dict[str, Any]]:
-        """Runs submitted by any client and not yet released: run id -> its ``submitted`` event."""
-        runs: dict[str, dict[str, Any]] = {}
-        for event in self.events():
-            if event["event"] == "submitted":
-                runs[event["run"]] = event
-            elif event["event"] == "released":
-                runs.pop(event["run"], None)
-        return runs

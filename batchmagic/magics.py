@@ -21,7 +21,6 @@ from traitlets import Enum, Integer, TraitError, Unicode, default, validate
 
 from batchmagic import api
 from batchmagic.backends import BACKENDS
-from batchmagic.capture import check_cell
 from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.options import RunOptions, check_identifier
@@ -251,8 +250,7 @@ class AzBatch(Magics):
         with _usage_errors():
             settings = self.settings()
             options = self._options(args)
-            check_cell(cell)
-            options.check_sweep(settings.max_tasks)
+            self.session.check(cell, options, settings)  # before the panel shows
             if args.out_run is not None:
                 check_identifier(args.out_run, "--out-run")
         self._explain_default_backend(args.backend, settings)

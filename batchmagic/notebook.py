@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import nbformat
 
-from batchmagic.monitor import LogRecord
+from batchmagic.state import LogRecord
 
 __all__ = ["outputs_of", "run_notebook"]
 

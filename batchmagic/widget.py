@@ -12,8 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
-from batchmagic.backends.base import Phase
-from batchmagic.monitor import LogRecord, RunState
+from batchmagic.state import LogRecord, Phase, RunState
 
 __all__ = ["Panel", "TextPanel", "make_panel", "summary", "format_seconds"]
 

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchmagic.config import docker_host
 from batchmagic.environment import LABEL, EnvironmentSpec, split_registry
 from batchmagic.errors import ConfigError
 from batchmagic.image.context import build_context
 from batchmagic.image.registry import RegistryClient, registry_credentials, split_image
-from batchmagic.image.settings import image_settings
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -92,7 +92,7 @@ def connect_engine(timeout: float = API_TIMEOUT) -> DockerClient:
     """
     import docker
 
-    where = image_settings().docker_host or "the default socket"
+    where = docker_host() or "the default socket"
     try:
         probe = docker.from_env(timeout=PING_TIMEOUT)
         try:

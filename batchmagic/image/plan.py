@@ -18,9 +18,9 @@ from batchmagic.environment import EnvironmentSpec, split_registry
 from batchmagic.errors import ConfigError
 from batchmagic.image.engine import ImageResult, ensure_image, image_labels
 from batchmagic.image.registry import split_image
+from batchmagic.state import Phase
 
 if TYPE_CHECKING:
-    from batchmagic.backends.base import Phase
     from batchmagic.capture import CapturedCell
 
 __all__ = ["GuardWarning", "ImageRequest", "plan_image"]
@@ -63,7 +63,6 @@ class ImageRequest:
         ConfigError
             The guard found a mismatch, or the image could not be found, built or pushed.
         """
-        from batchmagic.backends.base import Phase
         from batchmagic.environment import check_compatible, shipped_modules
 
         modules = shipped_modules(captured.path, captured.analysis.imported_modules, captured.manifest.modules)

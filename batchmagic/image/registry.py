@@ -11,8 +11,8 @@ import base64
 import re
 from typing import TYPE_CHECKING, Any
 
+from batchmagic.config import Secrets
 from batchmagic.errors import ConfigError
-from batchmagic.image.settings import image_settings
 
 if TYPE_CHECKING:
     import requests
@@ -55,9 +55,9 @@ def _is_loopback(host: str) -> bool:
 def registry_credentials(host: str) -> tuple[str, str] | None:
     """(username, password) for ``host``: BATCHMAGIC_REGISTRY_USERNAME / _PASSWORD, else for an Azure
     Container Registry an Entra ID token exchanged for an ACR refresh token; None when anonymous."""
-    settings = image_settings()
-    if settings.registry_username and settings.registry_password:
-        return settings.registry_username, settings.registry_password
+    secrets = Secrets.from_env()
+    if secrets.registry_username and secrets.registry_password:
+        return secrets.registry_username, secrets.registry_password
     if host.endswith(".azurecr.io"):
         return _acr_refresh_token(host)
     return None
