@@ -341,6 +341,14 @@ class Emulator:
             "Nodes_GetNodeFile": self._get_node_file,
             "Nodes_GetNodeFileProperties": self._get_node_file,
             "Nodes_DeleteNodeFile": self._delete_node_file,
+            "Pools_RemoveNodes": self._remove_nodes,
+            "Nodes_RebootNode": self._reboot_node,
+            "Nodes_ReimageNode": self._reimage_node,
+            "Nodes_DisableNodeScheduling": self._disable_scheduling,
+            "Nodes_EnableNodeScheduling": self._enable_scheduling,
+            "Nodes_CreateNodeUser": self._add_node_user,
+            "Nodes_ReplaceNodeUser": self._replace_node_user,
+            "Nodes_DeleteNodeUser": self._delete_node_user,
             "JobSchedules_ListJobSchedules": self._list_job_schedules,
             "JobSchedules_CreateJobSchedule": self._create_job_schedule,
             "JobSchedules_GetJobSchedule": self._get_job_schedule,
@@ -664,6 +672,43 @@ class Emulator:
         body = {"odata.metadata": f"{self.url}/$metadata#{entity}"}
         body.update(result)
         return _Response(200, body)
+
+    def _optional(self, request: _Request) -> dict[str, Any] | None:
+        return request.body if isinstance(request.body, dict) else None
+
+    def _remove_nodes(self, request: _Request, pool_id: str) -> _Response:
+        self.state.remove_nodes(pool_id, self._obj(request))
+        return self._accepted(request, self.state.get_pool(pool_id))
+
+    def _reboot_node(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        self.state.reboot_node(pool_id, node_id, self._optional(request))
+        return self._accepted(request, None)
+
+    def _reimage_node(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        self.state.reimage_node(pool_id, node_id, self._optional(request))
+        return self._accepted(request, None)
+
+    def _disable_scheduling(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        self.state.disable_scheduling(pool_id, node_id, self._optional(request))
+        return self._accepted(request, None, 200)
+
+    def _enable_scheduling(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        self.state.enable_scheduling(pool_id, node_id)
+        return self._accepted(request, None, 200)
+
+    def _add_node_user(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        body = self._obj(request)
+        self.state.add_node_user(pool_id, node_id, body)
+        url = f"{self.url}{request.path}/{quote(str(body['name']))}"
+        return _Response(201, None, {"Location": url, "DataServiceId": url})
+
+    def _replace_node_user(self, request: _Request, pool_id: str, node_id: str, name: str) -> _Response:
+        self.state.replace_node_user(pool_id, node_id, name, self._obj(request))
+        return self._accepted(request, None, 200)
+
+    def _delete_node_user(self, request: _Request, pool_id: str, node_id: str, name: str) -> _Response:
+        self.state.delete_node_user(pool_id, node_id, name)
+        return _Response(200)
 
     def _node_counts(self, request: _Request) -> _Response:
         return self._list(self.state.node_counts(), "poolnodecounts", request)

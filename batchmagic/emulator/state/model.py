@@ -95,6 +95,12 @@ class Node:
     used_slots: int = 0
     running: set[tuple[str, str]] = field(default_factory=set)
     preparing: bool = False
+    #: "reboot" or "reimage" while the node waits for its tasks to stop (no new task starts there).
+    pending_op: str | None = None
+    #: The running start task attempt (an executor handle), to kill it when the node goes.
+    start_handle: Any = None
+    #: Node user accounts by name (never shown, as on the service).
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def id(self) -> str:

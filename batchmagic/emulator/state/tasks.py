@@ -256,6 +256,7 @@ class TasksMixin(FilesMixin):
                     for n in pool.nodes.values()
                     if n.data["state"] in ("idle", "running")
                     and n.data["schedulingState"] == "enabled"
+                    and not n.pending_op
                     and slots_per_node - n.used_slots >= need
                 ]
                 if not candidates:
