@@ -35,6 +35,7 @@ from batchmagic.emulator import auth, schema
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
 from batchmagic.emulator.executors import make_executor
+from batchmagic.emulator.images import SUPPORTED_IMAGES
 from batchmagic.emulator.odata import apply_select, compile_filter
 from batchmagic.emulator.state import BatchState, environ_path_dir, iso, rfc1123
 
@@ -44,52 +45,6 @@ log = logging.getLogger("batchmagic.emulator")
 
 #: A throwaway key for tests and demos (base64, as Batch keys are). Never a real account's key.
 DEFAULT_KEY = base64.b64encode(b"batchmagic-emulator-test-key-000").decode()
-
-SUPPORTED_IMAGES: list[dict[str, Any]] = [
-    {
-        "imageReference": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204", "version": "latest"},
-        "verificationType": "verified",
-        "nodeAgentSKUId": "batch.node.ubuntu 22.04",
-        "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled", "SupportsRDMAOnly"],
-        "osType": "linux",
-    },
-    {
-        "imageReference": {
-            "publisher": "microsoft-azure-batch",
-            "offer": "ubuntu-server-container",
-            "sku": "20-04-lts",
-            "version": "latest",
-        },
-        "verificationType": "verified",
-        "nodeAgentSKUId": "batch.node.ubuntu 20.04",
-        "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled"],
-        "batchSupportEndOfLife": "2025-04-30T00:00:00Z",
-        "osType": "linux",
-    },
-    {
-        "imageReference": {
-            "publisher": "canonical",
-            "offer": "0001-com-ubuntu-server-jammy",
-            "sku": "22_04-lts",
-            "version": "latest",
-        },
-        "verificationType": "verified",
-        "nodeAgentSKUId": "batch.node.ubuntu 22.04",
-        "osType": "linux",
-    },
-    {
-        "imageReference": {
-            "publisher": "microsoft-dsvm",
-            "offer": "ubuntu-hpc",
-            "sku": "2204-gen2",
-            "version": "latest",
-        },
-        "verificationType": "verified",
-        "nodeAgentSKUId": "batch.node.ubuntu 22.04",
-        "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled", "Generation2VMImage"],
-        "osType": "linux",
-    },
-]
 
 _JSON = "application/json; odata=minimalmetadata"
 

@@ -63,10 +63,8 @@ def _pool(client: Any, pool_id: str, images: list[str]) -> None:
             target_dedicated_nodes=1,
             task_slots_per_node=2,
             virtual_machine_configuration=m.VirtualMachineConfiguration(
-                image_reference=m.BatchVmImageReference(
-                    publisher="microsoft-azure-batch", offer="ubuntu-server-container", sku="20-04-lts"
-                ),
-                node_agent_sku_id="batch.node.ubuntu 20.04",
+                image_reference=m.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
+                node_agent_sku_id="batch.node.ubuntu 22.04",
                 container_configuration=m.BatchContainerConfiguration(
                     type=m.ContainerType.DOCKER_COMPATIBLE, container_image_names=images
                 ),

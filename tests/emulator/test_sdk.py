@@ -143,7 +143,7 @@ def test_pool_allocation_nodes_and_counts(emulator: Any) -> None:
     assert info.value.error.code == "PoolExists"
     with pytest.raises(HttpResponseError) as info:
         client.create_pool(
-            m.BatchPoolCreateOptions(id="bad", vm_size="standard_x99", virtual_machine_configuration=VMC)
+            m.BatchPoolCreateOptions(id="bad", vm_size="standard_nope", virtual_machine_configuration=VMC)
         )
     assert info.value.status_code == 400 and info.value.error.code == "InvalidPropertyValue"
     assert "vmSize" in str(info.value)

@@ -11,8 +11,9 @@ import time
 import uuid
 from typing import Any
 
-from batchmagic import vmsizes
+from batchmagic.emulator import vmsizes
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
+from batchmagic.emulator.images import check_image
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import TICK, Node, Pool, iso, touch, transition
 
@@ -24,14 +25,20 @@ log = logging.getLogger("batchmagic.emulator")
 class PoolsMixin(FilesMixin):
     """Pools and nodes. ``_advance_pool`` is the scheduler's step for one pool."""
 
+    @staticmethod
+    def _cores(vm_size: str) -> int:
+        size = vmsizes.lookup(vm_size)
+        return size.cores if size is not None else 0
+
     def _validate_pool_spec(self, spec: dict[str, Any], prefix: str = "") -> None:
         vm_size = spec.get("vmSize")
         if not vm_size:
             raise missing_property(prefix + "vmSize")
-        if vmsizes.cores_for(str(vm_size)) is None:
+        if vmsizes.lookup(str(vm_size)) is None:
             raise invalid_property(prefix + "vmSize", vm_size, f"The specified vmSize '{vm_size}' is not supported.")
         if not spec.get("virtualMachineConfiguration"):
             raise missing_property(prefix + "virtualMachineConfiguration")
+        check_image(spec["virtualMachineConfiguration"], self.now(), prefix)
         slots = spec.get("taskSlotsPerNode", 1)
         if not isinstance(slots, int) or slots < 1 or slots > 256:
             raise invalid_property(prefix + "taskSlotsPerNode", slots)
@@ -99,7 +106,7 @@ class PoolsMixin(FilesMixin):
         for pool in self.pools.values():
             if pool is exclude or pool.data["state"] == "deleting":
                 continue
-            cores = vmsizes.cores_for(pool.data["vmSize"]) or 0
+            cores = self._cores(pool.data["vmSize"])
             count = pool.alloc_dedicated if dedicated else pool.alloc_low
             if pool.alloc_start is None:
                 count = pool.data["currentDedicatedNodes" if dedicated else "currentLowPriorityNodes"]
@@ -108,7 +115,7 @@ class PoolsMixin(FilesMixin):
 
     def _begin_allocation(self, pool: Pool, now: float) -> None:
         data = pool.data
-        cores = vmsizes.cores_for(data["vmSize"]) or 0
+        cores = self._cores(data["vmSize"])
         errors: list[dict[str, Any]] = []
         want_d, want_l = data["targetDedicatedNodes"], data["targetLowPriorityNodes"]
         for dedicated, want, quota in (
