@@ -12,6 +12,12 @@ Build (or find) the image for an environment and print its name::
 List the training images in the registry::
 
     $ batchmagic image ls
+
+Refresh the VM price table from Azure's public Retail Prices API (into ``BATCHMAGIC_HOME/prices.json``),
+and show the prices in force::
+
+    $ batchmagic prices update --region eastus --region westeurope
+    $ batchmagic prices ls --region eastus
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchmagic", description="batchmagic's training images.")
+    parser = argparse.ArgumentParser(prog="batchmagic", description="batchmagic's training images and VM prices.")
     commands = parser.add_subparsers(dest="command", required=True)
     image = commands.add_parser("image", help="build or list training images")
     actions = image.add_subparsers(dest="action", required=True)
@@ -51,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = actions.add_parser("ls", help="list the training images in the registry (or the local engine)")
     ls.add_argument("--registry", help=registry_help)
+
+    prices = commands.add_parser("prices", help="the VM price table behind the panel's cost and --budget")
+    price_actions = prices.add_subparsers(dest="action", required=True)
+    update = price_actions.add_parser("update", help="refresh the table from Azure's Retail Prices API")
+    update.add_argument(
+        "--region", action="append", default=[], help="a region to refresh (repeatable; default: the table's)"
+    )
+    update.add_argument("--output", metavar="FILE", help="where to write it (default: BATCHMAGIC_HOME/prices.json)")
+    show = price_actions.add_parser("ls", help="the prices in force, per region and VM size")
+    show.add_argument("--region", help="only this region")
     return parser
 
 
@@ -87,16 +103,66 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prices_update(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from batchmagic.config import default_home
+    from batchmagic.prices import DEFAULT_REGIONS, SHIPPED_TABLE, PriceTable, fetch_retail_prices
+    from batchmagic.vmsizes import VM_SIZES
+
+    # The SKU names as Azure spells them: the shipped table's, and a best guess for sizes it lacks.
+    spelled = {size.lower(): size for sizes in PriceTable.load(SHIPPED_TABLE).prices.values() for size in sizes}
+    sizes = [spelled.get(size, _azure_spelling(size)) for size in VM_SIZES]
+    regions = args.region or list(DEFAULT_REGIONS)
+    table = fetch_retail_prices(regions, sizes)
+    target = Path(args.output) if args.output else default_home() / "prices.json"
+    if target.is_file():  # keep the regions this refresh did not read
+        table = PriceTable.load(target).merged(table)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(table.dump(), encoding="utf-8")
+    count = sum(len(sizes) for sizes in table.prices.values())
+    print(f"{count} prices in {len(table.prices)} regions ({table.currency}, {table.retrieved}) written to {target}")
+    return 0
+
+
+def _prices_ls(args: argparse.Namespace) -> int:
+    from batchmagic.config import default_home, setting
+    from batchmagic.prices import Prices, format_money
+
+    prices = Prices.for_settings(default_home(), setting("prices"))
+    print(prices.describe(), file=sys.stderr)
+    for region, sizes in sorted(prices.table.prices.items()):
+        if args.region and region != args.region.lower():
+            continue
+        for size in sizes:
+            dedicated = prices.hourly(size, region)
+            spot = prices.hourly(size, region, low_priority=True)
+            shown = [format_money(p, prices.currency) if p is not None else "unknown" for p in (dedicated, spot)]
+            print(f"{region:<14} {size:<26} {shown[0]:>10}/h  spot {shown[1]:>10}/h")
+    return 0
+
+
+def _azure_spelling(size: str) -> str:
+    """``standard_e32_v3`` -> ``Standard_E32_v3``, as the Retail Prices API names SKUs."""
+    head, _, rest = size.partition("_")
+    name, _, version = rest.partition("_")
+    spelled = head.capitalize() + "_" + name[:1].upper() + name[1:]
+    return spelled + (f"_{version}" if version else "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; a user's mistake is one line on stderr and exit code 2."""
+    """Run the command line; a user's mistake is one line on stderr and exit code 2 (1 when the
+    Retail Prices API cannot be read)."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "prices":
+            return _prices_update(args) if args.action == "update" else _prices_ls(args)
         if args.action == "build":
             return _build(args)
         return _ls(args)
     except ConfigError as err:
         print(f"batchmagic: {err}", file=sys.stderr)
-        return 2
+        return 1 if args.command == "prices" and args.action == "update" else 2
     except KeyboardInterrupt:
         return 130
 

@@ -24,6 +24,7 @@ __all__ = [
     "docker_host",
     "parse_timeout",
     "parse_env",
+    "parse_budget",
     "default_home",
     "default_backend",
     "check_home",
@@ -49,6 +50,8 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "image": ("BATCHMAGIC_IMAGE", ""),
     "registry": ("BATCHMAGIC_REGISTRY", ""),
     "base_image": ("BATCHMAGIC_BASE_IMAGE", DEFAULT_BASE_IMAGE),
+    "region": ("BATCHMAGIC_REGION", ""),
+    "prices": ("BATCHMAGIC_PRICES", ""),
 }
 
 
@@ -83,6 +86,31 @@ def parse_timeout(text: str | float | int) -> float:
     if seconds > MAX_TIMEOUT:
         raise ConfigError(f"--timeout {text} is over the 7-day maximum of Azure Batch: use at most 7d")
     return seconds
+
+
+_MONEY = re.compile(r"^\s*\$?\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:USD)?\s*$", re.IGNORECASE)
+
+
+def parse_budget(text: str | float | int | None) -> float | None:
+    """``"5"``, ``"$5"``, ``"12.50"`` or a number -> the amount (the prices' currency); None for none.
+
+    Raises
+    ------
+    ConfigError
+        Not an amount, or not more than zero.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        amount = float(text)
+    else:
+        match = _MONEY.match(str(text))
+        if not match:
+            raise ConfigError(f"--budget {text!r} is not an amount: write it like 5 or 12.50 (in the prices' currency)")
+        amount = float(match.group(1))
+    if amount <= 0:
+        raise ConfigError(f"--budget must be more than zero, not {text!r}")
+    return amount
 
 
 def parse_env(items: list[str] | None) -> dict[str, str]:
@@ -170,6 +198,9 @@ class Settings:
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     max_tasks: int = DEFAULT_MAX_TASKS
     docker_host: str = ""
+    region: str = ""  # the Batch account's region, for prices; "" -> from the endpoint's host name
+    prices: str = ""  # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.prices)
+    budget: float | None = None  # AzBatch.budget: the default --budget
     secrets: Secrets = field(default_factory=Secrets)
 
     @classmethod
@@ -208,6 +239,13 @@ class Settings:
         if "backend" in given:
             given["backend"] = str(given["backend"]).lower()
         return replace(self, **given) if given else self
+
+    @property
+    def batch_region(self) -> str:
+        """The region prices are looked up in: ``region``, else the endpoint's (``<account>.<region>.batch...``)."""
+        from batchmagic.prices import region_from_endpoint
+
+        return (self.region or region_from_endpoint(self.batch_endpoint)).lower()
 
     def public(self) -> Mapping[str, Any]:
         """The settings without the secrets, for messages and the ledger."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from batchmagic.config import DEFAULT_MAX_TASKS, parse_timeout
+from batchmagic.config import DEFAULT_MAX_TASKS, parse_budget, parse_timeout
 from batchmagic.errors import ConfigError
 from batchmagic.inputs import InputSpec, parse_input, parse_output
 
@@ -51,6 +51,7 @@ class RunOptions:
     container: bool = False
     requirements: str | None = None
     pip: tuple[str, ...] = ()
+    budget: float | None = None  # end the run once its estimated spend passes this (given as 5 or "$5")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once
@@ -78,6 +79,7 @@ class RunOptions:
         set_(self, "pip", tuple(self.pip))
         if self.requirements is not None:
             set_(self, "requirements", str(self.requirements))
+        set_(self, "budget", parse_budget(self.budget))
 
     def check_sweep(self, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         """A sweep is non-empty and within the task limit (``BATCHMAGIC_MAX_TASKS``)."""

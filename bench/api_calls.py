@@ -111,9 +111,7 @@ def measure(length: float, emulator: Any, session: Session, home: Path) -> Measu
     starts = [i for i, r in enumerate(requests) if r["method"] == "GET" and r["path"] == job_read]
     per_tick = [ops[a:b] for a, b in zip(starts, starts[1:] + [len(ops)], strict=True)]
     running = sum(1 for p in phases if p is Phase.RUNNING)
-    return Measured(
-        length, run.ticks, running, ops[: starts[0]], per_tick, phases, tick_ms
-    )
+    return Measured(length, run.ticks, running, ops[: starts[0]], per_tick, phases, tick_ms)
 
 
 def main() -> None:
