@@ -303,6 +303,7 @@ def submit(
     container: bool = False,
     requirements: str | Path | None = None,
     pip: Iterable[str] = (),
+    budget: float | str | None = None,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
 ) -> Run:
@@ -326,6 +327,8 @@ def submit(
         One parameter set per task (``--sweep``): the run's result is then a table.
     inputs, output_files : iterable of str
         As ``--input`` and ``--output``.
+    budget : float or str, optional
+        As ``--budget``: end the run once its estimated spend passes this amount (Azure).
     home : path, optional
         batchmagic's state and local run data (default ``BATCHMAGIC_HOME``, else ``~/.batchmagic``).
     on_update : callable, optional
@@ -359,6 +362,7 @@ def submit(
         container=container,
         requirements=None if requirements is None else str(requirements),
         pip=tuple(pip),
+        budget=budget,
     )
     session = default_session()
     if isinstance(backend, Backend):
