@@ -24,7 +24,7 @@ import cloudpickle
 
 from batchmagic.backends.base import Backend
 from batchmagic.capture import CapturedCell, capture, check_cell
-from batchmagic.config import Settings, check_home, parse_timeout
+from batchmagic.config import Settings, check_home, parse_budget, parse_timeout
 from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
 from batchmagic.image import ImageRequest, plan_image
@@ -362,7 +362,7 @@ def submit(
         container=container,
         requirements=None if requirements is None else str(requirements),
         pip=tuple(pip),
-        budget=budget,
+        budget=parse_budget(budget),
     )
     session = default_session()
     if isinstance(backend, Backend):
