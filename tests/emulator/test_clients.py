@@ -1,0 +1,180 @@
+"""Clients nobody here wrote, against the emulator: the Azure CLI and the legacy azure-batch 14.
+
+Each runs from its own virtual environment, which ``make test`` builds (``.venv-azcli``,
+``.venv-batch14``). Without it the test skips while you work, and fails under CI (``CI`` set), so a
+missing client is never a silent pass there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.azurite import ACCOUNT, KEY, RunningAzurite, azurite_fixture
+from tests.support.emulator import RunningEmulator, emulator_fixture, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+emulator = emulator_fixture(scope="module", allocation_delay=0.3)
+azurite = azurite_fixture(scope="module")
+
+
+def _client_bin(venv: str, name: str) -> Path:
+    path = ROOT / venv / "bin" / name
+    if not path.exists():
+        message = f"{path} is missing: `make {venv}/bin/.installed` (make test builds it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+class AzCli:
+    """``az batch ...`` against the emulator, with a throwaway configuration directory."""
+
+    def __init__(self, az: Path, emulator: RunningEmulator, config_dir: Path) -> None:
+        self.az = az
+        self.account = [
+            "--account-endpoint", emulator.endpoint, "--account-name", emulator.account,
+            "--account-key", emulator.key,
+        ]  # fmt: skip
+        self.env = {
+            **os.environ,
+            "AZURE_CONFIG_DIR": str(config_dir),
+            "AZURE_CORE_COLLECT_TELEMETRY": "false",
+            "AZURE_CORE_NO_COLOR": "true",
+            "AZURE_CORE_ONLY_SHOW_ERRORS": "true",
+        }
+
+    def __call__(self, *args: str, ok: bool = True) -> Any:
+        proc = subprocess.run(
+            [str(self.az), "batch", *args, *self.account, "-o", "json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+        )
+        if ok:
+            assert proc.returncode == 0, f"az batch {' '.join(args)}: {proc.stderr}"
+            return json.loads(proc.stdout) if proc.stdout.strip() else None
+        assert proc.returncode != 0, f"az batch {' '.join(args)} should have failed"
+        return proc.stderr
+
+
+def test_azure_cli_batch_commands(emulator: RunningEmulator, tmp_path: Path) -> None:
+    az = AzCli(_client_bin(".venv-azcli", "az"), emulator, tmp_path / "azure")
+    image = [
+        "--image",
+        "canonical:0001-com-ubuntu-server-jammy:22_04-lts",
+        "--node-agent-sku-id",
+        "batch.node.ubuntu 22.04",
+    ]
+    az("pool", "create", "--id", "clipool", "--vm-size", "Standard_D2s_v3", *image, "--target-dedicated-nodes", "1")
+    assert [p["id"] for p in az("pool", "list")] == ["clipool"]
+    wait_for(lambda: az("pool", "show", "--pool-id", "clipool")["allocationState"] == "steady", 20)
+    az("pool", "resize", "--pool-id", "clipool", "--target-dedicated-nodes", "2")
+    wait_for(lambda: az("pool", "show", "--pool-id", "clipool")["currentDedicatedNodes"] == 2, 20)
+
+    az("job", "create", "--id", "clijob", "--pool-id", "clipool")
+    assert [(j["id"], j["state"]) for j in az("job", "list")] == [("clijob", "active")]
+    az("job", "disable", "--job-id", "clijob", "--disable-tasks", "requeue")
+    assert az("job", "show", "--job-id", "clijob")["state"] == "disabled"
+    az("job", "enable", "--job-id", "clijob")
+    assert az("job", "show", "--job-id", "clijob")["state"] == "active"
+
+    az(
+        "task",
+        "create",
+        "--job-id",
+        "clijob",
+        "--task-id",
+        "hello",
+        "--command-line",
+        "/bin/sh -c 'echo hello from az'",
+    )
+    az("task", "create", "--job-id", "clijob", "--task-id", "fails", "--command-line", "/bin/sh -c 'exit 2'")
+    wait_for(lambda: {t["state"] for t in az("task", "list", "--job-id", "clijob")} == {"completed"}, 20)
+    failed = az("task", "show", "--job-id", "clijob", "--task-id", "fails")
+    assert failed["executionInfo"]["exitCode"] == 2 and failed["executionInfo"]["result"] == "failure"
+    az("task", "reactivate", "--job-id", "clijob", "--task-id", "fails")
+    again = wait_for(
+        lambda: (t := az("task", "show", "--job-id", "clijob", "--task-id", "fails"))["state"] == "completed" and t, 20
+    )  # noqa: E501
+    assert again["executionInfo"]["exitCode"] == 2
+    out = tmp_path / "stdout.txt"
+    az(
+        "task",
+        "file",
+        "download",
+        "--job-id",
+        "clijob",
+        "--task-id",
+        "hello",
+        "--file-path",
+        "stdout.txt",
+        "--destination",
+        str(out),
+    )  # noqa: E501
+    assert out.read_text() == "hello from az\n"
+
+    nodes = az("node", "list", "--pool-id", "clipool")
+    assert len(nodes) == 2 and {n["state"] for n in nodes} <= {"idle", "running"}
+    az("node", "reboot", "--pool-id", "clipool", "--node-id", nodes[0]["id"])
+    wait_for(lambda: az("node", "show", "--pool-id", "clipool", "--node-id", nodes[0]["id"])["state"] == "idle", 20)
+
+    az(
+        "pool",
+        "autoscale",
+        "enable",
+        "--pool-id",
+        "clipool",
+        "--auto-scale-formula",
+        "$TargetDedicatedNodes=1",
+        "--auto-scale-evaluation-interval",
+        "PT5M",
+    )  # noqa: E501
+    run = az(
+        "pool", "autoscale", "evaluate", "--pool-id", "clipool", "--auto-scale-formula", "$TargetDedicatedNodes=3;$x=2"
+    )  # noqa: E501
+    assert run["results"] == "$TargetDedicatedNodes=3;$TargetLowPriorityNodes=0;$NodeDeallocationOption=requeue;$x=2"
+    wait_for(lambda: az("pool", "show", "--pool-id", "clipool")["currentDedicatedNodes"] == 1, 20)
+    assert "OperationNotValidOnPool" in az(
+        "pool", "resize", "--pool-id", "clipool", "--target-dedicated-nodes", "0", ok=False
+    )  # noqa: E501
+
+    az("job", "stop", "--job-id", "clijob")
+    wait_for(lambda: az("job", "show", "--job-id", "clijob")["state"] == "completed", 20)
+    az("job", "delete", "--job-id", "clijob", "--yes")
+    az("pool", "delete", "--pool-id", "clipool", "--yes")
+    wait_for(lambda: az("pool", "list") == [] and az("job", "list") == [], 20)
+
+
+def test_legacy_sdk_runs_the_published_quickstart(emulator: RunningEmulator, azurite: RunningAzurite) -> None:
+    python = _client_bin(".venv-batch14", "python")
+    env = {
+        **os.environ,
+        "BATCH_ACCOUNT_URL": emulator.endpoint,
+        "BATCH_ACCOUNT_NAME": emulator.account,
+        "BATCH_ACCOUNT_KEY": emulator.key,
+        "STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "STORAGE_ACCOUNT_NAME": ACCOUNT,
+        "STORAGE_ACCOUNT_KEY": KEY,
+    }
+    script = Path(__file__).parent / "clients" / "batch14_quickstart.py"
+    proc = subprocess.run([str(python), str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for i in range(3):
+        assert f"Task: Task{i}\n" in out and f"input file {i}\ntool-installed\n" in out
+    assert out.count("Start task on ") == 2 and out.count(": completed exit 0") == 2
+    assert "Deleted the job and the pool." in out
+    # The legacy client speaks an older api-version, which the emulator accepts.
+    versions = {tuple(r["query"].get("api-version", [""])) for r in emulator.requests()}
+    assert ("2024-02-01.19.0",) in versions, versions
