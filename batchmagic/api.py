@@ -144,8 +144,9 @@ class Session:
         with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:
             with run.step(Phase.PACKAGING):
                 captured = capture(
-                    cell, namespace or {}, Path(tmp) / "bundle", outputs=options.outputs, provided=options.provided
-                )
+                    cell, namespace or {}, Path(tmp) / "bundle", outputs=options.outputs, provided=options.provided,
+                    first_line=options.first_line,
+                )  # fmt: skip
                 submission.image = _resolve_image(image, captured, run)
             with run.step(Phase.UPLOADING, _shipped(captured), storing=True):
                 self._upload(run, cell, captured, options, settings)
@@ -296,7 +297,7 @@ def submit(
     low_priority: bool = False,
     retries: int = 0,
     sweep: Iterable[Mapping[str, Any]] | None = None,
-    slots_per_node: int = 1,
+    slots_per_node: int | None = None,
     inputs: Iterable[str] = (),
     output_files: Iterable[str] = (),
     image: str | None = None,
@@ -320,7 +321,7 @@ def submit(
         ``"local"`` or ``"azure"``; default from ``BATCHMAGIC_BACKEND`` / ``AZURE_BATCH_ENDPOINT``.
     vm_size, name, outputs, timeout, env, nodes, low_priority, retries, slots_per_node
         As the ``%%azbatch`` flags of the same names (``--vm``, ``--out``, ...); ``timeout`` in seconds
-        or like ``"30m"``.
+        or like ``"30m"``; ``slots_per_node`` None: one per node on Azure, the machine's cores locally.
     image, container, requirements, pip
         The training image: as ``--image``, ``--container``, ``--requirements``, ``--pip``.
     sweep : iterable of mappings, optional

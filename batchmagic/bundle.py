@@ -65,6 +65,9 @@ class Manifest:
         Names to send back; None means every bound name.
     deleted : list of str
         Names the cell deletes at top level.
+    first_line : int
+        The line number the cell's first line has where the user wrote it: 2 under a ``%%azbatch`` line.
+        The runner numbers the cell's lines from it, so tracebacks point at the notebook's own lines.
     """
 
     python: str = field(default_factory=platform.python_version)
@@ -78,6 +81,7 @@ class Manifest:
     bound: list[str] = field(default_factory=list)
     outputs: list[str] | None = None
     deleted: list[str] = field(default_factory=list)
+    first_line: int = 1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

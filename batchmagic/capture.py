@@ -84,6 +84,7 @@ def capture(
     provided: Iterable[str] = (),
     root: Path | None = None,
     object_threshold: int = OBJECT_THRESHOLD,
+    first_line: int = 1,
 ) -> CapturedCell:
     """Package a cell and what it reads from ``namespace`` into a bundle at ``path``.
 
@@ -104,6 +105,8 @@ def capture(
     object_threshold : int
         Values whose pickle is bigger than this many bytes become objects of their own
         (:class:`ExternalObject`, beside the bundle) instead of bundle entries.
+    first_line : int
+        The line number of the cell's first line where it was written (2 under a ``%%azbatch`` line).
 
     Raises
     ------
@@ -157,6 +160,7 @@ def capture(
         bound=analysis.bound,
         outputs=wanted,
         deleted=sorted(analysis.deleted),
+        first_line=first_line,
     )
     root = Path(root or os.getcwd()).resolve()
     objects: dict[str, ExternalObject] = {}

@@ -25,9 +25,10 @@ from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_env, parse_timeou
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.options import RunOptions, check_identifier
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
+from batchmagic.record import record_of
 from batchmagic.state import LogRecord, RunState
 from batchmagic.sweep import parse_grid, rows_from
-from batchmagic.widget import PANEL_MODES, format_seconds, make_panel
+from batchmagic.widget import PANEL_MODES, TaskLogs, format_seconds, make_panel, ui_pump
 
 __all__ = ["AzBatch"]
 
@@ -214,7 +215,11 @@ class AzBatch(Magics):
         "Values are Python literals where they parse, strings otherwise. Shows a results table.",
     )
     @argument("--sweep-from", metavar="VAR", help="Run once per element of VAR: a list of dicts or a DataFrame.")
-    @argument("--slots-per-node", type=int, default=1, help="Tasks each node runs at once (sweeps). Default 1.")
+    @argument(
+        "--slots-per-node",
+        type=int,
+        help="Tasks each node runs at once (sweeps). Default: 1 per node on Azure; the machine's cores locally.",
+    )
     @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating in the background.")
     @argument("--out-run", metavar="NAME", help="Also bind the run's handle to NAME (besides _azbatch).")
     @argument(
@@ -256,10 +261,11 @@ class AzBatch(Magics):
         self._explain_default_backend(args.backend, settings)
 
         current: list[api.Run] = []  # the panel exists before the run does
+        task_logs: list[TaskLogs] = []
         panel = make_panel(
             self.panel,
             on_cancel=lambda: current[0].cancel() if current else None,
-            on_pick=lambda task_id: _follow(current[0], task_id) if current else "",
+            on_pick=lambda task_id: task_logs[0](task_id) if task_logs else "",
             background=args.no_wait,
         )
 
@@ -278,6 +284,8 @@ class AzBatch(Magics):
         def on_background_update(state: RunState, records: list[LogRecord]) -> None:
             # From the monitor thread: set widget traits and append to its Output; never print.
             panel.update(state, records)
+            if state.finished and current:
+                panel.finish(record_of(current[0], background=True))
 
         with _usage_errors(), _warnings_as_lines():
             run = self.session.submit(
@@ -288,14 +296,21 @@ class AzBatch(Magics):
                 on_update=on_background_update if args.no_wait else on_update,
             )
         current.append(run)
+        task_logs.append(TaskLogs(run))
         self._user_ns["_azbatch"] = run
         if args.out_run:
             self._user_ns[args.out_run] = run
         if args.no_wait:
+            if run.done:  # it ended before its monitor started (a failed upload): no thread will finish it
+                panel.finish(record_of(run, background=True))
             run.watch_in_background()
             return None
-        with _warnings_as_lines():
-            result = run.wait()
+        with _warnings_as_lines(), ui_pump() as pump:
+            try:
+                result = run.wait(between_polls=pump)
+            finally:
+                if run.done:
+                    panel.finish(record_of(run, background=False))
         if run.is_sweep:
             return result  # the results DataFrame, displayed as the cell's value
         self._user_ns.update(result)
@@ -332,6 +347,7 @@ class AzBatch(Magics):
             container=args.container,
             requirements=args.requirements,
             pip=tuple(args.pip or ()),
+            first_line=2,  # the cell's first line is the one after %%azbatch: tracebacks count from it
         )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:
@@ -433,12 +449,6 @@ def _replay(output: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     publish_display_data(output.get("data", {}), output.get("metadata", {}))
-
-
-def _follow(run: api.Run, task_id: str) -> str:
-    """The panel's task picker: stream that task's log from now on and return what it printed so far."""
-    run.follow(task_id)
-    return run.logs(task_id)
 
 
 @contextmanager

@@ -44,7 +44,7 @@ class RunOptions:
     low_priority: bool = False
     retries: int = 0
     sweep: tuple[dict[str, Any], ...] | None = None  # one parameter set per task
-    slots_per_node: int = 1
+    slots_per_node: int | None = None  # None: the backend's choice (1 per node on Azure, the cores locally)
     inputs: tuple[InputSpec, ...] = ()
     output_files: tuple[str, ...] = ()  # --output globs
     image: str | None = None
@@ -52,6 +52,7 @@ class RunOptions:
     requirements: str | None = None
     pip: tuple[str, ...] = ()
     budget: float | None = None  # end the run once its estimated spend passes this (given as 5 or "$5")
+    first_line: int = 1  # the cell's first line's number where it was written: 2 under a %%azbatch line
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once
@@ -70,7 +71,7 @@ class RunOptions:
         for flag, value, least in (("--nodes", self.nodes, 1), ("--retries", self.retries, 0)):
             if not isinstance(value, int) or value < least:
                 raise ConfigError(f"{flag} must be {'at least 1' if least else '0 or more'}, not {value!r}")
-        if not isinstance(self.slots_per_node, int) or self.slots_per_node < 1:
+        if self.slots_per_node is not None and (not isinstance(self.slots_per_node, int) or self.slots_per_node < 1):
             raise ConfigError(f"--slots-per-node must be at least 1, not {self.slots_per_node!r}")
         if self.sweep is not None:
             set_(self, "sweep", tuple(dict(row) for row in self.sweep))

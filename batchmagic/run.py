@@ -162,7 +162,11 @@ class Run:
             nodes=options.nodes,
             low_priority=options.low_priority,
             retries=options.retries,
-            slots_per_node=options.slots_per_node,
+            slots_per_node=(
+                options.slots_per_node
+                if options.slots_per_node is not None
+                else self.backend.default_slots(len(self.task_ids))
+            ),
             sas_expiry=self.sas_expiry,
         )
 
@@ -394,10 +398,12 @@ class Run:
                 log.debug("unreadable progress record %r", record.text)
         return rest
 
-    def wait(self, timeout: float | None = None) -> Any:
+    def wait(self, timeout: float | None = None, *, between_polls: Callable[[], None] | None = None) -> Any:
         """Block until the run ends, polling on this thread; return its outputs (a sweep: its results).
 
-        Ctrl-C cancels the run.
+        Ctrl-C cancels the run. ``between_polls`` is called every few hundredths of a second while the loop
+        waits for its next poll: the magic passes one that lets the kernel handle widget messages, so the
+        panel's Cancel button and task picker work while the cell blocks.
 
         Raises
         ------
@@ -414,11 +420,24 @@ class Run:
                 pause = self._pause()
                 if deadline is not None and time.monotonic() + pause > deadline:
                     raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
-                time.sleep(pause)
+                _pause(pause, between_polls, until=lambda: self.done)
         except KeyboardInterrupt:
             self.cancel()
             raise RunCancelled(f"run {self.name} cancelled by Ctrl-C") from None
         return self.result()
+
+    def task_error(self, task_id: str) -> str:
+        """A finished, failed task's traceback (or why it ended without a result); empty otherwise."""
+        status = self._last_status
+        task = status.tasks.get(task_id) if status is not None else None
+        if task is None or task.state != "completed":
+            return ""
+        outcome, failure = self._read_result(task)
+        if failure:
+            return failure + "\n"
+        if outcome is None or outcome.ok or outcome.error is None:
+            return ""
+        return "".join(outcome.error.traceback)
 
     def result(self) -> Any:
         """The outputs of a finished run (a sweep: its results DataFrame); raise its error if it failed."""
@@ -614,6 +633,20 @@ class Run:
         self.results = results_table(rows)
         failed = sum(1 for row in rows if row.state == "failed")
         self.enter(Phase.DONE, f"{len(rows) - failed} succeeded, {failed} failed")
+
+
+def _pause(seconds: float, between_polls: Callable[[], None] | None, *, until: Callable[[], bool]) -> None:
+    """Sleep ``seconds``; with ``between_polls``, call it in slices meanwhile and stop early once ``until()``."""
+    if between_polls is None:
+        time.sleep(seconds)
+        return
+    end = time.monotonic() + seconds
+    while True:
+        between_polls()
+        left = end - time.monotonic()
+        if left <= 0 or until():
+            return
+        time.sleep(min(left, 0.05))
 
 
 def new_run_id(name: str | None) -> str:

@@ -119,18 +119,45 @@ class TaskOutcome:
 
 
 def results_table(outcomes: list[TaskOutcome]) -> Any:
-    """One row per task: parameters, state, exit code, duration, node, scalar outputs, error, start, end."""
+    """One row per task: parameters, state, exit code, duration, node, scalar outputs, error, start, end.
+
+    Columns keep their types where a failed task leaves a gap: whole numbers stay whole (pandas' nullable
+    ``Int64``), booleans stay booleans (``boolean``). Durations are in seconds to a tenth, start and end
+    times to the second (UTC).
+    """
     import pandas as pd
 
     rows = []
+    outputs: dict[str, None] = {}  # the output columns, in order of first appearance
     for outcome in outcomes:
         row: dict[str, Any] = {"task_id": outcome.task_id, **outcome.params}
-        row.update(state=outcome.state, exit_code=outcome.exit_code, duration=outcome.duration, node=outcome.node)
+        duration = outcome.duration
+        row.update(
+            state=outcome.state,
+            exit_code=outcome.exit_code,
+            duration=round(duration, 1) if duration is not None else None,
+            node=outcome.node,
+        )
         for key, value in outcome.outputs.items():
             if isinstance(value, SCALARS) and key not in row:
                 row[key] = value
+                outputs.setdefault(key)
         row["error"] = f"{outcome.error_type}: {outcome.error_message}" if outcome.error_type else ""
-        row["started"] = pd.Timestamp(outcome.started, unit="s") if outcome.started else pd.NaT
-        row["ended"] = pd.Timestamp(outcome.ended, unit="s") if outcome.ended else pd.NaT
+        row["started"] = pd.Timestamp(outcome.started, unit="s").floor("s") if outcome.started else pd.NaT
+        row["ended"] = pd.Timestamp(outcome.ended, unit="s").floor("s") if outcome.ended else pd.NaT
         rows.append(row)
-    return pd.DataFrame(rows).set_index("task_id")
+    table = pd.DataFrame(rows).set_index("task_id")
+    for column in ["exit_code", *outputs]:
+        kind = _nullable_kind([row[column] for row in rows if row.get(column) is not None])
+        if kind and table[column].isna().any():
+            table[column] = table[column].astype(kind)
+    return table
+
+
+def _nullable_kind(values: list[Any]) -> str:
+    """pandas' nullable dtype that keeps these values' type across gaps: ``Int64``, ``boolean``, or none."""
+    if values and all(isinstance(v, bool) for v in values):
+        return "boolean"
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "Int64"
+    return ""

@@ -2,31 +2,55 @@
 
 :func:`make_panel` picks the form: an ipywidgets panel where widgets can render (a Jupyter
 kernel with ipywidgets installed), short text lines otherwise (terminal IPython, scripts), or
-nothing. Panels are views only: they never poll, and only ever get states handed to them.
+nothing. Panels are views only: they never poll, and only ever get states handed to them. When the
+run ends, :meth:`StatusPanel.finish` replaces the widget, in the same display, with the run's static
+record (:mod:`batchmagic.record`), which outlives the kernel and its widget state.
+
+A blocking cell keeps the kernel busy, so a click on the panel would reach it only once the cell ends:
+:func:`ui_pump` gives the wait loop a callable that lets the kernel handle widget messages between polls.
 """
 
 from __future__ import annotations
 
 import html
 import sys
-from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from batchmagic.monitor import LogTail
 from batchmagic.state import LogRecord, Phase, RunState
 
-__all__ = ["Panel", "TextPanel", "make_panel", "summary", "format_seconds"]
+if TYPE_CHECKING:
+    from batchmagic.run import Run
+
+__all__ = [
+    "Panel",
+    "StatusPanel",
+    "TextPanel",
+    "make_panel",
+    "summary",
+    "format_seconds",
+    "outcome",
+    "ui_pump",
+    "TASK_COLOURS",
+    "TaskLogs",
+]
 
 PANEL_MODES = ("auto", "widget", "text", "none")
-_COLOURS = {
-    Phase.DONE: "#2e7d32",
-    Phase.FAILED: "#c62828",
-    Phase.CANCELLED: "#6d4c41",
-    Phase.RUNNING: "#1565c0",
-}
+GREEN, RED, AMBER, BROWN, BLUE, GREY = "#2e7d32", "#c62828", "#e65100", "#6d4c41", "#1565c0", "#555"
+_COLOURS = {Phase.DONE: GREEN, Phase.FAILED: RED, Phase.CANCELLED: BROWN, Phase.RUNNING: BLUE}
+TASK_COLOURS = {"pending": "#cfd8dc", "running": "#42a5f5", "succeeded": "#66bb6a", "failed": "#ef5350"}
+GRID_LIMIT = 2000  # tasks drawn in a grid; a bigger sweep shows its counts and the first ones
+GRID_BUTTONS = 400  # up to this many tasks, the live grid's squares are buttons: a click shows that task
 
 
 class Panel(Protocol):
     def update(self, state: RunState, records: list[LogRecord] | None = None) -> None: ...
+
+    def finish(self, record: Any) -> None:
+        """Replace the live view with ``record`` (the run's static record), in the same display."""
 
 
 def format_seconds(seconds: float) -> str:
@@ -38,6 +62,17 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def outcome(state: RunState) -> tuple[str, str]:
+    """The phase as words and its colour, telling the truth about a sweep's failures: a sweep that ended
+    with failed tasks is amber (some failed) or red (all failed), and says how many."""
+    label, colour = state.phase.value, _COLOURS.get(state.phase, GREY)
+    failed = state.task_counts.get("failed", 0) if state.is_sweep else 0
+    if failed and state.phase == Phase.DONE:
+        colour = RED if failed == len(state.task_ids) else AMBER
+        label = f"done, {failed} of {len(state.task_ids)} failed"
+    return label, colour
 
 
 def summary(state: RunState) -> str:
@@ -73,9 +108,15 @@ class TextPanel:
         stream.write(f"[azbatch] {summary(state)}\n")
         stream.flush()
 
+    def finish(self, record: Any) -> None:
+        """The text lines already told the story."""
+
 
 class _NoPanel:
     def update(self, state: RunState, records: list[LogRecord] | None = None) -> None:
+        pass
+
+    def finish(self, record: Any) -> None:
         pass
 
 
@@ -90,6 +131,30 @@ def _widgets_can_render() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+@contextmanager
+def ui_pump() -> Iterator[Callable[[], None] | None]:
+    """A callable that lets a busy kernel handle the widget messages waiting for it (a Cancel click, a
+    picked task), for a wait loop to call between polls; None outside a Jupyter kernel.
+
+    It is jupyter-ui-poll's technique (on ipykernel 6 and 7): run the kernel's message loop from inside the
+    cell, while other cells' execute requests are set aside and replayed, in order, once this cell ends.
+    """
+    if not _widgets_can_render():
+        yield None
+        return
+    try:
+        from jupyter_ui_poll import ui_events
+    except ImportError:
+        yield None
+        return
+    with ui_events() as poll:
+
+        def pump() -> None:
+            poll(20)  # at most this many queued messages per call
+
+        yield pump
+
+
 def make_panel(
     mode: str,
     *,
@@ -99,8 +164,9 @@ def make_panel(
 ) -> Panel:
     """Build the panel ``mode`` asks for (auto, widget, text, none) and display it.
 
-    ``on_pick(task_id)`` is called when a sweep's task is picked and returns its log so far;
-    ``background`` panels are updated from a monitor thread, so they only set traits.
+    ``on_pick(task_id)`` is called when a sweep's task is picked, and then on each update until that task
+    has ended: it returns the task's log (and its traceback once it failed) that arrived since its last
+    call. ``background`` panels are updated from a monitor thread, so they only set traits.
     """
     if mode == "none":
         return _NoPanel()
@@ -129,32 +195,61 @@ class _QuietPanel:
                 f"[azbatch] {state.name} runs in the background: _azbatch.status, _azbatch.wait(), %azbatch_status\n"
             )
 
+    def finish(self, record: Any) -> None:
+        pass
 
-_GRID_COLOURS = {"pending": "#cfd8dc", "running": "#42a5f5", "succeeded": "#66bb6a", "failed": "#ef5350"}
-_GRID_LIMIT = 2000  # cells drawn; a bigger sweep shows its counts and the first ones
+
+class TaskLogs:
+    """A sweep panel's ``on_pick``: what a task printed since the last call, then its traceback once it has
+    failed. Only picked tasks are read, so a tick's cost does not grow with the sweep."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._tails: dict[str, LogTail] = {}
+
+    def __call__(self, task_id: str) -> str:
+        tail = self._tails.setdefault(task_id, LogTail(self.run.log_key(task_id), task_id))
+        text = "".join(r.text for r in tail.read(self.run.store) if r.stream in ("stdout", "stderr"))
+        states = dict(zip(self.run.task_ids, self.run.task_states(), strict=False))
+        if states.get(task_id) == "failed":
+            error = self.run.task_error(task_id)
+            text += ("" if not text or text.endswith("\n") else "\n") + error
+        return text
 
 
-def sweep_html(state: RunState) -> str:
-    """Counts per state, throughput and ETA, and a compact grid with one coloured cell per task."""
+def counts_html(state: RunState) -> str:
+    """Counts per state, throughput and ETA, on one line."""
     counts = " · ".join(
-        f"<span style='color:{_GRID_COLOURS.get(k, '#555')}'>&#9632;</span> {k} {state.task_counts.get(k, 0)}"
+        f"<span style='color:{TASK_COLOURS[k]}'>&#9632;</span> {k} {state.task_counts.get(k, 0)}"
         for k in ("pending", "running", "succeeded", "failed")
     )
     rate = state.throughput
     pace = f" · {rate:.1f} tasks/min" if rate else ""
     eta = state.eta
     pace += f" · ETA {format_seconds(eta)}" if eta and not state.finished else ""
+    return f"<div>{len(state.task_ids)} tasks: {counts}{pace}</div>"
+
+
+def grid_html(state: RunState) -> str:
+    """A compact grid, one coloured square per task (its id and state in the tooltip)."""
     cells = "".join(
         f"<span title='{html.escape(tid)}: {st}' style='display:inline-block;width:9px;height:9px;margin:1px;"
-        f"background:{_GRID_COLOURS.get(st, '#999')}'></span>"
-        for tid, st in list(zip(state.task_ids, state.task_states, strict=False))[:_GRID_LIMIT]
+        f"background:{TASK_COLOURS.get(st, '#999')}'></span>"
+        for tid, st in list(zip(state.task_ids, state.task_states, strict=False))[:GRID_LIMIT]
     )
-    return f"<div>{len(state.task_ids)} tasks: {counts}{pace}</div><div style='line-height:9px'>{cells}</div>"
+    more = f" <span style='color:#777'>(first {GRID_LIMIT})</span>" if len(state.task_ids) > GRID_LIMIT else ""
+    return f"<div style='line-height:9px'>{cells}{more}</div>"
+
+
+def sweep_html(state: RunState) -> str:
+    """Counts per state, throughput and ETA, and a compact grid with one coloured cell per task."""
+    return counts_html(state) + grid_html(state)
 
 
 class StatusPanel:
     """An ipywidgets view: run, backend, VM size, phase, time in each phase, elapsed, Cancel; for a
-    sweep also counts, a grid of tasks, throughput, ETA and a task picker showing that task's log.
+    sweep also counts, a grid of tasks, throughput, ETA and a task picker: clicking a square (or picking
+    a task) shows that task's state and its log as it arrives, and its traceback if it failed.
 
     Built without a kernel it still holds its trait values, which is how the tests read it.
     """
@@ -168,6 +263,7 @@ class StatusPanel:
     ) -> None:
         import ipywidgets as w
 
+        self._w = w
         self._on_cancel = on_cancel
         self._on_pick = on_pick
         self.background = background
@@ -175,72 +271,167 @@ class StatusPanel:
         self.phases = w.HTML(value="")
         self.detail = w.HTML(value="")
         self.tasks = w.HTML(value="")
+        self.grid = w.Box(layout=w.Layout(display="none", flex_flow="row wrap", max_width="720px"))
+        self.squares: list[Any] = []  # the grid's buttons, one per task (sweeps of up to GRID_BUTTONS tasks)
         self.picker = w.Dropdown(options=[], description="task log", layout=w.Layout(display="none"))
         self.picker.observe(self._picked, names="value")
+        self.task_title = w.HTML(value="")
         self.log = w.Output(layout=w.Layout(max_height="240px", overflow="auto"))
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop")
         self.cancel_button.on_click(self._clicked)
         self.widget = _SummaryBox(
-            children=[w.HBox([self.title, self.cancel_button]), self.phases, self.detail, self.tasks, self.picker,
-                      self.log],
+            children=[w.HBox([self.title, self.cancel_button]), self.phases, self.detail, self.tasks, self.grid,
+                      self.picker, self.task_title, self.log],
             layout=w.Layout(border="1px solid #ddd", padding="4px 8px", width="auto"),
         )  # fmt: skip
+        self.widget.add_class("azbatch-panel")
         self.state: RunState | None = None
-        self.handle: Any = None  # the display handle, refreshed at the end so saved notebooks get the summary
+        self.handle: Any = None  # the display handle: finish() puts the static record in its place
+        self.cancelling = False
+        self._shown_state = ""  # the picked task's state when its log was last read
+        self._texts: dict[str, str] = {}  # what each task picked so far printed (on_pick returns what is new)
+        self._ended: set[str] = set()  # tasks read to their end (with their traceback, if they failed)
+        self._lock = threading.RLock()  # picks come from the kernel's thread, updates maybe from a monitor's
+
+    # --- events from the browser ---
 
     def _clicked(self, _button: Any) -> None:
-        self.cancel_button.disabled = True
-        self.cancel_button.description = "Cancelling"
+        self.cancelling = True
+        with self.widget.hold_sync():
+            self.cancel_button.disabled = True
+            self.cancel_button.description = "Cancelling"
+            if self.state is not None and not self.state.finished:
+                self.title.value = self._title(self.state)
         if self._on_cancel is not None:
             self._on_cancel()
 
+    def pick(self, task_id: str) -> None:
+        """Show this task (what a click on its square does)."""
+        if self.picker.value == task_id:
+            self._show_task(task_id, fresh=True)
+        else:
+            self.picker.value = task_id  # -> _picked
+
     def _picked(self, change: Any) -> None:
         task_id = change["new"]
-        if not task_id or self._on_pick is None:
+        if task_id:
+            self._show_task(task_id, fresh=True)
+
+    def _task_state(self, task_id: str) -> str:
+        state = self.state
+        if state is None or task_id not in state.task_ids:
+            return "pending"
+        return state.task_states[state.task_ids.index(task_id)]
+
+    def _show_task(self, task_id: str, *, fresh: bool) -> None:
+        """Show the task's state and its log: all of it when ``fresh``, else what arrived since last time."""
+        if self._on_pick is None:
             return
-        self.log.outputs = ()
-        self.log.append_stdout(self._on_pick(task_id))
+        with self._lock:
+            task_state = self._task_state(task_id)
+            ended = task_state in ("succeeded", "failed")
+            seen = self._texts.get(task_id, "")
+            new = "" if task_id in self._ended else self._on_pick(task_id)
+            if ended:
+                self._ended.add(task_id)
+            self._texts[task_id] = seen + new
+            self._shown_state = task_state
+            colour = TASK_COLOURS.get(task_state, GREY) if task_state != "pending" else GREY
+            self.task_title.value = (
+                f"<b>{html.escape(task_id)}</b> <b style='color:{colour}'>{html.escape(task_state)}</b>"
+            )
+            if fresh:
+                self.log.outputs = ()
+                new = seen + new
+            if new:
+                self.log.append_stdout(new)
+
+    # --- the view ---
+
+    def _title(self, state: RunState) -> str:
+        label, colour = outcome(state)
+        if self.cancelling and not state.finished:
+            label, colour = "cancelling", BROWN
+        where = html.escape(state.backend + (f" · {state.vm_size}" if state.vm_size else ""))
+        return (
+            f"<b>{html.escape(state.name)}</b> <span style='color:#777'>{where}</span> "
+            f"<b class='azbatch-phase' style='color:{colour}'>{html.escape(label)}</b> "
+            f"<span style='color:#777'>{format_seconds(state.elapsed)}</span>"
+        )
 
     def update(self, state: RunState, records: list[LogRecord] | None = None) -> None:
+        with self._lock:
+            self._update(state, records or [])
+
+    def _update(self, state: RunState, records: list[LogRecord]) -> None:
         self.state = state
         self.widget.summary = summary(state)
-        colour = _COLOURS.get(state.phase, "#555")
-        where = html.escape(state.backend + (f" · {state.vm_size}" if state.vm_size else ""))
-        values = {
-            "title": (
-                f"<b>{html.escape(state.name)}</b> <span style='color:#777'>{where}</span> "
-                f"<b style='color:{colour}'>{html.escape(state.phase.value)}</b> "
-                f"<span style='color:#777'>{format_seconds(state.elapsed)}</span>"
-            ),
-            "phases": " → ".join(
-                f"<span style='{'font-weight:bold' if span.end is None else 'color:#555'}'>"
-                f"{html.escape(span.phase.value)} {format_seconds(span.duration(state.now))}</span>"
-                for span in state.phases
-                if not span.phase.final
-            ),
-            "detail": html.escape(state.error or state.detail),
-        }
+        _, colour = outcome(state)
+        phases = " → ".join(
+            f"<span style='{'font-weight:bold' if span.end is None else 'color:#555'}'>"
+            f"{html.escape(span.phase.value)} {format_seconds(span.duration(state.now))}</span>"
+            for span in state.phases
+            if not span.phase.final
+        )
+        detail = html.escape(state.error or state.detail)
         with self.widget.hold_sync():
-            self.title.value = values["title"]
-            self.phases.value = values["phases"]
-            self.detail.value = f"<span style='color:{colour}'>{values['detail']}</span>" if values["detail"] else ""
+            self.title.value = self._title(state)
+            self.phases.value = phases
+            self.detail.value = f"<span style='color:{colour}'>{detail}</span>" if detail else ""
             if state.is_sweep:
-                self.tasks.value = sweep_html(state)
-                if len(self.picker.options) != len(state.task_ids):
-                    self.picker.options = [""] + list(state.task_ids)
-                    self.picker.layout.display = None
+                self._update_sweep(state)
             if state.finished:
                 self.cancel_button.disabled = True
                 self.cancel_button.layout.display = "none"
-        for record in records or []:
-            # Logs of a background run (or of the picked task) go to the panel's Output, never printed.
+        picked = self.picker.value
+        if state.is_sweep:
+            # A sweep streams only the picked task's log: read on, until it has ended and been read whole.
+            if picked and (self._task_state(picked) == "running" or self._task_state(picked) != self._shown_state):
+                self._show_task(picked, fresh=False)
+            return
+        for record in records:
+            # Logs of a background run go to the panel's Output, never printed.
             if record.output is not None:  # a display: its output object, as display data
                 data, metadata = record.output.get("data", {}), record.output.get("metadata", {})
                 self.log.outputs += ({"output_type": "display_data", "data": data, "metadata": metadata},)
                 continue
             (self.log.append_stderr if record.stream == "stderr" else self.log.append_stdout)(record.text)
-        if state.finished and self.handle is not None and not self.background:
-            self.handle.update(self.widget)
+
+    def _update_sweep(self, state: RunState) -> None:
+        w = self._w
+        if len(state.task_ids) <= GRID_BUTTONS:
+            self.tasks.value = counts_html(state)
+            if not self.squares:
+                self.squares = [self._square(tid) for tid in state.task_ids]
+                self.grid.children = tuple(self.squares)
+                self.grid.layout.display = None
+            for square, task_state in zip(self.squares, state.task_states, strict=False):
+                colour = TASK_COLOURS.get(task_state, "#999")
+                if square.style.button_color != colour:
+                    square.style.button_color = colour
+                    square.tooltip = f"{square.tooltip.split(':')[0]}: {task_state}"
+        else:
+            self.tasks.value = sweep_html(state)
+        if len(self.picker.options) != len(state.task_ids) + 1:
+            self.picker.options = [""] + list(state.task_ids)
+            self.picker.layout = w.Layout(display=None)
+
+    def _square(self, task_id: str) -> Any:
+        w = self._w
+        square = w.Button(
+            tooltip=f"{task_id}: pending",
+            layout=w.Layout(width="14px", height="14px", min_width="0", padding="0", margin="1px"),
+        )
+        square.style.button_color = TASK_COLOURS["pending"]
+        square.add_class("azbatch-square")
+        square.on_click(lambda _b: self.pick(task_id))
+        return square
+
+    def finish(self, record: Any) -> None:
+        """Put the run's static record where the widget was: a saved notebook keeps it, with no kernel and no
+        widget state. A background run's record arrives from its monitor thread, by display id."""
+        if self.handle is not None:
+            self.handle.update(record)
 
 
 def _summary_box_class() -> type:

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import io
 
-from batchmagic.backends.base import Phase
-from batchmagic.monitor import PhaseSpan, RunState
-from batchmagic.widget import StatusPanel, TextPanel, make_panel, summary
+from batchmagic.state import Phase, PhaseSpan, RunState
+from batchmagic.widget import (
+    AMBER,
+    GREEN,
+    GRID_BUTTONS,
+    RED,
+    TASK_COLOURS,
+    StatusPanel,
+    TextPanel,
+    make_panel,
+    outcome,
+    summary,
+)
 
 
 def state(phase: Phase, *, error: str = "", detail: str = "") -> RunState:
@@ -98,18 +108,91 @@ def test_sweep_panel_counts_grid_throughput_eta_and_picker():
     panel.update(sweep_state(states))
     html_text = panel.tasks.value
     assert "4 tasks" in html_text and "succeeded 1" in html_text and "failed 1" in html_text
-    assert html_text.count("display:inline-block") == 4  # one cell per task
-    assert "#ef5350" in html_text and "task-00001: failed" in html_text
     assert "2.0 tasks/min" in html_text and "ETA 1m00s" in html_text  # 2 done in 60 s, 2 to go
+    # One square per task, coloured by its state, its id and state in the tooltip.
+    assert [sq.style.button_color for sq in panel.squares] == [TASK_COLOURS[s] for s in states]
+    assert panel.squares[1].tooltip == "task-00001: failed" and panel.grid.layout.display is None
     assert list(panel.picker.options) == ["", "task-00000", "task-00001", "task-00002", "task-00003"]
     panel.picker.value = "task-00001"
     assert picked == ["task-00001"]
     assert panel.log.outputs[0]["text"] == "log of task-00001\n"
+    assert "task-00001" in panel.task_title.value and "failed" in panel.task_title.value
     assert repr(panel.widget).endswith("2/4 tasks, 1 failed")
 
 
+def test_clicking_a_square_follows_that_task_until_it_ends():
+    arrived = {"task-00002": ["step 1\n", "step 2\n", "Traceback ...\nValueError: bad\n"]}
+    calls = []
+
+    def on_pick(tid):
+        calls.append(tid)
+        return arrived[tid].pop(0) if arrived.get(tid) else ""
+
+    panel = StatusPanel(on_pick=on_pick)
+    panel.update(sweep_state(("succeeded", "running", "running")))
+    panel.squares[2].click()
+    assert panel.picker.value == "task-00002" and "running" in panel.task_title.value
+    panel.update(sweep_state(("succeeded", "running", "running")))  # still running: what is new is read
+    assert "".join(o["text"] for o in panel.log.outputs) == "step 1\nstep 2\n"
+    panel.update(sweep_state(("succeeded", "running", "failed")))  # ended: read once more, traceback and all
+    assert "".join(o["text"] for o in panel.log.outputs).endswith("ValueError: bad\n")
+    assert "failed" in panel.task_title.value
+    count = len(calls)
+    panel.update(sweep_state(("succeeded", "succeeded", "failed")))
+    panel.squares[2].click()  # an ended task's log is shown again without being read again
+    assert len(calls) == count and panel.log.outputs[0]["text"].startswith("step 1\n")
+
+
+def test_sweep_with_failures_ends_amber_or_red_with_the_count():
+    some = sweep_state(("succeeded", "failed", "succeeded"))
+    some = RunState(**{**some.__dict__, "phase": Phase.DONE})
+    label, colour = outcome(some)
+    assert label == "done, 1 of 3 failed" and colour == AMBER
+    panel = StatusPanel()
+    panel.update(some)
+    assert "done, 1 of 3 failed" in panel.title.value and AMBER in panel.title.value
+    every = RunState(**{**some.__dict__, "task_states": ("failed",) * 3, "task_counts": {"failed": 3}})
+    assert outcome(every) == ("done, 3 of 3 failed", RED)
+    clean = RunState(**{**some.__dict__, "task_states": ("succeeded",) * 3, "task_counts": {"succeeded": 3}})
+    assert outcome(clean) == ("done", GREEN)
+
+
+def test_big_sweep_draws_its_grid_as_html_and_keeps_the_picker():
+    panel = StatusPanel()
+    panel.update(sweep_state(("pending",) * (GRID_BUTTONS + 1)))
+    assert not panel.squares and panel.tasks.value.count("display:inline-block") == GRID_BUTTONS + 1
+    assert len(panel.picker.options) == GRID_BUTTONS + 2
+
+
+def test_cancel_click_says_cancelling_at_once():
+    seen = []
+    panel = StatusPanel(on_cancel=lambda: seen.append(panel.title.value))
+    panel.update(state(Phase.RUNNING))
+    panel.cancel_button.click()
+    assert panel.cancel_button.description == "Cancelling" and panel.cancel_button.disabled
+    assert ">cancelling<" in seen[0]  # shown before the run is asked to stop
+    panel.update(state(Phase.CANCELLED))
+    assert ">cancelled<" in panel.title.value and panel.cancel_button.layout.display == "none"
+
+
+def test_finish_puts_the_record_in_the_panels_display():
+    class Handle:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    panel = StatusPanel()
+    panel.handle = Handle()
+    panel.update(state(Phase.DONE))
+    assert panel.handle.updates == []  # the widget stays while the run is followed
+    panel.finish("the record")
+    assert panel.handle.updates == ["the record"]
+
+
 def test_background_panel_appends_logs_to_its_output_and_never_prints(capsys):
-    from batchmagic.monitor import LogRecord
+    from batchmagic.state import LogRecord
 
     panel = StatusPanel(background=True)
     panel.update(state(Phase.RUNNING), [LogRecord(1.0, "stdout", "hello\n"), LogRecord(2.0, "stderr", "warn\n")])

@@ -80,6 +80,10 @@ class Backend(ABC):
         """The training image runs use when none is given (``AzBatch.image``); empty when none is set."""
         return ""
 
+    def default_slots(self, tasks: int) -> int:
+        """Tasks a node runs at once when the run gives no ``--slots-per-node``: one."""
+        return 1
+
     def validate(self, submission: TaskSubmission) -> None:  # noqa: B027 - an optional hook
         """Check what can be checked before anything is uploaded or created; raise ConfigError if wrong."""
 

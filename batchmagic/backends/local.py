@@ -60,7 +60,7 @@ class _LocalRun:
 
 
 class LocalBackend(Backend):
-    """Run tasks as subprocesses, at most ``slots_per_node`` at once.
+    """Run tasks as subprocesses, at most ``slots_per_node`` (times ``nodes``) at once.
 
     Parameters
     ----------
@@ -79,6 +79,10 @@ class LocalBackend(Backend):
         self.store = LocalStore(self.home)
         self.python = python or sys.executable
         self._runs: dict[str, _LocalRun] = {}
+
+    def default_slots(self, tasks: int) -> int:
+        """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
+        return max(1, min(os.cpu_count() or 1, tasks))
 
     def submit(self, submission: TaskSubmission) -> None:
         tasks = {}

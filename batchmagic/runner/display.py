@@ -251,10 +251,13 @@ class Capture:
             sys.displayhook, _active = saved_hook, saved_active
 
 
-def compile_cell(source: str, filename: str) -> list[CodeType]:
+def compile_cell(source: str, filename: str, *, first_line: int = 1) -> list[CodeType]:
     """The cell as code objects to exec in turn; a final expression statement is compiled so that its
-    value reaches ``sys.displayhook`` (IPython's ``last_expr``), unless a ``;`` ends the cell."""
+    value reaches ``sys.displayhook`` (IPython's ``last_expr``), unless a ``;`` ends the cell. Its lines
+    are numbered from ``first_line``."""
     tree = ast.parse(source, filename)
+    if first_line > 1:
+        ast.increment_lineno(tree, first_line - 1)
     last = tree.body[-1] if tree.body else None
     if not isinstance(last, ast.Expr) or _ends_with_semicolon(source):
         return [compile(tree, filename, "exec", dont_inherit=True)]

@@ -116,7 +116,9 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         sys.path.insert(0, str(workdir / "src"))
 
     source = reader.cell()
-    linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
+    # Lines are numbered as where the cell was written (under a %%azbatch line, its first line is line 2).
+    padding = ["\n"] * (max(1, manifest.first_line) - 1)
+    linecache.cache[CELL_FILENAME] = (len(source), None, padding + source.splitlines(True), CELL_FILENAME)
     rich.prepare()  # before the values load: unpickling one may import matplotlib or IPython
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for name, module in manifest.modules.items():
@@ -130,7 +132,8 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     for name, text in spec.params.items():
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
-    codes = rich.compile_cell(source, CELL_FILENAME)  # a last expression's value is displayed, as in a notebook
+    # A last expression's value is displayed, as in a notebook.
+    codes = rich.compile_cell(source, CELL_FILENAME, first_line=manifest.first_line)
     if spec.inputs:
         fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
 
