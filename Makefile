@@ -10,7 +10,7 @@ BIN6 := $(VENV6)/bin
 VENV_AZCLI ?= .venv-azcli
 VENV_BATCH14 ?= .venv-batch14
 
-.PHONY: quickstart test lint bench ipykernel6 clients
+.PHONY: quickstart lab test lint bench ipykernel6 clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ node_modules/.installed: package.json
 quickstart: $(BIN)/.installed
 	env -u AZURE_BATCH_ENDPOINT $(BIN)/jupyter execute notebooks/quickstart.ipynb --output quickstart.out.ipynb
 	@echo "executed notebook written to notebooks/quickstart.out.ipynb"
+
+# Opens notebooks/quickstart.ipynb in JupyterLab (installed with the test extra), on the local backend.
+lab: $(BIN)/.installed
+	env -u AZURE_BATCH_ENDPOINT $(BIN)/jupyter lab notebooks/quickstart.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The whole test suite: ruff, unit tests, the magics in a real shell, notebooks on real kernels, and
 # the real parts (Azurite, the Batch emulator, dockerd, a registry) that the tests start themselves.

@@ -13,6 +13,7 @@ A blocking cell keeps the kernel busy, so a click on the panel would reach it on
 from __future__ import annotations
 
 import html
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -136,11 +137,22 @@ def ui_pump() -> Iterator[Callable[[], None] | None]:
     """A callable that lets a busy kernel handle the widget messages waiting for it (a Cancel click, a
     picked task), for a wait loop to call between polls; None outside a Jupyter kernel.
 
-    It is jupyter-ui-poll's technique (on ipykernel 6 and 7): run the kernel's message loop from inside the
-    cell, while other cells' execute requests are set aside and replayed, in order, once this cell ends.
+    Other messages (another cell's execute request...) wait, in order, until this cell ends, as they would
+    anyway. ipykernel 7 receives shell messages on a thread of its own and hands the main shell's to the
+    main thread through an inproc socket: the pump reads that socket, handles comm messages at once and
+    queues the rest behind the cell. ipykernel 6 has a message loop the pump can run one step at a time
+    (jupyter-ui-poll's technique, and package).
     """
-    if not _widgets_can_render():
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    kernel = getattr(shell, "kernel", None) if shell is not None else None
+    if kernel is None or not _widgets_can_render():
         yield None
+        return
+    channel = getattr(kernel, "shell_channel_thread", None)
+    if channel is not None and getattr(kernel, "_supports_kernel_subshells", False):
+        yield _MainShellPump(kernel)
         return
     try:
         from jupyter_ui_poll import ui_events
@@ -153,6 +165,40 @@ def ui_pump() -> Iterator[Callable[[], None] | None]:
             poll(20)  # at most this many queued messages per call
 
         yield pump
+
+
+_COMM_MESSAGES = ("comm_open", "comm_msg", "comm_close")
+
+
+class _MainShellPump:
+    """ipykernel 7: handle the comm messages queued for the main shell while a cell blocks it."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.socket = kernel.shell_channel_thread.manager.get_shell_channel_to_subshell_pair(None).to_socket
+
+    def __call__(self) -> None:
+        import asyncio
+
+        kernel = self.kernel
+        for _ in range(50):  # a bounded batch per call: the wait loop polls its run between batches
+            if not self.socket.poll(0):
+                return
+            raw = self.socket.recv_multipart(copy=False)
+            idents, frames = kernel.session.feed_identities(raw, copy=False)
+            msg = kernel.session.deserialize(frames, content=True, copy=False)
+            if msg["header"]["msg_type"] not in _COMM_MESSAGES:
+                # Runs once this cell ends: the main shell's lock is held by the cell until then.
+                asyncio.ensure_future(kernel.shell_main(None, raw))
+                continue
+            parent, ident = kernel.get_parent("shell"), kernel._get_shell_context_var(kernel._shell_parent_ident)
+            kernel.set_parent(idents, msg, channel="shell")
+            try:
+                kernel.shell_handlers[msg["header"]["msg_type"]](None, idents, msg)
+            except Exception:
+                logging.getLogger("batchmagic.widget").warning("a widget message failed", exc_info=True)
+            finally:
+                kernel.set_parent(ident, parent, channel="shell")  # the cell's output stays in the cell
 
 
 def make_panel(

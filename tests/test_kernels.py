@@ -104,16 +104,17 @@ def test_blocking_run_is_live_on_each_ipykernel(
     assert sorted(arrived) == list(range(LINES)), client.arrivals
     assert arrived[LINES - 1] - arrived[0] >= 1.5, arrived
 
-    # The panel: a widget displayed first, then its display updated at the end with the one-line summary.
+    # The panel: a widget displayed first, then its display updated at the end with the run's record.
     panel = [(when - started, kind, content) for when, index, kind, content in client.displays if index == run_index]
     assert [kind for _, kind, _ in panel] == ["display_data", "update_display_data"], panel
     (shown_at, _, shown), (updated_at, _, updated) = panel
     assert "application/vnd.jupyter.widget-view+json" in shown["data"]
     assert shown["transient"]["display_id"] == updated["transient"]["display_id"]
     assert shown_at < arrived[0] and updated_at > arrived[LINES - 1], (panel, arrived)
-    assert re.fullmatch(r"kernel-check \[local, Standard_E32_v3\] done [0-9.hms]+", updated["data"]["text/plain"]), (
-        updated
-    )
+    # ... with the run's static record: its summary line first, then its phases, and the same as HTML.
+    summary_line = updated["data"]["text/plain"].splitlines()[0]
+    assert re.fullmatch(r"kernel-check \[local, Standard_E32_v3\] done [0-9.hms]+", summary_line), updated
+    assert "azbatch-record" in updated["data"]["text/html"] and "running" in updated["data"]["text/html"]
     # ... and the widget itself kept updating while the lines flowed (its title shows the phase and elapsed time).
     running = [when - started for when, index, value in client.values if index == run_index and ">running<" in value]
     assert any(arrived[0] < when < arrived[LINES - 1] for when in running), (running, arrived)
