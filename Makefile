@@ -1,4 +1,4 @@
-# The two commands of README.md: `make quickstart` and `make test`. Each sets up what it needs.
+# The commands of README.md: `make quickstart`, `make test` and `make lab`. Each sets up what it needs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
