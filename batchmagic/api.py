@@ -305,6 +305,7 @@ def submit(
     requirements: str | Path | None = None,
     pip: Iterable[str] = (),
     budget: float | str | None = None,
+    first_line: int = 1,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
 ) -> Run:
@@ -330,6 +331,9 @@ def submit(
         As ``--input`` and ``--output``.
     budget : float or str, optional
         As ``--budget``: end the run once its estimated spend passes this amount (Azure).
+    first_line : int
+        The line number of the cell's first line where it is shown (2 under a ``%%azbatch`` line):
+        remote tracebacks count from it.
     home : path, optional
         batchmagic's state and local run data (default ``BATCHMAGIC_HOME``, else ``~/.batchmagic``).
     on_update : callable, optional
@@ -364,6 +368,7 @@ def submit(
         requirements=None if requirements is None else str(requirements),
         pip=tuple(pip),
         budget=parse_budget(budget),
+        first_line=first_line,
     )
     session = default_session()
     if isinstance(backend, Backend):
