@@ -1,0 +1,95 @@
+"""The panel's Cancel button ends a blocking run on a real kernel of each ipykernel major.
+
+A click is a comm message from the front end to the button's widget; while the cell blocks in its wait,
+only the wait loop's pump lets the kernel handle it. The test sends the very message JupyterLab sends on
+a click (as tests/browser does with a real click), after the cell has printed a few lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.test_kernels import kernel_python
+
+CELLS = [
+    "%load_ext batchmagic",
+    "%%azbatch --backend local --name stopme\n"
+    "import time\n"
+    "for i in range(120):\n"
+    "    print('tick', i, flush=True)\n"
+    "    time.sleep(0.5)\n"
+    "left = 1",
+    "print('left' in globals())",
+]
+
+
+class ClickingClient(NotebookClient):
+    """Clicks the panel's Cancel button once the run has printed ``tick 2``; notes what followed when."""
+
+    def __init__(self, nb: nbformat.NotebookNode, **kwargs: Any) -> None:
+        super().__init__(nb, **kwargs)
+        self.cancel_comm = ""
+        self.clicked_at: float | None = None
+        self.finished_at: float | None = None
+
+    def process_message(self, msg: dict[str, Any], cell: nbformat.NotebookNode, cell_index: int) -> Any:
+        kind, content = msg["msg_type"], msg["content"]
+        state = content.get("data", {}).get("state", {}) if kind in ("comm_open", "comm_msg") else {}
+        if kind == "comm_open" and state.get("_model_name") == "ButtonModel" and state.get("description") == "Cancel":
+            self.cancel_comm = content["comm_id"]
+        elif kind == "stream" and cell_index == 1 and "tick 2" in content["text"] and self.clicked_at is None:
+            assert self.cancel_comm, "no Cancel button was displayed"
+            click = {"comm_id": self.cancel_comm, "data": {"method": "custom", "content": {"event": "click"}}}
+            self.kc.shell_channel.send(self.kc.session.msg("comm_msg", click))
+            self.clicked_at = time.monotonic()
+        elif kind == "error" and cell_index == 1:
+            self.finished_at = time.monotonic()
+        return super().process_message(msg, cell, cell_index)
+
+
+@pytest.mark.parametrize("major", [7, 6], ids=["ipykernel7", "ipykernel6"])
+def test_cancel_button_ends_a_blocking_run(
+    major: int, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = kernel_python(major)
+    name = f"batchmagic-cancel-ipykernel{major}"
+    spec_dir = tmp_path / "jupyter" / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    searched = [str(tmp_path / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])]
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(searched))  # ours first for kernelspecs
+    work = tmp_path / "work"
+    work.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS])
+    client = ClickingClient(
+        nb, kernel_name=name, timeout=120, allow_errors=True, resources={"metadata": {"path": str(work)}}
+    )
+    client.execute()
+
+    assert client.clicked_at is not None
+    # The cell ended seconds after the click, not after its minute of ticks. (The button's "Cancelling"
+    # goes out with the click's own parent, which nbclient does not follow: tests/browser sees it.)
+    assert client.finished_at is not None and client.finished_at - client.clicked_at < 10
+    run_outputs = nb.cells[1].outputs
+    error = next(o for o in run_outputs if o["output_type"] == "error")
+    assert error["ename"] == "RunCancelled", error
+    ticks = "".join(o.get("text", "") for o in run_outputs if o["output_type"] == "stream")
+    assert "tick 2" in ticks and "tick 60" not in ticks
+    record = [o for o in run_outputs if o["output_type"] == "display_data" and "text/html" in o["data"]]
+    assert record and ">cancelled<" in record[-1]["data"]["text/html"]  # the record took the panel's place
+    assert "".join(o.get("text", "") for o in nb.cells[2].outputs).strip() == "False"  # no names written
+
+    # nbconvert's HTML of the executed notebook shows the record, with no kernel and no widget state.
+    from nbconvert import HTMLExporter
+
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    assert "azbatch-record" in page and "stopme" in page and "cancelled" in page
