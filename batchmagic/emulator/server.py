@@ -304,6 +304,8 @@ class Emulator:
             "Nodes_CreateNodeUser": self._add_node_user,
             "Nodes_ReplaceNodeUser": self._replace_node_user,
             "Nodes_DeleteNodeUser": self._delete_node_user,
+            "Nodes_DeallocateNode": self._deallocate_node,
+            "Nodes_StartNode": self._start_node,
             "JobSchedules_ListJobSchedules": self._list_job_schedules,
             "JobSchedules_CreateJobSchedule": self._create_job_schedule,
             "JobSchedules_GetJobSchedule": self._get_job_schedule,
@@ -643,6 +645,14 @@ class Emulator:
         self.state.reimage_node(pool_id, node_id, self._optional(request))
         return self._accepted(request, None)
 
+    def _deallocate_node(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        self.state.deallocate_node(pool_id, node_id, self._optional(request))
+        return self._accepted(request, None)
+
+    def _start_node(self, request: _Request, pool_id: str, node_id: str) -> _Response:
+        self.state.start_node(pool_id, node_id)
+        return self._accepted(request, None)
+
     def _disable_scheduling(self, request: _Request, pool_id: str, node_id: str) -> _Response:
         self.state.disable_scheduling(pool_id, node_id, self._optional(request))
         return self._accepted(request, None, 200)
@@ -806,9 +816,9 @@ class Emulator:
         return self._accepted(request, self.state.get_task(job_id, task_id), 204)
 
     def _list_subtasks(self, request: _Request, job_id: str, task_id: str) -> _Response:
-        # Only multi-instance tasks have subtasks; this answer is the service's for any other task.
-        self.state.get_task(job_id, task_id)
-        return _Response(200, {"odata.metadata": f"{self.url}/$metadata#subtaskinfo", "value": []})
+        # Only multi-instance tasks have subtasks; any other task has none, as on the service.
+        subtasks = self.state.list_subtasks(job_id, task_id)
+        return _Response(200, {"odata.metadata": f"{self.url}/$metadata#subtaskinfo", "value": subtasks})
 
     def _terminate_task(self, request: _Request, job_id: str, task_id: str) -> _Response:
         self.state.terminate_task(job_id, task_id)

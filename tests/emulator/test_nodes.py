@@ -176,3 +176,52 @@ def test_remove_nodes_and_node_users(client: Any) -> None:
     pool = client.get_pool("rm")
     assert pool.target_dedicated_nodes == 1 and pool.current_dedicated_nodes == 1
     assert [n.id for n in _nodes(client, "rm")] != [node.id] and len(_nodes(client, "rm")) == 1
+
+
+def test_multi_instance_task_runs_on_several_nodes(client: Any) -> None:
+    _pool(client, "mpi", nodes=3)
+    wait_for(lambda: len([n for n in _nodes(client, "mpi") if n.state == "idle"]) == 3, 10)
+    _job(client, "mpi-job", "mpi")
+    coordination = (
+        '/bin/sh -c "echo $AZ_BATCH_IS_CURRENT_NODE_MASTER $AZ_BATCH_HOST_LIST > $AZ_BATCH_TASK_SHARED_DIR/coord.txt"'
+    )
+    primary = (
+        '/bin/sh -c "sleep 1; echo $AZ_BATCH_MASTER_NODE $AZ_BATCH_IS_CURRENT_NODE_MASTER; '
+        'cat $AZ_BATCH_TASK_SHARED_DIR/coord.txt"'
+    )
+    client.create_task(
+        "mpi-job",
+        m.BatchTaskCreateOptions(
+            id="mpi",
+            command_line=primary,
+            multi_instance_settings=m.MultiInstanceSettings(
+                number_of_instances=3, coordination_command_line=coordination
+            ),
+        ),
+    )
+    client.create_task(
+        "mpi-job",
+        m.BatchTaskCreateOptions(
+            id="too-wide",
+            command_line="true",
+            multi_instance_settings=m.MultiInstanceSettings(number_of_instances=4, coordination_command_line="true"),
+        ),
+    )
+    wait_for(lambda: {n.state for n in _nodes(client, "mpi")} == {"running"}, 10)  # all three held
+    task = wait_for(lambda: (t := client.get_task("mpi-job", "mpi")).state == m.BatchTaskState.COMPLETED and t, 15)
+    assert task.execution_info.result == m.BatchTaskExecutionResult.SUCCESS
+    ips = {n.id: n.ip_address for n in _nodes(client, "mpi")}
+    primary_ip = ips[task.node_info.node_id]
+    hosts = [primary_ip] + [ip for nid, ip in ips.items() if nid != task.node_info.node_id]
+    out = b"".join(client.download_task_file("mpi-job", "mpi", "stdout.txt")).decode().splitlines()
+    assert out[0] == f"{primary_ip}:6000 true"
+    assert out[1].split()[0] == "true" and set(out[1].split()[1].split(",")) == set(hosts)
+    subtasks = list(client.list_subtasks("mpi-job", "mpi"))
+    assert [s.id for s in subtasks] == [1, 2]
+    assert {s.node_info.node_id for s in subtasks} == set(ips) - {task.node_info.node_id}
+    assert all(s.state == m.BatchSubtaskState.COMPLETED and s.exit_code == 0 for s in subtasks)
+    sub_node = subtasks[0].node_info.node_id
+    coord = b"".join(client.download_node_file("mpi", sub_node, "tasks/mpi-job/job-1/mpi/coord.txt")).decode()
+    assert coord.split()[0] == "false"
+    assert client.get_task("mpi-job", "too-wide").state == m.BatchTaskState.ACTIVE  # waits for a 4th node
+    assert list(client.list_subtasks("mpi-job", "too-wide")) == []

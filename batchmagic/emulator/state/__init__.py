@@ -10,6 +10,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     jobs.py    jobs
     schedules.py  job schedules and the jobs they create
     tasks.py   tasks, their placement and attempts
+    multi.py   multi-instance tasks: coordination commands, subtasks
     nodes.py   node boots with the start task; reboot, reimage, scheduling, removal, users
     autoscaling.py  pool autoscale: metric samples, formula evaluations on the clock
     account.py certificates and node log uploads
@@ -36,9 +37,9 @@ from batchmagic.emulator.state.model import (
     parse_duration,
     rfc1123,
 )
+from batchmagic.emulator.state.multi import MultiInstanceMixin
 from batchmagic.emulator.state.nodes import NodesMixin
 from batchmagic.emulator.state.schedules import SchedulesMixin
-from batchmagic.emulator.state.tasks import TasksMixin
 
 __all__ = [
     "BatchState",
@@ -57,7 +58,7 @@ __all__ = [
 log = logging.getLogger("batchmagic.emulator")
 
 
-class BatchState(AutoscaleMixin, NodesMixin, SchedulesMixin, TasksMixin, AccountMixin):
+class BatchState(AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin, AccountMixin):
     """The account's resources and the scheduler that moves them through their states.
 
     Parameters

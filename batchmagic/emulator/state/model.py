@@ -141,6 +141,10 @@ class Task:
     kill_event: threading.Event = field(default_factory=threading.Event)
     kill_reason: str = ""
     thread: threading.Thread | None = None
+    #: A multi-instance task's other nodes (its subtasks'), held while it runs.
+    extra_nodes: list[Node] = field(default_factory=list)
+    #: A multi-instance task's subtasks, as ``GET .../subtasksinfo`` lists them.
+    subtasks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def id(self) -> str:

@@ -33,6 +33,8 @@ __all__ = ["NodesMixin"]
 log = logging.getLogger("batchmagic.emulator")
 
 _TASK_OPTIONS = ("requeue", "terminate", "taskcompletion", "retaineddata")
+#: The node state while an operation is under way.
+_OP_STATES = {"reboot": "rebooting", "reimage": "reimaging", "deallocate": "deallocating"}
 
 
 class NodesMixin(PoolsMixin):
@@ -194,7 +196,7 @@ class NodesMixin(PoolsMixin):
             "unusable": "NodeStateUnusable",
         }
         if node.pending_op:
-            raise ApiError(409, "NodeBeingRebooted" if node.pending_op == "reboot" else "NodeBeingReimaged")
+            raise ApiError(409, "NodeBeingReimaged" if node.pending_op == "reimage" else "NodeBeingRebooted")
         if state in busy:
             raise ApiError(409, busy[state])
         if state not in ("idle", "running", "startTaskFailed", "offline"):
@@ -217,13 +219,27 @@ class NodesMixin(PoolsMixin):
         """``POST .../nodes/{n}/reimage``: like a reboot, on a wiped disk (task and startup files go)."""
         self._restart(pool_id, node_id, "reimage", self._option(body, "nodeReimageOption"))
 
+    def deallocate_node(self, pool_id: str, node_id: str, body: dict[str, Any] | None) -> None:
+        """``POST .../nodes/{n}/deallocate``: tasks per ``nodeDeallocateOption``, then ``deallocated``."""
+        self._restart(pool_id, node_id, "deallocate", self._option(body, "nodeDeallocateOption"))
+
+    def start_node(self, pool_id: str, node_id: str) -> None:
+        """``POST .../nodes/{n}/start``: a deallocated node boots again (start task included)."""
+        with self.lock:
+            pool, node = self._node(pool_id, node_id)
+            if node.data["state"] != "deallocated":
+                raise ApiError(409, "OperationNotValidOnNode")
+            transition(node.data, "starting", self.now(), with_previous=False)
+            node.preparing = True
+            threading.Thread(target=self._boot, args=(pool, node), name=f"start-{node.id[:16]}", daemon=True).start()
+
     def _restart(self, pool_id: str, node_id: str, op: str, option: str) -> None:
         with self.lock:
             _, node = self._node(pool_id, node_id)
             self._check_node_ready(node)
             node.pending_op = op
             if option in ("requeue", "terminate"):
-                transition(node.data, "rebooting" if op == "reboot" else "reimaging", self.now(), with_previous=False)
+                transition(node.data, _OP_STATES[op], self.now(), with_previous=False)
             self._stop_tasks(node, option)
             log.info("node %s: %s (%s)", node.id, op, option)
 
@@ -231,7 +247,7 @@ class NodesMixin(PoolsMixin):
         for node in list(pool.nodes.values()):
             if node.pending_op and not node.running and node.data["state"] != "leavingpool":
                 op, node.pending_op = node.pending_op, None
-                transition(node.data, "rebooting" if op == "reboot" else "reimaging", now, with_previous=False)
+                transition(node.data, _OP_STATES[op], now, with_previous=False)
                 if node.start_handle is not None:
                     node.start_handle.kill()
                 node.preparing = True
@@ -240,8 +256,14 @@ class NodesMixin(PoolsMixin):
                 ).start()
 
     def _restart_thread(self, pool: Pool, node: Node, op: str) -> None:
-        # A reboot takes a third of the allocation delay of emulated time; a reimage two thirds.
-        self._stop.wait(self.clock.real(self.allocation_delay / (3 if op == "reboot" else 1.5)))
+        # A reboot or a deallocation takes a third of the allocation delay of emulated time; a reimage two thirds.
+        self._stop.wait(self.clock.real(self.allocation_delay / (1.5 if op == "reimage" else 3)))
+        if op == "deallocate":
+            with self.lock:
+                node.preparing = False
+                if node.data["state"] == "deallocating":
+                    transition(node.data, "deallocated", self.now(), with_previous=False)
+            return
         if op == "reimage":
             root = self.node_root(node.id)
             for sub in ("tasks", "startup"):

@@ -259,19 +259,31 @@ class TasksMixin(FilesMixin):
                     and not n.pending_op
                     and slots_per_node - n.used_slots >= need
                 ]
-                if not candidates:
+                instances = self._instances(task)
+                if len(candidates) < instances:
+                    if instances > 1 and candidates:
+                        continue  # a multi-instance task waits for enough nodes; smaller tasks may fit
                     break
-                node = (max if pack else min)(candidates, key=lambda n: n.used_slots)
-                self._start_task(job, task, pool, node, now)
+                candidates.sort(key=lambda n: n.used_slots, reverse=pack)
+                for extra in candidates[1:instances]:
+                    self._hold_node(job, task, extra, now)
+                    task.extra_nodes.append(extra)
+                self._start_task(job, task, pool, candidates[0], now)
                 running += 1
 
-    def _start_task(self, job: Job, task: Task, pool: Pool, node: Node, now: float) -> None:
-        need = int(task.data.get("requiredSlots", 1))
-        node.used_slots += need
+    @staticmethod
+    def _instances(task: Task) -> int:
+        return max(1, int((task.data.get("multiInstanceSettings") or {}).get("numberOfInstances") or 1))
+
+    def _hold_node(self, job: Job, task: Task, node: Node, now: float) -> None:
+        node.used_slots += int(task.data.get("requiredSlots", 1))
         node.running.add((job.id, task.id))
         node.data["runningTasksCount"] = len(node.running)
         node.data["runningTaskSlotsCount"] = node.used_slots
         transition(node.data, "running", now, with_previous=False)
+
+    def _start_task(self, job: Job, task: Task, pool: Pool, node: Node, now: float) -> None:
+        self._hold_node(job, task, node, now)
         task.node = node
         task.pool_id = pool.id
         task.kill_event = threading.Event()
@@ -336,6 +348,11 @@ class TasksMixin(FilesMixin):
         (task_dir / "wd").mkdir(parents=True, exist_ok=True)
         for name in ("stdout.txt", "stderr.txt"):
             (task_dir / name).touch()
+        if task.extra_nodes or data.get("multiInstanceSettings"):
+            coordination_failure = self._coordinate(job, task, pool, node, env, pool_container)
+            if coordination_failure is not None:
+                self._finish(task, None, coordination_failure)
+                return
         try:
             download_resource_files(list(data.get("resourceFiles") or []), task_dir / "wd")
         except TransferError as err:
@@ -420,16 +437,26 @@ class TasksMixin(FilesMixin):
         self._finish(task, exit_code, failure)
 
     def _release_node(self, task: Task) -> None:
-        node = task.node
-        if node is None:
-            return
-        if (task.job_id, task.id) in node.running:
-            node.running.discard((task.job_id, task.id))
-            node.used_slots -= int(task.data.get("requiredSlots", 1))
-        node.data["runningTasksCount"] = len(node.running)
-        node.data["runningTaskSlotsCount"] = node.used_slots
-        if not node.running and node.data["state"] == "running":
-            transition(node.data, "idle", self.now(), with_previous=False)
+        nodes = ([task.node] if task.node is not None else []) + task.extra_nodes
+        task.extra_nodes = []
+        self._end_subtasks(task)
+        for node in nodes:
+            if (task.job_id, task.id) in node.running:
+                node.running.discard((task.job_id, task.id))
+                node.used_slots -= int(task.data.get("requiredSlots", 1))
+            node.data["runningTasksCount"] = len(node.running)
+            node.data["runningTaskSlotsCount"] = node.used_slots
+            if not node.running and node.data["state"] == "running":
+                transition(node.data, "idle", self.now(), with_previous=False)
+
+    # Multi-instance tasks (state/multi.py overrides these).
+    def _coordinate(
+        self, job: Job, task: Task, pool: Pool, node: Node, env: dict[str, str], pool_container: Any
+    ) -> dict[str, Any] | None:
+        return None
+
+    def _end_subtasks(self, task: Task) -> None:
+        return None
 
     def _requeue(self, task: Task) -> None:
         with self.lock:
