@@ -108,7 +108,7 @@ def _calls(c: Any, node: str) -> dict[str, Callable[[], Any]]:
         "list_job_schedules": lambda: list(c.list_job_schedules()),
         "begin_terminate_job_schedule": lambda: c.begin_terminate_job_schedule("sched", polling_interval=0.1).result(),
         "begin_delete_job_schedule": lambda: c.begin_delete_job_schedule("sched", polling_interval=0.1).result(),
-        "create_task": lambda: c.create_task("ops", m.BatchTaskCreateOptions(id="t2", command_line="true")),
+        "create_task": lambda: c.create_task("ops", m.BatchTaskCreateOptions(id="t2", command_line="sleep 30")),
         "list_tasks": lambda: list(c.list_tasks("ops")),
         "create_task_collection": lambda: c.create_task_collection(
             "ops", m.BatchTaskGroup(task_values=[m.BatchTaskCreateOptions(id="t3", command_line="true")])
