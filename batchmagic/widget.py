@@ -321,8 +321,9 @@ class StatusPanel:
         self.squares: list[Any] = []  # the grid's buttons, one per task (sweeps of up to GRID_BUTTONS tasks)
         self.picker = w.Dropdown(options=[], description="task log", layout=w.Layout(display="none"))
         self.picker.observe(self._picked, names="value")
-        self.task_title = w.HTML(value="")
-        self.log = w.Output(layout=w.Layout(max_height="240px", overflow="auto"))
+        self.task_title = w.HTML(value="", layout=w.Layout(display="none"))
+        # Shown once it has something: a blocking single run prints into the cell itself, not here.
+        self.log = w.Output(layout=w.Layout(max_height="240px", overflow="auto", display="none"))
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop")
         self.cancel_button.on_click(self._clicked)
         self.widget = _SummaryBox(
@@ -386,6 +387,8 @@ class StatusPanel:
             self.task_title.value = (
                 f"<b>{html.escape(task_id)}</b> <b style='color:{colour}'>{html.escape(task_state)}</b>"
             )
+            self.task_title.layout.display = None
+            self.log.layout.display = None
             if fresh:
                 self.log.outputs = ()
                 new = seen + new
@@ -435,6 +438,8 @@ class StatusPanel:
             if picked and (self._task_state(picked) == "running" or self._task_state(picked) != self._shown_state):
                 self._show_task(picked, fresh=False)
             return
+        if records:
+            self.log.layout.display = None
         for record in records:
             # Logs of a background run go to the panel's Output, never printed.
             if record.output is not None:  # a display: its output object, as display data

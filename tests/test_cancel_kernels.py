@@ -48,6 +48,7 @@ class ClickingClient(NotebookClient):
         elif kind == "stream" and cell_index == 1 and "tick 2" in content["text"] and self.clicked_at is None:
             assert self.cancel_comm, "no Cancel button was displayed"
             click = {"comm_id": self.cancel_comm, "data": {"method": "custom", "content": {"event": "click"}}}
+            assert self.kc is not None
             self.kc.shell_channel.send(self.kc.session.msg("comm_msg", click))
             self.clicked_at = time.monotonic()
         elif kind == "error" and cell_index == 1:
@@ -91,5 +92,5 @@ def test_cancel_button_ends_a_blocking_run(
     # nbconvert's HTML of the executed notebook shows the record, with no kernel and no widget state.
     from nbconvert import HTMLExporter
 
-    page, _ = HTMLExporter().from_notebook_node(nb)
+    page, _ = HTMLExporter().from_notebook_node(nb)  # type: ignore[no-untyped-call]
     assert "azbatch-record" in page and "stopme" in page and "cancelled" in page

@@ -56,6 +56,7 @@ def test_widget_shows_run_backend_vm_phase_times_and_cancel():
     assert "running 2.0s" in panel.phases.value  # time in the current phase
     assert "1 of 2 ready" in panel.detail.value
     assert repr(panel.widget) == "train-1 [azure, Standard_E32_v3] running 3.0s (allocating nodes (1 of 2 ready))"
+    assert panel.log.layout.display == "none"  # a blocking run's lines are the cell's own output, not the panel's
     panel.cancel_button.click()
     assert cancelled == [True] and panel.cancel_button.disabled
 

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -345,9 +346,13 @@ def _drive(page: Any, lab: Lab) -> None:
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     for name, index in RUN_CELLS.items():
         record = _cell(page, index).locator(".azbatch-record")
-        _eventually(lambda r=record: r.count() > 0 and r.first.is_visible(), 30, f"{name}'s record after reopening")
+        _eventually(partial(_shows, record), 30, f"{name}'s record after reopening")
         assert name in record.first.inner_text()
     assert page.locator("text=Error displaying widget").count() == 0
+
+
+def _shows(locator: Any) -> bool:
+    return bool(locator.count() > 0 and locator.first.is_visible())
 
 
 def _saved_records(lab: Lab) -> set[str]:
