@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Run the emulator's clock this many times faster than real time (allocation, autoscale "
         "intervals, idle periods, schedules, reported timestamps); e.g. 60: a minute a second.",
     )
+    p.add_argument(
+        "--state",
+        default=None,
+        metavar="DIR",
+        help="Keep the account in DIR (pools, nodes, jobs, tasks, schedules) so a restarted emulator carries on; "
+        "node and task files go to DIR/work unless --workdir is given.",
+    )
     p.add_argument("--log-level", default="WARNING", help="Logging level for the batchmagic.emulator logger.")
     return p
 
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=args.workdir,
         empty_job_grace=args.empty_job_grace,
         time_scale=args.time_scale,
+        state_dir=args.state,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

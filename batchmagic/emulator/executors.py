@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,14 +97,36 @@ class Executor(Protocol):
     def start(self, ctx: TaskContext) -> RunningTask:
         """Start one attempt of a task (stdout/stderr go to ``task_dir``); raise TaskStartError on failure."""
 
+    def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
+        """Find an attempt an earlier emulator process started (see ``--state``); None if it is gone."""
+
     def close(self) -> None:
         """Release resources (nothing to kill: the scheduler kills the running tasks itself)."""
 
 
+def _start_time(pid: int) -> str | None:
+    """A process's start time (``/proc/<pid>/stat`` field 22), to tell it from a later one with its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 and fields[0] != "Z" else None
+
+
 class _Process:
-    def __init__(self, proc: subprocess.Popen[bytes], on_kill: Any = None) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], on_kill: Any = None, exit_path: Path | None = None) -> None:
         self.proc = proc
         self.on_kill = on_kill
+        self.exit_path = exit_path
+        self.started = _start_time(proc.pid)
+
+    @property
+    def identity(self) -> dict[str, Any] | None:
+        """What :meth:`ProcessExecutor.adopt` needs to find this attempt again after an emulator restart."""
+        if self.exit_path is None or self.started is None:
+            return None
+        return {"pid": self.proc.pid, "started": self.started, "exit_path": str(self.exit_path)}
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -119,6 +142,43 @@ class _Process:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+class _Adopted:
+    """A task attempt started by an earlier emulator process: polled by pid, its exit code read from a file."""
+
+    def __init__(self, pid: int, started: str, exit_path: Path) -> None:
+        self.pid, self.started, self.exit_path = pid, started, exit_path
+
+    def _alive(self) -> bool:
+        return _start_time(self.pid) == self.started
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self._alive():
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        try:
+            return int(self.exit_path.read_text().strip())
+        except (OSError, ValueError):
+            return KILLED_EXIT_CODE  # it ended without its wrapper writing a code: killed
+
+    def kill(self) -> None:
+        if self._alive():
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+#: Runs the command line in a child shell and writes its exit code beside the task directory, so an
+#: emulator restarted with --state can tell how a task that outlived the previous one ended.
+_WRAPPER = 'rm -f "$2"; /bin/sh -c "$1"; code=$?; echo $code > "$2"; exit $code'
+
+
+def _exit_path(ctx: TaskContext) -> Path:
+    return ctx.task_dir.parent / f".{ctx.task_dir.name}.exitcode"
 
 
 def _open_logs(ctx: TaskContext) -> tuple[Any, Any]:
@@ -146,7 +206,7 @@ class ProcessExecutor:
         out, err = _open_logs(ctx)
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", ctx.command_line],
+                ["/bin/sh", "-c", _WRAPPER, "batch-task", ctx.command_line, str(_exit_path(ctx))],
                 cwd=ctx.wd,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -159,7 +219,15 @@ class ProcessExecutor:
         finally:
             out.close()
             err.close()
-        return _Process(proc)
+        return _Process(proc, exit_path=_exit_path(ctx))
+
+    def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
+        """The attempt described by ``identity`` (a handle's ``identity``) if it is still running."""
+        try:
+            handle = _Adopted(int(identity["pid"]), str(identity["started"]), Path(identity["exit_path"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return handle if handle._alive() else None
 
     def close(self) -> None:
         return None
@@ -273,6 +341,10 @@ class DockerExecutor:
             subprocess.run(["docker", "kill", name], env=host_env, capture_output=True, timeout=30, check=False)
 
         return _Process(proc, on_kill=kill_container)
+
+    def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
+        # A container run's exit code is not kept anywhere once its `docker run` client is gone.
+        return None
 
     def close(self) -> None:
         with self._lock:

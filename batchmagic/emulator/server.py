@@ -38,6 +38,7 @@ from batchmagic.emulator.executors import make_executor
 from batchmagic.emulator.images import SUPPORTED_IMAGES
 from batchmagic.emulator.odata import apply_select, compile_filter
 from batchmagic.emulator.state import BatchState, environ_path_dir, iso, rfc1123
+from batchmagic.emulator.state.persist import saved_time
 
 __all__ = ["Emulator", "SUPPORTED_IMAGES", "DEFAULT_KEY", "API_VERSIONS"]
 
@@ -145,6 +146,9 @@ class Emulator:
         Where node and task directories live; a temporary directory (removed on stop) when None.
     empty_job_grace : float
         Seconds a ``terminatejob`` job with no tasks waits before completing.
+    state_dir : str or Path, optional
+        ``--state``: keep the account there (saved while running, restored on start) and, unless
+        ``workdir`` is given, the node and task files too (``<state_dir>/work``).
     time_scale : float
         How much faster than real time the emulator's clock runs (allocation delays, autoscale
         intervals, idle periods, schedules and every timestamp reported); 1 is real time.
@@ -170,11 +174,15 @@ class Emulator:
         workdir: str | os.PathLike[str] | None = None,
         empty_job_grace: float = 5.0,
         time_scale: float = 1.0,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         base64.b64decode(key.encode(), validate=True)  # fail early on a key the SDK could not use either
         self.host = host
         self.account = account
         self._key = key
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        if workdir is None and self.state_dir is not None:
+            workdir = self.state_dir / "work"  # node and task files outlive a restart with the account
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="batchemu-"))
         self.record_path = Path(record) if record is not None else None
@@ -194,7 +202,8 @@ class Emulator:
             core_quota=core_quota,
             low_priority_core_quota=low_priority_core_quota,
             empty_job_grace=empty_job_grace,
-            clock=Clock(time_scale),
+            clock=Clock(time_scale, origin=saved_time(self.state_dir) if self.state_dir is not None else None),
+            state_dir=self.state_dir,
         )
         self._thread: threading.Thread | None = None
         self._routes = self._build_routes()

@@ -89,6 +89,7 @@ def start_emulator(
     core_quota: int | None = None,
     executor: str = "process",
     time_scale: float | None = None,
+    state_dir: Path | str | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
@@ -103,6 +104,8 @@ def start_emulator(
         Passed to the emulator's command line.
     time_scale : float, optional
         ``--time-scale``: run the emulator's clock this many times faster.
+    state_dir : Path or str, optional
+        ``--state``: keep the account there, so another emulator started on it carries on.
     extra_args : list of str, optional
         More command-line flags.
     env : dict, optional
@@ -111,7 +114,8 @@ def start_emulator(
         Seconds to wait for the ready line.
     """
     tmp = Path(tmp_path)
-    workdir = tmp / "emulator"
+    # With --state the node and task files live beside the account, so a restarted emulator serves them.
+    workdir = Path(state_dir) / "work" if state_dir is not None else tmp / "emulator"
     record = tmp / "record.jsonl"
     port = free_port()
     argv = [
@@ -124,6 +128,8 @@ def start_emulator(
         argv += ["--core-quota", str(core_quota)]
     if time_scale is not None:
         argv += ["--time-scale", str(time_scale)]
+    if state_dir is not None:
+        argv += ["--state", str(state_dir)]
     argv += list(extra_args or [])
     proc = subprocess.Popen(
         argv,

@@ -12,6 +12,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     tasks.py   tasks, their placement and attempts
     multi.py   multi-instance tasks: coordination commands, subtasks
     nodes.py   node boots with the start task; reboot, reimage, scheduling, removal, users
+    persist.py the account saved to and restored from --state DIR
     autoscaling.py  pool autoscale: metric samples, formula evaluations on the clock
     account.py certificates and node log uploads
 """
@@ -39,6 +40,7 @@ from batchmagic.emulator.state.model import (
 )
 from batchmagic.emulator.state.multi import MultiInstanceMixin
 from batchmagic.emulator.state.nodes import NodesMixin
+from batchmagic.emulator.state.persist import PersistMixin
 from batchmagic.emulator.state.schedules import SchedulesMixin
 
 __all__ = [
@@ -58,7 +60,7 @@ __all__ = [
 log = logging.getLogger("batchmagic.emulator")
 
 
-class BatchState(AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin, AccountMixin):
+class BatchState(PersistMixin, AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin, AccountMixin):
     """The account's resources and the scheduler that moves them through their states.
 
     Parameters
@@ -82,14 +84,19 @@ class BatchState(AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin,
         before it completes (the real service completes such a job almost at once).
     clock : Clock, optional
         The emulated clock (default: real time).
+    state_dir : Path, optional
+        Where the account is saved while it runs and restored from on start (``--state``).
     """
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Start the scheduler thread."""
+        """Restore the saved account (with ``state_dir``), then start the scheduler (and the saver)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.restore_state():
+            self._resume()
         self._thread = threading.Thread(target=self._run, name="batch-emulator-scheduler", daemon=True)
         self._thread.start()
+        self._start_saving()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the scheduler and kill every running task; waits for their threads to finish."""
@@ -107,6 +114,10 @@ class BatchState(AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin,
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.executor.close()
+        if self._saver is not None:
+            self._saver.join(timeout)
+        self._last_saved = ""
+        self.save_state()
 
     def _run(self) -> None:
         while not self._stop.wait(TICK):

@@ -34,6 +34,7 @@ class AccountCore:
         low_priority_core_quota: int | None = None,
         empty_job_grace: float = 5.0,
         clock: Clock | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.account = account
         self.url = url.rstrip("/")
@@ -44,6 +45,7 @@ class AccountCore:
         self.low_priority_core_quota = low_priority_core_quota
         self.empty_job_grace = empty_job_grace
         self.clock = clock or Clock()
+        self.state_dir = Path(state_dir) if state_dir is not None else None
         self.lock = threading.RLock()
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}

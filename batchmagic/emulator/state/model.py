@@ -145,6 +145,8 @@ class Task:
     extra_nodes: list[Node] = field(default_factory=list)
     #: A multi-instance task's subtasks, as ``GET .../subtasksinfo`` lists them.
     subtasks: list[dict[str, Any]] = field(default_factory=list)
+    #: How the executor can find the running attempt again (pid, start time, exit-code file), for --state.
+    process: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:

@@ -390,6 +390,7 @@ class TasksMixin(FilesMixin):
             except TaskStartError as err:
                 self._finish(task, None, failure_info(err.code, err.message, err.details))
                 return
+            task.process = getattr(handle, "identity", None)  # for an emulator restarted with --state
             deadline = now + wall if wall is not None else None
             exit_code: int | None = None
             timed_out = False
