@@ -244,7 +244,7 @@ def _registry_for(image: str, registries: list[dict[str, Any]]) -> dict[str, Any
 
 @dataclass
 class DockerExecutor:
-    """Run container tasks with ``docker run`` (network host, task dir mounted at the same path).
+    """Run container tasks with ``docker run`` (network host, the node's directory mounted at the same path).
 
     Images are pulled with the docker SDK (``DOCKER_HOST`` honoured), using the matching
     ``containerRegistries`` credentials. Tasks without ``containerSettings`` run on the host as with
@@ -319,7 +319,9 @@ class DockerExecutor:
             argv.append("--rm")
         if not any(o == "--network" or o.startswith(("--network=", "--net=")) or o == "--net" for o in options):
             argv += ["--network", "host"]
-        argv += ["-v", f"{ctx.task_dir}:{ctx.task_dir}"]
+        # The node's whole root, as on the service: the task sees its node's startup and shared directories.
+        mount = ctx.env.get("AZ_BATCH_NODE_ROOT_DIR") or str(ctx.task_dir)
+        argv += ["-v", f"{mount}:{mount}"]
         if settings.get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
             argv += ["-w", str(ctx.wd)]
         for key, value in ctx.env.items():

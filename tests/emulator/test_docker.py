@@ -128,3 +128,43 @@ def test_unpullable_pool_image_makes_node_unusable(docker_emulator: Any) -> None
     node = wait_for(lambda: [n for n in client.list_nodes("badpool") if n.state == m.BatchNodeState.UNUSABLE], 60)[0]
     assert node.errors[0].code == "ContainerInvalidImage"
     assert node.errors[0].error_details[0].value == BAD_IMAGE
+
+
+def test_container_start_task_shares_the_startup_dir_with_container_tasks(docker_emulator: Any) -> None:
+    client = docker_emulator.client()
+    in_image = m.BatchTaskContainerSettings(image_name=IMAGE)
+    for pool_id, command in (("st-docker", "/bin/sh -c 'echo from-start > $AZ_BATCH_NODE_STARTUP_DIR/marker'"),
+                             ("st-docker-bad", "/bin/sh -c 'exit 5'")):  # fmt: skip
+        client.create_pool(
+            m.BatchPoolCreateOptions(
+                id=pool_id,
+                vm_size="standard_d2s_v3",
+                target_dedicated_nodes=1,
+                virtual_machine_configuration=m.VirtualMachineConfiguration(
+                    image_reference=m.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
+                    node_agent_sku_id="batch.node.ubuntu 22.04",
+                    container_configuration=m.BatchContainerConfiguration(
+                        type=m.ContainerType.DOCKER_COMPATIBLE, container_image_names=[IMAGE]
+                    ),
+                ),
+                start_task=m.BatchStartTask(command_line=command, container_settings=in_image, wait_for_success=True),
+            )
+        )
+    node = wait_for(lambda: (n := list(client.list_nodes("st-docker"))) and n[0].state == "idle" and n[0], 60)
+    assert node.start_task_info.exit_code == 0
+    bad = wait_for(
+        lambda: (n := list(client.list_nodes("st-docker-bad"))) and n[0].state == "startTaskFailed" and n[0], 60
+    )
+    assert bad.start_task_info.exit_code == 5 and bad.start_task_info.failure_info.code == "FailureExitCode"
+    client.create_job(m.BatchJobCreateOptions(id="st-docker", pool_info=m.BatchPoolInfo(pool_id="st-docker")))
+    client.create_task(
+        "st-docker",
+        m.BatchTaskCreateOptions(
+            id="reads",
+            command_line="/bin/sh -c 'cat $AZ_BATCH_NODE_STARTUP_DIR/marker'",
+            container_settings=in_image,
+        ),
+    )
+    task = _done(client, "st-docker", "reads")
+    assert task.execution_info.exit_code == 0, task.execution_info
+    assert b"".join(client.download_task_file("st-docker", "reads", "stdout.txt")) == b"from-start\n"
