@@ -28,7 +28,7 @@ from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 from batchmagic.record import record_of
 from batchmagic.state import LogRecord, RunState
 from batchmagic.sweep import parse_grid, rows_from
-from batchmagic.widget import PANEL_MODES, TaskLogs, format_seconds, make_panel, ui_pump
+from batchmagic.widget import PANEL_MODES, Panel, TaskLogs, format_seconds, make_panel, ui_pump
 
 __all__ = ["AzBatch"]
 
@@ -304,6 +304,7 @@ class AzBatch(Magics):
             if run.done:  # it ended before its monitor started (a failed upload): no thread will finish it
                 panel.finish(record_of(run, background=True))
             run.watch_in_background()
+            self._record_after_a_cell(run, panel)
             return None
         with _warnings_as_lines(), ui_pump() as pump:
             try:
@@ -317,6 +318,24 @@ class AzBatch(Magics):
         for name in run.deleted:
             self._user_ns.pop(name, None)
         return None
+
+    def _record_after_a_cell(self, run: api.Run, panel: Panel) -> None:
+        """Put a background run's record in place again after the first cell that ends once the run has.
+
+        The monitor thread already did, but ipykernel 7 sends a thread's messages as from the cell that
+        started it, which has ended: a front end follows them by display id (JupyterLab does), a headless
+        executor (nbclient, ``nbconvert --execute``) does not. From the main thread, after a cell, the
+        update goes out as from a cell that is still running, so the executed notebook gets it too.
+        """
+        assert self.shell is not None
+
+        def after(*_args: Any) -> None:
+            if run.done:
+                assert self.shell is not None
+                self.shell.events.unregister("post_run_cell", after)
+                panel.finish(record_of(run, background=True))
+
+        self.shell.events.register("post_run_cell", after)
 
     @property
     def _user_ns(self) -> dict[str, Any]:

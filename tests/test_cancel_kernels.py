@@ -94,3 +94,37 @@ def test_cancel_button_ends_a_blocking_run(
 
     page, _ = HTMLExporter().from_notebook_node(nb)  # type: ignore[no-untyped-call]
     assert "azbatch-record" in page and "stopme" in page and "cancelled" in page
+
+
+BACKGROUND = [
+    "%load_ext batchmagic",
+    "%%azbatch --backend local --no-wait --name bg\nimport time\nfor i in range(4):\n"
+    "    print('bg', i, flush=True)\n    time.sleep(0.25)\nz = 1",
+    "import time\nfor _ in range(600):\n    if _azbatch.done:\n        break\n    time.sleep(0.1)\nprint(_azbatch.status)",
+]
+
+
+@pytest.mark.parametrize("major", [7, 6], ids=["ipykernel7", "ipykernel6"])
+def test_background_run_record_reaches_the_saved_notebook(
+    major: int, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --no-wait run ends while another cell runs: its record replaces its panel, by display id, from the
+    monitor thread, and is in the notebook as saved, with the lines the run printed."""
+    python = kernel_python(major)
+    name = f"batchmagic-bg-ipykernel{major}"
+    spec_dir = tmp_path / "jupyter" / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    searched = [str(tmp_path / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])]
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(searched))
+    work = tmp_path / "work"
+    work.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in BACKGROUND])
+    NotebookClient(nb, kernel_name=name, timeout=120, resources={"metadata": {"path": str(work)}}).execute()
+    assert "done" in "".join(o.get("text", "") for o in nb.cells[2].outputs)  # it ended while cell 2 ran
+    shown = [o for o in nb.cells[1].outputs if o["output_type"] == "display_data"]
+    assert len(shown) == 1, (shown, nb.cells[2].outputs)  # the panel's display, updated in place
+    data = shown[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" not in data, data  # no longer the widget
+    assert ">done<" in data["text/html"] and "bg 3" in data["text/html"] and "bg 3" in data["text/plain"]
