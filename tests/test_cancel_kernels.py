@@ -100,7 +100,8 @@ BACKGROUND = [
     "%load_ext batchmagic",
     "%%azbatch --backend local --no-wait --name bg\nimport time\nfor i in range(4):\n"
     "    print('bg', i, flush=True)\n    time.sleep(0.25)\nz = 1",
-    "import time\nfor _ in range(600):\n    if _azbatch.done:\n        break\n    time.sleep(0.1)\nprint(_azbatch.status)",
+    "import time\nfor _ in range(600):\n    if _azbatch.done:\n        break\n    time.sleep(0.1)\n"
+    "print(_azbatch.status)",
 ]
 
 
