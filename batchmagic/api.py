@@ -138,7 +138,16 @@ class Session:
         )  # fmt: skip
         run = Run.create(options, settings, backend, namespace=namespace, source=cell)
         submission = run.submission(options)
+        submission.pool = self.pool_for(options, settings, backend.name)
         backend.validate(submission)
+        if submission.pool:
+            # On a named pool the VM size is the pool's.
+            if options.vm_size and options.vm_size.lower() != submission.vm_size.lower():
+                raise ConfigError(
+                    f"--vm {options.vm_size} does not match pool {submission.pool}'s {submission.vm_size}: "
+                    "drop --vm, or pick a pool of that size"
+                )
+            run.vm_size = submission.vm_size
         if on_update is not None:
             run.subscribe(on_update)
         with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:
@@ -166,7 +175,34 @@ class Session:
         """
         check_cell(cell)
         options.check_sweep(settings.max_tasks)
+        pool = Session.pool_for(options, settings, options.backend or settings.backend)
+        if pool:
+            clear = f"pool {pool} decides that (or run without --pool" + (
+                ", %config AzBatch.pool = ''" if not options.pool else ""
+            )
+            for flag, given in (
+                ("--nodes", options.nodes != 1),
+                ("--low-priority", options.low_priority),
+                ("--slots-per-node", options.slots_per_node != 1),
+            ):
+                if given:
+                    raise ConfigError(f"{flag} does not apply to a run on a named pool: {clear})")
         check_home(settings.home)
+
+    @staticmethod
+    def pool_for(options: RunOptions, settings: Settings, backend: str) -> str:
+        """The named pool a run goes to: ``--pool``, else ``AzBatch.pool`` on Azure; "" for an auto pool."""
+        if options.pool:
+            if backend != "azure":
+                raise ConfigError(
+                    f"--pool {options.pool} runs on a named Azure Batch pool: drop --backend {backend}, or drop --pool"
+                )
+            return options.pool
+        return settings.pool if backend == "azure" else ""
+
+    def backends_in_use(self) -> list[Backend]:
+        """The backends this session has made (the Azure one once a run or a pool command used it)."""
+        return list(self._backends.values())
 
     def _upload(self, run: Run, cell: str, captured: CapturedCell, options: RunOptions, settings: Settings) -> None:
         """Everything the tasks read, then each task's spec: its URLs, its parameters, nothing else."""
@@ -231,15 +267,22 @@ class Session:
         except ValueError as err:
             raise ConfigError(f"AZURE_STORAGE_CONNECTION_STRING is not usable: {err}") from None
 
-    def teardown(self, *, everything: bool = False, blobs: bool = False, backend: Backend | None = None) -> list[str]:
+    def teardown(
+        self, *, everything: bool = False, blobs: bool = False, backend: Backend | None = None, pools: bool = False
+    ) -> list[str]:
         """Stop and release whatever this session started that still runs or holds resources.
+
+        Named pools outlive runs: they stay unless ``pools`` (or ``everything``) is given.
 
         Parameters
         ----------
         everything : bool
-            Also find what other clients left behind (batchmagic-tagged jobs and pools) on ``backend``.
+            Also find what other clients left behind (batchmagic-tagged jobs and pools, named pools
+            included) on ``backend``.
         blobs : bool
             Also delete the run data (bundles, logs, results).
+        pools : bool
+            Also delete the account's batchmagic named pools (on ``backend``).
 
         Returns a line per thing removed; calling it again removes (and returns) nothing.
         """
@@ -251,6 +294,9 @@ class Session:
                 removed.append(f"nothing of {run.name}: {err} (run %azbatch_teardown again)")
         if everything and backend is not None and hasattr(backend, "teardown_all"):
             removed.extend(backend.teardown_all(blobs=blobs))
+        elif pools and backend is not None and hasattr(backend, "list_pools"):
+            named: Any = backend  # the Azure backend: see batchmagic.pools
+            removed.extend(named.delete_pool(p.name) for p in named.list_pools() if p.state == "active")
         return removed
 
 
@@ -306,6 +352,7 @@ def submit(
     pip: Iterable[str] = (),
     budget: float | str | None = None,
     first_line: int = 1,
+    pool: str | None = None,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
 ) -> Run:
@@ -334,6 +381,9 @@ def submit(
     first_line : int
         The line number of the cell's first line where it is shown (2 under a ``%%azbatch`` line):
         remote tracebacks count from it.
+    pool : str, optional
+        As ``--pool``: run as a job on this named pool (see :mod:`batchmagic.pools`); default
+        ``AzBatch.pool`` / ``BATCHMAGIC_POOL`` on Azure, else a pool of its own.
     home : path, optional
         batchmagic's state and local run data (default ``BATCHMAGIC_HOME``, else ``~/.batchmagic``).
     on_update : callable, optional
@@ -369,6 +419,7 @@ def submit(
         pip=tuple(pip),
         budget=parse_budget(budget),
         first_line=first_line,
+        pool=pool,
     )
     session = default_session()
     if isinstance(backend, Backend):

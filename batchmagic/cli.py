@@ -18,6 +18,13 @@ and show the prices in force::
 
     $ batchmagic prices update --region eastus --region westeurope
     $ batchmagic prices ls --region eastus
+
+Named pools, as ``%azbatch_pool`` in a notebook (the Azure settings come from the environment)::
+
+    $ batchmagic pool create gpu --vm Standard_NC6s_v3 --max-nodes 2 --idle 20m
+    $ batchmagic pool ls
+    $ batchmagic pool resize gpu 1
+    $ batchmagic pool delete gpu
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchmagic", description="batchmagic's training images and VM prices.")
+    parser = argparse.ArgumentParser(
+        prog="batchmagic", description="batchmagic's training images, VM prices and named pools."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     image = commands.add_parser("image", help="build or list training images")
     actions = image.add_subparsers(dest="action", required=True)
@@ -67,7 +76,35 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--output", metavar="FILE", help="where to write it (default: BATCHMAGIC_HOME/prices.json)")
     show = price_actions.add_parser("ls", help="the prices in force, per region and VM size")
     show.add_argument("--region", help="only this region")
+    pool = commands.add_parser("pool", help="create, list, resize or delete named pools (as %azbatch_pool)")
+    pool_actions = pool.add_subparsers(dest="action", required=True)
+    create = pool_actions.add_parser("create", help="a pool that grows with its tasks and goes to zero when idle")
+    create.add_argument("name", help="the pool's name")
+    create.add_argument("--vm", help="its nodes' VM size, e.g. Standard_E32_v3 (default: Standard_D2s_v3)")
+    create.add_argument("--max-nodes", type=int, default=1, help="the most nodes it grows to (default 1)")
+    create.add_argument("--low-priority", action="store_true", help="low-priority (spot) nodes")
+    create.add_argument("--idle", default="20m", help="how long it keeps idle nodes, e.g. 20m, 1h (default 20m)")
+    create.add_argument("--slots-per-node", type=int, default=1, help="tasks each node runs at once (default 1)")
+    pool_actions.add_parser("ls", help="batchmagic's named pools, with their nodes")
+    resize = pool_actions.add_parser("resize", help="nodes to have now, held for the idle period (0: let them go)")
+    resize.add_argument("name", help="the pool's name")
+    resize.add_argument("nodes", help="nodes to have now")
+    delete = pool_actions.add_parser("delete", help="delete a named pool and its nodes")
+    delete.add_argument("name", help="the pool's name")
     return parser
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from batchmagic.api import Session
+    from batchmagic.config import Settings
+    from batchmagic.pools import command
+
+    given = {"name": None, "nodes": None, "vm": None, "max_nodes": 1, "low_priority": False, "idle": "20m"}
+    values = {**given, "slots_per_node": 1, **vars(args), "command": args.action}
+    settings = Settings.from_env()
+    for line in command(argparse.Namespace(**values), session=Session(settings=settings), settings=settings):
+        print(line)
+    return 0
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -157,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prices":
             return _prices_update(args) if args.action == "update" else _prices_ls(args)
+        if args.command == "pool":
+            return _pool(args)
         if args.action == "build":
             return _build(args)
         return _ls(args)

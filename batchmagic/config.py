@@ -7,6 +7,7 @@ Also the parsing and checking of values shared by the API and the magics (durati
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import uuid
@@ -23,6 +24,7 @@ __all__ = [
     "Secrets",
     "docker_host",
     "parse_timeout",
+    "parse_duration",
     "parse_env",
     "parse_budget",
     "default_home",
@@ -52,6 +54,8 @@ ENV_SETTINGS: dict[str, tuple[str, str]] = {
     "base_image": ("BATCHMAGIC_BASE_IMAGE", DEFAULT_BASE_IMAGE),
     "region": ("BATCHMAGIC_REGION", ""),
     "prices": ("BATCHMAGIC_PRICES", ""),
+    "pool": ("BATCHMAGIC_POOL", ""),
+    "node_image": ("BATCHMAGIC_NODE_IMAGE", ""),
 }
 
 
@@ -111,6 +115,26 @@ def parse_budget(text: str | float | int | None) -> float | None:
     if amount <= 0:
         raise ConfigError(f"--budget must be more than zero, not {text!r}")
     return amount
+
+
+def parse_duration(text: str | float | int, flag: str) -> float:
+    """``"90s"``, ``"30m"``, ``"6h"``, ``"2d"`` or a number of seconds -> seconds, for ``flag`` (``--idle``).
+
+    Raises
+    ------
+    ConfigError
+        Not of that form, or not more than zero; the message names ``flag``.
+    """
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _TIMEOUT.match(str(text))
+        if not match:
+            raise ConfigError(f"{flag} {text!r} is not a duration: write it like 90s, 20m, 6h or 2d")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ConfigError(f"{flag} must be more than zero, not {text!r}")
+    return seconds
 
 
 def parse_env(items: list[str] | None) -> dict[str, str]:
@@ -195,6 +219,9 @@ class Settings:
     image: str = ""
     registry: str = ""
     base_image: str = DEFAULT_BASE_IMAGE
+    pool: str = ""  # the named pool runs go to (AzBatch.pool); empty: an auto pool per run
+    node_image: str = ""  # publisher:offer:sku[:version] overriding the chosen node image
+    user: str = ""  # who this client runs as: a named pool's creator
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     max_tasks: int = DEFAULT_MAX_TASKS
     docker_host: str = ""
@@ -227,6 +254,7 @@ class Settings:
             home=default_home(),
             max_tasks=max_tasks,
             docker_host=os.environ.get("DOCKER_HOST", ""),
+            user=current_user(),
             secrets=Secrets.from_env(),
         )
         return cls(**values).with_overrides(**overrides)
@@ -247,6 +275,10 @@ class Settings:
 
         return (self.region or region_from_endpoint(self.batch_endpoint)).lower()
 
+    def with_values(self, **values: Any) -> Settings:
+        """A copy with exactly these values, empty ones included (a trait set to "" clears its setting)."""
+        return replace(self, **values)
+
     def public(self) -> Mapping[str, Any]:
         """The settings without the secrets, for messages and the ledger."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"}
@@ -256,6 +288,14 @@ def inherited_environment(secret: re.Pattern[str]) -> dict[str, str]:
     """This process's environment without the variables whose names match ``secret`` and without
     ``PYTHONPATH``: what a local task inherits."""
     return {k: v for k, v in os.environ.items() if not secret.search(k) and k != "PYTHONPATH"}
+
+
+def current_user() -> str:
+    """Who runs this client (a named pool's ``creator``): the login name, else empty."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def docker_host() -> str:

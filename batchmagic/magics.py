@@ -19,7 +19,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import publish_display_data
 from traitlets import Enum, Integer, TraitError, Unicode, default, validate
 
-from batchmagic import api
+from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
 from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
@@ -78,6 +78,15 @@ class AzBatch(Magics):
     base_image = Unicode(
         help="Image the training image is built FROM: any Debian-like image whose Python matches the kernel's. "
         "Defaults to BATCHMAGIC_BASE_IMAGE, else python:3.11-slim.",
+    ).tag(config=True)
+    pool = Unicode(
+        help="Named pool cells run on when they give no --pool (see %azbatch_pool); empty: each run makes a pool "
+        "of its own. Defaults to BATCHMAGIC_POOL.",
+    ).tag(config=True)
+    node_image = Unicode(
+        help="VM image of new pools' nodes, as publisher:offer:sku[:version] (e.g. microsoft-dsvm:ubuntu-hpc:2404; "
+        "add @<node agent sku> for an image Batch does not list). Empty: the newest Docker-compatible Ubuntu "
+        "the Batch account supports, GPU-capable for N-series sizes. Defaults to BATCHMAGIC_NODE_IMAGE.",
     ).tag(config=True)
     input_concurrency = Integer(
         DEFAULT_INPUT_CONCURRENCY, help="Parallel connections each task uses to download its --input data."
@@ -139,6 +148,14 @@ class AzBatch(Magics):
     def _default_base_image(self) -> str:
         return self._env.base_image
 
+    @default("pool")
+    def _default_pool(self) -> str:
+        return self._env.pool
+
+    @default("node_image")
+    def _default_node_image(self) -> str:
+        return self._env.node_image
+
     def settings(self) -> Settings:
         """The traits resolved into one Settings (secrets come from the environment, never traits)."""
         return self._env.with_overrides(
@@ -155,7 +172,7 @@ class AzBatch(Magics):
             registry=self.registry,
             base_image=self.base_image,
             input_concurrency=self.input_concurrency,
-        )
+        ).with_values(pool=self.pool, node_image=self.node_image)  # "" here means none, not "unchanged"
 
     def backend_config(self) -> dict[str, str]:
         """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""
@@ -242,6 +259,12 @@ class AzBatch(Magics):
         "--container",
         action="store_true",
         help="With --backend local: build (or reuse) the training image and run the cell in it (local Docker).",
+    )
+    @argument(
+        "--pool",
+        metavar="NAME",
+        help="Run as a job on this named pool (%%azbatch_pool create): no pool is made, warm nodes start at once. "
+        "Default: AzBatch.pool.",
     )
     @cell_magic("azbatch")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch(self, line: str, cell: str) -> Any:
@@ -367,6 +390,7 @@ class AzBatch(Magics):
             requirements=args.requirements,
             pip=tuple(args.pip or ()),
             first_line=2,  # the cell's first line is the one after %%azbatch: tracebacks count from it
+            pool=args.pool,
         )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:
@@ -436,27 +460,79 @@ class AzBatch(Magics):
         "--all",
         action="store_true",
         dest="everything",
-        help="Also end batchmagic-tagged jobs and pools that other kernels left on the Azure account.",
+        help="Also end batchmagic-tagged jobs and pools that other kernels left on the Azure account, "
+        "named pools included.",
     )
     @argument("--blobs", action="store_true", help="Also delete run data (bundles, logs, results).")
+    @argument("--pools", action="store_true", help="Also delete the account's batchmagic named pools.")
     @line_magic("azbatch_teardown")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_teardown(self, line: str) -> None:
         """End whatever this kernel started that still runs or holds resources, and say what was removed.
 
-        Safe to repeat: a second call removes nothing.
+        Named pools stay (they go to zero nodes by themselves when idle) and are listed, unless
+        ``--pools`` or ``--all`` is given. Safe to repeat: a second call removes nothing.
         """
         args = parse_argstring(self.azbatch_teardown, line)
         backend = None
-        if args.everything and self.backend == "azure":
+        if (args.everything or args.pools) and self.backend == "azure":
             with _usage_errors():
                 backend = self.session.backend("azure", settings=self.settings())
         with _usage_errors():
-            removed = self.session.teardown(everything=args.everything, blobs=args.blobs, backend=backend)
+            removed = self.session.teardown(
+                everything=args.everything, blobs=args.blobs, backend=backend, pools=args.pools
+            )
         if removed:
             for item in removed:
                 print(f"removed {item}")
         else:
             print("nothing to tear down: no run of this kernel is running or holds resources")
+        if not (args.everything or args.pools):
+            self._list_kept_pools()
+
+    def _list_kept_pools(self) -> None:
+        """Name the named pools a teardown leaves, when this kernel has used Azure."""
+        for backend in self.session.backends_in_use():
+            if not isinstance(backend, pools.PoolBackend):
+                continue
+            try:
+                kept = backend.list_pools()
+            except Exception as err:  # a teardown must not fail on a listing
+                print(f"could not list the named pools: {err}", file=sys.stderr)
+                return
+            for pool in kept:
+                if pool.state == "active":
+                    print(
+                        f"kept pool {pool.describe()} (%azbatch_pool delete {pool.name}, or %azbatch_teardown --pools)"
+                    )
+            return
+
+    # --- %azbatch_pool ---
+
+    @magic_arguments()
+    @argument("command", choices=["create", "ls", "resize", "delete"], help="What to do.")
+    @argument("name", nargs="?", help="The pool's name (create, resize, delete).")
+    @argument("nodes", nargs="?", help="resize: nodes to have now (0 lets them go once their tasks are done).")
+    @argument("--vm", help="create: the nodes' VM size, e.g. Standard_E32_v3. Default: AzBatch.vm_size.")
+    @argument("--max-nodes", type=int, default=1, help="create: the most nodes it grows to with tasks. Default 1.")
+    @argument("--low-priority", action="store_true", help="create: low-priority (spot) nodes.")
+    @argument(
+        "--idle",
+        default="20m",
+        help="create: how long it keeps its nodes once no task is pending or running, e.g. 20m, 1h. Default 20m.",
+    )
+    @argument("--slots-per-node", type=int, default=1, help="create: tasks each node runs at once. Default 1.")
+    @line_magic("azbatch_pool")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
+    def azbatch_pool(self, line: str) -> None:
+        """Named pools that cells share (``%%azbatch --pool NAME``) and that go to zero nodes when idle.
+
+        ``%azbatch_pool create NAME --vm SIZE [--max-nodes N] [--low-priority] [--idle 20m]
+        [--slots-per-node K]``, ``%azbatch_pool ls``, ``%azbatch_pool resize NAME N``,
+        ``%azbatch_pool delete NAME``. The same as ``batchmagic pool ...`` in a terminal.
+        """
+        args = parse_argstring(self.azbatch_pool, line)
+        with _usage_errors():
+            for text in pools.command(args, session=self.session, settings=self.settings()):
+                print(text)
 
 
 def _tuple_or_none(rows: list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:

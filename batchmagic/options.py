@@ -16,6 +16,7 @@ from typing import Any
 from batchmagic.config import DEFAULT_MAX_TASKS, parse_budget, parse_timeout
 from batchmagic.errors import ConfigError
 from batchmagic.inputs import InputSpec, parse_input, parse_output
+from batchmagic.poolspec import check_pool_name
 
 __all__ = ["RunOptions", "OPTION_NAMES"]
 
@@ -53,6 +54,7 @@ class RunOptions:
     pip: tuple[str, ...] = ()
     budget: float | None = None  # end the run once its estimated spend passes this (given as 5 or "$5")
     first_line: int = 1  # the cell's first line's number where it was written: 2 under a %%azbatch line
+    pool: str | None = None  # a named pool to run on (Azure); None: the settings' (AzBatch.pool), else an auto pool
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once
@@ -81,6 +83,8 @@ class RunOptions:
         if self.requirements is not None:
             set_(self, "requirements", str(self.requirements))
         set_(self, "budget", parse_budget(self.budget))
+        if self.pool is not None:
+            set_(self, "pool", check_pool_name(str(self.pool).strip(), "--pool") if str(self.pool).strip() else None)
 
     def check_sweep(self, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         """A sweep is non-empty and within the task limit (``BATCHMAGIC_MAX_TASKS``)."""

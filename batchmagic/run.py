@@ -564,7 +564,7 @@ class Run:
             warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
         self.outputs = outputs
         self.deleted = list(outcome.deleted)
-        self.enter(Phase.DONE, _files_line(self.files))
+        self.enter(Phase.DONE, _join(_files_line(self.files), status.note))
 
     @property
     def record_key(self) -> str:
@@ -632,7 +632,7 @@ class Run:
         self.outputs = [row.outputs for row in rows]
         self.results = results_table(rows)
         failed = sum(1 for row in rows if row.state == "failed")
-        self.enter(Phase.DONE, f"{len(rows) - failed} succeeded, {failed} failed")
+        self.enter(Phase.DONE, _join(f"{len(rows) - failed} succeeded, {failed} failed", status.note))
 
 
 def _pause(seconds: float, between_polls: Callable[[], None] | None, *, until: Callable[[], bool]) -> None:
@@ -676,6 +676,10 @@ def _load_outputs(outcome: TaskOutcome, report: Callable[[str], None]) -> dict[s
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _files_line(files: list[tuple[str, int]]) -> str:

@@ -1,10 +1,13 @@
-"""The Azure Batch backend: each run is a job on its own auto pool, whose lifetime is the job's.
+"""The Azure Batch backend: each run is a job, on its own auto pool or on a named pool.
 
 This is the only module that imports ``azure.batch``. Per run it creates one job (``onAllTasksComplete``
-terminatejob, ``maxWallClockTime`` from ``--timeout``) with an auto pool (``poolLifetimeOption`` job,
-``keepAlive`` false, a container-ready Ubuntu image with the training image prefetched) and adds the
-task: ``python3 -m batchmagic.runner --spec spec.json`` in the training image, the spec arriving as a
-resource file through a SAS URL. The run's data is in Blob Storage (:class:`~batchmagic.storage.BlobStore`).
+terminatejob, ``maxWallClockTime`` from ``--timeout``) and adds the task: ``python3 -m batchmagic.runner
+--spec spec.json`` in the training image, the spec arriving as a resource file through a SAS URL. The
+job runs on an auto pool (``poolLifetimeOption`` job, ``keepAlive`` false, a container-ready Ubuntu image
+with the training image prefetched) or, with ``--pool NAME``, on a named pool that outlives it: named
+pools (:mod:`batchmagic.poolspec`) are created, listed, resized and deleted here too. The node image is
+chosen from the account's supported images (:mod:`batchmagic.nodeimages`). The run's data is in Blob
+Storage (:class:`~batchmagic.storage.BlobStore`).
 
 A poll tick costs a fixed number of calls however long the run: the job, its pool, the pool's nodes
 (until a task has started) and the task, each with ``$select``.
@@ -18,7 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from batchmagic.backends.base import (
     Backend,
@@ -31,6 +34,24 @@ from batchmagic.backends.base import (
 )
 from batchmagic.config import Settings
 from batchmagic.errors import ConfigError, RunFailed
+from batchmagic.nodeimages import NodeImage, SupportedImage, choose_node_image
+from batchmagic.poolspec import (
+    DEFAULT_IDLE,
+    EVALUATION_INTERVAL,
+    META_CLIENT,
+    META_CREATED_BY,
+    META_CREATOR,
+    META_IDLE,
+    META_IMAGE,
+    META_KIND,
+    META_MAX_NODES,
+    Pool,
+    PoolRequest,
+    autoscale_formula,
+    formula_parameters,
+    nodes_for,
+    scale_to_zero_at,
+)
 from batchmagic.protocol import SPEC_FILENAME, Layout
 from batchmagic.storage import BlobStore, check_container_name
 
@@ -38,9 +59,11 @@ log = logging.getLogger("batchmagic.backends.azure")
 
 CREATED_BY = "batchmagic"
 COMMAND = f"python3 -m batchmagic.runner --spec {SPEC_FILENAME}"
-# An Ubuntu image with Docker, as Batch lists it in `list_supported_images` (container-capable).
-IMAGE_REFERENCE = {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204", "version": "latest"}
-NODE_AGENT_SKU = "batch.node.ubuntu 22.04"
+_POOL_SELECT = [
+    "id", "state", "allocationState", "vmSize", "currentDedicatedNodes", "currentLowPriorityNodes",
+    "targetDedicatedNodes", "targetLowPriorityNodes", "taskSlotsPerNode", "metadata", "autoScaleFormula",
+    "autoScaleEvaluationInterval", "creationTime", "resizeErrors", "virtualMachineConfiguration",
+]  # fmt: skip
 _VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Z]+(\d+)[a-z-]*(\d*)[a-z]*(_[A-Za-z0-9]+)*$", re.IGNORECASE)
 _QUOTA_CODES = {
     "AccountCoreQuotaReached",
@@ -79,6 +102,8 @@ class _AzureRun:
     pool_id: str = ""
     started_task: bool = False
     released: bool = False
+    pool: Pool | None = None  # the named pool it runs on (None: its own auto pool)
+    prefetched: tuple[str, ...] = ()  # images its pool's nodes pull as they start
 
 
 class AzureBackend(Backend):
@@ -95,6 +120,9 @@ class AzureBackend(Backend):
         self._runs: dict[str, _AzureRun] = {}
         self._checked = False
         self._lock = threading.Lock()
+        self._images: list[SupportedImage] | None = None  # the account's supported images, listed once
+        self._named: dict[str, Pool] = {}  # named pools found by validate, for the submit that follows
+        self._warm: set[tuple[str, str, str]] = set()  # (pool, node, image) a task of ours ran on: pulled there
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AzureBackend:
@@ -139,7 +167,8 @@ class AzureBackend(Backend):
 
         endpoint = self.settings.batch_endpoint
         try:
-            next(iter(self.client.list_supported_images(max_results=1)), None)
+            # The account's node images: the one call that proves the credentials, and the choice of image.
+            self._images = [_supported_image(i) for i in self.client.list_supported_images()]
         except (ClientAuthenticationError, HttpResponseError) as err:
             code = _code(err) or str(err.status_code)
             if getattr(err, "status_code", None) in (401, 403) or code == "AuthenticationFailed":
@@ -162,11 +191,30 @@ class AzureBackend(Backend):
         self._checked = True
 
     def validate(self, submission: TaskSubmission) -> None:
-        """Everything that can be checked before a byte is uploaded or a resource created."""
+        """Everything that can be checked before a byte is uploaded or a resource created.
+
+        On a named pool the run takes the pool's VM size (``submission.vm_size`` is set to it).
+        """
+        if submission.pool:
+            self.check_access()
+            pool = self.get_pool(submission.pool)
+            if pool.state != "active":
+                raise ConfigError(f"pool {pool.name} is being deleted: create it again, or run without --pool")
+            submission.vm_size = pool.vm_size
+            self._named[submission.run_id] = pool
+            return
         vm_cores(submission.vm_size)
         if submission.nodes < 1:
             raise ConfigError(f"--nodes must be at least 1, not {submission.nodes}")
         self.check_access()
+        self.node_image(submission.vm_size)
+
+    def node_image(self, vm_size: str) -> NodeImage:
+        """The image a new pool of ``vm_size`` boots: ``AzBatch.node_image``, else the newest fitting one
+        the account lists (see :mod:`batchmagic.nodeimages`). ConfigError when none fits."""
+        self.check_access()
+        today = datetime.now(UTC).date()
+        return choose_node_image(self._images or [], vm_size, today=today, override=self.settings.node_image)
 
     def submit(self, submission: TaskSubmission) -> None:
         from azure.batch import models as m
@@ -174,39 +222,47 @@ class AzureBackend(Backend):
         run = _AzureRun(submission)
         self._runs[submission.run_id] = run
         expiry = submission.sas_expiry or datetime.now(UTC) + timedelta(seconds=submission.timeout, hours=1)
+        image = submission.image or self.settings.image
         metadata = [
             m.BatchMetadataItem(name="created-by", value=CREATED_BY),
             m.BatchMetadataItem(name="run-id", value=submission.run_id),
             m.BatchMetadataItem(name="ledger-id", value=submission.ledger_id),
         ]
-        pool = m.BatchPoolSpecification(
-            vm_size=submission.vm_size,
-            virtual_machine_configuration=m.VirtualMachineConfiguration(
-                image_reference=m.BatchVmImageReference(**IMAGE_REFERENCE),
-                node_agent_sku_id=NODE_AGENT_SKU,
-                container_configuration=m.BatchContainerConfiguration(
-                    type=m.ContainerType.DOCKER_COMPATIBLE,
-                    container_image_names=[submission.image or self.settings.image],
-                    container_registries=_registries(submission.image or self.settings.image, self.settings) or None,
-                ),
-            ),
-            task_slots_per_node=max(1, submission.slots_per_node),
-            target_dedicated_nodes=0 if submission.low_priority else submission.nodes,
-            target_low_priority_nodes=submission.nodes if submission.low_priority else 0,
-            metadata=metadata,
-        )
-        limit = timedelta(seconds=submission.timeout)
-        job = m.BatchJobCreateOptions(
-            id=submission.run_id,
-            display_name=submission.name[:1024],
-            pool_info=m.BatchPoolInfo(
+        task_registry = None
+        if submission.pool:
+            # A named pool: the job only points at it, and its end never touches the pool.
+            named = self._named.pop(submission.run_id, None) or self.get_pool(submission.pool)
+            run.pool, run.pool_id = named, named.name
+            run.prefetched = (named.image,) if named.image else ()
+            if image not in run.prefetched:
+                # Pulled by the task's container settings, once per node; credentials only if the pool lacks them.
+                registries = _registries(image, self.settings)
+                task_registry = registries[0] if registries and named.registry != _registry_host(image) else None
+            pool_info = m.BatchPoolInfo(pool_id=named.name)
+        else:
+            node = self.node_image(submission.vm_size)
+            run.prefetched = (image,)
+            pool = m.BatchPoolSpecification(
+                vm_size=submission.vm_size,
+                virtual_machine_configuration=_vm_configuration(node, [image], self.settings),
+                task_slots_per_node=max(1, submission.slots_per_node),
+                target_dedicated_nodes=0 if submission.low_priority else submission.nodes,
+                target_low_priority_nodes=submission.nodes if submission.low_priority else 0,
+                metadata=metadata,
+            )
+            pool_info = m.BatchPoolInfo(
                 auto_pool_specification=m.BatchAutoPoolSpecification(
                     pool_lifetime_option=m.BatchPoolLifetimeOption.JOB,
                     keep_alive=False,
                     auto_pool_id_prefix="bm",
                     pool=pool,
                 )
-            ),
+            )
+        limit = timedelta(seconds=submission.timeout)
+        job = m.BatchJobCreateOptions(
+            id=submission.run_id,
+            display_name=submission.name[:1024],
+            pool_info=pool_info,
             # Batch considers a job without tasks complete: terminatejob is set once the tasks are in.
             all_tasks_complete_mode=m.BatchAllTasksCompleteMode.NO_ACTION,
             constraints=m.BatchJobConstraints(max_wall_clock_time=limit),
@@ -224,8 +280,9 @@ class AzureBackend(Backend):
                     id=task_id,
                     command_line=COMMAND,
                     container_settings=m.BatchTaskContainerSettings(
-                        image_name=submission.image or self.settings.image,
+                        image_name=image,
                         working_directory=m.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
+                        registry=task_registry,
                     ),
                     resource_files=[m.ResourceFile(http_url=spec_url, file_path=SPEC_FILENAME)],
                     output_files=[
@@ -260,6 +317,8 @@ class AzureBackend(Backend):
             ),
             "set the job to end with its tasks",
         )
+        if run.pool is not None:
+            self._grow_for(run.pool, len(tasks))
 
     def poll(self, run_id: str) -> BackendStatus:
         from azure.core.exceptions import ResourceNotFoundError
@@ -286,13 +345,26 @@ class AzureBackend(Backend):
                 )
             if reason and reason != "AllTasksComplete" and not all(t.state == "completed" for t in tasks.values()):
                 return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=f"the job ended ({reason})")
+        image = sub.image or self.settings.image
+        for task in tasks.values():
+            if task.node and task.state in ("running", "completed"):
+                self._warm.add((run.pool_id, task.node, image))  # the image is on that node now
         if all(t.state == "completed" for t in tasks.values()):
-            return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
+            return BackendStatus(phase=Phase.RUNNING, tasks=tasks, note=self._scale_note(run))
         if any(t.state == "running" for t in tasks.values()) or run.started_task:
             run.started_task = True
             return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
         if preparing:
-            return BackendStatus(phase=Phase.PULLING_IMAGE, tasks=tasks, detail="pulling the image")
+            # Preparing is resource files and, on a node that lacks the image, its pull: say "pulling image"
+            # only for a node that really pulls (not one that prefetched it or already ran it for us).
+            pulling = [
+                node
+                for node in preparing
+                if image not in run.prefetched and (run.pool_id, node, image) not in self._warm
+            ]
+            if pulling:
+                return BackendStatus(phase=Phase.PULLING_IMAGE, tasks=tasks, detail=f"pulling {image} on the node")
+            return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail="starting on a node that has the image")
         if not run.pool_id:
             return BackendStatus(phase=Phase.CREATING_POOL, tasks=tasks)
         try:
@@ -304,12 +376,20 @@ class AzureBackend(Backend):
                 ],
             )  # fmt: skip
         except ResourceNotFoundError:
+            if run.pool is not None:
+                return BackendStatus(
+                    phase=Phase.FAILED, tasks=tasks, error=f"pool {run.pool_id} was deleted while the run waited for it"
+                )
             return BackendStatus(phase=Phase.CREATING_POOL, tasks=tasks)
+        if run.pool is not None and _value(pool.state) == "deleting":
+            return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=f"pool {run.pool_id} is being deleted")
         error = self._resize_error(pool, sub)
         if error:
             return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=error)
         nodes = list(self.client.list_nodes(run.pool_id, select=["id", "state", "errors"]))
         unusable = [n for n in nodes if _value(n.state) in ("unusable", "starttaskfailed")]
+        if run.pool is not None:
+            return self._named_pool_status(run, tasks, pool, nodes)
         if unusable:
             errs = unusable[0].errors or []
             why = f"{errs[0].code}: {errs[0].message}" if errs else unusable[0].state
@@ -326,9 +406,51 @@ class AzureBackend(Backend):
             return BackendStatus(phase=Phase.NODE_STARTING, tasks=tasks, detail=f"{len(nodes)} of {want} booting")
         return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"{ready} of {want} nodes ready")
 
-    def _task_statuses(self, run_id: str, sub: TaskSubmission) -> tuple[dict[str, TaskStatus], bool]:
-        """The tasks' statuses, and whether any is preparing (downloading resources, pulling its image)."""
-        preparing = False
+    def _named_pool_status(
+        self, run: _AzureRun, tasks: dict[str, TaskStatus], pool: Any, nodes: list[Any]
+    ) -> BackendStatus:
+        """Where a run waiting on a named pool is: a node of the pool free for it, or the pool growing."""
+        name, named = run.pool_id, run.pool
+        assert named is not None
+        want = nodes_for(len(tasks), named.slots_per_node, named.max_nodes or len(tasks))
+        ready = sum(1 for n in nodes if _value(n.state) in ("idle", "running"))
+        usable = [n for n in nodes if _value(n.state) not in ("unusable", "starttaskfailed", "leavingpool")]
+        if nodes and not usable:
+            errs = nodes[0].errors or []
+            why = f"{errs[0].code}: {errs[0].message}" if errs else _value(nodes[0].state)
+            return BackendStatus(
+                phase=Phase.FAILED,
+                tasks=tasks,
+                error=f"no node of pool {name} can start ({why}); check the pool's image and registry settings",
+            )
+        if ready:
+            return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"{ready} nodes of pool {name} ready")
+        if usable:
+            return BackendStatus(
+                phase=Phase.NODE_STARTING, tasks=tasks, detail=f"{len(usable)} of {want} nodes of pool {name} booting"
+            )
+        target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
+        if target:
+            return BackendStatus(
+                phase=Phase.ALLOCATING, tasks=tasks, detail=f"pool {name} growing to {target} {named.vm_size}"
+            )
+        return BackendStatus(
+            phase=Phase.ALLOCATING,
+            tasks=tasks,
+            detail=f"waiting for pool {name} to grow: its formula runs every {_minutes(named.evaluation_interval)}",
+        )
+
+    def _scale_note(self, run: _AzureRun) -> str:
+        """For a run on a named pool: about when the pool is back at zero nodes if no other task comes."""
+        named = run.pool
+        if named is None or not named.idle:
+            return ""
+        at = scale_to_zero_at(datetime.now().astimezone(), named.idle, named.evaluation_interval)
+        return f"pool {named.name} stays warm; scales to zero at about {at:%H:%M} if no task comes"
+
+    def _task_statuses(self, run_id: str, sub: TaskSubmission) -> tuple[dict[str, TaskStatus], list[str]]:
+        """The tasks' statuses, and the nodes of those preparing (downloading resources, maybe pulling the image)."""
+        preparing: list[str] = []
         select = ["id", "state", "executionInfo", "nodeInfo"]
         if len(sub.task_ids) == 1:
             found = [self._call(lambda: self.client.get_task(run_id, sub.task_ids[0], select=select), "read the task")]
@@ -339,10 +461,10 @@ class AzureBackend(Backend):
             status = statuses.setdefault(task.id, TaskStatus(task.id))
             state = _value(task.state)
             status.state = {"active": "pending", "preparing": "pending"}.get(state, state)
-            if state == "preparing":
-                preparing = True
             if task.node_info is not None:
                 status.node = task.node_info.node_id or ""
+            if state == "preparing":
+                preparing.append(status.node)
             info = task.execution_info
             if info is not None:
                 status.started = info.start_time.timestamp() if info.start_time else None
@@ -383,12 +505,13 @@ class AzureBackend(Backend):
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
-            job = self.client.get_job(run_id, select=["id", "state", "executionInfo"])
+            job = self.client.get_job(run_id, select=["id", "state", "executionInfo", "poolInfo"])
         except ResourceNotFoundError:
             return []
         if _value(job.state) in ("completed", "deleting"):
             return []
         pool_id = job.execution_info.pool_id if job.execution_info else ""
+        named = job.pool_info.pool_id if job.pool_info is not None else ""
         try:
             # azure-batch 15.1 raises ValueError when the options are empty: give a reason.
             options: Any = {"terminateReason": "batchmagic teardown"}
@@ -396,6 +519,8 @@ class AzureBackend(Backend):
         except HttpResponseError as err:
             if _code(err) not in ("JobCompleted", "JobBeingTerminated", "JobNotFound"):
                 raise RunFailed(f"could not terminate job {run_id}: {_message(err)}") from err
+        if named:
+            return [f"Azure Batch job {run_id} (its pool {named} stays: a named pool)"]
         return [f"Azure Batch job {run_id}" + (f" and its auto pool {pool_id}" if pool_id else "")]
 
     def task_log_hint(self, run_id: str, task_id: str) -> str:
@@ -435,6 +560,137 @@ class AzureBackend(Backend):
             if count:
                 removed.append(f"{count} blobs of run data in container {self.settings.container} and its runs'")
         return removed
+
+    # --- named pools ---
+
+    def create_pool(self, request: PoolRequest, *, client_id: str = "") -> Pool:
+        """Create the named pool ``request`` describes, at zero nodes, with its autoscale formula.
+
+        It prefetches the configured training image (``AzBatch.image``), if any, and knows the
+        registry's credentials, if any. ConfigError, before anything is created, for a size, image or name
+        that cannot work; after, for a pool that already exists.
+        """
+        from azure.batch import models as m
+
+        vm_cores(request.vm_size)
+        node = self.node_image(request.vm_size)
+        image = self.settings.image
+        values = {
+            META_CREATED_BY: CREATED_BY,
+            META_KIND: "named",
+            META_CREATOR: self.settings.user or "unknown",
+            META_CLIENT: client_id,
+            META_IDLE: str(int(request.idle)),
+            META_MAX_NODES: str(request.max_nodes),
+            META_IMAGE: image,
+        }
+        body = m.BatchPoolCreateOptions(
+            id=request.name,
+            vm_size=request.vm_size,
+            virtual_machine_configuration=_vm_configuration(node, [image] if image else [], self.settings),
+            task_slots_per_node=request.slots_per_node,
+            # Spread: a sweep's tasks go to different nodes first, so it uses the pool's width.
+            task_scheduling_policy=m.BatchTaskSchedulingPolicy(node_fill_type=m.BatchNodeFillType.SPREAD),
+            enable_auto_scale=True,
+            auto_scale_formula=autoscale_formula(request, floor=0, mark=datetime.now(UTC)),
+            auto_scale_evaluation_interval=timedelta(seconds=EVALUATION_INTERVAL),
+            metadata=[m.BatchMetadataItem(name=k, value=v) for k, v in values.items() if v],
+        )
+        self._pool_call(lambda: self.client.create_pool(body), request.name, "create")
+        return self.get_pool(request.name)
+
+    def get_pool(self, name: str) -> Pool:
+        """The named pool ``name``: its size, nodes by state, limits. ConfigError when there is none."""
+        self.check_access()
+        pool = self._pool_call(lambda: self.client.get_pool(name, select=_POOL_SELECT), name, "read")
+        nodes: dict[str, int] = {}
+        for node in self._pool_call(lambda: list(self.client.list_nodes(name, select=["id", "state"])), name, "read"):
+            state = _value(node.state)
+            nodes[state] = nodes.get(state, 0) + 1
+        return _describe_pool(pool, nodes)
+
+    def list_pools(self) -> list[Pool]:
+        """batchmagic's named pools in the account, with their nodes by state: two calls."""
+        self.check_access()
+        pools = self._call(lambda: list(self.client.list_pools(select=_POOL_SELECT)), "list the pools")
+        counts = {c.pool_id: c for c in self._call(lambda: list(self.client.list_pool_node_counts()), "count nodes")}
+        return [_describe_pool(p, _node_states(counts.get(p.id))) for p in pools if _named(p.metadata)]
+
+    def resize_pool(self, name: str, nodes: int) -> Pool:
+        """Bring the pool to ``nodes`` now and hold them for its idle period (tasks may grow it further);
+        0 lets its nodes go once their tasks are done. The autoscale formula stays in charge."""
+        pool = self.get_pool(name)
+        if not pool.batchmagic:
+            raise ConfigError(f"pool {name} was not created by batchmagic: resize it with az batch pool resize")
+        if pool.max_nodes is not None and nodes > pool.max_nodes:
+            raise ConfigError(
+                f"pool {name} grows to at most {pool.max_nodes} nodes (--max-nodes): resize to {pool.max_nodes} or "
+                "fewer, or delete and create it with a larger --max-nodes"
+            )
+        self._set_floor(pool, nodes)
+        return self.get_pool(name)
+
+    def delete_pool(self, name: str) -> str:
+        """Delete a batchmagic named pool (its nodes go at once); one line saying what was removed."""
+        pool = self.get_pool(name)
+        if not pool.batchmagic:
+            raise ConfigError(f"pool {name} was not created by batchmagic: delete it with az batch pool delete")
+        if pool.state == "deleting":
+            return f"Azure Batch pool {name} (already being deleted)"
+        self._pool_call(lambda: self.client.begin_delete_pool(name, polling_interval=1), name, "delete")
+        count = pool.current_nodes
+        return f"Azure Batch pool {name} (with {count} node{'' if count == 1 else 's'} of {pool.vm_size})"
+
+    def _grow_for(self, pool: Pool, tasks: int) -> None:
+        """Have the pool grow now for ``tasks`` new tasks rather than at its next evaluation (up to 5 minutes
+        away, and blind to tasks its metrics have not sampled yet): a floor that holds for its idle period."""
+        need = nodes_for(tasks, pool.slots_per_node, pool.max_nodes or 1)
+        if not pool.batchmagic or pool.target_nodes >= need:
+            return
+        try:
+            self._set_floor(pool, need)
+        except (ConfigError, RunFailed):
+            # Batch takes enableautoscale at most every 30 s per pool: the formula grows it a little later.
+            log.info("could not hurry pool %s; its formula grows it at its next evaluation", pool.name, exc_info=True)
+
+    def _set_floor(self, pool: Pool, nodes: int) -> None:
+        from azure.batch import models as m
+
+        request = PoolRequest(
+            pool.name,
+            pool.vm_size,
+            max_nodes=pool.max_nodes or max(1, nodes),
+            low_priority=pool.low_priority_nodes,
+            idle=pool.idle or DEFAULT_IDLE,
+            slots_per_node=pool.slots_per_node,
+        )
+        # Setting the formula again evaluates it at once: the pool starts growing (or shrinking) now.
+        options = m.BatchPoolEnableAutoScaleOptions(
+            auto_scale_formula=autoscale_formula(request, floor=nodes, mark=datetime.now(UTC)),
+            auto_scale_evaluation_interval=timedelta(seconds=pool.evaluation_interval),
+        )
+        self._pool_call(lambda: self.client.enable_pool_auto_scale(pool.name, options), pool.name, "resize")
+
+    def _pool_call(self, fn: Callable[[], T], name: str, verb: str) -> T:
+        """A call on a named pool, its errors in the pool's terms."""
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            return fn()
+        except HttpResponseError as err:
+            code = _code(err)
+            if code == "PoolNotFound" or getattr(err, "status_code", None) == 404:
+                raise ConfigError(
+                    f"there is no pool {name}: create it with %azbatch_pool create {name} --vm SIZE "
+                    "(batchmagic pool create in a terminal); %azbatch_pool ls lists them"
+                ) from err
+            if code == "PoolExists":
+                raise ConfigError(f"pool {name} already exists: %azbatch_pool ls shows it; pick another name") from err
+            if code == "PoolBeingDeleted":
+                raise ConfigError(f"pool {name} is being deleted: wait a minute, or pick another name") from err
+            failure = err
+            self._call(lambda: _reraise(failure), f"{verb} pool {name}")  # translated as any other call's error
+            raise
 
     # --- helpers ---
 
@@ -484,6 +740,121 @@ def _message(err: Any) -> str:
     error = getattr(err, "error", None)
     text = getattr(error, "message", None) or str(err)
     return str(text).split("\n")[0]
+
+
+def _minutes(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+def _reraise(err: BaseException) -> NoReturn:
+    raise err
+
+
+def _supported_image(image: Any) -> SupportedImage:
+    """The SDK's BatchSupportedImage as :class:`~batchmagic.nodeimages.SupportedImage`."""
+    ref = image.image_reference
+    return SupportedImage(
+        publisher=ref.publisher or "",
+        offer=ref.offer or "",
+        sku=ref.sku or "",
+        version=ref.version or "latest",
+        node_agent_sku=image.node_agent_sku_id or "",
+        os_type=_value(image.os_type) or "linux",
+        verified=_value(image.verification_type) != "unverified",
+        capabilities=tuple(image.capabilities or ()),
+        end_of_life=image.batch_support_end_of_life,
+    )
+
+
+def _vm_configuration(node: NodeImage, images: list[str], settings: Settings) -> Any:
+    """A pool's VM configuration: the node image, Docker, ``images`` prefetched, the registry's credentials."""
+    from azure.batch import models as m
+
+    registries = _registries(images[0], settings) if images else []
+    if not registries and settings.registry:
+        registries = _registries(settings.registry.rstrip("/") + "/x", settings)
+    return m.VirtualMachineConfiguration(
+        image_reference=m.BatchVmImageReference(
+            publisher=node.publisher, offer=node.offer, sku=node.sku, version=node.version
+        ),
+        node_agent_sku_id=node.node_agent_sku,
+        container_configuration=m.BatchContainerConfiguration(
+            type=m.ContainerType.DOCKER_COMPATIBLE,
+            container_image_names=images or None,
+            container_registries=registries or None,
+        ),
+    )
+
+
+def _registry_host(image: str) -> str:
+    return image.split("/")[0] if "/" in image else ""
+
+
+def _named(metadata: Any) -> bool:
+    """A batchmagic named pool (not a run's auto pool, not someone else's pool)."""
+    items = {item.name: item.value for item in metadata or []}
+    return items.get(META_CREATED_BY) == CREATED_BY and items.get(META_KIND) == "named"
+
+
+def _node_states(counts: Any) -> dict[str, int]:
+    """A pool's BatchPoolNodeCounts as node state -> count, dedicated and low-priority together."""
+    states: dict[str, int] = {}
+    if counts is None:
+        return states
+    for kind in (counts.dedicated, counts.low_priority):
+        if kind is None:
+            continue
+        for state, attr in (
+            ("creating", "creating"), ("starting", "starting"), ("waitingforstarttask", "waiting_for_start_task"),
+            ("idle", "idle"), ("running", "running"), ("leavingpool", "leaving_pool"), ("unusable", "unusable"),
+            ("starttaskfailed", "start_task_failed"), ("preempted", "preempted"), ("offline", "offline"),
+            ("rebooting", "rebooting"), ("reimaging", "reimaging"), ("unknown", "unknown"),
+        ):  # fmt: skip
+            n = getattr(kind, attr, 0) or 0
+            if n:
+                states[state] = states.get(state, 0) + n
+    return states
+
+
+def _describe_pool(pool: Any, nodes: dict[str, int]) -> Pool:
+    """The SDK's BatchPool (selected with _POOL_SELECT) as a :class:`~batchmagic.poolspec.Pool`."""
+    meta = {item.name: item.value for item in pool.metadata or []}
+    params = formula_parameters(pool.auto_scale_formula)
+    vmc = pool.virtual_machine_configuration
+    containers = vmc.container_configuration if vmc is not None else None
+    ref = vmc.image_reference if vmc is not None else None
+    errors = pool.resize_errors or []
+    interval = pool.auto_scale_evaluation_interval
+
+    def number(text: str | None) -> int | None:
+        return int(text) if text and text.isdigit() else None
+
+    return Pool(
+        name=pool.id,
+        vm_size=pool.vm_size or "",
+        state=_value(pool.state) or "active",
+        allocation_state=_value(pool.allocation_state) or "steady",
+        dedicated=pool.current_dedicated_nodes or 0,
+        low_priority=pool.current_low_priority_nodes or 0,
+        target_dedicated=pool.target_dedicated_nodes or 0,
+        target_low_priority=pool.target_low_priority_nodes or 0,
+        nodes=nodes,
+        max_nodes=number(meta.get(META_MAX_NODES)) or number(params.get("max-nodes")),
+        idle=float(number(meta.get(META_IDLE)) or number(params.get("idle")) or 0) or None,
+        slots_per_node=pool.task_slots_per_node or 1,
+        low_priority_nodes=params.get("low-priority") == "1",
+        image=(containers.container_image_names or [""])[0] if containers is not None else "",
+        registry=next((r.registry_server or "" for r in (containers.container_registries or [])), "")
+        if containers is not None
+        else "",
+        node_image=f"{ref.publisher}:{ref.offer}:{ref.sku}:{ref.version}" if ref is not None and ref.offer else "",
+        creator=meta.get(META_CREATOR, ""),
+        client_id=meta.get(META_CLIENT, ""),
+        created=pool.creation_time,
+        evaluation_interval=interval.total_seconds() if interval else EVALUATION_INTERVAL,
+        batchmagic=_named(pool.metadata),
+        resize_error=f"{errors[0].code}: {(errors[0].message or '').splitlines()[0]}" if errors else "",
+    )
 
 
 def _registries(image: str, settings: Settings) -> list[Any]:

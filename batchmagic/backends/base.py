@@ -36,6 +36,7 @@ class TaskSubmission:
     retries: int = 0
     ledger_id: str = ""
     sas_expiry: datetime | None = None  # when the run's SAS URLs expire (its timeout + a grace hour)
+    pool: str = ""  # a named pool to run on; empty: the backend makes the run its own pool
 
 
 @dataclass
@@ -61,6 +62,7 @@ class BackendStatus:
     tasks: dict[str, TaskStatus]
     detail: str = ""
     error: str = ""
+    note: str = ""  # what the run leaves behind, for the panel once it is done (a warm pool's scale-down)
 
     @property
     def finished(self) -> bool:

@@ -32,19 +32,27 @@ def _image(
     return entry
 
 
+#: Batch support of the batch.node.ubuntu 22.04 agent ends on 2027-06-30 (Azure/Batch#200, which names
+#: microsoft-dsvm:ubuntu-hpc:2404 as the way on for container workloads).
+_UBUNTU_2204_END = "2027-06-30T00:00:00Z"
+
 SUPPORTED_IMAGES: list[dict[str, Any]] = [
     _image(
         "microsoft-dsvm", "ubuntu-hpc", "2204", "batch.node.ubuntu 22.04",
-        caps=["DockerCompatible", "NvidiaTeslaDriverInstalled", "SupportsRDMAOnly"],
+        caps=["DockerCompatible", "NvidiaTeslaDriverInstalled", "SupportsRDMAOnly"], eol=_UBUNTU_2204_END,
+    ),
+    _image(
+        "microsoft-dsvm", "ubuntu-hpc", "2404", "batch.node.ubuntu 24.04",
+        caps=["DockerCompatible", "NvidiaTeslaDriverInstalled", "SupportsRDMAOnly", "Generation2VMImage"],
     ),
     _image(
         "microsoft-azure-batch", "ubuntu-server-container", "20-04-lts", "batch.node.ubuntu 20.04",
         caps=["DockerCompatible", "NvidiaTeslaDriverInstalled"], eol="2025-04-30T00:00:00Z",
     ),
-    _image("canonical", "0001-com-ubuntu-server-jammy", "22_04-lts", "batch.node.ubuntu 22.04"),
+    _image("canonical", "0001-com-ubuntu-server-jammy", "22_04-lts", "batch.node.ubuntu 22.04", eol=_UBUNTU_2204_END),
     _image(
         "microsoft-dsvm", "ubuntu-hpc", "2204-gen2", "batch.node.ubuntu 22.04",
-        caps=["DockerCompatible", "NvidiaTeslaDriverInstalled", "Generation2VMImage"],
+        caps=["DockerCompatible", "NvidiaTeslaDriverInstalled", "Generation2VMImage"], eol=_UBUNTU_2204_END,
     ),
     _image("canonical", "ubuntu-24_04-lts", "server", "batch.node.ubuntu 24.04"),
     _image(
