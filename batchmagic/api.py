@@ -183,7 +183,7 @@ class Session:
             for flag, given in (
                 ("--nodes", options.nodes != 1),
                 ("--low-priority", options.low_priority),
-                ("--slots-per-node", options.slots_per_node != 1),
+                ("--slots-per-node", options.slots_per_node is not None),
             ):
                 if given:
                     raise ConfigError(f"{flag} does not apply to a run on a named pool: {clear})")
