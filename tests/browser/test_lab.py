@@ -63,12 +63,12 @@ for i in range(8):
     time.sleep(0.5)
 bg_value = 7"""
 FOREGROUND = """import time
-for i in range(8):
+for i in range(16):
     print("fg", i, flush=True)
     time.sleep(0.5)"""
 SWEEP = """%%azbatch --sweep i=0,1,2,3,4,5 --slots-per-node 2 --name grid
 import time
-for k in range(6):
+for k in range(6 if i < 4 else 12):  # the last two run long: task 3's failure is seen while they run
     print("task", i, "step", k, flush=True)
     time.sleep(0.5)
 if i == 3:
