@@ -44,7 +44,7 @@ class Clock:
             raise ValueError(f"time scale must be positive, not {scale!r}")
         self.scale = float(scale)
         self._real0 = time.monotonic()
-        real_now = time.time()
+        self._wall0 = real_now = time.time()
         self._emulated0 = real_now if origin is None else max(float(origin), real_now)
 
     def __repr__(self) -> str:
@@ -53,6 +53,10 @@ class Clock:
     def now(self) -> float:
         """The emulated time, in epoch seconds (what ``time.time()`` would say on the emulated service)."""
         return self._emulated0 + (time.monotonic() - self._real0) * self.scale
+
+    def from_real(self, timestamp: float) -> float:
+        """The emulated time of a real epoch ``timestamp`` (a file's mtime, say), on this clock's scale."""
+        return self._emulated0 + (timestamp - self._wall0) * self.scale
 
     def real(self, seconds: float) -> float:
         """Real seconds that ``seconds`` of emulated time take."""

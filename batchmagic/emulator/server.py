@@ -861,8 +861,8 @@ class Emulator:
                         "url": url,
                         "isDirectory": False,
                         "properties": {
-                            "creationTime": iso(st.st_ctime),
-                            "lastModified": iso(st.st_mtime),
+                            "creationTime": iso(self.state.clock.from_real(st.st_ctime)),
+                            "lastModified": iso(self.state.clock.from_real(st.st_mtime)),
                             "contentLength": str(st.st_size),
                             "contentType": _content_type(path),
                             "fileMode": format(st.st_mode, "o"),
@@ -877,8 +877,8 @@ class Emulator:
             raise not_found("FileNotFound")
         st = target.stat()
         headers = {
-            "Last-Modified": rfc1123(st.st_mtime),
-            "ocp-creation-time": rfc1123(st.st_ctime),
+            "Last-Modified": rfc1123(self.state.clock.from_real(st.st_mtime)),
+            "ocp-creation-time": rfc1123(self.state.clock.from_real(st.st_ctime)),
             "ocp-batch-file-isdirectory": "True" if target.is_dir() else "False",
             "ocp-batch-file-url": quote(f"{base_url}/files/{quote(rel)}", safe=""),
             "ocp-batch-file-mode": format(st.st_mode, "o"),

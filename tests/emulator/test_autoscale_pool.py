@@ -69,6 +69,12 @@ def test_scale_to_pending_grows_with_queued_tasks_and_shrinks_to_zero_when_idle(
     tasks = list(client.list_tasks("queued"))
     assert {t.execution_info.result for t in tasks} == {m.BatchTaskExecutionResult.SUCCESS}
     assert all(t.execution_info.requeue_count == 0 for t in tasks)
+    # Timestamps come from the scaled clock: a 2-second task took about 10 emulated minutes, and its
+    # files' times are on the same clock.
+    first = tasks[0].execution_info
+    assert 400 < (first.end_time - first.start_time).total_seconds() < 3000
+    stdout = next(f for f in client.list_task_files("queued", "t0") if f.name == "stdout.txt")
+    assert abs((stdout.properties.last_modified - first.start_time).total_seconds()) < 200
 
 
 def test_evaluate_enable_disable_and_errors(client: Any) -> None:

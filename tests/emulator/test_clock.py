@@ -20,6 +20,13 @@ def test_scaled_clock_runs_faster_from_now() -> None:
     assert clock.emulated(2.0) == 200.0
 
 
+def test_real_timestamps_map_onto_the_scaled_clock() -> None:
+    clock = Clock(scale=10)
+    now = time.time()
+    assert abs(clock.from_real(now) - clock.now()) < 1.0
+    assert abs(clock.from_real(now + 1) - clock.from_real(now) - 10) < 1e-6
+
+
 def test_sleep_and_wait_take_emulated_seconds() -> None:
     clock = Clock(scale=50)
     t0 = time.monotonic()
