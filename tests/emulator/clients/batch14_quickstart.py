@@ -28,7 +28,7 @@ STORAGE_ACCOUNT_KEY = os.environ["STORAGE_ACCOUNT_KEY"]
 POOL_ID = "PythonQuickstartPool"
 JOB_ID = "PythonQuickstartJob"
 POOL_NODE_COUNT = 2
-POOL_VM_SIZE = "STANDARD_A1_V2"
+POOL_VM_SIZE = "STANDARD_DS1_V2"
 STANDARD_OUT_FILE_NAME = "stdout.txt"
 
 
