@@ -107,7 +107,7 @@ def test_reboot_requeues_running_tasks_and_reruns_the_start_task(client: Any) ->
     _pool(client, "rb", start_task=m.BatchStartTask(command_line="true", wait_for_success=True))
     first = wait_for(lambda: _node_in(client, "rb", "idle"), 10)
     _job(client, "rb-job", "rb")
-    _task(client, "rb-job", "long", "sleep 2")
+    _task(client, "rb-job", "long", "sleep 4")
     wait_for(lambda: client.get_task("rb-job", "long").state == m.BatchTaskState.RUNNING, 10)
     client.begin_reboot_node("rb", first.id, REQUEUE, polling_interval=0).result()
     task = client.get_task("rb-job", "long")
@@ -115,7 +115,7 @@ def test_reboot_requeues_running_tasks_and_reruns_the_start_task(client: Any) ->
     node = wait_for(lambda: _node_in(client, "rb", "idle", "running"), 10)
     assert node.id == first.id and node.last_boot_time > first.last_boot_time
     assert node.start_task_info.start_time > first.start_task_info.start_time
-    done = wait_for(lambda: (t := client.get_task("rb-job", "long")).state == m.BatchTaskState.COMPLETED and t, 15)
+    done = wait_for(lambda: (t := client.get_task("rb-job", "long")).state == m.BatchTaskState.COMPLETED and t, 30)
     assert done.execution_info.result == m.BatchTaskExecutionResult.SUCCESS
     with pytest.raises(ResourceNotFoundError):
         client.begin_reboot_node("rb", "tvmps_nope", REQUEUE, polling_interval=0).result()
@@ -186,7 +186,7 @@ def test_multi_instance_task_runs_on_several_nodes(client: Any) -> None:
         '/bin/sh -c "echo $AZ_BATCH_IS_CURRENT_NODE_MASTER $AZ_BATCH_HOST_LIST > $AZ_BATCH_TASK_SHARED_DIR/coord.txt"'
     )
     primary = (
-        '/bin/sh -c "sleep 1; echo $AZ_BATCH_MASTER_NODE $AZ_BATCH_IS_CURRENT_NODE_MASTER; '
+        '/bin/sh -c "sleep 3; echo $AZ_BATCH_MASTER_NODE $AZ_BATCH_IS_CURRENT_NODE_MASTER; '
         'cat $AZ_BATCH_TASK_SHARED_DIR/coord.txt"'
     )
     client.create_task(

@@ -39,7 +39,7 @@ def test_restart_keeps_the_account_and_requeues_running_tasks(tmp_path: Path) ->
         node_id = _pool_and_job(client, start_task=True)
         client.create_task("job", m.BatchTaskCreateOptions(id="quick", command_line="echo kept output"))
         wait_for(lambda: client.get_task("job", "quick").state == m.BatchTaskState.COMPLETED, 10)
-        client.create_task("job", m.BatchTaskCreateOptions(id="long", command_line="sleep 1; echo second run"))
+        client.create_task("job", m.BatchTaskCreateOptions(id="long", command_line="sleep 5; echo second run"))
         wait_for(lambda: client.get_task("job", "long").state == m.BatchTaskState.RUNNING, 10)
         client.create_pool(
             m.BatchPoolCreateOptions(
@@ -72,7 +72,7 @@ def test_restart_keeps_the_account_and_requeues_running_tasks(tmp_path: Path) ->
         quick = client.get_task("job", "quick")
         assert quick.execution_info.result == m.BatchTaskExecutionResult.SUCCESS
         assert b"".join(client.download_task_file("job", "quick", "stdout.txt")) == b"kept output\n"
-        long = wait_for(lambda: (t := client.get_task("job", "long")).state == m.BatchTaskState.COMPLETED and t, 15)
+        long = wait_for(lambda: (t := client.get_task("job", "long")).state == m.BatchTaskState.COMPLETED and t, 30)
         assert long.execution_info.requeue_count == 1 and long.execution_info.exit_code == 0
         assert b"".join(client.download_task_file("job", "long", "stdout.txt")) == b"second run\n"
 
@@ -82,7 +82,7 @@ def test_a_task_that_outlives_a_crashed_emulator_is_readopted(tmp_path: Path) ->
     with start_emulator(tmp_path / "first", state_dir=state) as emu:
         client = emu.client()
         _pool_and_job(client)
-        client.create_task("job", m.BatchTaskCreateOptions(id="survivor", command_line="sleep 2; echo done; exit 4"))
+        client.create_task("job", m.BatchTaskCreateOptions(id="survivor", command_line="sleep 6; echo done; exit 4"))
         wait_for(lambda: client.get_task("job", "survivor").state == m.BatchTaskState.RUNNING, 10)
         saved = state / "state.json"
         wait_for(lambda: saved.exists() and '"pid"' in saved.read_text(), 5)  # the saver has seen it run
