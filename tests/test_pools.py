@@ -320,8 +320,22 @@ def test_pool_grows_with_pending_tasks_and_goes_to_zero_when_idle(azure_env, she
     assert pools.get_pool("auto", session=magics.session, settings=magics.settings()).current_nodes == 0
 
 
-def test_pool_command_line(azure_env, capsys):
+def test_teardown_all_removes_named_pools_too(azure_env, shell, capsys):
+    from batchmagic import pools
+
+    magics = shell.magics_manager.registry["AzBatch"]
+    pools.create_pool("left", vm_size="Standard_D2s_v3", session=Session(), settings=magics.settings())
+    shell.run_line_magic("azbatch_teardown", "")
+    assert "kept pool" not in capsys.readouterr().out  # this kernel never used Azure: it lists nothing
+    shell.run_line_magic("azbatch_teardown", "--all")
+    assert "removed Azure Batch pool left" in capsys.readouterr().out
+    wait_for(lambda: not list(azure_env.client().list_pools()), timeout=30)
+
+
+def test_pool_command_line(azure_env, capsys, monkeypatch):
     from batchmagic.cli import main
+
+    monkeypatch.delenv("BATCHMAGIC_IMAGE")  # managing pools needs no training image
 
     assert main(["pool", "create", "cli", "--vm", "Standard_D2s_v3", "--max-nodes", "2", "--idle", "5m"]) == 0
     assert "created pool cli: standard_d2s_v3" in capsys.readouterr().out

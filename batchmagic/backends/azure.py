@@ -144,13 +144,6 @@ class AzureBackend(Backend):
             check_container_name(settings.container)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
-        if not settings.image and not settings.registry:
-            raise ConfigError(
-                "BATCHMAGIC_IMAGE is not set: export it to the training image to run "
-                "(e.g. myregistry.azurecr.io/batchmagic:env-...) or %config AzBatch.image = '...', "
-                "or set BATCHMAGIC_REGISTRY to have the image built for the cell"
-            )
         return cls(_batch_client(settings), _blob_store(settings), settings)
 
     # --- the protocol ---
@@ -195,6 +188,14 @@ class AzureBackend(Backend):
 
         On a named pool the run takes the pool's VM size (``submission.vm_size`` is set to it).
         """
+        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
+        # (Checked here, not when the backend is made: managing named pools needs no image.)
+        if not self.settings.image and not self.settings.registry:
+            raise ConfigError(
+                "BATCHMAGIC_IMAGE is not set: export it to the training image to run "
+                "(e.g. myregistry.azurecr.io/batchmagic:env-...) or %config AzBatch.image = '...', "
+                "or set BATCHMAGIC_REGISTRY to have the image built for the cell"
+            )
         if submission.pool:
             self.check_access()
             pool = self.get_pool(submission.pool)
@@ -424,7 +425,9 @@ class AzureBackend(Backend):
                 error=f"no node of pool {name} can start ({why}); check the pool's image and registry settings",
             )
         if ready:
-            return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"{ready} nodes of pool {name} ready")
+            idle = sum(1 for n in nodes if _value(n.state) == "idle")
+            busy = f", {ready - idle} busy with other tasks" if ready > idle else ""
+            return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"pool {name}: {idle} nodes idle{busy}")
         if usable:
             return BackendStatus(
                 phase=Phase.NODE_STARTING, tasks=tasks, detail=f"{len(usable)} of {want} nodes of pool {name} booting"
@@ -664,7 +667,8 @@ class AzureBackend(Backend):
             idle=pool.idle or DEFAULT_IDLE,
             slots_per_node=pool.slots_per_node,
         )
-        # Setting the formula again evaluates it at once: the pool starts growing (or shrinking) now.
+        # With an interval, Batch stops the pool's evaluation schedule and starts a new one now: the formula
+        # is evaluated at once and the pool starts growing (or shrinking) without waiting for its next turn.
         options = m.BatchPoolEnableAutoScaleOptions(
             auto_scale_formula=autoscale_formula(request, floor=nodes, mark=datetime.now(UTC)),
             auto_scale_evaluation_interval=timedelta(seconds=pool.evaluation_interval),
