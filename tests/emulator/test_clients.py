@@ -149,6 +149,30 @@ def test_azure_cli_batch_commands(emulator: RunningEmulator, tmp_path: Path) -> 
         "pool", "resize", "--pool-id", "clipool", "--target-dedicated-nodes", "0", ok=False
     )  # noqa: E501
 
+    # A pool whose start task must succeed, and fails: its node is startTaskFailed.
+    az("pool", "create", "--id", "clistart", "--vm-size", "Standard_D2s_v3", *image, "--target-dedicated-nodes", "1",
+       "--start-task-command-line", "/bin/sh -c 'echo starting; exit 2'", "--start-task-wait-for-success")  # fmt: skip
+    node = wait_for(
+        lambda: (n := az("node", "list", "--pool-id", "clistart")) and n[0]["state"] == "startTaskFailed" and n[0], 20
+    )  # noqa: E501
+    assert node["startTaskInfo"]["exitCode"] == 2 and node["startTaskInfo"]["result"] == "failure"
+    log = tmp_path / "start.txt"
+    az(
+        "node",
+        "file",
+        "download",
+        "--pool-id",
+        "clistart",
+        "--node-id",
+        node["id"],
+        "--file-path",
+        "startup/stdout.txt",
+        "--destination",
+        str(log),
+    )  # noqa: E501
+    assert log.read_text() == "starting\n"
+    az("pool", "delete", "--pool-id", "clistart", "--yes")
+
     az("job", "stop", "--job-id", "clijob")
     wait_for(lambda: az("job", "show", "--job-id", "clijob")["state"] == "completed", 20)
     az("job", "delete", "--job-id", "clijob", "--yes")
