@@ -10,7 +10,10 @@ chosen from the account's supported images (:mod:`batchmagic.nodeimages`). The r
 Storage (:class:`~batchmagic.storage.BlobStore`).
 
 A poll tick costs a fixed number of calls however long the run: the job, its pool, the pool's nodes
-(until a task has started) and the task, each with ``$select``.
+(until a task has started) and the task, each with ``$select``. A sweep's tick does not read its whole
+task list: it reads the job's task counts and only the tasks whose state changed since the last tick
+(``$filter`` on ``stateTransitionTime``), and the counts check what it holds (see :meth:`AzureBackend.poll`).
+While a task runs, the nodes the run holds (for its cost) are read every :data:`HOLDING_INTERVAL` seconds.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from batchmagic.backends.base import (
     Backend,
     BackendStatus,
+    Holding,
     Phase,
     TaskStatus,
     TaskSubmission,
@@ -72,6 +78,8 @@ _QUOTA_CODES = {
     "AccountSpotCoreQuotaReached",
 }
 T = TypeVar("T")
+HOLDING_INTERVAL = 30.0  # seconds between reads of the pool's node counts once a task runs (the cost)
+_TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo", "nodeInfo"]
 
 
 def vm_cores(vm_size: str) -> int:
@@ -104,6 +112,19 @@ class _AzureRun:
     released: bool = False
     pool: Pool | None = None  # the named pool it runs on (None: its own auto pool)
     prefetched: tuple[str, ...] = ()  # images its pool's nodes pull as they start
+    # What the client knows of the tasks, updated by what changed (a sweep's tick reads no more).
+    tasks: dict[str, TaskStatus] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)  # task id -> Batch's state (active, preparing...)
+    tally: Counter[str] = field(default_factory=Counter)  # Batch state -> tasks in it, per ``states``
+    watermark: datetime | None = None  # the latest stateTransitionTime read
+    synced: bool = False  # the whole list was read once
+    disagreements: int = 0  # consecutive ticks where the job's task counts disagreed with ``tally``
+    full_reads: int = 0  # whole-list reads (the first, and each resynchronization)
+    holding: Holding | None = None
+    holding_read: float = 0.0  # time.monotonic() of the last node-count read
+
+    def __post_init__(self) -> None:
+        self.tasks = {tid: TaskStatus(tid) for tid in self.submission.task_ids}
 
 
 class AzureBackend(Backend):
@@ -322,6 +343,14 @@ class AzureBackend(Backend):
             self._grow_for(run.pool, len(tasks))
 
     def poll(self, run_id: str) -> BackendStatus:
+        run = self._runs[run_id]
+        status = self._status(run_id)
+        status.completed = run.tally["completed"]
+        if status.holding is None:
+            status.holding = run.holding
+        return status
+
+    def _status(self, run_id: str) -> BackendStatus:
         from azure.core.exceptions import ResourceNotFoundError
 
         run = self._runs[run_id]
@@ -330,7 +359,10 @@ class AzureBackend(Backend):
         info = job.execution_info
         if not run.pool_id and info is not None and info.pool_id:
             run.pool_id = info.pool_id
-        tasks, preparing = self._task_statuses(run_id, sub)
+        preparing = self._task_statuses(run_id, run)
+        tasks = run.tasks
+        completed = run.tally["completed"]
+        done = completed >= len(tasks)
         if info is not None and info.scheduling_error is not None:
             err = info.scheduling_error
             return BackendStatus(
@@ -344,17 +376,18 @@ class AzureBackend(Backend):
                     tasks=tasks,
                     error=f"the run went past its --timeout of {format_duration(sub.timeout)} and Batch ended it",
                 )
-            if reason and reason != "AllTasksComplete" and not all(t.state == "completed" for t in tasks.values()):
+            if reason and reason != "AllTasksComplete" and not done:
                 return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=f"the job ended ({reason})")
         image = sub.image or self.settings.image
         for task in tasks.values():
             if task.node and task.state in ("running", "completed"):
                 self._warm.add((run.pool_id, task.node, image))  # the image is on that node now
-        if all(t.state == "completed" for t in tasks.values()):
-            return BackendStatus(phase=Phase.RUNNING, tasks=tasks, note=self._scale_note(run))
-        if any(t.state == "running" for t in tasks.values()) or run.started_task:
+        if done:
+            return BackendStatus(phase=Phase.RUNNING, tasks=tasks, note=self._scale_note(run), holding=run.holding)
+        if run.tally["running"] or run.started_task:
             run.started_task = True
-            return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
+            holding = self._holding(run)
+            return BackendStatus(phase=Phase.RUNNING, tasks=tasks, completed=completed, holding=holding)
         if preparing:
             # Preparing is resource files and, on a node that lacks the image, its pull: say "pulling image"
             # only for a node that really pulls (not one that prefetched it or already ran it for us).
@@ -363,11 +396,14 @@ class AzureBackend(Backend):
                 for node in preparing
                 if image not in run.prefetched and (run.pool_id, node, image) not in self._warm
             ]
+            holding = self._holding(run)
             if pulling:
-                return BackendStatus(phase=Phase.PULLING_IMAGE, tasks=tasks, detail=f"pulling {image} on the node")
-            return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail="starting on a node that has the image")
+                detail = f"pulling {image} on the node"
+                return BackendStatus(phase=Phase.PULLING_IMAGE, tasks=tasks, detail=detail, holding=holding)
+            detail = "starting on a node that has the image"
+            return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=detail, holding=holding)
         if not run.pool_id:
-            return BackendStatus(phase=Phase.CREATING_POOL, tasks=tasks)
+            return BackendStatus(phase=Phase.CREATING_POOL, tasks=tasks, holding=Holding(sub.vm_size))
         try:
             pool = self.client.get_pool(
                 run.pool_id,
@@ -381,13 +417,16 @@ class AzureBackend(Backend):
                 return BackendStatus(
                     phase=Phase.FAILED, tasks=tasks, error=f"pool {run.pool_id} was deleted while the run waited for it"
                 )
-            return BackendStatus(phase=Phase.CREATING_POOL, tasks=tasks)
+            return BackendStatus(phase=Phase.CREATING_POOL, tasks=tasks, holding=Holding(sub.vm_size))
         if run.pool is not None and _value(pool.state) == "deleting":
             return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=f"pool {run.pool_id} is being deleted")
         error = self._resize_error(pool, sub)
         if error:
             return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=error)
-        nodes = list(self.client.list_nodes(run.pool_id, select=["id", "state", "errors"]))
+        nodes = list(self.client.list_nodes(run.pool_id, select=["id", "state", "errors", "isDedicated"]))
+        run.holding = _holding_of_nodes(sub.vm_size, nodes)
+        run.holding_read = time.monotonic()
+        held = run.holding
         unusable = [n for n in nodes if _value(n.state) in ("unusable", "starttaskfailed")]
         if run.pool is not None:
             return self._named_pool_status(run, tasks, pool, nodes)
@@ -402,10 +441,12 @@ class AzureBackend(Backend):
         ready = sum(1 for n in nodes if _value(n.state) in ("idle", "running"))
         want = sub.nodes
         if ready == 0 and _value(pool.allocation_state) == "resizing" and not nodes:
-            return BackendStatus(phase=Phase.ALLOCATING, tasks=tasks, detail=f"{ready} of {want} {sub.vm_size} ready")
+            detail = f"{ready} of {want} {sub.vm_size} ready"
+            return BackendStatus(phase=Phase.ALLOCATING, tasks=tasks, detail=detail, holding=held)
         if ready == 0:
-            return BackendStatus(phase=Phase.NODE_STARTING, tasks=tasks, detail=f"{len(nodes)} of {want} booting")
-        return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"{ready} of {want} nodes ready")
+            detail = f"{len(nodes)} of {want} booting"
+            return BackendStatus(phase=Phase.NODE_STARTING, tasks=tasks, detail=detail, holding=held)
+        return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"{ready} of {want} nodes ready", holding=held)
 
     def _named_pool_status(
         self, run: _AzureRun, tasks: dict[str, TaskStatus], pool: Any, nodes: list[Any]
@@ -451,23 +492,76 @@ class AzureBackend(Backend):
         at = scale_to_zero_at(datetime.now().astimezone(), named.idle, named.evaluation_interval)
         return f"pool {named.name} stays warm; scales to zero at about {at:%H:%M} if no task comes"
 
-    def _task_statuses(self, run_id: str, sub: TaskSubmission) -> tuple[dict[str, TaskStatus], list[str]]:
-        """The tasks' statuses, and the nodes of those preparing (downloading resources, maybe pulling the image)."""
-        preparing: list[str] = []
-        select = ["id", "state", "executionInfo", "nodeInfo"]
+    def _task_statuses(self, run_id: str, run: _AzureRun) -> list[str]:
+        """Bring ``run.tasks`` up to date; return the nodes of the tasks preparing (resources, maybe the image).
+
+        One task: read it. A sweep: the job's task counts, then only the tasks whose state changed
+        since the latest ``stateTransitionTime`` read (the first tick reads the whole list). Should the
+        counts disagree with what the client holds on two ticks running (a change it missed), or say
+        every task is done while it holds otherwise, the whole list is read again: so the results table
+        is complete at the end, and a tick with nothing changed costs two calls however many tasks.
+        """
+        sub = run.submission
         if len(sub.task_ids) == 1:
-            found = [self._call(lambda: self.client.get_task(run_id, sub.task_ids[0], select=select), "read the task")]
+            task = self._call(
+                lambda: self.client.get_task(run_id, sub.task_ids[0], select=_TASK_SELECT), "read the task"
+            )
+            self._note_tasks(run, [task])
+            return self._preparing(run)
+        counts = self._call(lambda: self.client.get_job_task_counts(run_id), "count the tasks").task_counts
+        if not run.synced:
+            self._read_all_tasks(run_id, run)
         else:
-            found = list(self.client.list_tasks(run_id, select=select))
-        statuses = {tid: TaskStatus(tid) for tid in sub.task_ids}
+            since = run.watermark.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if run.watermark else ""
+            changed = f"stateTransitionTime gt datetime'{since}'" if since else None
+            self._note_tasks(run, self._list_tasks(run_id, changed))
+            tally = run.tally
+            agrees = (counts.active, counts.running, counts.completed) == (
+                tally["active"], tally["running"] + tally["preparing"], tally["completed"]
+            )  # fmt: skip
+            run.disagreements = 0 if agrees else run.disagreements + 1
+            if run.disagreements >= 2 or (counts.completed >= len(run.tasks) > tally["completed"]):
+                log.debug("run %s: task counts %s disagree with the client's; reading every task", run_id, counts)
+                self._read_all_tasks(run_id, run)
+        return self._preparing(run)
+
+    @staticmethod
+    def _preparing(run: _AzureRun) -> list[str]:
+        if not run.tally["preparing"]:
+            return []
+        return [run.tasks[tid].node for tid, state in run.states.items() if state == "preparing"]
+
+    def _read_all_tasks(self, run_id: str, run: _AzureRun) -> None:
+        self._note_tasks(run, self._list_tasks(run_id, None))
+        run.synced = True
+        run.disagreements = 0
+        run.full_reads += 1
+
+    def _list_tasks(self, run_id: str, filter_: str | None) -> list[Any]:
+        return self._call(
+            lambda: list(self.client.list_tasks(run_id, filter=filter_, select=_TASK_SELECT)), "list the tasks"
+        )
+
+    def _note_tasks(self, run: _AzureRun, found: Iterable[Any]) -> None:
+        """Fold tasks read from Batch into ``run``: statuses, state tally, watermark."""
+        sub = run.submission
         for task in found:
-            status = statuses.setdefault(task.id, TaskStatus(task.id))
+            status = run.tasks.get(task.id)
+            if status is None:
+                status = run.tasks[task.id] = TaskStatus(task.id)
             state = _value(task.state)
+            previous = run.states.get(task.id)
+            if previous != state:
+                if previous is not None:
+                    run.tally[previous] -= 1
+                run.tally[state] += 1
+                run.states[task.id] = state
+            stamp = task.state_transition_time
+            if stamp is not None and (run.watermark is None or stamp > run.watermark):
+                run.watermark = stamp
             status.state = {"active": "pending", "preparing": "pending"}.get(state, state)
             if task.node_info is not None:
                 status.node = task.node_info.node_id or ""
-            if state == "preparing":
-                preparing.append(status.node)
             info = task.execution_info
             if info is not None:
                 status.started = info.start_time.timestamp() if info.start_time else None
@@ -475,7 +569,27 @@ class AzureBackend(Backend):
                 status.exit_code = info.exit_code
                 if state == "completed":
                     status.failure = _task_failure(info, sub)
-        return statuses, preparing
+
+    def _holding(self, run: _AzureRun) -> Holding | None:
+        """The nodes of the run's pool, by state: read again every HOLDING_INTERVAL seconds (one call)."""
+        if not run.pool_id:
+            return run.holding
+        if run.holding is not None and time.monotonic() - run.holding_read < HOLDING_INTERVAL:
+            return run.holding
+        pool_filter = f"poolId eq '{run.pool_id}'"
+        try:
+            found = list(self.client.list_pool_node_counts(filter=pool_filter))
+        except Exception:  # the cost is an estimate: a failed read keeps the last one, never fails the run
+            log.debug("could not read the node counts of %s", run.pool_id, exc_info=True)
+            return run.holding
+        run.holding_read = time.monotonic()
+        entry = next((e for e in found if e.pool_id == run.pool_id), None)
+        run.holding = Holding(
+            run.submission.vm_size,
+            _node_states(entry.dedicated if entry is not None else None),
+            _node_states(entry.low_priority if entry is not None else None),
+        )
+        return run.holding
 
     def _resize_error(self, pool: Any, sub: TaskSubmission) -> str:
         errors = pool.resize_errors or []
@@ -724,6 +838,23 @@ def _task_failure(info: Any, sub: TaskSubmission) -> str:
     if info.exit_code is None and failure is not None:
         return f"{failure.code}: {str(failure.message).splitlines()[0]}"
     return exit_reason(info.exit_code)
+
+
+def _node_states(counts: Any) -> dict[str, int]:
+    """A BatchNodeCounts as node state -> count (the wire's names; ``total`` left out)."""
+    if counts is None:
+        return {}
+    data = counts.as_dict() if hasattr(counts, "as_dict") else dict(counts)
+    return {str(k): int(v) for k, v in data.items() if k != "total" and isinstance(v, int) and v}
+
+
+def _holding_of_nodes(vm_size: str, nodes: list[Any]) -> Holding:
+    dedicated: Counter[str] = Counter()
+    low: Counter[str] = Counter()
+    for node in nodes:
+        # A node that does not say is counted as dedicated: the dearer guess.
+        (low if node.is_dedicated is False else dedicated)[_value(node.state)] += 1
+    return Holding(vm_size, dict(dedicated), dict(low))
 
 
 def _value(enum_or_str: Any) -> str:

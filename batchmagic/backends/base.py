@@ -15,7 +15,16 @@ from datetime import datetime
 from batchmagic.state import Phase
 from batchmagic.storage import Store
 
-__all__ = ["Backend", "BackendStatus", "Phase", "TaskStatus", "TaskSubmission", "exit_reason", "format_duration"]
+__all__ = [
+    "Backend",
+    "BackendStatus",
+    "Holding",
+    "Phase",
+    "TaskStatus",
+    "TaskSubmission",
+    "exit_reason",
+    "format_duration",
+]
 
 
 @dataclass
@@ -50,6 +59,35 @@ class TaskStatus:
     failure: str = ""  # a one-line reason when the task ended without a result of its own
 
 
+@dataclass(frozen=True)
+class Holding:
+    """The nodes a run holds (its pool's), by state, dedicated and low-priority: what it costs."""
+
+    vm_size: str
+    dedicated: dict[str, int] = field(default_factory=dict)  # node state -> count
+    low_priority: dict[str, int] = field(default_factory=dict)
+
+    #: States of a node that is not billed: a preempted spot node, a deallocated one.
+    UNBILLED = frozenset({"preempted", "deallocated"})
+
+    @property
+    def billed(self) -> tuple[int, int]:
+        """(dedicated, low-priority) nodes that are billed now."""
+        return (
+            sum(n for s, n in self.dedicated.items() if s not in self.UNBILLED),
+            sum(n for s, n in self.low_priority.items() if s not in self.UNBILLED),
+        )
+
+    def by_state(self) -> dict[str, int]:
+        """Nodes per state, dedicated and low-priority together."""
+        out: dict[str, int] = {}
+        for counts in (self.dedicated, self.low_priority):
+            for state, n in counts.items():
+                if n:
+                    out[state] = out.get(state, 0) + n
+        return out
+
+
 @dataclass
 class BackendStatus:
     """One poll's answer.
@@ -63,10 +101,16 @@ class BackendStatus:
     detail: str = ""
     error: str = ""
     note: str = ""  # what the run leaves behind, for the panel once it is done (a warm pool's scale-down)
+    holding: Holding | None = None  # the nodes the run holds, where the backend knows (None: nothing to price)
+    completed: int | None = None  # tasks completed, when the backend counts them (else read from ``tasks``)
 
     @property
     def finished(self) -> bool:
-        return bool(self.error) or all(t.state == "completed" for t in self.tasks.values())
+        if self.error:
+            return True
+        if self.completed is not None:
+            return self.completed >= len(self.tasks)
+        return all(t.state == "completed" for t in self.tasks.values())
 
 
 class Backend(ABC):

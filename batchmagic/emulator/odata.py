@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from batchmagic.emulator.errors import ApiError
@@ -53,8 +54,30 @@ def _lookup(obj: Any, path: str) -> Any:
     return obj
 
 
+def _instant(text: str) -> datetime | None:
+    """An ISO 8601 time (any number of fraction digits, ``Z`` or an offset) as an aware datetime."""
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d)?)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?", text.strip())
+    if not match:
+        return None
+    fraction = (match.group(2) or "")[:6].ljust(6, "0")
+    zone = match.group(3) or "Z"
+    try:
+        stamp = datetime.fromisoformat(f"{match.group(1)}.{fraction}{'+00:00' if zone == 'Z' else zone}")
+    except ValueError:
+        return None
+    return stamp.astimezone(UTC)
+
+
+class _DateTime(str):
+    """A ``datetime'...'`` literal: compared with a property as a point in time, not as text."""
+
+
 def _compare(op: str, left: Any, right: Any) -> bool:
-    if isinstance(left, str) and isinstance(right, str):
+    if isinstance(left, _DateTime) or isinstance(right, _DateTime):
+        # The service compares times, whatever digits either side writes (2026-01-22T20:27:10.9495890Z).
+        left = _instant(left) if isinstance(left, str) else left
+        right = _instant(right) if isinstance(right, str) else right
+    elif isinstance(left, str) and isinstance(right, str):
         left, right = left.lower(), right.lower()
     if op == "eq":
         return bool(left == right)
@@ -125,7 +148,7 @@ class _Parser:
             value: Any = text[1:-1].replace("''", "'")
             return lambda o: value
         if kind == "dt":
-            value = text[len("datetime'") : -1]
+            value = _DateTime(text[len("datetime'") : -1])
             return lambda o: value
         if kind == "num":
             value = float(text) if "." in text else int(text)
