@@ -7,6 +7,7 @@ the cell's own stdout/stderr.
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Iterator
@@ -17,11 +18,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import publish_display_data
-from traitlets import Enum, Integer, TraitError, Unicode, default, validate
+from traitlets import Dict, Enum, Integer, TraitError, Unicode, Union, default, validate
 
 from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
-from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_env, parse_timeout
+from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_budget, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.options import RunOptions, check_identifier
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
@@ -91,6 +92,21 @@ class AzBatch(Magics):
     input_concurrency = Integer(
         DEFAULT_INPUT_CONCURRENCY, help="Parallel connections each task uses to download its --input data."
     ).tag(config=True)
+    budget = Unicode(
+        help="Default --budget: end a run once its estimated spend passes this amount, e.g. '5' "
+        "(in the prices' currency, USD unless AzBatch.prices says otherwise). Empty: no budget.",
+    ).tag(config=True)
+    prices = Union(
+        [Unicode(), Dict()],
+        default_value="",
+        help="Your own VM prices per hour (negotiated rates), over batchmagic's table: a JSON file's path, or a "
+        "dict like {'Standard_E32_v3': 1.5, 'westeurope': {'Standard_D2s_v3': {'dedicated': 0.09, 'spot': 0.02}}}. "
+        "Defaults to BATCHMAGIC_PRICES.",
+    ).tag(config=True)
+    region = Unicode(
+        help="The Batch account's region, for prices (e.g. westeurope). Defaults to BATCHMAGIC_REGION, else the "
+        "region in AZURE_BATCH_ENDPOINT's host name.",
+    ).tag(config=True)
     panel = Enum(
         PANEL_MODES,
         default_value="auto",
@@ -156,6 +172,14 @@ class AzBatch(Magics):
     def _default_node_image(self) -> str:
         return self._env.node_image
 
+    @default("prices")
+    def _default_prices(self) -> str:
+        return self._env.prices
+
+    @default("region")
+    def _default_region(self) -> str:
+        return self._env.region
+
     def settings(self) -> Settings:
         """The traits resolved into one Settings (secrets come from the environment, never traits)."""
         return self._env.with_overrides(
@@ -172,7 +196,11 @@ class AzBatch(Magics):
             registry=self.registry,
             base_image=self.base_image,
             input_concurrency=self.input_concurrency,
-        ).with_values(pool=self.pool, node_image=self.node_image)  # "" here means none, not "unchanged"
+            region=self.region,
+            prices=json.dumps(self.prices, sort_keys=True) if isinstance(self.prices, dict) else self.prices,
+        ).with_values(  # "" here means none, not "unchanged"
+            pool=self.pool, node_image=self.node_image, budget=parse_budget(self.budget)
+        )
 
     def backend_config(self) -> dict[str, str]:
         """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""
@@ -191,6 +219,14 @@ class AzBatch(Magics):
         if value not in BACKENDS:
             raise TraitError(f"AzBatch.backend must be one of {', '.join(BACKENDS)}, not {value!r}")
         return value
+
+    @validate("budget")
+    def _check_budget(self, proposal: Any) -> str:
+        try:
+            parse_budget(proposal["value"])
+        except ConfigError as err:
+            raise TraitError(str(err).replace("--budget", "AzBatch.budget")) from None
+        return str(proposal["value"])
 
     @validate("timeout")
     def _check_timeout(self, proposal: Any) -> str:
@@ -251,6 +287,12 @@ class AzBatch(Magics):
         action="append",
         metavar="GLOB",
         help="Files the cell writes to upload when it ends (also when it fails); run.download() fetches them.",
+    )
+    @argument(
+        "--budget",
+        metavar="AMOUNT",
+        help="End the run once its estimated spend passes AMOUNT, e.g. 5 (Azure; a named pool stays). "
+        "Default: AzBatch.budget.",
     )
     @argument("--image", help="Run in this prebuilt image, after the version guard. Default: AzBatch.image.")
     @argument("--requirements", metavar="FILE", help="A pip requirements file to add to the cell's image.")
@@ -391,6 +433,7 @@ class AzBatch(Magics):
             pip=tuple(args.pip or ()),
             first_line=2,  # the cell's first line is the one after %%azbatch: tracebacks count from it
             pool=args.pool,
+            budget=args.budget,
         )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:

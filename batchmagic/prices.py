@@ -67,7 +67,7 @@ def region_from_endpoint(endpoint: str) -> str:
 
 def format_money(amount: float, currency: str = "USD") -> str:
     """``$1.23`` (USD) or ``1.23 EUR``; small amounts keep enough digits to be read."""
-    digits = 2 if amount >= 1 or amount == 0 else 4 if amount < 0.01 else 3
+    digits = 2 if amount >= 0.1 or amount == 0 else 4 if amount < 0.01 else 3
     return f"${amount:,.{digits}f}" if currency == "USD" else f"{amount:,.{digits}f} {currency}"
 
 

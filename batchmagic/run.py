@@ -25,6 +25,7 @@ import cloudpickle
 
 from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSubmission
 from batchmagic.config import Settings
+from batchmagic.cost import CostMeter
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.ledger import Ledger
 from batchmagic.monitor import LogTail, Monitor
@@ -122,6 +123,7 @@ class Run:
         self._ledger: Ledger | None = None
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
+        self.meter: CostMeter | None = None  # what the run costs (Azure), and its --budget
 
     @classmethod
     def create(
@@ -147,6 +149,13 @@ class Run:
             namespace=namespace if isinstance(namespace, MutableMapping) else None,
         )
         run.source = source
+        if backend.name == "azure":
+            from batchmagic.prices import Prices
+
+            prices = Prices.for_settings(settings.home, settings.prices)
+            budget = options.budget if options.budget is not None else settings.budget
+            run.meter = CostMeter(prices, settings.batch_region, run.vm_size, budget=budget)
+            run.meter.check_budget(low_priority=options.low_priority)
         return run
 
     def submission(self, options: RunOptions) -> TaskSubmission:
@@ -225,6 +234,7 @@ class Run:
             task_ids=tuple(self.task_ids) if self.is_sweep else (),
             task_states=states if self.is_sweep else (),
             first_start=self._first_start(),
+            cost=self.meter.cost() if self.meter is not None else None,
         )
 
     def _first_start(self) -> float | None:
@@ -366,6 +376,12 @@ class Run:
                 return True
             self._poll_errors = 0
             self._last_status = status
+            if self.meter is not None:
+                self.meter.observe(status.holding, time.time())
+                if self.meter.over_budget and not status.finished:
+                    self.fail(RunFailed(self.meter.budget_line(self.name)))
+                    self.release()
+                    return True
             self._activity = bool(records) or status.phase != self.phase
             records = self._take_progress(records)
             if records:

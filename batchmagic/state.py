@@ -6,12 +6,13 @@ The monitor produces these, the panel and the image code read them; nothing here
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from batchmagic.protocol import LogRecord
 
-__all__ = ["Phase", "PhaseSpan", "RunState", "LogRecord"]
+__all__ = ["Phase", "PhaseSpan", "RunState", "LogRecord", "Cost"]
 
 
 class Phase(StrEnum):
@@ -48,6 +49,34 @@ class PhaseSpan:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """What a run costs, estimated from the nodes it holds and the prices in force.
+
+    ``per_hour`` and ``spent`` are ``None`` when a price is missing: unknown, never zero.
+    """
+
+    per_hour: float | None
+    spent: float | None
+    currency: str = "USD"
+    nodes: Mapping[str, int] = field(default_factory=dict)  # nodes the run holds, by state
+    budget: float | None = None
+    unknown_because: str = ""  # why the price is unknown, e.g. "no price for Standard_X in eastus"
+
+    def describe(self) -> str:
+        """``cost $2.02/h (1 running) · $0.13 so far of $5.00``, or ``cost unknown: ...``."""
+        from batchmagic.prices import format_money
+
+        if self.per_hour is None or self.spent is None:
+            return f"cost unknown: {self.unknown_because or 'no price'}"
+        held = ", ".join(f"{n} {state}" for state, n in sorted(self.nodes.items()))
+        line = f"cost {format_money(self.per_hour, self.currency)}/h" + (f" ({held})" if held else "")
+        line += f" · {format_money(self.spent, self.currency)} so far"
+        if self.budget is not None:
+            line += f" of {format_money(self.budget, self.currency)}"
+        return line
+
+
+@dataclass(frozen=True)
 class RunState:
     """What the panel shows: a snapshot, safe to hand to another thread."""
 
@@ -64,6 +93,7 @@ class RunState:
     task_ids: tuple[str, ...] = ()  # a sweep's tasks, in order (empty for a single cell)
     task_states: tuple[str, ...] = ()  # pending, running, succeeded or failed, per task
     first_start: float | None = None  # when the first task started running
+    cost: Cost | None = None  # None: the backend costs nothing we can price (local)
     now: float = field(default_factory=time.time)
 
     @property

@@ -86,9 +86,19 @@ def summary(state: RunState) -> str:
             line += f", {state.task_counts['failed']} failed"
     if state.detail and not state.finished:
         line += f" ({state.detail})"
+    if state.cost is not None:
+        line += f" [{state.cost.describe()}]"
     if state.error:
         line += f": {state.error}"
     return line
+
+
+def cost_html(state: RunState) -> str:
+    """The panel's cost line: cost per hour of what the run holds and the spend so far (empty on local)."""
+    if state.cost is None:
+        return ""
+    colour = "#c62828" if state.cost.per_hour is None else "#555"
+    return f"<span style='color:{colour}'>{html.escape(state.cost.describe())}</span>"
 
 
 class TextPanel:
@@ -319,6 +329,7 @@ class StatusPanel:
         self.tasks = w.HTML(value="")
         self.grid = w.Box(layout=w.Layout(display="none", flex_flow="row wrap", max_width="720px"))
         self.squares: list[Any] = []  # the grid's buttons, one per task (sweeps of up to GRID_BUTTONS tasks)
+        self.cost = w.HTML(value="")  # estimated cost per hour and spend so far (Azure)
         self.picker = w.Dropdown(options=[], description="task log", layout=w.Layout(display="none"))
         self.picker.observe(self._picked, names="value")
         self.task_title = w.HTML(value="", layout=w.Layout(display="none"))
@@ -327,8 +338,8 @@ class StatusPanel:
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop")
         self.cancel_button.on_click(self._clicked)
         self.widget = _SummaryBox(
-            children=[w.HBox([self.title, self.cancel_button]), self.phases, self.detail, self.tasks, self.grid,
-                      self.picker, self.task_title, self.log],
+            children=[w.HBox([self.title, self.cancel_button]), self.phases, self.detail, self.cost, self.tasks,
+                      self.grid, self.picker, self.task_title, self.log],
             layout=w.Layout(border="1px solid #ddd", padding="4px 8px", width="auto"),
         )  # fmt: skip
         self.widget.add_class("azbatch-panel")
@@ -427,6 +438,7 @@ class StatusPanel:
             self.title.value = self._title(state)
             self.phases.value = phases
             self.detail.value = f"<span style='color:{colour}'>{detail}</span>" if detail else ""
+            self.cost.value = cost_html(state)
             if state.is_sweep:
                 self._update_sweep(state)
             if state.finished:

@@ -586,8 +586,8 @@ class AzureBackend(Backend):
         entry = next((e for e in found if e.pool_id == run.pool_id), None)
         run.holding = Holding(
             run.submission.vm_size,
-            _node_states(entry.dedicated if entry is not None else None),
-            _node_states(entry.low_priority if entry is not None else None),
+            _kind_states(entry.dedicated if entry is not None else None),
+            _kind_states(entry.low_priority if entry is not None else None),
         )
         return run.holding
 
@@ -840,8 +840,8 @@ def _task_failure(info: Any, sub: TaskSubmission) -> str:
     return exit_reason(info.exit_code)
 
 
-def _node_states(counts: Any) -> dict[str, int]:
-    """A BatchNodeCounts as node state -> count (the wire's names; ``total`` left out)."""
+def _kind_states(counts: Any) -> dict[str, int]:
+    """One kind's BatchNodeCounts (dedicated or low-priority) as node state -> count (``total`` left out)."""
     if counts is None:
         return {}
     data = counts.as_dict() if hasattr(counts, "as_dict") else dict(counts)
