@@ -124,6 +124,7 @@ class Run:
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
         self.meter: CostMeter | None = None  # what the run costs (Azure), and its --budget
+        self._tasks = _TaskStates(task_ids)
 
     @classmethod
     def create(
@@ -203,23 +204,10 @@ class Run:
 
     def task_states(self) -> tuple[str, ...]:
         """Each task's state, in task order: pending, running, succeeded or failed."""
-        status = self._last_status
-        if status is None:
-            return tuple("pending" for _ in self.task_ids)
-        states = []
-        for tid in self.task_ids:
-            task = status.tasks.get(tid)
-            if task is None or task.state != "completed":
-                states.append(task.state if task is not None else "pending")
-            else:
-                states.append("succeeded" if task.exit_code == 0 and not task.failure else "failed")
-        return tuple(states)
+        return self._tasks.states(self._last_status)
 
     def state(self) -> RunState:
         states = self.task_states()
-        counts: dict[str, int] = {}
-        for value in states:
-            counts[value] = counts.get(value, 0) + 1
         return RunState(
             run_id=self.id,
             name=self.name,
@@ -230,19 +218,12 @@ class Run:
             started=self.created,
             detail=self.detail,
             error=str(self.error) if self.error else "",
-            task_counts=counts,
+            task_counts=self._tasks.counts(),
             task_ids=tuple(self.task_ids) if self.is_sweep else (),
             task_states=states if self.is_sweep else (),
-            first_start=self._first_start(),
+            first_start=self._tasks.first_start,
             cost=self.meter.cost() if self.meter is not None else None,
         )
-
-    def _first_start(self) -> float | None:
-        status = self._last_status
-        if status is None:
-            return None
-        starts = [t.started for t in status.tasks.values() if t.started]
-        return min(starts) if starts else None
 
     def subscribe(self, callback: UpdateCallback) -> None:
         """Call ``callback(state, new_log_records)`` on every change."""
@@ -376,6 +357,7 @@ class Run:
                 return True
             self._poll_errors = 0
             self._last_status = status
+            self._tasks.fold(status)
             if self.meter is not None:
                 self.meter.observe(status.holding, time.time())
                 if self.meter.over_budget and not status.finished:
@@ -663,6 +645,51 @@ def _pause(seconds: float, between_polls: Callable[[], None] | None, *, until: C
         if left <= 0 or until():
             return
         time.sleep(min(left, 0.05))
+
+
+class _TaskStates:
+    """Each task's state for the panel, kept up to date by what changed: a poll that names its changed
+    tasks (``BackendStatus.changed``) costs what changed, not how many tasks there are."""
+
+    def __init__(self, task_ids: list[str]) -> None:
+        self.task_ids = task_ids
+        self.index = {tid: i for i, tid in enumerate(task_ids)}
+        self.values = ["pending"] * len(task_ids)
+        self.tally: dict[str, int] = {"pending": len(task_ids)}
+        self.first_start: float | None = None
+        self.seen: BackendStatus | None = None  # the status folded in last
+
+    def states(self, status: BackendStatus | None) -> tuple[str, ...]:
+        if status is not None and status is not self.seen:
+            self.fold(status)
+        return tuple(self.values)
+
+    def counts(self) -> dict[str, int]:
+        return {k: v for k, v in self.tally.items() if v}
+
+    def fold(self, status: BackendStatus) -> None:
+        changed = status.changed if self.seen is not None else None
+        self.seen = status
+        ids = self.task_ids if changed is None else [tid for tid in changed if tid in self.index]
+        for tid in ids:
+            task = status.tasks.get(tid)
+            if task is None:
+                continue
+            new = _task_state(task)
+            i = self.index[tid]
+            old = self.values[i]
+            if new != old:
+                self.values[i] = new
+                self.tally[old] -= 1
+                self.tally[new] = self.tally.get(new, 0) + 1
+            if task.started and (self.first_start is None or task.started < self.first_start):
+                self.first_start = task.started
+
+
+def _task_state(task: TaskStatus) -> str:
+    if task.state != "completed":
+        return task.state
+    return "succeeded" if task.exit_code == 0 and not task.failure else "failed"
 
 
 def new_run_id(name: str | None) -> str:

@@ -122,6 +122,7 @@ class _AzureRun:
     full_reads: int = 0  # whole-list reads (the first, and each resynchronization)
     holding: Holding | None = None
     holding_read: float = 0.0  # time.monotonic() of the last node-count read
+    changed: set[str] = field(default_factory=set)  # tasks read this tick
 
     def __post_init__(self) -> None:
         self.tasks = {tid: TaskStatus(tid) for tid in self.submission.task_ids}
@@ -344,8 +345,10 @@ class AzureBackend(Backend):
 
     def poll(self, run_id: str) -> BackendStatus:
         run = self._runs[run_id]
+        run.changed, reads = set(), run.full_reads
         status = self._status(run_id)
         status.completed = run.tally["completed"]
+        status.changed = frozenset(run.changed) if run.full_reads == reads else None
         if status.holding is None:
             status.holding = run.holding
         return status
@@ -379,7 +382,8 @@ class AzureBackend(Backend):
             if reason and reason != "AllTasksComplete" and not done:
                 return BackendStatus(phase=Phase.FAILED, tasks=tasks, error=f"the job ended ({reason})")
         image = sub.image or self.settings.image
-        for task in tasks.values():
+        for tid in run.changed:  # the tasks read this tick (all of them on a whole-list read)
+            task = tasks[tid]
             if task.node and task.state in ("running", "completed"):
                 self._warm.add((run.pool_id, task.node, image))  # the image is on that node now
         if done:
@@ -546,6 +550,7 @@ class AzureBackend(Backend):
         """Fold tasks read from Batch into ``run``: statuses, state tally, watermark."""
         sub = run.submission
         for task in found:
+            run.changed.add(task.id)
             status = run.tasks.get(task.id)
             if status is None:
                 status = run.tasks[task.id] = TaskStatus(task.id)

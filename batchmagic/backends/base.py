@@ -103,6 +103,8 @@ class BackendStatus:
     note: str = ""  # what the run leaves behind, for the panel once it is done (a warm pool's scale-down)
     holding: Holding | None = None  # the nodes the run holds, where the backend knows (None: nothing to price)
     completed: int | None = None  # tasks completed, when the backend counts them (else read from ``tasks``)
+    #: Ids of the tasks that changed since the previous poll, when the backend knows (None: any may have).
+    changed: frozenset[str] | None = None
 
     @property
     def finished(self) -> bool:
