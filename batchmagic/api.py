@@ -148,6 +148,7 @@ class Session:
                     "drop --vm, or pick a pool of that size"
                 )
             run.vm_size = submission.vm_size
+        run.price(options, settings)
         if on_update is not None:
             run.subscribe(on_update)
         with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:

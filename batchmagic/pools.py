@@ -147,6 +147,19 @@ def delete_pools(*, session: Session | None = None, settings: Settings | None = 
     return [backend.delete_pool(pool.name) for pool in backend.list_pools() if pool.state == "active"]
 
 
+def pool_cost(pool: Pool, settings: Settings) -> str:
+    """What the pool's nodes cost now, e.g. ``$0.19/h``; ``cost unknown (...)`` when a price is missing."""
+    from batchmagic.prices import Prices, format_money
+
+    prices = Prices.for_settings(settings.home, settings.prices)
+    region = settings.batch_region
+    rate = prices.cost_per_hour(pool.vm_size, region, dedicated=pool.dedicated, low_priority=pool.low_priority)
+    if rate is None:
+        where = f"in {region}" if region else "(the Batch account's region is unknown: set AzBatch.region)"
+        return f"cost unknown (no price for {pool.vm_size} {where})"
+    return f"{format_money(rate, prices.currency)}/h"
+
+
 def command(args: Any, *, session: Session, settings: Settings) -> list[str]:
     """Run a parsed ``%azbatch_pool`` / ``batchmagic pool`` command; the lines to print.
 
@@ -160,7 +173,9 @@ def command(args: Any, *, session: Session, settings: Settings) -> list[str]:
         if name:
             raise ConfigError(f"pool ls takes no name (got {name!r})")
         found = list_pools(session=session, settings=settings)
-        return [pool.describe() for pool in found] or ["no named pools: %azbatch_pool create NAME --vm SIZE makes one"]
+        if not found:
+            return ["no named pools: %azbatch_pool create NAME --vm SIZE makes one"]
+        return [f"{pool.describe()}; {pool_cost(pool, settings)}" for pool in found]
     if not name:
         raise ConfigError(f"pool {verb} needs the pool's name, e.g. pool {verb} gpu-pool")
     if verb != "resize" and args.nodes is not None:

@@ -150,14 +150,24 @@ class Run:
             namespace=namespace if isinstance(namespace, MutableMapping) else None,
         )
         run.source = source
-        if backend.name == "azure":
-            from batchmagic.prices import Prices
-
-            prices = Prices.for_settings(settings.home, settings.prices)
-            budget = options.budget if options.budget is not None else settings.budget
-            run.meter = CostMeter(prices, settings.batch_region, run.vm_size, budget=budget)
-            run.meter.check_budget(low_priority=options.low_priority)
         return run
+
+    def price(self, options: RunOptions, settings: Settings) -> None:
+        """Price what the run will hold (Azure), once its VM size is known (a named pool's, on one).
+
+        Raises
+        ------
+        ConfigError
+            A ``--budget`` with no price to hold it to: before anything is uploaded or created.
+        """
+        if self.backend.name != "azure":
+            return
+        from batchmagic.prices import Prices
+
+        prices = Prices.for_settings(settings.home, settings.prices)
+        budget = options.budget if options.budget is not None else settings.budget
+        self.meter = CostMeter(prices, settings.batch_region, self.vm_size, budget=budget)
+        self.meter.check_budget(low_priority=options.low_priority)
 
     def submission(self, options: RunOptions) -> TaskSubmission:
         """What the backend is asked to start for this run."""

@@ -72,6 +72,20 @@ def test_the_panel_and_its_text_show_the_cost() -> None:
     assert cost_html(local) == "" and "cost" not in summary(local)
 
 
+def test_pool_ls_shows_each_pools_cost_per_hour() -> None:
+    from batchmagic.config import Settings
+    from batchmagic.poolspec import Pool
+    from batchmagic.pools import pool_cost
+
+    pool = Pool(name="warm", vm_size="standard_e32_v3", dedicated=2, low_priority=1)
+    assert pool_cost(pool, Settings(region="eastus")) == "$4.44/h"  # 2 x 2.016 + 1 x 0.4032
+    assert pool_cost(Pool(name="idle", vm_size="Standard_E32_v3"), Settings(region="eastus")) == "$0.00/h"
+    assert (
+        pool_cost(pool, Settings(region="brazilsouth")) == "cost unknown (no price for standard_e32_v3 in brazilsouth)"
+    )
+    assert "region is unknown" in pool_cost(pool, Settings(batch_endpoint="http://127.0.0.1:1"))
+
+
 @pytest.mark.slow
 def test_budget_ends_the_run_with_one_line_and_its_job(azure_session, monkeypatch) -> None:
     session, emu = azure_session

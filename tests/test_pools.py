@@ -249,7 +249,9 @@ def test_cells_on_a_named_pool_start_warm_and_leave_it(azure_env, shell, capsys)
     assert azure_env.client().get_pool("warm").state == "active"
 
     shell.run_line_magic("azbatch_pool", "ls")
-    assert re.search(r"warm: standard_d2s_v3, 1 of 1 nodes \(max 2\) \(1 idle\)", capsys.readouterr().out)
+    listed = capsys.readouterr().out
+    assert re.search(r"warm: standard_d2s_v3, 1 of 1 nodes \(max 2\) \(1 idle\)", listed)
+    assert "; cost unknown (no price for standard_d2s_v3 (the Batch account's region is unknown" in listed
 
     # Teardown leaves the pool and says so; --pools removes it.
     shell.run_line_magic("azbatch_teardown", "")
