@@ -74,8 +74,8 @@ def test_the_panel_and_its_text_show_the_cost() -> None:
 
 def test_pool_ls_shows_each_pools_cost_per_hour() -> None:
     from batchmagic.config import Settings
-    from batchmagic.poolspec import Pool
     from batchmagic.pools import pool_cost
+    from batchmagic.poolspec import Pool
 
     pool = Pool(name="warm", vm_size="standard_e32_v3", dedicated=2, low_priority=1)
     assert pool_cost(pool, Settings(region="eastus")) == "$4.44/h"  # 2 x 2.016 + 1 x 0.4032
