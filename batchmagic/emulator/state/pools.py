@@ -78,6 +78,7 @@ class PoolsMixin(FilesMixin):
                 "taskSlotsPerNode": int(body.get("taskSlotsPerNode", 1)),
                 "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "Spread"},
                 "targetNodeCommunicationMode": body.get("targetNodeCommunicationMode", "default"),
+                "currentNodeCommunicationMode": "classic",
             }
             vmc = copy.deepcopy(body["virtualMachineConfiguration"])
             vmc.setdefault("imageReference", {}).setdefault("version", "latest")

@@ -24,7 +24,7 @@ from typing import Any
 
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
 from batchmagic.emulator.state.jobs import JobsMixin
-from batchmagic.emulator.state.model import Job, JobSchedule, iso, parse_duration, touch, transition
+from batchmagic.emulator.state.model import UNLIMITED_DURATION, Job, JobSchedule, iso, parse_duration, touch, transition
 
 __all__ = ["SchedulesMixin"]
 
@@ -52,6 +52,24 @@ def _timestamp(schedule: dict[str, Any], key: str) -> float | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except ValueError as exc:
         raise invalid_property(f"schedule.{key}", value) from exc
+
+
+def _with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A job specification as the service stores it: every defaulted property spelled out."""
+    out = copy.deepcopy(spec)
+    for key, value in (
+        ("priority", 0),
+        ("maxParallelTasks", -1),
+        ("allowTaskPreemption", False),
+        ("usesTaskDependencies", False),
+        ("onAllTasksComplete", "noaction"),
+        ("onTaskFailure", "noaction"),
+    ):
+        out.setdefault(key, value)
+    constraints = out.setdefault("constraints", {})
+    constraints.setdefault("maxWallClockTime", UNLIMITED_DURATION)
+    constraints.setdefault("maxTaskRetryCount", 0)
+    return out
 
 
 class SchedulesMixin(JobsMixin):
@@ -96,7 +114,7 @@ class SchedulesMixin(JobsMixin):
                 "state": "active",
                 "stateTransitionTime": iso(now),
                 "schedule": copy.deepcopy(body.get("schedule") or {}),
-                "jobSpecification": copy.deepcopy(body["jobSpecification"]),
+                "jobSpecification": _with_defaults(body["jobSpecification"]),
                 "executionInfo": {},
             }
             for key in ("displayName", "metadata"):
@@ -169,7 +187,7 @@ class SchedulesMixin(JobsMixin):
                 if schedule.next_run is not None or not schedule.job_count:
                     self._replan(schedule, now)
             if replace or "jobSpecification" in body:
-                schedule.data["jobSpecification"] = copy.deepcopy(merged["jobSpecification"])
+                schedule.data["jobSpecification"] = _with_defaults(merged["jobSpecification"])
             if replace or "metadata" in body:
                 if body.get("metadata"):
                     schedule.data["metadata"] = copy.deepcopy(body["metadata"])
