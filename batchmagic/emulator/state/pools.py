@@ -7,7 +7,6 @@ import hashlib
 import logging
 import re
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -15,7 +14,7 @@ from batchmagic.emulator import vmsizes
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
 from batchmagic.emulator.images import check_image
 from batchmagic.emulator.state.files import FilesMixin
-from batchmagic.emulator.state.model import TICK, Node, Pool, iso, touch, transition
+from batchmagic.emulator.state.model import Node, Pool, iso, touch, transition
 
 __all__ = ["PoolsMixin"]
 
@@ -235,28 +234,8 @@ class PoolsMixin(FilesMixin):
             touch(data, now)
 
     def _prepare_node(self, pool: Pool, node: Node) -> None:
-        try:
-            error = self.executor.prepare_node(pool.data, node.id)
-        except Exception as exc:  # noqa: BLE001 - a broken executor makes the node unusable, not the server
-            error = {"code": "NodePreparationFailed", "message": str(exc)[:500], "errorDetails": []}
-        # A node is not idle before the pool's allocation delay has passed.
-        while not self._stop.is_set():
-            with self.lock:
-                if pool.alloc_start is None or self.now() - pool.alloc_start >= self.allocation_delay:
-                    break
-            time.sleep(TICK)
-        with self.lock:
-            node.preparing = False
-            if node.data["state"] != "starting":
-                return
-            now = self.now()
-            if error:
-                node.data["errors"] = [error]
-                transition(node.data, "unusable", now, with_previous=False)
-            else:
-                node.data["lastBootTime"] = iso(now)
-                node.data["nodeAgentInfo"] = {"lastUpdateTime": iso(now), "version": "1.11.19"}
-                transition(node.data, "idle", now, with_previous=False)
+        """Bring a ``starting`` node up (the executor's preparation, then the start task): state/nodes.py."""
+        raise NotImplementedError
 
     def _deallocate_node(self, pool: Pool, node: Node, option: str, now: float) -> None:
         """Start removing ``node`` from ``pool`` (it leaves once its tasks have stopped).
