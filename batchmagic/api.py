@@ -22,9 +22,10 @@ from typing import Any
 
 import cloudpickle
 
+from batchmagic.analysis import CellAnalysis
 from batchmagic.backends.base import Backend
 from batchmagic.capture import CapturedCell, capture, check_cell
-from batchmagic.config import Settings, check_home, parse_budget, parse_timeout
+from batchmagic.config import Settings, check_home, parse_budget, parse_timeout, working_directory
 from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
 from batchmagic.image import ImageRequest, plan_image
@@ -165,17 +166,19 @@ class Session:
         return run
 
     @staticmethod
-    def check(cell: str, options: RunOptions, settings: Settings) -> None:
+    def check(cell: str, options: RunOptions, settings: Settings) -> CellAnalysis:
         """What can be known wrong from the cell, the options and the settings alone: syntax,
-        emptiness, star imports, the sweep's size, a home that cannot be written. Nothing is created.
+        emptiness, star imports, a deleted working directory, the run's size (tasks, nodes), a home that
+        cannot be written. Nothing is created. Returns the cell's analysis.
 
         Raises
         ------
         CaptureError, ConfigError
             One line that says what to do.
         """
-        check_cell(cell)
-        options.check_sweep(settings.max_tasks)
+        analysis = check_cell(cell)
+        working_directory()  # local modules are found under it: a deleted one is one line, not a traceback
+        options.check_limits(settings)
         pool = Session.pool_for(options, settings, options.backend or settings.backend)
         if pool:
             clear = f"pool {pool} decides that (or run without --pool" + (
@@ -189,6 +192,7 @@ class Session:
                 if given:
                     raise ConfigError(f"{flag} does not apply to a run on a named pool: {clear})")
         check_home(settings.home)
+        return analysis
 
     @staticmethod
     def pool_for(options: RunOptions, settings: Settings, backend: str) -> str:

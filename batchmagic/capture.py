@@ -12,7 +12,6 @@ import builtins
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 import sys
 import types
@@ -27,6 +26,7 @@ import cloudpickle
 import batchmagic
 from batchmagic.analysis import CellAnalysis, StarImportError, analyze
 from batchmagic.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
+from batchmagic.config import working_directory
 from batchmagic.errors import CaptureError
 from batchmagic.protocol import Layout
 
@@ -162,7 +162,7 @@ def capture(
         deleted=sorted(analysis.deleted),
         first_line=first_line,
     )
-    root = Path(root or os.getcwd()).resolve()
+    root = Path(root or working_directory()).resolve()
     objects: dict[str, ExternalObject] = {}
     with BundleWriter(path, manifest) as writer:
         writer.add_cell(source)

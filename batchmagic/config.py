@@ -33,6 +33,7 @@ __all__ = [
     "setting",
     "ENV_SETTINGS",
     "MAX_TIMEOUT",
+    "working_directory",
 ]
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
@@ -40,6 +41,7 @@ DEFAULT_TIMEOUT = 24 * 3600
 DEFAULT_VM_SIZE = "Standard_D2s_v3"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_MAX_TASKS = 10_000
+DEFAULT_MAX_NODES = 100
 
 #: Settings environment variables seed (the Azure CLI's names where one exists): setting -> (variable,
 #: default). The magics' traits and the Python API both read them here. Secrets are not settings: the
@@ -224,6 +226,7 @@ class Settings:
     user: str = ""  # who this client runs as: a named pool's creator
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     max_tasks: int = DEFAULT_MAX_TASKS
+    max_nodes: int = DEFAULT_MAX_NODES
     docker_host: str = ""
     region: str = ""  # the Batch account's region, for prices; "" -> from the endpoint's host name
     prices: str = ""  # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.prices)
@@ -240,19 +243,15 @@ class Settings:
         ConfigError
             ``BATCHMAGIC_MAX_TASKS`` is not a positive integer.
         """
-        raw_max = os.environ.get("BATCHMAGIC_MAX_TASKS", "") or str(DEFAULT_MAX_TASKS)
-        try:
-            max_tasks = int(raw_max)
-            if max_tasks < 1:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"BATCHMAGIC_MAX_TASKS={raw_max!r} is not a positive integer") from None
+        max_tasks = _positive("BATCHMAGIC_MAX_TASKS", DEFAULT_MAX_TASKS)
+        max_nodes = _positive("BATCHMAGIC_MAX_NODES", DEFAULT_MAX_NODES)
         values: dict[str, Any] = {name: setting(name) for name in ENV_SETTINGS}
         values.update(
             backend=default_backend(),
             backend_chosen=bool(os.environ.get("BATCHMAGIC_BACKEND", "").strip()),
             home=default_home(),
             max_tasks=max_tasks,
+            max_nodes=max_nodes,
             docker_host=os.environ.get("DOCKER_HOST", ""),
             user=current_user(),
             secrets=Secrets.from_env(),
@@ -282,6 +281,29 @@ class Settings:
     def public(self) -> Mapping[str, Any]:
         """The settings without the secrets, for messages and the ledger."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"}
+
+
+def _positive(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "") or str(default)
+    try:
+        value = int(raw)
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{variable}={raw!r} is not a positive integer") from None
+    return value
+
+
+def working_directory() -> Path:
+    """The process's working directory; ConfigError when it was deleted under the kernel."""
+    try:
+        return Path(os.getcwd())
+    except FileNotFoundError:
+        where = os.environ.get("PWD", "")
+        raise ConfigError(
+            f"the working directory{' ' + where if where else ''} was deleted: %cd to one that exists, "
+            "then run the cell again"
+        ) from None
 
 
 def inherited_environment(secret: re.Pattern[str]) -> dict[str, str]:

@@ -316,13 +316,18 @@ class AzBatch(Magics):
         ``--backend local``. The values and functions it reads are shipped with it; what it
         prints appears here while it runs; its handle is bound to ``_azbatch``.
         """
-        args = parse_argstring(self.azbatch, line)
+        args = _parse(self.azbatch, line)
         with _usage_errors():
             settings = self.settings()
             options = self._options(args)
-            self.session.check(cell, options, settings)  # before the panel shows
+            analysis = self.session.check(cell, options, settings)  # before the panel shows
             if args.out_run is not None:
                 check_identifier(args.out_run, "--out-run")
+            for handle in ("_azbatch", args.out_run):
+                if handle and handle in analysis.bound:
+                    raise UsageError(
+                        f"the cell assigns `{handle}`, which holds the run's handle here: rename it in the cell"
+                    )
         self._explain_default_backend(args.backend, settings)
 
         current: list[api.Run] = []  # the panel exists before the run does
@@ -515,7 +520,7 @@ class AzBatch(Magics):
         Named pools stay (they go to zero nodes by themselves when idle) and are listed, unless
         ``--pools`` or ``--all`` is given. Safe to repeat: a second call removes nothing.
         """
-        args = parse_argstring(self.azbatch_teardown, line)
+        args = _parse(self.azbatch_teardown, line)
         backend = None
         if (args.everything or args.pools) and self.backend == "azure":
             with _usage_errors():
@@ -576,6 +581,14 @@ class AzBatch(Magics):
         with _usage_errors():
             for text in pools.command(args, session=self.session, settings=self.settings()):
                 print(text)
+
+
+def _parse(magic: Any, line: str) -> Any:
+    """``parse_argstring``, with a line that cannot be split (an unbalanced quote) as one line."""
+    try:
+        return parse_argstring(magic, line)
+    except ValueError as err:  # shlex: "No closing quotation"
+        raise UsageError(f"cannot read the magic line ({err}): close the quote, or quote the value whole") from None
 
 
 def _tuple_or_none(rows: list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:

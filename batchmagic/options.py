@@ -13,12 +13,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from batchmagic.config import DEFAULT_MAX_TASKS, parse_budget, parse_timeout
+from batchmagic.config import DEFAULT_MAX_TASKS, Settings, parse_budget, parse_timeout
 from batchmagic.errors import ConfigError
 from batchmagic.inputs import InputSpec, parse_input, parse_output
 from batchmagic.poolspec import check_pool_name
 
 __all__ = ["RunOptions", "OPTION_NAMES"]
+
+MAX_SLOTS_PER_NODE = 256  # Batch's taskSlotsPerNode maximum (also at most 4 x the node's cores)
+MAX_RETRIES = 100  # Batch accepts more; a task failing 100 times will not succeed the 101st
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,13 @@ class RunOptions:
                 raise ConfigError(f"{flag} must be {'at least 1' if least else '0 or more'}, not {value!r}")
         if self.slots_per_node is not None and (not isinstance(self.slots_per_node, int) or self.slots_per_node < 1):
             raise ConfigError(f"--slots-per-node must be at least 1, not {self.slots_per_node!r}")
+        limits: tuple[tuple[str, int | None, int], ...] = (
+            ("--slots-per-node", self.slots_per_node, MAX_SLOTS_PER_NODE),
+            ("--retries", self.retries, MAX_RETRIES),
+        )
+        for flag, value, most in limits:
+            if value is not None and value > most:
+                raise ConfigError(f"{flag} {value} is over Azure Batch's limit of {most}")
         if self.sweep is not None:
             set_(self, "sweep", tuple(dict(row) for row in self.sweep))
         set_(self, "inputs", tuple(i if isinstance(i, InputSpec) else parse_input(i) for i in self.inputs))
@@ -85,6 +95,16 @@ class RunOptions:
         set_(self, "budget", parse_budget(self.budget))
         if self.pool is not None:
             set_(self, "pool", check_pool_name(str(self.pool).strip(), "--pool") if str(self.pool).strip() else None)
+
+    def check_limits(self, settings: Settings) -> None:
+        """The run's size within the limits: a sweep's tasks (``BATCHMAGIC_MAX_TASKS``), its nodes
+        (``BATCHMAGIC_MAX_NODES``)."""
+        self.check_sweep(settings.max_tasks)
+        if self.nodes > settings.max_nodes:
+            raise ConfigError(
+                f"--nodes {self.nodes} is over the limit of {settings.max_nodes} nodes a run may ask for: "
+                "ask for fewer, or raise BATCHMAGIC_MAX_NODES (and the account's core quota)"
+            )
 
     def check_sweep(self, max_tasks: int = DEFAULT_MAX_TASKS) -> None:
         """A sweep is non-empty and within the task limit (``BATCHMAGIC_MAX_TASKS``)."""

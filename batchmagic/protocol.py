@@ -240,7 +240,8 @@ class TaskOutcome:
 
     ``phase`` says where it ended: ``"cell"`` (the cell ran: ``ok`` tells whether it raised),
     ``"setup"`` (the runner failed before the cell ran), ``"terminated"`` (SIGTERM: cancelled or out
-    of time), ``"result"`` (the outcome itself could not be written whole). ``outputs`` are the names
+    of time), ``"result"`` (the outcome itself could not be written whole), ``"exit"`` (the cell
+    called ``sys.exit(n)`` with a non-zero ``n``: ``error.message`` is ``repr(n)``). ``outputs`` are the names
     the cell bound, each cloudpickled apart so one that cannot travel does not sink the others.
     """
 

@@ -179,6 +179,7 @@ class Run:
             vm_size=self.vm_size,
             timeout=self.timeout,
             env=dict(options.env),
+            image=options.image or "",
             nodes=options.nodes,
             low_priority=options.low_priority,
             retries=options.retries,
@@ -565,7 +566,7 @@ class Run:
         self._write_record(task.task_id, outcome)
         self._note_files(outcome)
         if not outcome.ok:
-            self.fail(_remote_error(outcome, task.task_id))
+            self.fail(_exit_failure(self.name, outcome) or _remote_error(outcome, task.task_id))
             return
         outputs = _load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=4))
         for name, reason in outcome.skipped.items():
@@ -628,6 +629,8 @@ class Run:
             elif outcome.ok:
                 out.state = "succeeded"
                 out.outputs = _load_outputs(outcome, lambda text: log.warning("task %s: %s", tid, text))
+            elif (exited := _exit_failure(self.name, outcome)) is not None:
+                out.error_type, out.error_message = "RunFailed", str(exited)
             else:
                 error = _remote_error(outcome, tid)
                 out.error_type, out.error_message = error.ename, error.evalue
@@ -706,6 +709,13 @@ def new_run_id(name: str | None) -> str:
     """``<name>-<UTC time>-<random>``: unique, sortable, and a valid Batch job id."""
     stem = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:32] or "run"
     return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def _exit_failure(name: str, outcome: TaskOutcome) -> RunFailed | None:
+    """A cell that called ``sys.exit(n)`` with a non-zero ``n``: one line, as a non-zero exit is."""
+    if outcome.phase != "exit" or outcome.error is None:
+        return None
+    return RunFailed(f"run {name}: the cell called sys.exit({outcome.error.message})")
 
 
 def _remote_error(outcome: TaskOutcome, task_id: str) -> RemoteError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import keyword
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ def parse_grid(tokens: Sequence[str]) -> list[dict[str, Any]]:
     for token in tokens:
         name, sep, values = token.partition("=")
         name = name.strip()
-        if not sep or not name.isidentifier():
+        if not sep or not name.isidentifier() or keyword.iskeyword(name):
             raise ConfigError(f"--sweep {token!r} is not name=v1,v2,... (name: a Python identifier)")
         if name in axes:
             raise ConfigError(f"--sweep names {name!r} twice: give all its values in one flag")
@@ -76,7 +77,7 @@ def rows_from(name: str, value: Any) -> list[dict[str, Any]]:
             f"--sweep-from {name}: {name} is a {type(value).__name__}, not a list of dicts or a DataFrame"
         )
     for row in rows:
-        bad = [str(k) for k in row if not str(k).isidentifier()]
+        bad = [str(k) for k in row if not str(k).isidentifier() or keyword.iskeyword(str(k))]
         if bad:
             raise ConfigError(f"--sweep-from {name}: column {bad[0]!r} is not a Python identifier")
     return [{str(k): v for k, v in row.items()} for row in rows]

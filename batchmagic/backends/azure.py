@@ -18,6 +18,7 @@ While a task runs, the nodes the run holds (for its cost) are read every :data:`
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import threading
@@ -178,6 +179,12 @@ class AzureBackend(Backend):
         """One cheap call to each service, so bad credentials fail before anything is created."""
         if self._checked:
             return
+        self.check_batch()
+        self.check_storage()
+        self._checked = True
+
+    def check_batch(self) -> None:
+        """One cheap call to Batch: a refused key or an unreachable endpoint is one line (ConfigError)."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 
         endpoint = self.settings.batch_endpoint
@@ -193,17 +200,24 @@ class AzureBackend(Backend):
                 ) from err
             raise ConfigError(f"Azure Batch at {endpoint} answered {code}: {_message(err)}") from err
         except ServiceRequestError as err:
-            raise ConfigError(f"cannot reach Azure Batch at {endpoint}: {err}; check AZURE_BATCH_ENDPOINT") from err
+            raise ConfigError(
+                f"cannot reach Azure Batch at {endpoint} ({_first_line(err)}): check AZURE_BATCH_ENDPOINT"
+            ) from err
+
+    def check_storage(self) -> None:
+        """The run container exists (created if not): refused access is one line (ConfigError)."""
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
         try:
             self.store.ensure_container()
         except (ClientAuthenticationError, HttpResponseError) as err:
             raise ConfigError(
-                f"Blob Storage refused access to container {self.settings.container!r} ({_code(err) or err}): "
-                "check AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL and your role on it"
+                f"Blob Storage refused access to container {self.settings.container!r} "
+                f"({_code(err) or _storage_code(err)}): check AZURE_STORAGE_CONNECTION_STRING or "
+                "AZURE_STORAGE_ACCOUNT_URL and your role on it"
             ) from err
         except ServiceRequestError as err:
-            raise ConfigError(f"cannot reach Blob Storage ({err}): check the storage settings") from err
-        self._checked = True
+            raise ConfigError(f"cannot reach Blob Storage ({_first_line(err)}): check the storage settings") from err
 
     def validate(self, submission: TaskSubmission) -> None:
         """Everything that can be checked before a byte is uploaded or a resource created.
@@ -229,6 +243,13 @@ class AzureBackend(Backend):
         vm_cores(submission.vm_size)
         if submission.nodes < 1:
             raise ConfigError(f"--nodes must be at least 1, not {submission.nodes}")
+        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
+        if not (submission.image or self.settings.image or self.settings.registry):
+            raise ConfigError(
+                "BATCHMAGIC_IMAGE is not set: export it to the training image to run "
+                "(e.g. myregistry.azurecr.io/batchmagic:env-...) or %config AzBatch.image = '...', "
+                "or set BATCHMAGIC_REGISTRY to have the image built for the cell"
+            )
         self.check_access()
         self.node_image(submission.vm_size)
 
@@ -662,6 +683,9 @@ class AzureBackend(Backend):
         """Find batchmagic-tagged jobs and pools left by any client and end them."""
         from azure.core.exceptions import HttpResponseError
 
+        self.check_batch()
+        if blobs:
+            self.check_storage()
         removed: list[str] = []
         for job in self.client.list_jobs(filter="state eq 'active'", select=["id", "state", "metadata"]):
             if _tagged(job.metadata):
@@ -832,6 +856,19 @@ class AzureBackend(Backend):
             raise RunFailed(f"could not {what}: {code or err.status_code}: {_message(err)}") from err
         except ServiceRequestError as err:
             raise RunFailed(f"could not reach Azure Batch to {what}: {err}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _storage_code(err: Any) -> str:
+    """Blob Storage's error code (the SDK keeps it on the exception), else the status and first line."""
+    code = getattr(err, "error_code", None)
+    if code:
+        return str(getattr(code, "value", code))
+    return f"HTTP {getattr(err, 'status_code', '?')}: {_first_line(err)}"
 
 
 def _task_failure(info: Any, sub: TaskSubmission) -> str:
@@ -1014,6 +1051,13 @@ def _batch_client(settings: Settings) -> Any:
 
     key = settings.secrets.batch_key
     if key:
+        try:
+            base64.b64decode(key, validate=True)
+        except ValueError:  # binascii.Error: the SDK would fail on every request with a traceback
+            raise ConfigError(
+                "AZURE_BATCH_ACCESS_KEY is not a base64 key: copy the account's key again "
+                "(az batch account keys list, or the portal's Keys blade)"
+            ) from None
         if not settings.batch_account:
             raise ConfigError("AZURE_BATCH_ACCOUNT is not set: export the Batch account name to go with its key")
         from azure.core.credentials import AzureNamedKeyCredential
@@ -1043,7 +1087,8 @@ def _blob_store(settings: Settings) -> BlobStore:
                 settings.storage_account_url, settings.container, DefaultAzureCredential()
             )
     except ValueError as err:
-        raise ConfigError(f"storage settings: {err}") from None
+        variable = "AZURE_STORAGE_CONNECTION_STRING" if connection else "AZURE_STORAGE_ACCOUNT_URL"
+        raise ConfigError(f"{variable} is not usable: {err}") from None
     raise ConfigError(
         "no Blob Storage configured: export AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL "
         "(with az login) for the account that holds run data"

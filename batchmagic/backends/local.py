@@ -37,6 +37,7 @@ log = logging.getLogger("batchmagic.backends.local")
 # anything that names a key, a secret, a password, a token, a SAS or a connection string.
 _SECRET_ENV = re.compile(r"KEY|SECRET|PASSWORD|PASSWD|TOKEN|SAS|CONNECTION_STRING|CREDENTIAL", re.IGNORECASE)
 _GRACE_SECONDS = 3.0
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass
@@ -111,6 +112,7 @@ class LocalBackend(Backend):
         workdir.mkdir(parents=True, exist_ok=True)
         env = inherited_environment(_SECRET_ENV)
         env.update(run.submission.env)
+        env["PYTHONPATH"] = _PACKAGE_ROOT  # the runner is the client's own batchmagic, whatever is installed
         env.update(
             AZ_BATCH_TASK_ID=task.task_id,
             AZ_BATCH_JOB_ID=run.submission.run_id,

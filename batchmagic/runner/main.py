@@ -147,6 +147,11 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
             try:
                 for code in codes:
                     exec(code, namespace)
+            except SystemExit as err:
+                if err.code not in (None, 0):  # sys.exit(n): a non-zero exit of the cell, not an error
+                    sys.stdout.flush()
+                    exited = TaskOutcome(ok=False, phase="exit", error=TaskError("SystemExit", repr(err.code)))
+                    return EXIT_CELL_ERROR, _with_files(exited, spec, Path(cwd), workdir)
             finally:
                 capture.show_figures(only_new=True)  # figures left open, as the inline backend shows them
     except _Terminated:
