@@ -82,9 +82,9 @@ class RunOptions:
             ("--slots-per-node", self.slots_per_node, MAX_SLOTS_PER_NODE),
             ("--retries", self.retries, MAX_RETRIES),
         )
-        for flag, value, most in limits:
-            if value is not None and value > most:
-                raise ConfigError(f"{flag} {value} is over Azure Batch's limit of {most}")
+        for flag, given, most in limits:
+            if given is not None and given > most:
+                raise ConfigError(f"{flag} {given} is over Azure Batch's limit of {most}")
         if self.sweep is not None:
             set_(self, "sweep", tuple(dict(row) for row in self.sweep))
         set_(self, "inputs", tuple(i if isinstance(i, InputSpec) else parse_input(i) for i in self.inputs))
