@@ -196,11 +196,14 @@ class _MainShellPump:
                 return
             raw = self.socket.recv_multipart(copy=False)
             idents, frames = kernel.session.feed_identities(raw, copy=False)
-            msg = kernel.session.deserialize(frames, content=True, copy=False)
-            if msg["header"]["msg_type"] not in _COMM_MESSAGES:
+            # Peek at the header only: deserializing records the signature, and the kernel refuses a
+            # message whose signature it has seen, so only a message handled here may be deserialized.
+            header = kernel.session.unpack(frames[1].bytes)
+            if header.get("msg_type") not in _COMM_MESSAGES:
                 # Runs once this cell ends: the main shell's lock is held by the cell until then.
                 asyncio.ensure_future(kernel.shell_main(None, raw))
                 continue
+            msg = kernel.session.deserialize(frames, content=True, copy=False)
             parent, ident = kernel.get_parent("shell"), kernel._get_shell_context_var(kernel._shell_parent_ident)
             kernel.set_parent(idents, msg, channel="shell")
             try:

@@ -129,3 +129,53 @@ def test_background_run_record_reaches_the_saved_notebook(
     data = shown[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" not in data, data  # no longer the widget
     assert ">done<" in data["text/html"] and "bg 3" in data["text/html"] and "bg 3" in data["text/plain"]
+
+
+@pytest.mark.parametrize("major", [7, 6], ids=["ipykernel7", "ipykernel6"])
+def test_cells_queued_behind_a_blocking_run_run_after_it_in_order(
+    major: int, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a cell blocks, the pump handles widget messages only: cells sent meanwhile run after it, in
+    the order they were sent, each with its own output."""
+    from jupyter_client.manager import start_new_kernel
+
+    name = _kernelspec(major, tmp_path, monkeypatch)
+    manager, client = start_new_kernel(kernel_name=name, cwd=str(tmp_path))
+    try:
+        client.execute_interactive("%load_ext batchmagic", timeout=60)
+        blocking = client.execute("%%azbatch --backend local --name held\nimport time\ntime.sleep(3)\nx = 1")
+        time.sleep(1.0)  # the run is under way: these two wait in the kernel's queue
+        second = client.execute("print('second saw x =', x)")
+        third = client.execute("print('third')")
+        replies: dict[str, dict[str, Any]] = {}
+        while len(replies) < 3:
+            reply = client.get_shell_msg(timeout=120)
+            replies[reply["parent_header"]["msg_id"]] = reply
+        assert list(replies) == [blocking, second, third]
+        assert all(r["content"]["status"] == "ok" for r in replies.values()), replies
+        texts: dict[str, str] = {}
+        while True:
+            try:
+                msg = client.get_iopub_msg(timeout=2)
+            except Exception:  # queue.Empty: every output has arrived
+                break
+            if msg["msg_type"] == "stream":
+                parent = msg["parent_header"].get("msg_id", "")
+                texts[parent] = texts.get(parent, "") + msg["content"]["text"]
+        assert "second saw x = 1" in texts.get(second, ""), texts
+        assert texts.get(third, "").strip() == "third", texts
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def _kernelspec(major: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A kernelspec for the ipykernel major's Python, found first through JUPYTER_PATH; its name."""
+    name = f"batchmagic-queue-ipykernel{major}"
+    spec_dir = tmp_path / "jupyter" / "kernels" / name
+    spec_dir.mkdir(parents=True)
+    argv = [str(kernel_python(major)), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": name, "language": "python"}))
+    searched = [str(tmp_path / "jupyter"), *filter(None, [os.environ.get("JUPYTER_PATH")])]
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(searched))
+    return name
