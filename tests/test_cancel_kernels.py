@@ -19,6 +19,8 @@ from nbclient import NotebookClient
 
 from tests.test_kernels import kernel_python
 
+pytestmark = pytest.mark.slow  # each test starts a kernel
+
 CELLS = [
     "%load_ext batchmagic",
     "%%azbatch --backend local --name stopme\n"
