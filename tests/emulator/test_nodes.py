@@ -225,3 +225,22 @@ def test_multi_instance_task_runs_on_several_nodes(client: Any) -> None:
     assert coord.split()[0] == "false"
     assert client.get_task("mpi-job", "too-wide").state == m.BatchTaskState.ACTIVE  # waits for a 4th node
     assert list(client.list_subtasks("mpi-job", "too-wide")) == []
+
+
+@pytest.mark.parametrize("option", ["requeue", "terminate"])
+def test_shrinking_a_pool_requeues_or_terminates_running_tasks(client: Any, option: str) -> None:
+    pool_id = f"shrink-{option}"
+    _pool(client, pool_id)
+    wait_for(lambda: _node_in(client, pool_id, "idle"), 10)
+    _job(client, pool_id, pool_id)
+    _task(client, pool_id, "long", "sleep 30")
+    wait_for(lambda: client.get_task(pool_id, "long").state == m.BatchTaskState.RUNNING, 10)
+    client.begin_resize_pool(
+        pool_id, m.BatchPoolResizeOptions(target_dedicated_nodes=0, node_deallocation_option=option), polling_interval=0
+    ).result()
+    assert client.get_pool(pool_id).current_dedicated_nodes == 0 and _nodes(client, pool_id) == []
+    task = client.get_task(pool_id, "long")
+    if option == "requeue":
+        assert task.state == m.BatchTaskState.ACTIVE and task.execution_info.requeue_count == 1
+    else:
+        assert task.state == m.BatchTaskState.COMPLETED and task.execution_info.failure_info.code == "TaskEnded"
