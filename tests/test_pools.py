@@ -232,7 +232,8 @@ def test_cells_on_a_named_pool_start_warm_and_leave_it(azure_env, shell, capsys)
     assert shell.user_ns["x"] == 1 and first.vm_size == "standard_d2s_v3"
     assert "scales to zero at about" in first.state().detail
 
-    shell.run_cell("%%azbatch --pool warm --name second\nprint('hello from a warm node')\ny = 2")
+    shell.run_line_magic("config", 'AzBatch.pool = "warm"')  # the trait: cells go to the pool without --pool
+    shell.run_cell("%%azbatch --name second\nprint('hello from a warm node')\ny = 2")
     second = shell.user_ns["_azbatch"]
     assert shell.user_ns["y"] == 2
     phases = [span.phase.value for span in second.state().phases]

@@ -469,7 +469,7 @@ class AzureBackend(Backend):
             detail = f"{ready} of {want} {sub.vm_size} ready"
             return BackendStatus(phase=Phase.ALLOCATING, tasks=tasks, detail=detail, holding=held)
         if ready == 0:
-            detail = f"{len(nodes)} of {want} booting"
+            detail = f"{len(nodes)} of {want} booting, pulling the training image as they start"
             return BackendStatus(phase=Phase.NODE_STARTING, tasks=tasks, detail=detail, holding=held)
         return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"{ready} of {want} nodes ready", holding=held)
 
@@ -496,7 +496,10 @@ class AzureBackend(Backend):
             return BackendStatus(phase=Phase.QUEUED, tasks=tasks, detail=f"pool {name}: {idle} nodes idle{busy}")
         if usable:
             return BackendStatus(
-                phase=Phase.NODE_STARTING, tasks=tasks, detail=f"{len(usable)} of {want} nodes of pool {name} booting"
+                phase=Phase.NODE_STARTING,
+                tasks=tasks,
+                detail=f"{len(usable)} of {want} nodes of pool {name} booting"
+                + (", pulling the training image as they start" if run.prefetched else ""),
             )
         target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
         if target:
