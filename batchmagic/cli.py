@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--output", metavar="FILE", help="where to write it (default: BATCHMAGIC_HOME/prices.json)")
     show = price_actions.add_parser("ls", help="the prices in force, per region and VM size")
     show.add_argument("--region", help="only this region")
-    pool = commands.add_parser("pool", help="create, list, resize or delete named pools (as %azbatch_pool)")
+    pool = commands.add_parser("pool", help="create, list, resize or delete named pools (as %%azbatch_pool)")
     pool_actions = pool.add_subparsers(dest="action", required=True)
     create = pool_actions.add_parser("create", help="a pool that grows with its tasks and goes to zero when idle")
     create.add_argument("name", help="the pool's name")

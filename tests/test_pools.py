@@ -339,6 +339,9 @@ def test_pool_command_line(azure_env, capsys, monkeypatch):
     from batchmagic.cli import main
 
     monkeypatch.delenv("BATCHMAGIC_IMAGE")  # managing pools needs no training image
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "named pools (as %azbatch_pool)" in " ".join(capsys.readouterr().out.split())
 
     assert main(["pool", "create", "cli", "--vm", "Standard_D2s_v3", "--max-nodes", "2", "--idle", "5m"]) == 0
     assert "created pool cli: standard_d2s_v3" in capsys.readouterr().out
