@@ -732,16 +732,11 @@ class Emulator:
         return _Response(200, body)
 
     def _prep_release_status(self, request: _Request, job_id: str) -> _Response:
-        # The emulator runs no job preparation or release tasks, so no node has a status to report:
-        # the service's answer for a job without them.
         job = self.state.get_job(job_id)
         if not job.get("jobPreparationTask") and not job.get("jobReleaseTask"):
-            return self._list([], "jobpreparationandreleasetaskstatuslist", request)
-        raise ApiError(
-            409,
-            "JobPreparationTaskOrReleaseTaskNotSpecified",
-            "The emulator does not run job preparation and release tasks.",
-        )
+            raise ApiError(409, "JobPreparationTaskNotSpecified")
+        # The emulator does not run job preparation and release tasks yet, so no node has run one.
+        return self._list([], "jobpreparationandreleasetaskstatuslist", request)
 
     # ----------------------------------------------------------------- job schedules
     def _list_job_schedules(self, request: _Request) -> _Response:

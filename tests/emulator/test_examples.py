@@ -166,6 +166,11 @@ def _prepare(account: Account, op_id: str, params: dict[str, Any]) -> dict[str, 
     ):
         spec = {"id": params["jobScheduleId"], "schedule": {"recurrenceInterval": "PT5M"}}
         account.send("POST", "/jobschedules", spec | {"jobSpecification": {"poolInfo": {"poolId": "poolId"}}})
+    if op_id == "Jobs_ListJobPreparationAndReleaseTaskStatus":  # the example's job has a preparation task
+        account.absent(f"/jobs/{params['jobId']}")
+        prep = {"id": "myjobpreptask", "commandLine": "true"}
+        job = {"id": params["jobId"], "poolInfo": {"poolId": "poolId"}, "jobPreparationTask": prep}
+        assert account.send("POST", "/jobs", job).status_code == 201
     if op_id == "JobSchedules_ListJobSchedules":  # the example's schedule has created its first job
         wait_for(
             lambda: all("recentJob" in j["executionInfo"] for j in account.send("GET", "/jobschedules").json()["value"])
@@ -272,3 +277,12 @@ def test_example(account: Account, example: Path) -> None:
     for key in ("id", "state", "allocationState", "poolId"):
         if key in expected and key in actual and expected.get("id") in params.values():
             assert actual[key] == expected[key], key
+
+
+def test_the_emulators_copy_of_the_description_is_the_reference() -> None:
+    """``spec_data.py`` is ``schema.compact`` of the reference BatchService.json, nothing edited by hand."""
+    from batchmagic.emulator.spec_data import SPEC
+
+    reference = schema.compact(json.loads((REFERENCE / "BatchService.json").read_text()))
+    assert reference == SPEC
+    assert schema.render(reference) == Path(schema.__file__).with_name("spec_data.py").read_text()

@@ -205,6 +205,7 @@ def test_every_client_operation_is_routed(prepared: tuple[Any, str]) -> None:
             outcomes[name] = f"{status} {code}"
     expected_errors = {
         "get_application": "404 ApplicationNotFound",
+        "list_job_preparation_and_release_task_status": "409 JobPreparationTaskNotSpecified",
         "get_node_extension": "404 NodeExtensionNotFound",
         "begin_remove_nodes": "404 NodeNotFound",
     }
