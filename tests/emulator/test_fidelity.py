@@ -187,8 +187,12 @@ def test_job_operations(world: dict[str, Any]) -> None:
     check(recorded("jobs.json", "GET", "/jobs/batch_job2_bb11edc"), send(client, "GET", "/jobs/fid-j2"))
     check(recorded("jobs.json", "GET", "/jobs?"), send(client, "GET", "/jobs"))
     check(recorded("jobs.json", "PATCH", "/jobs/"), send(client, "PATCH", "/jobs/fid-j2", {"priority": 900}))
+    # The recording lists the statuses of batch_job1, a job with preparation and release tasks; for a job
+    # without them the service answers 409 JobPreparationTaskNotSpecified.
+    prep = {"id": "fid-j1", "poolInfo": {"poolId": "fid-pool"}, "jobPreparationTask": {"commandLine": "true"}}
+    assert send(client, "POST", "/jobs", prep | {"jobReleaseTask": {"commandLine": "true"}}).status_code == 201
     check(recorded("jobs.json", "GET", "/jobpreparationandreleasetaskstatus"),
-          send(client, "GET", "/jobs/fid-j2/jobpreparationandreleasetaskstatus"))  # fmt: skip
+          send(client, "GET", "/jobs/fid-j1/jobpreparationandreleasetaskstatus"))  # fmt: skip
     check(recorded("jobs.json", "POST", "/terminate"), send(client, "POST", "/jobs/fid-j2/terminate"))
     check(recorded("jobs.json", "DELETE", "/jobs/"), send(client, "DELETE", "/jobs/fid-j2"))
 
