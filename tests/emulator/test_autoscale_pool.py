@@ -130,3 +130,28 @@ def test_evaluate_enable_disable_and_errors(client: Any) -> None:
     with pytest.raises(HttpResponseError) as err:
         client.evaluate_pool_auto_scale("ops", m.BatchPoolEvaluateAutoScaleOptions(auto_scale_formula="$x=1"))
     assert err.value.status_code == 409
+
+
+def test_an_auto_pool_can_autoscale(client: Any) -> None:
+    spec = m.BatchPoolSpecification(
+        vm_size="standard_d2s_v3",
+        virtual_machine_configuration=VMC,
+        enable_auto_scale=True,
+        auto_scale_formula="$TargetDedicatedNodes = max(0, min($PendingTasks.GetSample(1), 2));",
+        auto_scale_evaluation_interval=timedelta(minutes=5),
+    )
+    client.create_job(
+        m.BatchJobCreateOptions(
+            id="auto",
+            pool_info=m.BatchPoolInfo(
+                auto_pool_specification=m.BatchAutoPoolSpecification(
+                    pool_lifetime_option=m.BatchPoolLifetimeOption.JOB, keep_alive=False, pool=spec
+                )
+            ),
+        )
+    )
+    client.create_task("auto", m.BatchTaskCreateOptions(id="t", command_line="echo scaled"))
+    done = wait_for(lambda: (t := client.get_task("auto", "t")).state == m.BatchTaskState.COMPLETED and t, 20)
+    assert done.execution_info.result == m.BatchTaskExecutionResult.SUCCESS
+    pool = client.get_pool(client.get_job("auto").execution_info.pool_id)
+    assert pool.enable_auto_scale and pool.auto_scale_run.results.startswith("$TargetDedicatedNodes=")
