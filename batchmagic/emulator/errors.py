@@ -22,6 +22,7 @@ _MESSAGES: dict[str, str] = {
     "TaskCompleted": "The specified task is already in completed state.",
     "JobPreparationTaskNotSpecified": "The specified job does not have a job preparation or job release task.",
     "JobNotActive": "The specified job is not active.",
+    "OperationInvalidForCurrentState": "The specified operation is not valid for the current state of the resource.",
     "JobScheduleCompleted": "The specified job schedule is already in completed state.",
     "JobScheduleBeingTerminated": "The specified job schedule is being terminated.",
     "JobScheduleBeingDeleted": "The specified job schedule has been marked for deletion and is being reclaimed.",

@@ -90,6 +90,8 @@ def test_patch_with_a_wrong_type_changes_nothing(client: BatchClient) -> None:
     status, code, values = _error(_send(client, "PATCH", "/jobs/patched", {"priority": "high"}))
     assert (status, code, values["PropertyName"]) == (400, "InvalidPropertyValue", "priority")
     assert client.get_job("patched").priority == 3
+    status, code, _ = _error(_send(client, "PATCH", "/jobs/patched", {"priority": 1001}))
+    assert (status, code) == (400, "OutOfRangePriority")
 
 
 def test_missing_required_properties(client: BatchClient) -> None:
@@ -232,7 +234,7 @@ def test_put_replaces_and_patch_merges(client: BatchClient) -> None:
     assert (status, code, values["PropertyName"]) == (400, "MissingRequiredProperty", "poolInfo")
     # The pool may change only while the job is disabled.
     status, code, _ = _error(_send(client, "PUT", "/jobs/rep", {"poolInfo": {"poolId": "strint"}}))
-    assert (status, code) == (409, "JobNotDisabled")
+    assert (status, code) == (409, "OperationInvalidForCurrentState")
     _send(client, "POST", "/jobs/rep/disable", {"disableTasks": "requeue"})
     wait_for(lambda: client.get_job("rep").state == m.BatchJobState.DISABLED, 30)
     assert _send(client, "PUT", "/jobs/rep", {"poolInfo": {"poolId": "strint"}}).status_code == 200
@@ -248,7 +250,7 @@ def test_task_reactivate_and_replace(client: BatchClient) -> None:
     assert done.execution_info.exit_code == 3
     wait_for(lambda: client.get_task("re", "ok").state == m.BatchTaskState.COMPLETED, 60)
     status, code, _ = _error(_send(client, "POST", "/jobs/re/tasks/ok/reactivate"))
-    assert (status, code) == (409, "TaskNotReactivatable")
+    assert (status, code) == (409, "OperationInvalidForCurrentState")
     client.reactivate_task("re", "fails")
     again = wait_for(lambda: (t := client.get_task("re", "fails")).state == m.BatchTaskState.COMPLETED and t, 60)
     assert again.execution_info.exit_code == 3 and again.previous_state == m.BatchTaskState.RUNNING

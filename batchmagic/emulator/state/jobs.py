@@ -17,6 +17,16 @@ __all__ = ["JobsMixin"]
 log = logging.getLogger("batchmagic.emulator")
 
 
+def _check_priority(body: dict[str, Any]) -> None:
+    if body.get("priority") is not None and not -1000 <= int(body["priority"]) <= 1000:
+        raise ApiError(
+            400,
+            "OutOfRangePriority",
+            "The priority must be between -1000 and 1000.",
+            [("PropertyName", "priority"), ("PropertyValue", str(body["priority"]))],
+        )
+
+
 class JobsMixin(PoolsMixin):
     """Jobs and their lifecycle; a job's auto pool is made and released through :class:`PoolsMixin`."""
 
@@ -34,6 +44,7 @@ class JobsMixin(PoolsMixin):
         pool_info = body.get("poolInfo")
         if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
             raise missing_property("poolInfo")
+        _check_priority(body)
         constraints = dict(body.get("constraints") or {})
         try:
             wall = parse_duration(constraints.get("maxWallClockTime"))
@@ -138,8 +149,7 @@ class JobsMixin(PoolsMixin):
                     "constraints": {},
                     **{k: v for k, v in body.items() if v is not None},
                 }
-            if "priority" in body and not -1000 <= int(body["priority"]) <= 1000:
-                raise invalid_property("priority", body["priority"], "Priority must be between -1000 and 1000.")
+            _check_priority(body)
             if "maxParallelTasks" in body and (int(body["maxParallelTasks"]) == 0 or body["maxParallelTasks"] < -1):
                 raise invalid_property("maxParallelTasks", body["maxParallelTasks"])
             if "poolInfo" in body:
@@ -187,7 +197,7 @@ class JobsMixin(PoolsMixin):
         if job.data["state"] != "disabled":
             raise ApiError(
                 409,
-                "JobNotDisabled",
+                "OperationInvalidForCurrentState",
                 "The pool of a job may change only while the job is disabled.",
                 [("JobState", str(job.data["state"]))],
             )

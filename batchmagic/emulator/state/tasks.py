@@ -209,7 +209,7 @@ class TasksMixin(FilesMixin):
             if task.data["state"] != "completed" or info.get("result") != "failure":
                 raise ApiError(
                     409,
-                    "TaskNotReactivatable" if task.data["state"] == "completed" else "TaskNotCompleted",
+                    "OperationInvalidForCurrentState",
                     "Only a task that completed with a failure can be reactivated.",
                     [("TaskState", str(task.data["state"])), ("TaskResult", str(info.get("result")))],
                 )
