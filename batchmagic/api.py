@@ -243,6 +243,7 @@ class Session:
                 inputs=tuple(staged.files),
                 input_concurrency=settings.input_concurrency,
                 outputs=OutputTarget(outbox, Layout.outputs(run.id, task_id), options.output_files) if outbox else None,
+                env=dict(options.env),
             )
             store.put_bytes(Layout.spec(run.id, task_id), spec.to_json())
 

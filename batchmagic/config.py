@@ -34,6 +34,8 @@ __all__ = [
     "ENV_SETTINGS",
     "MAX_TIMEOUT",
     "working_directory",
+    "redacted",
+    "SECRET_NAME",
 ]
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
@@ -281,6 +283,16 @@ class Settings:
     def public(self) -> Mapping[str, Any]:
         """The settings without the secrets, for messages and the ledger."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"}
+
+
+#: Names of variables that hold secrets: never inherited by a local task, redacted wherever shown.
+SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|PASSWD|TOKEN|SAS|CONNECTION_STRING|CREDENTIAL", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+def redacted(env: Mapping[str, str]) -> dict[str, str]:
+    """``--env`` as it may be shown (panel, ledger, status): values of secret-looking names replaced."""
+    return {k: REDACTED if SECRET_NAME.search(k) else v for k, v in env.items()}
 
 
 def _positive(variable: str, default: int) -> int:

@@ -52,7 +52,7 @@ __all__ = [
 
 #: Version of TaskSpec and TaskOutcome. Raise it when a field changes meaning or a runner must
 #: understand a new one; a field a runner may ignore does not need it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: TaskSpec.env (a runner that ignored it would drop the cell's --env)
 
 #: The spec's file name in the task's working directory (Azure delivers it as a resource file).
 SPEC_FILENAME = "spec.json"
@@ -166,7 +166,9 @@ class TaskSpec:
     """Everything the runner is told, as ``spec.json``. URLs only: never a key.
 
     ``params`` are a sweep task's values, each cloudpickled and hex-encoded (the runner unpickles them
-    into the namespace); ``grants`` are read URLs for the ``az://`` paths the cell names literally.
+    into the namespace); ``grants`` are read URLs for the ``az://`` paths the cell names literally;
+    ``env`` the ``--env`` variables, which the runner sets before the cell runs: they travel here, readable
+    only through the task's SAS, never in the Batch task definition or a command line.
     """
 
     run_id: str
@@ -181,6 +183,7 @@ class TaskSpec:
     inputs: tuple[InputFile, ...] = ()
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     outputs: OutputTarget | None = None
+    env: dict[str, str] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
@@ -218,6 +221,7 @@ class TaskSpec:
             inputs=tuple(InputFile(**item) for item in raw.get("inputs", [])),
             input_concurrency=int(raw.get("input_concurrency", DEFAULT_INPUT_CONCURRENCY)),
             outputs=outputs,
+            env={str(k): str(v) for k, v in raw.get("env", {}).items()},
             schema=version,
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 import cloudpickle
 
 from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSubmission
-from batchmagic.config import Settings
+from batchmagic.config import Settings, redacted
 from batchmagic.cost import CostMeter
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.ledger import Ledger
@@ -103,6 +103,7 @@ class Run:
         self.results: Any = None  # a sweep's DataFrame, one row per task
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
+        self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
         self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
         self.displays: list[dict[str, Any]] = []  # what the cell displayed: nbformat output objects, in order
         self.fetched = False
@@ -150,6 +151,7 @@ class Run:
             namespace=namespace if isinstance(namespace, MutableMapping) else None,
         )
         run.source = source
+        run.env = redacted(options.env)
         return run
 
     def price(self, options: RunOptions, settings: Settings) -> None:
@@ -178,7 +180,6 @@ class Run:
             spec_keys={tid: Layout.spec(self.id, tid) for tid in self.task_ids},
             vm_size=self.vm_size,
             timeout=self.timeout,
-            env=dict(options.env),
             image=options.image or "",
             nodes=options.nodes,
             low_priority=options.low_priority,
@@ -291,7 +292,9 @@ class Run:
 
         Whatever stops the backend half-way (an error, Ctrl-C) fails the run and releases what it made.
         """
-        ledger.record("submitted", self.id, backend=self.backend.name, name=self.name, vm_size=self.vm_size)
+        ledger.record(
+            "submitted", self.id, backend=self.backend.name, name=self.name, vm_size=self.vm_size, env=self.env
+        )
         self._ledger = ledger
         submission.ledger_id = ledger.client_id
         try:

@@ -343,8 +343,6 @@ class AzureBackend(Backend):
                             ),
                         )
                     ],
-                    environment_settings=[m.EnvironmentSetting(name=k, value=v) for k, v in submission.env.items()]
-                    or None,
                     constraints=m.BatchTaskConstraints(
                         max_wall_clock_time=limit, max_task_retry_count=submission.retries
                     ),

@@ -37,7 +37,6 @@ class TaskSubmission:
     spec_keys: dict[str, str]  # task id -> store key of its spec.json
     vm_size: str
     timeout: float  # seconds
-    env: dict[str, str] = field(default_factory=dict)
     nodes: int = 1
     low_priority: bool = False
     slots_per_node: int = 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,15 +26,15 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
-from batchmagic.config import inherited_environment
+from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.protocol import Layout
 from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")
 
-# Secrets of the client never reach a task's environment (unless passed on purpose with --env):
-# anything that names a key, a secret, a password, a token, a SAS or a connection string.
-_SECRET_ENV = re.compile(r"KEY|SECRET|PASSWORD|PASSWD|TOKEN|SAS|CONNECTION_STRING|CREDENTIAL", re.IGNORECASE)
+# Secrets of the client never reach a task's environment (unless passed on purpose with --env, in the
+# spec): anything that names a key, a secret, a password, a token, a SAS or a connection string.
+_SECRET_ENV = SECRET_NAME
 _GRACE_SECONDS = 3.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -111,7 +110,6 @@ class LocalBackend(Backend):
         workdir = task.dir / "wd"
         workdir.mkdir(parents=True, exist_ok=True)
         env = inherited_environment(_SECRET_ENV)
-        env.update(run.submission.env)
         env["PYTHONPATH"] = _PACKAGE_ROOT  # the runner is the client's own batchmagic, whatever is installed
         env.update(
             AZ_BATCH_TASK_ID=task.task_id,
@@ -226,13 +224,14 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
     """``docker run`` of the runner in ``submission.image``: host network, the store mounted at the same
     path (so the spec's file:// URLs work: the run's directory, and the content-addressed inputs and
     objects beside it), this user's uid, a name to kill it by, and the task's variables by name only
-    (``-e KEY``: their values come from the client's environment, never its command line)."""
+    (``-e KEY``: their values come from the client's environment, never its command line); ``--env``
+    values come in the spec."""
     home = store_root
     argv = [
         "docker", "run", "--rm", "--name", _container_name(submission.run_id, task.task_id), "--network", "host",
         "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{home}:{home}", "-w", str(workdir),
     ]  # fmt: skip
-    names = [*submission.env, "AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
+    names = ["AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
     for key in names:
         argv += ["-e", key]
     return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]

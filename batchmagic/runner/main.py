@@ -94,6 +94,7 @@ def _read_spec(where: str) -> bytes:
 
 
 def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
+    os.environ.update(spec.env)  # --env: from the spec, never from the task definition
     # The runner's own files (bundle, sources, big objects) go in a directory of their own, removed at
     # the end: in the task's working directory, unless this user cannot write it (a non-root image
     # user on a directory the node agent created as root): then the temp dir.
