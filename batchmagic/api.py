@@ -358,6 +358,7 @@ def submit(
     pip: Iterable[str] = (),
     budget: float | str | None = None,
     first_line: int = 1,
+    keep_failed: bool = False,
     pool: str | None = None,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
@@ -384,6 +385,8 @@ def submit(
         As ``--input`` and ``--output``.
     budget : float or str, optional
         As ``--budget``: end the run once its estimated spend passes this amount (Azure).
+    keep_failed : bool
+        As ``--keep-failed``: keep the run's data when it fails before it starts.
     first_line : int
         The line number of the cell's first line where it is shown (2 under a ``%%azbatch`` line):
         remote tracebacks count from it.
@@ -425,6 +428,7 @@ def submit(
         pip=tuple(pip),
         budget=parse_budget(budget),
         first_line=first_line,
+        keep_failed=keep_failed,
         pool=pool,
     )
     session = default_session()

@@ -276,6 +276,11 @@ class AzBatch(Magics):
     @argument("--no-wait", action="store_true", help="Return at once; the panel keeps updating in the background.")
     @argument("--out-run", metavar="NAME", help="Also bind the run's handle to NAME (besides _azbatch).")
     @argument(
+        "--keep-failed",
+        action="store_true",
+        help="Keep the run's data (bundle, specs) when it fails before it starts; by default it is removed.",
+    )
+    @argument(
         "--input",
         action="append",
         metavar="SOURCE[:DEST]",
@@ -439,6 +444,7 @@ class AzBatch(Magics):
             first_line=2,  # the cell's first line is the one after %%azbatch: tracebacks count from it
             pool=args.pool,
             budget=args.budget,
+            keep_failed=args.keep_failed,
         )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:

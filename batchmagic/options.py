@@ -55,6 +55,7 @@ class RunOptions:
     container: bool = False
     requirements: str | None = None
     pip: tuple[str, ...] = ()
+    keep_failed: bool = False  # keep the run's data when it fails before it starts (debugging)
     budget: float | None = None  # end the run once its estimated spend passes this (given as 5 or "$5")
     first_line: int = 1  # the cell's first line's number where it was written: 2 under a %%azbatch line
     pool: str | None = None  # a named pool to run on (Azure); None: the settings' (AzBatch.pool), else an auto pool

@@ -103,6 +103,7 @@ class Run:
         self.results: Any = None  # a sweep's DataFrame, one row per task
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
+        self.keep_failed = False  # keep the data of a run that fails before it starts (--keep-failed)
         self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
         self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
         self.displays: list[dict[str, Any]] = []  # what the cell displayed: nbformat output objects, in order
@@ -152,6 +153,7 @@ class Run:
         )
         run.source = source
         run.env = redacted(options.env)
+        run.keep_failed = options.keep_failed
         return run
 
     def price(self, options: RunOptions, settings: Settings) -> None:
@@ -276,16 +278,36 @@ class Run:
             yield
         except BatchMagicError as err:
             self.fail(err)
+            self.discard()
             raise
-        except Exception as err:
-            if not storing:
+        except BaseException as err:
+            if not storing or not isinstance(err, Exception):
                 self.fail(err)
+                self.discard()
                 raise
             failure = RunFailed(
                 f"could not store run {self.name}'s data in {self.store.describe()}: {_first_line(err)}"
             )
             self.fail(failure)
+            self.discard()
             raise failure from err
+
+    def discard(self) -> int:
+        """Remove the data of a run that failed before it started (its bundle, and its specs, which hold
+        SAS URLs), unless it was submitted with ``keep_failed``; how many files went. Never raises:
+        the failure that brought us here is the one to report."""
+        if self.keep_failed:
+            return 0
+        count = 0
+        try:
+            count = self.store.delete_prefix(self.prefix)
+            if self.outbox is not self.store:
+                count += self.outbox.delete_prefix(self.prefix)
+                if isinstance(self.outbox, BlobStore):
+                    self.outbox.delete_container()
+        except Exception:
+            log.warning("could not remove the data of failed run %s", self.id, exc_info=True)
+        return count
 
     def launch(self, submission: TaskSubmission, ledger: Ledger) -> None:
         """Record the run in the ledger and have the backend start it: then it is queued.
@@ -304,6 +326,7 @@ class Run:
                 err if isinstance(err, Exception) else RunCancelled(f"run {self.name} interrupted while submitting")
             )
             self.release()
+            self.discard()
             raise
         self.enter(Phase.QUEUED)
 

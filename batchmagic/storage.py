@@ -12,12 +12,14 @@ import hashlib
 import os
 import re
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from batchmagic.channel import BlobChannel, Channel, FileChannel, atomic_write, open_channel
+from batchmagic.protocol import sha256_file
 
 __all__ = [
     "Store",
@@ -87,6 +89,9 @@ class Store(ABC):
         return self
 
 
+_CONTENT_ADDRESSED = re.compile(r"^(objects|inputs)/sha256/[0-9a-f]{64}$")
+
+
 class LocalStore(Store):
     """Run data in a directory on this machine (the local backend's store)."""
 
@@ -103,10 +108,25 @@ class LocalStore(Store):
         return target
 
     def put_file(self, key: str, path: Path) -> None:
+        """Copy to a temporary name beside the key, check it (its size; for content-addressed keys its
+        sha256), then rename: a full disk or a killed copy never leaves a short file at the key, where
+        a later run would take it for the real one."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if Path(path).resolve() != target:
-            shutil.copyfile(path, target)
+        if Path(path).resolve() == target:
+            return
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+        try:
+            shutil.copyfile(path, partial)
+            size, expected = partial.stat().st_size, Path(path).stat().st_size
+            if size != expected:
+                raise OSError(f"copying {path} to {target} wrote {size} of {expected} bytes")
+            if _CONTENT_ADDRESSED.match(key) and sha256_file(partial) != key.rsplit("/", 1)[1]:
+                raise OSError(f"the copy of {path} at {key} does not match its hash")
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
 
     def put_bytes(self, key: str, data: bytes) -> None:
         target = self.path(key)
@@ -165,9 +185,11 @@ class LocalStore(Store):
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(path, target)
+            os.link(path, target)  # atomic: the key names the whole file or nothing
+        except FileExistsError:
+            pass
         except OSError:
-            shutil.copyfile(path, target)
+            self.put_file(key, path)
 
 
 # --- Azure Blob Storage ---

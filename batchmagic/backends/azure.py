@@ -313,54 +313,60 @@ class AzureBackend(Backend):
             metadata=metadata,
         )
         self._call(lambda: self.client.create_job(job), "create the job")
-        outbox = self.store.outbox(submission.run_id)
-        outbox.ensure_container()
-        outputs_url = outbox.container_url(permissions="cw", expiry=expiry)  # write-only, this run's container
-        tasks = []
-        for task_id in submission.task_ids:
-            spec_url = self.store.url(submission.spec_keys[task_id], permissions="r", expiry=expiry)
-            tasks.append(
-                m.BatchTaskCreateOptions(
-                    id=task_id,
-                    command_line=COMMAND,
-                    container_settings=m.BatchTaskContainerSettings(
-                        image_name=image,
-                        working_directory=m.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
-                        registry=task_registry,
-                    ),
-                    resource_files=[m.ResourceFile(http_url=spec_url, file_path=SPEC_FILENAME)],
-                    output_files=[
-                        m.OutputFile(
-                            file_pattern="../std*.txt",
-                            destination=m.OutputFileDestination(
-                                container=m.OutputFileBlobContainerDestination(
-                                    container_url=outputs_url,
-                                    path=Layout.process_files(submission.run_id, task_id),
-                                )
-                            ),
-                            upload_options=m.OutputFileUploadConfiguration(
-                                upload_condition=m.OutputFileUploadCondition.TASK_COMPLETION
-                            ),
-                        )
-                    ],
-                    constraints=m.BatchTaskConstraints(
-                        max_wall_clock_time=limit, max_task_retry_count=submission.retries
-                    ),
+        try:
+            outbox = self.store.outbox(submission.run_id)
+            outbox.ensure_container()
+            outputs_url = outbox.container_url(permissions="cw", expiry=expiry)  # write-only, this run's container
+            tasks = []
+            for task_id in submission.task_ids:
+                spec_url = self.store.url(submission.spec_keys[task_id], permissions="r", expiry=expiry)
+                tasks.append(
+                    m.BatchTaskCreateOptions(
+                        id=task_id,
+                        command_line=COMMAND,
+                        container_settings=m.BatchTaskContainerSettings(
+                            image_name=image,
+                            working_directory=m.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
+                            registry=task_registry,
+                        ),
+                        resource_files=[m.ResourceFile(http_url=spec_url, file_path=SPEC_FILENAME)],
+                        output_files=[
+                            m.OutputFile(
+                                file_pattern="../std*.txt",
+                                destination=m.OutputFileDestination(
+                                    container=m.OutputFileBlobContainerDestination(
+                                        container_url=outputs_url,
+                                        path=Layout.process_files(submission.run_id, task_id),
+                                    )
+                                ),
+                                upload_options=m.OutputFileUploadConfiguration(
+                                    upload_condition=m.OutputFileUploadCondition.TASK_COMPLETION
+                                ),
+                            )
+                        ],
+                        constraints=m.BatchTaskConstraints(
+                            max_wall_clock_time=limit, max_task_retry_count=submission.retries
+                        ),
+                    )
                 )
+            if len(tasks) == 1:
+                self._call(lambda: self.client.create_task(submission.run_id, tasks[0]), "add the task")
+            else:
+                self._call(
+                    lambda: self.client.create_tasks(submission.run_id, tasks, max_concurrency=4), "add the tasks"
+                )
+            self._call(
+                lambda: self.client.update_job(
+                    submission.run_id,
+                    m.BatchJobUpdateOptions(all_tasks_complete_mode=m.BatchAllTasksCompleteMode.TERMINATE_JOB),
+                ),
+                "set the job to end with its tasks",
             )
-        if len(tasks) == 1:
-            self._call(lambda: self.client.create_task(submission.run_id, tasks[0]), "add the task")
-        else:
-            self._call(lambda: self.client.create_tasks(submission.run_id, tasks, max_concurrency=4), "add the tasks")
-        self._call(
-            lambda: self.client.update_job(
-                submission.run_id,
-                m.BatchJobUpdateOptions(all_tasks_complete_mode=m.BatchAllTasksCompleteMode.TERMINATE_JOB),
-            ),
-            "set the job to end with its tasks",
-        )
-        if run.pool is not None:
-            self._grow_for(run.pool, len(tasks))
+            if run.pool is not None:
+                self._grow_for(run.pool, len(tasks))
+        except BaseException:  # Ctrl-C too: a half-made run leaves no job (nor its auto pool) behind
+            self._delete_job(submission.run_id)
+            raise
 
     def poll(self, run_id: str) -> BackendStatus:
         run = self._runs[run_id]
@@ -637,6 +643,14 @@ class AzureBackend(Backend):
     def cancel(self, run_id: str) -> None:
         self._terminate(run_id)
 
+    def _delete_job(self, run_id: str) -> None:
+        """Delete a job that failed half-way through its submission (its auto pool goes with it); a
+        failure here is logged: the submission's own error is the one to report, and release retries."""
+        try:
+            self.client.begin_delete_job(run_id, polling_interval=1)
+        except Exception:
+            log.warning("could not delete job %s after its submission failed", run_id, exc_info=True)
+
     def release(self, run_id: str) -> list[str]:
         run = self._runs.get(run_id)
         if run is None or run.released:
@@ -844,7 +858,7 @@ class AzureBackend(Backend):
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         """Translate azure-core errors into ours, at the boundary."""
-        from azure.core.exceptions import HttpResponseError, ServiceRequestError
+        from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
         try:
             return fn()
@@ -855,8 +869,8 @@ class AzureBackend(Backend):
             if getattr(err, "status_code", None) == 400:
                 raise ConfigError(f"Azure Batch refused to {what}: {code}: {_message(err)}") from err
             raise RunFailed(f"could not {what}: {code or err.status_code}: {_message(err)}") from err
-        except ServiceRequestError as err:
-            raise RunFailed(f"could not reach Azure Batch to {what}: {err}") from err
+        except (ServiceRequestError, ServiceResponseError) as err:
+            raise RunFailed(f"could not reach Azure Batch to {what}: {_first_line(err)}") from err
 
 
 def _first_line(err: BaseException) -> str:

@@ -141,6 +141,10 @@ class LocalBackend(Backend):
         on whether or not anyone polls)."""
         assert task.process is not None
         task.process.wait()
+        try:  # whatever the cell started and the runner could not end goes with it (SIGKILL ignores no one)
+            os.killpg(task.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self._finished(task)
         self._start_ready(run)
 

@@ -165,6 +165,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
+        _end_stragglers()  # before the pipes close: a child still holding them would hold the runner too
         fds.__exit__(None, None, None)
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
     outputs, skipped = _collect(namespace, names)
@@ -176,6 +177,21 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         displays=tuple(capture.outputs),
     )
     return EXIT_OK, _with_files(done, spec, Path(cwd), workdir)
+
+
+def _end_stragglers() -> None:
+    """End the processes the cell started and left running (``Popen`` without a wait): they are in the
+    runner's process group when it leads one (the local backend starts it in a session of its own; a
+    container's first process too), and must not outlive the cell nor keep its output pipes open."""
+    if os.getpgid(0) != os.getpid():
+        return  # not a group leader: the group is someone else's
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(os.getpid(), signal.SIGTERM)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
