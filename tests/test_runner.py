@@ -18,6 +18,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
+import batchmagic
 from batchmagic.capture import capture
 from batchmagic.errors import RemoteError
 from batchmagic.protocol import SCHEMA_VERSION, TaskOutcome
@@ -39,6 +40,7 @@ class Task:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = str(Path(batchmagic.__file__).resolve().parents[1])  # this checkout's runner
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
