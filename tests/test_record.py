@@ -85,14 +85,16 @@ def test_cancel_from_between_polls_ends_the_run_cancelled(home: Path) -> None:
 
 def test_a_local_sweep_runs_as_many_tasks_at_once_as_cores(shell: Any) -> None:
     cores = os.cpu_count() or 1
-    cell = "import time\nt0 = time.time()\ntime.sleep(1.5)\nt1 = time.time()"
+    cell = "import time\nt0 = time.time()\ntime.sleep(2.5)\nt1 = time.time()"
     shell.run_cell(f"%%azbatch --sweep i={','.join(str(i) for i in range(cores + 1))}\n" + cell)
-    outputs = shell.user_ns["_azbatch"].outputs
-    overlapping = sum(1 for o in outputs if o["t0"] < outputs[0]["t1"])
-    assert overlapping == cores, outputs  # the first `cores` tasks ran together, the last one after
+    assert _most_at_once(shell.user_ns["_azbatch"].outputs) == cores  # not one after the other, nor more
     shell.run_cell("%%azbatch --sweep i=0,1 --slots-per-node 1\n" + cell)
-    first, second = shell.user_ns["_azbatch"].outputs
-    assert second["t0"] >= first["t1"]  # --slots-per-node 1: one after the other
+    assert _most_at_once(shell.user_ns["_azbatch"].outputs) == 1  # --slots-per-node 1: one at a time
+
+
+def _most_at_once(outputs: list[dict[str, float]]) -> int:
+    """The most tasks that were running at one moment (a task runs from its t0 to its t1)."""
+    return max(sum(1 for o in outputs if o["t0"] <= moment["t0"] < o["t1"]) for moment in outputs)
 
 
 def test_remote_traceback_has_the_notebooks_line_numbers(shell: Any) -> None:
