@@ -327,7 +327,14 @@ def test_teardown_all_removes_named_pools_too(azure_env, shell, capsys):
     from batchmagic import pools
 
     magics = shell.magics_manager.registry["AzBatch"]
-    pools.create_pool("left", vm_size="Standard_D2s_v3", session=Session(), settings=magics.settings())
+    other = Session()
+    pools.create_pool("left", vm_size="Standard_D2s_v3", session=other, settings=magics.settings())
+    # Made again by the same client (a retried create): the same pool; by another: one line.
+    assert (
+        pools.create_pool("left", vm_size="Standard_D2s_v3", session=other, settings=magics.settings()).name == "left"
+    )
+    with pytest.raises(ConfigError, match="pool left already exists"):
+        pools.create_pool("left", vm_size="Standard_D2s_v3", session=Session(), settings=magics.settings())
     shell.run_line_magic("azbatch_teardown", "")
     assert "kept pool" not in capsys.readouterr().out  # this kernel never used Azure: it lists nothing
     shell.run_line_magic("azbatch_teardown", "--all")

@@ -757,8 +757,26 @@ class AzureBackend(Backend):
             auto_scale_evaluation_interval=timedelta(seconds=EVALUATION_INTERVAL),
             metadata=[m.BatchMetadataItem(name=k, value=v) for k, v in values.items() if v],
         )
-        self._pool_call(lambda: self.client.create_pool(body), request.name, "create")
+        try:
+            self._pool_call(lambda: self.client.create_pool(body), request.name, "create")
+        except ConfigError:
+            # The SDK retries a create that failed with a 5xx: the pool may be ours, made by the first try.
+            existing = self._find_pool(request.name)
+            if (
+                existing is None
+                or not client_id
+                or existing.client_id != client_id
+                or existing.vm_size.lower() != request.vm_size.lower()
+            ):
+                raise
+            return existing
         return self.get_pool(request.name)
+
+    def _find_pool(self, name: str) -> Pool | None:
+        try:
+            return self.get_pool(name)
+        except ConfigError:
+            return None
 
     def get_pool(self, name: str) -> Pool:
         """The named pool ``name``: its size, nodes by state, limits. ConfigError when there is none."""
