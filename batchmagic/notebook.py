@@ -6,10 +6,9 @@ text and the runner's display records), then its error if it raised. Any noteboo
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
-from typing import Any, cast
-
-import nbformat
+from typing import Any
 
 from batchmagic.state import LogRecord
 
@@ -42,14 +41,34 @@ def outputs_of(records: Iterable[LogRecord], error: dict[str, Any] | None = None
 
 def run_notebook(
     source: str, records: Iterable[LogRecord], *, error: dict[str, Any] | None = None, **metadata: Any
-) -> nbformat.NotebookNode:
-    """A valid nbformat 4 notebook of one code cell: ``source`` with its outputs; ``metadata`` under
-    the notebook's ``batchmagic`` key (run id, name, backend...)."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.metadata["batchmagic"] = metadata
-    cell = nbformat.v4.new_code_cell(source)
-    cell.outputs = [nbformat.from_dict(output) for output in outputs_of(records, error)]
-    nb.cells.append(cell)
-    nbformat.validate(nb)
-    return cast(nbformat.NotebookNode, nb)
+) -> dict[str, Any]:
+    """A valid nbformat 4.5 notebook of one code cell, as JSON-ready data: ``source`` with its outputs;
+    ``metadata`` under the notebook's ``batchmagic`` key (run id, name, backend...).
+
+    Built as plain data rather than with nbformat, whose import (its JSON schema validators) can take
+    seconds: the record is written while the user waits for the run to end. The tests validate it.
+    """
+    cell = {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": uuid.uuid4().hex[:8],
+        "metadata": {},
+        "outputs": [_with_defaults(output) for output in outputs_of(records, error)],
+        "source": source,
+    }
+    return {
+        "cells": [cell],
+        "metadata": {"language_info": {"name": "python"}, "batchmagic": metadata},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _with_defaults(output: dict[str, Any]) -> dict[str, Any]:
+    """The fields nbformat requires of each output type (a display made remotely may lack metadata)."""
+    kind = output.get("output_type")
+    if kind in ("display_data", "execute_result"):
+        output = {"metadata": {}, **output}
+        if kind == "execute_result":
+            output.setdefault("execution_count", None)
+    return output

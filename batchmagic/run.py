@@ -608,8 +608,6 @@ class Run:
 
     def _write_record(self, task_id: str, outcome: TaskOutcome) -> None:
         """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
-        import nbformat
-
         from batchmagic.notebook import run_notebook
 
         try:
@@ -619,7 +617,7 @@ class Run:
                 err = outcome.error
                 error = {"type": err.type, "message": err.message, "traceback": list(err.traceback)}
             nb = run_notebook(self.source, records, error=error, run_id=self.id, name=self.name, task_id=task_id)
-            self.store.put_bytes(self.record_key, nbformat.writes(nb).encode())
+            self.store.put_bytes(self.record_key, json.dumps(nb, indent=1).encode())
         except Exception:
             log.warning("could not write the record of run %s", self.id, exc_info=True)
 
