@@ -735,8 +735,7 @@ class Emulator:
         job = self.state.get_job(job_id)
         if not job.get("jobPreparationTask") and not job.get("jobReleaseTask"):
             raise ApiError(409, "JobPreparationTaskNotSpecified")
-        # The emulator does not run job preparation and release tasks yet, so no node has run one.
-        return self._list([], "jobpreparationandreleasetaskstatuslist", request)
+        return self._list(self.state.job_prep_release_status(job_id), "jobpreparationandreleasetaskstatuslist", request)
 
     # ----------------------------------------------------------------- job schedules
     def _list_job_schedules(self, request: _Request) -> _Response:

@@ -53,7 +53,7 @@ DIVERGENCES = {
 #: does not show (its pool had a start task, its job a preparation task, its account applications...).
 CONFIGURED = {
     "Applications_ListApplications": {"value"},
-    "Jobs_ListJobPreparationAndReleaseTaskStatus": {"value"},
+    "Jobs_ListJobPreparationAndReleaseTaskStatus": {"jobReleaseTaskExecutionInfo"},  # its job had ended
     "Nodes_ListNodeExtensions": {"value"},
     "Pools_GetPool_Basic": {"startTask"},
     "Pools_ListPools_Basic": {"startTask"},
@@ -171,6 +171,7 @@ def _prepare(account: Account, op_id: str, params: dict[str, Any]) -> dict[str, 
         prep = {"id": "myjobpreptask", "commandLine": "true"}
         job = {"id": params["jobId"], "poolInfo": {"poolId": "poolId"}, "jobPreparationTask": prep}
         assert account.send("POST", "/jobs", job).status_code == 201
+        account.task(params["jobId"], "after-preparation")  # so that a node has run the preparation task
     if op_id == "JobSchedules_ListJobSchedules":  # the example's schedule has created its first job
         wait_for(
             lambda: all("recentJob" in j["executionInfo"] for j in account.send("GET", "/jobschedules").json()["value"])

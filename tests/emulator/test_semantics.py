@@ -319,3 +319,55 @@ def test_job_schedule_without_recurrence_runs_once(client: BatchClient) -> None:
         )
     )
     assert (status, code, values["PropertyName"]) == (400, "InvalidPropertyValue", "schedule.recurrenceInterval")
+
+
+# ----------------------------------------------------------------- job preparation and release
+def test_job_preparation_and_release_tasks(client: BatchClient) -> None:
+    job = {
+        "id": "prep",
+        "poolInfo": {"poolId": "p"},
+        "jobPreparationTask": {
+            "id": "setup",
+            "commandLine": "/bin/sh -c 'echo ready > $AZ_BATCH_NODE_SHARED_DIR/prep'",
+        },
+        "jobReleaseTask": {"id": "teardown", "commandLine": "/bin/sh -c 'rm $AZ_BATCH_NODE_SHARED_DIR/prep'"},
+    }
+    assert _send(client, "POST", "/jobs", job).status_code == 201
+    client.create_task("prep", m.BatchTaskCreateOptions(id="t", command_line="cat $AZ_BATCH_NODE_SHARED_DIR/prep"))
+    task = wait_for(lambda: (t := client.get_task("prep", "t")).state == m.BatchTaskState.COMPLETED and t, 60)
+    assert task.execution_info.exit_code == 0
+    [status] = list(client.list_job_preparation_and_release_task_status("prep"))
+    assert status.node_id == task.node_info.node_id and status.pool_id == "p"
+    prep = status.job_preparation_task_execution_info
+    assert prep.state == m.BatchJobPreparationTaskState.COMPLETED and prep.exit_code == 0
+    assert prep.task_root_directory == "tasks/prep/job-1/setup"
+    assert status.job_release_task_execution_info is None
+    client.begin_terminate_job("prep", m._models.BatchJobTerminateOptions(termination_reason="done")).result()
+    wait_for(lambda: client.get_job("prep").state == m.BatchJobState.COMPLETED, 60)
+    [status] = list(client.list_job_preparation_and_release_task_status("prep"))
+    release = status.job_release_task_execution_info
+    assert release.state == m.BatchJobReleaseTaskState.COMPLETED and release.exit_code == 0
+    # A job without them: 409, as the service answers.
+    status_code, code, _ = _error(_send(client, "GET", "/jobs/re/jobpreparationandreleasetaskstatus"))
+    assert (status_code, code) == (409, "JobPreparationTaskNotSpecified")
+
+
+def test_a_failing_preparation_task_keeps_the_jobs_tasks_off_the_node(client: BatchClient) -> None:
+    job = {"id": "badprep", "poolInfo": {"poolId": "p"}, "jobPreparationTask": {"commandLine": "exit 7"}}
+    assert _send(client, "POST", "/jobs", job).status_code == 201
+    client.create_task("badprep", m.BatchTaskCreateOptions(id="t", command_line="true"))
+    wait_for(lambda: list(client.list_job_preparation_and_release_task_status("badprep")), 60)
+    info = wait_for(
+        lambda: (
+            (
+                i := list(client.list_job_preparation_and_release_task_status("badprep"))[0]
+            ).job_preparation_task_execution_info.state
+            == m.BatchJobPreparationTaskState.COMPLETED
+            and i
+        ),
+        60,
+    ).job_preparation_task_execution_info
+    assert info.exit_code == 7 and info.result == m.BatchTaskExecutionResult.FAILURE
+    time.sleep(1)
+    assert client.get_task("badprep", "t").state == m.BatchTaskState.ACTIVE
+    client.begin_delete_job("badprep", polling_interval=0.1).result()

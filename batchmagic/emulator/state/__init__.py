@@ -15,6 +15,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     persist.py the account saved to and restored from --state DIR
     autoscaling.py  pool autoscale: metric samples, formula evaluations on the clock
     account.py certificates and node log uploads
+    jobprep.py job preparation and release tasks
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.state.account import AccountMixin
 from batchmagic.emulator.state.autoscaling import AutoscaleMixin
+from batchmagic.emulator.state.jobprep import JobPrepMixin
 from batchmagic.emulator.state.model import (
     TICK,
     UNLIMITED_DURATION,
@@ -60,7 +62,9 @@ __all__ = [
 log = logging.getLogger("batchmagic.emulator")
 
 
-class BatchState(PersistMixin, AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin, AccountMixin):
+class BatchState(
+    PersistMixin, AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin, JobPrepMixin, AccountMixin
+):
     """The account's resources and the scheduler that moves them through their states.
 
     Parameters
@@ -144,6 +148,7 @@ class BatchState(PersistMixin, AutoscaleMixin, NodesMixin, SchedulesMixin, Multi
                 continue
             self._advance_pool(pool, now)
         self._advance_schedules(now)
+        self._start_job_releases()
         for job in list(self.jobs.values()):
             self._advance_job(job, now)
         self._schedule(now)

@@ -286,7 +286,7 @@ class JobsMixin(PoolsMixin):
                 log.info("job %s deleted", job.id)
             return
         if state == "terminating":
-            if not busy:
+            if not busy and job.release_state == "done":
                 info = job.data["executionInfo"]
                 info["endTime"] = iso(now)
                 info["terminateReason"] = job.pending_reason or "UserTerminate"

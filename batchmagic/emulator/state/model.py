@@ -165,6 +165,12 @@ class Job:
     pending_reason: str | None = None
     delete_requested: bool = False
     created: float = 0.0
+    prep_status: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Node id -> the job preparation/release status entry the service lists for that node."""
+    prep_failed: set[str] = field(default_factory=set)
+    """Nodes where the job preparation task failed: no task of this job runs there."""
+    release_state: str = ""
+    """"" until the job ends, then "running" while its release tasks run, then "done"."""
 
     @property
     def id(self) -> str:

@@ -232,6 +232,14 @@ class TasksMixin(FilesMixin):
                 self._kill(task, "terminate")
             job.tasks.pop(task_id, None)
 
+    def _prepare_job_on_node(self, job: Job, pool: Pool, node: Node) -> bool:
+        """Hook: run the job's preparation task on ``node`` if needed (see ``jobprep.py``)."""
+        return True
+
+    def _node_accepts_job(self, job: Job, node: Node) -> bool:
+        """Hook: whether ``node`` may run tasks of ``job`` (not after its preparation task failed there)."""
+        return True
+
     def _schedule(self, now: float) -> None:
         jobs = sorted(
             (j for j in self.jobs.values() if j.data["state"] == "active"), key=lambda j: -int(j.data["priority"])
@@ -257,6 +265,7 @@ class TasksMixin(FilesMixin):
                     if n.data["state"] in ("idle", "running")
                     and n.data["schedulingState"] == "enabled"
                     and not n.pending_op
+                    and self._node_accepts_job(job, n)
                     and slots_per_node - n.used_slots >= need
                 ]
                 instances = self._instances(task)
@@ -353,6 +362,9 @@ class TasksMixin(FilesMixin):
             if coordination_failure is not None:
                 self._finish(task, None, coordination_failure)
                 return
+        if not self._prepare_job_on_node(job, pool, node):
+            self._requeue(task)  # the job's preparation task failed here: the node takes no task of the job
+            return
         try:
             download_resource_files(list(data.get("resourceFiles") or []), task_dir / "wd")
         except TransferError as err:
