@@ -34,6 +34,7 @@ __all__ = [
     "PoolRequest",
     "Pool",
     "EVALUATION_INTERVAL",
+    "CLOCK_SKEW",
     "DEFAULT_IDLE",
     "MAX_SLOTS_PER_NODE",
     "autoscale_formula",
@@ -45,6 +46,9 @@ __all__ = [
 
 #: How often Batch evaluates the formula: the service's minimum, so an idle pool goes soonest.
 EVALUATION_INTERVAL = 5 * 60
+#: A formula's mark is set this far back: a client clock a little ahead of the service's must not put it
+#: in the service's future (a sample window cannot start there).
+CLOCK_SKEW = timedelta(minutes=1)
 DEFAULT_IDLE = 20 * 60
 MAX_SLOTS_PER_NODE = 256  # Batch's limit on taskSlotsPerNode
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -182,8 +186,10 @@ def nodes_for(tasks: int, slots_per_node: int, max_nodes: int) -> int:
 def autoscale_formula(request: PoolRequest, *, floor: int = 0, mark: datetime) -> str:
     """The pool's autoscale formula, with a floor of ``floor`` nodes held from ``mark`` for ``idle``.
 
-    The windows are measured back from the evaluation; a window that reaches before ``mark`` is cut
-    there, so a resize to 0 drops the nodes at the next evaluation (once their tasks are done).
+    The task window looks back ``idle`` from the evaluation, but not before ``mark``: so a resize to 0
+    drops the nodes at the next evaluation (once their tasks are done). Only the operations Batch
+    documents for each type are used: ternaries choose between doubles, times are compared as
+    timestamps, and ``GetSample`` takes a timestamp or a timeinterval as its start.
     """
     target = "$TargetLowPriorityNodes" if request.low_priority else "$TargetDedicatedNodes"
     other = "$TargetDedicatedNodes" if request.low_priority else "$TargetLowPriorityNodes"
@@ -198,11 +204,11 @@ def autoscale_formula(request: PoolRequest, *, floor: int = 0, mark: datetime) -
             f"// batchmagic autoscale v1: {params}",
             "$busy = max(0, $PendingTasks.GetSample(TimeInterval_Minute, 0));",
             f"$want = min({request.max_nodes}, ceil($busy / {request.slots_per_node}));",
-            f'$since = time() - time("{at}");',
             f"$idle = TimeInterval_Second * {idle};",
-            "$window = $since < $idle ? $since : $idle;",
-            "$recent = max(0, $PendingTasks.GetSample($window, 0));",
-            f"$floor = $since < $idle ? {floor} : 0;",
+            f'$mark = time("{at}");',
+            "$fresh = time() < $mark + $idle;",
+            "$recent = $fresh ? max(0, $PendingTasks.GetSample($mark, 0)) : max(0, $PendingTasks.GetSample($idle, 0));",
+            f"$floor = $fresh ? {floor} : 0;",
             f"$hold = $recent > 0 ? {target} : 0;",
             f"{target} = min({request.max_nodes}, max($want, $floor, $hold));",
             f"{other} = 0;",

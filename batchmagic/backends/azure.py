@@ -43,6 +43,7 @@ from batchmagic.config import Settings
 from batchmagic.errors import ConfigError, RunFailed
 from batchmagic.nodeimages import NodeImage, SupportedImage, choose_node_image
 from batchmagic.poolspec import (
+    CLOCK_SKEW,
     DEFAULT_IDLE,
     EVALUATION_INTERVAL,
     META_CLIENT,
@@ -753,7 +754,7 @@ class AzureBackend(Backend):
             # Spread: a sweep's tasks go to different nodes first, so it uses the pool's width.
             task_scheduling_policy=m.BatchTaskSchedulingPolicy(node_fill_type=m.BatchNodeFillType.SPREAD),
             enable_auto_scale=True,
-            auto_scale_formula=autoscale_formula(request, floor=0, mark=datetime.now(UTC)),
+            auto_scale_formula=autoscale_formula(request, floor=0, mark=datetime.now(UTC) - CLOCK_SKEW),
             auto_scale_evaluation_interval=timedelta(seconds=EVALUATION_INTERVAL),
             metadata=[m.BatchMetadataItem(name=k, value=v) for k, v in values.items() if v],
         )
@@ -846,7 +847,7 @@ class AzureBackend(Backend):
         # With an interval, Batch stops the pool's evaluation schedule and starts a new one now: the formula
         # is evaluated at once and the pool starts growing (or shrinking) without waiting for its next turn.
         options = m.BatchPoolEnableAutoScaleOptions(
-            auto_scale_formula=autoscale_formula(request, floor=nodes, mark=datetime.now(UTC)),
+            auto_scale_formula=autoscale_formula(request, floor=nodes, mark=datetime.now(UTC) - CLOCK_SKEW),
             auto_scale_evaluation_interval=timedelta(seconds=pool.evaluation_interval),
         )
         self._pool_call(lambda: self.client.enable_pool_auto_scale(pool.name, options), pool.name, "resize")
