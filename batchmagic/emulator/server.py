@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -449,6 +450,9 @@ class Emulator:
             try:
                 if method in ("POST", "PUT", "PATCH"):
                     schema.validate(operation_id, body if raw_body else {})
+                not_modified = self._check_conditions(request)
+                if not_modified is not None:
+                    return not_modified, body
                 return handler(request, *args), body
             except ApiError as err:
                 return self._error(err), body
@@ -458,6 +462,74 @@ class Emulator:
         if allowed:
             return self._error(ApiError(405, "UnsupportedHttpVerb")), body
         return self._error(not_found("ResourceNotFound")), body
+
+    # ----------------------------------------------------------------- conditional requests
+    _CONDITIONAL = (
+        (re.compile(r"/jobs/([^/]+)/tasks/([^/]+)(?:/(?:terminate|reactivate))?"), "task"),
+        (re.compile(r"/jobs/([^/]+)(?:/(?:disable|enable|terminate))?"), "job"),
+        (re.compile(r"/jobschedules/([^/]+)(?:/(?:disable|enable|terminate))?"), "schedule"),
+        (
+            re.compile(
+                r"/pools/([^/]+)(?:/(?:resize|stopresize|updateproperties|enableautoscale|disableautoscale"
+                r"|evaluateautoscale|removenodes))?"
+            ),
+            "pool",
+        ),
+    )
+
+    def _conditional_target(self, path: str) -> dict[str, Any] | None:
+        for pattern, kind in self._CONDITIONAL:
+            m = pattern.fullmatch(path)
+            if m is None:
+                continue
+            try:
+                if kind == "task":
+                    return self.state.get_task(unquote(m.group(1)), unquote(m.group(2)))
+                if kind == "job":
+                    return self.state.get_job(unquote(m.group(1)))
+                if kind == "schedule":
+                    return self.state.get_job_schedule(unquote(m.group(1)))
+                return self.state.get_pool(unquote(m.group(1)))
+            except ApiError:
+                return None  # the handler answers the 404
+        return None
+
+    def _check_conditions(self, request: _Request) -> _Response | None:
+        """Apply ``If-Match``, ``If-None-Match``, ``If-Modified-Since`` and ``If-Unmodified-Since``.
+
+        As the service does for pools, jobs, schedules and tasks: a failed condition on a read answers
+        304 Not Modified, on any other request 412 ``ConditionNotMet``. Returns the response to send
+        instead of the handler's, or None.
+        """
+        names = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+        if not any(request.header(n) for n in names):
+            return None
+        data = self._conditional_target(request.path)
+        if data is None:
+            return None
+        etag = str(data.get("eTag"))
+        modified = int(datetime.strptime(data["lastModified"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp())
+        read = request.method in ("GET", "HEAD")
+        failed_read = False
+        match = request.header("if-match")
+        if match and match.strip() != "*" and etag not in [t.strip().strip('"') for t in match.split(",")]:
+            raise ApiError(412, "ConditionNotMet")
+        none_match = request.header("if-none-match")
+        if none_match and (none_match.strip() == "*" or etag in [t.strip().strip('"') for t in none_match.split(",")]):
+            if not read:
+                raise ApiError(412, "ConditionNotMet")
+            failed_read = True
+        since = _parse_http_date(request.header("if-modified-since"))
+        if since is not None and modified <= since:
+            if not read:
+                raise ApiError(412, "ConditionNotMet")
+            failed_read = True
+        until = _parse_http_date(request.header("if-unmodified-since"))
+        if until is not None and modified > until:
+            raise ApiError(412, "ConditionNotMet")
+        if failed_read:
+            return _Response(304, None, {"ETag": etag, "Last-Modified": _http_date(data["lastModified"])})
+        return None
 
     # ----------------------------------------------------------------- response helpers
     def _error(self, err: ApiError) -> _Response:
@@ -953,6 +1025,17 @@ class Emulator:
         else:
             target.unlink()
         return _Response(200)
+
+
+def _parse_http_date(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(parsedate_to_datetime(text).timestamp())
+    except (TypeError, ValueError):
+        raise ApiError(
+            400, "InvalidHeaderValue", values=[("HeaderName", "If-Modified-Since"), ("HeaderValue", text)]
+        ) from None
 
 
 def _http_date(iso_text: str) -> str:

@@ -371,3 +371,31 @@ def test_a_failing_preparation_task_keeps_the_jobs_tasks_off_the_node(client: Ba
     time.sleep(1)
     assert client.get_task("badprep", "t").state == m.BatchTaskState.ACTIVE
     client.begin_delete_job("badprep", polling_interval=0.1).result()
+
+
+# ----------------------------------------------------------------- conditional requests
+def test_conditional_requests(client: BatchClient) -> None:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError
+
+    client.create_job(m.BatchJobCreateOptions(id="cond", pool_info=m.BatchPoolInfo(pool_id="p")))
+    etag = client.get_job("cond").etag
+    client.update_job(
+        "cond", m.BatchJobUpdateOptions(priority=1), etag=etag, match_condition=MatchConditions.IfNotModified
+    )
+    with pytest.raises(ResourceModifiedError) as info:  # the etag changed with the update
+        client.update_job(
+            "cond", m.BatchJobUpdateOptions(priority=2), etag=etag, match_condition=MatchConditions.IfNotModified
+        )
+    assert info.value.status_code == 412 and info.value.error.code == "ConditionNotMet"
+    assert client.get_job("cond").priority == 1
+    current = client.get_job("cond").etag
+    with pytest.raises(HttpResponseError) as not_modified:  # azure-batch 15.1 maps 304 to ResourceModifiedError
+        client.get_job("cond", etag=current, match_condition=MatchConditions.IfModified)
+    assert not_modified.value.status_code == 304
+    assert client.get_job("cond", etag=etag, match_condition=MatchConditions.IfModified).priority == 1
+    client.create_task("cond", m.BatchTaskCreateOptions(id="t", command_line="true"))
+    task_etag = client.get_task("cond", "t").etag
+    with pytest.raises(ResourceModifiedError):
+        client.delete_task("cond", "t", etag="0x8D000000000000", match_condition=MatchConditions.IfNotModified)
+    client.delete_task("cond", "t", etag=task_etag, match_condition=MatchConditions.IfPresent)
