@@ -114,7 +114,7 @@ def measure(length: float, emulator: Any, session: Session, home: Path) -> Measu
     return Measured(length, run.ticks, running, ops[: starts[0]], per_tick, phases, tick_ms)
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     results: list[Measured] = []
     with tempfile.TemporaryDirectory(prefix="bench-api-calls-") as tmp_name:
         tmp = Path(tmp_name)
@@ -125,10 +125,10 @@ def main() -> None:
             with azure_environ(emulator, azurite, container="bench", home=tmp / "home"):
                 for length in LENGTHS:
                     results.append(measure(length, emulator, Session(tmp / "home"), tmp / "home"))
-    report(results)
+    return report(results)
 
 
-def report(results: list[Measured]) -> None:
+def report(results: list[Measured]) -> dict[str, float]:
     from batchmagic.backends.azure import AzureBackend
 
     first, longest = AzureBackend.poll_intervals
@@ -179,6 +179,18 @@ def report(results: list[Measured]) -> None:
         f"(at most 4 before); backed off to a tick every {longest:g} s, that is {calls * 3600 / longest:.0f} "
         "Batch calls per hour of run"
     )
+    before = max(
+        len(ops) for m in results for p, ops in zip(m.phases, m.per_tick, strict=False) if p is not Phase.RUNNING
+    )
+    figures = {
+        "api_calls_per_tick_running": float(calls),
+        "api_calls_per_tick_before_start_max": float(before),
+        "api_calls_to_start_a_run": float(len(results[0].fixed)),
+        "api_calls_per_hour_backed_off": calls * 3600 / longest,
+    }
+    for m in results:
+        figures[f"api_calls_per_run_{int(m.length)}_s"] = float(m.total)
+    return figures
 
 
 def _length(seconds: float) -> str:

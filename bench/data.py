@@ -32,7 +32,7 @@ SIZE = 1 << 30
 ROUNDS = 3
 
 
-def throughput(tmp: Path, connection: str) -> None:
+def throughput(tmp: Path, connection: str) -> dict[str, float]:
     source = tmp / "source.bin"
     with open(source, "wb") as f:
         for _ in range(SIZE // (64 << 20)):
@@ -75,28 +75,39 @@ def throughput(tmp: Path, connection: str) -> None:
         print(
             f"  {name:<36} {seconds:6.2f} s  {SIZE / seconds / 1e6:7.0f} MB/s  x{base / seconds:.2f} vs single stream"
         )
+    figures = {}
+    for key, name in (("input", "--input (16 ranges)"), ("single_stream", "download_blob(max_concurrency=1)"),
+                      ("local_copy", "local copy")):  # fmt: skip
+        seconds = statistics.median(timings[name])
+        figures[f"data_{key}_1gib_s"] = seconds
+        figures[f"data_{key}_mb_per_s"] = SIZE / seconds / 1e6
+    return figures
 
 
-def dedup(tmp: Path, azurite: Any) -> None:
+def dedup(tmp: Path, azurite: Any) -> dict[str, float]:
     with (
         start_emulator(tmp / "batch", allocation_delay=0.2) as emu,
         azure_environ(emu, azurite, container="bench-data", home=tmp / "home"),
     ):
         session = Session()
         weights = np.random.default_rng(0).random(500_000_000 // 8)
+        figures = {}
         for attempt in ("first", "second"):
             run = session.submit("n = len(weights)", {"weights": weights}, backend="azure")
             run.wait(timeout=600)
             print(f"500 MB variable, {attempt} run: {run.uploaded_object_bytes:,} bytes of variables uploaded")
+            figures[f"data_500mb_variable_{attempt}_run_uploaded_bytes"] = float(run.uploaded_object_bytes)
         session.teardown()
+    return figures
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with start_azurite(tmp / "azurite") as azurite:
-            throughput(tmp, azurite.connection_string)
-            dedup(tmp, azurite)
+            figures = throughput(tmp, azurite.connection_string)
+            figures.update(dedup(tmp, azurite))
+    return figures
 
 
 if __name__ == "__main__":

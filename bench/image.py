@@ -18,7 +18,7 @@ from batchmagic.environment import environment_spec
 from batchmagic.image import ensure_image
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     from tests.support.docker import DockerEngine, make_base_image, start_dockerd, start_registry
 
     with ExitStack() as stack:
@@ -60,6 +60,14 @@ def main() -> None:
     )
     print(f"ratio        {again_s / first_s:.4f} (re-run / first run); registry uploads on re-run: {uploads_again}")
     assert again.bytes_pushed == 0 and not again.built and uploads_again == 0
+    return {
+        "image_first_run_s": first_s,
+        "image_first_run_pushed_mb": mb,
+        "image_rerun_s": again_s,
+        "image_rerun_pushed_bytes": again.bytes_pushed,
+        "image_rerun_registry_uploads": uploads_again,
+        "image_rerun_ratio": again_s / first_s,
+    }
 
 
 if __name__ == "__main__":

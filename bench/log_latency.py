@@ -23,7 +23,7 @@ for i in range({LINES}):
 """
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     latencies: list[float] = []
     buffer = ""
 
@@ -45,6 +45,7 @@ def main() -> None:
     print(f"lines received         {len(latencies):8d}")
     print(f"latency p50            {p50 * 1000:8.0f} ms")
     print(f"latency p95            {p95 * 1000:8.0f} ms")
+    return {"log_latency_p50_ms": p50 * 1000, "log_latency_p95_ms": p95 * 1000}
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def packaged(objects: dict[str, object], tmp: Path) -> int:
     return captured.size + sum(obj.size for obj in captured.objects.values())
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     objects = make_objects()
     base_times, cap_times = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -58,6 +58,12 @@ def main() -> None:
     print(f"cloudpickle + write    {base:8.3f} s (median of {ROUNDS})")
     print(f"capture()              {cap:8.3f} s (median of {ROUNDS})")
     print(f"ratio capture/baseline {cap / base:8.2f}")
+    return {
+        "packaging_capture_s": cap,
+        "packaging_cloudpickle_s": base,
+        "packaging_ratio": cap / base,
+        "packaging_written_mb": size / 1e6,
+    }
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def operation(request: dict[str, Any]) -> str:
     return single_task_operation(request)
 
 
-def main() -> None:
+def main() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with (
@@ -68,6 +68,11 @@ def main() -> None:
     for name, count in sum(tick_calls, Counter()).most_common():
         print(f"  {name:<28} {count / TICKS:.1f} per tick")
     print(f"client CPU per tick: median {statistics.median(tick_cpu) * 1000:.0f} ms, max {max(tick_cpu) * 1000:.0f} ms")
+    return {
+        "sweep_submit_calls_1000_tasks": float(sum(submit_calls.values())),
+        "sweep_submit_s_1000_tasks": submit_seconds,
+        "sweep_task_collections_1000_tasks": float(submit_calls["create_task_collection"]),
+    }
 
 
 if __name__ == "__main__":
