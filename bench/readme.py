@@ -35,8 +35,7 @@ ROWS: list[tuple[str, str, str]] = [
     ),
     (
         "api_calls",
-        "Batch calls per poll tick and per run as the cell lasts 10 s, 1 min, 10 min (simulated by scaling time "
-        "10x)",
+        "Batch calls per poll tick and per run as the cell lasts 10 s, 1 min, 10 min (simulated by scaling time 10x)",
         "per tick: at most {api_calls_per_tick_before_start_max:.0f} before the task starts, "
         "{api_calls_per_tick_running:.0f} while it runs, whatever the length; {api_calls_to_start_a_run:.0f} to "
         "start a run; per run {api_calls_per_run_10_s:.0f} / {api_calls_per_run_60_s:.0f} / "
