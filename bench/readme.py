@@ -24,8 +24,8 @@ ROWS: list[tuple[str, str, str]] = [
         "a cell reading a 200 MB DataFrame and a dict of 100k small objects, vs `cloudpickle.dumps` of both + "
         "writing them to disk",
         "ratio {packaging_ratio:.2f} ({packaging_capture_s:.2f} s vs {packaging_cloudpickle_s:.2f} s, "
-        "{packaging_written_mb:.1f} MB written): the extra is the sha256 that lets an unchanged big value skip "
-        "its upload",
+        "{packaging_written_mb:.1f} MB written); capture also takes the sha256 of each big value, which lets an "
+        "unchanged one skip its upload",
     ),
     (
         "log_latency",
