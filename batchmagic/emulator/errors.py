@@ -43,6 +43,7 @@ _MESSAGES: dict[str, str] = {
     "OperationNotValidOnNode": "The specified operation is not valid on the node.",
     "RequestBodyTooLarge": "The request body is too large and exceeds the maximum permissible limit.",
     "UnsupportedHttpVerb": "The resource doesn't support the specified HTTP verb.",
+    "TaskDependenciesNotSpecifiedOnJob": "The task has dependencies but its job does not use task dependencies.",
     "ConditionNotMet": "The condition specified using HTTP conditional header(s) is not met.",
     "InternalError": "Server encountered an internal error. Please try again after some time.",
     "InvalidAutoScalingSettings": "The specified auto-scaling settings are not valid.",

@@ -399,3 +399,52 @@ def test_conditional_requests(client: BatchClient) -> None:
     with pytest.raises(ResourceModifiedError):
         client.delete_task("cond", "t", etag="0x8D000000000000", match_condition=MatchConditions.IfNotModified)
     client.delete_task("cond", "t", etag=task_etag, match_condition=MatchConditions.IfPresent)
+
+
+# ----------------------------------------------------------------- task dependencies and exit conditions
+def test_task_dependencies(client: BatchClient) -> None:
+    assert _send(client, "POST", "/jobs", {"id": "nodeps", "poolInfo": {"poolId": "p"}}).status_code == 201
+    status, code, _ = _error(
+        _send(client, "POST", "/jobs/nodeps/tasks", {"id": "d", "commandLine": "true", "dependsOn": {"taskIds": ["x"]}})
+    )
+    assert (status, code) == (409, "TaskDependenciesNotSpecifiedOnJob")
+    assert _send(client, "POST", "/jobs", {"id": "deps", "poolInfo": {"poolId": "p"}, "usesTaskDependencies": True})
+    tasks = [
+        {"id": "last", "commandLine": "true", "dependsOn": {"taskIds": ["fails", "satisfies"], "taskIdRanges": []}},
+        {"id": "blocked", "commandLine": "true", "dependsOn": {"taskIds": ["fails"]}},
+        {"id": "ranged", "commandLine": "true", "dependsOn": {"taskIdRanges": [{"start": 1, "end": 2}]}},
+        {"id": "1", "commandLine": "true"},
+        {"id": "2", "commandLine": "sleep 1"},
+        {"id": "fails", "commandLine": "exit 2"},
+        {
+            "id": "satisfies",
+            "commandLine": "exit 3",
+            "exitConditions": {"exitCodes": [{"code": 3, "exitOptions": {"dependencyAction": "satisfy"}}]},
+        },
+    ]
+    assert _send(client, "POST", "/jobs/deps/addtaskcollection", {"value": tasks}).status_code == 200
+    wait_for(lambda: client.get_task("deps", "ranged").state == m.BatchTaskState.COMPLETED, 60)
+    assert (
+        client.get_task("deps", "2").execution_info.end_time
+        <= client.get_task("deps", "ranged").execution_info.start_time
+    )
+    wait_for(lambda: client.get_task("deps", "satisfies").state == m.BatchTaskState.COMPLETED, 60)
+    time.sleep(1)
+    # "fails" failed and blocks both tasks that depend on it.
+    assert client.get_task("deps", "blocked").state == m.BatchTaskState.ACTIVE
+    assert client.get_task("deps", "last").state == m.BatchTaskState.ACTIVE
+
+
+def test_exit_conditions_act_on_the_job(client: BatchClient) -> None:
+    job = {"id": "exits", "poolInfo": {"poolId": "p"}, "onTaskFailure": "performexitoptionsjobaction"}
+    assert _send(client, "POST", "/jobs", job).status_code == 201
+    conditions = {"exitCodes": [{"code": 4, "exitOptions": {"jobAction": "none"}}]}
+    _send(
+        client, "POST", "/jobs/exits/tasks", {"id": "tolerated", "commandLine": "exit 4", "exitConditions": conditions}
+    )
+    wait_for(lambda: client.get_task("exits", "tolerated").state == m.BatchTaskState.COMPLETED, 60)
+    time.sleep(0.5)
+    assert client.get_job("exits").state == m.BatchJobState.ACTIVE
+    _send(client, "POST", "/jobs/exits/tasks", {"id": "fatal", "commandLine": "exit 1"})
+    job_after = wait_for(lambda: (j := client.get_job("exits")).state == m.BatchJobState.COMPLETED and j, 60)
+    assert job_after.execution_info.termination_reason == "TaskFailed"

@@ -16,6 +16,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     autoscaling.py  pool autoscale: metric samples, formula evaluations on the clock
     account.py certificates and node log uploads
     jobprep.py job preparation and release tasks
+    dependencies.py  task dependencies and exit conditions
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.state.account import AccountMixin
 from batchmagic.emulator.state.autoscaling import AutoscaleMixin
+from batchmagic.emulator.state.dependencies import DependenciesMixin
 from batchmagic.emulator.state.jobprep import JobPrepMixin
 from batchmagic.emulator.state.model import (
     TICK,
@@ -63,7 +65,14 @@ log = logging.getLogger("batchmagic.emulator")
 
 
 class BatchState(
-    PersistMixin, AutoscaleMixin, NodesMixin, SchedulesMixin, MultiInstanceMixin, JobPrepMixin, AccountMixin
+    PersistMixin,
+    AutoscaleMixin,
+    NodesMixin,
+    SchedulesMixin,
+    DependenciesMixin,
+    MultiInstanceMixin,
+    JobPrepMixin,
+    AccountMixin,
 ):
     """The account's resources and the scheduler that moves them through their states.
 

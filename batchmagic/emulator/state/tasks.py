@@ -61,6 +61,7 @@ class TasksMixin(FilesMixin):
             raise invalid_property("id", task_id)
         if not body.get("commandLine"):
             raise missing_property("commandLine")
+        self._check_new_task(job, body)
         constraints = dict(body.get("constraints") or {})
         try:
             parse_duration(constraints.get("maxWallClockTime"))
@@ -232,6 +233,16 @@ class TasksMixin(FilesMixin):
                 self._kill(task, "terminate")
             job.tasks.pop(task_id, None)
 
+    def _check_new_task(self, job: Job, body: dict[str, Any]) -> None:
+        """Hook: refuse a task its job cannot take (see ``dependencies.py``)."""
+
+    def _dependencies_met(self, job: Job, task: Task) -> bool:
+        """Hook: whether the tasks ``task`` depends on are done (see ``dependencies.py``)."""
+        return True
+
+    def _task_completed(self, task: Task) -> None:
+        """Hook, lock held: a task has completed (exit conditions act on its job, see ``dependencies.py``)."""
+
     def _prepare_job_on_node(self, job: Job, pool: Pool, node: Node) -> bool:
         """Hook: run the job's preparation task on ``node`` if needed (see ``jobprep.py``)."""
         return True
@@ -257,6 +268,8 @@ class TasksMixin(FilesMixin):
                 if limit >= 0 and running >= limit:
                     break
                 if task.data["state"] != "active" or (task.thread is not None and task.thread.is_alive()):
+                    continue
+                if not self._dependencies_met(job, task):
                     continue
                 need = int(task.data.get("requiredSlots", 1))
                 candidates = [
@@ -501,3 +514,4 @@ class TasksMixin(FilesMixin):
                 if not failure:
                     task.node.data["totalTasksSucceeded"] += 1
             log.info("task %s/%s completed: exit %s %s", task.job_id, task.id, exit_code, info["result"])
+            self._task_completed(task)
