@@ -355,3 +355,28 @@ def test_spec_from_a_newer_batchmagic_is_refused_in_one_line(tmp_path: Path) -> 
     assert outcome.ok is False and outcome.phase == "setup"
     assert outcome.error is not None and outcome.error.type == "SpecVersionError"
     assert lines[0].endswith(outcome.error.message)
+
+
+def test_log_sink_sends_a_line_after_a_quiet_interval_at_once_and_holds_the_rest_to_its_interval() -> None:
+    import threading
+
+    from batchmagic.runner.logsink import LogSink
+
+    class Channel:
+        def __init__(self) -> None:
+            self.appends: list[bytes] = []
+            self.arrived = threading.Event()
+
+        def append(self, data: bytes) -> None:
+            self.appends.append(data)
+            self.arrived.set()
+
+    channel = Channel()
+    sink = LogSink(channel, interval=60.0).start()  # type: ignore[arg-type]
+    sink.add("stdout", "first line\n")
+    assert channel.arrived.wait(20), "the first line waited for the flush interval"
+    channel.arrived.clear()
+    sink.add("stdout", "second line\n")  # right after an append: it waits for the interval (or the end)
+    assert not channel.arrived.wait(0.5)
+    sink.close()
+    assert len(channel.appends) == 2 and b"second line" in channel.appends[1]

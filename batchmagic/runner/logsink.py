@@ -2,7 +2,9 @@
 
 Writes go to the real stream at once (so Batch's own stdout.txt has them too) and into a
 buffer of log records; a flusher thread appends the buffer to the log channel every
-``interval`` seconds, and :meth:`LogSink.close` flushes what is left.
+``interval`` seconds, and :meth:`LogSink.close` flushes what is left. A write after a quiet
+``interval`` (the cell's first line, the first after a long computation) is appended at once: the
+notebook sees it a flush interval sooner, and there is still at most one timed append per interval.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class LogSink:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by a write after a quiet interval: flush now
+        self._last_append = time.monotonic() - interval  # no append yet: the first write goes out at once
         self._thread = threading.Thread(target=self._loop, name="batchmagic-log-flusher", daemon=True)
         self.errors = 0
 
@@ -41,12 +45,16 @@ class LogSink:
             record = encode_log_record(time.time(), stream, text)
             with self._lock:
                 self._pending.append(record)
+            if time.monotonic() - self._last_append >= self._interval:
+                self._wake.set()
 
     def flush(self) -> None:
         with self._flush_lock:
             with self._lock:
                 pending, self._pending = self._pending, []
             data = b"".join(pending)
+            if data:
+                self._last_append = time.monotonic()
             for start in range(0, len(data), MAX_APPEND):
                 try:
                     self._channel.append(data[start : start + MAX_APPEND])
@@ -56,11 +64,16 @@ class LogSink:
                         sys.__stderr__.write(f"batchmagic runner: could not append to the log: {err}\n")
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             self.flush()
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
         self.flush()
