@@ -17,6 +17,10 @@ from batchmagic.storage import Store
 __all__ = ["LogRecord", "LogTail", "Monitor", "RunState", "PhaseSpan"]
 
 RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cells still show output soon)
+#: Ticks a queued run polls at the fastest interval: its node is ready, so its task starts within
+#: seconds (a warm pool) and its first line should not wait for a backed-off poll. Bounded, so a run
+#: queued behind other work settles into the usual backoff.
+QUEUED_FAST_TICKS = 10
 
 
 class LogTail:
@@ -49,6 +53,7 @@ class Monitor:
         first, self.longest = backend.poll_intervals
         self.interval = first
         self.ticks = 0
+        self.queued_ticks = 0
 
     def tick(self) -> tuple[BackendStatus, list[LogRecord]]:
         """Poll once; return the status and the log records that arrived since the last tick."""
@@ -71,6 +76,9 @@ class Monitor:
     def next_interval(self, *, active: bool, phase: Phase) -> float:
         """Seconds to the next tick: back to fast while output flows, slower while nothing happens,
         and never so slow while the cell runs that its first line waits long to show."""
+        if phase == Phase.QUEUED and self.queued_ticks < QUEUED_FAST_TICKS:
+            self.queued_ticks += 1
+            active = True
         if active:
             self.interval = self.backend.poll_intervals[0]
         else:

@@ -68,8 +68,8 @@ ROWS: list[tuple[str, str, str]] = [
         "and pull a node (clock x{first_line_time_scale:g}, scaled back)",
         "cold {cold_first_line_s:.0f} s, warm {warm_first_line_s:.1f} s; batchmagic's own share of warm "
         "{warm_own_share_s:.2f} s: submit (packaging, upload, job, task) {warm_submit_s:.2f} s, the first line from "
-        "the runner's print to the client {warm_printed_to_shown_s:.2f} s (its 1 s flush on Blob Storage and the "
-        "poll); the task starting on the node {warm_node_start_s:.2f} s",
+        "the runner's print to the client {warm_printed_to_shown_s:.2f} s (the runner sends a first line at once; "
+        "the client polls a queued run every second); the task starting on the node {warm_node_start_s:.2f} s",
     ),
     (
         "image",

@@ -136,3 +136,18 @@ def test_missed_changes_are_caught_by_the_task_counts_and_the_table_ends_complet
     status = backend.poll("small")
     assert run.full_reads == 3 and status.finished and status.completed == small
     assert all(t.state == "completed" for t in status.tasks.values())
+
+
+def test_a_queued_run_polls_fast_for_a_few_ticks_then_backs_off() -> None:
+    from batchmagic.monitor import QUEUED_FAST_TICKS, Monitor
+    from batchmagic.state import Phase
+
+    class Slow:
+        poll_intervals = (1.0, 10.0)
+
+    monitor = Monitor(Slow(), "run")  # type: ignore[arg-type]
+    fast = [monitor.next_interval(active=False, phase=Phase.QUEUED) for _ in range(QUEUED_FAST_TICKS)]
+    assert all(0.85 < pause < 1.15 for pause in fast)
+    assert monitor.next_interval(active=False, phase=Phase.QUEUED) > 1.3  # then the usual backoff
+    allocating = Monitor(Slow(), "run")  # type: ignore[arg-type]
+    assert allocating.next_interval(active=False, phase=Phase.ALLOCATING) > 1.3
