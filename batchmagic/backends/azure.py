@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import random
 import re
 import threading
 import time
@@ -27,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 from batchmagic.backends.base import (
     Backend,
@@ -313,7 +314,11 @@ class AzureBackend(Backend):
             constraints=m.BatchJobConstraints(max_wall_clock_time=limit),
             metadata=metadata,
         )
-        self._call(lambda: self.client.create_job(job), "create the job")
+        self._call(
+            lambda: self.client.create_job(job),
+            "create the job",
+            accept=lambda err: _code(err) == "JobExists" and self._job_is_ours(submission.run_id),
+        )
         try:
             outbox = self.store.outbox(submission.run_id)
             outbox.ensure_container()
@@ -351,7 +356,11 @@ class AzureBackend(Backend):
                     )
                 )
             if len(tasks) == 1:
-                self._call(lambda: self.client.create_task(submission.run_id, tasks[0]), "add the task")
+                self._call(  # the job is this run's: a task of the same id in it is the one a lost answer made
+                    lambda: self.client.create_task(submission.run_id, tasks[0]),
+                    "add the task",
+                    accept=lambda err: _code(err) == "TaskExists",
+                )
             else:
                 self._call(
                     lambda: self.client.create_tasks(submission.run_id, tasks, max_concurrency=4), "add the tasks"
@@ -362,6 +371,8 @@ class AzureBackend(Backend):
                     m.BatchJobUpdateOptions(all_tasks_complete_mode=m.BatchAllTasksCompleteMode.TERMINATE_JOB),
                 ),
                 "set the job to end with its tasks",
+                # A retry after a lost answer: the first call took, and the job has ended with its tasks.
+                accept=lambda err: _code(err) in ("JobCompleted", "JobBeingTerminated"),
             )
             if run.pool is not None:
                 self._grow_for(run.pool, len(tasks))
@@ -661,23 +672,26 @@ class AzureBackend(Backend):
         return removed
 
     def _terminate(self, run_id: str) -> list[str]:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            job = self.client.get_job(run_id, select=["id", "state", "executionInfo", "poolInfo"])
-        except ResourceNotFoundError:
+        job = self._call(
+            lambda: self.client.get_job(run_id, select=["id", "state", "executionInfo", "poolInfo"]),
+            "read the job",
+            accept=lambda err: isinstance(err, ResourceNotFoundError),
+        )
+        if job is None:
             return []
         if _value(job.state) in ("completed", "deleting"):
             return []
         pool_id = job.execution_info.pool_id if job.execution_info else ""
         named = job.pool_info.pool_id if job.pool_info is not None else ""
-        try:
-            # azure-batch 15.1 raises ValueError when the options are empty: give a reason.
-            options: Any = {"terminateReason": "batchmagic teardown"}
-            self.client.begin_terminate_job(run_id, options, polling_interval=1).result(timeout=60)
-        except HttpResponseError as err:
-            if _code(err) not in ("JobCompleted", "JobBeingTerminated", "JobNotFound"):
-                raise RunFailed(f"could not terminate job {run_id}: {_message(err)}") from err
+        # azure-batch 15.1 raises ValueError when the options are empty: give a reason.
+        options: Any = {"terminateReason": "batchmagic teardown"}
+        self._call(
+            lambda: self.client.begin_terminate_job(run_id, options, polling_interval=1).result(timeout=60),
+            f"terminate job {run_id}",
+            accept=lambda err: _code(err) in ("JobCompleted", "JobBeingTerminated", "JobNotFound"),
+        )
         if named:
             return [f"Azure Batch job {run_id} (its pool {named} stays: a named pool)"]
         return [f"Azure Batch job {run_id}" + (f" and its auto pool {pool_id}" if pool_id else "")]
@@ -875,21 +889,67 @@ class AzureBackend(Backend):
 
     # --- helpers ---
 
-    def _call(self, fn: Callable[[], T], what: str) -> T:
-        """Translate azure-core errors into ours, at the boundary."""
+    def _call(self, fn: Callable[[], T], what: str, *, accept: Callable[[Any], bool] | None = None) -> T:
+        """Call Batch, retrying what is transient, and translate azure-core errors into ours, at the boundary.
+
+        Retried (``_RETRIES`` times, backing off with jitter, after ``Retry-After`` when the service gives
+        one): a connection that failed or was reset before or after the answer, 408, 429 and 5xx. The
+        SDK retries none of these for a POST without Retry-After, and a reset after the answer means the
+        call may have happened: so every call that creates must be safe to repeat, and ``accept(err)``
+        says when an error is success (the job exists already and is ours; the task exists already).
+        """
         from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
-        try:
-            return fn()
-        except HttpResponseError as err:
-            code = _code(err)
-            if getattr(err, "status_code", None) in (401, 403):
-                raise ConfigError(f"Azure Batch refused to {what} ({code}): check the Batch credentials") from err
-            if getattr(err, "status_code", None) == 400:
-                raise ConfigError(f"Azure Batch refused to {what}: {code}: {_message(err)}") from err
-            raise RunFailed(f"could not {what}: {code or err.status_code}: {_message(err)}") from err
-        except (ServiceRequestError, ServiceResponseError) as err:
-            raise RunFailed(f"could not reach Azure Batch to {what}: {_first_line(err)}") from err
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except HttpResponseError as err:
+                if accept is not None and accept(err):
+                    return cast(T, None)
+                status = getattr(err, "status_code", None)
+                # No status: no answer came (create_tasks reports a chunk's dropped connection this way).
+                if (status in _TRANSIENT or status is None) and attempt < _RETRIES:
+                    attempt += 1
+                    log.info("%s: %s, retrying (%d of %d)", what, status, attempt, _RETRIES)
+                    time.sleep(_retry_after(err) or _backoff(attempt))
+                    continue
+                code = _code(err)
+                if status in (401, 403):
+                    raise ConfigError(f"Azure Batch refused to {what} ({code}): check the Batch credentials") from err
+                if status == 400:
+                    raise ConfigError(f"Azure Batch refused to {what}: {code}: {_message(err)}") from err
+                raise RunFailed(f"could not {what}: {code or status}: {_message(err)}") from err
+            except (ServiceRequestError, ServiceResponseError) as err:
+                if attempt < _RETRIES:
+                    attempt += 1
+                    log.info("%s: %s, retrying (%d of %d)", what, _first_line(err), attempt, _RETRIES)
+                    time.sleep(_backoff(attempt))
+                    continue
+                raise RunFailed(f"could not reach Azure Batch to {what}: {_first_line(err)}") from err
+
+    def _job_is_ours(self, run_id: str) -> bool:
+        """The job ``run_id`` exists and carries this run's id in its metadata (a retried create found it)."""
+        job = self._call(lambda: self.client.get_job(run_id, select=["id", "metadata"]), "read the job")
+        return any(item.name == "run-id" and item.value == run_id for item in job.metadata or [])
+
+
+_TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+_RETRIES = 8
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1, 2...): 0.5, 1, 2, 4, 8 at most, each with up to 50 % jitter."""
+    return float(min(8.0, 0.25 * 2.0**attempt)) * (1 + random.random() / 2)
+
+
+def _retry_after(err: Any) -> float:
+    response = getattr(err, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        return float(min(60.0, float(headers.get("Retry-After", 0) or 0)))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _first_line(err: BaseException) -> str:

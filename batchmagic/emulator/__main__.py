@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from batchmagic.emulator.faults import FaultPlan
 from batchmagic.emulator.server import DEFAULT_KEY, Emulator
 
 
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keep the account in DIR (pools, nodes, jobs, tasks, schedules) so a restarted emulator carries on; "
         "node and task files go to DIR/work unless --workdir is given.",
     )
+    p.add_argument(
+        "--faults",
+        default="",
+        metavar="SPEC",
+        help="Inject faults: status codes, connection resets before/after the answer, delays, at rates, "
+        "optionally per method and path; e.g. 'reset-before:0.05,reset-after:0.05,503:0.05@POST/jobs.*' "
+        "(see batchmagic/emulator/faults.py).",
+    )
     p.add_argument("--log-level", default="WARNING", help="Logging level for the batchmagic.emulator logger.")
     return p
 
@@ -81,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         time_scale=args.time_scale,
         state_dir=args.state,
     )
+    try:
+        emulator.faults = FaultPlan.parse(args.faults) if args.faults else None
+    except ValueError as err:
+        build_parser().error(str(err))
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

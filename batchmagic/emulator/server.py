@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from batchmagic.emulator import auth, schema
+from batchmagic.emulator import auth, faults, schema
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
 from batchmagic.emulator.executors import make_executor
@@ -187,6 +187,7 @@ class Emulator:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="batchemu-"))
         self.record_path = Path(record) if record is not None else None
+        self.faults: faults.FaultPlan | None = None  # --faults: injected by the request handler
         self._record_lock = threading.Lock()
         self._record_file: Any = None
         self._httpd = ThreadingHTTPServer((host, port), _RequestHandler)
@@ -1060,6 +1061,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         emulator: Emulator = self.server.emulator  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
+        plan = emulator.faults  # --faults (emulator/faults.py)
+        fault = plan.pick(self.command, urlsplit(self.path).path) if plan is not None else None
+        if faults.before(self, fault, length):
+            return
         raw_body = self.rfile.read(length) if length else b""
         headers = {k: v for k, v in self.headers.items()}
         response, body = emulator.handle(self.command, self.path, headers, raw_body)
@@ -1085,6 +1090,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 "sharedkey_valid": response.status != 403 or not _is_auth_error(response),
             }
         )
+        if fault is not None and fault.kind == "reset-after":
+            faults.reset(self)  # handled, but the answer never arrives
+            return
         self.send_response(response.status)
         if content_type:
             self.send_header("Content-Type", content_type)
