@@ -448,3 +448,13 @@ def test_exit_conditions_act_on_the_job(client: BatchClient) -> None:
     _send(client, "POST", "/jobs/exits/tasks", {"id": "fatal", "commandLine": "exit 1"})
     job_after = wait_for(lambda: (j := client.get_job("exits")).state == m.BatchJobState.COMPLETED and j, 60)
     assert job_after.execution_info.termination_reason == "TaskFailed"
+
+
+def test_job_manager_task_ends_its_job(client: BatchClient) -> None:
+    manager = {"id": "jm", "commandLine": "sleep 1", "killJobOnCompletion": True}
+    body = {"id": "managed", "poolInfo": {"poolId": "p"}, "jobManagerTask": manager}
+    assert _send(client, "POST", "/jobs", body).status_code == 201
+    assert [t.id for t in client.list_tasks("managed")] == ["jm"]
+    job = wait_for(lambda: (j := client.get_job("managed")).state == m.BatchJobState.COMPLETED and j, 60)
+    assert job.execution_info.termination_reason == "JMComplete"
+    assert client.get_task("managed", "jm").execution_info.exit_code == 0

@@ -17,6 +17,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     account.py certificates and node log uploads
     jobprep.py job preparation and release tasks
     dependencies.py  task dependencies and exit conditions
+    jobmanager.py    job manager tasks
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.state.account import AccountMixin
 from batchmagic.emulator.state.autoscaling import AutoscaleMixin
 from batchmagic.emulator.state.dependencies import DependenciesMixin
+from batchmagic.emulator.state.jobmanager import JobManagerMixin
 from batchmagic.emulator.state.jobprep import JobPrepMixin
 from batchmagic.emulator.state.model import (
     TICK,
@@ -70,6 +72,7 @@ class BatchState(
     NodesMixin,
     SchedulesMixin,
     DependenciesMixin,
+    JobManagerMixin,
     MultiInstanceMixin,
     JobPrepMixin,
     AccountMixin,

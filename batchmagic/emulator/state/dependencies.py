@@ -80,6 +80,7 @@ class DependenciesMixin(JobsMixin, TasksMixin):
         return True
 
     def _task_completed(self, task: Task) -> None:
+        super()._task_completed(task)
         job = self.jobs.get(task.job_id)
         if job is None or job.data.get("onTaskFailure") != "performexitoptionsjobaction":
             return

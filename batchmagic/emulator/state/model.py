@@ -148,6 +148,9 @@ class Task:
     #: How the executor can find the running attempt again (pid, start time, exit-code file), for --state.
     process: dict[str, Any] | None = None
 
+    job_manager: bool = False
+    """The task the service made from its job's ``jobManagerTask``."""
+
     @property
     def id(self) -> str:
         return str(self.data["id"])
