@@ -91,7 +91,7 @@ class BlobChannel(Channel):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._created = False
+        self._position: int | None = None  # the append blob's length as this channel left it
 
     def __repr__(self) -> str:
         return f"<BlobChannel {self.url.split('?')[0]}>"  # never the SAS token
@@ -178,14 +178,25 @@ class BlobChannel(Channel):
         self._request("PUT", body.encode(), query="comp=blocklist").close()
 
     def append(self, data: bytes) -> None:
-        if not self._created:
+        """Append ``data`` exactly once: each block is conditioned on the blob's length
+        (``x-ms-blob-condition-appendpos``), so a retry whose first attempt was applied although its
+        answer was lost (a reset after the answer) is recognised by the length, not appended twice."""
+        if self._position is None:
             try:
                 self._request("PUT", b"", x_ms_blob_type="AppendBlob", If_None_Match="*").close()
+                self._position = 0
             except BlobRequestError as err:
                 if err.status != 409:  # 409: a retried task appends to the log its first attempt started
                     raise
-            self._created = True
-        self._request("PUT", data, query="comp=appendblock").close()
+                self._position = self.size()
+        try:
+            self._request(
+                "PUT", data, query="comp=appendblock", x_ms_blob_condition_appendpos=str(self._position)
+            ).close()
+        except BlobRequestError as err:
+            if err.status != 412 or self.size() != self._position + len(data):
+                raise
+        self._position += len(data)
 
     def write(self, data: bytes) -> None:
         self._request("PUT", data, x_ms_blob_type="BlockBlob").close()

@@ -6,6 +6,7 @@ under ipykernel 6 and 7); background runs call it from their own thread.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable
 
@@ -15,6 +16,8 @@ from batchmagic.state import LogRecord, Phase, PhaseSpan, RunState
 from batchmagic.storage import Store
 
 __all__ = ["LogRecord", "LogTail", "Monitor", "RunState", "PhaseSpan"]
+
+log = logging.getLogger("batchmagic.monitor")
 
 RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cells still show output soon)
 #: Ticks a queued run polls at the fastest interval: its node is ready, so its task starts within
@@ -69,7 +72,10 @@ class Monitor:
     def read_logs(self) -> list[LogRecord]:
         records: list[LogRecord] = []
         for tail in list(self.tails.values()):
-            records.extend(tail.read(self.backend.store))
+            try:
+                records.extend(tail.read(self.backend.store))
+            except Exception:  # storage away: the tail keeps its offset and reads on from there next tick
+                log.debug("could not read the log of %s", tail.task_id, exc_info=True)
         records.sort(key=lambda r: r.time)
         return records
 

@@ -24,7 +24,24 @@ MAX_APPEND = 4 * 1024 * 1024 - 1024  # an append block holds at most 4 MiB
 
 
 class LogSink:
-    def __init__(self, channel: Channel, *, interval: float = 0.2) -> None:
+    """The cell's log records, appended to the log channel in order, each exactly once.
+
+    What cannot be appended (storage unreachable) stays in a backlog and goes out, in order, when
+    storage answers again: up to ``memory`` bytes in memory, then in a spill file on the node's disk
+    (``spill_dir``), up to ``disk`` bytes; past that, new records are dropped and counted
+    (:attr:`errors`). :meth:`close` keeps trying for ``close_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        interval: float = 0.2,
+        memory: int = 8 << 20,
+        disk: int = 1 << 30,
+        spill_dir: str | None = None,
+        close_timeout: float = 120.0,
+    ) -> None:
         self._channel = channel
         self._interval = interval
         self._pending: list[bytes] = []
@@ -34,7 +51,16 @@ class LogSink:
         self._wake = threading.Event()  # set by a write after a quiet interval: flush now
         self._last_append = time.monotonic() - interval  # no append yet: the first write goes out at once
         self._thread = threading.Thread(target=self._loop, name="batchmagic-log-flusher", daemon=True)
-        self.errors = 0
+        self._memory = bytearray()  # unsent, newer than anything in the spill file
+        self._memory_limit = memory
+        self._disk_limit = disk
+        self._spill_dir = spill_dir
+        self._spill: Any = None  # the spill file: unsent bytes from _spill_sent to its end, the oldest
+        self._spill_sent = 0
+        self._spill_size = 0
+        self._close_timeout = close_timeout
+        self._failing = False
+        self.errors = 0  # records dropped for good (the backlog was full, or storage never came back)
 
     def start(self) -> LogSink:
         self._thread.start()
@@ -48,20 +74,67 @@ class LogSink:
             if time.monotonic() - self._last_append >= self._interval:
                 self._wake.set()
 
-    def flush(self) -> None:
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting for storage (in memory and on disk)."""
+        return len(self._memory) + self._spill_size - self._spill_sent
+
+    def flush(self) -> bool:
+        """Append what is pending, oldest first; True when nothing is left waiting."""
         with self._flush_lock:
             with self._lock:
                 pending, self._pending = self._pending, []
-            data = b"".join(pending)
-            if data:
+            for record in pending:
+                self._keep(record)
+            if pending:
                 self._last_append = time.monotonic()
-            for start in range(0, len(data), MAX_APPEND):
+            while self.backlog:
+                chunk = self._next_chunk()
                 try:
-                    self._channel.append(data[start : start + MAX_APPEND])
-                except Exception as err:  # a lost log chunk must not kill the cell
-                    self.errors += 1
-                    if sys.__stderr__ is not None:  # None only when the process has no stderr at all
-                        sys.__stderr__.write(f"batchmagic runner: could not append to the log: {err}\n")
+                    self._channel.append(chunk)
+                except Exception as err:  # storage is away: keep the backlog, try again on the next flush
+                    if not self._failing and sys.__stderr__ is not None:
+                        sys.__stderr__.write(
+                            f"batchmagic runner: could not append to the log ({err}); kept until storage answers\n"
+                        )
+                    self._failing = True
+                    return False
+                self._sent(len(chunk))
+            if self._failing and sys.__stderr__ is not None:
+                sys.__stderr__.write("batchmagic runner: the log is appended again, nothing lost\n")
+            self._failing = False
+            return True
+
+    def _keep(self, record: bytes) -> None:
+        room = self._memory_limit + (self._disk_limit if self._spill_dir is not None else 0)
+        if self.backlog + len(record) > room:
+            self.errors += 1
+            return
+        self._memory += record
+        if len(self._memory) > self._memory_limit and self._spill_dir is not None:
+            if self._spill is None:
+                import tempfile
+
+                self._spill = tempfile.TemporaryFile(prefix=".azbatch-log-", dir=self._spill_dir)
+            self._spill.seek(0, os.SEEK_END)
+            self._spill.write(self._memory)
+            self._spill_size += len(self._memory)
+            self._memory = bytearray()
+
+    def _next_chunk(self) -> bytes:
+        if self._spill_size > self._spill_sent:
+            self._spill.seek(self._spill_sent)
+            return bytes(self._spill.read(min(MAX_APPEND, self._spill_size - self._spill_sent)))
+        return bytes(self._memory[:MAX_APPEND])
+
+    def _sent(self, count: int) -> None:
+        if self._spill_size > self._spill_sent:
+            self._spill_sent += count
+            if self._spill_sent == self._spill_size:
+                self._spill.close()
+                self._spill, self._spill_sent, self._spill_size = None, 0, 0
+        else:
+            del self._memory[:count]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -72,11 +145,19 @@ class LogSink:
             self.flush()
 
     def close(self) -> None:
+        """Stop the flusher and append what is left, retrying for up to ``close_timeout`` seconds."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join()
-        self.flush()
+        deadline = time.monotonic() + self._close_timeout
+        pause = 0.5
+        while not self.flush():
+            if time.monotonic() > deadline:
+                self.errors += 1  # what is left is lost: the outcome says so (log_errors)
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 class TeeStream(io.TextIOBase):

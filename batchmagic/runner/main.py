@@ -33,6 +33,7 @@ from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 EXIT_OK = 0
 EXIT_CELL_ERROR = 1
 EXIT_SETUP_ERROR = 2
+RESULT_PATIENCE = 120.0  # seconds the runner keeps trying to write its result through a storage outage
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecVersionError as err:
         _refuse(raw, err)
         return EXIT_SETUP_ERROR
-    log = LogSink(open_channel(spec.log), interval=spec.log_interval).start()
+    spill = os.getcwd() if os.access(os.getcwd(), os.W_OK) else None  # the node's disk, for a log backlog
+    log = LogSink(open_channel(spec.log), interval=spec.log_interval, spill_dir=spill).start()
     result_channel = open_channel(spec.result)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
@@ -262,4 +264,14 @@ def _write_result(channel: Channel, outcome: TaskOutcome) -> None:
         data = outcome.to_bytes()
     except Exception as err:  # e.g. a display that is not plain data
         data = TaskOutcome(ok=False, phase="result", error=_describe(err, None, cell_only=False)).to_bytes()
-    channel.write(data)
+    deadline = time.monotonic() + RESULT_PATIENCE
+    pause = 0.5
+    while True:  # a whole-blob write is safe to repeat: wait out a storage outage rather than lose the run
+        try:
+            channel.write(data)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)

@@ -68,9 +68,11 @@ def _free_port() -> int:
 
 
 @contextmanager
-def start_azurite(location: Path) -> Iterator[RunningAzurite]:
+def start_azurite(location: Path, port: int | None = None) -> Iterator[RunningAzurite]:
+    """Azurite on ``port`` (default: a free one), keeping its data in ``location`` (a restart on the same
+    port and location carries on where the last one stopped)."""
     location.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     process = subprocess.Popen(
         [
             azurite_binary(),
