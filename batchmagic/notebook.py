@@ -48,7 +48,7 @@ def run_notebook(
     Built as plain data rather than with nbformat, whose import (its JSON schema validators) can take
     seconds: the record is written while the user waits for the run to end. The tests validate it.
     """
-    cell = {
+    cell: dict[str, Any] = {
         "cell_type": "code",
         "execution_count": None,
         "id": uuid.uuid4().hex[:8],
