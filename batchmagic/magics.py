@@ -493,7 +493,7 @@ class AzBatch(Magics):
 
     @line_magic("azbatch_status")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_status(self, line: str) -> None:
-        """List this kernel's runs: name, backend, VM size, phase and elapsed time."""
+        """List this kernel's runs: name, backend, VM size, phase, elapsed time and (Azure) cost."""
         if line.strip():
             raise UsageError("%azbatch_status takes no arguments")
         runs = self.session.runs
@@ -504,9 +504,10 @@ class AzBatch(Magics):
             if not run.done:
                 run.poll()
             state = run.state()
+            cost = f"  {state.cost.describe()}" if state.cost is not None else ""
             print(
                 f"{state.name:<40} {state.backend:<6} {state.vm_size or '-':<18} "
-                f"{state.phase.value:<10} {format_seconds(state.elapsed)}"
+                f"{state.phase.value:<10} {format_seconds(state.elapsed)}{cost}"
             )
 
     @magic_arguments()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchmagic.state import RunState
-from batchmagic.widget import counts_html, format_seconds, grid_html, outcome, summary
+from batchmagic.widget import cost_html, counts_html, format_seconds, grid_html, outcome, summary
 
 if TYPE_CHECKING:
     from batchmagic.run import Run
@@ -85,6 +85,8 @@ def render(
     message = state.error or state.detail
     if message:
         parts.append(f"<div style='color:{colour}'>{html.escape(message)}</div>")
+    if state.cost is not None:  # what it cost, estimated (Azure); the text form has it in the summary
+        parts.append(f"<div>{cost_html(state)}</div>")
     if state.is_sweep:
         parts.append(counts_html(state) + grid_html(state))
         counts = ", ".join(f"{k} {state.task_counts.get(k, 0)}" for k in ("succeeded", "failed", "running", "pending"))

@@ -111,3 +111,14 @@ def test_budget_ends_the_run_with_one_line_and_its_job(azure_session, monkeypatc
     job = emu.client().get_job(run.id)
     wait_for(lambda: str(getattr(emu.client().get_job(run.id).state, "value", "")) == "completed", timeout=30)
     assert job.id == run.id
+
+
+def test_the_runs_record_keeps_its_cost() -> None:
+    from batchmagic.record import render
+
+    state = RunState(
+        run_id="r", name="r", backend="azure", vm_size="Standard_E32_v3", phase=Phase.DONE, phases=(),
+        started=time.time(), cost=Cost(per_hour=0.0, spent=0.42),
+    )  # fmt: skip
+    record = render(state)
+    assert "cost $0.00/h · $0.42 so far" in record.html and "$0.42 so far" in record.text

@@ -151,3 +151,15 @@ def test_a_queued_run_polls_fast_for_a_few_ticks_then_backs_off() -> None:
     assert monitor.next_interval(active=False, phase=Phase.QUEUED) > 1.3  # then the usual backoff
     allocating = Monitor(Slow(), "run")  # type: ignore[arg-type]
     assert allocating.next_interval(active=False, phase=Phase.ALLOCATING) > 1.3
+
+
+def test_the_emulator_compares_datetime_literals_as_times_whatever_their_digits() -> None:
+    from batchmagic.emulator.odata import compile_filter
+
+    after = compile_filter("stateTransitionTime gt datetime'2026-12-01T20:16:43.1234567Z'")
+    assert after({"stateTransitionTime": "2026-12-01T20:16:43.123457Z"})
+    assert not after({"stateTransitionTime": "2026-12-01T20:16:43.123456Z"})  # the same instant, to the µs
+    assert after({"stateTransitionTime": "2026-12-01T20:16:44Z"}) and not after({})
+    assert compile_filter("creationTime le datetime'2026-12-01T21:16:43+01:00'")(
+        {"creationTime": "2026-12-01T20:16:43Z"}
+    )

@@ -4,6 +4,7 @@ recorded page (written from the API's documented format: no machine here reaches
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,15 @@ def test_budget_and_region_settings() -> None:
     assert Settings(batch_endpoint="https://a.eastus.batch.azure.com").batch_region == "eastus"
     assert Settings(batch_endpoint="http://127.0.0.1:1", region="WestEurope").batch_region == "westeurope"
     assert format_money(2.016) == "$2.02" and format_money(0.0192) == "$0.019" and format_money(0.004) == "$0.0040"
+
+
+def test_prices_ls_shows_the_prices_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BATCHMAGIC_HOME", str(tmp_path))
+    monkeypatch.setenv("BATCHMAGIC_PRICES", json.dumps({"Standard_E32_v3": 1.5}))
+    assert cli.main(["prices", "ls", "--region", "eastus"]) == 0
+    captured = capsys.readouterr()
+    assert "USD list prices of 2026-12-01 with your prices (AzBatch.prices) on top" in captured.err
+    assert re.search(r"^eastus +Standard_E32_v3 +\$1\.50/h +spot +\$0\.40/h$", captured.out, re.M)
+    assert "westeurope" not in captured.out
