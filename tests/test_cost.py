@@ -122,3 +122,20 @@ def test_the_runs_record_keeps_its_cost() -> None:
     )  # fmt: skip
     record = render(state)
     assert "cost $0.00/h · $0.42 so far" in record.html and "$0.42 so far" in record.text
+
+
+@pytest.mark.slow
+def test_budget_on_a_named_pool_ends_the_run_not_the_pool(azure_session, monkeypatch) -> None:
+    from batchmagic import pools
+
+    session, emu = azure_session
+    monkeypatch.setenv("BATCHMAGIC_REGION", "emulated")
+    monkeypatch.setenv("BATCHMAGIC_PRICES", json.dumps({"Standard_D2s_v3": 3600}))
+    pools.create_pool("shared", vm_size="Standard_D2s_v3", max_nodes=1, idle="20m", session=session)
+    run = session.submit("import time\ntime.sleep(120)\nx = 1", {}, backend="azure", pool="shared", budget=2)
+    with pytest.raises(RunFailed, match=r"passed its budget of \$2\.00 .*a named pool stays"):
+        run.wait(timeout=90)
+    wait_for(lambda: str(getattr(emu.client().get_job(run.id).state, "value", "")) == "completed", timeout=30)
+    pool = emu.client().get_pool("shared")
+    assert str(getattr(pool.state, "value", pool.state)) == "active"
+    pools.delete_pool("shared", session=session)
