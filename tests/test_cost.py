@@ -139,3 +139,23 @@ def test_budget_on_a_named_pool_ends_the_run_not_the_pool(azure_session, monkeyp
     pool = emu.client().get_pool("shared")
     assert str(getattr(pool.state, "value", pool.state)) == "active"
     pools.delete_pool("shared", session=session)
+
+
+def test_cost_traits_round_trip_into_the_settings(shell, monkeypatch) -> None:
+    monkeypatch.delenv("BATCHMAGIC_PRICES", raising=False)
+    magics = shell.magics_manager.registry["AzBatch"]
+    shell.run_line_magic("config", "AzBatch.prices = {'Standard_E32_v3': 1.5}")
+    shell.run_line_magic("config", "AzBatch.region = 'westeurope'")
+    shell.run_line_magic("config", "AzBatch.budget = '$5'")
+    settings = magics.settings()
+    assert json.loads(settings.prices) == {"Standard_E32_v3": 1.5}
+    assert settings.batch_region == "westeurope" and settings.budget == 5.0
+    assert Prices.for_settings(settings.home, settings.prices).hourly("Standard_E32_v3", "westeurope") == 1.5
+    shell.run_line_magic("config", "AzBatch.budget = 'five'")  # IPython logs the TraitError
+    assert magics.budget == "$5"
+    shell.run_line_magic("config", "AzBatch.budget = ''")
+    assert magics.settings().budget is None
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError, match="--budget 'five' is not an amount"):
+        shell.run_cell("%%azbatch --budget five\nx = 1")
