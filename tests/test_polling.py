@@ -163,3 +163,27 @@ def test_the_emulator_compares_datetime_literals_as_times_whatever_their_digits(
     assert compile_filter("creationTime le datetime'2026-12-01T21:16:43+01:00'")(
         {"creationTime": "2026-12-01T20:16:43Z"}
     )
+
+
+def test_a_service_that_refuses_the_filter_gets_whole_list_reads(sweep: tuple[RunningEmulator, Any, str]) -> None:
+    from azure.batch import models as m
+
+    from batchmagic.errors import ConfigError
+
+    _, client, _ = sweep
+    client.create_job(m.BatchJobCreateOptions(id="refused", pool_info=m.BatchPoolInfo(pool_id="still")))
+    client.create_tasks("refused", [m.BatchTaskCreateOptions(id=f"task-{i}", command_line="true") for i in range(20)])
+    backend = _backend(client, "refused", 20)
+    run = backend._runs["refused"]
+    real_list = backend._list_tasks
+
+    def refusing(job: str, filter_: str | None) -> list[Any]:
+        if filter_:
+            raise ConfigError("Azure Batch refused to list the tasks: InvalidQueryParameterValue")
+        return real_list(job, filter_)
+
+    backend._list_tasks = refusing  # type: ignore[method-assign]
+    for _ in range(3):
+        status = backend.poll("refused")
+    assert run.unfiltered and run.full_reads == 3 and not status.error
+    assert len(status.tasks) == 20

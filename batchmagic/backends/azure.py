@@ -123,6 +123,7 @@ class _AzureRun:
     synced: bool = False  # the whole list was read once
     disagreements: int = 0  # consecutive ticks where the job's task counts disagreed with ``tally``
     full_reads: int = 0  # whole-list reads (the first, and each resynchronization)
+    unfiltered: bool = False  # the service refused the stateTransitionTime filter: read the whole list
     holding: Holding | None = None
     holding_read: float = 0.0  # time.monotonic() of the last node-count read
     changed: set[str] = field(default_factory=set)  # tasks read this tick
@@ -553,12 +554,19 @@ class AzureBackend(Backend):
             self._note_tasks(run, [task])
             return self._preparing(run)
         counts = self._call(lambda: self.client.get_job_task_counts(run_id), "count the tasks").task_counts
-        if not run.synced:
+        if not run.synced or run.unfiltered:
             self._read_all_tasks(run_id, run)
         else:
             since = run.watermark.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if run.watermark else ""
             changed = f"stateTransitionTime gt datetime'{since}'" if since else None
-            self._note_tasks(run, self._list_tasks(run_id, changed))
+            try:
+                found = self._list_tasks(run_id, changed)
+            except ConfigError:  # a 400: a service that does not take the filter; read the whole list, as before
+                log.warning("Batch refused the task filter %r; run %s reads its whole task list", changed, run_id)
+                run.unfiltered = True
+                self._read_all_tasks(run_id, run)
+                return self._preparing(run)
+            self._note_tasks(run, found)
             tally = run.tally
             agrees = (counts.active, counts.running, counts.completed) == (
                 tally["active"], tally["running"] + tally["preparing"], tally["completed"]
