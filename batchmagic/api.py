@@ -15,7 +15,7 @@ import logging
 import tempfile
 import uuid
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,11 @@ from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
 from batchmagic.image import ImageRequest, plan_image
 from batchmagic.inputs import HashCache, grant_paths, parse_input, stage_inputs
-from batchmagic.ledger import Ledger
+from batchmagic.ledger import Ledger, LedgerRun
 from batchmagic.options import RunOptions
 from batchmagic.protocol import Layout, ObjectRef, OutputTarget, TaskSpec
 from batchmagic.run import LargeUploadWarning, Run, UpdateCallback
-from batchmagic.state import Phase
+from batchmagic.state import Phase, RunState
 from batchmagic.storage import BlobStore, Store
 from batchmagic.vmsizes import temp_disk_bytes
 
@@ -272,6 +272,86 @@ class Session:
             return BlobStore.from_connection_string(connection, settings.container)
         except ValueError as err:
             raise ConfigError(f"AZURE_STORAGE_CONNECTION_STRING is not usable: {err}") from None
+
+    def attach(
+        self, key: str, *, settings: Settings | None = None, namespace: MutableMapping[str, Any] | None = None
+    ) -> Run:
+        """The run ``key`` (an id, or a name) from the ledger, followed from this session as if it had
+        submitted it: a run of a kernel that is gone, or of another one. See :meth:`Run.attach`.
+
+        Raises
+        ------
+        ConfigError
+            No such run in the ledger, or its data is not where this session's settings point.
+        """
+        settings = settings or self.settings()
+        for run in self.runs:
+            if key in (run.id, run.name):
+                return run
+        ledger = self.ledger(check_home(settings.home))
+        entry = ledger.find(key)
+        if entry is None:
+            raise ConfigError(f"no run {key!r} in the ledger {ledger.path}: %azbatch_status (batchmagic ls) lists them")
+        run = Run.attach(entry, self.backend(entry.backend, settings=settings), ledger)
+        if namespace is not None:
+            run.bind(namespace)
+        self.runs.append(run)
+        return run
+
+    def status(
+        self, settings: Settings | None = None, *, recent: int = 20
+    ) -> list[tuple[LedgerRun, RunState | None, str]]:
+        """The ledger's runs (every client's on this machine): the ``recent`` latest, and every one that
+        may still run. Each with its live state where it can be had (this session's runs; another
+        client's unfinished run is polled once) and who follows it: ``this kernel``, ``its kernel``
+        (alive), ``kernel gone``."""
+        settings = settings or self.settings()
+        ledger = self.ledger(check_home(settings.home))
+        entries = list(ledger.runs().values())
+        shown = [e for i, e in enumerate(entries) if i >= len(entries) - recent or not (e.finished or e.released)]
+        mine = {run.id: run for run in self.runs}
+        rows: list[tuple[LedgerRun, RunState | None, str]] = []
+        for entry in shown:
+            run = mine.get(entry.run_id)
+            if run is not None:
+                if not run.done:
+                    run.poll()
+                rows.append((entry, run.state(), "this kernel"))
+                continue
+            who = "its kernel" if entry.client_alive() else "kernel gone"
+            state = None
+            if not (entry.finished or entry.released):
+                try:
+                    other = Run.attach(entry, self.backend(entry.backend, settings=settings), ledger, record=False)
+                    other.poll()
+                    state = other.state()
+                except Exception as err:  # one run that cannot be read must not hide the others
+                    log.debug("could not read run %s: %s", entry.run_id, err)
+            rows.append((entry, state, who))
+        return rows
+
+    def orphans(self, settings: Settings | None = None) -> list[LedgerRun]:
+        """Runs of clients that are gone (a killed kernel) that were never released nor seen to end."""
+        settings = settings or self.settings()
+        mine = {run.id for run in self.runs}
+        ledger = self.ledger(check_home(settings.home))
+        return [
+            e
+            for e in ledger.runs().values()
+            if e.run_id not in mine and not (e.finished or e.released) and not e.client_alive()
+        ]
+
+    def teardown_orphans(self, settings: Settings | None = None, *, blobs: bool = False) -> list[str]:
+        """End the runs of clients that are gone (see :meth:`orphans`); a line per thing removed."""
+        settings = settings or self.settings()
+        removed: list[str] = []
+        for entry in self.orphans(settings):
+            try:
+                run = Run.attach(entry, self.backend(entry.backend, settings=settings), self.ledger(settings.home))
+                removed.extend(run.teardown(blobs=blobs))
+            except Exception as err:
+                removed.append(f"nothing of {entry.name}: {err} (run %azbatch_teardown --orphans again)")
+        return removed
 
     def teardown(
         self, *, everything: bool = False, blobs: bool = False, backend: Backend | None = None, pools: bool = False

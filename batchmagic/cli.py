@@ -91,7 +91,82 @@ def _parser() -> argparse.ArgumentParser:
     resize.add_argument("nodes", help="nodes to have now")
     delete = pool_actions.add_parser("delete", help="delete a named pool and its nodes")
     delete.add_argument("name", help="the pool's name")
+    commands.add_parser(
+        "ls", help="the runs of every kernel on this machine, with their live phase (as %%azbatch_status)"
+    )
+    logs = commands.add_parser("logs", help="what a run printed, from the start")
+    logs.add_argument("run", metavar="RUN", help="the run's id or name (batchmagic ls lists them)")
+    logs.add_argument("--task", help="a sweep's task (default: its first)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+    teardown = commands.add_parser(
+        "teardown", help="end the runs of kernels that are gone (as %%azbatch_teardown --orphans)"
+    )
+    teardown.add_argument(
+        "--all", action="store_true", dest="everything", help="also batchmagic-tagged jobs and pools on the account"
+    )
+    teardown.add_argument("--blobs", action="store_true", help="also delete their run data")
     return parser
+
+
+def _runs_ls(args: argparse.Namespace) -> int:
+    from batchmagic.api import Session
+    from batchmagic.config import Settings
+    from batchmagic.magics import status_lines
+
+    session = Session(settings=Settings.from_env())
+    rows = session.status()
+    if not rows:
+        print("no runs yet", file=sys.stderr)
+    for line in status_lines(rows):
+        print(line)
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    """Print a run's log from the start; with --follow, as it grows, until the run ends."""
+    import time
+
+    from batchmagic.api import Session
+    from batchmagic.config import Settings
+    from batchmagic.monitor import LogTail
+    from batchmagic.protocol import Layout
+
+    session = Session(settings=Settings.from_env())
+    run = session.attach(args.run)
+    task_id = args.task or run.task_ids[0]
+    if task_id not in run.task_ids:
+        raise ConfigError(f"run {run.name} has no task {task_id!r}: its tasks are {', '.join(run.task_ids[:5])}...")
+    tail = LogTail(Layout.log(run.id, task_id), task_id)
+    while True:
+        for record in tail.read(run.store):
+            stream = sys.stderr if record.stream == "stderr" else sys.stdout
+            stream.write(record.text)
+            stream.flush()
+        if not args.follow or run.done:
+            break
+        run.poll()  # ends (collects, records) the run once its tasks do
+        if not run.done:
+            time.sleep(1.0)
+    if args.follow and run.error is not None:
+        print(f"batchmagic: run {run.name} {run.status}: {run.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    from batchmagic.api import Session
+    from batchmagic.config import Settings
+
+    settings = Settings.from_env()
+    session = Session(settings=settings)
+    removed = session.teardown_orphans(settings, blobs=args.blobs)
+    if args.everything and settings.backend == "azure":
+        removed += session.teardown(everything=True, blobs=args.blobs, backend=session.backend("azure"))
+    for item in removed:
+        print(f"removed {item}")
+    if not removed:
+        print("nothing to tear down: no run of a kernel that is gone still runs or holds resources")
+    return 0
 
 
 def _pool(args: argparse.Namespace) -> int:
@@ -196,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prices_update(args) if args.action == "update" else _prices_ls(args)
         if args.command == "pool":
             return _pool(args)
+        if args.command in ("ls", "logs", "teardown"):
+            return {"ls": _runs_ls, "logs": _logs, "teardown": _teardown}[args.command](args)
         if args.action == "build":
             return _build(args)
         return _ls(args)

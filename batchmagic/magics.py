@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,9 +24,11 @@ from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
 from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_budget, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
+from batchmagic.ledger import LedgerRun
 from batchmagic.options import RunOptions, check_identifier
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 from batchmagic.record import record_of
+from batchmagic.run import UpdateCallback
 from batchmagic.state import LogRecord, RunState
 from batchmagic.sweep import parse_grid, rows_from
 from batchmagic.widget import PANEL_MODES, Panel, TaskLogs, format_seconds, make_panel, ui_pump
@@ -334,14 +336,22 @@ class AzBatch(Magics):
                         f"the cell assigns `{handle}`, which holds the run's handle here: rename it in the cell"
                     )
         self._explain_default_backend(args.backend, settings)
+        return self._present(
+            lambda on_update: self.session.submit(cell, self._user_ns, options, settings=settings, on_update=on_update),
+            no_wait=args.no_wait,
+            out_run=args.out_run,
+        )
 
+    def _present(self, start: Callable[[UpdateCallback], api.Run], *, no_wait: bool, out_run: str | None = None) -> Any:
+        """Show a run as a cell does: the panel, what it prints, its names back when it ends (or, with
+        ``no_wait``, a panel that keeps updating). ``start(on_update)`` submits the run (or attaches to it)."""
         current: list[api.Run] = []  # the panel exists before the run does
         task_logs: list[TaskLogs] = []
         panel = make_panel(
             self.panel,
             on_cancel=lambda: current[0].cancel() if current else None,
             on_pick=lambda task_id: task_logs[0](task_id) if task_logs else "",
-            background=args.no_wait,
+            background=no_wait,
         )
 
         def on_update(state: RunState, records: list[LogRecord]) -> None:
@@ -363,19 +373,13 @@ class AzBatch(Magics):
                 panel.finish(record_of(current[0], background=True))
 
         with _usage_errors(), _warnings_as_lines():
-            run = self.session.submit(
-                cell,
-                self._user_ns,
-                options,
-                settings=settings,
-                on_update=on_background_update if args.no_wait else on_update,
-            )
+            run = start(on_background_update if no_wait else on_update)
         current.append(run)
         task_logs.append(TaskLogs(run))
         self._user_ns["_azbatch"] = run
-        if args.out_run:
-            self._user_ns[args.out_run] = run
-        if args.no_wait:
+        if out_run:
+            self._user_ns[out_run] = run
+        if no_wait:
             if run.done:  # it ended before its monitor started (a failed upload): no thread will finish it
                 panel.finish(record_of(run, background=True))
             run.watch_in_background()
@@ -493,22 +497,34 @@ class AzBatch(Magics):
 
     @line_magic("azbatch_status")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_status(self, line: str) -> None:
-        """List this kernel's runs: name, backend, VM size, phase, elapsed time and (Azure) cost."""
+        """List the runs of every kernel on this machine (the ledger): name, backend, VM size, live phase,
+        elapsed time, (Azure) cost, whose they are (this kernel, another, a kernel that is gone) and the run id."""
         if line.strip():
             raise UsageError("%azbatch_status takes no arguments")
-        runs = self.session.runs
-        if not runs:
-            print("no runs in this kernel yet")
+        with _usage_errors():
+            rows = self.session.status(self.settings())
+        if not rows:
+            print("no runs yet (on this machine's ledger)")
             return
-        for run in runs:
-            if not run.done:
-                run.poll()
-            state = run.state()
-            cost = f"  {state.cost.describe()}" if state.cost is not None else ""
-            print(
-                f"{state.name:<40} {state.backend:<6} {state.vm_size or '-':<18} "
-                f"{state.phase.value:<10} {format_seconds(state.elapsed)}{cost}"
-            )
+        for text in status_lines(rows):
+            print(text)
+
+    @line_magic("azbatch_attach")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
+    def azbatch_attach(self, line: str) -> Any:
+        """Follow a run of another kernel (one that was killed, or restarted) as if this cell had
+        submitted it: ``%azbatch_attach RUN`` (its id or name, from ``%azbatch_status``). Shows its panel,
+        prints its log from the start, and brings its names back when it ends (a sweep: its table)."""
+        args = line.split()
+        if len(args) != 1 or args[0].startswith("-"):
+            raise UsageError("%azbatch_attach takes one run id or name (%azbatch_status lists them)")
+        with _usage_errors():
+            run = self.session.attach(args[0], settings=self.settings(), namespace=self._user_ns)
+
+        def start(on_update: UpdateCallback) -> api.Run:
+            run.subscribe(on_update)
+            return run
+
+        return self._present(start, no_wait=False)
 
     @magic_arguments()
     @argument(
@@ -520,6 +536,11 @@ class AzBatch(Magics):
     )
     @argument("--blobs", action="store_true", help="Also delete run data (bundles, logs, results).")
     @argument("--pools", action="store_true", help="Also delete the account's batchmagic named pools.")
+    @argument(
+        "--orphans",
+        action="store_true",
+        help="Also end the runs of kernels that are gone (killed, restarted) that still run or hold resources.",
+    )
     @line_magic("azbatch_teardown")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_teardown(self, line: str) -> None:
         """End whatever this kernel started that still runs or holds resources, and say what was removed.
@@ -536,13 +557,30 @@ class AzBatch(Magics):
             removed = self.session.teardown(
                 everything=args.everything, blobs=args.blobs, backend=backend, pools=args.pools
             )
+            if args.orphans:
+                removed += self.session.teardown_orphans(self.settings(), blobs=args.blobs)
         if removed:
             for item in removed:
                 print(f"removed {item}")
         else:
             print("nothing to tear down: no run of this kernel is running or holds resources")
+        if not args.orphans:
+            self._offer_orphans()
         if not (args.everything or args.pools):
             self._list_kept_pools()
+
+    def _offer_orphans(self) -> None:
+        """Name the runs that kernels now gone left running or holding resources, and how to end them."""
+        try:
+            orphans = self.session.orphans(self.settings())
+        except Exception as err:  # a teardown must not fail on a listing
+            print(f"could not read the ledger: {err}", file=sys.stderr)
+            return
+        for entry in orphans:
+            print(
+                f"run {entry.name} ({entry.run_id}, {entry.backend}) of a kernel that is gone may still run: "
+                f"%azbatch_attach {entry.run_id} follows it, %azbatch_teardown --orphans ends it"
+            )
 
     def _list_kept_pools(self) -> None:
         """Name the named pools a teardown leaves, when this kernel has used Azure."""
@@ -588,6 +626,23 @@ class AzBatch(Magics):
         with _usage_errors():
             for text in pools.command(args, session=self.session, settings=self.settings()):
                 print(text)
+
+
+def status_lines(rows: list[tuple[LedgerRun, RunState | None, str]]) -> list[str]:
+    """``%azbatch_status`` and ``batchmagic ls``: a line per run of the ledger."""
+    lines = []
+    for entry, state, who in rows:
+        if state is not None:
+            phase, elapsed, vm = state.phase.value, format_seconds(state.elapsed), state.vm_size
+        else:
+            phase = entry.phase or ("released" if entry.released else "unknown")
+            elapsed, vm = "-", str(entry.submitted.get("vm_size", ""))
+        name, backend = entry.name[:40], entry.backend
+        cost = f"  {state.cost.describe()}" if state is not None and state.cost is not None else ""
+        lines.append(
+            f"{name:<40} {backend:<6} {vm or '-':<18} {phase:<16} {elapsed:>8}  {who:<12} {entry.run_id}{cost}"
+        )
+    return lines
 
 
 def _parse(magic: Any, line: str) -> Any:

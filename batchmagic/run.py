@@ -27,12 +27,12 @@ from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSub
 from batchmagic.config import Settings, redacted
 from batchmagic.cost import CostMeter
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
-from batchmagic.ledger import Ledger
+from batchmagic.ledger import Ledger, LedgerRun
 from batchmagic.monitor import LogTail, Monitor
 from batchmagic.options import RunOptions
-from batchmagic.protocol import Layout, TaskOutcome
+from batchmagic.protocol import Layout, TaskOutcome, TaskSpec
 from batchmagic.state import LogRecord, Phase, PhaseSpan, RunState
-from batchmagic.storage import BlobStore
+from batchmagic.storage import BlobStore, Store
 from batchmagic.sweep import TaskOutcome as SweepRow
 from batchmagic.sweep import results_table, task_ids_for
 
@@ -173,6 +173,66 @@ class Run:
         self.meter = CostMeter(prices, settings.batch_region, self.vm_size, budget=budget)
         self.meter.check_budget(low_priority=options.low_priority)
 
+    @classmethod
+    def attach(cls, entry: LedgerRun, backend: Backend, ledger: Ledger, *, record: bool = True) -> Run:
+        """Rebuild a run another client submitted (a kernel that is gone) from the ledger's record of it
+        and its store: its tasks and a sweep's parameters from their specs, its cell from its bundle.
+        Following it from here reads its log from the start and collects its results as :meth:`wait`
+        would have. Nothing is created.
+
+        Raises
+        ------
+        ConfigError
+            The run's data is not in this backend's store (another home or container), or the backend
+            cannot follow runs of other clients.
+        """
+        sub = dict(entry.submitted.get("submission") or {})
+        store = backend.store
+        prefix = Layout.run_prefix(entry.run_id)
+        specs = sorted(
+            key[len(prefix) :].split("/")[0] for key, _size in store.list_keys(prefix) if key.endswith("/spec.json")
+        )
+        if not specs:
+            raise ConfigError(
+                f"run {entry.name} has no data in {store.describe()}: it was submitted with other settings "
+                "(AzBatch.home, BATCHMAGIC_CONTAINER)"
+            )
+        params: list[dict[str, Any]] | None = None
+        if entry.submitted.get("sweep"):
+            params = []
+            for task_id in specs:
+                spec = TaskSpec.from_json(store.get_bytes(Layout.spec(entry.run_id, task_id)))
+                params.append({k: cloudpickle.loads(bytes.fromhex(v)) for k, v in spec.params.items()})
+        run = cls(
+            run_id=entry.run_id,
+            name=entry.name,
+            backend=backend,
+            vm_size=str(entry.submitted.get("vm_size", "")),
+            timeout=float(sub.get("timeout", 0) or 24 * 3600),
+            task_ids=specs,
+            params=params,
+        )
+        run.created = float(entry.submitted.get("created", entry.submitted.get("time", time.time())))
+        run.env = dict(entry.submitted.get("env") or {})
+        run.source = _cell_of(store, entry.run_id)
+        submission = TaskSubmission(
+            run_id=entry.run_id,
+            name=entry.name,
+            task_ids=list(specs),
+            spec_keys={tid: Layout.spec(entry.run_id, tid) for tid in specs},
+            vm_size=run.vm_size,
+            **{k: v for k, v in sub.items() if k in _ATTACH_FIELDS and k not in ("vm_size", "name")},
+        )
+        try:
+            backend.attach(submission)
+        except NotImplementedError as err:
+            raise ConfigError(str(err)) from None
+        run._ledger = ledger
+        if record:
+            ledger.record("attached", run.id)
+        run.enter(Phase.QUEUED, "attached")
+        return run
+
     def submission(self, options: RunOptions) -> TaskSubmission:
         """What the backend is asked to start for this run."""
         return TaskSubmission(
@@ -266,6 +326,11 @@ class Run:
                     self._phases[-1] = PhaseSpan(last.phase, last.start, now)
                 self._phases.append(PhaseSpan(phase, now, now if phase.final else None))
             self.detail = detail
+        if changed and phase.final and self._ledger is not None:
+            try:
+                self._ledger.record("finished", self.id, phase=phase.value)
+            except OSError:
+                log.warning("could not record the end of run %s in the ledger", self.id, exc_info=True)
         self._notify()
 
     @contextmanager
@@ -314,11 +379,20 @@ class Run:
 
         Whatever stops the backend half-way (an error, Ctrl-C) fails the run and releases what it made.
         """
+        submission.ledger_id = ledger.client_id
         ledger.record(
-            "submitted", self.id, backend=self.backend.name, name=self.name, vm_size=self.vm_size, env=self.env
+            "submitted",
+            self.id,
+            backend=self.backend.name,
+            name=self.name,
+            vm_size=self.vm_size,
+            env=self.env,
+            created=self.created,
+            sweep=self.is_sweep,
+            # What Run.attach needs to follow the run from another client (no secret, no URL).
+            submission={key: getattr(submission, key) for key in _ATTACH_FIELDS},
         )
         self._ledger = ledger
-        submission.ledger_id = ledger.client_id
         try:
             self.backend.submit(submission)
         except BaseException as err:  # Ctrl-C included: a half-made job must not outlive this
@@ -481,6 +555,10 @@ class Run:
         if self.error is not None:
             raise self.error
         return self.results if self.is_sweep else self.outputs
+
+    def bind(self, namespace: MutableMapping[str, Any]) -> None:
+        """Where :meth:`fetch` brings the names by default (an attached run has no namespace of its own)."""
+        self._namespace = namespace
 
     def fetch(self, namespace: MutableMapping[str, Any] | None = None) -> list[str]:
         """Bring a finished single-cell run's names into ``namespace`` (default: the one it was submitted
@@ -727,6 +805,32 @@ def _task_state(task: TaskStatus) -> str:
     if task.state != "completed":
         return task.state
     return "succeeded" if task.exit_code == 0 and not task.failure else "failed"
+
+
+#: The TaskSubmission fields the ledger keeps, for Run.attach.
+_ATTACH_FIELDS = (
+    "vm_size", "timeout", "nodes", "low_priority", "slots_per_node", "image", "retries", "ledger_id", "pool",
+)  # fmt: skip
+
+
+def _cell_of(store: Store, run_id: str) -> str:
+    """The cell's source, from the run's bundle ("" when it cannot be read: the record then lacks it)."""
+    import tempfile
+
+    from batchmagic.bundle import BundleReader
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="batchmagic-attach-") as tmp:
+            path = Path(tmp) / "bundle"
+            store.get_file(Layout.bundle(run_id), path)
+            reader = BundleReader(path)
+            try:
+                return reader.cell()
+            finally:
+                reader.close()
+    except Exception:
+        log.debug("could not read the cell of run %s", run_id, exc_info=True)
+        return ""
 
 
 def new_run_id(name: str | None) -> str:

@@ -381,6 +381,14 @@ class AzureBackend(Backend):
             self._delete_job(submission.run_id)
             raise
 
+    def attach(self, submission: TaskSubmission) -> None:
+        """Follow a job another client submitted: its tasks' states are read whole on the first poll."""
+        run = _AzureRun(submission)
+        if submission.pool:
+            run.pool = self.get_pool(submission.pool)
+            run.pool_id = run.pool.name
+        self._runs[submission.run_id] = run
+
     def poll(self, run_id: str) -> BackendStatus:
         run = self._runs[run_id]
         run.changed, reads = set(), run.full_reads

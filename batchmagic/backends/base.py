@@ -146,6 +146,11 @@ class Backend(ABC):
     def cancel(self, run_id: str) -> None:
         """Stop the run's tasks. Idempotent."""
 
+    def attach(self, submission: TaskSubmission) -> None:
+        """Follow a run another client submitted (a kernel that is gone), as if this one had: poll,
+        cancel and release work on it afterwards. Nothing is created."""
+        raise NotImplementedError(f"the {self.name} backend cannot attach to a run")
+
     @abstractmethod
     def release(self, run_id: str) -> list[str]:
         """Stop the run and free whatever it still holds; return a line per thing removed. Idempotent."""

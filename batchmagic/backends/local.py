@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -44,7 +45,7 @@ class _Task:
     task_id: str
     spec_path: Path
     dir: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | _Adopted | None = None
     started: float | None = None
     ended: float | None = None
     failure: str = ""
@@ -93,6 +94,22 @@ class LocalBackend(Backend):
         self._runs[submission.run_id] = run
         self._start_ready(run)
 
+    def attach(self, submission: TaskSubmission) -> None:
+        """Follow a local run whose kernel is gone: a task whose runner still runs is adopted (its pid
+        file), one that ended is read from its result, one that never started is started now."""
+        tasks = {}
+        for task_id in submission.task_ids:
+            spec_path = self.store.path(submission.spec_keys[task_id])
+            task = _Task(task_id, spec_path, spec_path.parent)
+            adopted = _Adopted.of(task.dir)
+            if adopted is not None:
+                task.process, task.started = adopted, adopted.started
+                threading.Thread(target=self._reap, args=(None, task), daemon=True).start()
+            tasks[task_id] = task
+        run = _LocalRun(submission, tasks)
+        self._runs[submission.run_id] = run
+        self._start_ready(run)
+
     def _start_ready(self, run: _LocalRun) -> None:
         with run.lock:
             if run.cancelled:
@@ -131,12 +148,13 @@ class LocalBackend(Backend):
                 start_new_session=True,  # its own process group, killed as one
             )
         task.started = time.time()
+        (task.dir / _PID_FILE).write_text(f"{task.process.pid} {_start_ticks(task.process.pid)} {task.started}")
         task.timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
         task.timer.daemon = True
         task.timer.start()
         threading.Thread(target=self._reap, args=(run, task), name=f"reap-{task.task_id}", daemon=True).start()
 
-    def _reap(self, run: _LocalRun, task: _Task) -> None:
+    def _reap(self, run: _LocalRun | None, task: _Task) -> None:
         """When a task's process ends: note it, stop its watchdog, start the next pending task (a sweep goes
         on whether or not anyone polls)."""
         assert task.process is not None
@@ -146,7 +164,8 @@ class LocalBackend(Backend):
         except (ProcessLookupError, PermissionError):
             pass
         self._finished(task)
-        self._start_ready(run)
+        if run is not None:
+            self._start_ready(run)
 
     @staticmethod
     def _finished(task: _Task) -> None:
@@ -220,6 +239,54 @@ class LocalBackend(Backend):
         return f"its own stderr is in {self.store.path(Layout.local_process_file(run_id, task_id, 'stderr.txt'))}"
 
 
+_PID_FILE = "pid"
+
+
+def _start_ticks(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class _Adopted:
+    """A task's runner started by another client (a kernel that is gone): not our child, so it is
+    watched through /proc, and its exit code is read from its result (0 ok, 1 the cell failed)."""
+
+    def __init__(self, pid: int, ticks: int, started: float, result: Path) -> None:
+        self.pid = pid
+        self.ticks = ticks
+        self.started = started
+        self._result = result
+        self.returncode: int | None = None
+
+    @classmethod
+    def of(cls, task_dir: Path) -> _Adopted | None:
+        try:
+            pid, ticks, started = (task_dir / _PID_FILE).read_text().split()
+        except (OSError, ValueError):
+            return None  # never started
+        return cls(int(pid), int(ticks), float(started), task_dir / "result")
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not (self.ticks and _start_ticks(self.pid) == self.ticks):
+            from batchmagic.protocol import TaskOutcome
+
+            try:
+                self.returncode = 0 if TaskOutcome.from_bytes(self._result.read_bytes()).ok else 1
+            except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError):
+                self.returncode = -9  # ended without a result
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("runner", timeout or 0)
+            time.sleep(0.2)
+        return code
+
+
 def _container_name(run_id: str, task_id: str) -> str:
     return f"batchmagic-{run_id}-{task_id}"
 
@@ -241,7 +308,7 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
     return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+def _kill_group(process: subprocess.Popen[bytes] | _Adopted) -> None:
     """SIGTERM the task's process group (the runner flushes its log), SIGKILL it if it lingers."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
