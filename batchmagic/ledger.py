@@ -64,10 +64,13 @@ class LedgerRun:
             return False
         except PermissionError:
             return True
-        try:  # a pid can be reused: the client's start time tells them apart
-            return bool(_start_time(int(pid)) == self.submitted.get("pid_start", _start_time(int(pid))))
-        except OSError:
-            return False
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return False  # killed, not yet reaped by its parent
+        except (OSError, IndexError):
+            pass
+        # A pid can be reused: the client's start time tells them apart.
+        return bool(_start_time(int(pid)) == self.submitted.get("pid_start", _start_time(int(pid))))
 
 
 class Ledger:
