@@ -234,7 +234,7 @@ class Session:
                 run_id=run.id,
                 task_id=task_id,
                 bundle=bundle_url,
-                log=store.url(Layout.log(run.id, task_id), permissions="acw", expiry=expiry),
+                log=store.url(Layout.log(run.id, task_id), permissions="racw", expiry=expiry),
                 result=store.url(Layout.result(run.id, task_id), permissions="cw", expiry=expiry),
                 log_interval=0.2 if store.kind == "local" else 1.0,
                 params={k: cloudpickle.dumps(v).hex() for k, v in (sweep[index] if sweep else {}).items()},

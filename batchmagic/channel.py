@@ -37,6 +37,13 @@ class Channel(ABC):
     @abstractmethod
     def write(self, data: bytes) -> None: ...
 
+    def size(self) -> int:
+        """The object's length in bytes; 0 when it does not exist (yet)."""
+        try:
+            return len(self.read())
+        except (FileNotFoundError, BlobRequestError):
+            return 0
+
     def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
         """Copy the object into ``path``; ``size`` and ``concurrency`` are hints a subclass may use."""
         Path(path).write_bytes(self.read())
@@ -52,6 +59,12 @@ class FileChannel(Channel):
 
     def read(self) -> bytes:
         return self.path.read_bytes()
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def append(self, data: bytes) -> None:
         with open(self.path, "ab") as f:
@@ -123,8 +136,13 @@ class BlobChannel(Channel):
             return bytes(response.read())
 
     def size(self) -> int:
-        with self._request("HEAD") as response:
-            return int(response.headers["Content-Length"])
+        try:
+            with self._request("HEAD") as response:
+                return int(response.headers["Content-Length"])
+        except BlobRequestError as err:
+            if err.status == 404:
+                return 0
+            raise
 
     def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
         """Download in parallel ranged requests (``concurrency`` at once, 8 MiB each) into ``path``."""

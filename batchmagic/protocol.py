@@ -174,7 +174,7 @@ class TaskSpec:
     run_id: str
     task_id: str
     bundle: str  # read
-    log: str  # append
+    log: str  # append, and read its length (a retried append, a task run again)
     result: str  # create + write
     log_interval: float = 0.2
     params: dict[str, str] = field(default_factory=dict)

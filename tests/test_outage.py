@@ -151,3 +151,37 @@ def test_logs_survive_an_azurite_outage(tmp_path, monkeypatch, home):
                     assert run.outputs["done"] is True
             finally:
                 session.teardown()
+
+
+def test_a_run_survives_an_emulator_restart(tmp_path, monkeypatch, home):
+    """The Batch emulator restarted mid-run with --state: the run goes on (its task requeued, as Batch
+    does when a node restarts: the runner says so in the log) and its result comes back."""
+    from batchmagic.api import Session
+    from tests.support.azurite import start_azurite
+
+    state = tmp_path / "state"
+    with start_azurite(tmp_path / "azurite") as az:
+        with start_emulator(tmp_path / "first", state_dir=state) as first:
+            port = int(first.endpoint.rsplit(":", 1)[1])
+            use_azure(monkeypatch, first, az, prefix=f"restart-{uuid.uuid4().hex[:4]}")
+            session = Session()
+            run = session.submit(
+                "import time\nfor i in range(10):\n    print('line', i, flush=True)\n    time.sleep(0.5)\nanswer = 42",
+                {},
+                backend="azure",
+                name="restart",
+            )
+            run.watch_in_background()
+            wait_for(lambda: "line 2" in run.logs(), timeout=90)
+        try:
+            with start_emulator(tmp_path / "second", state_dir=state, port=port):
+                wait_for(lambda: run.done, timeout=180)
+                assert run.status == "done", run.error
+                assert run.outputs["answer"] == 42
+                text = run.logs()
+                last = text.rsplit("its output starts over", 1)[-1]
+                assert [line for line in last.splitlines() if line.startswith("line ")] == [
+                    f"line {i}" for i in range(10)
+                ]
+        finally:
+            session.teardown()

@@ -57,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         _refuse(raw, err)
         return EXIT_SETUP_ERROR
     spill = os.getcwd() if os.access(os.getcwd(), os.W_OK) else None  # the node's disk, for a log backlog
-    log = LogSink(open_channel(spec.log), interval=spec.log_interval, spill_dir=spill).start()
+    log_channel = open_channel(spec.log)
+    log = LogSink(log_channel, interval=spec.log_interval, spill_dir=spill).start()
+    try:
+        again = log_channel.size() > 0  # the log has lines already: Batch runs this task again (retry, requeue)
+    except OSError:
+        again = False
+    if again:
+        log.add("e", "[batchmagic] the task started again (a retry, or its node restarted): its output starts over\n")
     result_channel = open_channel(spec.result)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()

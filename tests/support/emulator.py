@@ -90,6 +90,7 @@ def start_emulator(
     executor: str = "process",
     time_scale: float | None = None,
     state_dir: Path | str | None = None,
+    port: int | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     timeout: float = 20.0,
@@ -117,7 +118,7 @@ def start_emulator(
     # With --state the node and task files live beside the account, so a restarted emulator serves them.
     workdir = Path(state_dir) / "work" if state_dir is not None else tmp / "emulator"
     record = tmp / "record.jsonl"
-    port = free_port()
+    port = port or free_port()  # a restart on the same port: clients keep their endpoint
     argv = [
         sys.executable, "-m", "batchmagic.emulator", "--host", "127.0.0.1", "--port", str(port),
         "--account", account, "--key", key, "--executor", executor,
