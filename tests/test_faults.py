@@ -77,3 +77,39 @@ def test_a_200_task_sweep_completes_through_faults(faulty, tmp_path, capsys):
     handled = len(faulty.requests())
     print(f"faults injected: {len(injected)} of about {handled + len(injected)} requests", sorted(set(injected)))
     assert len(injected) >= 3  # about 15 % of some 50 requests
+
+
+def test_runs_complete_through_a_proxy_that_resets_storage_connections(tmp_path, monkeypatch, home, azurite):
+    """Blob Storage behind a loopback proxy that resets 10 % of requests (half before forwarding them, half
+    after Azurite answered): the client's uploads and reads and the runner's appends are retried, and a
+    retried append is not repeated: every line once, in order, and the right results."""
+    from tests.support.azurite import ACCOUNT
+    from tests.support.proxy import FaultyProxy
+
+    with (
+        # Batch's own download of the task's resource file (spec.json) is exempt: the service retries it
+        # itself, the emulator does not (it fails the task with BlobDownloadMiscError).
+        FaultyProxy(
+            "127.0.0.1", azurite.port, reset_before=0.05, reset_after=0.05, seed=3, exempt=r"^GET \S*/spec\.json"
+        ) as proxy,
+        start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu,
+    ):
+        use_azure(monkeypatch, emu, azurite, prefix="proxy")
+        proxied = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", proxied)
+        assert f"127.0.0.1:{proxy.port}/{ACCOUNT}" in proxied
+        session = Session()
+        try:
+            run = session.submit(
+                "for i in range(60):\n    print('line', i, flush=True)\ntotal = sum(range(60))", {}, backend="azure"
+            )
+            assert run.wait(timeout=300)["total"] == sum(range(60))
+            lines = [line for line in run.logs().splitlines() if line.startswith("line ")]
+            assert lines == [f"line {i}" for i in range(60)]
+            sweep = session.submit("y = x + 1", {}, backend="azure", sweep=[{"x": i} for i in range(20)])
+            table = sweep.wait(timeout=300)
+            assert list(table["y"]) == [i + 1 for i in range(20)]
+        finally:
+            session.teardown()
+        print("proxy:", proxy.counts)
+        assert proxy.counts["reset-before"] + proxy.counts["reset-after"] >= 3
