@@ -224,7 +224,7 @@ class Run:
             **{k: v for k, v in sub.items() if k in _ATTACH_FIELDS and k not in ("vm_size", "name")},
         )
         try:
-            backend.attach(submission)
+            backend.attach(submission, take_over=not entry.client_alive())
         except NotImplementedError as err:
             raise ConfigError(str(err)) from None
         run._ledger = ledger

@@ -154,3 +154,22 @@ def test_teardown_orphans_ends_a_dead_kernels_run(tmp_path, home, monkeypatch):
     wait_for(lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2])
     again = subprocess.run([sys.executable, "-m", "batchmagic.cli", "teardown"], capture_output=True, text=True)
     assert "nothing to tear down" in again.stdout
+
+
+def test_another_kernels_status_only_watches_a_live_kernels_local_sweep(home):
+    """%azbatch_status in a second kernel reads a live kernel's local sweep without starting its pending
+    tasks (they are the live kernel's to start): no task runs twice."""
+    from batchmagic.api import Session
+
+    owner, other = Session(), Session()
+    try:
+        run = owner.submit("import time\ntime.sleep(2)\ny = x", {}, backend="local", sweep=[{"x": i} for i in range(3)],
+                           slots_per_node=1)  # fmt: skip
+        (row,) = [r for r in other.status() if r[0].run_id == run.id]
+        assert row[2] == "its kernel"
+        started = sorted(p.parent.name for p in (home / "runs" / run.id).glob("*/pid"))
+        assert started == ["task-00000"]
+        assert list(run.wait(timeout=120)["y"]) == [0, 1, 2]
+    finally:
+        owner.teardown()
+        other.teardown()

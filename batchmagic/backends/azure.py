@@ -381,7 +381,7 @@ class AzureBackend(Backend):
             self._delete_job(submission.run_id)
             raise
 
-    def attach(self, submission: TaskSubmission) -> None:
+    def attach(self, submission: TaskSubmission, *, take_over: bool = True) -> None:
         """Follow a job another client submitted: its tasks' states are read whole on the first poll."""
         run = _AzureRun(submission)
         if submission.pool:

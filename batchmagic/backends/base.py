@@ -146,9 +146,10 @@ class Backend(ABC):
     def cancel(self, run_id: str) -> None:
         """Stop the run's tasks. Idempotent."""
 
-    def attach(self, submission: TaskSubmission) -> None:
-        """Follow a run another client submitted (a kernel that is gone), as if this one had: poll,
-        cancel and release work on it afterwards. Nothing is created."""
+    def attach(self, submission: TaskSubmission, *, take_over: bool = True) -> None:
+        """Follow a run another client submitted, as if this one had: poll, cancel and release work on
+        it afterwards. ``take_over``: its client is gone, so what it would still have done (start a
+        local sweep's pending tasks) is this one's to do; otherwise only watch. Nothing is created."""
         raise NotImplementedError(f"the {self.name} backend cannot attach to a run")
 
     @abstractmethod

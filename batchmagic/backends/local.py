@@ -57,6 +57,7 @@ class _LocalRun:
     submission: TaskSubmission
     tasks: dict[str, _Task]
     cancelled: bool = False
+    watch_only: bool = False  # another live client's run: its pending tasks are that client's to start
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -94,7 +95,7 @@ class LocalBackend(Backend):
         self._runs[submission.run_id] = run
         self._start_ready(run)
 
-    def attach(self, submission: TaskSubmission) -> None:
+    def attach(self, submission: TaskSubmission, *, take_over: bool = True) -> None:
         """Follow a local run whose kernel is gone: a task whose runner still runs is adopted (its pid
         file), one that ended is read from its result, one that never started is started now."""
         tasks = {}
@@ -106,13 +107,13 @@ class LocalBackend(Backend):
                 task.process, task.started = adopted, adopted.started
                 threading.Thread(target=self._reap, args=(None, task), daemon=True).start()
             tasks[task_id] = task
-        run = _LocalRun(submission, tasks)
+        run = _LocalRun(submission, tasks, watch_only=not take_over)
         self._runs[submission.run_id] = run
         self._start_ready(run)
 
     def _start_ready(self, run: _LocalRun) -> None:
         with run.lock:
-            if run.cancelled:
+            if run.cancelled or run.watch_only:
                 return
             running = sum(1 for t in run.tasks.values() if t.process is not None and t.process.poll() is None)
             slots = max(1, run.submission.slots_per_node) * max(1, run.submission.nodes)
@@ -197,6 +198,8 @@ class LocalBackend(Backend):
         self._start_ready(run)
         statuses = {}
         for task in run.tasks.values():
+            if task.process is None and run.watch_only and (adopted := _Adopted.of(task.dir)) is not None:
+                task.process, task.started = adopted, adopted.started  # its own client started it since
             status = TaskStatus(task.task_id, node="localhost", started=task.started)
             process = task.process
             if process is None:
