@@ -280,10 +280,6 @@ class Settings:
         """A copy with exactly these values, empty ones included (a trait set to "" clears its setting)."""
         return replace(self, **values)
 
-    def public(self) -> Mapping[str, Any]:
-        """The settings without the secrets, for messages and the ledger."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "secrets"}
-
 
 #: Names of variables that hold secrets: never inherited by a local task, redacted wherever shown.
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|PASSWD|TOKEN|SAS|CONNECTION_STRING|CREDENTIAL", re.IGNORECASE)

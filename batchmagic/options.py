@@ -10,7 +10,6 @@ from __future__ import annotations
 import keyword
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from batchmagic.config import DEFAULT_MAX_TASKS, Settings, parse_budget, parse_timeout
@@ -152,7 +151,3 @@ def check_identifier(name: str, flag: str) -> str:
     """``name`` if it can be bound in a notebook (a name, not a keyword); ConfigError naming ``flag`` if not."""
     _check_name(name, flag)
     return name
-
-
-def requirements_path(value: str | Path | None) -> str | None:
-    return None if value is None else str(value)

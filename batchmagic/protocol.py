@@ -72,10 +72,6 @@ class Layout:
         return f"runs/{run_id}/bundle"
 
     @staticmethod
-    def task_prefix(run_id: str, task_id: str) -> str:
-        return f"runs/{run_id}/{task_id}/"
-
-    @staticmethod
     def spec(run_id: str, task_id: str) -> str:
         return f"runs/{run_id}/{task_id}/{SPEC_FILENAME}"
 
