@@ -222,12 +222,15 @@ class ProcessExecutor:
         return _Process(proc, exit_path=_exit_path(ctx))
 
     def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
-        """The attempt described by ``identity`` (a handle's ``identity``) if it is still running."""
+        """The attempt described by ``identity`` (a handle's ``identity``) if it is still running, or if it
+        ended while no emulator watched it: its wrapper wrote its exit code (it removes an earlier
+        attempt's first), so it completed and must not run again. None: it is gone without a code
+        (killed with the node), and goes back to its job's queue."""
         try:
             handle = _Adopted(int(identity["pid"]), str(identity["started"]), Path(identity["exit_path"]))
         except (KeyError, TypeError, ValueError):
             return None
-        return handle if handle._alive() else None
+        return handle if handle._alive() or handle.exit_path.exists() else None
 
     def close(self) -> None:
         return None

@@ -96,3 +96,26 @@ def test_a_task_that_outlives_a_crashed_emulator_is_readopted(tmp_path: Path) ->
         assert task.execution_info.failure_info.code == "FailureExitCode"
         assert b"".join(client.download_task_file("job", "survivor", "stdout.txt")) == b"done\n"
         assert list(client.list_nodes("kept"))[0].state == "idle"
+
+
+def test_a_task_that_ends_while_the_emulator_is_down_is_not_run_again(tmp_path: Path) -> None:
+    """A crash, the task's process ends before the restart: its exit code is taken, the work is done once."""
+    state, counter = tmp_path / "state", tmp_path / "runs.txt"
+    with start_emulator(tmp_path / "first", state_dir=state) as emu:
+        client = emu.client()
+        _pool_and_job(client)
+        command = f"sh -c 'echo ran >> {counter}; sleep 1; echo done; exit 3'"
+        client.create_task("job", m.BatchTaskCreateOptions(id="quiet", command_line=command))
+        wait_for(lambda: client.get_task("job", "quiet").state == m.BatchTaskState.RUNNING, 10)
+        saved = state / "state.json"
+        wait_for(lambda: saved.exists() and '"pid"' in saved.read_text(), 5)
+        emu.process.send_signal(signal.SIGKILL)
+        emu.process.wait(5)
+    # The process ends while no emulator runs: its wrapper leaves the code beside the task's directory.
+    wait_for(lambda: any(p.read_text().strip() == "3" for p in (state / "work").rglob("*.exitcode")), 10)
+    with start_emulator(tmp_path / "second", state_dir=state) as emu:
+        client = emu.client()
+        task = wait_for(lambda: (t := client.get_task("job", "quiet")).state == m.BatchTaskState.COMPLETED and t, 15)
+        assert task.execution_info.exit_code == 3 and task.execution_info.requeue_count == 0
+        assert task.execution_info.failure_info.code == "FailureExitCode"
+        assert counter.read_text() == "ran\n"  # once: not started again after the restart

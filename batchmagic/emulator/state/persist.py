@@ -6,8 +6,10 @@ history, jobs and their tasks, job schedules, certificates, and the emulated tim
 started on the same directory carries on from there (its clock never goes back): nodes that were
 booting boot again (start task included); a task that was running is re-adopted when its process
 outlived the previous emulator (a crash: the process executor finds it by pid and start time and
-reads its exit code when it ends), and otherwise goes back to its job's queue as after a node
-reboot (``requeueCount`` + 1). A graceful stop ends running tasks that way too, so they run again.
+reads its exit code when it ends), or completes with the exit code its process left beside the
+task's directory when it ended while no emulator watched (it is not run twice), and otherwise goes
+back to its job's queue as after a node reboot (``requeueCount`` + 1). A graceful stop ends running
+tasks that way too, so they run again.
 
 The file is a format of this emulator only (``version`` 1), written atomically (temp file + rename).
 """
