@@ -1,4 +1,4 @@
-# The commands of README.md: `make quickstart`, `make test` and `make lab`. Each sets up what it needs.
+# The commands of README.md: `make quickstart`, `make test`, `make lab` and `make docs`. Each sets up what it needs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,7 @@ BIN6 := $(VENV6)/bin
 VENV_AZCLI ?= .venv-azcli
 VENV_BATCH14 ?= .venv-batch14
 
-.PHONY: quickstart lab test lint bench ipykernel6 clients
+.PHONY: quickstart lab test lint docs bench ipykernel6 clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check batchmagic tests bench
 	$(BIN)/ruff format --check batchmagic tests bench
 	$(BIN)/python -m mypy --strict batchmagic
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --quiet --site-dir build/docs-check
+
+# The documentation site (mkdocs.yml, pages in docs/) into site/; open site/index.html.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+	@echo "documentation built into site/ (open site/index.html)"
 
 bench: $(BIN)/.installed node_modules/.installed
 	$(BIN)/python -m bench

@@ -1,7 +1,7 @@
 """`python -m bench [name ...]`: run every benchmark (or the named ones), print their figures and write
 them to ``bench/results.json`` (one flat object: each figure by a stable name, its unit in the name).
 
-Figures of benchmarks not run this time stay as the file had them; README's benchmark table is made
+Figures of benchmarks not run this time stay as the file had them; the benchmark table of docs/benchmarks.md is made
 from the file by ``python -m bench.readme``, never by hand.
 """
 
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> int:
     from bench.readme import update_readme
 
     update_readme()
-    print(f"figures in {RESULTS}; README's benchmark table regenerated from them")
+    print(f"figures in {RESULTS}; docs/benchmarks.md's benchmark table regenerated from them")
     return 0
 
 

@@ -1,14 +1,14 @@
-"""README's benchmark table is generated from bench/results.json, never typed: they must agree."""
+"""The benchmark table (docs/benchmarks.md) is generated from bench/results.json, never typed: they must agree."""
 
 from __future__ import annotations
 
 from bench.__main__ import load_results
-from bench.readme import README, ROWS, render, table
+from bench.readme import PAGE, ROWS, render, table
 
 
 def test_readme_benchmark_table_matches_the_results_file() -> None:
-    text = README.read_text(encoding="utf-8")
-    assert render(text, load_results()) == text, "README's table is stale: run `python -m bench.readme`"
+    text = PAGE.read_text(encoding="utf-8")
+    assert render(text, load_results()) == text, "docs/benchmarks.md's table is stale: run `python -m bench.readme`"
 
 
 def test_the_results_file_holds_the_issues_figures_with_units_in_their_names() -> None:
