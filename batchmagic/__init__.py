@@ -14,7 +14,7 @@ __all__ = ["__version__", "submit", "Run", "RemoteError", "BatchMagicError", "lo
 if TYPE_CHECKING:
     from batchmagic.api import submit
     from batchmagic.errors import BatchMagicError, RemoteError
-    from batchmagic.run import Run
+    from batchmagic.run.run import Run
 
 
 def __getattr__(name: str) -> Any:
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return submit
     if name == "Run":
-        from batchmagic.run import Run
+        from batchmagic.run.run import Run
 
         return Run
     if name in ("RemoteError", "BatchMagicError"):
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the ``%%azbatch`` magics (``%load_ext batchmagic``)."""
-    from batchmagic.magics import AzBatch
+    from batchmagic.notebook.magics import AzBatch
 
     ipython.register_magics(AzBatch(shell=ipython))
 

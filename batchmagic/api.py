@@ -22,21 +22,21 @@ from typing import Any
 
 import cloudpickle
 
-from batchmagic.analysis import CellAnalysis
+from batchmagic.backends.azure.vmsizes import temp_disk_bytes
 from batchmagic.backends.base import Backend
-from batchmagic.capture import CapturedCell, capture, check_cell
 from batchmagic.config import Settings, check_home, parse_budget, parse_timeout, working_directory
 from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
-from batchmagic.image import ImageRequest, plan_image
-from batchmagic.inputs import HashCache, grant_paths, parse_input, stage_inputs
-from batchmagic.ledger import Ledger, LedgerRun
 from batchmagic.options import RunOptions
+from batchmagic.package.analysis import CellAnalysis
+from batchmagic.package.capture import CapturedCell, capture, check_cell
+from batchmagic.package.image import ImageRequest, plan_image
+from batchmagic.package.inputs import HashCache, grant_paths, parse_input, stage_inputs
 from batchmagic.protocol import Layout, ObjectRef, OutputTarget, TaskSpec
-from batchmagic.run import LargeUploadWarning, Run, UpdateCallback
-from batchmagic.state import Phase, RunState
+from batchmagic.run.ledger import Ledger, LedgerRun
+from batchmagic.run.run import LargeUploadWarning, Run, UpdateCallback
+from batchmagic.run.state import Phase, RunState
 from batchmagic.storage import BlobStore, Store
-from batchmagic.vmsizes import temp_disk_bytes
 
 __all__ = ["Run", "RunOptions", "Session", "submit", "default_session"]
 
@@ -103,7 +103,7 @@ class Session:
 
                 self._backends[key] = LocalBackend(check_home(settings.home))
             elif name == "azure":
-                from batchmagic.backends.azure import AzureBackend
+                from batchmagic.backends.azure.backend import AzureBackend
 
                 self._backends[key] = AzureBackend.from_settings(settings)
             else:

@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def _runs_ls(args: argparse.Namespace) -> int:
     from batchmagic.api import Session
     from batchmagic.config import Settings
-    from batchmagic.magics import status_lines
+    from batchmagic.notebook.magics import status_lines
 
     session = Session(settings=Settings.from_env())
     rows = session.status()
@@ -128,8 +128,8 @@ def _logs(args: argparse.Namespace) -> int:
 
     from batchmagic.api import Session
     from batchmagic.config import Settings
-    from batchmagic.monitor import LogTail
     from batchmagic.protocol import Layout
+    from batchmagic.run.monitor import LogTail
 
     session = Session(settings=Settings.from_env())
     run = session.attach(args.run)
@@ -183,8 +183,8 @@ def _pool(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from batchmagic.environment import environment_spec
-    from batchmagic.image import ensure_image
+    from batchmagic.package.environment import environment_spec
+    from batchmagic.package.image import ensure_image
 
     registry = args.registry if args.registry is not None else setting("registry")
     base = args.base_image or setting("base_image")
@@ -204,7 +204,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from batchmagic.image import describe, list_images
+    from batchmagic.package.image import describe, list_images
 
     registry = args.registry if args.registry is not None else setting("registry")
     images = list_images(registry)
@@ -218,9 +218,9 @@ def _ls(args: argparse.Namespace) -> int:
 def _prices_update(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from batchmagic.backends.azure.prices import DEFAULT_REGIONS, SHIPPED_TABLE, PriceTable, fetch_retail_prices
+    from batchmagic.backends.azure.vmsizes import VM_SIZES
     from batchmagic.config import default_home
-    from batchmagic.prices import DEFAULT_REGIONS, SHIPPED_TABLE, PriceTable, fetch_retail_prices
-    from batchmagic.vmsizes import VM_SIZES
 
     # The SKU names as Azure spells them: the shipped table's, and a best guess for sizes it lacks.
     spelled = {size.lower(): size for sizes in PriceTable.load(SHIPPED_TABLE).prices.values() for size in sizes}
@@ -238,8 +238,8 @@ def _prices_update(args: argparse.Namespace) -> int:
 
 
 def _prices_ls(args: argparse.Namespace) -> int:
+    from batchmagic.backends.azure.prices import Prices, format_money
     from batchmagic.config import default_home, setting
-    from batchmagic.prices import Prices, format_money
 
     prices = Prices.for_settings(default_home(), setting("prices"))
     print(prices.describe(), file=sys.stderr)

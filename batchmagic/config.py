@@ -231,7 +231,8 @@ class Settings:
     max_nodes: int = DEFAULT_MAX_NODES
     docker_host: str = ""
     region: str = ""  # the Batch account's region, for prices; "" -> from the endpoint's host name
-    prices: str = ""  # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.prices)
+    # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.backends.azure.prices)
+    prices: str = ""
     budget: float | None = None  # AzBatch.budget: the default --budget
     secrets: Secrets = field(default_factory=Secrets)
 
@@ -272,7 +273,7 @@ class Settings:
     @property
     def batch_region(self) -> str:
         """The region prices are looked up in: ``region``, else the endpoint's (``<account>.<region>.batch...``)."""
-        from batchmagic.prices import region_from_endpoint
+        from batchmagic.backends.azure.prices import region_from_endpoint
 
         return (self.region or region_from_endpoint(self.batch_endpoint)).lower()
 

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from batchmagic.backends.azure.poolspec import check_pool_name
 from batchmagic.config import DEFAULT_MAX_TASKS, Settings, parse_budget, parse_timeout
 from batchmagic.errors import ConfigError
-from batchmagic.inputs import InputSpec, parse_input, parse_output
-from batchmagic.poolspec import check_pool_name
+from batchmagic.package.inputs import InputSpec, parse_input, parse_output
 
 __all__ = ["RunOptions", "OPTION_NAMES"]
 

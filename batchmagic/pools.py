@@ -3,7 +3,7 @@
 A named pool is a Batch pool that outlives runs: cells run on it with ``%%azbatch --pool NAME`` (one
 job per run, so several kernels share it), it grows with their tasks up to ``max_nodes`` and goes back
 to zero nodes by itself once no task has been pending or running for ``idle`` (its autoscale formula,
-:mod:`batchmagic.poolspec`, is evaluated by Batch, with or without a client alive).
+:mod:`batchmagic.backends.azure.poolspec`, is evaluated by Batch, with or without a client alive).
 
 Examples
 --------
@@ -25,9 +25,9 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from batchmagic.api import Session, default_session
+from batchmagic.backends.azure.poolspec import DEFAULT_IDLE, Pool, PoolRequest, check_pool_name
 from batchmagic.config import Settings, parse_duration
 from batchmagic.errors import ConfigError
-from batchmagic.poolspec import DEFAULT_IDLE, Pool, PoolRequest, check_pool_name
 
 __all__ = [
     "Pool",
@@ -149,7 +149,7 @@ def delete_pools(*, session: Session | None = None, settings: Settings | None = 
 
 def pool_cost(pool: Pool, settings: Settings) -> str:
     """What the pool's nodes cost now, e.g. ``$0.19/h``; ``cost unknown (...)`` when a price is missing."""
-    from batchmagic.prices import Prices, format_money
+    from batchmagic.backends.azure.prices import Prices, format_money
 
     prices = Prices.for_settings(settings.home, settings.prices)
     region = settings.batch_region

@@ -5,7 +5,7 @@ Everything a backend, the runner and the client tell each other is here, and not
 
 - :class:`Layout`: the run store's keys. A run keeps its data under ``runs/<run-id>/``::
 
-      runs/<run-id>/bundle                      the cell and its values (batchmagic.bundle), read by every task
+      runs/<run-id>/bundle                      the cell and its values (batchmagic.package.bundle), read by every task
       runs/<run-id>/<task-id>/spec.json         a TaskSpec: what the runner is told (the client writes it)
       runs/<run-id>/<task-id>/output.log        log records, appended by the runner while the cell runs
       runs/<run-id>/<task-id>/result            a TaskOutcome, written once by the runner at the end

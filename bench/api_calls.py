@@ -129,7 +129,7 @@ def main() -> dict[str, float]:
 
 
 def report(results: list[Measured]) -> dict[str, float]:
-    from batchmagic.backends.azure import AzureBackend
+    from batchmagic.backends.azure.backend import AzureBackend
 
     first, longest = AzureBackend.poll_intervals
     print(

@@ -26,7 +26,7 @@ from typing import Any
 
 from batchmagic import pools
 from batchmagic.api import Session
-from batchmagic.state import LogRecord, Phase, RunState
+from batchmagic.run.state import LogRecord, Phase, RunState
 from tests.support.azurite import start_azurite  # run from the repository root: `python -m bench first_line`
 from tests.support.emulator import start_emulator
 from tests.support.settings import azure_environ

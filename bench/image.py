@@ -14,8 +14,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from batchmagic.environment import environment_spec
-from batchmagic.image import ensure_image
+from batchmagic.package.environment import environment_spec
+from batchmagic.package.image import ensure_image
 
 
 def main() -> dict[str, float]:

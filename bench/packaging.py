@@ -16,7 +16,7 @@ import cloudpickle
 import numpy as np
 import pandas as pd
 
-from batchmagic.capture import capture
+from batchmagic.package.capture import capture
 
 ROUNDS = 5
 

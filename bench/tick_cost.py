@@ -3,7 +3,7 @@ emulator's ``--record`` file) and client CPU (``time.process_time`` around ``Run
 with the whole-list read every tick did before (the same tick, made to read the whole list again).
 
 The job runs on a pool that never gets a node, so its tasks stay active until the benchmark ends some
-(``terminate_task``): that is the "1% changed". The run is the client's own :class:`~batchmagic.run.Run`
+(``terminate_task``): that is the "1% changed". The run is the client's own :class:`~batchmagic.run.run.Run`
 around the Azure backend, so the CPU is the whole tick the notebook's main thread pays (backend, task
 states, the snapshot the panel draws).
 """
@@ -17,10 +17,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from batchmagic.backends.azure import AzureBackend, _AzureRun
+from batchmagic.backends.azure.backend import AzureBackend, _AzureRun
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.config import Settings
-from batchmagic.run import Run
+from batchmagic.run.run import Run
 from batchmagic.storage import LocalStore
 from tests.support.emulator import RunningEmulator, start_emulator  # run from the repository root
 

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from batchmagic.analysis import StarImportError, analyze
+from batchmagic.package.analysis import StarImportError, analyze
 
 # (cell, inputs in order of first use, bound in order)
 CASES: dict[str, tuple[str, list[str], list[str]]] = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from batchmagic.ledger import Ledger
+from batchmagic.run.ledger import Ledger
 from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator, wait_for
 from tests.support.settings import use_azure

@@ -10,7 +10,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from batchmagic.bundle import FORMAT_VERSION, MANIFEST, BundleError, BundleReader, BundleWriter, Manifest
+from batchmagic.package.bundle import FORMAT_VERSION, MANIFEST, BundleError, BundleReader, BundleWriter, Manifest
 
 
 def _write(path: Path, *, values: dict[str, object] | None = None) -> Manifest:

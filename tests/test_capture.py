@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 
 import batchmagic
-from batchmagic.bundle import FORMAT_VERSION, BundleReader
-from batchmagic.capture import CapturedCell, UndefinedNameWarning, capture
 from batchmagic.errors import CaptureError
+from batchmagic.package.bundle import FORMAT_VERSION, BundleReader
+from batchmagic.package.capture import CapturedCell, UndefinedNameWarning, capture
 
 LOCAL_NAMES = ("bm_localmod", "bm_localpkg", "bm_notyet")
 
@@ -120,7 +120,7 @@ def test_notebook_function_and_class_travel_by_value(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import cloudpickle
-        from batchmagic.bundle import BundleReader
+        from batchmagic.package.bundle import BundleReader
         r = BundleReader({str(captured.path)!r})
         ns = {{n: cloudpickle.load(r.open_value(n)) for n in ("train", "Model")}}
         print(ns["Model"](ns["train"]([1, 2], 0.5)).predict(2))

@@ -105,7 +105,7 @@ def test_a_run_failing_during_submit_leaves_nothing(shell, home, tmp_path, monke
         monkeypatch.setenv("BATCHMAGIC_BACKEND", "azure")
         from azure.core.exceptions import ServiceResponseError
 
-        from batchmagic.backends.azure import AzureBackend
+        from batchmagic.backends.azure.backend import AzureBackend
 
         real = AzureBackend.submit
 

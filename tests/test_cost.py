@@ -9,12 +9,12 @@ import time
 
 import pytest
 
+from batchmagic.backends.azure.prices import Prices
 from batchmagic.backends.base import Holding
-from batchmagic.cost import CostMeter
 from batchmagic.errors import ConfigError, RunFailed
-from batchmagic.prices import Prices
-from batchmagic.state import Cost, Phase, RunState
-from batchmagic.widget import StatusPanel, cost_html, summary
+from batchmagic.notebook.widget import StatusPanel, cost_html, summary
+from batchmagic.run.cost import CostMeter
+from batchmagic.run.state import Cost, Phase, RunState
 from tests.support.azurite import azurite_fixture
 from tests.support.emulator import wait_for
 from tests.support.settings import azure_session_fixture
@@ -73,9 +73,9 @@ def test_the_panel_and_its_text_show_the_cost() -> None:
 
 
 def test_pool_ls_shows_each_pools_cost_per_hour() -> None:
+    from batchmagic.backends.azure.poolspec import Pool
     from batchmagic.config import Settings
     from batchmagic.pools import pool_cost
-    from batchmagic.poolspec import Pool
 
     pool = Pool(name="warm", vm_size="standard_e32_v3", dedicated=2, low_priority=1)
     assert pool_cost(pool, Settings(region="eastus")) == "$4.44/h"  # 2 x 2.016 + 1 x 0.4032
@@ -114,7 +114,7 @@ def test_budget_ends_the_run_with_one_line_and_its_job(azure_session, monkeypatc
 
 
 def test_the_runs_record_keeps_its_cost() -> None:
-    from batchmagic.record import render
+    from batchmagic.notebook.record import render
 
     state = RunState(
         run_id="r", name="r", backend="azure", vm_size="Standard_E32_v3", phase=Phase.DONE, phases=(),

@@ -11,7 +11,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from batchmagic.errors import ConfigError
-from batchmagic.inputs import parse_input, parse_output
+from batchmagic.package.inputs import parse_input, parse_output
 from tests.support.azurite import azurite_fixture
 from tests.support.settings import azure_session_fixture
 

@@ -17,8 +17,8 @@ import pytest
 from IPython.core.displaypub import DisplayPublisher
 
 from batchmagic import RemoteError
-from batchmagic.monitor import LogRecord
-from batchmagic.notebook import outputs_of
+from batchmagic.run.ipynb import outputs_of
+from batchmagic.run.monitor import LogRecord
 from batchmagic.runner.display import Capture, compile_cell, mime_bundle
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -296,7 +296,7 @@ def test_failed_cell_still_shows_what_it_displayed(shell: Any, capsys: Any) -> N
 
 def test_background_panel_shows_displays_in_its_output(capsys: Any) -> None:
     from batchmagic.backends.base import Phase
-    from batchmagic.widget import StatusPanel
+    from batchmagic.notebook.widget import StatusPanel
     from tests.test_widget import state
 
     panel = StatusPanel(background=True)

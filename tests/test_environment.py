@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 from IPython.core.error import UsageError
 
-from batchmagic import environment
-from batchmagic.environment import (
+from batchmagic.errors import ConfigError
+from batchmagic.package import environment
+from batchmagic.package.environment import (
     LABEL,
     EnvironmentSpec,
     check_compatible,
@@ -25,8 +26,7 @@ from batchmagic.environment import (
     read_requirements,
     split_registry,
 )
-from batchmagic.errors import ConfigError
-from batchmagic.image import build_wheel, plan_image, split_image
+from batchmagic.package.image import build_wheel, plan_image, split_image
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from batchmagic.environment import LABEL, EnvironmentSpec, environment_spec
 from batchmagic.errors import ConfigError
-from batchmagic.image import RegistryClient, ensure_image
+from batchmagic.package.environment import LABEL, EnvironmentSpec, environment_spec
+from batchmagic.package.image import RegistryClient, ensure_image
 from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.docker import DockerEngine, RunningRegistry

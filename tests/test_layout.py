@@ -174,3 +174,28 @@ def test_options_are_checked_once_on_construction() -> None:
     with pytest.raises(ConfigError, match="not a Python name"):
         RunOptions(outputs=("class",))
     assert RunOptions(timeout="30m").timeout == 1800
+
+
+# Who may import a heavy or front-end dependency (the emulator is a process of its own, not the client).
+OWNERS = {
+    "IPython": ("notebook/",),
+    "ipywidgets": ("notebook/",),
+    "ipykernel": ("notebook/",),
+    "jupyter_ui_poll": ("notebook/",),
+    "azure.batch": ("backends/azure/",),
+}
+
+
+def test_only_the_owning_folder_imports_a_dependency() -> None:
+    """The folder listing says where a dependency is used: the notebook's front end in notebook/,
+    the Batch SDK in backends/azure/."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative.startswith("emulator/"):
+            continue
+        for name in _all_imports(path):
+            for dependency, owners in OWNERS.items():
+                if (name == dependency or name.startswith(dependency + ".")) and not relative.startswith(owners):
+                    offenders.append(f"{relative}: {name}")
+    assert offenders == []

@@ -157,7 +157,7 @@ def test_config_round_trips(shell):
 
 
 def test_backend_trait_seeded_from_env(home, monkeypatch):
-    from batchmagic.magics import AzBatch
+    from batchmagic.notebook.magics import AzBatch
 
     monkeypatch.setenv("AZURE_BATCH_ENDPOINT", "https://acct.westeurope.batch.azure.com")
     assert AzBatch(shell=None).backend == "azure"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batchmagic.backends.azure import AzureBackend, _AzureRun
+from batchmagic.backends.azure.backend import AzureBackend, _AzureRun
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.config import Settings
 from tests.support.emulator import RunningEmulator, start_emulator
@@ -139,8 +139,8 @@ def test_missed_changes_are_caught_by_the_task_counts_and_the_table_ends_complet
 
 
 def test_a_queued_run_polls_fast_for_a_few_ticks_then_backs_off() -> None:
-    from batchmagic.monitor import QUEUED_FAST_TICKS, Monitor
-    from batchmagic.state import Phase
+    from batchmagic.run.monitor import QUEUED_FAST_TICKS, Monitor
+    from batchmagic.run.state import Phase
 
     class Slow:
         poll_intervals = (1.0, 10.0)

@@ -14,10 +14,10 @@ import pytest
 from IPython.core.error import UsageError
 
 from batchmagic.api import Session
+from batchmagic.backends.azure.nodeimages import SupportedImage, choose_node_image
+from batchmagic.backends.azure.poolspec import PoolRequest, autoscale_formula, formula_parameters, scale_to_zero_at
 from batchmagic.emulator.autoscale import MetricHistory, PoolFigures, compile_formula, evaluate
 from batchmagic.errors import ConfigError
-from batchmagic.nodeimages import SupportedImage, choose_node_image
-from batchmagic.poolspec import PoolRequest, autoscale_formula, formula_parameters, scale_to_zero_at
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure

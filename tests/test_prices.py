@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from batchmagic import cli, prices
+from batchmagic import cli
+from batchmagic.backends.azure import prices
+from batchmagic.backends.azure.prices import Prices, PriceTable, fetch_retail_prices, format_money, region_from_endpoint
+from batchmagic.backends.azure.vmsizes import VM_SIZES
 from batchmagic.config import Settings, parse_budget
 from batchmagic.errors import ConfigError
 from batchmagic.options import RunOptions
-from batchmagic.prices import Prices, PriceTable, fetch_retail_prices, format_money, region_from_endpoint
-from batchmagic.vmsizes import VM_SIZES
 
 DATA = Path(__file__).parent / "data"
 PAGES = [json.loads((DATA / f"retail_prices_page{i}.json").read_text()) for i in (1, 2)]

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchmagic.capture import capture, check_cell
 from batchmagic.config import parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
-from batchmagic.inputs import parse_output
 from batchmagic.options import RunOptions
-from batchmagic.sweep import parse_grid, rows_from
+from batchmagic.package.capture import capture, check_cell
+from batchmagic.package.inputs import parse_output
+from batchmagic.run.sweep import parse_grid, rows_from
 
 NAMES = ["a", "b", "c", "d"]
 name = st.sampled_from(NAMES)

@@ -15,9 +15,9 @@ import pytest
 from batchmagic import RemoteError
 from batchmagic.api import Session
 from batchmagic.errors import RunCancelled
-from batchmagic.record import Record, record_of, render
-from batchmagic.state import Phase, RunState
-from batchmagic.sweep import TaskOutcome, results_table
+from batchmagic.notebook.record import Record, record_of, render
+from batchmagic.run.state import Phase, RunState
+from batchmagic.run.sweep import TaskOutcome, results_table
 from tests.test_widget import state, sweep_state
 
 
@@ -106,8 +106,8 @@ def test_remote_traceback_has_the_notebooks_line_numbers(shell: Any) -> None:
 
 def test_magic_shows_the_record_in_the_panels_display(shell: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The widget panel is replaced by the record at the end, in the same display (by its display id)."""
-    import batchmagic.magics as magics
-    from batchmagic.widget import StatusPanel
+    import batchmagic.notebook.magics as magics
+    from batchmagic.notebook.widget import StatusPanel
 
     shown: list[tuple[str, Any]] = []
 

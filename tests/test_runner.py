@@ -19,8 +19,8 @@ import cloudpickle
 import pytest
 
 import batchmagic
-from batchmagic.capture import capture
 from batchmagic.errors import RemoteError
+from batchmagic.package.capture import capture
 from batchmagic.protocol import SCHEMA_VERSION, TaskOutcome
 from batchmagic.runner import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TERMINATED
 
@@ -187,7 +187,7 @@ def test_corrupted_bundle_is_a_setup_error(tmp_path: Path) -> None:
     outcome = task.outcome()
     assert outcome.ok is False
     assert outcome.phase == "setup"
-    assert outcome.error.type == "batchmagic.bundle.BundleError"
+    assert outcome.error.type == "batchmagic.package.bundle.BundleError"
 
 
 def test_missing_bundle_is_a_setup_error(tmp_path: Path) -> None:

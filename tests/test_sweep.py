@@ -8,7 +8,7 @@ from IPython.core.error import UsageError
 
 from batchmagic.api import Session
 from batchmagic.errors import ConfigError
-from batchmagic.sweep import parse_grid, rows_from, task_ids_for
+from batchmagic.run.sweep import parse_grid, rows_from, task_ids_for
 from tests.support.azurite import azurite_fixture
 from tests.support.emulator import wait_for
 from tests.support.settings import azure_session_fixture

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 
-from batchmagic.state import Phase, PhaseSpan, RunState
-from batchmagic.widget import (
+from batchmagic.notebook.widget import (
     AMBER,
     GREEN,
     GRID_BUTTONS,
@@ -17,6 +16,7 @@ from batchmagic.widget import (
     outcome,
     summary,
 )
+from batchmagic.run.state import Phase, PhaseSpan, RunState
 
 
 def state(phase: Phase, *, error: str = "", detail: str = "") -> RunState:
@@ -193,7 +193,7 @@ def test_finish_puts_the_record_in_the_panels_display():
 
 
 def test_background_panel_appends_logs_to_its_output_and_never_prints(capsys):
-    from batchmagic.state import LogRecord
+    from batchmagic.run.state import LogRecord
 
     panel = StatusPanel(background=True)
     panel.update(state(Phase.RUNNING), [LogRecord(1.0, "stdout", "hello\n"), LogRecord(2.0, "stderr", "warn\n")])

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from batchmagic.state import Phase
+from batchmagic.run.state import Phase
 from batchmagic.storage import Store
 
 __all__ = [

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchmagic.vmsizes import cores_for
+from batchmagic.backends.azure.vmsizes import cores_for
 
 __all__ = ["Emulator", "cores_for"]
 

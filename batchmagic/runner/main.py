@@ -23,8 +23,8 @@ from typing import Any
 import cloudpickle
 
 from batchmagic import data
-from batchmagic.bundle import CELL_FILENAME, BundleError, BundleReader
 from batchmagic.channel import Channel, open_channel
+from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader
 from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream

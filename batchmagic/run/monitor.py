@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from batchmagic.backends.base import Backend, BackendStatus
 from batchmagic.protocol import Layout, decode_log_records
-from batchmagic.state import LogRecord, Phase, PhaseSpan, RunState
+from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RunState
 from batchmagic.storage import Store
 
 __all__ = ["LogRecord", "LogTail", "Monitor", "RunState", "PhaseSpan"]

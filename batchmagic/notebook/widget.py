@@ -1,10 +1,10 @@
-"""The status panel: a view of :class:`~batchmagic.monitor.RunState`, as a widget or as text lines.
+"""The status panel: a view of :class:`~batchmagic.run.monitor.RunState`, as a widget or as text lines.
 
 :func:`make_panel` picks the form: an ipywidgets panel where widgets can render (a Jupyter
 kernel with ipywidgets installed), short text lines otherwise (terminal IPython, scripts), or
 nothing. Panels are views only: they never poll, and only ever get states handed to them. When the
 run ends, :meth:`StatusPanel.finish` replaces the widget, in the same display, with the run's static
-record (:mod:`batchmagic.record`), which outlives the kernel and its widget state.
+record (:mod:`batchmagic.notebook.record`), which outlives the kernel and its widget state.
 
 A blocking cell keeps the kernel busy, so a click on the panel would reach it only once the cell ends:
 :func:`ui_pump` gives the wait loop a callable that lets the kernel handle widget messages between polls.
@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from batchmagic.monitor import LogTail
-from batchmagic.state import LogRecord, Phase, RunState
+from batchmagic.run.monitor import LogTail
+from batchmagic.run.state import LogRecord, Phase, RunState
 
 if TYPE_CHECKING:
-    from batchmagic.run import Run
+    from batchmagic.run.run import Run
 
 __all__ = [
     "Panel",

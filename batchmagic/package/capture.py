@@ -1,6 +1,6 @@
 """Cell + namespace -> bundle: decide what the cell needs and package it.
 
-Names the cell reads (see :mod:`batchmagic.analysis`) that exist in the namespace are shipped:
+Names the cell reads (see :mod:`batchmagic.package.analysis`) that exist in the namespace are shipped:
 modules as imports, everything else by value with cloudpickle (functions and classes defined in
 the notebook travel by value; those of installed packages by reference). Local ``.py`` modules
 and packages under the working directory travel as source files.
@@ -24,10 +24,10 @@ from typing import Any
 import cloudpickle
 
 import batchmagic
-from batchmagic.analysis import CellAnalysis, StarImportError, analyze
-from batchmagic.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
 from batchmagic.config import working_directory
 from batchmagic.errors import CaptureError
+from batchmagic.package.analysis import CellAnalysis, StarImportError, analyze
+from batchmagic.package.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
 from batchmagic.protocol import Layout
 
 __all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]

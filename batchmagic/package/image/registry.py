@@ -2,7 +2,7 @@
 config blob), a repository's tags; with basic or bearer-token auth negotiated from the
 ``WWW-Authenticate`` challenge, and an Entra ID login exchanged for an ACR refresh token.
 
-The only module of :mod:`batchmagic.image` that speaks HTTP (through ``requests``, imported lazily).
+The only module of :mod:`batchmagic.package.image` that speaks HTTP (through ``requests``, imported lazily).
 """
 
 from __future__ import annotations

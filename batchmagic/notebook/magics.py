@@ -24,14 +24,14 @@ from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
 from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_budget, parse_env, parse_timeout
 from batchmagic.errors import CaptureError, ConfigError
-from batchmagic.ledger import LedgerRun
+from batchmagic.notebook.record import record_of
+from batchmagic.notebook.widget import PANEL_MODES, Panel, TaskLogs, format_seconds, make_panel, ui_pump
 from batchmagic.options import RunOptions, check_identifier
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
-from batchmagic.record import record_of
-from batchmagic.run import UpdateCallback
-from batchmagic.state import LogRecord, RunState
-from batchmagic.sweep import parse_grid, rows_from
-from batchmagic.widget import PANEL_MODES, Panel, TaskLogs, format_seconds, make_panel, ui_pump
+from batchmagic.run.ledger import LedgerRun
+from batchmagic.run.run import UpdateCallback
+from batchmagic.run.state import LogRecord, RunState
+from batchmagic.run.sweep import parse_grid, rows_from
 
 __all__ = ["AzBatch"]
 

@@ -17,7 +17,7 @@ to start a run it cannot price.
 
 Examples
 --------
-In [1]: from batchmagic.prices import Prices
+In [1]: from batchmagic.backends.azure.prices import Prices
 
 In [2]: Prices.shipped().hourly("Standard_E32_v3", "eastus")
 Out[2]: 2.016

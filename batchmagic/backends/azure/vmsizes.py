@@ -5,7 +5,7 @@ side of batchmagic imports it to validate ``--vm``. Importing this module has no
 
 Examples
 --------
-In [1]: from batchmagic.vmsizes import cores_for
+In [1]: from batchmagic.backends.azure.vmsizes import cores_for
 
 In [2]: cores_for("Standard_D4s_v3")
 Out[2]: 4

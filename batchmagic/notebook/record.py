@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchmagic.state import RunState
-from batchmagic.widget import cost_html, counts_html, format_seconds, grid_html, outcome, summary
+from batchmagic.notebook.widget import cost_html, counts_html, format_seconds, grid_html, outcome, summary
+from batchmagic.run.state import RunState
 
 if TYPE_CHECKING:
-    from batchmagic.run import Run
+    from batchmagic.run.run import Run
 
 __all__ = ["Record", "record_of", "render"]
 

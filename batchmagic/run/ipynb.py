@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from batchmagic.state import LogRecord
+from batchmagic.run.state import LogRecord
 
 __all__ = ["outputs_of", "run_notebook"]
 

@@ -1,17 +1,17 @@
-"""A run's cost as it goes: the nodes it holds, priced (:mod:`batchmagic.prices`), summed over time.
+"""A run's cost as it goes: the nodes it holds, priced (:mod:`batchmagic.backends.azure.prices`), summed over time.
 
 :class:`CostMeter` is fed each poll's :class:`~batchmagic.backends.base.Holding` and answers the
-panel's :class:`~batchmagic.state.Cost` and whether the run's ``--budget`` is spent. The spend is an
+panel's :class:`~batchmagic.run.state.Cost` and whether the run's ``--budget`` is spent. The spend is an
 estimate: between two polls the run is charged at the higher of the two rates (a node that came or
 went in between is counted for the whole interval), so it errs on the side of the budget.
 """
 
 from __future__ import annotations
 
+from batchmagic.backends.azure.prices import Prices, format_money
 from batchmagic.backends.base import Holding
 from batchmagic.errors import ConfigError
-from batchmagic.prices import Prices, format_money
-from batchmagic.state import Cost
+from batchmagic.run.state import Cost
 
 __all__ = ["CostMeter"]
 

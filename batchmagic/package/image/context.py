@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 import batchmagic
-from batchmagic.environment import EnvironmentSpec
 from batchmagic.errors import ConfigError
+from batchmagic.package.environment import EnvironmentSpec
 
 __all__ = ["build_context", "build_wheel"]
 

@@ -5,8 +5,8 @@ terminatejob, ``maxWallClockTime`` from ``--timeout``) and adds the task: ``pyth
 --spec spec.json`` in the training image, the spec arriving as a resource file through a SAS URL. The
 job runs on an auto pool (``poolLifetimeOption`` job, ``keepAlive`` false, a container-ready Ubuntu image
 with the training image prefetched) or, with ``--pool NAME``, on a named pool that outlives it: named
-pools (:mod:`batchmagic.poolspec`) are created, listed, resized and deleted here too. The node image is
-chosen from the account's supported images (:mod:`batchmagic.nodeimages`). The run's data is in Blob
+pools (:mod:`batchmagic.backends.azure.poolspec`) are created, listed, resized and deleted here too. The node image is
+chosen from the account's supported images (:mod:`batchmagic.backends.azure.nodeimages`). The run's data is in Blob
 Storage (:class:`~batchmagic.storage.BlobStore`).
 
 A poll tick costs a fixed number of calls however long the run: the job, its pool, the pool's nodes
@@ -30,20 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar, cast
 
-from batchmagic.backends.base import (
-    Backend,
-    BackendStatus,
-    Holding,
-    Phase,
-    TaskStatus,
-    TaskSubmission,
-    exit_reason,
-    format_duration,
-)
-from batchmagic.config import Settings
-from batchmagic.errors import ConfigError, RunFailed
-from batchmagic.nodeimages import NodeImage, SupportedImage, choose_node_image
-from batchmagic.poolspec import (
+from batchmagic.backends.azure.nodeimages import NodeImage, SupportedImage, choose_node_image
+from batchmagic.backends.azure.poolspec import (
     CLOCK_SKEW,
     DEFAULT_IDLE,
     EVALUATION_INTERVAL,
@@ -61,6 +49,18 @@ from batchmagic.poolspec import (
     nodes_for,
     scale_to_zero_at,
 )
+from batchmagic.backends.base import (
+    Backend,
+    BackendStatus,
+    Holding,
+    Phase,
+    TaskStatus,
+    TaskSubmission,
+    exit_reason,
+    format_duration,
+)
+from batchmagic.config import Settings
+from batchmagic.errors import ConfigError, RunFailed
 from batchmagic.protocol import SPEC_FILENAME, Layout
 from batchmagic.storage import BlobStore, check_container_name
 
@@ -93,7 +93,7 @@ def vm_cores(vm_size: str) -> int:
     ConfigError
         The name is not an Azure VM size at all.
     """
-    from batchmagic.vmsizes import cores_for
+    from batchmagic.backends.azure.vmsizes import cores_for
 
     cores = cores_for(vm_size)
     if cores is not None:
@@ -258,7 +258,7 @@ class AzureBackend(Backend):
 
     def node_image(self, vm_size: str) -> NodeImage:
         """The image a new pool of ``vm_size`` boots: ``AzBatch.node_image``, else the newest fitting one
-        the account lists (see :mod:`batchmagic.nodeimages`). ConfigError when none fits."""
+        the account lists (see :mod:`batchmagic.backends.azure.nodeimages`). ConfigError when none fits."""
         self.check_access()
         today = datetime.now(UTC).date()
         return choose_node_image(self._images or [], vm_size, today=today, override=self.settings.node_image)
@@ -1038,7 +1038,7 @@ def _reraise(err: BaseException) -> NoReturn:
 
 
 def _supported_image(image: Any) -> SupportedImage:
-    """The SDK's BatchSupportedImage as :class:`~batchmagic.nodeimages.SupportedImage`."""
+    """The SDK's BatchSupportedImage as :class:`~batchmagic.backends.azure.nodeimages.SupportedImage`."""
     ref = image.image_reference
     return SupportedImage(
         publisher=ref.publisher or "",
@@ -1104,7 +1104,7 @@ def _node_states(counts: Any) -> dict[str, int]:
 
 
 def _describe_pool(pool: Any, nodes: dict[str, int]) -> Pool:
-    """The SDK's BatchPool (selected with _POOL_SELECT) as a :class:`~batchmagic.poolspec.Pool`."""
+    """The SDK's BatchPool (selected with _POOL_SELECT) as a :class:`~batchmagic.backends.azure.poolspec.Pool`."""
     meta = {item.name: item.value for item in pool.metadata or []}
     params = formula_parameters(pool.auto_scale_formula)
     vmc = pool.virtual_machine_configuration

@@ -64,7 +64,7 @@ class Cost:
 
     def describe(self) -> str:
         """``cost $2.02/h (1 running) · $0.13 so far of $5.00``, or ``cost unknown: ...``."""
-        from batchmagic.prices import format_money
+        from batchmagic.backends.azure.prices import format_money
 
         if self.per_hour is None or self.spent is None:
             return f"cost unknown: {self.unknown_because or 'no price'}"

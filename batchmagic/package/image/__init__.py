@@ -13,8 +13,8 @@ Everything other modules use is importable from here.
 
 from __future__ import annotations
 
-from batchmagic.image.context import build_context, build_wheel
-from batchmagic.image.engine import (
+from batchmagic.package.image.context import build_context, build_wheel
+from batchmagic.package.image.engine import (
     API_TIMEOUT,
     PING_TIMEOUT,
     ImageResult,
@@ -25,8 +25,8 @@ from batchmagic.image.engine import (
     image_labels,
     list_images,
 )
-from batchmagic.image.plan import GuardWarning, ImageRequest, plan_image
-from batchmagic.image.registry import REGISTRY_TIMEOUT, RegistryClient, registry_credentials, split_image
+from batchmagic.package.image.plan import GuardWarning, ImageRequest, plan_image
+from batchmagic.package.image.registry import REGISTRY_TIMEOUT, RegistryClient, registry_credentials, split_image
 
 __all__ = [
     "API_TIMEOUT",

@@ -3,7 +3,7 @@
 :func:`plan_image` checks the image flags against the backend and returns an :class:`ImageRequest`
 (or None when the run needs no image of ours); :meth:`ImageRequest.resolve` then either checks a
 given image against the kernel (the guard: Python and the versions of the packages the shipped
-objects need) or builds and pushes one for the cell (:func:`~batchmagic.image.engine.ensure_image`).
+objects need) or builds and pushes one for the cell (:func:`~batchmagic.package.image.engine.ensure_image`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batchmagic.environment import EnvironmentSpec, split_registry
 from batchmagic.errors import ConfigError
-from batchmagic.image.engine import ImageResult, ensure_image, image_labels
-from batchmagic.image.registry import split_image
-from batchmagic.state import Phase
+from batchmagic.package.environment import EnvironmentSpec, split_registry
+from batchmagic.package.image.engine import ImageResult, ensure_image, image_labels
+from batchmagic.package.image.registry import split_image
+from batchmagic.run.state import Phase
 
 if TYPE_CHECKING:
-    from batchmagic.capture import CapturedCell
+    from batchmagic.package.capture import CapturedCell
 
 __all__ = ["GuardWarning", "ImageRequest", "plan_image"]
 
@@ -49,7 +49,7 @@ class ImageRequest:
     result: ImageResult | None = None
 
     def spec_for(self, modules: Iterable[str]) -> EnvironmentSpec:
-        from batchmagic.environment import environment_spec
+        from batchmagic.package.environment import environment_spec
 
         return environment_spec(modules, base_image=self.base_image, requirements=self.requirements, pip=self.pip)
 
@@ -63,7 +63,7 @@ class ImageRequest:
         ConfigError
             The guard found a mismatch, or the image could not be found, built or pushed.
         """
-        from batchmagic.environment import check_compatible, shipped_modules
+        from batchmagic.package.environment import check_compatible, shipped_modules
 
         modules = shipped_modules(captured.path, captured.analysis.imported_modules, captured.manifest.modules)
         if self.given:
@@ -121,7 +121,7 @@ def plan_image(
         do not apply (``--container`` on Azure, ``--requirements`` with ``--image``).
     """
     from batchmagic.config import setting
-    from batchmagic.environment import parse_pip, read_requirements
+    from batchmagic.package.environment import parse_pip, read_requirements
 
     pip = tuple(pip or ())
     registry = registry if registry is not None else setting("registry")

@@ -25,16 +25,16 @@ import cloudpickle
 
 from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSubmission
 from batchmagic.config import Settings, redacted
-from batchmagic.cost import CostMeter
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
-from batchmagic.ledger import Ledger, LedgerRun
-from batchmagic.monitor import LogTail, Monitor
 from batchmagic.options import RunOptions
 from batchmagic.protocol import Layout, TaskOutcome, TaskSpec
-from batchmagic.state import LogRecord, Phase, PhaseSpan, RunState
+from batchmagic.run.cost import CostMeter
+from batchmagic.run.ledger import Ledger, LedgerRun
+from batchmagic.run.monitor import LogTail, Monitor
+from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RunState
+from batchmagic.run.sweep import TaskOutcome as SweepRow
+from batchmagic.run.sweep import results_table, task_ids_for
 from batchmagic.storage import BlobStore, Store
-from batchmagic.sweep import TaskOutcome as SweepRow
-from batchmagic.sweep import results_table, task_ids_for
 
 __all__ = ["Run", "OutputWarning", "LargeUploadWarning", "UpdateCallback"]
 
@@ -166,7 +166,7 @@ class Run:
         """
         if self.backend.name != "azure":
             return
-        from batchmagic.prices import Prices
+        from batchmagic.backends.azure.prices import Prices
 
         prices = Prices.for_settings(settings.home, settings.prices)
         budget = options.budget if options.budget is not None else settings.budget
@@ -686,7 +686,7 @@ class Run:
 
     def _write_record(self, task_id: str, outcome: TaskOutcome) -> None:
         """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
-        from batchmagic.notebook import run_notebook
+        from batchmagic.run.ipynb import run_notebook
 
         try:
             records = LogTail(self.log_key(task_id), task_id).read(self.store)
@@ -817,7 +817,7 @@ def _cell_of(store: Store, run_id: str) -> str:
     """The cell's source, from the run's bundle ("" when it cannot be read: the record then lacks it)."""
     import tempfile
 
-    from batchmagic.bundle import BundleReader
+    from batchmagic.package.bundle import BundleReader
 
     try:
         with tempfile.TemporaryDirectory(prefix="batchmagic-attach-") as tmp:

@@ -1,11 +1,11 @@
 """The Docker engine: build the image for a spec and push it, only when the registry lacks it; read an
 existing image's labels (the guard's input); list the training images.
 
-:func:`ensure_image` turns an :class:`~batchmagic.environment.EnvironmentSpec` into an image in a
+:func:`ensure_image` turns an :class:`~batchmagic.package.environment.EnvironmentSpec` into an image in a
 registry (or in the local engine): it asks the registry whether ``<registry>/<repo>:env-<hash>``
 exists (a manifest HEAD); if so nothing is built or pushed. Otherwise it builds
 ``container/Dockerfile`` with the spec's requirements and a wheel of this very copy of batchmagic
-(:mod:`batchmagic.image.context`), and pushes it, reporting build steps and megabytes pushed through
+(:mod:`batchmagic.package.image.context`), and pushes it, reporting build steps and megabytes pushed through
 a progress callback.
 
 The only module of the client that imports the docker SDK, lazily (``backends/local.py`` runs
@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchmagic.config import docker_host
-from batchmagic.environment import LABEL, EnvironmentSpec, split_registry
 from batchmagic.errors import ConfigError
-from batchmagic.image.context import build_context
-from batchmagic.image.registry import RegistryClient, registry_credentials, split_image
+from batchmagic.package.environment import LABEL, EnvironmentSpec, split_registry
+from batchmagic.package.image.context import build_context
+from batchmagic.package.image.registry import RegistryClient, registry_credentials, split_image
 
 if TYPE_CHECKING:
     from docker import DockerClient
