@@ -180,6 +180,12 @@ class TaskSpec:
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     outputs: OutputTarget | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # The GPUs the task's machine has (from its VM size; locally, the host's): the runner checks that
+    # the cell sees them before it runs (a preflight) and samples them every ``gpu_interval`` seconds.
+    # A runner that ignores these just skips both.
+    gpus: int = 0
+    gpu_interval: float = 5.0
+    machine: str = ""  # the VM size, named in the preflight's line
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
@@ -218,6 +224,9 @@ class TaskSpec:
             input_concurrency=int(raw.get("input_concurrency", DEFAULT_INPUT_CONCURRENCY)),
             outputs=outputs,
             env={str(k): str(v) for k, v in raw.get("env", {}).items()},
+            gpus=int(raw.get("gpus", 0)),
+            gpu_interval=float(raw.get("gpu_interval", 5.0)),
+            machine=str(raw.get("machine", "")),
             schema=version,
         )
 
@@ -239,7 +248,8 @@ class TaskOutcome:
     """What a task leaves as its ``result``: written once by the runner, whatever happened.
 
     ``phase`` says where it ended: ``"cell"`` (the cell ran: ``ok`` tells whether it raised),
-    ``"setup"`` (the runner failed before the cell ran), ``"terminated"`` (SIGTERM: cancelled or out
+    ``"setup"`` (the runner failed before the cell ran), ``"preflight"`` (the GPUs the machine should have
+    were not visible in the container: the cell did not run), ``"terminated"`` (SIGTERM: cancelled or out
     of time), ``"result"`` (the outcome itself could not be written whole), ``"exit"`` (the cell
     called ``sys.exit(n)`` with a non-zero ``n``: ``error.message`` is ``repr(n)``). ``outputs`` are the names
     the cell bound, each cloudpickled apart so one that cannot travel does not sink the others.

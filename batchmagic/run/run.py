@@ -840,7 +840,10 @@ def new_run_id(name: str | None) -> str:
 
 
 def _exit_failure(name: str, outcome: TaskOutcome) -> RunFailed | None:
-    """A cell that called ``sys.exit(n)`` with a non-zero ``n``: one line, as a non-zero exit is."""
+    """A cell that called ``sys.exit(n)`` with a non-zero ``n``, or a GPU preflight that failed (the cell
+    did not run): one line, as a non-zero exit is."""
+    if outcome.phase == "preflight" and outcome.error is not None:
+        return RunFailed(f"run {name}: {outcome.error.message}")
     if outcome.phase != "exit" or outcome.error is None:
         return None
     return RunFailed(f"run {name}: the cell called sys.exit({outcome.error.message})")

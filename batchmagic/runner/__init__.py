@@ -8,6 +8,7 @@ exiting with a code:
 - 0: the cell succeeded; the result holds its outputs.
 - 1: the cell raised; the result holds the exception, type, message and remote traceback.
 - 2: the runner could not set the cell up (bad bundle, a value that won't unpickle...).
+- 3: the GPU preflight failed: the GPUs the machine should have are not visible; the cell did not run.
 - 143: SIGTERM ended it (a cancel or a wall-clock limit); the log is flushed first.
 
 It imports neither IPython nor widgets, so the training image stays small.
@@ -15,6 +16,13 @@ It imports neither IPython nor widgets, so the training image stays small.
 
 from __future__ import annotations
 
-from batchmagic.runner.main import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TERMINATED, main
+from batchmagic.runner.main import (
+    EXIT_CELL_ERROR,
+    EXIT_OK,
+    EXIT_PREFLIGHT,
+    EXIT_SETUP_ERROR,
+    EXIT_TERMINATED,
+    main,
+)
 
-__all__ = ["main", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR", "EXIT_TERMINATED"]
+__all__ = ["main", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR", "EXIT_PREFLIGHT", "EXIT_TERMINATED"]

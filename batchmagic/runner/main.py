@@ -27,6 +27,7 @@ from batchmagic.channel import Channel, open_channel
 from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader
 from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
+from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 
@@ -35,6 +36,7 @@ EXIT_CELL_ERROR = 1
 EXIT_SETUP_ERROR = 2
 RESULT_PATIENCE = 120.0  # seconds the runner keeps trying to write its result through a storage outage
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+EXIT_PREFLIGHT = 3  # the GPUs the machine should have are not visible: the cell did not run
 
 
 class _Terminated(BaseException):
@@ -104,6 +106,11 @@ def _read_spec(where: str) -> bytes:
 
 def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
     os.environ.update(spec.env)  # --env: from the spec, never from the task definition
+    # Before anything is downloaded: a GPU run whose container sees no GPU would run the cell on the CPU.
+    problem = preflight(spec.gpus, spec.machine)
+    if problem:
+        log.add("e", f"[batchmagic] {problem}\n")
+        return EXIT_PREFLIGHT, TaskOutcome(ok=False, phase="preflight", error=TaskError("GpuPreflight", problem))
     # The runner's own files (bundle, sources, big objects) go in a directory of their own, removed at
     # the end: in the task's working directory, unless this user cannot write it (a non-root image
     # user on a directory the node agent created as root): then the temp dir.
@@ -147,6 +154,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     if spec.inputs:
         fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
 
+    sampler = GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start() if spec.gpus > 0 else None
     saved = sys.stdout, sys.stderr
     fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
     sys.stdout = TeeStream(fds.stdout, log, "o")
@@ -176,6 +184,8 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         sys.stdout, sys.stderr = saved
         _end_stragglers()  # before the pipes close: a child still holding them would hold the runner too
         fds.__exit__(None, None, None)
+        if sampler is not None:
+            sampler.stop()
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
     outputs, skipped = _collect(namespace, names)
     done = TaskOutcome(
@@ -218,6 +228,11 @@ def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
 def progress(log: LogSink) -> Callable[[str], None]:
     """Transfer progress travels as log records of their own stream, which the panel shows."""
     return lambda text: log.add("p", text)
+
+
+def _gpu_progress(log: LogSink) -> Callable[[list[GpuSample]], None]:
+    """GPU samples travel as progress records too: ``{"phase": "gpu", "gpus": [[index, util, used, total]]}``."""
+    return lambda samples: log.add("p", json.dumps({"phase": "gpu", "gpus": [s.to_list() for s in samples]}))
 
 
 def _with_files(outcome: TaskOutcome, spec: TaskSpec, cwd: Path, workdir: Path) -> TaskOutcome:
