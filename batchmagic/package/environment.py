@@ -7,6 +7,11 @@ its shipped values need to unpickle (module -> distribution through
 ``--requirements FILE`` and ``--pip "pkg==x"``. The standard library and batchmagic are left out;
 local or editable distributions (not on PyPI) are noted as shipped as source instead of pinned.
 
+A GPU run's spec (``gpu=True``) holds the builds a GPU node needs instead of the kernel's CPU or macOS ones
+(:mod:`batchmagic.cuda`: ``torch 2.5.1+cpu`` -> ``torch==2.5.1+cu124`` from PyTorch's cu124 index), the
+package indexes they come from, and what changed (:attr:`EnvironmentSpec.notes`, for the plan); the guard
+takes those differences as expected.
+
 The spec's hash names the image: ``<registry>/<repository>:env-<hash12>``; the spec itself goes
 into the image's labels, where the version guard (:func:`check_compatible`) reads it back.
 
@@ -28,12 +33,13 @@ import re
 import sys
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import batchmagic
 from batchmagic.config import DEFAULT_BASE_IMAGE
+from batchmagic.cuda import expected_on_node, map_for_gpu, torch_index
 from batchmagic.errors import ConfigError
 
 __all__ = [
@@ -100,6 +106,12 @@ class EnvironmentSpec:
         Pinned requirements, sorted: ``("cloudpickle==3.1.1", "tabulate==0.9.0")``.
     source : tuple of str
         Local/editable distributions the cell uses: not installed in the image, shipped as source.
+    gpu : bool
+        Built for a GPU node: the requirements are the CUDA builds (:mod:`batchmagic.cuda`).
+    index_urls : tuple of str
+        Package indexes besides PyPI the requirements come from (PyTorch's CUDA wheels).
+    notes : tuple of str
+        What the GPU mapping changed, one line each (for the plan; not part of the hash).
     """
 
     python: str
@@ -108,9 +120,12 @@ class EnvironmentSpec:
     requirements: tuple[str, ...] = ()
     source: tuple[str, ...] = ()
     format: int = FORMAT
+    gpu: bool = False
+    index_urls: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": self.format,
             "python": self.python,
             "base_image": self.base_image,
@@ -118,6 +133,10 @@ class EnvironmentSpec:
             "requirements": list(self.requirements),
             "source": list(self.source),
         }
+        if self.gpu:  # only when set: a CPU spec keeps the hash (and the image tag) it always had
+            data["gpu"] = True
+            data["index_urls"] = list(self.index_urls)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -132,6 +151,8 @@ class EnvironmentSpec:
             requirements=tuple(data.get("requirements") or ()),
             source=tuple(data.get("source") or ()),
             format=int(data.get("format", FORMAT)),
+            gpu=bool(data.get("gpu", False)),
+            index_urls=tuple(data.get("index_urls") or ()),
         )
 
     @property
@@ -155,7 +176,9 @@ class EnvironmentSpec:
         return found
 
     def requirements_txt(self) -> str:
-        return "".join(f"{r}\n" for r in self.requirements)
+        """The requirements file the image installs: the extra indexes first (pip reads them from the file)."""
+        indexes = "".join(f"--extra-index-url {url}\n" for url in self.index_urls)
+        return indexes + "".join(f"{r}\n" for r in self.requirements)
 
 
 def split_registry(registry: str) -> tuple[str, str]:
@@ -322,6 +345,7 @@ def environment_spec(
     base_image: str = "",
     requirements: str | Path | None = None,
     pip: Iterable[str] = (),
+    gpu: bool = False,
 ) -> EnvironmentSpec:
     """The spec of the image a cell needs.
 
@@ -335,6 +359,8 @@ def environment_spec(
         A pip requirements file to add.
     pip : iterable of str
         More requirements (``--pip``).
+    gpu : bool
+        For a GPU node: the kernel's framework builds mapped to their CUDA builds (:mod:`batchmagic.cuda`).
 
     Raises
     ------
@@ -350,7 +376,18 @@ def environment_spec(
         except md.PackageNotFoundError:
             continue
     explicit = {_normalize(_REQUIREMENT.match(r).group(1)) for r in extra if _REQUIREMENT.match(r)}  # type: ignore[union-attr]
-    requirements_list = [f"{name}=={version}" for name, version in pinned.items() if _normalize(name) not in explicit]
+    kept = {name: version for name, version in pinned.items() if _normalize(name) not in explicit}
+    indexes: list[str] = []
+    notes: tuple[str, ...] = ()
+    if gpu:
+        builds = map_for_gpu(kept)
+        requirements_list, indexes, notes = list(builds.requirements), list(builds.index_urls), builds.notes
+        # A CUDA build named by --pip (torch==2.5.1+cu121) comes from its index too.
+        for tag in sorted({m.group(1) for r in extra if (m := re.search(r"\+(cu\d+)\b", r))}):
+            if torch_index(tag) not in indexes:
+                indexes.append(torch_index(tag))
+    else:
+        requirements_list = [f"{name}=={version}" for name, version in kept.items()]
     requirements_list += extra
     return EnvironmentSpec(
         python=python_version(),
@@ -358,6 +395,9 @@ def environment_spec(
         batchmagic=batchmagic_source_digest(),
         requirements=tuple(sorted(set(requirements_list), key=str.lower)),
         source=tuple(local),
+        gpu=gpu,
+        index_urls=tuple(indexes),
+        notes=notes,
     )
 
 
@@ -392,22 +432,36 @@ def check_compatible(image: str, labels: Mapping[str, str] | None, needed: Itera
     problems = []
     if spec.python != python_version():
         problems.append(f"Python {python_version()} in the kernel, {spec.python} in the image")
-    pins = spec.pins
     pinned, _local = distributions_for(needed)
     for name in RUNNER_DISTRIBUTIONS[:1]:  # cloudpickle: every bundle is unpickled with it
         try:
             pinned.setdefault(name, md.version(name))
         except md.PackageNotFoundError:
             pass
-    for name, version in sorted(pinned.items(), key=lambda item: item[0].lower()):
-        theirs = pins.get(_normalize(name))
-        if theirs is None:
-            if not any(_normalize(r).startswith(_normalize(name)) for r in spec.requirements):
-                problems.append(f"{name} {version} in the kernel, not in the image")
-        elif theirs != version:
-            problems.append(f"{name} {version} in the kernel, {theirs} in the image")
+    problems += _mismatches(spec, pinned)
     if problems:
         raise ConfigError(
             f"image {image} does not match this kernel: {'; '.join(problems)}. "
             "Drop --image to build a matching one, or install the image's versions here"
         )
+
+
+def _mismatches(spec: EnvironmentSpec, pinned: Mapping[str, str]) -> list[str]:
+    """The kernel's pins the image does not hold. On a GPU image, a framework's CUDA build of the same
+    version (``torch 2.5.1+cu124`` for the kernel's ``2.5.1+cpu``, ``tensorflow`` for ``tensorflow-macos``)
+    is what was asked for, not a mismatch; ``tensorflow-metal`` is expected to be absent."""
+    pins = spec.pins
+    torch_version = next((v for n, v in pinned.items() if _normalize(n) == "torch"), None)
+    problems = []
+    for name, version in sorted(pinned.items(), key=lambda item: item[0].lower()):
+        want = expected_on_node(name, version, torch_version) if spec.gpu else (_normalize(name), version)
+        if want is None:
+            continue
+        dist, wanted = want
+        theirs = pins.get(dist)
+        if theirs is None:
+            if not any(_normalize(r).startswith(dist) for r in spec.requirements):
+                problems.append(f"{name} {version} in the kernel, not in the image")
+        elif theirs != wanted:
+            problems.append(f"{name} {version} in the kernel, {theirs} in the image")
+    return problems
