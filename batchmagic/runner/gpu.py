@@ -138,8 +138,7 @@ def preflight(expected: int, where: str = "") -> str:
     if len(gpus) < expected:
         seen = why or (f"nvidia-smi lists {len(gpus)}" if gpus else "nvidia-smi lists none")
         return (
-            f"GPU preflight: {machine} should have {_plural(expected)}, but {seen}; {WHAT_TO_DO}. "
-            "The cell did not run"
+            f"GPU preflight: {machine} should have {_plural(expected)}, but {seen}; {WHAT_TO_DO}. The cell did not run"
         )
     torch = _torch_count()
     if torch is not None and torch[0] < len(gpus):

@@ -70,10 +70,7 @@ def fake_torch(directory: Path, *, count: int, version: str = "2.5.1+cpu", cuda:
     """A stand-in ``torch`` package (for ``PYTHONPATH``) whose ``cuda.device_count()`` says ``count``."""
     package = directory / "torch"
     package.mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text(
-        f"__version__ = {version!r}\n"
-        "from torch import cuda, version\n"
-    )
+    (package / "__init__.py").write_text(f"__version__ = {version!r}\nfrom torch import cuda, version\n")
     (package / "cuda.py").write_text(f"def device_count():\n    return {count}\n")
     (package / "version.py").write_text(f"cuda = {cuda!r}\n")
     return directory
