@@ -36,6 +36,7 @@ from batchmagic.protocol import Layout, ObjectRef, OutputTarget, TaskSpec
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.run import LargeUploadWarning, Run, UpdateCallback
 from batchmagic.run.state import Phase, RunState
+from batchmagic.run.sweep import parse_grid
 from batchmagic.storage import BlobStore, Store
 
 __all__ = ["Run", "RunOptions", "Session", "submit", "default_session"]
@@ -404,6 +405,16 @@ def _resolve_image(request: ImageRequest | None, captured: CapturedCell, run: Ru
     return request.resolve(captured, run.enter) if request is not None else ""
 
 
+def _sweep_rows(sweep: str | Iterable[str] | Iterable[Mapping[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:
+    """``submit(sweep=...)``: parameter sets as given, or ``--sweep`` strings read as the magic reads them."""
+    if sweep is None:
+        return None
+    items = [sweep] if isinstance(sweep, str) else list(sweep)
+    if items and all(isinstance(item, str) for item in items):
+        return tuple(parse_grid([str(item) for item in items]))
+    return tuple(dict(row) for row in items)  # type: ignore[arg-type]
+
+
 _default: Session | None = None
 
 
@@ -428,7 +439,7 @@ def submit(
     nodes: int = 1,
     low_priority: bool = False,
     retries: int = 0,
-    sweep: Iterable[Mapping[str, Any]] | None = None,
+    sweep: str | Iterable[str] | Iterable[Mapping[str, Any]] | None = None,
     slots_per_node: int | None = None,
     inputs: Iterable[str] = (),
     output_files: Iterable[str] = (),
@@ -459,8 +470,9 @@ def submit(
         or like ``"30m"``; ``slots_per_node`` None: one per node on Azure, the machine's cores locally.
     image, container, requirements, pip
         The training image: as ``--image``, ``--container``, ``--requirements``, ``--pip``.
-    sweep : iterable of mappings, optional
-        One parameter set per task (``--sweep``): the run's result is then a table.
+    sweep : iterable of mappings, or str / iterable of str, optional
+        One parameter set per task: the run's result is then a table. Strings are read as ``--sweep``
+        reads them (``"k=1,2"``, ``["lr=0.1,0.01", "depth=range(3,6)"]``: their product).
     inputs, output_files : iterable of str
         As ``--input`` and ``--output``.
     budget : float or str, optional
@@ -498,7 +510,7 @@ def submit(
         nodes=nodes,
         low_priority=low_priority,
         retries=retries,
-        sweep=None if sweep is None else tuple(dict(row) for row in sweep),
+        sweep=_sweep_rows(sweep),
         slots_per_node=slots_per_node,
         inputs=tuple(parse_input(token) for token in inputs),
         output_files=tuple(output_files),

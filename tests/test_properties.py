@@ -7,6 +7,7 @@ analysis agrees with running the cell on which names it reads before binding the
 from __future__ import annotations
 
 import builtins
+import shlex
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,38 @@ def test_sweep_tokens_parse_or_one_config_error(tokens: list[str]) -> None:
     for row in grid:
         assert all(key.isidentifier() for key in row)
     RunOptions(sweep=tuple(grid))  # a grid that parsed is a valid option
+
+
+literal = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(literal, min_size=1, max_size=5))
+def test_sweep_values_round_trip_however_the_flag_is_quoted(values: list[Any]) -> None:
+    """Python literals come back as themselves, in ``k=V``, ``'k=V'`` and ``k="V"`` alike (the line is
+    split as a shell splits it, as the magic does)."""
+    text = ",".join(repr(v) for v in values)
+    lines = [f"k={shlex.quote(text)}", shlex.quote(f"k={text}")]
+    if shlex.split(f"k={shlex.quote(text)}") == [f"k={text}"] and shlex.quote(text) == text:
+        lines.append(f"k={text}")  # needs no quoting at all: k=1,2
+    if shlex.quote(text).startswith("'") and '"' not in text and "\\" not in text and "$" not in text:
+        lines.append(f'k="{text}"')  # double quotes, as users write them
+    for line in lines:
+        assert parse_grid(shlex.split(line)) == [{"k": v} for v in values], line
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-99, 99), st.integers(-99, 99), st.sampled_from(["..", "...", ":", "-", " to "]))
+def test_what_looks_like_a_range_names_the_range_form(start: int, stop: int, sep: str) -> None:
+    with pytest.raises(ConfigError, match=r"range\(start, stop\)") as info:
+        parse_grid([f"k={start}{sep}{stop}"])
+    assert "\n" not in str(info.value)
 
 
 @settings(max_examples=200, deadline=None)

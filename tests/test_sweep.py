@@ -8,7 +8,7 @@ from IPython.core.error import UsageError
 
 from batchmagic.api import Session
 from batchmagic.errors import ConfigError
-from batchmagic.run.sweep import parse_grid, rows_from, task_ids_for
+from batchmagic.run.sweep import parse_grid, parse_values, rows_from, task_ids_for
 from tests.support.azurite import azurite_fixture
 from tests.support.emulator import wait_for
 from tests.support.settings import azure_session_fixture
@@ -37,6 +37,75 @@ def test_parse_grid_is_the_product_with_literals():
 def test_parse_grid_refuses_malformed_tokens(tokens, message):
     with pytest.raises(ConfigError, match=message):
         parse_grid(tokens)
+
+
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ("1,2", [1, 2]),
+        ("0.1, 1e-3, -2", [0.1, 1e-3, -2]),
+        ("'a,b', \"c\"", ["a,b", "c"]),
+        ("rf, svm, my-model", ["rf", "svm", "my-model"]),
+        ("range(3)", [0, 1, 2]),
+        ("range(0, 20, 5), 100", [0, 5, 10, 15, 100]),
+        ("True, None, (1, 2)", [True, None, (1, 2)]),
+    ],
+)
+def test_sweep_values_are_python_literals_ranges_or_words(text, values):
+    assert parse_values("k", text) == values
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0..20", "'0..20' is not a value \\(a range is written range\\(start, stop\\)\\); give Python literals"),
+        ("1-5", "a range is written"),
+        ("a+b", "'a\\+b' is not a value; give Python literals separated by commas .* a range .* or bare words"),
+        ("range(1.5)", "range takes 1 to 3 whole numbers"),
+        ("range(x)", "range takes 1 to 3 whole numbers"),
+        ("__import__('os').system('true')", "is not a value"),
+        ("1#2", "is not a value"),
+    ],
+)
+def test_sweep_values_that_are_not_values_are_one_line(text, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_values("k", text)
+    assert "\n" not in str(info.value)
+
+
+def test_a_grid_too_big_is_refused_before_it_is_built(monkeypatch):
+    monkeypatch.setenv("BATCHMAGIC_MAX_TASKS", "100")
+    with pytest.raises(ConfigError, match="range\\(10000\\) has 10,000 values, over the limit of 100"):
+        parse_grid(["a=range(10000)"])
+    with pytest.raises(ConfigError, match="the sweep has 10,000 tasks, over the limit of 100"):
+        parse_grid(["a=range(100)", "b=range(100)"])
+
+
+@pytest.mark.parametrize("flag", ["--sweep k=1,2", "--sweep 'k=1,2'", '--sweep k="1,2"', '--sweep "k=1, 2"'])
+def test_sweep_flag_quoting_as_users_write_it(shell, flag):
+    """The magic line is split as a shell splits it: the same two tasks, k an int, however it is quoted."""
+    shell.run_cell(f'%%azbatch --name "my run" {flag}\ny = k * 2')
+    results = shell.last_execution_result.result
+    assert list(results.k) == [1, 2] and list(results.y) == [2, 4]
+    assert shell.user_ns["_azbatch"].name == "my run"
+
+
+def test_sweep_range_and_quoted_strings_through_the_magic(shell):
+    shell.run_cell("%%azbatch --sweep k=range(3) --sweep \"s='a,b','c'\" --slots-per-node 3\ny = f'{s}{k}'")
+    results = shell.last_execution_result.result
+    assert sorted(results.y) == sorted(["a,b0", "a,b1", "a,b2", "c0", "c1", "c2"])
+
+
+def test_submit_reads_sweep_strings_as_the_magic_does(home):
+    session = Session()
+    run = session.submit("y = k * 2", {}, backend="local", sweep=tuple(parse_grid(["k=range(2)"])))
+    assert list(run.wait(timeout=30).y) == [0, 2]
+    session.teardown()
+    from batchmagic.api import _sweep_rows
+
+    assert _sweep_rows("k='1,2'") == ({"k": "1,2"},)
+    assert _sweep_rows(["a=1,2", "b=x"]) == ({"a": 1, "b": "x"}, {"a": 2, "b": "x"})
+    assert _sweep_rows([{"a": 1}]) == ({"a": 1},)
 
 
 def test_rows_from_dataframe_and_list():
@@ -94,6 +163,8 @@ def test_sweep_from_a_dataframe(shell):
         ("--sweep a=1 --sweep-from k", "not both"),
         ("--sweep a=1,2,3 --sweep b=1,2,3,4", "over the limit of 10"),
         ("--sweep a=1 --slots-per-node 0", "--slots-per-node must be at least 1"),
+        ("--sweep k=0..20", "'0..20' is not a value .*range\\(start, stop\\)"),
+        ('--sweep "k=1,2', "cannot read the magic line \\(No closing quotation\\)"),
     ],
 )
 def test_bad_sweeps_are_one_line_and_start_nothing(shell, home, monkeypatch, line, message):

@@ -8,6 +8,7 @@ the cell's own stdout/stderr.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import publish_display_data
 from traitlets import Dict, Enum, Integer, TraitError, Unicode, Union, default, validate
 
@@ -431,7 +432,7 @@ class AzBatch(Magics):
             backend=args.backend,
             vm_size=args.vm,
             name=args.name,
-            outputs=None if args.out is None else tuple(args.out.split(",")),
+            outputs=None if args.out is None else tuple(n.strip() for n in args.out.split(",")),
             timeout=args.timeout,
             env=parse_env(args.env),
             nodes=args.nodes,
@@ -622,7 +623,7 @@ class AzBatch(Magics):
         [--slots-per-node K]``, ``%azbatch_pool ls``, ``%azbatch_pool resize NAME N``,
         ``%azbatch_pool delete NAME``. The same as ``batchmagic pool ...`` in a terminal.
         """
-        args = parse_argstring(self.azbatch_pool, line)
+        args = _parse(self.azbatch_pool, line)
         with _usage_errors():
             for text in pools.command(args, session=self.session, settings=self.settings()):
                 print(text)
@@ -646,11 +647,14 @@ def status_lines(rows: list[tuple[LedgerRun, RunState | None, str]]) -> list[str
 
 
 def _parse(magic: Any, line: str) -> Any:
-    """``parse_argstring``, with a line that cannot be split (an unbalanced quote) as one line."""
+    """The magic line's flags, split as a shell splits them (``--name "my run"`` is ``my run``, quotes
+    gone; ``--sweep k="1,2"`` is ``k=1,2``), then read by the magic's argument parser (whose errors are
+    UsageErrors). IPython's own ``parse_argstring`` keeps the quote characters; this does not."""
     try:
-        return parse_argstring(magic, line)
-    except ValueError as err:  # shlex: "No closing quotation"
+        argv = shlex.split(line)
+    except ValueError as err:  # "No closing quotation"
         raise UsageError(f"cannot read the magic line ({err}): close the quote, or quote the value whole") from None
+    return magic.parser.parse_args(argv)
 
 
 def _tuple_or_none(rows: list[dict[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:

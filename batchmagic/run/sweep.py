@@ -9,15 +9,28 @@ turns the tasks' outcomes into the DataFrame ``Run.results``.
 from __future__ import annotations
 
 import ast
+import io
 import itertools
 import keyword
+import math
+import re
+import tokenize
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from batchmagic.errors import ConfigError
 
-__all__ = ["parse_grid", "rows_from", "check_size", "task_ids_for", "TaskOutcome", "results_table", "max_tasks"]
+__all__ = [
+    "parse_grid",
+    "parse_values",
+    "rows_from",
+    "check_size",
+    "task_ids_for",
+    "TaskOutcome",
+    "results_table",
+    "max_tasks",
+]
 
 SCALARS = (bool, int, float, str, type(None))
 
@@ -29,16 +42,103 @@ def max_tasks() -> int:
     return Settings.from_env().max_tasks
 
 
-def _literal(text: str) -> Any:
-    """A Python literal where the text parses as one (``0.1``, ``True``, ``'a'``), else the text itself."""
+#: What a sweep value may be, for the error that refuses one.
+ACCEPTED = (
+    "Python literals separated by commas (k=1,2,3  k=0.1,0.5  k='a b','c'), a range (k=range(21), "
+    "k=range(0,20,5)) or bare words (k=rf,svm)"
+)
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")  # a bare word is a string: k=rf,svm, k=my-model
+_RANGE_LOOKALIKE = re.compile(r"-?\d+\s*(\.\.\.?|:|-|to)\s*-?\d+")  # 0..20, 0:20, 1-5: not ranges here
+
+
+def parse_values(name: str, text: str) -> list[Any]:
+    """The values of ``--sweep name=text``, read as Python reads them, never evaluated.
+
+    ``text`` is a comma-separated list of Python literals (numbers, quoted strings, ``True``,
+    tuples...), ``range(...)`` calls with whole-number arguments (expanded), and bare words (kept as
+    strings). The shell quoting around the flag is already gone (the magic line is split with
+    :mod:`shlex`), so ``k=1,2``, ``'k=1,2'`` and ``k="1,2"`` are the same two values.
+
+    Raises
+    ------
+    ConfigError
+        A value that is none of these (``0..20``, ``a+b``): one line naming the accepted forms.
+    """
+    tree: ast.expr | None = None
+    if not _has_comment(text):  # a comment would silently drop the rest
+        try:
+            tree = ast.parse(f"[{text}\n]", mode="eval").body
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            tree = None
+    if isinstance(tree, ast.List):
+        values: list[Any] = []
+        for node in tree.elts:
+            values.extend(_node_values(name, node, ast.get_source_segment(f"[{text}\n]", node) or ""))
+        return values
+    # Not Python as a whole (0..20, 1e, a word with a quote): each comma-separated piece on its own.
+    values = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        values.append(_piece(name, piece))
+    return values
+
+
+def _piece(name: str, piece: str) -> Any:
+    """One comma-separated piece: a literal that is the whole piece (no comment after it), or a word."""
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        node = ast.parse(piece, mode="eval").body
+        if ast.get_source_segment(piece, node) == piece:
+            return ast.literal_eval(node)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    return _word(name, piece)
+
+
+def _has_comment(text: str) -> bool:
+    try:
+        return any(t.type == tokenize.COMMENT for t in tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return False  # not Python: ast.parse refuses it too
+
+
+def _node_values(name: str, node: ast.expr, source: str) -> list[Any]:
+    try:
+        return [ast.literal_eval(node)]
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
+        return _range(name, node, source)
+    if isinstance(node, ast.Name):
+        return [node.id]
+    return [_word(name, source.strip())]
+
+
+def _range(name: str, node: ast.Call, source: str) -> list[Any]:
+    args: list[Any] = []
+    for arg in node.args:
+        try:
+            args.append(ast.literal_eval(arg))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            args.append(None)
+    if node.keywords or not 1 <= len(args) <= 3 or not all(type(a) is int for a in args):
+        raise ConfigError(f"--sweep {name}={source}: range takes 1 to 3 whole numbers, like {name}=range(0,20,5)")
+    steps = range(*args)
+    if len(steps) > max_tasks():
+        raise ConfigError(f"--sweep {name}={source} has {len(steps):,} values, over the limit of {max_tasks():,}")
+    return list(steps)
+
+
+def _word(name: str, text: str) -> str:
+    if _WORD.fullmatch(text) and not keyword.iskeyword(text):
         return text
+    hint = " (a range is written range(start, stop))" if _RANGE_LOOKALIKE.fullmatch(text) else ""
+    raise ConfigError(f"--sweep {name}: {text!r} is not a value{hint}; give {ACCEPTED}")
 
 
 def parse_grid(tokens: Sequence[str]) -> list[dict[str, Any]]:
-    """``["lr=0.1,0.01", "depth=3,5"]`` -> the product grid, one dict per task.
+    """``["lr=0.1,0.01", "depth=range(3,6)"]`` -> the product grid, one dict per task (values: see
+    :func:`parse_values`).
 
     Raises
     ------
@@ -54,11 +154,16 @@ def parse_grid(tokens: Sequence[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"--sweep {token!r} is not name=v1,v2,... (name: a Python identifier)")
         if name in axes:
             raise ConfigError(f"--sweep names {name!r} twice: give all its values in one flag")
-        items = [v.strip() for v in values.split(",") if v.strip()]
+        items = parse_values(name, values)
         if not items:
             raise ConfigError(f"--sweep {name}= has no values: give at least one, like {name}=1,2")
-        axes[name] = [_literal(v) for v in items]
+        axes[name] = items
     names = list(axes)
+    size = math.prod(len(values) for values in axes.values())
+    if size > max_tasks():  # before the grid is built: range(10000) x range(10000) is not a list to make
+        raise ConfigError(
+            f"the sweep has {size:,} tasks, over the limit of {max_tasks():,}: narrow it, or raise BATCHMAGIC_MAX_TASKS"
+        )
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
