@@ -1,13 +1,13 @@
-"""The builds a GPU node needs (batchmagic.cuda), the GPU spec that carries them, and the guard that expects them."""
+"""The builds a GPU node needs (batchmagic.package.cuda), the GPU spec that carries them, the guard expecting them."""
 
 from __future__ import annotations
 
 import pytest
 
-from batchmagic import environment
-from batchmagic.cuda import expected_on_node, map_for_gpu
-from batchmagic.environment import LABEL, EnvironmentSpec, check_compatible, environment_spec
 from batchmagic.errors import ConfigError
+from batchmagic.package import environment
+from batchmagic.package.cuda import expected_on_node, map_for_gpu
+from batchmagic.package.environment import LABEL, EnvironmentSpec, check_compatible, environment_spec
 
 
 @pytest.mark.parametrize(

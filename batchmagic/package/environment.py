@@ -8,7 +8,7 @@ its shipped values need to unpickle (module -> distribution through
 local or editable distributions (not on PyPI) are noted as shipped as source instead of pinned.
 
 A GPU run's spec (``gpu=True``) holds the builds a GPU node needs instead of the kernel's CPU or macOS ones
-(:mod:`batchmagic.cuda`: ``torch 2.5.1+cpu`` -> ``torch==2.5.1+cu124`` from PyTorch's cu124 index), the
+(:mod:`batchmagic.package.cuda`: ``torch 2.5.1+cpu`` -> ``torch==2.5.1+cu124`` from PyTorch's cu124 index), the
 package indexes they come from, and what changed (:attr:`EnvironmentSpec.notes`, for the plan); the guard
 takes those differences as expected.
 
@@ -39,8 +39,8 @@ from typing import Any
 
 import batchmagic
 from batchmagic.config import DEFAULT_BASE_IMAGE
-from batchmagic.cuda import expected_on_node, map_for_gpu, torch_index
 from batchmagic.errors import ConfigError
+from batchmagic.package.cuda import expected_on_node, map_for_gpu, torch_index
 
 __all__ = [
     "DEFAULT_BASE_IMAGE",
@@ -107,7 +107,7 @@ class EnvironmentSpec:
     source : tuple of str
         Local/editable distributions the cell uses: not installed in the image, shipped as source.
     gpu : bool
-        Built for a GPU node: the requirements are the CUDA builds (:mod:`batchmagic.cuda`).
+        Built for a GPU node: the requirements are the CUDA builds (:mod:`batchmagic.package.cuda`).
     index_urls : tuple of str
         Package indexes besides PyPI the requirements come from (PyTorch's CUDA wheels).
     notes : tuple of str
@@ -360,7 +360,7 @@ def environment_spec(
     pip : iterable of str
         More requirements (``--pip``).
     gpu : bool
-        For a GPU node: the kernel's framework builds mapped to their CUDA builds (:mod:`batchmagic.cuda`).
+        For a GPU node: the kernel's framework builds mapped to their CUDA builds (:mod:`batchmagic.package.cuda`).
 
     Raises
     ------
