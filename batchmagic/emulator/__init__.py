@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from batchmagic.backends.azure.vmsizes import cores_for
-
-__all__ = ["Emulator", "cores_for"]
+__all__ = ["Emulator"]
 
 if TYPE_CHECKING:
     from batchmagic.emulator.server import Emulator

@@ -10,7 +10,8 @@ from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.credentials import AzureNamedKeyCredential
 
-from batchmagic.emulator import Emulator, cores_for
+from batchmagic.emulator import Emulator
+from batchmagic.emulator.vmsizes import lookup
 from tests.support.emulator import TEST_KEY, start_emulator, wait_for
 
 VMC = m.VirtualMachineConfiguration(
@@ -29,9 +30,10 @@ def _alive(pid: int) -> bool:
 
 
 def test_vm_size_table() -> None:
-    assert cores_for("Standard_D4s_v3") == 4
-    assert cores_for("standard_nc6s_v3") == 6
-    assert cores_for("standard_nope") is None
+    # The emulator's own table (the client keeps its own in batchmagic/vmsizes.py).
+    assert lookup("Standard_D4s_v3").cores == 4
+    assert lookup("standard_nc6s_v3").cores == 6
+    assert lookup("standard_nope") is None
 
 
 def test_in_process_emulator_and_state(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ settings, tables, lock and clock they share); :class:`BatchState` composes them 
     jobs.py    jobs
     schedules.py  job schedules and the jobs they create
     tasks.py   tasks, their placement and attempts
+    commands.py  running a command on a node, with retries (every kind of task)
     multi.py   multi-instance tasks: coordination commands, subtasks
     nodes.py   node boots with the start task; reboot, reimage, scheduling, removal, users
     persist.py the account saved to and restored from --state DIR

@@ -16,7 +16,8 @@ import logging
 import threading
 from typing import Any
 
-from batchmagic.emulator.executors import TaskContext, TaskStartError
+from batchmagic.emulator.executors import TaskContext
+from batchmagic.emulator.state.commands import CommandRun, run_command
 from batchmagic.emulator.state.model import TICK, Job, Node, Pool, Task, iso
 from batchmagic.emulator.state.tasks import TasksMixin
 
@@ -68,40 +69,35 @@ class JobPrepMixin(TasksMixin):
             container_settings=spec.get("containerSettings"),
             pool_container=pool_container,
         )
-        retries = int((spec.get("constraints") or {}).get("maxTaskRetryCount", 0)) if kind == "prep" else 0
-        exit_code: int | None = None
-        attempt = 0
-        while True:
-            try:
-                handle = self.executor.start(ctx)
-            except TaskStartError as err:
+        constraints = spec.get("constraints") or {}
+        # A release task has no retries and its own wall clock limit (15 minutes unless set).
+        run = CommandRun(
+            ctx,
+            resource_files=list(spec.get("resourceFiles") or []),
+            max_retries=int(constraints.get("maxTaskRetryCount", 0)) if kind == "prep" else 0,
+            max_wall_clock_time=constraints.get("maxWallClockTime")
+            if kind == "prep"
+            else spec.get("maxWallClockTime", "PT15M"),
+        )
+
+        def before_attempt(retry: int) -> bool:
+            if retry:
                 with self.lock:
-                    info["failureInfo"] = {"category": "usererror", "code": err.code, "message": err.message}
-                break
-            exit_code = None
-            while exit_code is None and not self._stop.is_set():
-                exit_code = handle.wait(TICK)
-            if exit_code is None:
-                handle.kill()
-                exit_code = handle.wait(10.0)
-            if exit_code == 0 or (retries != -1 and attempt >= retries) or self._stop.is_set():
-                break
-            attempt += 1
-            with self.lock:
-                info["retryCount"] = attempt
+                    info["retryCount"] = retry
+            return not self._stop.is_set()
+
+        result = run_command(
+            self.executor, run, now=self.now, should_stop=self._stop.is_set, before_attempt=before_attempt
+        )
         with self.lock:
             info["state"] = "completed"
             info["endTime"] = iso(self.now())
-            if exit_code is not None:
-                info["exitCode"] = exit_code
-            info["result"] = "success" if exit_code == 0 else "failure"
-            if exit_code not in (0, None) and "failureInfo" not in info:
-                info["failureInfo"] = {
-                    "category": "usererror",
-                    "code": "FailureExitCode",
-                    "message": "The task exited with an exit code representing a failure",
-                }
-        return exit_code
+            if result.exit_code is not None:
+                info["exitCode"] = result.exit_code
+            info["result"] = "success" if result.succeeded else "failure"
+            if result.failure:
+                info["failureInfo"] = result.failure
+        return result.exit_code
 
     def _prepare_job_on_node(self, job: Job, pool: Pool, node: Node) -> bool:
         """Run the job's preparation task on ``node`` unless it ran there; False if the node may not run the job."""

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from typing import Any
 
-from batchmagic.emulator.executors import RunningTask, TaskContext, TaskStartError
-from batchmagic.emulator.state.model import TICK, Job, Node, Pool, Task, failure_info, iso
+from batchmagic.emulator.executors import RunningTask, TaskContext
+from batchmagic.emulator.state.commands import CommandResult, CommandRun, run_command
+from batchmagic.emulator.state.model import Job, Node, Pool, Task, failure_info, iso
 from batchmagic.emulator.state.tasks import TasksMixin
-from batchmagic.emulator.transfer import TransferError, download_resource_files
 
 __all__ = ["MultiInstanceMixin"]
 
@@ -60,81 +61,99 @@ class MultiInstanceMixin(TasksMixin):
             ]
         hosts = ",".join(str(n.data["ipAddress"]) for n in nodes)
         shared = {"AZ_BATCH_HOST_LIST": hosts, "AZ_BATCH_MASTER_NODE": f"{nodes[0].data['ipAddress']}:{MASTER_PORT}"}
-        common = list(settings.get("commonResourceFiles") or [])
-        command = settings.get("coordinationCommandLine")
-        handles: list[tuple[int, RunningTask]] = []
-        for i, n in enumerate(nodes):
-            root = self.node_root(n.id)
-            task_dir = root / rel
-            (task_dir / "wd").mkdir(parents=True, exist_ok=True)
-            node_env = {
-                **env,
-                **shared,
-                "AZ_BATCH_NODE_ID": n.id,
-                "AZ_BATCH_NODE_IS_DEDICATED": "true" if n.dedicated else "false",
-                "AZ_BATCH_NODE_ROOT_DIR": str(root),
-                "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
-                "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
-                "AZ_BATCH_TASK_DIR": str(task_dir),
-                "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
-                "AZ_BATCH_TASK_SHARED_DIR": str(task_dir),
-                "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if i == 0 else "false",
-            }
-            if i == 0:
-                env.update({k: v for k, v in node_env.items() if k.startswith(("AZ_BATCH_HOST", "AZ_BATCH_MASTER"))})
-                env["AZ_BATCH_TASK_SHARED_DIR"] = str(task_dir)
-                env["AZ_BATCH_IS_CURRENT_NODE_MASTER"] = "true"
-            try:
-                download_resource_files(common, task_dir)
-            except TransferError as err:
-                self._stop_handles(handles)
-                return failure_info(err.code, err.message, err.details)
-            if not command:
-                continue
-            ctx = TaskContext(
-                job_id=job.id,
-                task_id=task.id,
-                pool_id=pool.id,
-                node_id=n.id,
-                task_dir=task_dir,
-                command_line=str(command),
-                env=node_env,
-                container_settings=task.data.get("containerSettings"),
-                pool_container=pool_container,
-            )
-            try:
-                handles.append((i, self.executor.start(ctx)))
-            except TaskStartError as err:
-                self._stop_handles(handles)
-                return failure_info(err.code, err.message, err.details)
-        failed: list[int] = []
-        for i, handle in handles:
-            code = handle.wait(TICK)
-            while code is None:
-                if task.kill_event.is_set():
-                    handle.kill()
-                    code = handle.wait(10.0)
-                    break
-                code = handle.wait(TICK)
-            with self.lock:
-                if i > 0 and i - 1 < len(task.subtasks):
-                    task.subtasks[i - 1]["_exit"] = code
-                    task.subtasks[i - 1]["_handle"] = handle
-            if code != 0:
-                failed.append(i)
-        if failed:
-            log.info("task %s/%s: coordination failed on instances %s", job.id, task.id, failed)
-            return failure_info(
-                "FailureExitCode",
-                "The coordination command exited with an exit code representing a failure",
-                [("Message", f"The coordination command failed on instance(s) {', '.join(map(str, failed))}")],
-            )
-        return None
+        runs = [
+            self._coordination_run(job, task, pool, n, i, {**env, **shared}, settings, pool_container)
+            for i, n in enumerate(nodes)
+        ]
+        env.update(shared)
+        env["AZ_BATCH_TASK_SHARED_DIR"] = str(runs[0].ctx.task_dir)
+        env["AZ_BATCH_IS_CURRENT_NODE_MASTER"] = "true"
+        results = self._run_coordination(task, runs)
+        failed = [i for i, result in enumerate(results) if not result.succeeded]
+        if not failed:
+            return None
+        log.info("task %s/%s: coordination failed on instances %s", job.id, task.id, failed)
+        first = results[failed[0]]
+        if first.exit_code is None and first.failure is not None:
+            return first.failure  # the command never ran: a resource file or the container could not start
+        return failure_info(
+            "FailureExitCode",
+            "The coordination command exited with an exit code representing a failure",
+            [("Message", f"The coordination command failed on instance(s) {', '.join(map(str, failed))}")],
+        )
 
-    @staticmethod
-    def _stop_handles(handles: list[tuple[int, RunningTask]]) -> None:
-        for _, handle in handles:
-            handle.kill()
+    def _run_coordination(self, task: Task, runs: list[CommandRun]) -> list[CommandResult]:
+        """Run every instance's coordination command at once; the subtasks keep theirs to stop later."""
+        results: list[CommandResult | None] = [None] * len(runs)
+
+        def coordinate(i: int) -> None:
+            def started(handle: RunningTask) -> None:
+                with self.lock:
+                    if 0 < i <= len(task.subtasks):
+                        task.subtasks[i - 1]["_handle"] = handle
+
+            result = run_command(
+                self.executor, runs[i], now=self.now, should_stop=task.kill_event.is_set, started=started
+            )
+            with self.lock:
+                if 0 < i <= len(task.subtasks):
+                    task.subtasks[i - 1]["_exit"] = result.exit_code
+            results[i] = result
+
+        # They start together (a coordination command typically starts a service the others connect
+        # to); the application command waits for all of them.
+        threads = [
+            threading.Thread(target=coordinate, args=(i,), name=f"coordinate-{task.id}-{i}", daemon=True)
+            for i in range(len(runs))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return [
+            r if r is not None else CommandResult(None, failure_info("TaskEnded", "Emulator error")) for r in results
+        ]
+
+    def _coordination_run(
+        self,
+        job: Job,
+        task: Task,
+        pool: Pool,
+        node: Node,
+        index: int,
+        env: dict[str, str],
+        settings: dict[str, Any],
+        pool_container: Any,
+    ) -> CommandRun:
+        """Instance ``index``'s coordination command: its node's environment, the common resource files."""
+        root = self.node_root(node.id)
+        task_dir = root / self.task_rel_dir(job.id, task.id)
+        (task_dir / "wd").mkdir(parents=True, exist_ok=True)
+        instance_env = {
+            **env,
+            "AZ_BATCH_NODE_ID": node.id,
+            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.dedicated else "false",
+            "AZ_BATCH_NODE_ROOT_DIR": str(root),
+            "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+            "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
+            "AZ_BATCH_TASK_DIR": str(task_dir),
+            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
+            "AZ_BATCH_TASK_SHARED_DIR": str(task_dir),
+            "AZ_BATCH_IS_CURRENT_NODE_MASTER": "true" if index == 0 else "false",
+        }
+        # Without a coordination command an instance only receives the common resource files.
+        ctx = TaskContext(
+            job_id=job.id,
+            task_id=task.id,
+            pool_id=pool.id,
+            node_id=node.id,
+            task_dir=task_dir,
+            command_line=str(settings.get("coordinationCommandLine") or ""),
+            env=instance_env,
+            container_settings=task.data.get("containerSettings"),
+            pool_container=pool_container,
+        )
+        return CommandRun(ctx, resource_files=list(settings.get("commonResourceFiles") or []), resource_dir=task_dir)
 
     def _end_subtasks(self, task: Task) -> None:
         now = self.now()

@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from batchmagic.emulator.errors import ApiError, invalid_property, missing_property, not_found
-from batchmagic.emulator.executors import TaskContext, TaskStartError
-from batchmagic.emulator.state.model import TICK, Node, Pool, failure_info, iso, parse_duration, touch, transition
+from batchmagic.emulator.executors import RunningTask, TaskContext
+from batchmagic.emulator.state.commands import CommandRun, node_env, run_command
+from batchmagic.emulator.state.model import TICK, Node, Pool, iso, parse_duration, touch, transition
 from batchmagic.emulator.state.pools import PoolsMixin
-from batchmagic.emulator.transfer import TransferError, download_resource_files
 
 __all__ = ["NodesMixin"]
 
@@ -88,42 +88,15 @@ class NodesMixin(PoolsMixin):
         root = self.node_root(node.id)
         startup = root / "startup"
         (startup / "wd").mkdir(parents=True, exist_ok=True)
-        env = {
-            "AZ_BATCH_ACCOUNT_NAME": self.account,
-            "AZ_BATCH_ACCOUNT_URL": self.url,
-            "AZ_BATCH_POOL_ID": pool.id,
-            "AZ_BATCH_NODE_ID": node.id,
-            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.dedicated else "false",
-            "AZ_BATCH_NODE_ROOT_DIR": str(root),
-            "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
-            "AZ_BATCH_NODE_STARTUP_DIR": str(startup),
-            "AZ_BATCH_TASK_DIR": str(startup),
-            "AZ_BATCH_TASK_WORKING_DIR": str(startup / "wd"),
-            "AZ_BATCH_TASK_USER": "_azbatch",
-        }
-        for item in spec.get("environmentSettings") or []:
-            if item.get("name"):
-                env[str(item["name"])] = str(item.get("value") or "")
-        max_retries = int(spec.get("maxTaskRetryCount", 0) or 0)
-
-        def finish(exit_code: int | None, failure: dict[str, Any] | None) -> bool:
-            with self.lock:
-                info = node.data["startTaskInfo"]
-                info["state"] = "completed"
-                info["endTime"] = iso(self.now())
-                if exit_code is not None:
-                    info["exitCode"] = exit_code
-                if failure:
-                    info["failureInfo"] = failure
-                info["result"] = "failure" if failure else "success"
-                node.start_handle = None
-            log.info("node %s: start task %s (exit %s)", node.id, "failed" if failure else "succeeded", exit_code)
-            return failure is None
-
-        try:
-            download_resource_files(list(spec.get("resourceFiles") or []), startup / "wd")
-        except TransferError as err:
-            return finish(None, failure_info(err.code, err.message, err.details))
+        env = node_env(
+            account=self.account,
+            url=self.url,
+            pool_id=pool.id,
+            node=node,
+            root=root,
+            task_dir=startup,
+            settings=list(spec.get("environmentSettings") or []),
+        )
         ctx = TaskContext(
             job_id="",
             task_id="starttask",
@@ -135,40 +108,44 @@ class NodesMixin(PoolsMixin):
             container_settings=spec.get("containerSettings"),
             pool_container=pool_container,
         )
-        retry = 0
-        while True:
-            try:
-                handle = self.executor.start(ctx)
-            except TaskStartError as err:
-                return finish(None, failure_info(err.code, err.message, err.details))
-            with self.lock:
-                node.start_handle = handle
-            exit_code: int | None = None
-            while exit_code is None:
-                exit_code = handle.wait(TICK)
-                if exit_code is None and (
-                    self._stop.is_set() or node.data["state"] not in ("waitingForStartTask", "idle", "running")
-                ):
-                    handle.kill()
-                    exit_code = handle.wait(10.0)
-            if exit_code == 0:
-                return finish(0, None)
-            if max_retries == -1 or retry < max_retries:
-                retry += 1
+        run = CommandRun(
+            ctx,
+            resource_files=list(spec.get("resourceFiles") or []),
+            max_retries=int(spec.get("maxTaskRetryCount", 0) or 0),
+        )
+
+        def before_attempt(retry: int) -> bool:
+            if retry:
                 with self.lock:
                     info = node.data["startTaskInfo"]
                     info["retryCount"] = retry
                     info["lastRetryTime"] = info["startTime"] = iso(self.now())
                     info.pop("endTime", None)
-                continue
-            return finish(
-                exit_code,
-                failure_info(
-                    "FailureExitCode",
-                    "The task exited with an exit code representing a failure",
-                    [("Message", "The task exited with an exit code representing a failure")],
-                ),
-            )
+            return True
+
+        def started(handle: RunningTask) -> None:
+            with self.lock:
+                node.start_handle = handle
+
+        def should_stop() -> bool:
+            # The node went away under its start task (reboot, reimage, removal) or the emulator stops.
+            return self._stop.is_set() or node.data["state"] not in ("waitingForStartTask", "idle", "running")
+
+        result = run_command(
+            self.executor, run, now=self.now, should_stop=should_stop, before_attempt=before_attempt, started=started
+        )
+        with self.lock:
+            info = node.data["startTaskInfo"]
+            info["state"] = "completed"
+            info["endTime"] = iso(self.now())
+            if result.exit_code is not None:
+                info["exitCode"] = result.exit_code
+            if result.failure:
+                info["failureInfo"] = result.failure
+            info["result"] = "success" if result.succeeded else "failure"
+            node.start_handle = None
+        log.info("node %s: start task %s (exit %s)", node.id, info["result"], result.exit_code)
+        return result.succeeded
 
     # ----------------------------------------------------------------- reboot and reimage
     def _node(self, pool_id: str, node_id: str) -> tuple[Pool, Node]:

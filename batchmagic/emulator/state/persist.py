@@ -26,7 +26,8 @@ from typing import Any
 
 from batchmagic.emulator.autoscale import MetricHistory, compile_formula
 from batchmagic.emulator.executors import RunningTask
-from batchmagic.emulator.state.model import TICK, Job, JobSchedule, Node, Pool, Task, failure_info, transition
+from batchmagic.emulator.state.commands import exit_failure, wait_for
+from batchmagic.emulator.state.model import Job, JobSchedule, Node, Pool, Task, failure_info, transition
 from batchmagic.emulator.state.multi import MultiInstanceMixin
 from batchmagic.emulator.state.nodes import NodesMixin
 
@@ -296,23 +297,14 @@ class PersistMixin(NodesMixin, MultiInstanceMixin):
         log.info("task %s/%s re-adopted (pid %s)", job.id, task.id, (task.process or {}).get("pid"))
 
     def _watch_adopted(self, task: Task, handle: RunningTask) -> None:
-        exit_code = handle.wait(TICK)
-        while exit_code is None:
-            if task.kill_event.is_set():
-                handle.kill()
-                exit_code = handle.wait(10.0)
-                break
-            exit_code = handle.wait(TICK)
+        # The adopted attempt's wall clock started in the previous process: only a stop can end it early.
+        exit_code, stopped, _ = wait_for(handle, task.kill_event.is_set, None, self.now)
         if task.kill_reason in ("requeue", "shutdown"):
             self._requeue(task)
             return
         failure: dict[str, Any] | None = None
-        if task.kill_event.is_set():
+        if stopped:
             failure = failure_info("TaskEnded", "Task Was Ended by User Request")
         elif exit_code != 0:
-            failure = failure_info(
-                "FailureExitCode",
-                "The task exited with an exit code representing a failure",
-                [("Message", "The task exited with an exit code representing a failure")],
-            )
+            failure = exit_failure()
         self._finish(task, exit_code, failure)

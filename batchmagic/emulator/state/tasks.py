@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property
-from batchmagic.emulator.executors import TaskContext, TaskStartError
+from batchmagic.emulator.executors import TaskContext
+from batchmagic.emulator.state.commands import CommandRun, node_env, run_command
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import (
-    TICK,
     UNLIMITED_DURATION,
     Job,
     Node,
@@ -25,7 +25,7 @@ from batchmagic.emulator.state.model import (
     touch,
     transition,
 )
-from batchmagic.emulator.transfer import TransferError, download_resource_files, upload_output_files
+from batchmagic.emulator.transfer import TransferError, upload_output_files
 
 __all__ = ["TasksMixin"]
 
@@ -329,30 +329,22 @@ class TasksMixin(FilesMixin):
 
     # ----------------------------------------------------------------- task attempts
     def _task_env(self, job: Job, task: Task, pool: Pool, node: Node, task_dir: Path) -> dict[str, str]:
-        root = self.node_root(node.id)
-        env = {
-            "AZ_BATCH_ACCOUNT_NAME": self.account,
-            "AZ_BATCH_ACCOUNT_URL": self.url,
-            "AZ_BATCH_POOL_ID": pool.id,
-            "AZ_BATCH_NODE_ID": node.id,
-            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node.dedicated else "false",
-            "AZ_BATCH_NODE_ROOT_DIR": str(root),
-            "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
-            "AZ_BATCH_NODE_STARTUP_DIR": str(root / "startup"),
-            "AZ_BATCH_JOB_ID": job.id,
-            "AZ_BATCH_TASK_ID": task.id,
-            "AZ_BATCH_TASK_DIR": str(task_dir),
-            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
-            "AZ_BATCH_TASK_USER": "_azbatch",
-            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
-            "AZ_BATCH_TASK_RESERVED_EPHEMERAL_PORTS": "",
-        }
-        for item in list(job.data.get("commonEnvironmentSettings") or []) + list(
-            task.data.get("environmentSettings") or []
-        ):
-            if item.get("name"):
-                env[str(item["name"])] = str(item.get("value") or "")
-        return env
+        return node_env(
+            account=self.account,
+            url=self.url,
+            pool_id=pool.id,
+            node=node,
+            root=self.node_root(node.id),
+            task_dir=task_dir,
+            extra={
+                "AZ_BATCH_JOB_ID": job.id,
+                "AZ_BATCH_TASK_ID": task.id,
+                "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
+                "AZ_BATCH_TASK_RESERVED_EPHEMERAL_PORTS": "",
+            },
+            settings=list(job.data.get("commonEnvironmentSettings") or [])
+            + list(task.data.get("environmentSettings") or []),
+        )
 
     def _run_task(self, job: Job, task: Task, pool: Pool, node: Node) -> None:
         try:
@@ -378,13 +370,6 @@ class TasksMixin(FilesMixin):
         if not self._prepare_job_on_node(job, pool, node):
             self._requeue(task)  # the job's preparation task failed here: the node takes no task of the job
             return
-        try:
-            download_resource_files(list(data.get("resourceFiles") or []), task_dir / "wd")
-        except TransferError as err:
-            self._finish(task, None, failure_info(err.code, err.message, err.details))
-            return
-        wall = parse_duration(data["constraints"].get("maxWallClockTime"))
-        max_retries = int(data["constraints"].get("maxTaskRetryCount", 0))
         ctx = TaskContext(
             job_id=job.id,
             task_id=task.id,
@@ -396,71 +381,48 @@ class TasksMixin(FilesMixin):
             container_settings=data.get("containerSettings"),
             pool_container=pool_container,
         )
-        retry = 0
-        while True:
-            now = self.now()
-            with self.lock:
-                if task.kill_event.is_set():
-                    break
-                info = task.data["executionInfo"]
-                if retry == 0:
-                    info["startTime"] = iso(now)
-                else:
-                    info["retryCount"] = retry
-                    info["lastRetryTime"] = iso(now)
-                transition(task.data, "running", now)
-                touch(task.data, now)
-            try:
-                handle = self.executor.start(ctx)
-            except TaskStartError as err:
-                self._finish(task, None, failure_info(err.code, err.message, err.details))
-                return
-            task.process = getattr(handle, "identity", None)  # for an emulator restarted with --state
-            deadline = now + wall if wall is not None else None
-            exit_code: int | None = None
-            timed_out = False
-            while exit_code is None:
-                exit_code = handle.wait(TICK)
-                if exit_code is not None:
-                    break
-                if task.kill_event.is_set():
-                    handle.kill()
-                    exit_code = handle.wait(10.0)
-                elif deadline is not None and self.now() >= deadline:
-                    timed_out = True
-                    handle.kill()
-                    exit_code = handle.wait(10.0)
-            killed = task.kill_event.is_set()
-            if not killed and not timed_out and exit_code != 0 and (max_retries == -1 or retry < max_retries):
-                retry += 1
-                log.info("task %s/%s exited %s; retry %d", job.id, task.id, exit_code, retry)
-                continue
-            break
+        run = CommandRun(
+            ctx,
+            resource_files=list(data.get("resourceFiles") or []),
+            max_retries=int(data["constraints"].get("maxTaskRetryCount", 0)),
+            max_wall_clock_time=data["constraints"].get("maxWallClockTime"),
+        )
+        result = run_command(
+            self.executor,
+            run,
+            now=self.now,
+            should_stop=task.kill_event.is_set,
+            before_attempt=lambda retry: self._begin_attempt(task, retry),
+            started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
+        )
         if task.kill_reason in ("requeue", "shutdown"):
             self._requeue(task)
             return
-        failure: dict[str, Any] | None = None
-        if timed_out:
-            failure = failure_info(
-                "TaskEnded",
-                "Task was ended because it exceeded its maximum wall clock time (maxWallClockTime)",
-                [("MaxWallClockTime", str(data["constraints"].get("maxWallClockTime")))],
-            )
-        elif killed:
-            failure = failure_info("TaskEnded", "Task Was Ended by User Request")
-        elif exit_code != 0:
-            failure = failure_info(
-                "FailureExitCode",
-                "The task exited with an exit code representing a failure",
-                [("Message", "The task exited with an exit code representing a failure")],
-            )
-        succeeded = failure is None
-        if task.kill_reason != "shutdown":
+        failure = result.failure
+        ran = result.exit_code is not None or result.stopped
+        if ran and task.kill_reason != "shutdown":
             try:
-                upload_output_files(list(data.get("outputFiles") or []), task_dir, succeeded)
+                upload_output_files(list(data.get("outputFiles") or []), task_dir, result.succeeded)
             except TransferError as err:
                 failure = failure or failure_info(err.code, err.message, err.details)
-        self._finish(task, exit_code, failure)
+        self._finish(task, result.exit_code, failure)
+
+    def _begin_attempt(self, task: Task, retry: int) -> bool:
+        """Record an attempt's start (``startTime``, or ``retryCount`` and ``lastRetryTime``); False if killed."""
+        now = self.now()
+        with self.lock:
+            if task.kill_event.is_set():
+                return False
+            info = task.data["executionInfo"]
+            if retry == 0:
+                info["startTime"] = iso(now)
+            else:
+                info["retryCount"] = retry
+                info["lastRetryTime"] = iso(now)
+                log.info("task %s/%s: retry %d", task.job_id, task.id, retry)
+            transition(task.data, "running", now)
+            touch(task.data, now)
+            return True
 
     def _release_node(self, task: Task) -> None:
         nodes = ([task.node] if task.node is not None else []) + task.extra_nodes
