@@ -186,7 +186,7 @@ class Session:
                 ", %config AzBatch.pool = ''" if not options.pool else ""
             )
             for flag, given in (
-                ("--nodes", options.nodes != 1),
+                ("--nodes", options.nodes != 1 and not options.distributed),
                 ("--low-priority", options.low_priority),
                 ("--slots-per-node", options.slots_per_node is not None),
             ):
@@ -451,6 +451,8 @@ def submit(
     first_line: int = 1,
     keep_failed: bool = False,
     pool: str | None = None,
+    distributed: bool = False,
+    procs_per_node: int = 1,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
 ) -> Run:
@@ -485,6 +487,12 @@ def submit(
     pool : str, optional
         As ``--pool``: run as a job on this named pool (see :mod:`batchmagic.pools`); default
         ``AzBatch.pool`` / ``BATCHMAGIC_POOL`` on Azure, else a pool of its own.
+    distributed : bool
+        As ``--distributed``: run the cell on ``nodes`` nodes at once, ``procs_per_node`` ranks on each,
+        every rank with the same namespace and the variables of :mod:`batchmagic.distributed`; the names
+        rank 0 binds come back, and a failure of any rank fails the run.
+    procs_per_node : int
+        As ``--procs-per-node``: ranks each node starts (one per GPU); only with ``distributed``.
     home : path, optional
         batchmagic's state and local run data (default ``BATCHMAGIC_HOME``, else ``~/.batchmagic``).
     on_update : callable, optional
@@ -522,6 +530,8 @@ def submit(
         first_line=first_line,
         keep_failed=keep_failed,
         pool=pool,
+        distributed=distributed,
+        procs_per_node=procs_per_node,
     )
     session = default_session()
     if isinstance(backend, Backend):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from batchmagic.distributed import DEFAULT_MASTER_PORT
 from batchmagic.errors import ConfigError
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 
@@ -36,6 +37,7 @@ __all__ = [
     "working_directory",
     "redacted",
     "SECRET_NAME",
+    "check_port",
 ]
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
@@ -234,6 +236,7 @@ class Settings:
     # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.backends.azure.prices)
     prices: str = ""
     budget: float | None = None  # AzBatch.budget: the default --budget
+    master_port: int = DEFAULT_MASTER_PORT  # AzBatch.master_port: rank 0's port in a distributed run (Azure)
     secrets: Secrets = field(default_factory=Secrets)
 
     @classmethod
@@ -248,6 +251,7 @@ class Settings:
         """
         max_tasks = _positive("BATCHMAGIC_MAX_TASKS", DEFAULT_MAX_TASKS)
         max_nodes = _positive("BATCHMAGIC_MAX_NODES", DEFAULT_MAX_NODES)
+        master_port = check_port(_positive("BATCHMAGIC_MASTER_PORT", DEFAULT_MASTER_PORT), "BATCHMAGIC_MASTER_PORT")
         values: dict[str, Any] = {name: setting(name) for name in ENV_SETTINGS}
         values.update(
             backend=default_backend(),
@@ -255,6 +259,7 @@ class Settings:
             home=default_home(),
             max_tasks=max_tasks,
             max_nodes=max_nodes,
+            master_port=master_port,
             docker_host=os.environ.get("DOCKER_HOST", ""),
             user=current_user(),
             secrets=Secrets.from_env(),
@@ -290,6 +295,15 @@ REDACTED = "<redacted>"
 def redacted(env: Mapping[str, str]) -> dict[str, str]:
     """``--env`` as it may be shown (panel, ledger, status): values of secret-looking names replaced."""
     return {k: REDACTED if SECRET_NAME.search(k) else v for k, v in env.items()}
+
+
+def check_port(port: int, name: str) -> int:
+    """``port`` if a distributed run's rank 0 can listen on it: 1024-65535, not Batch's own 6000."""
+    if not 1024 <= port <= 65535 or port == 6000:
+        raise ConfigError(
+            f"{name} {port} cannot be rank 0's port: pick one from 1024 to 65535 other than 6000 (Batch's own)"
+        )
+    return port
 
 
 def _positive(variable: str, default: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from batchmagic.backends.azure.poolspec import check_pool_name
 from batchmagic.config import DEFAULT_MAX_TASKS, Settings, parse_budget, parse_timeout
+from batchmagic.distributed import MAX_NODES, MAX_PROCS_PER_NODE
 from batchmagic.errors import ConfigError
 from batchmagic.package.inputs import InputSpec, parse_input, parse_output
 
@@ -58,6 +59,8 @@ class RunOptions:
     budget: float | None = None  # end the run once its estimated spend passes this (given as 5 or "$5")
     first_line: int = 1  # the cell's first line's number where it was written: 2 under a %%azbatch line
     pool: str | None = None  # a named pool to run on (Azure); None: the settings' (AzBatch.pool), else an auto pool
+    distributed: bool = False  # one cell on ``nodes`` nodes at once (ranks), not a sweep's many cells
+    procs_per_node: int = 1  # ranks each node of a distributed run starts (one per GPU)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once
@@ -95,6 +98,44 @@ class RunOptions:
         set_(self, "budget", parse_budget(self.budget))
         if self.pool is not None:
             set_(self, "pool", check_pool_name(str(self.pool).strip(), "--pool") if str(self.pool).strip() else None)
+        set_(self, "distributed", bool(self.distributed))
+        self._check_distributed()
+
+    def _check_distributed(self) -> None:
+        """``--distributed`` and its companions: what cannot work with a multi-instance task is one line."""
+        k = self.procs_per_node
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_PROCS_PER_NODE:
+            raise ConfigError(f"--procs-per-node must be from 1 to {MAX_PROCS_PER_NODE}, not {k!r}")
+        if not self.distributed:
+            if k != 1:
+                raise ConfigError("--procs-per-node starts several ranks of one distributed cell: add --distributed")
+            return
+        conflicts = (
+            (self.sweep is not None, "--distributed runs one cell on several nodes, a sweep many cells: drop one"),
+            (
+                self.low_priority,
+                "--distributed needs dedicated nodes (Azure Batch runs multi-instance tasks on dedicated nodes "
+                "only): drop --low-priority",
+            ),
+            (
+                self.slots_per_node is not None,
+                "--slots-per-node does not apply to --distributed (its nodes take one task each): use "
+                "--procs-per-node K to start K ranks per node",
+            ),
+            (
+                self.nodes > MAX_NODES,
+                f"--nodes {self.nodes} with --distributed is over Azure Batch's limit of {MAX_NODES} nodes for "
+                "one multi-instance task: ask for fewer",
+            ),
+        )
+        for wrong, line in conflicts:
+            if wrong:
+                raise ConfigError(line)
+
+    @property
+    def world(self) -> int:
+        """Ranks of a distributed run (nodes x processes per node); 0 for any other run."""
+        return self.nodes * self.procs_per_node if self.distributed else 0
 
     def check_limits(self, settings: Settings) -> None:
         """The run's size within the limits: a sweep's tasks (``BATCHMAGIC_MAX_TASKS``), its nodes

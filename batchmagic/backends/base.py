@@ -24,7 +24,12 @@ __all__ = [
     "TaskSubmission",
     "exit_reason",
     "format_duration",
+    "STOPPED_AFTER",
 ]
+
+#: How a backend words the failure of a distributed run's rank it stopped because another rank failed
+#: ("stopped after rank-1 failed"): the client blames the rank that failed of itself, not these.
+STOPPED_AFTER = "stopped after"
 
 
 @dataclass
@@ -45,6 +50,11 @@ class TaskSubmission:
     ledger_id: str = ""
     sas_expiry: datetime | None = None  # when the run's SAS URLs expire (its timeout + a grace hour)
     pool: str = ""  # a named pool to run on; empty: the backend makes the run its own pool
+    #: A distributed run: ``task_ids`` are its ranks (``rank-<k>``, see batchmagic.distributed), started
+    #: together, ``procs_per_node`` on each of ``nodes`` nodes; rank 0 listens on ``master_port``.
+    distributed: bool = False
+    procs_per_node: int = 1
+    master_port: int = 6105
 
 
 @dataclass

@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchmagic.backends.base import (
+    STOPPED_AFTER,
     Backend,
     BackendStatus,
     Phase,
@@ -28,6 +30,7 @@ from batchmagic.backends.base import (
     format_duration,
 )
 from batchmagic.config import SECRET_NAME, inherited_environment
+from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of
 from batchmagic.protocol import Layout
 from batchmagic.storage import LocalStore
 
@@ -59,6 +62,7 @@ class _LocalRun:
     cancelled: bool = False
     watch_only: bool = False  # another live client's run: its pending tasks are that client's to start
     lock: threading.Lock = field(default_factory=threading.Lock)
+    master_port: int = 0  # a distributed run's rank 0 port: a free one, as torchrun --standalone picks
 
 
 class LocalBackend(Backend):
@@ -91,7 +95,7 @@ class LocalBackend(Backend):
         for task_id in submission.task_ids:
             spec_path = self.store.path(submission.spec_keys[task_id])
             tasks[task_id] = _Task(task_id, spec_path, spec_path.parent)
-        run = _LocalRun(submission, tasks)
+        run = _LocalRun(submission, tasks, master_port=_free_port() if submission.distributed else 0)
         self._runs[submission.run_id] = run
         self._start_ready(run)
 
@@ -117,6 +121,8 @@ class LocalBackend(Backend):
                 return
             running = sum(1 for t in run.tasks.values() if t.process is not None and t.process.poll() is None)
             slots = max(1, run.submission.slots_per_node) * max(1, run.submission.nodes)
+            if run.submission.distributed:
+                slots = len(run.tasks)  # the ranks start together: they wait for each other
             for task in run.tasks.values():
                 if running >= slots:
                     break
@@ -135,6 +141,7 @@ class LocalBackend(Backend):
             AZ_BATCH_TASK_WORKING_DIR=str(workdir),
             PYTHONUNBUFFERED="1",
         )
+        env.update(_rank_environment(run, task))
         argv = [self.python, "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
         if run.submission.image:  # --container: the same runner, in the training image, via the local engine
             argv = _container_argv(run.submission, task, workdir, self.store.root.resolve())
@@ -166,7 +173,28 @@ class LocalBackend(Backend):
             pass
         self._finished(task)
         if run is not None:
+            self._end_ranks_after(run, task)
             self._start_ready(run)
+
+    def _end_ranks_after(self, run: _LocalRun, task: _Task) -> None:
+        """A rank that failed ends the others at once: they would wait for it in their next collective
+        (PyTorch's timeout is 30 minutes) instead of failing."""
+        if not run.submission.distributed or run.cancelled or task.process is None:
+            return
+        code = task.process.poll()
+        if (code == 0 and not task.failure) or task.failure.startswith(STOPPED_AFTER):
+            return
+        with run.lock:
+            others = [t for t in run.tasks.values() if t is not task and t.process is not None and t.ended is None]
+            for other in others:
+                if not other.failure:
+                    other.failure = f"{STOPPED_AFTER} {task.task_id} failed"
+        # Together: a rank blocked in a collective does not see SIGTERM, so each takes the grace period.
+        stops = [threading.Thread(target=self._stop, args=(run, other), daemon=True) for other in others]
+        for stop in stops:
+            stop.start()
+        for stop in stops:
+            stop.join()
 
     @staticmethod
     def _finished(task: _Task) -> None:
@@ -200,7 +228,7 @@ class LocalBackend(Backend):
         for task in run.tasks.values():
             if task.process is None and run.watch_only and (adopted := _Adopted.of(task.dir)) is not None:
                 task.process, task.started = adopted, adopted.started  # its own client started it since
-            status = TaskStatus(task.task_id, node="localhost", started=task.started)
+            status = TaskStatus(task.task_id, node=_node_name(run, task), started=task.started)
             process = task.process
             if process is None:
                 status.state = "completed" if run.cancelled else "pending"
@@ -243,6 +271,37 @@ class LocalBackend(Backend):
 
 
 _PID_FILE = "pid"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _rank_environment(run: _LocalRun, task: _Task) -> dict[str, str]:
+    """A distributed run's rank's variables: every "node" is this machine (``MASTER_ADDR`` 127.0.0.1)."""
+    sub = run.submission
+    rank = rank_of(task.task_id)
+    if not sub.distributed or rank is None:
+        return {}
+    node, local = divmod(rank, max(1, sub.procs_per_node))
+    return rank_environment(
+        node_rank=node,
+        local_rank=local,
+        nodes=sub.nodes,
+        procs_per_node=sub.procs_per_node,
+        master_addr="127.0.0.1",
+        master_port=run.master_port,
+    )
+
+
+def _node_name(run: _LocalRun, task: _Task) -> str:
+    rank = rank_of(task.task_id)
+    if not run.submission.distributed or rank is None:
+        return "localhost"
+    return f"localhost (node {rank // max(1, run.submission.procs_per_node)})"
 
 
 def _start_ticks(pid: int) -> int:
@@ -306,6 +365,9 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
         "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{home}:{home}", "-w", str(workdir),
     ]  # fmt: skip
     names = ["AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
+    if submission.distributed:  # the ranks reach each other over the host's loopback; NCCL wants a big /dev/shm
+        names += list(ENV_NAMES)
+        argv += ["--shm-size", DEFAULT_SHM_SIZE]
     for key in names:
         argv += ["-e", key]
     return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]

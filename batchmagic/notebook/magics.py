@@ -23,7 +23,8 @@ from traitlets import Dict, Enum, Integer, TraitError, Unicode, Union, default, 
 
 from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
-from batchmagic.config import DEFAULT_VM_SIZE, Settings, parse_budget, parse_env, parse_timeout
+from batchmagic.config import DEFAULT_VM_SIZE, Settings, check_port, parse_budget, parse_env, parse_timeout
+from batchmagic.distributed import DEFAULT_MASTER_PORT
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.notebook.record import record_of
 from batchmagic.notebook.widget import PANEL_MODES, Panel, TaskLogs, format_seconds, make_panel, ui_pump
@@ -109,6 +110,12 @@ class AzBatch(Magics):
     region = Unicode(
         help="The Batch account's region, for prices (e.g. westeurope). Defaults to BATCHMAGIC_REGION, else the "
         "region in AZURE_BATCH_ENDPOINT's host name.",
+    ).tag(config=True)
+    master_port = Integer(
+        DEFAULT_MASTER_PORT,
+        help="The port rank 0 of a --distributed run listens on (MASTER_PORT) on Azure Batch; the local backend "
+        "picks a free one, as torchrun --standalone does. Not 6000, which Batch keeps. Defaults to "
+        "BATCHMAGIC_MASTER_PORT, else 6105.",
     ).tag(config=True)
     panel = Enum(
         PANEL_MODES,
@@ -202,7 +209,7 @@ class AzBatch(Magics):
             region=self.region,
             prices=json.dumps(self.prices, sort_keys=True) if isinstance(self.prices, dict) else self.prices,
         ).with_values(  # "" here means none, not "unchanged"
-            pool=self.pool, node_image=self.node_image, budget=parse_budget(self.budget)
+            pool=self.pool, node_image=self.node_image, budget=parse_budget(self.budget), master_port=self.master_port
         )
 
     def backend_config(self) -> dict[str, str]:
@@ -231,6 +238,17 @@ class AzBatch(Magics):
             raise TraitError(str(err).replace("--budget", "AzBatch.budget")) from None
         return str(proposal["value"])
 
+    @validate("master_port")
+    def _check_master_port(self, proposal: Any) -> int:
+        try:
+            return check_port(int(proposal["value"]), "AzBatch.master_port")
+        except ConfigError as err:
+            raise TraitError(str(err)) from None
+
+    @default("master_port")
+    def _default_master_port(self) -> int:
+        return self._env.master_port
+
     @validate("timeout")
     def _check_timeout(self, proposal: Any) -> str:
         try:
@@ -258,7 +276,26 @@ class AzBatch(Magics):
         metavar="KEY=VALUE",
         help="An environment variable for the remote cell; repeat the flag for several.",
     )
-    @argument("--nodes", type=int, default=1, help="Number of VMs in the run's pool (Azure). Default 1.")
+    @argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="Number of VMs in the run's pool (Azure); with --distributed, the nodes the one cell runs on at once "
+        "(locally: processes). Default 1.",
+    )
+    @argument(
+        "--distributed",
+        action="store_true",
+        help="Run the cell on --nodes N nodes at once, as ranks of one job (MASTER_ADDR, RANK, WORLD_SIZE... set; "
+        "see batchmagic.distributed): rank 0's names come back; a failure of any rank fails the run.",
+    )
+    @argument(
+        "--procs-per-node",
+        type=int,
+        default=1,
+        metavar="K",
+        help="With --distributed: ranks each node starts (one per GPU). Default 1.",
+    )
     @argument(
         "--low-priority", action="store_true", help="Use low-priority (spot) VMs: cheaper, may be preempted (Azure)."
     )
@@ -450,6 +487,8 @@ class AzBatch(Magics):
             pool=args.pool,
             budget=args.budget,
             keep_failed=args.keep_failed,
+            distributed=args.distributed,
+            procs_per_node=args.procs_per_node,
         )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:

@@ -25,12 +25,14 @@ import cloudpickle
 
 from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSubmission
 from batchmagic.config import Settings, redacted
+from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.options import RunOptions
 from batchmagic.protocol import Layout, TaskOutcome, TaskSpec
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail, Monitor
+from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
 from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RunState
 from batchmagic.run.sweep import TaskOutcome as SweepRow
 from batchmagic.run.sweep import results_table, task_ids_for
@@ -127,6 +129,10 @@ class Run:
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
         self.meter: CostMeter | None = None  # what the run costs (Azure), and its --budget
         self._tasks = _TaskStates(task_ids)
+        self.master_port = DEFAULT_MASTER_PORT  # a distributed run's rank 0 port (AzBatch.master_port)
+        # A distributed run's ranks (its tasks are rank-0, rank-1...); 0 for any other run.
+        self.world = len(task_ids) if task_ids and all(rank_of(t) is not None for t in task_ids) else 0
+        self._prefixer = RankPrefixer()
 
     @classmethod
     def create(
@@ -141,19 +147,24 @@ class Run:
         """A new run (a fresh id, one task or one per sweep row), not yet started."""
         run_id = new_run_id(options.name)
         sweep = options.sweep
+        if options.distributed:
+            task_ids = [rank_id(k) for k in range(options.world)]
+        else:
+            task_ids = task_ids_for(len(sweep)) if sweep is not None else ["task-0"]
         run = cls(
             run_id=run_id,
             name=options.name or run_id,
             backend=backend,
             vm_size=options.vm_size or settings.vm_size,
             timeout=options.timeout or settings.timeout,
-            task_ids=task_ids_for(len(sweep)) if sweep is not None else ["task-0"],
+            task_ids=task_ids,
             params=list(sweep) if sweep is not None else None,
             namespace=namespace if isinstance(namespace, MutableMapping) else None,
         )
         run.source = source
         run.env = redacted(options.env)
         run.keep_failed = options.keep_failed
+        run.master_port = settings.master_port
         return run
 
     def price(self, options: RunOptions, settings: Settings) -> None:
@@ -190,7 +201,8 @@ class Run:
         store = backend.store
         prefix = Layout.run_prefix(entry.run_id)
         specs = sorted(
-            key[len(prefix) :].split("/")[0] for key, _size in store.list_keys(prefix) if key.endswith("/spec.json")
+            (key[len(prefix) :].split("/")[0] for key, _size in store.list_keys(prefix) if key.endswith("/spec.json")),
+            key=lambda tid: (rank_of(tid) or 0, tid),  # rank-2 before rank-10
         )
         if not specs:
             raise ConfigError(
@@ -252,6 +264,9 @@ class Run:
                 else self.backend.default_slots(len(self.task_ids))
             ),
             sas_expiry=self.sas_expiry,
+            distributed=options.distributed,
+            procs_per_node=options.procs_per_node,
+            master_port=self.master_port,
         )
 
     def __repr__(self) -> str:
@@ -293,8 +308,8 @@ class Run:
             detail=self.detail,
             error=str(self.error) if self.error else "",
             task_counts=self._tasks.counts(),
-            task_ids=tuple(self.task_ids) if self.is_sweep else (),
-            task_states=states if self.is_sweep else (),
+            task_ids=tuple(self.task_ids) if self.is_sweep or self.world else (),
+            task_states=states if self.is_sweep or self.world else (),
             first_start=self._tasks.first_start,
             cost=self.meter.cost() if self.meter is not None else None,
         )
@@ -444,9 +459,16 @@ class Run:
         self._monitoring().follow(task_id)
 
     def logs(self, task_id: str | None = None) -> str:
-        """Everything the cell (or one task of a sweep) printed so far, stdout and stderr in order."""
+        """Everything the cell (or one task of a sweep, one rank of a distributed run) printed so far, stdout
+        and stderr in order; a distributed run's ranks merged, each line prefixed ``[rank k]``."""
+        return "".join(r.text for r in self._log_records(task_id))
+
+    def _log_records(self, task_id: str | None = None) -> list[LogRecord]:
+        if task_id is None and self.world:
+            merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read(self.store)]
+            return RankPrefixer().apply(sorted(merged, key=lambda r: r.time))
         tid = task_id or self.task_ids[0]
-        return "".join(r.text for r in LogTail(self.log_key(tid), tid).read(self.store))
+        return LogTail(self.log_key(tid), tid).read(self.store)
 
     def poll(self) -> bool:
         """One monitoring tick: update the phase, deliver new logs; True once the run is over."""
@@ -477,6 +499,8 @@ class Run:
                     return True
             self._activity = bool(records) or status.phase != self.phase
             records = self._take_progress(records)
+            if self.world:
+                records = self._prefixer.apply(records)
             if records:
                 self._notify(records)
             if status.error:
@@ -659,6 +683,8 @@ class Run:
         if self.is_sweep:
             self._collect_sweep(status)
             return
+        if self.world and self._rank_failed(status):
+            return
         task = status.tasks[self.task_ids[0]]
         outcome, failure = self._read_result(task)
         if failure:
@@ -689,7 +715,7 @@ class Run:
         from batchmagic.run.ipynb import run_notebook
 
         try:
-            records = LogTail(self.log_key(task_id), task_id).read(self.store)
+            records = self._log_records(None if self.world else task_id)
             error = None
             if not outcome.ok and outcome.error is not None:
                 err = outcome.error
@@ -698,6 +724,21 @@ class Run:
             self.store.put_bytes(self.record_key, json.dumps(nb, indent=1).encode())
         except Exception:
             log.warning("could not write the record of run %s", self.id, exc_info=True)
+
+    def _rank_failed(self, status: BackendStatus) -> bool:
+        """A distributed run: read every rank's outcome; when one failed, fail the run with that rank's
+        error (the cell's exception as it raised there, or one line naming the rank and its last lines)."""
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            read = list(pool.map(lambda tid: self._read_result(status.tasks[tid]), self.task_ids))
+        outcomes = dict(zip(self.task_ids, read, strict=True))
+        failed = blame(self.task_ids, status.tasks, outcomes)
+        if failed is None:
+            return False
+        if failed.outcome is not None:
+            self._write_record(failed.task_id, failed.outcome)
+        lines = last_lines(self._log_records(failed.task_id))
+        self.fail(failure_of(self.name, failed, lines, lambda o: str(_exit_failure(self.name, o)).split(": ", 1)[-1]))
+        return True
 
     def _note_files(self, outcome: TaskOutcome) -> None:
         self.files = list(outcome.files)
@@ -810,6 +851,7 @@ def _task_state(task: TaskStatus) -> str:
 #: The TaskSubmission fields the ledger keeps, for Run.attach.
 _ATTACH_FIELDS = (
     "vm_size", "timeout", "nodes", "low_priority", "slots_per_node", "image", "retries", "ledger_id", "pool",
+    "distributed", "procs_per_node", "master_port",
 )  # fmt: skip
 
 
