@@ -1,0 +1,152 @@
+"""Distributed runs on the local backend: ranks as processes of this machine, as torchrun --standalone.
+
+Through the real parts: a real InteractiveShell and the magic, the runner in subprocesses, and for the
+training test PyTorch's gloo backend over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import batchmagic
+from batchmagic import distributed
+from batchmagic.errors import RemoteError, RunCancelled, RunFailed
+from batchmagic.protocol import Layout
+
+ENV_CELL = """
+import os
+seen = {k: os.environ[k] for k in ENV_NAMES}
+print("world", os.environ["WORLD_SIZE"])
+from batchmagic import distributed as d
+helpers = (d.rank(), d.world(), d.local_rank(), d.node_rank(), d.is_main())
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _pids(home: Path, run: Any) -> dict[str, int]:
+    """Each rank's runner pid, from the pid file the local backend writes beside its spec."""
+    pids = {}
+    for tid in run.task_ids:
+        path = home / "runs" / run.id / tid / "pid"
+        if path.exists():
+            pids[tid] = int(path.read_text().split()[0])
+    return pids
+
+
+def _wait_for(predicate: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.1)
+
+
+def test_every_rank_sees_its_place_and_rank_zero_names_come_back(shell: Any) -> None:
+    shell.user_ns["ENV_NAMES"] = distributed.ENV_NAMES
+    shell.run_cell(f"%%azbatch --backend local --nodes 2 --procs-per-node 2 --distributed\n{ENV_CELL}")
+    seen = shell.user_ns["seen"]
+    assert seen["RANK"] == "0" and seen["WORLD_SIZE"] == "4" and seen["NODE_RANK"] == "0"
+    assert seen["LOCAL_WORLD_SIZE"] == "2" and seen["LOCAL_RANK"] == "0"
+    assert seen["MASTER_ADDR"] == "127.0.0.1" and 1024 <= int(seen["MASTER_PORT"]) <= 65535
+    assert shell.user_ns["helpers"] == (0, 4, 0, 0, True)
+    run = shell.user_ns["_azbatch"]
+    assert run.task_ids == ["rank-0", "rank-1", "rank-2", "rank-3"]
+    merged = run.logs()
+    for k in range(4):
+        assert f"[rank {k}] world 4\n" in merged, merged
+    assert run.logs("rank-3") == "world 4\n"
+    assert run.state().task_states == ("succeeded",) * 4
+
+
+def test_each_rank_has_its_own_environment(home: Path) -> None:
+    run = batchmagic.submit(
+        "import os\nprint('|'.join(os.environ[k] for k in ENV_NAMES))",
+        {"ENV_NAMES": distributed.ENV_NAMES},
+        backend="local",
+        nodes=3,
+        procs_per_node=2,
+        distributed=True,
+        home=home,
+    )
+    run.wait(timeout=120)
+    rows = {tid: run.logs(tid).strip().split("|") for tid in run.task_ids}
+    ports = {row[1] for row in rows.values()}
+    assert len(ports) == 1
+    for k in range(6):
+        addr, _port, world, rank, local, local_world, node = rows[f"rank-{k}"]
+        assert (addr, world, rank, local, local_world, node) == ("127.0.0.1", "6", str(k), str(k % 2), "2", str(k // 2))
+
+
+def test_an_error_on_one_rank_fails_the_run_with_its_traceback(home: Path) -> None:
+    cell = "import os, time\nif os.environ['RANK'] == '1':\n    raise ValueError('rank one is unhappy')\ntime.sleep(120)\n"
+    started = time.monotonic()
+    run = batchmagic.submit(cell, {}, backend="local", nodes=2, distributed=True, home=home)
+    with pytest.raises(RemoteError) as info:
+        run.wait(timeout=60)
+    assert time.monotonic() - started < 30  # rank 0 was stopped, not left to its two-minute sleep
+    assert info.value.task_id == "rank-1" and "rank one is unhappy" in str(info.value)
+    assert not any(_alive(pid) for pid in _pids(home, run).values())
+
+
+def test_a_killed_rank_ends_the_run_within_15_seconds_naming_it(home: Path) -> None:
+    cell = (
+        "import os, time\nfor i in range(600):\n"
+        "    print('rank', os.environ['RANK'], 'step', i, flush=True)\n    time.sleep(0.2)\n"
+    )
+    run = batchmagic.submit(cell, {}, backend="local", nodes=2, distributed=True, home=home)
+    _wait_for(lambda: "step 3" in run.logs("rank-1"))
+    pids = _pids(home, run)
+    os.kill(pids["rank-1"], signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=60)
+    assert time.monotonic() - killed < 15
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.search(r"rank 1 on localhost \(node 1\) failed: the task process was killed by SIGKILL", message), message
+    assert re.search(r"its last lines: rank 1 step \d+", message), message
+    assert not any(_alive(pid) for pid in pids.values())
+
+
+def test_cancel_ends_every_rank(home: Path) -> None:
+    cell = "import subprocess, time\nsubprocess.Popen(['sleep', '300'])\nprint('up', flush=True)\ntime.sleep(300)\n"
+    run = batchmagic.submit(cell, {}, backend="local", nodes=2, procs_per_node=2, distributed=True, home=home)
+    _wait_for(lambda: all("up" in run.logs(tid) for tid in run.task_ids))
+    pids = _pids(home, run)
+    assert len(pids) == 4
+    groups = {os.getpgid(pid) for pid in pids.values()}
+    run.cancel()
+    with pytest.raises(RunCancelled):
+        run.wait(timeout=30)
+    _wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
+    leftovers = [
+        int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p)) and _pgid(int(p)) in groups
+    ]
+    assert leftovers == []
+
+
+def _pgid(pid: int) -> int:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return -1
+
+
+def test_the_run_layout_keeps_a_log_and_result_per_rank(home: Path) -> None:
+    run = batchmagic.submit("x = 1", {}, backend="local", nodes=2, distributed=True, home=home)
+    assert run.wait(timeout=60) == {"x": 1}
+    for tid in ("rank-0", "rank-1"):
+        assert (home / Layout.result(run.id, tid)).exists()
