@@ -91,7 +91,8 @@ def test_each_rank_has_its_own_environment(home: Path) -> None:
 
 
 def test_an_error_on_one_rank_fails_the_run_with_its_traceback(home: Path) -> None:
-    cell = "import os, time\nif os.environ['RANK'] == '1':\n    raise ValueError('rank one is unhappy')\ntime.sleep(120)\n"
+    cell = "import os, time\nif os.environ['RANK'] == '1':\n    raise ValueError('rank one is unhappy')\n"
+    cell += "time.sleep(120)\n"
     started = time.monotonic()
     run = batchmagic.submit(cell, {}, backend="local", nodes=2, distributed=True, home=home)
     with pytest.raises(RemoteError) as info:
@@ -132,9 +133,7 @@ def test_cancel_ends_every_rank(home: Path) -> None:
     with pytest.raises(RunCancelled):
         run.wait(timeout=30)
     _wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
-    leftovers = [
-        int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p)) and _pgid(int(p)) in groups
-    ]
+    leftovers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p)) and _pgid(int(p)) in groups]
     assert leftovers == []
 
 
