@@ -81,6 +81,12 @@ class Session:
             self._ledgers[home] = Ledger(home, client_id=self.client_id)
         return self._ledgers[home]
 
+    def ledger_note(self, settings: Settings | None = None) -> str:
+        """One line about the ledger lines its last read skipped (torn, foreign, newer): "" when none."""
+        settings = settings or self.settings()
+        ledger = self._ledgers.get(Path(settings.home).expanduser())
+        return ledger.skipped_note() if ledger is not None else ""
+
     def backend(
         self,
         name: str | Backend | None = None,

@@ -31,9 +31,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from batchmagic.config import setting
 from batchmagic.errors import ConfigError
+
+if TYPE_CHECKING:
+    from batchmagic.api import Session
 
 __all__ = ["main"]
 
@@ -115,6 +119,7 @@ def _runs_ls(args: argparse.Namespace) -> int:
 
     session = Session(settings=Settings.from_env())
     rows = session.status()
+    _ledger_note(session)
     if not rows:
         print("no runs yet", file=sys.stderr)
     for line in status_lines(rows):
@@ -132,7 +137,10 @@ def _logs(args: argparse.Namespace) -> int:
     from batchmagic.run.monitor import LogTail
 
     session = Session(settings=Settings.from_env())
-    run = session.attach(args.run)
+    try:
+        run = session.attach(args.run)
+    finally:
+        _ledger_note(session)
     task_id = args.task or run.task_ids[0]
     if task_id not in run.task_ids:
         raise ConfigError(f"run {run.name} has no task {task_id!r}: its tasks are {', '.join(run.task_ids[:5])}...")
@@ -160,6 +168,7 @@ def _teardown(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     session = Session(settings=settings)
     removed = session.teardown_orphans(settings, blobs=args.blobs)
+    _ledger_note(session)
     if args.everything and settings.backend == "azure":
         removed += session.teardown(everything=True, blobs=args.blobs, backend=session.backend("azure"))
     for item in removed:
@@ -167,6 +176,11 @@ def _teardown(args: argparse.Namespace) -> int:
     if not removed:
         print("nothing to tear down: no run of a kernel that is gone still runs or holds resources")
     return 0
+
+
+def _ledger_note(session: Session) -> None:
+    if note := session.ledger_note():
+        print(f"batchmagic: warning: {note}", file=sys.stderr)
 
 
 def _pool(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ Everything a backend, the runner and the client tell each other is here, and not
   schema version. A runner refuses a spec newer than it understands (:class:`SpecVersionError`):
   the training image was built by an older batchmagic than the client.
 - :func:`encode_log_record` / :func:`decode_log_records`: one JSON line per record of the task's log.
+- :class:`LedgerEntry`: one line of the client's ledger (``BATCHMAGIC_HOME/ledger.jsonl``), which every
+  kernel and terminal of the machine appends to and reads (:mod:`batchmagic.run.ledger`), with its own version.
 
 The runner gets URLs only (``file://`` locally, SAS URLs on Azure); the client works with store keys.
 """
@@ -48,6 +50,11 @@ __all__ = [
     "encode_log_record",
     "decode_log_records",
     "sha256_file",
+    "LEDGER_VERSION",
+    "LEDGER_EVENTS",
+    "LedgerSubmission",
+    "LedgerEntry",
+    "LedgerLineError",
 ]
 
 #: Version of TaskSpec and TaskOutcome. Raise it when a field changes meaning or a runner must
@@ -345,3 +352,136 @@ def decode_log_records(data: bytes, task_id: str = "") -> tuple[list[LogRecord],
             continue
         records.append(LogRecord(t, stream, str(payload), task_id))
     return records, end
+
+
+# --- the client's ledger ---
+
+#: Version of a ledger line. Raise it when a field changes meaning; a reader skips (and names) a line
+#: newer than it understands, and reads a line without ``schema`` as version 1.
+LEDGER_VERSION = 1
+
+#: The events a ledger line records; a line of another event (a newer batchmagic's) is ignored.
+LEDGER_EVENTS = ("submitted", "finished", "released", "attached")
+
+
+class LedgerLineError(ValueError):
+    """A ledger line that is not an event this side can read: torn, foreign, or from a newer batchmagic."""
+
+
+@dataclass(frozen=True)
+class LedgerSubmission:
+    """What another client needs to follow a run (``Run.attach``): the backend's submission, no secret, no URL."""
+
+    vm_size: str = ""
+    timeout: float = 0.0
+    nodes: int = 1
+    low_priority: bool = False
+    slots_per_node: int = 1
+    image: str = ""
+    retries: int = 0
+    ledger_id: str = ""
+    pool: str = ""
+    distributed: bool = False  # its tasks are the ranks of one distributed run
+    procs_per_node: int = 1
+    master_port: int = 6105  # batchmagic.distributed.DEFAULT_MASTER_PORT
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One event of the ledger, one JSON line: ``submitted`` (with what attach needs, and the client's
+    process), ``finished`` (its final ``phase``), ``released`` (what was ``removed``), ``attached``."""
+
+    event: str
+    run: str
+    client: str = ""
+    time: float = 0.0
+    # submitted
+    backend: str = ""
+    name: str = ""
+    vm_size: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # --env as it may be shown (secret-looking values redacted)
+    created: float = 0.0
+    sweep: bool = False
+    submission: LedgerSubmission = field(default_factory=LedgerSubmission)
+    pid: int = 0  # the submitting client's process, its start time (clock ticks) and host: is it alive?
+    pid_start: int = 0
+    host: str = ""
+    # finished
+    phase: str = ""
+    # released
+    removed: tuple[str, ...] = ()
+    schema: int = LEDGER_VERSION
+
+    def to_line(self) -> bytes:
+        """The entry as one complete line (JSON escapes any newline inside a value)."""
+        return (json.dumps(asdict(self), ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_line(cls, line: bytes | str) -> LedgerEntry:
+        """Parse one line: fields it does not know are ignored, missing ones take their defaults.
+
+        Raises
+        ------
+        LedgerLineError
+            Not JSON (a torn line), not an object, a field of the wrong type, or a newer version: the
+            message says which, in a few words.
+        """
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            raise LedgerLineError("not JSON (a torn or foreign line)") from None
+        if not isinstance(raw, dict):
+            raise LedgerLineError(f"a JSON {type(raw).__name__}, not an event")
+        version = _field(raw, "schema", int, 1)
+        if version > LEDGER_VERSION:
+            raise LedgerLineError(f"ledger version {version}, newer than this batchmagic's {LEDGER_VERSION}")
+        event, run = _field(raw, "event", str, ""), _field(raw, "run", str, "")
+        if not event or not run:
+            raise LedgerLineError("no event or no run: not a batchmagic event")
+        sub = raw.get("submission") or {}
+        if not isinstance(sub, dict):
+            raise LedgerLineError("its submission is not an object")
+        env, removed = raw.get("env") or {}, raw.get("removed") or []
+        if not isinstance(env, dict) or not isinstance(removed, list):
+            raise LedgerLineError("its env or removed field has the wrong type")
+        return cls(
+            event=event,
+            run=run,
+            client=_field(raw, "client", str, ""),
+            time=_field(raw, "time", float, 0.0),
+            backend=_field(raw, "backend", str, ""),
+            name=_field(raw, "name", str, ""),
+            vm_size=_field(raw, "vm_size", str, ""),
+            env={str(k): str(v) for k, v in env.items()},
+            created=_field(raw, "created", float, 0.0),
+            sweep=_field(raw, "sweep", bool, False),
+            submission=LedgerSubmission(
+                **{
+                    f: _field(sub, f, type(getattr(_SUBMISSION_DEFAULTS, f)), getattr(_SUBMISSION_DEFAULTS, f))
+                    for f in _SUBMISSION_FIELDS
+                }  # fmt: skip
+            ),
+            pid=_field(raw, "pid", int, 0),
+            pid_start=_field(raw, "pid_start", int, 0),
+            host=_field(raw, "host", str, ""),
+            phase=_field(raw, "phase", str, ""),
+            removed=tuple(str(item) for item in removed),
+            schema=version,
+        )
+
+
+_SUBMISSION_DEFAULTS = LedgerSubmission()
+_SUBMISSION_FIELDS = tuple(LedgerSubmission.__dataclass_fields__)
+
+
+def _field(raw: dict[str, Any], name: str, kind: type[Any], default: Any) -> Any:
+    """``raw[name]`` as ``kind`` (an int is a float too; a bool is not an int), or ``default`` when
+    absent or null; a value of another type makes the line unreadable."""
+    value = raw.get(name)
+    if value is None:
+        return default
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise LedgerLineError(f"its {name} is {type(value).__name__}, not {kind.__name__}")

@@ -543,11 +543,17 @@ class AzBatch(Magics):
             raise UsageError("%azbatch_status takes no arguments")
         with _usage_errors():
             rows = self.session.status(self.settings())
+        self._ledger_note()
         if not rows:
             print("no runs yet (on this machine's ledger)")
             return
         for text in status_lines(rows):
             print(text)
+
+    def _ledger_note(self) -> None:
+        """Say which ledger lines were skipped (torn by a full disk, written by something else), if any."""
+        if note := self.session.ledger_note(self.settings()):
+            print(f"warning: {note}", file=sys.stderr)
 
     @line_magic("azbatch_attach")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_attach(self, line: str) -> Any:
@@ -557,8 +563,11 @@ class AzBatch(Magics):
         args = line.split()
         if len(args) != 1 or args[0].startswith("-"):
             raise UsageError("%azbatch_attach takes one run id or name (%azbatch_status lists them)")
-        with _usage_errors():
-            run = self.session.attach(args[0], settings=self.settings(), namespace=self._user_ns)
+        try:
+            with _usage_errors():
+                run = self.session.attach(args[0], settings=self.settings(), namespace=self._user_ns)
+        finally:
+            self._ledger_note()
 
         def start(on_update: UpdateCallback) -> api.Run:
             run.subscribe(on_update)
@@ -599,6 +608,7 @@ class AzBatch(Magics):
             )
             if args.orphans:
                 removed += self.session.teardown_orphans(self.settings(), blobs=args.blobs)
+                self._ledger_note()
         if removed:
             for item in removed:
                 print(f"removed {item}")
@@ -616,6 +626,7 @@ class AzBatch(Magics):
         except Exception as err:  # a teardown must not fail on a listing
             print(f"could not read the ledger: {err}", file=sys.stderr)
             return
+        self._ledger_note()
         for entry in orphans:
             print(
                 f"run {entry.name} ({entry.run_id}, {entry.backend}) of a kernel that is gone may still run: "
@@ -676,7 +687,7 @@ def status_lines(rows: list[tuple[LedgerRun, RunState | None, str]]) -> list[str
             phase, elapsed, vm = state.phase.value, format_seconds(state.elapsed), state.vm_size
         else:
             phase = entry.phase or ("released" if entry.released else "unknown")
-            elapsed, vm = "-", str(entry.submitted.get("vm_size", ""))
+            elapsed, vm = "-", entry.submitted.vm_size
         name, backend = entry.name[:40], entry.backend
         cost = f"  {state.cost.describe()}" if state is not None and state.cost is not None else ""
         lines.append(

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from batchmagic.config import Settings, redacted
 from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.options import RunOptions
-from batchmagic.protocol import Layout, TaskOutcome, TaskSpec
+from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail, Monitor
@@ -197,7 +198,7 @@ class Run:
             The run's data is not in this backend's store (another home or container), or the backend
             cannot follow runs of other clients.
         """
-        sub = dict(entry.submitted.get("submission") or {})
+        submitted = entry.submitted
         store = backend.store
         prefix = Layout.run_prefix(entry.run_id)
         specs = sorted(
@@ -210,7 +211,7 @@ class Run:
                 "(AzBatch.home, BATCHMAGIC_CONTAINER)"
             )
         params: list[dict[str, Any]] | None = None
-        if entry.submitted.get("sweep"):
+        if submitted.sweep:
             params = []
             for task_id in specs:
                 spec = TaskSpec.from_json(store.get_bytes(Layout.spec(entry.run_id, task_id)))
@@ -219,13 +220,13 @@ class Run:
             run_id=entry.run_id,
             name=entry.name,
             backend=backend,
-            vm_size=str(entry.submitted.get("vm_size", "")),
-            timeout=float(sub.get("timeout", 0) or 24 * 3600),
+            vm_size=submitted.vm_size,
+            timeout=submitted.submission.timeout or 24 * 3600,
             task_ids=specs,
             params=params,
         )
-        run.created = float(entry.submitted.get("created", entry.submitted.get("time", time.time())))
-        run.env = dict(entry.submitted.get("env") or {})
+        run.created = submitted.created or submitted.time or time.time()
+        run.env = dict(submitted.env)
         run.source = _cell_of(store, entry.run_id)
         submission = TaskSubmission(
             run_id=entry.run_id,
@@ -233,14 +234,14 @@ class Run:
             task_ids=list(specs),
             spec_keys={tid: Layout.spec(entry.run_id, tid) for tid in specs},
             vm_size=run.vm_size,
-            **{k: v for k, v in sub.items() if k in _ATTACH_FIELDS and k not in ("vm_size", "name")},
+            **{k: v for k, v in asdict(submitted.submission).items() if k != "vm_size"},
         )
-        try:
-            backend.attach(submission, take_over=not entry.client_alive())
+        try:  # a status read (record=False) only watches: what is left to start is not its to start
+            backend.attach(submission, take_over=record and not entry.client_alive())
         except NotImplementedError as err:
             raise ConfigError(str(err)) from None
-        run._ledger = ledger
-        if record:
+        if record:  # a status read writes nothing: the run's end is its follower's to record
+            run._ledger = ledger
             ledger.record("attached", run.id)
         run.enter(Phase.QUEUED, "attached")
         return run
@@ -405,7 +406,7 @@ class Run:
             created=self.created,
             sweep=self.is_sweep,
             # What Run.attach needs to follow the run from another client (no secret, no URL).
-            submission={key: getattr(submission, key) for key in _ATTACH_FIELDS},
+            submission=LedgerSubmission(**{key: getattr(submission, key) for key in _ATTACH_FIELDS}),
         )
         self._ledger = ledger
         try:
@@ -849,10 +850,7 @@ def _task_state(task: TaskStatus) -> str:
 
 
 #: The TaskSubmission fields the ledger keeps, for Run.attach.
-_ATTACH_FIELDS = (
-    "vm_size", "timeout", "nodes", "low_priority", "slots_per_node", "image", "retries", "ledger_id", "pool",
-    "distributed", "procs_per_node", "master_port",
-)  # fmt: skip
+_ATTACH_FIELDS = tuple(f.name for f in fields(LedgerSubmission))
 
 
 def _cell_of(store: Store, run_id: str) -> str:
