@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from batchmagic.run.ledger import Ledger
 from batchmagic.protocol import LEDGER_VERSION, LedgerEntry, LedgerLineError, LedgerSubmission
+from batchmagic.run.ledger import Ledger
 from tests.test_attach import ROOT, Kernel
 
 FOREIGN = [
