@@ -29,6 +29,13 @@ helpers = (d.rank(), d.world(), d.local_rank(), d.node_rank(), d.is_main())
 """
 
 
+def need_torch() -> None:
+    """torch is in the test extra: CI fails without it; elsewhere the test is skipped with the reason."""
+    if os.environ.get("CI"):
+        import torch  # noqa: F401
+    pytest.importorskip("torch", reason="torch is in the test extra: pip install -e '.[test]'")
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -149,3 +156,16 @@ def test_the_run_layout_keeps_a_log_and_result_per_rank(home: Path) -> None:
     assert run.wait(timeout=60) == {"x": 1}
     for tid in ("rank-0", "rank-1"):
         assert (home / Layout.result(run.id, tid)).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_ddp_training_equals_one_process_over_the_same_batches(shell: Any, nodes: int) -> None:
+    need_torch()
+    from tests.support.training import TRAIN_CELL, assert_same_weights, data, train_alone
+
+    shell.user_ns.update(data())
+    shell.run_cell(f"%%azbatch --backend local --nodes {nodes} --distributed --out weights\n{TRAIN_CELL}")
+    assert_same_weights(shell.user_ns["weights"], train_alone(shell.user_ns))
+    run = shell.user_ns["_azbatch"]
+    assert f"[rank {nodes - 1}] step 20 loss" in run.logs()
