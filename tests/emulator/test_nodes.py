@@ -30,7 +30,9 @@ def client(emulator: RunningEmulator) -> Iterator[Any]:
     c.close()
 
 
-def _pool(client: Any, pool_id: str, nodes: int = 1, start_task: m.BatchStartTask | None = None) -> None:
+def _pool(
+    client: Any, pool_id: str, nodes: int = 1, start_task: m.BatchStartTask | None = None, *, inter_node: bool = False
+) -> None:
     client.create_pool(
         m.BatchPoolCreateOptions(
             id=pool_id,
@@ -38,6 +40,7 @@ def _pool(client: Any, pool_id: str, nodes: int = 1, start_task: m.BatchStartTas
             virtual_machine_configuration=VMC,
             target_dedicated_nodes=nodes,
             start_task=start_task,
+            enable_inter_node_communication=inter_node or None,
         )
     )
 
@@ -179,7 +182,7 @@ def test_remove_nodes_and_node_users(client: Any) -> None:
 
 
 def test_multi_instance_task_runs_on_several_nodes(client: Any) -> None:
-    _pool(client, "mpi", nodes=3)
+    _pool(client, "mpi", nodes=3, inter_node=True)
     wait_for(lambda: len([n for n in _nodes(client, "mpi") if n.state == "idle"]) == 3, 10)
     _job(client, "mpi-job", "mpi")
     coordination = (
@@ -187,7 +190,7 @@ def test_multi_instance_task_runs_on_several_nodes(client: Any) -> None:
     )
     primary = (
         '/bin/sh -c "sleep 3; echo $AZ_BATCH_MASTER_NODE $AZ_BATCH_IS_CURRENT_NODE_MASTER; '
-        'cat $AZ_BATCH_TASK_SHARED_DIR/coord.txt"'
+        'cat $AZ_BATCH_TASK_SHARED_DIR/coord.txt; echo \\"$AZ_BATCH_NODE_LIST\\"; echo $CCP_NODES"'
     )
     client.create_task(
         "mpi-job",
@@ -225,6 +228,28 @@ def test_multi_instance_task_runs_on_several_nodes(client: Any) -> None:
     assert coord.split()[0] == "false"
     assert client.get_task("mpi-job", "too-wide").state == m.BatchTaskState.ACTIVE  # waits for a 4th node
     assert list(client.list_subtasks("mpi-job", "too-wide")) == []
+    # The nodes' addresses are loopback addresses of their own, and every instance sees the service's lists.
+    assert all(ip.startswith("127.") and ip != "127.0.0.1" for ip in ips.values()) and len(set(ips.values())) == 3
+    assert out[2:] == [f"{';'.join(out[1].split()[1].split(','))}", f"3 {' 1 '.join(out[1].split()[1].split(','))} 1"]
+
+
+def test_multi_instance_task_stays_active_on_a_pool_without_inter_node_communication(client: Any) -> None:
+    _pool(client, "no-ib", nodes=2)
+    wait_for(lambda: len([n for n in _nodes(client, "no-ib") if n.state == "idle"]) == 2, 10)
+    _job(client, "no-ib-job", "no-ib")
+    multi = m.MultiInstanceSettings(number_of_instances=2, coordination_command_line="true")
+    client.create_task(
+        "no-ib-job", m.BatchTaskCreateOptions(id="mi", command_line="true", multi_instance_settings=multi)
+    )
+    client.create_task("no-ib-job", m.BatchTaskCreateOptions(id="plain", command_line="true"))
+    wait_for(lambda: client.get_task("no-ib-job", "plain").state == m.BatchTaskState.COMPLETED, 10)
+    assert client.get_task("no-ib-job", "mi").state == m.BatchTaskState.ACTIVE
+    with pytest.raises(HttpResponseError) as err:
+        client.create_task(
+            "no-ib-job",
+            m.BatchTaskCreateOptions(id="wide", command_line="true", required_slots=2, multi_instance_settings=multi),
+        )
+    assert err.value.status_code == 400
 
 
 @pytest.mark.parametrize("option", ["requeue", "terminate"])

@@ -145,6 +145,9 @@ class Task:
     extra_nodes: list[Node] = field(default_factory=list)
     #: A multi-instance task's subtasks, as ``GET .../subtasksinfo`` lists them.
     subtasks: list[dict[str, Any]] = field(default_factory=list)
+    #: The primary's coordination command (the subtasks keep theirs): what it left running on the primary
+    #: node (a background service) is stopped when the task ends.
+    primary_coordination: Any = None
     #: How the executor can find the running attempt again (pid, start time, exit-code file), for --state.
     process: dict[str, Any] | None = None
 

@@ -31,6 +31,19 @@ log = logging.getLogger("batchmagic.emulator")
 MASTER_PORT = 6000
 
 
+def instance_environment(addresses: list[str]) -> dict[str, str]:
+    """The variables every instance of a multi-instance task sees, from its nodes' addresses (primary
+    first), as the service writes them: ``AZ_BATCH_HOST_LIST`` comma-separated, ``AZ_BATCH_NODE_LIST``
+    semicolon-separated, ``AZ_BATCH_MASTER_NODE`` the primary's address and Batch's own port, and
+    ``CCP_NODES`` (the HPC Pack form: the count, then each address with its one core slot)."""
+    return {
+        "AZ_BATCH_HOST_LIST": ",".join(addresses),
+        "AZ_BATCH_NODE_LIST": ";".join(addresses),
+        "AZ_BATCH_MASTER_NODE": f"{addresses[0]}:{MASTER_PORT}",
+        "CCP_NODES": " ".join([str(len(addresses)), *(f"{a} 1" for a in addresses)]),
+    }
+
+
 class MultiInstanceMixin(TasksMixin):
     """Coordination commands and subtasks of multi-instance tasks."""
 
@@ -59,13 +72,12 @@ class MultiInstanceMixin(TasksMixin):
                 }
                 for i, n in enumerate(nodes[1:], start=1)
             ]
-        hosts = ",".join(str(n.data["ipAddress"]) for n in nodes)
-        shared = {"AZ_BATCH_HOST_LIST": hosts, "AZ_BATCH_MASTER_NODE": f"{nodes[0].data['ipAddress']}:{MASTER_PORT}"}
+        shared = instance_environment([str(n.data["ipAddress"]) for n in nodes])
         runs = [
             self._coordination_run(job, task, pool, n, i, {**env, **shared}, settings, pool_container)
             for i, n in enumerate(nodes)
         ]
-        env.update(shared)
+        env.update(shared)  # the primary's application command sees them too
         env["AZ_BATCH_TASK_SHARED_DIR"] = str(runs[0].ctx.task_dir)
         env["AZ_BATCH_IS_CURRENT_NODE_MASTER"] = "true"
         results = self._run_coordination(task, runs)
@@ -89,7 +101,9 @@ class MultiInstanceMixin(TasksMixin):
         def coordinate(i: int) -> None:
             def started(handle: RunningTask) -> None:
                 with self.lock:
-                    if 0 < i <= len(task.subtasks):
+                    if i == 0:
+                        task.primary_coordination = handle
+                    elif i <= len(task.subtasks):
                         task.subtasks[i - 1]["_handle"] = handle
 
             result = run_command(
@@ -157,6 +171,9 @@ class MultiInstanceMixin(TasksMixin):
 
     def _end_subtasks(self, task: Task) -> None:
         now = self.now()
+        primary, task.primary_coordination = task.primary_coordination, None
+        if primary is not None:
+            primary.kill()  # what the primary's coordination command left running
         for sub in task.subtasks:
             handle = sub.pop("_handle", None)
             if handle is not None:

@@ -16,6 +16,13 @@ from batchmagic.emulator.images import check_image
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import Node, Pool, iso, touch, transition
 
+
+def node_address(seq: int) -> str:
+    """The ``seq``-th node's address (1-based): 127.0.0.2 onwards, 127.0.0.0/8 is all loopback on Linux."""
+    n = seq - 1
+    return f"127.{n // 62500 % 250}.{n // 250 % 250}.{n % 250 + 2}"
+
+
 __all__ = ["PoolsMixin"]
 
 log = logging.getLogger("batchmagic.emulator")
@@ -168,7 +175,9 @@ class PoolsMixin(FilesMixin):
             "schedulingState": "enabled",
             "stateTransitionTime": iso(now),
             "allocationTime": iso(now),
-            "ipAddress": f"10.0.{(self._node_seq // 250) % 250}.{self._node_seq % 250 + 4}",
+            # A loopback address of its own (127.0.0.2, 127.0.0.3...): the processes of a multi-instance
+            # task's ranks bind and reach their node's address, as across a pool's virtual network.
+            "ipAddress": node_address(self._node_seq),
             "affinityId": f"TVM:{node_id}",
             "vmSize": pool.data["vmSize"],
             "totalTasksRun": 0,

@@ -61,6 +61,8 @@ class TasksMixin(FilesMixin):
             raise invalid_property("id", task_id)
         if not body.get("commandLine"):
             raise missing_property("commandLine")
+        if body.get("multiInstanceSettings") and int(body.get("requiredSlots", 1)) != 1:
+            raise invalid_property("requiredSlots", body.get("requiredSlots"))  # a multi-instance task takes 1
         self._check_new_task(job, body)
         constraints = dict(body.get("constraints") or {})
         try:
@@ -271,6 +273,10 @@ class TasksMixin(FilesMixin):
                     continue
                 if not self._dependencies_met(job, task):
                     continue
+                if task.data.get("multiInstanceSettings") and not (
+                    pool.data.get("enableInterNodeCommunication") and slots_per_node == 1
+                ):
+                    continue  # the service leaves such a task active: its pool cannot run it
                 need = int(task.data.get("requiredSlots", 1))
                 candidates = [
                     n
