@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from multiprocessing import Process
 from pathlib import Path
@@ -173,3 +174,44 @@ def test_another_kernels_status_only_watches_a_live_kernels_local_sweep(home):
     finally:
         owner.teardown()
         other.teardown()
+
+
+def test_two_kernels_attaching_at_once_start_each_task_once(tmp_path, home, monkeypatch):
+    """A killed kernel's local sweep, pending tasks left: two kernels attach at the same moment. One holds
+    the run's lease and starts what is left, the other watches; each task runs once, both get the table."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("BATCHMAGIC_BACKEND", "local")
+    work = tmp_path / "ran.txt"
+    cell = (
+        "%%azbatch --no-wait --name once --slots-per-node 1 --sweep i=0,1,2,3,4,5\nimport time\n"
+        f"open({str(work)!r}, 'a').write(f'{{i}}\\n')\ntime.sleep(1.5)\ny = i * 10"
+    )
+    first = Kernel(tmp_path)
+    try:
+        first.run("%load_ext batchmagic\n%config AzBatch.panel = 'text'")
+        first.run(cell)
+        run_id = json.loads((home / "ledger.jsonl").read_text().splitlines()[0])["run"]
+        wait_for(lambda: work.exists() and work.read_text(), timeout=60)
+    finally:
+        first.kill()
+    kernels = [Kernel(tmp_path), Kernel(tmp_path)]
+    outputs: dict[int, str] = {}
+    try:
+        for k in kernels:
+            k.run("%load_ext batchmagic\n%config AzBatch.panel = 'text'")
+
+        def attach(n: int) -> None:
+            outputs[n] = kernels[n].run(f"t = %azbatch_attach {run_id}", 180)
+
+        threads = [threading.Thread(target=attach, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(200)
+        assert len(outputs) == 2, outputs
+        assert sorted(work.read_text().split()) == [str(i) for i in range(6)], work.read_text()  # each once
+        for k in kernels:
+            assert k.run("print(list(t['y']))").strip() == str([i * 10 for i in range(6)])
+    finally:
+        for k in kernels:
+            k.stop()

@@ -158,8 +158,9 @@ class Backend(ABC):
 
     def attach(self, submission: TaskSubmission, *, take_over: bool = True) -> None:
         """Follow a run another client submitted, as if this one had: poll, cancel and release work on
-        it afterwards. ``take_over``: its client is gone, so what it would still have done (start a
-        local sweep's pending tasks) is this one's to do; otherwise only watch. Nothing is created."""
+        it afterwards. ``take_over``: what its client would still have done (start a local sweep's
+        pending tasks) may become this one's, once that client is gone, and only for one follower at a
+        time (the local backend's lease); otherwise only watch. Nothing is created."""
         raise NotImplementedError(f"the {self.name} backend cannot attach to a run")
 
     @abstractmethod

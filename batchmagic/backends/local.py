@@ -7,6 +7,7 @@ It mirrors a Batch node: a fresh working directory per task, the run's data in a
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import pickle
@@ -60,7 +61,9 @@ class _LocalRun:
     submission: TaskSubmission
     tasks: dict[str, _Task]
     cancelled: bool = False
-    watch_only: bool = False  # another live client's run: its pending tasks are that client's to start
+    watch_only: bool = False  # another client holds the run's lease: its pending tasks are that client's to start
+    may_take_over: bool = False  # a watcher that takes the lease once its holder is gone (not a status read)
+    lease: _Lease | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     master_port: int = 0  # a distributed run's rank 0 port: a free one, as torchrun --standalone picks
 
@@ -96,12 +99,19 @@ class LocalBackend(Backend):
             spec_path = self.store.path(submission.spec_keys[task_id])
             tasks[task_id] = _Task(task_id, spec_path, spec_path.parent)
         run = _LocalRun(submission, tasks, master_port=_free_port() if submission.distributed else 0)
+        run.lease = self._lease(submission.run_id)
+        run.lease.take()  # a new run's: nobody else knows it yet
         self._runs[submission.run_id] = run
         self._start_ready(run)
 
+    def _lease(self, run_id: str) -> _Lease:
+        return _Lease(self.store.path(Layout.run_prefix(run_id)) / _LEASE_FILE)
+
     def attach(self, submission: TaskSubmission, *, take_over: bool = True) -> None:
-        """Follow a local run whose kernel is gone: a task whose runner still runs is adopted (its pid
-        file), one that ended is read from its result, one that never started is started now."""
+        """Follow a local run another client submitted: a task whose runner still runs is adopted (its pid
+        file), one that ended is read from its result. The tasks that never started are started by the
+        one client that holds the run's lease (its submitter while it lives): with ``take_over``, this
+        one takes the lease when it is free (now, or later when its holder dies), else it only watches."""
         tasks = {}
         for task_id in submission.task_ids:
             spec_path = self.store.path(submission.spec_keys[task_id])
@@ -111,7 +121,8 @@ class LocalBackend(Backend):
                 task.process, task.started = adopted, adopted.started
                 threading.Thread(target=self._reap, args=(None, task), daemon=True).start()
             tasks[task_id] = task
-        run = _LocalRun(submission, tasks, watch_only=not take_over)
+        run = _LocalRun(submission, tasks, may_take_over=take_over, lease=self._lease(submission.run_id))
+        run.watch_only = not (take_over and run.lease is not None and run.lease.take())
         self._runs[submission.run_id] = run
         self._start_ready(run)
 
@@ -223,6 +234,8 @@ class LocalBackend(Backend):
 
     def poll(self, run_id: str) -> BackendStatus:
         run = self._runs[run_id]
+        if run.watch_only and run.may_take_over and not run.cancelled and run.lease and run.lease.take():
+            run.watch_only = False  # the lease's holder is gone: what it would still have started is ours
         self._start_ready(run)
         statuses = {}
         for task in run.tasks.values():
@@ -241,6 +254,8 @@ class LocalBackend(Backend):
                 status.failure = task.failure or exit_reason(code)
             statuses[task.task_id] = status
         states = {s.state for s in statuses.values()}
+        if states == {"completed"} and run.lease is not None:
+            run.lease.release()  # nothing is left to start: no file descriptor held per finished run
         phase = Phase.RUNNING if "running" in states or states == {"completed"} else Phase.QUEUED
         return BackendStatus(phase=phase, tasks=statuses)
 
@@ -261,6 +276,8 @@ class LocalBackend(Backend):
             return []
         alive = [t for t in run.tasks.values() if t.process is not None and t.process.poll() is None]
         self.cancel(run_id)
+        if run.lease is not None:
+            run.lease.release()
         for task in run.tasks.values():
             if task.timer is not None:
                 task.timer.cancel()
@@ -271,6 +288,44 @@ class LocalBackend(Backend):
 
 
 _PID_FILE = "pid"
+_LEASE_FILE = "lease"
+
+
+class _Lease:
+    """Which client starts a run's pending tasks: the one holding an exclusive ``flock`` on the run's
+    ``lease`` file. Taking it is atomic, and it is let go when its holder's process ends however it ends
+    (the kernel drops the lock of a killed process), so the holder's liveness needs no pid check and no
+    expiry. The file says who holds it (pid, host), for a reader."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def take(self) -> bool:
+        """Hold the lease if no live client does; True if this one holds it now."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False  # the run's directory is gone: nothing is left to start
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        except OSError:
+            pass  # a full disk: the lock is what counts
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _free_port() -> int:

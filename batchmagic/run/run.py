@@ -236,8 +236,10 @@ class Run:
             vm_size=run.vm_size,
             **{k: v for k, v in asdict(submitted.submission).items() if k != "vm_size"},
         )
-        try:  # a status read (record=False) only watches: what is left to start is not its to start
-            backend.attach(submission, take_over=record and not entry.client_alive())
+        # A status read (record=False) only watches. A follower may start what is left to start once no
+        # live client holds the run (the backend's lease decides), unless the run was seen to end.
+        try:
+            backend.attach(submission, take_over=record and not (entry.finished or entry.released))
         except NotImplementedError as err:
             raise ConfigError(str(err)) from None
         if record:  # a status read writes nothing: the run's end is its follower's to record
