@@ -1,4 +1,5 @@
-# The commands of README.md: `make quickstart`, `make test`, `make lab` and `make docs`. Each sets up what it needs.
+# The commands of README.md: `make quickstart`, `make quickstart-azure`, `make test`, `make lab` and `make docs`.
+# Each sets up what it needs.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ BIN6 := $(VENV6)/bin
 VENV_AZCLI ?= .venv-azcli
 VENV_BATCH14 ?= .venv-batch14
 
-.PHONY: quickstart lab test lint docs bench ipykernel6 clients
+.PHONY: quickstart quickstart-azure lab test lint docs bench ipykernel6 clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +45,17 @@ node_modules/.installed: package.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Runs notebooks/quickstart.ipynb on the embedded default (the local backend) and saves the result.
+# Runs notebooks/quickstart.ipynb on the embedded default (the local backend) and saves the result
+# (BATCHMAGIC_BACKEND=local: a `batchmagic emulator` running meanwhile is not picked up).
 quickstart: $(BIN)/.installed
-	env -u AZURE_BATCH_ENDPOINT $(BIN)/jupyter execute notebooks/quickstart.ipynb --output quickstart.out.ipynb
+	env -u AZURE_BATCH_ENDPOINT BATCHMAGIC_BACKEND=local $(BIN)/jupyter execute notebooks/quickstart.ipynb --output quickstart.out.ipynb
 	@echo "executed notebook written to notebooks/quickstart.out.ipynb"
+
+# Runs notebooks/azure.ipynb on the Azure path, against the Batch emulator and Azurite on this machine:
+# `batchmagic emulator` starts both, runs the notebook with their settings, and stops both when it ends.
+quickstart-azure: $(BIN)/.installed node_modules/.installed
+	$(BIN)/batchmagic emulator -- $(BIN)/jupyter execute notebooks/azure.ipynb --output azure.out.ipynb
+	@echo "executed notebook written to notebooks/azure.out.ipynb"
 
 # Opens notebooks/quickstart.ipynb in JupyterLab (installed with the test extra), on the local backend.
 lab: $(BIN)/.installed

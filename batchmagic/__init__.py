@@ -35,9 +35,19 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the ``%%azbatch`` magics (``%load_ext batchmagic``)."""
+    """Register the ``%%azbatch`` magics (``%load_ext batchmagic``).
+
+    While ``batchmagic emulator`` runs, and the environment names no Azure account of its own, its
+    settings (``BATCHMAGIC_HOME/emulator.env``) are loaded first: cells then run on the Azure path
+    against the local Batch emulator and Azurite.
+    """
+    from batchmagic.config import adopt_emulator_settings
     from batchmagic.notebook.magics import AzBatch
 
+    adopted = adopt_emulator_settings()
+    if adopted:
+        endpoint = adopted.get("AZURE_BATCH_ENDPOINT", "")
+        print(f"batchmagic: Azure path on the local Batch emulator {endpoint} and Azurite (`batchmagic emulator`)")
     ipython.register_magics(AzBatch(shell=ipython))
 
 

@@ -44,7 +44,8 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="batchmagic", description="batchmagic's training images, VM prices and named pools."
+        prog="batchmagic",
+        description="batchmagic from a terminal: runs, named pools, training images, VM prices, the local emulators.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     image = commands.add_parser("image", help="build or list training images")
@@ -109,7 +110,31 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", dest="everything", help="also batchmagic-tagged jobs and pools on the account"
     )
     teardown.add_argument("--blobs", action="store_true", help="also delete their run data")
+    emulator = commands.add_parser(
+        "emulator",
+        help="Azurite and the Batch emulator on this machine, for the Azure path without an account (Ctrl-C stops)",
+        description="Start Azurite and the Batch emulator on loopback, write their settings to "
+        "BATCHMAGIC_HOME/emulator.env (which %%load_ext batchmagic loads while this runs) and print them; "
+        "Ctrl-C stops both and removes their data. After --, a command to run with the settings; both stop "
+        "when it ends.",
+    )
+    emulator.add_argument(
+        "--env-file", metavar="FILE", help="where to write the settings (default: BATCHMAGIC_HOME/emulator.env)"
+    )
+    emulator.add_argument("--keep-data", action="store_true", help="keep the services' data when they stop")
+    emulator.add_argument("run", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="a command to run, then stop")
     return parser
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from batchmagic.config import default_home, environment
+    from batchmagic.sandbox import ENV_FILE, run
+
+    command = args.run[1:] if args.run[:1] == ["--"] else args.run
+    env_file = Path(args.env_file) if args.env_file else default_home() / ENV_FILE
+    return run(env_file, command, environ=environment(), keep_data=args.keep_data)
 
 
 def _runs_ls(args: argparse.Namespace) -> int:
@@ -285,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prices_update(args) if args.action == "update" else _prices_ls(args)
         if args.command == "pool":
             return _pool(args)
+        if args.command == "emulator":
+            return _emulator(args)
         if args.command in ("ls", "logs", "teardown"):
             return {"ls": _runs_ls, "logs": _logs, "teardown": _teardown}[args.command](args)
         if args.action == "build":

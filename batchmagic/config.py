@@ -38,6 +38,8 @@ __all__ = [
     "redacted",
     "SECRET_NAME",
     "check_port",
+    "adopt_emulator_settings",
+    "environment",
 ]
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
@@ -346,3 +348,19 @@ def current_user() -> str:
 def docker_host() -> str:
     """``DOCKER_HOST``, only to name the engine in an error (the docker SDK reads it itself)."""
     return os.environ.get("DOCKER_HOST", "")
+
+
+def environment() -> dict[str, str]:
+    """A copy of this process's environment: what a command ``batchmagic emulator`` runs starts from."""
+    return dict(os.environ)
+
+
+def adopt_emulator_settings(home: Path | None = None) -> dict[str, str]:
+    """Load the settings ``batchmagic emulator`` wrote (``BATCHMAGIC_HOME/emulator.env``) into this
+    process's environment, when it names no account or backend of its own and that command still runs;
+    return what was added (empty: nothing). See :mod:`batchmagic.sandbox`."""
+    from batchmagic.sandbox import adopt_env_file
+
+    values = adopt_env_file(home or default_home(), os.environ) or {}
+    os.environ.update(values)
+    return values
