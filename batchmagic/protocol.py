@@ -105,6 +105,16 @@ class Layout:
         return f"runs/{run_id}/{task_id}/{name}"
 
     @staticmethod
+    def group(run_id: str) -> str:
+        """A distributed run's :class:`RankGroup`, which every node's supervisor reads."""
+        return f"runs/{run_id}/group.json"
+
+    @staticmethod
+    def node_state(run_id: str, node_rank: int) -> str:
+        """A distributed run's node's :class:`NodeState`, rewritten by its supervisor as its ranks start and end."""
+        return f"runs/{run_id}/nodes/{node_rank}.json"
+
+    @staticmethod
     def record(run_id: str) -> str:
         return f"runs/{run_id}/outputs.ipynb"
 
@@ -235,6 +245,81 @@ class TaskSpec:
             gpu_interval=float(raw.get("gpu_interval", 5.0)),
             machine=str(raw.get("machine", "")),
             schema=version,
+        )
+
+
+@dataclass(frozen=True)
+class RankGroup:
+    """A distributed run as each node's supervisor (``python -m batchmagic.runner.ranks``) is told it:
+    the ranks' spec URLs (rank ``k`` runs ``specs[k]``), each node's state URL (read and write: every
+    supervisor reads the others' to see a rank fail anywhere), the layout of ranks and rank 0's port."""
+
+    run_id: str
+    nodes: int
+    procs_per_node: int
+    master_port: int
+    specs: tuple[str, ...]
+    states: tuple[str, ...]
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> RankGroup:
+        raw: dict[str, Any] = json.loads(data)
+        version = int(raw.get("schema", 1))
+        if version > SCHEMA_VERSION:
+            raise SpecVersionError(
+                f"this run's rank group has schema version {version}, but the runner in its image understands up "
+                f"to {SCHEMA_VERSION}: rebuild the image with this client's batchmagic"
+            )
+        return cls(
+            run_id=raw["run_id"],
+            nodes=int(raw["nodes"]),
+            procs_per_node=int(raw["procs_per_node"]),
+            master_port=int(raw["master_port"]),
+            specs=tuple(raw["specs"]),
+            states=tuple(raw["states"]),
+            schema=version,
+        )
+
+
+@dataclass(frozen=True)
+class RankState:
+    """One rank as its node's supervisor saw it: ``code`` None while it runs; ``stopped``: its supervisor
+    ended it because a rank failed elsewhere (``after`` names that rank)."""
+
+    rank: int
+    started: float
+    code: int | None = None
+    ended: float | None = None
+    stopped: bool = False
+    after: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a node's supervisor writes as its ranks start and end: which node it is and how they fare."""
+
+    node_rank: int
+    node_id: str
+    address: str
+    ranks: tuple[RankState, ...] = ()
+    done: bool = False  # every rank of the node has ended
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> NodeState:
+        raw: dict[str, Any] = json.loads(data)
+        return cls(
+            node_rank=int(raw["node_rank"]),
+            node_id=str(raw.get("node_id", "")),
+            address=str(raw.get("address", "")),
+            ranks=tuple(RankState(**r) for r in raw.get("ranks", ())),
+            done=bool(raw.get("done", False)),
         )
 
 

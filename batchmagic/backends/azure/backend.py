@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar, cast
 
@@ -49,6 +49,7 @@ from batchmagic.backends.azure.poolspec import (
     nodes_for,
     scale_to_zero_at,
 )
+from batchmagic.backends.azure.ranks import as_multi_instance, batch_view, lost_node, rank_statuses
 from batchmagic.backends.base import (
     Backend,
     BackendStatus,
@@ -61,7 +62,7 @@ from batchmagic.backends.base import (
 )
 from batchmagic.config import Settings
 from batchmagic.errors import ConfigError, RunFailed
-from batchmagic.protocol import SPEC_FILENAME, Layout
+from batchmagic.protocol import SPEC_FILENAME, Layout, NodeState, RankGroup
 from batchmagic.storage import BlobStore, check_container_name
 
 log = logging.getLogger("batchmagic.backends.azure")
@@ -148,6 +149,7 @@ class AzureBackend(Backend):
         self._lock = threading.Lock()
         self._images: list[SupportedImage] | None = None  # the account's supported images, listed once
         self._named: dict[str, Pool] = {}  # named pools found by validate, for the submit that follows
+        self._ranks: dict[str, TaskSubmission] = {}  # distributed runs: their ranks (Batch runs one task)
         self._warm: set[tuple[str, str, str]] = set()  # (pool, node, image) a task of ours ran on: pulled there
 
     @classmethod
@@ -266,6 +268,7 @@ class AzureBackend(Backend):
     def submit(self, submission: TaskSubmission) -> None:
         from azure.batch import models as m
 
+        ranks, submission = self._follow_ranks(submission)
         run = _AzureRun(submission)
         self._runs[submission.run_id] = run
         expiry = submission.sas_expiry or datetime.now(UTC) + timedelta(seconds=submission.timeout, hours=1)
@@ -292,7 +295,8 @@ class AzureBackend(Backend):
             pool = m.BatchPoolSpecification(
                 vm_size=submission.vm_size,
                 virtual_machine_configuration=_vm_configuration(node, [image], self.settings),
-                task_slots_per_node=max(1, submission.slots_per_node),
+                task_slots_per_node=1 if submission.distributed else max(1, submission.slots_per_node),
+                enable_inter_node_communication=submission.distributed or None,
                 target_dedicated_nodes=0 if submission.low_priority else submission.nodes,
                 target_low_priority_nodes=submission.nodes if submission.low_priority else 0,
                 metadata=metadata,
@@ -356,6 +360,8 @@ class AzureBackend(Backend):
                         ),
                     )
                 )
+            if ranks is not None:
+                as_multi_instance(m, tasks[0], ranks, self._upload_group(ranks, expiry))
             if len(tasks) == 1:
                 self._call(  # the job is this run's: a task of the same id in it is the one a lost answer made
                     lambda: self.client.create_task(submission.run_id, tasks[0]),
@@ -383,6 +389,7 @@ class AzureBackend(Backend):
 
     def attach(self, submission: TaskSubmission, *, take_over: bool = True) -> None:
         """Follow a job another client submitted: its tasks' states are read whole on the first poll."""
+        _ranks, submission = self._follow_ranks(submission)
         run = _AzureRun(submission)
         if submission.pool:
             run.pool = self.get_pool(submission.pool)
@@ -397,7 +404,49 @@ class AzureBackend(Backend):
         status.changed = frozenset(run.changed) if run.full_reads == reads else None
         if status.holding is None:
             status.holding = run.holding
-        return status
+        ranks = self._ranks.get(run_id)
+        return status if ranks is None else self._rank_status(ranks, status)
+
+    def _follow_ranks(self, submission: TaskSubmission) -> tuple[TaskSubmission | None, TaskSubmission]:
+        """A distributed run is one Batch task: (the ranks' submission, what Batch runs); else (None, it)."""
+        if not submission.distributed:
+            return None, submission
+        self._ranks[submission.run_id] = submission
+        return submission, batch_view(submission)
+
+    def _upload_group(self, sub: TaskSubmission, expiry: datetime) -> str:
+        """The run's RankGroup in the store (each node reads it); its read URL."""
+        group = RankGroup(
+            run_id=sub.run_id,
+            nodes=sub.nodes,
+            procs_per_node=sub.procs_per_node,
+            master_port=sub.master_port,
+            specs=tuple(self.store.url(sub.spec_keys[t], permissions="r", expiry=expiry) for t in sub.task_ids),
+            states=tuple(
+                self.store.url(Layout.node_state(sub.run_id, n), permissions="rcw", expiry=expiry)
+                for n in range(sub.nodes)
+            ),
+        )
+        self.store.put_bytes(Layout.group(sub.run_id), group.to_json())
+        return self.store.url(Layout.group(sub.run_id), permissions="r", expiry=expiry)
+
+    def _rank_status(self, sub: TaskSubmission, status: BackendStatus) -> BackendStatus:
+        """The Batch task's status as the ranks': each from its node's state; a lost node ends the task."""
+        task = status.tasks.get(sub.task_ids[0]) or TaskStatus(sub.task_ids[0])
+        states: list[NodeState | None] = []
+        for node in range(sub.nodes):
+            try:
+                states.append(NodeState.from_json(self.store.get_bytes(Layout.node_state(sub.run_id, node))))
+            except (KeyError, ValueError):
+                states.append(None)  # that node's supervisor has not started (or is mid-write)
+        error = status.error
+        if not error and task.state == "running":
+            subtasks = self._call(lambda: list(self.client.list_subtasks(sub.run_id, task.task_id)), "read the nodes")
+            error = lost_node(subtasks)
+            if error:
+                self._terminate(sub.run_id)
+        tasks = rank_statuses(sub, task, states)
+        return replace(status, tasks=tasks, completed=None, changed=None, error=error)
 
     def _status(self, run_id: str) -> BackendStatus:
         from azure.core.exceptions import ResourceNotFoundError

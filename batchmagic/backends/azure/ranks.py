@@ -1,0 +1,122 @@
+"""A distributed run on Azure Batch: one multi-instance task, as the service documents it.
+
+- The pool: ``enableInterNodeCommunication`` and ``taskSlotsPerNode`` 1 (else the task stays active),
+  dedicated nodes only, at most 100 of them.
+- The task (id ``rank-0``): ``multiInstanceSettings.numberOfInstances`` = nodes, the run's
+  :class:`~batchmagic.protocol.RankGroup` as a common resource file (every node gets it in
+  ``AZ_BATCH_TASK_SHARED_DIR``). The coordination command runs on every node and must exit 0: on the
+  other nodes it starts the node supervisor (:mod:`batchmagic.runner.ranks`) in the background; the
+  application command runs it in the foreground on the primary, which watches every node and exits
+  non-zero within seconds when a rank dies anywhere (the task fails, Batch ends the subtasks).
+- Containers run on the host network (NCCL does not work across Docker's bridge) with a ``/dev/shm``
+  NCCL can live with (Docker's is 64 MB).
+- Each rank's state for the panel comes from the nodes' states in the store (which rank runs where, how
+  each ended); the task's ``subtasksinfo`` tells a node that was lost.
+
+Pure builders and readers: :class:`~batchmagic.backends.azure.backend.AzureBackend` makes the calls.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from batchmagic.backends.base import STOPPED_AFTER, TaskStatus, TaskSubmission, exit_reason
+from batchmagic.distributed import DEFAULT_SHM_SIZE, rank_id
+from batchmagic.protocol import NodeState
+
+__all__ = [
+    "APPLICATION",
+    "as_multi_instance",
+    "batch_view",
+    "CONTAINER_OPTIONS",
+    "COORDINATION",
+    "GROUP_FILE",
+    "lost_node",
+    "rank_statuses",
+]
+
+#: The group's file name in each node's task directory (``AZ_BATCH_TASK_SHARED_DIR``).
+GROUP_FILE = "group.json"
+_SUPERVISOR = 'python3 -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED_DIR/group.json"'
+#: Every node: the other nodes start their supervisor in the background and exit 0 at once (the
+#: primary's application command waits for every coordination command to exit).
+COORDINATION = "/bin/sh -c " + shlex.quote(
+    f'if [ "$AZ_BATCH_IS_CURRENT_NODE_MASTER" != true ]; then nohup {_SUPERVISOR} '
+    '> "$AZ_BATCH_TASK_SHARED_DIR/ranks.txt" 2>&1 & fi'
+)
+#: The primary: its own ranks, and the watch over every node's.
+APPLICATION = "/bin/sh -c " + shlex.quote(_SUPERVISOR)
+#: Options of each node's container: the host's network and a large /dev/shm.
+CONTAINER_OPTIONS = f"--network host --shm-size {DEFAULT_SHM_SIZE}"
+
+
+def as_multi_instance(m: Any, task: Any, submission: TaskSubmission, group_url: str) -> None:
+    """Make ``task`` (a ``BatchTaskCreateOptions`` of the SDK's models ``m``) the run's multi-instance task."""
+    task.command_line = APPLICATION
+    task.multi_instance_settings = m.MultiInstanceSettings(
+        number_of_instances=submission.nodes,
+        coordination_command_line=COORDINATION,
+        common_resource_files=[m.ResourceFile(http_url=group_url, file_path=GROUP_FILE)],
+    )
+    container = task.container_settings
+    if container is not None:
+        given = container.container_run_options or ""
+        container.container_run_options = f"{given} {CONTAINER_OPTIONS}".strip()
+
+
+def batch_view(submission: TaskSubmission) -> TaskSubmission:
+    """What Batch runs of a distributed run: one task, ``rank-0`` (the ranks are its instances' processes)."""
+    first = submission.task_ids[0]
+    return replace(submission, task_ids=[first], spec_keys={first: submission.spec_keys[first]})
+
+
+def rank_statuses(
+    submission: TaskSubmission, task: TaskStatus, states: Iterable[NodeState | None]
+) -> dict[str, TaskStatus]:
+    """Each rank's status from the Batch task's (``task``) and the nodes' states: pending until its node's
+    supervisor started it, then running, then completed with its code; a rank that never said it ended
+    takes the task's end (the primary ended it, or Batch did)."""
+    by_rank = {}
+    for state in states:
+        if state is None:
+            continue
+        for rank in state.ranks:
+            by_rank[rank.rank] = (state, rank)
+    out = {}
+    for k, tid in enumerate(submission.task_ids):
+        status = TaskStatus(tid, state="pending")
+        found = by_rank.get(k)
+        if found is not None:
+            node, rank = found
+            status.node = f"{node.node_id or node.address} (node {node.node_rank})"
+            status.started = rank.started
+            status.state = "running"
+            if rank.code is not None:
+                status.state, status.exit_code, status.ended = "completed", rank.code, rank.ended
+                if rank.stopped and rank.after is not None:
+                    status.failure = f"{STOPPED_AFTER} {rank_id(rank.after)} failed"
+                else:
+                    status.failure = exit_reason(rank.code)
+        if task.state == "completed" and status.state != "completed":
+            status.state, status.ended = "completed", task.ended
+            status.exit_code = status.exit_code if status.exit_code is not None else task.exit_code
+            status.failure = task.failure or "its node ended before it did (the primary ended, or Batch ended the task)"
+            if task.exit_code not in (0, None) and found is not None:
+                status.failure = f"{STOPPED_AFTER} another rank failed"
+        out[tid] = status
+    return out
+
+
+def lost_node(subtasks: Iterable[Any]) -> str:
+    """A subtask (a node other than the primary) that failed while the task runs: one line, else ""."""
+    for sub in subtasks:
+        state = str(getattr(sub.state, "value", sub.state) or "")
+        if state == "completed" and (sub.exit_code or 0) != 0:
+            node = sub.node_info.node_id if sub.node_info is not None else f"instance {sub.id}"
+            info = sub.failure_info
+            why = f"{info.code}: {info.message}" if info is not None else f"exit code {sub.exit_code}"
+            return f"node {node} (instance {sub.id}) of the run failed ({why})"
+    return ""

@@ -1,0 +1,202 @@
+"""A distributed run's node supervisor: ``python -m batchmagic.runner.ranks --group group.json``.
+
+On Azure Batch a distributed run is one multi-instance task. Its application command runs on the
+primary node only, and Batch kills the subtasks when it exits, so the other nodes' ranks are started by
+the coordination command (which must exit 0): it starts this supervisor in the background and returns.
+On the primary the application command runs it in the foreground. Each supervisor:
+
+1. finds its node rank: 0 on the primary (``AZ_BATCH_IS_CURRENT_NODE_MASTER``); elsewhere the index in
+   ``AZ_BATCH_HOST_LIST`` of the first address it can bind (on a pool, only its own: the same order on
+   every node). The bound socket is kept, so two nodes never take the same rank (on an emulator whose
+   nodes share one machine's loopback addresses, the first to bind an address takes it);
+2. starts its ``procs_per_node`` ranks, each ``python -m batchmagic.runner --spec <its spec URL>`` with
+   the variables of :mod:`batchmagic.distributed`, ``MASTER_ADDR`` being the host part of
+   ``AZ_BATCH_MASTER_NODE`` (its port is Batch's own);
+3. writes its :class:`~batchmagic.protocol.NodeState` (which ranks run, which ended and how) to the run's
+   store at every change, and watches: a rank of its own that fails, or (read from the primary's state)
+   one that failed anywhere, ends its other ranks at once instead of leaving them in a collective until
+   PyTorch's 30-minute timeout. The primary reads every node's state and exits non-zero, naming the rank,
+   within seconds of a failure; it exits 0 once every rank of every node has ended well.
+
+Standard library only, as the rest of the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from batchmagic.channel import open_channel
+from batchmagic.distributed import rank_environment
+from batchmagic.protocol import NodeState, RankGroup, RankState
+
+__all__ = ["main", "claim_node"]
+
+POLL = 0.5  # seconds between looks at the ranks and the states
+GRACE = 3.0  # seconds a stopped rank has to write its result before SIGKILL
+EXIT_RANK_FAILED = 1
+
+
+def claim_node(hosts: list[str], primary: bool, port: int) -> tuple[int, socket.socket | None]:
+    """This node's rank and the socket that holds it (see the module's docstring)."""
+    if primary:
+        return 0, _bind(hosts[0], port)
+    for index, host in enumerate(hosts[1:], start=1):
+        held = _bind(host, port)
+        if held is not None:
+            return index, held
+    raise SystemExit(f"batchmagic: this node has none of the addresses of AZ_BATCH_HOST_LIST ({','.join(hosts)})")
+
+
+def _bind(host: str, port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+class Supervisor:
+    """One node's ranks, their states, and what the other nodes say."""
+
+    def __init__(self, group: RankGroup, node_rank: int, address: str, master: str, node_id: str) -> None:
+        self.group = group
+        self.state = NodeState(node_rank=node_rank, node_id=node_id, address=address)
+        self.master = master
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
+
+    def start(self, workdir: Path) -> None:
+        group, node = self.group, self.state.node_rank
+        ranks = []
+        for local in range(group.procs_per_node):
+            rank = node * group.procs_per_node + local
+            env = {
+                **os.environ,
+                **rank_environment(
+                    node_rank=node,
+                    local_rank=local,
+                    nodes=group.nodes,
+                    procs_per_node=group.procs_per_node,
+                    master_addr=self.master,
+                    master_port=group.master_port,
+                ),
+            }
+            cwd = workdir / f"rank-{rank}"
+            cwd.mkdir(parents=True, exist_ok=True)
+            argv = [sys.executable, "-m", "batchmagic.runner", "--spec", group.specs[rank]]
+            # In the supervisor's process group: whatever ends the task (Batch, the emulator) ends them too.
+            self.procs[rank] = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+            ranks.append(RankState(rank=rank, started=time.time()))
+        self.state = replace(self.state, ranks=tuple(ranks))
+        self.publish()
+
+    def publish(self) -> None:
+        try:
+            open_channel(self.group.states[self.state.node_rank]).write(self.state.to_json())
+        except OSError as err:  # the ranks go on; the next change tries again
+            print(f"batchmagic: could not write this node's state: {err}", file=sys.stderr)
+
+    def reap(self) -> bool:
+        """Note the ranks that ended since the last look; True if any did."""
+        ranks, changed = list(self.state.ranks), False
+        for i, rank in enumerate(ranks):
+            code = self.procs[rank.rank].poll()
+            if rank.code is None and code is not None:
+                stopped = self.failed is not None and self.failed != rank.rank
+                ranks[i] = replace(rank, code=code, ended=time.time(), stopped=stopped, after=self.failed)
+                changed = True
+                if code != 0 and self.failed is None:
+                    self.failed = rank.rank
+        if changed:
+            self.state = replace(self.state, ranks=tuple(ranks), done=all(r.code is not None for r in ranks))
+        return changed
+
+    def others(self) -> list[NodeState]:
+        """The other nodes' states the watch needs: every node's on the primary, the primary's elsewhere."""
+        wanted = range(self.group.nodes) if self.state.node_rank == 0 else [0]
+        found = []
+        for node in wanted:
+            if node == self.state.node_rank:
+                continue
+            try:
+                found.append(NodeState.from_json(open_channel(self.group.states[node]).read()))
+            except (OSError, ValueError, KeyError):
+                continue  # not written yet (that node has not started), or mid-write
+        return found
+
+    def stop(self) -> None:
+        """End this node's ranks still running: SIGTERM (their runners write a result), then SIGKILL."""
+        alive = [p for p in self.procs.values() if p.poll() is None]
+        for proc in alive:
+            proc.terminate()
+        deadline = time.monotonic() + GRACE
+        for proc in alive:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def watch(self) -> int:
+        """Until this node's ranks (on the primary: every rank) have ended; the supervisor's exit code."""
+        primary = self.state.node_rank == 0
+        while True:
+            if self.reap():
+                self.publish()
+            others = self.others()
+            if self.failed is None:
+                self.failed = next((r.rank for n in others for r in n.ranks if r.code not in (None, 0)), None)
+                if self.failed is not None and primary:
+                    self.publish()
+            if self.failed is not None and not self.state.done:
+                self.stop()
+                continue  # reap them on the next turn
+            ended = self.state.done and (
+                not primary or sum(1 for n in others for r in n.ranks if r.code is not None) == self._remote_ranks()
+            )
+            if self.state.done and (ended or self.failed is not None):
+                return self._verdict(others)
+            time.sleep(POLL)
+
+    def _remote_ranks(self) -> int:
+        return (self.group.nodes - 1) * self.group.procs_per_node
+
+    def _verdict(self, others: list[NodeState]) -> int:
+        if self.failed is None:
+            return 0
+        where = next((n for n in [self.state, *others] for r in n.ranks if r.rank == self.failed), self.state)
+        code = next((r.code for r in where.ranks if r.rank == self.failed), None)
+        print(
+            f"batchmagic: rank {self.failed} on node {where.node_rank} ({where.node_id or where.address}) "
+            f"exited with code {code}: the run's other ranks were ended",
+            file=sys.stderr,
+        )
+        return EXIT_RANK_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m batchmagic.runner.ranks", description=__doc__)
+    parser.add_argument("--group", required=True, help="path of the run's group.json")
+    args = parser.parse_args(argv)
+    group = RankGroup.from_json(Path(args.group).read_bytes())
+    env = os.environ
+    hosts = [h for h in env.get("AZ_BATCH_HOST_LIST", "").split(",") if h] or ["127.0.0.1"]
+    primary = env.get("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true") == "true"
+    master = env.get("AZ_BATCH_MASTER_NODE", hosts[0]).rsplit(":", 1)[0]
+    node_rank, _held = claim_node(hosts, primary, group.master_port + 1)
+    supervisor = Supervisor(group, node_rank, hosts[node_rank], master, env.get("AZ_BATCH_NODE_ID", ""))
+    supervisor.start(Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd()))
+    return supervisor.watch()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Distributed runs on Azure Batch through the real parts: the Batch emulator (multi-instance tasks,
+each node a loopback address of its own, the process executor) and Azurite, from a real shell."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchmagic import RemoteError
+from batchmagic.errors import RunCancelled, RunFailed
+from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.settings import use_azure
+from tests.test_distributed import need_torch
+
+azurite = azurite_fixture()
+
+HOSTS_CELL = """
+import os
+mine = {k: os.environ[k] for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "NODE_RANK", "LOCAL_RANK")}
+print("rank", os.environ["RANK"], "of", os.environ["WORLD_SIZE"], "master", os.environ["MASTER_ADDR"])
+"""
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[RunningEmulator]:
+    with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+        yield emu
+
+
+@pytest.fixture
+def azure_env(monkeypatch: pytest.MonkeyPatch, home: Path, emulator: RunningEmulator, azurite: RunningAzurite) -> Any:
+    use_azure(monkeypatch, emulator, azurite, prefix="dist")
+    monkeypatch.setenv("BATCHMAGIC_BACKEND", "azure")
+    return emulator
+
+
+def test_one_multi_instance_task_runs_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
+    shell.run_cell(f"%%azbatch --nodes 3 --distributed --name dist\n{HOSTS_CELL}")
+    mine = shell.user_ns["mine"]
+    run = shell.user_ns["_azbatch"]
+    client = azure_env.client()
+    task = client.get_task(run.id, "rank-0")
+    assert task.multi_instance_settings.number_of_instances == 3
+    subtasks = list(client.list_subtasks(run.id, "rank-0"))
+    assert len(subtasks) == 2
+    # MASTER_ADDR is the primary's address (the host part of AZ_BATCH_MASTER_NODE), never Batch's port 6000.
+    master = mine.pop("MASTER_ADDR")
+    assert re.fullmatch(r"127\.\d+\.\d+\.\d+", master) and master != "127.0.0.1"
+    assert mine == {"MASTER_PORT": "6105", "WORLD_SIZE": "3", "RANK": "0", "NODE_RANK": "0", "LOCAL_RANK": "0"}
+    merged = run.logs()
+    for k in range(3):
+        assert f"[rank {k}] rank {k} of 3 master {master}\n" in merged, merged
+    spec = client.get_job(run.id).pool_info.auto_pool_specification.pool
+    assert spec.enable_inter_node_communication and spec.task_slots_per_node == 1 and spec.target_dedicated_nodes == 3
+    assert run.state().task_states == ("succeeded",) * 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [2, 4])
+def test_ddp_training_on_the_emulator_equals_one_process(azure_env: RunningEmulator, shell: Any, nodes: int) -> None:
+    need_torch()
+    from tests.support.training import TRAIN_CELL, assert_same_weights, data, train_alone
+
+    shell.user_ns.update(data())
+    shell.run_cell(f"%%azbatch --nodes {nodes} --distributed --out weights\n{TRAIN_CELL}")
+    assert_same_weights(shell.user_ns["weights"], train_alone(shell.user_ns))
+
+
+def test_an_error_on_one_rank_fails_the_run(azure_env: RunningEmulator, shell: Any) -> None:
+    cell = (
+        "import os, time\nif os.environ['RANK'] == '1':\n    raise ValueError('rank one is unhappy')\ntime.sleep(120)"
+    )
+    started = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        shell.run_cell(f"%%azbatch --nodes 2 --distributed\n{cell}")
+    assert time.monotonic() - started < 60
+    assert info.value.task_id == "rank-1" and "rank one is unhappy" in str(info.value)
+
+
+def _runner_pids(spec_marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"batchmagic.runner" in cmd and any(spec_marker.encode() in part for part in cmd):
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_rank_ends_the_run_within_15_seconds(azure_env: RunningEmulator, shell: Any) -> None:
+    cell = "import os, time\nfor i in range(600):\n    print('step', i, flush=True)\n    time.sleep(0.2)"
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait --name victim\n{cell}")
+    run = shell.user_ns["_azbatch"]
+    wait_for(lambda: "step 3" in run.logs("rank-1"), timeout=60)
+    pids = _runner_pids(f"/{run.id}/rank-1/")
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=60)
+    assert time.monotonic() - killed < 15
+    message = str(info.value)
+    assert re.search(r"rank 1 on \S+ \(node \d\) failed: the task process was killed by SIGKILL", message), message
+    assert "its last lines: step" in message
+    wait_for(lambda: not _runner_pids(f"/{run.id}/"), timeout=15)
+
+
+def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
+    cell = "import time\nprint('up', flush=True)\ntime.sleep(300)"
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait\n{cell}")
+    run = shell.user_ns["_azbatch"]
+    wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
+    assert len(_runner_pids(f"/{run.id}/")) == 2
+    run.cancel()
+    with pytest.raises(RunCancelled):
+        run.result()
+    wait_for(lambda: not _runner_pids(f"/{run.id}/"), timeout=30)
