@@ -1,22 +1,136 @@
-"""A table of common Azure VM sizes and their vCPU counts.
+"""The client's one table of Azure VM sizes: vCPUs, quota family, GPUs, InfiniBand, retirement.
 
 The emulator uses it to validate ``vmSize`` and to charge pools against the core quota; the client
-side of batchmagic imports it to validate ``--vm``. Importing this module has no side effects.
+side of batchmagic imports it to validate ``--vm``, to choose the size ``--gpu KIND[:COUNT]`` asks for
+(:func:`choose_gpu_size`: the cheapest current size with that GPU in the region, from this table and
+the price table) and to refuse a retired size in one line naming a current one (:func:`check_current`).
+Importing this module has no side effects.
+
+GPU facts (Microsoft's size pages, late 2026): the NC sizes have no InfiniBand, the ND sizes 8 GPUs
+and InfiniBand (200 Gb/s per GPU on ND A100 v4, 400 Gb/s on ND H100/H200 v5). The NVadsA10 v5 sizes up
+to NV18 hold a share of one A10 (a GRID vGPU): they need the GRID driver, and ``--gpu`` never picks
+them. The NC (K80), NCv2 (P100), ND (P40) and NV (M60) series were retired on 2023-09-06, the NCv3
+(V100) series on 2025-09-30: Azure creates no new VM of them.
 
 Examples
 --------
-In [1]: from batchmagic.backends.azure.vmsizes import cores_for
+In [1]: from batchmagic.backends.azure.vmsizes import cores_for, size_info
 
 In [2]: cores_for("Standard_D4s_v3")
 Out[2]: 4
+
+In [3]: size_info("Standard_NC24ads_A100_v4").gpu.describe()
+Out[3]: '1x A100 80 GB'
 """
 
 from __future__ import annotations
 
-__all__ = ["VM_SIZES", "TEMP_DISK_GIB", "cores_for", "family_for", "temp_disk_bytes"]
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
-#: Lower-case VM size name -> (vCPUs, quota family), as the Batch service counts cores.
-VM_SIZES: dict[str, tuple[int, str]] = {
+from batchmagic.errors import ConfigError
+
+__all__ = [
+    "GPU_SIZES",
+    "Gpu",
+    "GpuRequest",
+    "SizeInfo",
+    "TEMP_DISK_GIB",
+    "VM_SIZES",
+    "check_current",
+    "choose_gpu_size",
+    "cores_for",
+    "family_for",
+    "gpus_for",
+    "parse_gpu",
+    "retirement",
+    "size_info",
+    "temp_disk_bytes",
+]
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """The GPUs of a VM size: the model, how many, the memory of each (GiB); ``share`` < 1 for a slice of one."""
+
+    model: str
+    count: int
+    memory_gib: int
+    share: float = 1.0
+
+    def describe(self) -> str:
+        """``"8x H100 80 GB"``, or ``"1/6 of an A10 (4 GB)"`` for a slice."""
+        if self.share < 1:
+            return f"1/{round(1 / self.share)} of an {self.model} ({self.memory_gib} GB)"
+        return f"{self.count}x {self.model} {self.memory_gib} GB"
+
+
+@dataclass(frozen=True)
+class SizeInfo:
+    """One VM size as batchmagic knows it."""
+
+    name: str  # as Azure spells it: Standard_NC24ads_A100_v4
+    cores: int
+    family: str  # the quota family the Batch account counts its cores in
+    gpu: Gpu | None = None
+    infiniband: bool = False
+    retired: str = ""  # the date Azure retired it, "2025-09-30"; "" while current
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+    def describe(self) -> str:
+        """``"Standard_ND96isr_H100_v5 (96 vCPUs, 8x H100 80 GB, InfiniBand)"``."""
+        parts = [f"{self.cores} vCPUs"] + ([self.gpu.describe()] if self.gpu else [])
+        return f"{self.name} ({', '.join(parts + (['InfiniBand'] if self.infiniband else []))})"
+
+
+def _gpu_series(
+    family: str, model: str, memory: int, rows: tuple[tuple[str, int, int], ...], *, infiniband: bool = False
+) -> list[SizeInfo]:
+    return [SizeInfo(name, cores, family, Gpu(model, count, memory), infiniband) for name, cores, count in rows]
+
+
+#: The GPU sizes, current and retired (retired ones are known only to name a current size instead).
+GPU_SIZES: tuple[SizeInfo, ...] = (
+    *_gpu_series(
+        "standardNCASv3_T4Family", "T4", 16,
+        (("Standard_NC4as_T4_v3", 4, 1), ("Standard_NC8as_T4_v3", 8, 1), ("Standard_NC16as_T4_v3", 16, 1),
+         ("Standard_NC64as_T4_v3", 64, 4)),
+    ),
+    *_gpu_series(
+        "standardNCADSA100v4Family", "A100", 80,
+        (("Standard_NC24ads_A100_v4", 24, 1), ("Standard_NC48ads_A100_v4", 48, 2), ("Standard_NC96ads_A100_v4", 96, 4)),
+    ),
+    *_gpu_series(
+        "standardNCadsH100v5Family", "H100", 94,
+        (("Standard_NC40ads_H100_v5", 40, 1), ("Standard_NC80adis_H100_v5", 80, 2)),
+    ),
+    *_gpu_series("standardNDASv4_A100Family", "A100", 40, (("Standard_ND96asr_v4", 96, 8),), infiniband=True),
+    *_gpu_series("standardNDAMSv4_A100Family", "A100", 80, (("Standard_ND96amsr_A100_v4", 96, 8),), infiniband=True),
+    *_gpu_series("standardNDSH100v5Family", "H100", 80, (("Standard_ND96isr_H100_v5", 96, 8),), infiniband=True),
+    *_gpu_series("standardNDSH200v5Family", "H200", 141, (("Standard_ND96isr_H200_v5", 96, 8),), infiniband=True),
+    SizeInfo("Standard_NV6ads_A10_v5", 6, "standardNVADSA10v5Family", Gpu("A10", 1, 4, 1 / 6)),
+    SizeInfo("Standard_NV12ads_A10_v5", 12, "standardNVADSA10v5Family", Gpu("A10", 1, 8, 1 / 3)),
+    SizeInfo("Standard_NV18ads_A10_v5", 18, "standardNVADSA10v5Family", Gpu("A10", 1, 12, 1 / 2)),
+    *_gpu_series(
+        "standardNVADSA10v5Family", "A10", 24,
+        (("Standard_NV36ads_A10_v5", 36, 1), ("Standard_NV36adms_A10_v5", 36, 1), ("Standard_NV72ads_A10_v5", 72, 2)),
+    ),
+    # Retired: NCv3 (V100) on 2025-09-30.
+    *(
+        SizeInfo(name, cores, "standardNCSv3Family", Gpu("V100", count, 16), infiniband=ib, retired="2025-09-30")
+        for name, cores, count, ib in (
+            ("Standard_NC6s_v3", 6, 1, False), ("Standard_NC12s_v3", 12, 2, False),
+            ("Standard_NC24s_v3", 24, 4, False), ("Standard_NC24rs_v3", 24, 4, True),
+        )
+    ),
+)  # fmt: skip
+
+#: Lower-case CPU VM size name -> (vCPUs, quota family), as the Batch service counts cores.
+_CPU_SIZES: dict[str, tuple[int, str]] = {
     "standard_a1_v2": (1, "standardAv2Family"),
     "standard_a2_v2": (2, "standardAv2Family"),
     "standard_a4_v2": (4, "standardAv2Family"),
@@ -55,13 +169,146 @@ VM_SIZES: dict[str, tuple[int, str]] = {
     "standard_f32s_v2": (32, "standardFSv2Family"),
     "standard_f64s_v2": (64, "standardFSv2Family"),
     "standard_hb120rs_v3": (120, "standardHBrsv3Family"),
-    "standard_nc6s_v3": (6, "standardNCSv3Family"),
-    "standard_nc12s_v3": (12, "standardNCSv3Family"),
-    "standard_nc24s_v3": (24, "standardNCSv3Family"),
-    "standard_nc4as_t4_v3": (4, "standardNCASv3_T4Family"),
-    "standard_nc8as_t4_v3": (8, "standardNCASv3_T4Family"),
-    "standard_nc24ads_a100_v4": (24, "standardNCADSA100v4Family"),
 }
+
+
+def _size_table() -> dict[str, SizeInfo]:
+    table = {key: SizeInfo(_spelled(key), cores, family) for key, (cores, family) in _CPU_SIZES.items()}
+    table["standard_hb120rs_v3"] = SizeInfo("Standard_HB120rs_v3", 120, "standardHBrsv3Family", infiniband=True)
+    table.update((size.key, size) for size in GPU_SIZES)
+    return table
+
+
+def _spelled(key: str) -> str:
+    """``standard_d4s_v3`` -> ``Standard_D4s_v3``: Azure's spelling of a size (upper-case series letters)."""
+    tier, _, rest = key.partition("_")
+    match = re.match(r"^([a-z]+)(\d+)(.*)$", rest)
+    if not match:
+        return key
+    return f"{tier.capitalize()}_{match.group(1).upper()}{match.group(2)}{match.group(3)}"
+
+
+#: Lower-case VM size name -> what batchmagic knows of it.
+SIZES: dict[str, SizeInfo] = _size_table()
+
+#: Lower-case VM size name -> (vCPUs, quota family), as the Batch service counts cores.
+VM_SIZES: dict[str, tuple[int, str]] = {key: (size.cores, size.family) for key, size in SIZES.items()}
+
+# The series Azure retired: name pattern -> (series, its GPU, the date). NCv3 sizes are in the table too.
+_RETIRED: tuple[tuple[re.Pattern[str], str, str, str], ...] = (
+    (re.compile(r"^standard_nc(6|12|24|24r)(_promo)?$"), "NC", "K80", "2023-09-06"),
+    (re.compile(r"^standard_nc(6|12|24|24r)s_v2$"), "NCv2", "P100", "2023-09-06"),
+    (re.compile(r"^standard_nc(6|12|24|24r)s_v3$"), "NCv3", "V100", "2025-09-30"),
+    (re.compile(r"^standard_nd(6|12|24|24r)s$"), "ND", "P40", "2023-09-06"),
+    (re.compile(r"^standard_nv(6|12|24)(_promo)?$"), "NV", "M60", "2023-09-06"),
+)
+# What to use instead, by the retired size's GPU count (its number of vCPUs / 6, as those series were cut).
+_INSTEAD = {
+    1: "Standard_NC24ads_A100_v4 (1x A100 80 GB) or Standard_NC4as_T4_v3 (1x T4 16 GB)",
+    2: "Standard_NC48ads_A100_v4 (2x A100 80 GB)",
+    4: "Standard_NC96ads_A100_v4 (4x A100 80 GB) or Standard_NC64as_T4_v3 (4x T4 16 GB)",
+}
+
+
+def size_info(vm_size: str) -> SizeInfo | None:
+    """What the table knows of ``vm_size`` (any case), or None."""
+    return SIZES.get((vm_size or "").strip().lower())
+
+
+def retirement(vm_size: str) -> str:
+    """The one line refusing a retired size, naming current ones; "" for a size that is not retired."""
+    key = (vm_size or "").strip().lower()
+    for pattern, series, gpu, day in _RETIRED:
+        match = pattern.match(key)
+        if match:
+            count = max(1, int(re.sub(r"\D", "", match.group(1)) or 6) // 6)
+            instead = _INSTEAD.get(count, _INSTEAD[4])
+            return (
+                f"--vm {vm_size}: Azure retired the {series} series ({gpu} GPUs) on {day} and creates no new VM of "
+                f"it; use a current size such as {instead}, or --gpu KIND[:COUNT] (e.g. --gpu A100) to have the "
+                "cheapest chosen"
+            )
+    return ""
+
+
+def check_current(vm_size: str) -> str:
+    """``vm_size`` itself when Azure still offers it; ConfigError (one line naming a current size) when retired."""
+    line = retirement(vm_size)
+    if line:
+        raise ConfigError(line)
+    return vm_size
+
+
+def gpus_for(vm_size: str) -> int:
+    """How many GPUs a VM of ``vm_size`` shows its tasks: the table's count; 1 for an N-series size the table
+    lacks (every one has at least one); 0 for the rest."""
+    size = size_info(vm_size)
+    if size is not None:
+        return size.gpu.count if size.gpu else 0
+    return 1 if re.match(r"^standard_n[cdv]", (vm_size or "").strip().lower()) else 0
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """``--gpu KIND[:COUNT]``: a GPU model (``A100``) and how many on one VM."""
+
+    kind: str
+    count: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.count}" if self.count != 1 else self.kind
+
+
+def _models() -> list[str]:
+    return sorted({s.gpu.model for s in GPU_SIZES if s.gpu and not s.retired})
+
+
+def parse_gpu(text: str) -> GpuRequest:
+    """``"A100"``, ``"h100:8"`` -> a :class:`GpuRequest`; ConfigError naming the models when it is not one."""
+    kind, _, count = (text or "").strip().partition(":")
+    models = {m.lower(): m for m in _models()}
+    if kind.strip().lower() not in models:
+        retired = {"v100", "k80", "p100", "p40", "m60"}
+        why = "Azure retired its sizes" if kind.strip().lower() in retired else "not a GPU of a current size"
+        raise ConfigError(f"--gpu {text!r}: {why}; write KIND[:COUNT] with KIND one of {', '.join(_models())}")
+    if count and not (count.strip().isdigit() and int(count) >= 1):
+        raise ConfigError(f"--gpu {text!r}: COUNT must be a whole number of GPUs, like --gpu H100:8")
+    return GpuRequest(models[kind.strip().lower()], int(count) if count else 1)
+
+
+def fits(size: SizeInfo, request: GpuRequest) -> bool:
+    """A current size with at least ``request.count`` whole GPUs of the kind asked for."""
+    gpu = size.gpu
+    return bool(
+        gpu and not size.retired and gpu.share == 1 and gpu.model == request.kind and gpu.count >= request.count
+    )
+
+
+def choose_gpu_size(request: GpuRequest, price: Callable[[str], float | None], *, region: str = "") -> SizeInfo:
+    """The cheapest current size that has ``request``'s GPUs: by ``price(size name)`` (per hour, in ``region``;
+    None when unknown there), then the fewest GPUs and vCPUs. Sizes priced in the region come first: one the
+    price table lacks there may not be offered there.
+
+    Raises
+    ------
+    ConfigError
+        No current size has that many GPUs of that kind on one VM.
+    """
+    candidates = [s for s in GPU_SIZES if fits(s, request)]
+    if not candidates:
+        most = max(
+            (s.gpu.count for s in GPU_SIZES if s.gpu and s.gpu.model == request.kind and not s.retired), default=0
+        )
+        raise ConfigError(
+            f"--gpu {request}: no Azure VM size has {request.count} {request.kind} GPUs (at most {most} on one VM); "
+            f"ask for --gpu {request.kind}:{most} and more --nodes"
+        )
+
+    def rank(size: SizeInfo) -> tuple[int, float, int, int]:
+        hourly = price(size.name)
+        return (0 if hourly is not None else 1, hourly or 0.0, size.gpu.count if size.gpu else 0, size.cores)
+
+    return min(candidates, key=rank)
 
 
 def cores_for(vm_size: str) -> int | None:
