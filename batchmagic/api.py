@@ -22,7 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-from batchmagic.backends.azure.vmsizes import temp_disk_bytes
+from batchmagic.backends.azure.vmsizes import check_current, temp_disk_bytes
 from batchmagic.backends.base import Backend
 from batchmagic.config import Settings, check_home, parse_budget, parse_timeout, working_directory
 from batchmagic.data import az_paths
@@ -138,6 +138,7 @@ class Session:
         options = RunOptions.build(options, **changes)
         settings = (settings or self.settings()).with_overrides(home=home)
         self.check(cell, options, settings)
+        options = _gpu_size(options, settings)
         backend = given_backend or self.backend(options.backend, settings=settings)
         image = plan_image(
             backend.name, image=options.image, configured_image=backend.default_image, container=options.container,
@@ -192,6 +193,7 @@ class Session:
                 ", %config AzBatch.pool = ''" if not options.pool else ""
             )
             for flag, given in (
+                ("--gpu", bool(options.gpu)),
                 ("--nodes", options.nodes != 1 and not options.distributed),
                 ("--low-priority", options.low_priority),
                 ("--slots-per-node", options.slots_per_node is not None),
@@ -432,6 +434,21 @@ def default_session() -> Session:
     return _default
 
 
+def _gpu_size(options: RunOptions, settings: Settings) -> RunOptions:
+    """``--gpu``: the cheapest current size with those GPUs in the account's region (spot prices for
+    ``--low-priority``); the default size when neither ``--gpu`` nor ``--vm`` is given must not be retired."""
+    if not options.gpu:
+        check_current(options.vm_size or settings.vm_size)
+        return options
+    from batchmagic.backends.azure.prices import Prices
+
+    prices = Prices.for_settings(settings.home, settings.prices)
+    region = settings.batch_region or "eastus"  # no region known (local): rank by the shipped eastus prices
+    return options.with_gpu_size(
+        lambda size: prices.hourly(size, region, low_priority=options.low_priority), region=region
+    )
+
+
 def submit(
     cell: str,
     namespace: Mapping[str, Any] | None = None,
@@ -459,6 +476,7 @@ def submit(
     pool: str | None = None,
     distributed: bool = False,
     procs_per_node: int = 1,
+    gpu: str | None = None,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
 ) -> Run:
@@ -499,6 +517,9 @@ def submit(
         rank 0 binds come back, and a failure of any rank fails the run.
     procs_per_node : int
         As ``--procs-per-node``: ranks each node starts (one per GPU); only with ``distributed``.
+    gpu : str, optional
+        As ``--gpu KIND[:COUNT]`` (``"A100"``, ``"H100:8"``): the cheapest current VM size with those GPUs
+        in the account's region (see :mod:`batchmagic.backends.azure.vmsizes`).
     home : path, optional
         batchmagic's state and local run data (default ``BATCHMAGIC_HOME``, else ``~/.batchmagic``).
     on_update : callable, optional
@@ -538,6 +559,7 @@ def submit(
         pool=pool,
         distributed=distributed,
         procs_per_node=procs_per_node,
+        gpu=gpu,
     )
     session = default_session()
     if isinstance(backend, Backend):

@@ -8,11 +8,12 @@ the backends and the run only read it. Where the run goes (endpoints, home, regi
 from __future__ import annotations
 
 import keyword
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from batchmagic.backends.azure.poolspec import check_pool_name
+from batchmagic.backends.azure.vmsizes import check_current, choose_gpu_size, fits, parse_gpu, size_info
 from batchmagic.config import DEFAULT_MAX_TASKS, Settings, parse_budget, parse_timeout
 from batchmagic.distributed import MAX_NODES, MAX_PROCS_PER_NODE
 from batchmagic.errors import ConfigError
@@ -61,6 +62,7 @@ class RunOptions:
     pool: str | None = None  # a named pool to run on (Azure); None: the settings' (AzBatch.pool), else an auto pool
     distributed: bool = False  # one cell on ``nodes`` nodes at once (ranks), not a sweep's many cells
     procs_per_node: int = 1  # ranks each node of a distributed run starts (one per GPU)
+    gpu: str | None = None  # --gpu KIND[:COUNT]: the cheapest current size with those GPUs (see with_gpu_size)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once
@@ -100,6 +102,7 @@ class RunOptions:
             set_(self, "pool", check_pool_name(str(self.pool).strip(), "--pool") if str(self.pool).strip() else None)
         set_(self, "distributed", bool(self.distributed))
         self._check_distributed()
+        self._check_size()
 
     def _check_distributed(self) -> None:
         """``--distributed`` and its companions: what cannot work with a multi-instance task is one line."""
@@ -136,6 +139,32 @@ class RunOptions:
     def world(self) -> int:
         """Ranks of a distributed run (nodes x processes per node); 0 for any other run."""
         return self.nodes * self.procs_per_node if self.distributed else 0
+
+    def _check_size(self) -> None:
+        """``--vm`` not retired; ``--gpu`` well formed and, with ``--vm``, naming the GPUs that size has."""
+        if self.vm_size:
+            check_current(self.vm_size)
+        if not self.gpu:
+            object.__setattr__(self, "gpu", None)
+            return
+        request = parse_gpu(self.gpu)
+        object.__setattr__(self, "gpu", str(request))
+        if self.vm_size:
+            size = size_info(self.vm_size)
+            if size is None or not fits(size, request):
+                has = size.gpu.describe() if size is not None and size.gpu else "no GPU" if size else "GPUs unknown"
+                raise ConfigError(
+                    f"--gpu {request} and --vm {self.vm_size} ({has}) disagree: drop --vm to have the cheapest size "
+                    f"with {request} chosen, or drop --gpu"
+                )
+
+    def with_gpu_size(self, price: Callable[[str], float | None], region: str = "") -> RunOptions:
+        """These options with ``vm_size`` set to the size ``--gpu`` chooses (unless ``--vm`` named one);
+        ``price(size)`` is its hourly price in ``region`` (spot for ``--low-priority``), None when unknown."""
+        if not self.gpu or self.vm_size:
+            return self
+        size = choose_gpu_size(parse_gpu(self.gpu), price, region=region)
+        return RunOptions.build(self, vm_size=size.name)
 
     def check_limits(self, settings: Settings) -> None:
         """The run's size within the limits: a sweep's tasks (``BATCHMAGIC_MAX_TASKS``), its nodes

@@ -264,6 +264,12 @@ class AzBatch(Magics):
     @argument(
         "--vm", help="Azure VM size, e.g. Standard_E32_v3 (recorded and shown on local). Default: AzBatch.vm_size."
     )
+    @argument(
+        "--gpu",
+        metavar="KIND[:COUNT]",
+        help="GPUs on the VM, e.g. --gpu A100, --gpu T4, --gpu H100:8: the cheapest current size that has them "
+        "in the region (or --vm naming an N-series size). Default: none.",
+    )
     @argument("--name", help="A name for the run, shown in the panel and used in its id.")
     @argument(
         "--out",
@@ -489,6 +495,7 @@ class AzBatch(Magics):
             keep_failed=args.keep_failed,
             distributed=args.distributed,
             procs_per_node=args.procs_per_node,
+            gpu=args.gpu,
         )
 
     def _sweep(self, args: Any) -> list[dict[str, Any]] | None:

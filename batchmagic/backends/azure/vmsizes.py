@@ -42,6 +42,7 @@ __all__ = [
     "choose_gpu_size",
     "cores_for",
     "family_for",
+    "fits",
     "gpus_for",
     "parse_gpu",
     "retirement",
