@@ -21,7 +21,7 @@ and show the prices in force::
 
 Named pools, as ``%azbatch_pool`` in a notebook (the Azure settings come from the environment)::
 
-    $ batchmagic pool create gpu --vm Standard_NC6s_v3 --max-nodes 2 --idle 20m
+    $ batchmagic pool create gpu --vm Standard_NC4as_T4_v3 --max-nodes 2 --idle 20m
     $ batchmagic pool ls
     $ batchmagic pool resize gpu 1
     $ batchmagic pool delete gpu

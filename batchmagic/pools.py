@@ -9,11 +9,11 @@ Examples
 --------
 In [1]: from batchmagic import pools
 
-In [2]: pools.create_pool("gpu", vm_size="Standard_NC6s_v3", max_nodes=2, idle="20m")
-Out[2]: Pool(name='gpu', vm_size='standard_nc6s_v3', ...)
+In [2]: pools.create_pool("gpu", vm_size="Standard_NC4as_T4_v3", max_nodes=2, idle="20m")
+Out[2]: Pool(name='gpu', vm_size='standard_nc4as_t4_v3', ...)
 
 In [3]: [p.describe() for p in pools.list_pools()]
-Out[3]: ['gpu: standard_nc6s_v3, 0 of 0 nodes (max 2), to zero after 20m idle, by ada']
+Out[3]: ['gpu: standard_nc4as_t4_v3, 0 of 0 nodes (max 2), to zero after 20m idle, by ada']
 
 In [4]: pools.resize_pool("gpu", 1)      # one node now, held for the idle period
 

@@ -91,9 +91,9 @@ def test_node_image_for_a_gpu_size_is_gpu_capable():
     )  # fmt: skip
     images = [*IMAGES, newer_plain]
     assert choose_node_image(images, "Standard_D4s_v3", today=TODAY).sku == "26-04-lts"  # newest, CPU size
-    gpu = choose_node_image(images, "Standard_NC6s_v3", today=TODAY)
+    gpu = choose_node_image(images, "Standard_NC24ads_A100_v4", today=TODAY)
     assert (gpu.offer, gpu.sku) == ("ubuntu-hpc", "2404")
-    with pytest.raises(ConfigError, match="GPU-capable"):
+    with pytest.raises(ConfigError, match=r"with the NVIDIA driver \(NvidiaTeslaDriverInstalled\)"):
         choose_node_image([newer_plain], "Standard_ND96asr_v4", today=TODAY)
 
 

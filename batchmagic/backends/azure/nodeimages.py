@@ -8,9 +8,14 @@ made from the account's list, with these rules:
 1. Linux, with the ``DockerCompatible`` capability (every task runs in the training image).
 2. Not past its ``batchSupportEndOfLife`` (an image with no date has none announced).
 3. An Ubuntu node agent (``batch.node.ubuntu X.Y``), the newest version offered.
-4. For an N-series size (``Standard_NC*``, ``ND*``, ``NV*``: the GPU sizes), a GPU-capable image: one
-   whose capabilities name an NVIDIA driver (``NvidiaTeslaDriverInstalled``...), or the
-   ``microsoft-dsvm`` ``ubuntu-hpc`` images, which ship the NVIDIA driver and container toolkit.
+4. For an N-series size (``Standard_NC*``, ``ND*``: the compute GPU sizes), an image whose capabilities
+   say it has the NVIDIA driver: ``NvidiaTeslaDriverInstalled`` (e.g. ``microsoft-dsvm`` ``ubuntu-hpc``
+   2204/2404; the service's own list shows an ``ubuntu-hpc`` 2004 without it, so the offer is not proof).
+   Batch then gives a container task the node's GPUs itself (no ``--gpus`` in its run options). The
+   ``NV*`` sizes (GRID vGPUs, slices of a GPU) need the GRID driver: an image with
+   ``NvidiaGridDriverInstalled``, else a Docker-compatible image with Azure's NVIDIA GPU driver extension
+   (``NvidiaGpuDriverLinux``, which installs GRID on NV sizes) added to the pool
+   (:attr:`NodeImage.driver_extension`).
 5. Among equals: verified before unverified, then the plainest sku (``2404`` before ``2404-gen2``).
 
 ``AzBatch.node_image`` (``BATCHMAGIC_NODE_IMAGE``) overrides the choice: ``publisher:offer:sku[:version]``
@@ -20,7 +25,7 @@ an image the list lacks. Standard library only: the Azure backend turns the SDK'
 
 Examples
 --------
-In [1]: choose_node_image(images, "Standard_NC6s_v3", today=date(2026, 12, 1))
+In [1]: choose_node_image(images, "Standard_NC24ads_A100_v4", today=date(2026, 12, 1))
 Out[1]: NodeImage(publisher='microsoft-dsvm', offer='ubuntu-hpc', sku='2404', version='latest',
                   node_agent_sku='batch.node.ubuntu 24.04')
 """
@@ -38,8 +43,11 @@ __all__ = ["SupportedImage", "NodeImage", "choose_node_image", "is_gpu_size", "p
 
 DOCKER = "DockerCompatible"
 _UBUNTU = re.compile(r"^batch\.node\.ubuntu (\d+)\.(\d+)$", re.IGNORECASE)
-# The GPU sizes are the N family: Standard_NC6s_v3, Standard_ND96asr_v4, Standard_NV12s_v3, Standard_NC24ads_A100_v4.
+TESLA = "NvidiaTeslaDriverInstalled"
+GRID = "NvidiaGridDriverInstalled"
+# The GPU sizes are the N family: Standard_NC4as_T4_v3, Standard_ND96isr_H100_v5, Standard_NV36ads_A10_v5.
 _GPU_SIZE = re.compile(r"^(standard_)?n[a-z]", re.IGNORECASE)
+_GRID_SIZE = re.compile(r"^(standard_)?nv", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,13 @@ class SupportedImage:
 
     @property
     def gpu(self) -> bool:
-        """Ships the NVIDIA driver: a capability says so, or it is one of the HPC images, which do."""
-        nvidia = any(c.lower().startswith("nvidia") for c in self.capabilities)
-        return nvidia or (self.publisher.lower(), self.offer.lower()) == ("microsoft-dsvm", "ubuntu-hpc")
+        """Ships the NVIDIA compute (Tesla) driver, as its capabilities say."""
+        return TESLA in self.capabilities
+
+    @property
+    def grid(self) -> bool:
+        """Ships the NVIDIA GRID driver the NV sizes' vGPUs need, as its capabilities say."""
+        return GRID in self.capabilities
 
     def ended(self, today: date) -> bool:
         """Past its Batch support end of life on ``today``."""
@@ -93,19 +105,27 @@ class NodeImage:
     sku: str
     version: str
     node_agent_sku: str
+    driver_extension: bool = False  # the pool adds Azure's NVIDIA GPU driver extension (NV sizes on a plain image)
 
     @property
     def name(self) -> str:
         return f"{self.publisher}:{self.offer}:{self.sku}:{self.version}"
 
     @classmethod
-    def of(cls, image: SupportedImage) -> NodeImage:
-        return cls(image.publisher, image.offer, image.sku, image.version or "latest", image.node_agent_sku)
+    def of(cls, image: SupportedImage, *, driver_extension: bool = False) -> NodeImage:
+        return cls(
+            image.publisher, image.offer, image.sku, image.version or "latest", image.node_agent_sku, driver_extension
+        )
 
 
 def is_gpu_size(vm_size: str) -> bool:
     """An N-series (GPU) VM size."""
     return bool(_GPU_SIZE.match(vm_size or ""))
+
+
+def is_grid_size(vm_size: str) -> bool:
+    """An NV size: its GPU is a GRID vGPU, which needs the GRID driver."""
+    return bool(_GRID_SIZE.match(vm_size or ""))
 
 
 def parse_node_image(text: str) -> tuple[tuple[str, str, str, str], str]:
@@ -139,28 +159,30 @@ def choose_node_image(images: Iterable[SupportedImage], vm_size: str, *, today: 
     images = list(images)
     if override:
         return _override(images, override, today)
-    gpu = is_gpu_size(vm_size)
-    usable = [
-        i
-        for i in images
-        if i.os_type.lower() == "linux"
-        and i.docker
-        and i.ubuntu is not None
-        and not i.ended(today)
-        and (i.gpu or not gpu)
+    gpu, grid = is_gpu_size(vm_size), is_grid_size(vm_size)
+    base = [
+        i for i in images if i.os_type.lower() == "linux" and i.docker and i.ubuntu is not None and not i.ended(today)
     ]
+    usable = [i for i in base if not gpu or (i.grid if grid else i.gpu)]
+    if grid and not usable and base:
+        return NodeImage.of(min(base, key=_rank), driver_extension=True)  # the extension brings GRID
     if not usable:
-        kind = "GPU-capable, Docker-compatible Ubuntu" if gpu else "Docker-compatible Ubuntu"
+        kind = (
+            f"Docker-compatible Ubuntu with the NVIDIA driver ({GRID if grid else TESLA})"
+            if gpu
+            else ("Docker-compatible Ubuntu")
+        )
         raise ConfigError(
             f"the Batch account lists no {kind} node image that is still supported (for {vm_size}): "
             "set AzBatch.node_image (BATCHMAGIC_NODE_IMAGE) to publisher:offer:sku[:version]"
         )
+    return NodeImage.of(min(usable, key=_rank))
 
-    def rank(i: SupportedImage) -> tuple[int, int, int, int, int, str]:
-        major, minor = i.ubuntu or (0, 0)
-        return (-major, -minor, 0 if i.verified else 1, len(i.sku), 0 if i.version == "latest" else 1, i.name)
 
-    return NodeImage.of(min(usable, key=rank))
+def _rank(i: SupportedImage) -> tuple[int, int, int, int, int, str]:
+    """Newest Ubuntu first, verified before unverified, the plainest sku, ``latest``."""
+    major, minor = i.ubuntu or (0, 0)
+    return (-major, -minor, 0 if i.verified else 1, len(i.sku), 0 if i.version == "latest" else 1, i.name)
 
 
 def _override(images: list[SupportedImage], text: str, today: date) -> NodeImage:

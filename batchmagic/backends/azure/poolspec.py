@@ -16,7 +16,7 @@ Its first line is a comment carrying its parameters, so a client can read them b
 
 Examples
 --------
-In [1]: print(autoscale_formula(PoolRequest("gpu", "Standard_NC6s_v3", max_nodes=2, idle=1200), floor=0,
+In [1]: print(autoscale_formula(PoolRequest("gpu", "Standard_NC4as_T4_v3", max_nodes=2, idle=1200), floor=0,
    ...:       mark=datetime(2026, 12, 1, 14, 0, tzinfo=UTC)))
 """
 
@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from batchmagic.backends.azure.vmsizes import check_current
 from batchmagic.config import parse_duration
 from batchmagic.errors import ConfigError
 
@@ -111,6 +112,7 @@ class PoolRequest:
         check_pool_name(self.name)
         if not self.vm_size:
             raise ConfigError("--vm is required: the pool's VM size, e.g. --vm Standard_E32_v3")
+        check_current(self.vm_size)  # a retired size: one line naming a current one
         if not isinstance(self.max_nodes, int) or self.max_nodes < 1:
             raise ConfigError(f"--max-nodes must be at least 1, not {self.max_nodes!r}")
         if not isinstance(self.slots_per_node, int) or not 1 <= self.slots_per_node <= MAX_SLOTS_PER_NODE:

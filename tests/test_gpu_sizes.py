@@ -1,0 +1,150 @@
+"""The size table's GPU facts, --gpu choosing a size, retired sizes refused, and the bad input around them."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+
+from batchmagic.backends.azure.prices import Prices
+from batchmagic.backends.azure.vmsizes import (
+    GPU_SIZES,
+    SIZES,
+    GpuRequest,
+    choose_gpu_size,
+    cores_for,
+    family_for,
+    gpus_for,
+    parse_gpu,
+    retirement,
+    size_info,
+)
+from batchmagic.errors import ConfigError
+from batchmagic.options import RunOptions
+
+SHIPPED = Prices.shipped()
+
+
+def eastus(size: str) -> float | None:
+    return SHIPPED.hourly(size, "eastus")
+
+
+def test_the_table_knows_gpu_model_count_memory_infiniband_and_family() -> None:
+    a100 = size_info("standard_nc24ads_a100_v4")
+    assert a100 is not None and a100.gpu is not None
+    assert (a100.gpu.model, a100.gpu.count, a100.gpu.memory_gib, a100.infiniband) == ("A100", 1, 80, False)
+    assert a100.family == family_for("Standard_NC24ads_A100_v4") == "standardNCADSA100v4Family"
+    h100 = size_info("Standard_ND96isr_H100_v5")
+    assert (
+        h100 is not None
+        and h100.infiniband
+        and h100.describe() == ("Standard_ND96isr_H100_v5 (96 vCPUs, 8x H100 80 GB, InfiniBand)")
+    )
+    assert size_info("Standard_NV6ads_A10_v5").gpu.describe() == "1/6 of an A10 (4 GB)"  # type: ignore[union-attr]
+    assert size_info("Standard_D4s_v3").gpu is None and cores_for("Standard_D4s_v3") == 4  # type: ignore[union-attr]
+    assert size_info("Standard_HB120rs_v3").infiniband  # type: ignore[union-attr]
+    assert gpus_for("Standard_ND96isr_H100_v5") == 8 and gpus_for("Standard_E32_v3") == 0
+    assert gpus_for("Standard_NV12s_v3") == 1  # an N-series size the table lacks has at least one
+    # Every current GPU size has a price in the shipped regions (for --gpu to choose by).
+    for size in GPU_SIZES:
+        assert SHIPPED.hourly(size.name, "eastus") and SHIPPED.hourly(size.name, "westeurope"), size.name
+    assert all(key == size.key for key, size in SIZES.items())
+
+
+@pytest.mark.parametrize(
+    ("gpu", "chosen"),
+    [
+        ("T4", "Standard_NC4as_T4_v3"),
+        ("a100", "Standard_NC24ads_A100_v4"),
+        ("A100:2", "Standard_NC48ads_A100_v4"),
+        ("A100:3", "Standard_NC96ads_A100_v4"),  # no 3-GPU size: the cheapest with at least 3
+        ("A100:8", "Standard_ND96asr_v4"),  # cheaper than the 80 GB ND96amsr
+        ("H100", "Standard_NC40ads_H100_v5"),
+        ("H100:8", "Standard_ND96isr_H100_v5"),
+        ("A10", "Standard_NV36ads_A10_v5"),  # a whole A10: never a slice of one
+    ],
+)
+def test_gpu_chooses_the_cheapest_current_size_that_has_it(gpu: str, chosen: str) -> None:
+    assert choose_gpu_size(parse_gpu(gpu), eastus, region="eastus").name == chosen
+
+
+def test_a_size_without_a_price_in_the_region_comes_after_the_priced_ones() -> None:
+    def only_big(size: str) -> float | None:
+        return 10.0 if size == "Standard_NC96ads_A100_v4" else None
+
+    assert choose_gpu_size(GpuRequest("A100"), only_big).name == "Standard_NC96ads_A100_v4"
+    assert choose_gpu_size(GpuRequest("A100"), lambda size: None).name == "Standard_NC24ads_A100_v4"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("V100", "Azure retired its sizes"),
+        ("RTX4090", r"not a GPU of a current size; write KIND\[:COUNT\] with KIND one of A10, A100, H100, H200, T4"),
+        ("A100:two", "COUNT must be a whole number"),
+        ("A100:0", "COUNT must be a whole number"),
+    ],
+)
+def test_bad_gpu_is_one_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        RunOptions(gpu=text)
+    assert "\n" not in str(info.value)
+
+
+def test_too_many_gpus_for_one_vm_says_how_many_fit() -> None:
+    with pytest.raises(ConfigError, match=r"no Azure VM size has 16 H100 GPUs \(at most 8 on one VM\)"):
+        choose_gpu_size(parse_gpu("H100:16"), eastus)
+
+
+@pytest.mark.parametrize(
+    ("size", "series", "instead"),
+    [
+        ("Standard_NC6s_v3", "NCv3 series (V100 GPUs) on 2025-09-30", "Standard_NC24ads_A100_v4"),
+        ("Standard_NC24s_v3", "NCv3 series", "Standard_NC96ads_A100_v4"),
+        ("standard_nc6", "NC series (K80 GPUs) on 2023-09-06", "Standard_NC4as_T4_v3"),
+        ("Standard_NC12s_v2", "NCv2 series (P100 GPUs)", "Standard_NC48ads_A100_v4"),
+        ("Standard_ND24rs", "ND series (P40 GPUs)", "Standard_NC96ads_A100_v4"),
+        ("Standard_NV6", "NV series (M60 GPUs)", "Standard_NC24ads_A100_v4"),
+    ],
+)
+def test_retired_sizes_are_one_line_naming_a_current_size(size: str, series: str, instead: str) -> None:
+    line = retirement(size)
+    assert series in line and instead in line and "\n" not in line
+    with pytest.raises(ConfigError, match="retired"):
+        RunOptions(vm_size=size)
+    assert retirement("Standard_NC24ads_A100_v4") == "" and retirement("Standard_NV36ads_A10_v5") == ""
+
+
+def test_gpu_and_vm_agree_or_are_one_line() -> None:
+    assert RunOptions(gpu="A100", vm_size="Standard_NC48ads_A100_v4").vm_size == "Standard_NC48ads_A100_v4"
+    with pytest.raises(ConfigError, match=r"--gpu A100 and --vm Standard_E32_v3 \(no GPU\) disagree: drop --vm"):
+        RunOptions(gpu="A100", vm_size="Standard_E32_v3")
+    with pytest.raises(ConfigError, match=r"--gpu H100:8 and --vm Standard_NC40ads_H100_v5 \(1x H100 94 GB\)"):
+        RunOptions(gpu="H100:8", vm_size="Standard_NC40ads_H100_v5")
+    chosen = RunOptions(gpu="t4", low_priority=True).with_gpu_size(
+        lambda size: SHIPPED.hourly(size, "eastus", low_priority=True)
+    )
+    assert chosen.vm_size == "Standard_NC4as_T4_v3" and chosen.gpu == "T4"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--vm Standard_NC6s_v3", "Azure retired the NCv3 series"),
+        ("--gpu V100", "Azure retired its sizes"),
+        ("--gpu A100 --vm Standard_D4s_v3", "disagree"),
+        ("--gpu H100:16", "at most 8 on one VM"),
+    ],
+)
+def test_bad_gpu_flags_are_usage_errors(shell, line: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_cell(f"%%azbatch --backend local {line}\nx = 1")
+    assert "\n" not in str(info.value) and "x" not in shell.user_ns
+
+
+def test_gpu_on_a_named_pool_is_one_line(home, tmp_path) -> None:
+    from batchmagic.api import Session
+    from batchmagic.config import Settings
+
+    settings = Settings(backend="azure", home=home)
+    with pytest.raises(ConfigError, match="--gpu does not apply to a run on a named pool: pool gpus decides"):
+        Session.check("x = 1", RunOptions(gpu="A100", pool="gpus", backend="azure"), settings)
