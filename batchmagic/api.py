@@ -164,7 +164,7 @@ class Session:
             with run.step(Phase.PACKAGING):
                 captured = capture(
                     cell, namespace or {}, Path(tmp) / "bundle", outputs=options.outputs, provided=options.provided,
-                    first_line=options.first_line,
+                    first_line=options.first_line, track_changes=options.sweep is None,
                 )  # fmt: skip
                 submission.image = _resolve_image(image, captured, run)
             with run.step(Phase.UPLOADING, _shipped(captured), storing=True):

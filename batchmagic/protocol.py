@@ -344,7 +344,8 @@ class TaskOutcome:
     were not visible in the container: the cell did not run), ``"terminated"`` (SIGTERM: cancelled or out
     of time), ``"result"`` (the outcome itself could not be written whole), ``"exit"`` (the cell
     called ``sys.exit(n)`` with a non-zero ``n``: ``error.message`` is ``repr(n)``). ``outputs`` are the names
-    the cell bound, each cloudpickled apart so one that cannot travel does not sink the others.
+    the cell bound, and those it read and changed in place (also in ``changed``), each cloudpickled apart
+    so one that cannot travel does not sink the others.
     """
 
     ok: bool
@@ -353,6 +354,7 @@ class TaskOutcome:
     outputs: dict[str, bytes] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be pickled
     deleted: tuple[str, ...] = ()  # names the cell deleted
+    changed: tuple[str, ...] = ()  # names in outputs the cell did not assign but changed in place
     displays: tuple[dict[str, Any], ...] = ()  # nbformat output objects, in order
     files: tuple[tuple[str, int], ...] = ()  # --output files uploaded: (relative path, size)
     unmatched: tuple[str, ...] = ()  # --output globs that matched nothing
@@ -383,6 +385,7 @@ class TaskOutcome:
             outputs=dict(raw.get("outputs", {})),
             skipped=dict(raw.get("skipped", {})),
             deleted=tuple(raw.get("deleted", ())),
+            changed=tuple(raw.get("changed", ())),
             displays=tuple(raw.get("displays", ())),
             files=tuple((str(path), int(size)) for path, size in raw.get("files", ())),
             unmatched=tuple(raw.get("unmatched", ())),

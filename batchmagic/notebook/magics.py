@@ -437,9 +437,8 @@ class AzBatch(Magics):
                     panel.finish(record_of(run, background=False))
         if run.is_sweep:
             return result  # the results DataFrame, displayed as the cell's value
-        self._user_ns.update(result)
-        for name in run.deleted:
-            self._user_ns.pop(name, None)
+        with _warnings_as_lines():  # an alias left holding the old object of a name changed in place
+            run.fetch(self._user_ns)
         return None
 
     def _record_after_a_cell(self, run: api.Run, panel: Panel) -> None:

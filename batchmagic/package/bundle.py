@@ -68,6 +68,10 @@ class Manifest:
     first_line : int
         The line number the cell's first line has where the user wrote it: 2 under a ``%%azbatch`` line.
         The runner numbers the cell's lines from it, so tracebacks point at the notebook's own lines.
+    tracked : dict
+        Shipped values the cell reads and may change in place (``clf`` in ``clf.fit(X, y)``): name ->
+        sha256 of the pickle shipped. After the cell the runner pickles each again and sends back those
+        whose pickle differs (a runner that ignores this field sends back only the bound names).
     """
 
     python: str = field(default_factory=platform.python_version)
@@ -82,6 +86,7 @@ class Manifest:
     outputs: list[str] | None = None
     deleted: list[str] = field(default_factory=list)
     first_line: int = 1
+    tracked: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -9,6 +9,7 @@ and packages under the working directory travel as source files.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -85,6 +86,7 @@ def capture(
     root: Path | None = None,
     object_threshold: int = OBJECT_THRESHOLD,
     first_line: int = 1,
+    track_changes: bool = True,
 ) -> CapturedCell:
     """Package a cell and what it reads from ``namespace`` into a bundle at ``path``.
 
@@ -97,7 +99,8 @@ def capture(
     path : Path
         Where to write the bundle.
     outputs : iterable of str, optional
-        Names to bring back; each must be bound by the cell. Default: every bound name.
+        Names to bring back; each must be one the cell binds or reads. Default: every bound name, and
+        every value it reads and changes in place.
     provided : iterable of str, optional
         Names each task gets from elsewhere (a sweep's parameters): not shipped from the namespace.
     root : Path, optional
@@ -107,6 +110,9 @@ def capture(
         (:class:`ExternalObject`, beside the bundle) instead of bundle entries.
     first_line : int
         The line number of the cell's first line where it was written (2 under a ``%%azbatch`` line).
+    track_changes : bool
+        Record the hash of each shipped value that could change in place (:func:`may_change`), so the
+        runner sends back those the cell changed (``grid.fit(X, y)``, ``d['b'] = 2``). Off for sweeps.
 
     Raises
     ------
@@ -115,16 +121,7 @@ def capture(
         or a value that cannot be pickled. Nothing is left on disk.
     """
     analysis = check_cell(source)
-    wanted: list[str] | None = None
-    if outputs is not None:
-        wanted = list(dict.fromkeys(outputs))
-        never = [n for n in wanted if n not in analysis.bound]
-        if never:
-            raise CaptureError(
-                f"--out names {', '.join(never)}, which the cell never assigns; "
-                f"it assigns: {', '.join(analysis.bound) or 'nothing'}"
-            )
-
+    wanted = _wanted(outputs, analysis)
     given = set(provided)
     values = {k: v for k, v in namespace.items() if k not in given}
     to_ship: dict[str, Any] = {}
@@ -168,6 +165,8 @@ def capture(
         writer.add_cell(source)
         for name, value in to_ship.items():
             pickled = _pickle_to_file(name, value, Path(path).with_name(f"{Path(path).name}.{name}.pkl"))
+            if track_changes and name not in analysis.bound and may_change(value):
+                manifest.tracked[name] = pickled.sha256  # what the runner compares the value with after the cell
             if pickled.size > object_threshold:
                 # Its own content-addressed object: uploaded once, however many runs ship it.
                 objects[name] = pickled
@@ -181,6 +180,42 @@ def capture(
     return CapturedCell(
         path=Path(path), manifest=manifest, analysis=analysis, size=Path(path).stat().st_size, objects=objects
     )
+
+
+def _wanted(outputs: Iterable[str] | None, analysis: CellAnalysis) -> list[str] | None:
+    """``--out``'s names, each one the cell binds or reads (a value it may change in place)."""
+    if outputs is None:
+        return None
+    wanted = list(dict.fromkeys(outputs))
+    never = [n for n in wanted if n not in analysis.bound and n not in analysis.inputs]
+    if never:
+        raise CaptureError(
+            f"--out names {', '.join(never)}, which the cell neither assigns nor uses; "
+            f"it assigns: {', '.join(analysis.bound) or 'nothing'}"
+        )
+    return wanted
+
+
+_ATOMS = (type(None), bool, int, float, complex, str, bytes, range, type(...))
+_NEVER_CHANGED = (
+    types.ModuleType,
+    type,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    functools.partial,
+)
+
+
+def may_change(value: Any, depth: int = 0) -> bool:
+    """Whether using ``value`` in a cell could change it in place, so that it must be compared after the
+    cell. Modules, classes and functions are never "changed" by being used (a class's attributes, a
+    function's defaults stay the notebook's); numbers, strings and tuples of them cannot change."""
+    if isinstance(value, _ATOMS) or isinstance(value, _NEVER_CHANGED):
+        return False
+    if isinstance(value, tuple | frozenset) and depth < 3:
+        return any(may_change(item, depth + 1) for item in value)
+    return True
 
 
 @dataclass

@@ -33,6 +33,7 @@ from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail, Monitor
+from batchmagic.run.names import rebind
 from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
 from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RunState
 from batchmagic.run.sweep import TaskOutcome as SweepRow
@@ -106,6 +107,7 @@ class Run:
         self.results: Any = None  # a sweep's DataFrame, one row per task
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
+        self.changed: list[str] = []  # names the cell read and changed in place (in outputs too)
         self.keep_failed = False  # keep the data of a run that fails before it starts (--keep-failed)
         self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
         self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
@@ -596,9 +598,8 @@ class Run:
         target = namespace if namespace is not None else self._namespace
         if target is None:
             raise ConfigError("fetch needs a namespace: run.fetch(globals())")
-        target.update(outputs)
-        for name in self.deleted:
-            target.pop(name, None)
+        for note in rebind(target, outputs, deleted=self.deleted, changed=self.changed):
+            warnings.warn(note, OutputWarning, stacklevel=2)
         self.fetched = True
         return list(outputs)
 
@@ -706,6 +707,7 @@ class Run:
             warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
         self.outputs = outputs
         self.deleted = list(outcome.deleted)
+        self.changed = list(outcome.changed)
         self.enter(Phase.DONE, _join(_files_line(self.files), status.note))
 
     @property

@@ -15,6 +15,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -24,9 +25,10 @@ import cloudpickle
 
 from batchmagic import data
 from batchmagic.channel import Channel, open_channel
-from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader
+from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, Manifest
 from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
+from batchmagic.runner.changes import changed_in_place
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
@@ -186,16 +188,31 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         fds.__exit__(None, None, None)
         if sampler is not None:
             sampler.stop()
+    done = replace(_names_back(namespace, manifest, spec, bundle_path), displays=tuple(capture.outputs))
+    return EXIT_OK, _with_files(done, spec, Path(cwd), workdir)
+
+
+def _names_back(namespace: dict[str, Any], manifest: Manifest, spec: TaskSpec, bundle_path: Path) -> TaskOutcome:
+    """The names the cell bound, and the values it read and changed in place (see runner.changes)."""
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
     outputs, skipped = _collect(namespace, names)
-    done = TaskOutcome(
+
+    def received(name: str) -> bytes | None:
+        if name in manifest.values:
+            with closing(BundleReader(bundle_path)) as reader, reader.open_value(name) as f:
+                return f.read()
+        obj = spec.objects.get(name)
+        return open_channel(obj.url).read() if obj is not None else None
+
+    tracked = {k: v for k, v in manifest.tracked.items() if k not in outputs and k not in spec.params}
+    changed, unsent = changed_in_place(namespace, tracked, received, wanted=manifest.outputs)
+    return TaskOutcome(
         ok=True,
-        outputs=outputs,
-        skipped=skipped,
+        outputs={**outputs, **changed},
+        skipped={**skipped, **unsent},
         deleted=tuple(n for n in manifest.deleted if n not in namespace),
-        displays=tuple(capture.outputs),
+        changed=tuple(changed),
     )
-    return EXIT_OK, _with_files(done, spec, Path(cwd), workdir)
 
 
 def _end_stragglers() -> None:

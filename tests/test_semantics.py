@@ -1,0 +1,199 @@
+"""A cell behaves as if it ran here (issue 17): each case is a minimal cell, run plainly and with
+``%%azbatch`` (locally, through the Batch emulator + Azurite, and on a real kernel), compared."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.settings import use_azure
+
+azurite = azurite_fixture()
+
+IRIS = "from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True)\n"
+
+#: (id, setup cell, the cell, an expression whose value must be the same after the plain run and the remote one,
+#:  the names that come back changed in place)
+IN_PLACE = [
+    (
+        "clf.fit",
+        IRIS + "from sklearn.tree import DecisionTreeClassifier\nclf = DecisionTreeClassifier(random_state=0)",
+        "clf.fit(X, y)",
+        "(clf.predict(X[::10]).tolist(), clf.get_depth())",
+        ["clf"],
+    ),
+    (
+        "grid.fit",
+        IRIS + "from sklearn.model_selection import GridSearchCV\nfrom sklearn.tree import DecisionTreeClassifier\n"
+        "grid = GridSearchCV(DecisionTreeClassifier(random_state=0), {'max_depth': [1, 2, 3]}, cv=3)",
+        "grid.fit(X, y);",
+        "grid.best_params_",
+        ["grid"],
+    ),
+    ("dict item", "d = {'a': 1}", "d['b'] = 2", "d", ["d"]),
+    ("list append", "xs = [1, 2]", "xs.append(5)", "xs", ["xs"]),
+    (
+        "df.drop inplace",
+        "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2], 'b': [3, 4], 'c': [5, 6]})",
+        "df.drop(columns=['b'], inplace=True)",
+        "df.to_dict('list')",
+        ["df"],
+    ),
+    (
+        "read only",
+        "s = {f'word{i}' for i in range(50)}\nrows = [[1, 2], [3]]\nimport numpy as np\narr = np.arange(5)",
+        "n = len(s) + len(rows) + int(arr.sum())",
+        "n",
+        [],  # a set of strings pickles in another order in another process: still unchanged, not sent back
+    ),
+]
+
+
+def plain(setup: str, cell: str, check: str) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(setup, namespace)
+    exec(cell, namespace)
+    return eval(check, namespace)
+
+
+def remote(shell: Any, setup: str, cell: str, check: str, line: str = "") -> Any:
+    shell.run_cell(setup)
+    shell.run_cell(f"%%azbatch {line}\n{cell}")
+    return shell.ev(check)
+
+
+@pytest.mark.parametrize(("setup", "cell", "check", "changed"), [c[1:] for c in IN_PLACE], ids=[c[0] for c in IN_PLACE])
+def test_in_place_changes_come_back_locally(shell, setup, cell, check, changed):
+    assert remote(shell, setup, cell, check) == plain(setup, cell, check)
+    run = shell.user_ns["_azbatch"]
+    assert run.changed == changed
+    assert set(run.outputs) - set(changed) <= {"n"}  # nothing read and unchanged travels back
+
+
+PICKLE_A_SET = (
+    "import cloudpickle, sys\nsys.stdout.buffer.write(cloudpickle.dumps({f'word{i}' for i in range(50)}, protocol=5))"
+)
+COMPARE = (
+    "import cloudpickle, hashlib, sys\n"
+    "from batchmagic.runner.changes import changed_in_place\n"
+    "data = sys.stdin.buffer.read()\n"
+    "value = cloudpickle.loads(data)\n"
+    "differs = hashlib.sha256(cloudpickle.dumps(value, protocol=5)).hexdigest() != hashlib.sha256(data).hexdigest()\n"
+    "same = changed_in_place({'s': value}, {'s': hashlib.sha256(data).hexdigest()}, lambda name: data)\n"
+    "value.add('new')\n"
+    "grew = changed_in_place({'s': value}, {'s': hashlib.sha256(data).hexdigest()}, lambda name: data)\n"
+    "print(differs, same == ({}, {}), list(grew[0]))"
+)
+
+
+def test_a_pickle_that_differs_without_a_change_is_no_change():
+    """A set of strings pickled in the kernel (one hash seed) and again in the runner (another) differs
+    byte for byte; the runner's second look finds it unchanged. A real change still counts."""
+    env = {**os.environ, "PYTHONHASHSEED": "1"}
+    data = subprocess.run([sys.executable, "-c", PICKLE_A_SET], env=env, capture_output=True, check=True).stdout
+    env["PYTHONHASHSEED"] = "2"
+    out = subprocess.run([sys.executable, "-c", COMPARE], input=data, env=env, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["True", "True", "['s']"]
+
+
+def test_alias_keeps_the_old_object_and_the_run_says_so(shell, capsys):
+    shell.run_cell("a = b = []\nkeep = a")
+    shell.run_cell("%%azbatch\na.append(1)")
+    assert shell.user_ns["a"] == [1]
+    assert shell.user_ns["b"] == [] and shell.user_ns["keep"] == []  # in the notebook both would be [1]
+    err = capsys.readouterr().err
+    assert (
+        "warning: `a` changed in place in the remote cell and now holds the changed copy; `b`, `keep` referred to "
+        "the same object and still hold the old one (b = a to follow it)"
+    ) in err
+
+
+def test_two_names_of_one_object_both_changed(shell, capsys):
+    shell.run_cell("a = b = {}")
+    shell.run_cell("%%azbatch\na['x'] = 1\nb['y'] = 2")
+    assert shell.user_ns["a"] == {"x": 1} and shell.user_ns["b"] == {"y": 2}  # shipped apart, as two copies
+    assert "`a`, `b` were one object here and the remote cell changed it" in capsys.readouterr().err
+
+
+def test_out_limits_what_comes_back_and_may_name_a_read_name(shell):
+    shell.run_cell("d = {}\ne = []")
+    shell.run_cell("%%azbatch --out d\nd['x'] = 1\ne.append(1)\nz = 3")
+    assert shell.user_ns["d"] == {"x": 1} and shell.user_ns["e"] == [] and "z" not in shell.user_ns
+    assert set(shell.user_ns["_azbatch"].outputs) == {"d"}
+
+
+def test_modules_classes_and_functions_are_never_changed_by_use(shell):
+    shell.run_cell("import math\nclass K:\n    pass\ndef f():\n    return 1\nk_before, f_before = K, f")
+    shell.run_cell("%%azbatch\nK.attr = 5\nf.x = 1\nr = f() + math.floor(1.5)")
+    run = shell.user_ns["_azbatch"]
+    assert set(run.outputs) == {"r"} and run.changed == []
+    assert shell.user_ns["K"] is shell.user_ns["k_before"] and shell.user_ns["f"] is shell.user_ns["f_before"]
+
+
+def test_api_fetch_rebinds_changed_values(home):
+    from batchmagic.api import Session
+
+    session = Session()
+    namespace: dict[str, Any] = {"xs": [1]}
+    run = session.submit("xs.append(2)", namespace, backend="local")
+    assert run.wait(timeout=30) == {"xs": [1, 2]} and namespace["xs"] == [1]  # wait() binds nothing
+    run.fetch()
+    assert namespace["xs"] == [1, 2]
+    session.teardown()
+
+
+def test_a_sweep_does_not_send_inputs_back(shell):
+    shell.run_cell("xs = []")
+    shell.run_cell("%%azbatch --sweep k=1,2\nxs.append(k)\ny = len(xs)")
+    assert shell.user_ns["xs"] == [] and all(not out.get("xs") for out in shell.user_ns["_azbatch"].outputs)
+
+
+# --- through the Batch emulator and Azurite ---
+
+
+@pytest.fixture
+def azure_env(monkeypatch, home, tmp_path: Path, azurite: RunningAzurite) -> Any:
+    with start_emulator(tmp_path / "batch", allocation_delay=0.1) as emu:
+        use_azure(monkeypatch, emu, azurite, prefix="sem")
+        yield emu
+
+
+@pytest.mark.parametrize(("setup", "cell", "check", "changed"), [c[1:] for c in IN_PLACE], ids=[c[0] for c in IN_PLACE])
+def test_in_place_changes_come_back_on_azure(azure_env: RunningEmulator, shell, setup, cell, check, changed):
+    assert remote(shell, setup, cell, check, "--backend azure") == plain(setup, cell, check)
+    run = shell.user_ns["_azbatch"]
+    assert run.backend.name == "azure" and run.changed == changed
+
+
+# --- on a real kernel: the same notebook run plainly and with %%azbatch ---
+
+
+def _notebook(cells: list[str], work: Path) -> list[str]:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+    return [
+        "".join(o.get("text", "") for o in cell.outputs if o["output_type"] == "stream" and o["name"] == "stdout")
+        for cell in nb.cells
+    ]
+
+
+def test_in_place_changes_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
+    checks = "print(json.dumps([" + ", ".join(f"repr({c[3]})" for c in IN_PLACE) + "]))"
+    plain_cells, remote_cells = ["import json"], ["import json", "%load_ext batchmagic"]
+    for _, setup, cell, _, _ in IN_PLACE:
+        plain_cells += [setup, cell]
+        remote_cells += [setup, f"%%azbatch --backend local\n{cell}"]
+    work = tmp_path / "work"
+    work.mkdir()
+    expected = json.loads(_notebook([*plain_cells, checks], work)[-1])
+    assert json.loads(_notebook([*remote_cells, checks], work)[-1]) == expected
