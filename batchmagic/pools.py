@@ -69,6 +69,7 @@ def create_pool(
     low_priority: bool = False,
     idle: float | str = DEFAULT_IDLE,
     slots_per_node: int = 1,
+    inter_node: bool = False,
     session: Session | None = None,
     settings: Settings | None = None,
 ) -> Pool:
@@ -88,6 +89,10 @@ def create_pool(
         How long (seconds, or ``"20m"``) it keeps its nodes once no task is pending or running.
     slots_per_node : int
         Tasks each node runs at once.
+    inter_node : bool
+        Inter-node communication and one task per node: the pool takes ``--distributed`` runs. Its
+        formula counts tasks, not the nodes a distributed run holds: scale it with :func:`resize_pool`
+        to the run's nodes before the run, and to 0 after it.
     session, settings : optional
         Default: the process's session and its settings.
 
@@ -103,6 +108,7 @@ def create_pool(
         low_priority=low_priority,
         idle=parse_duration(idle, "--idle"),
         slots_per_node=slots_per_node,
+        inter_node=inter_node,
     )
     backend, session = _backend(session, settings)
     return backend.create_pool(request, client_id=session.client_id)
@@ -188,6 +194,7 @@ def command(args: Any, *, session: Session, settings: Settings) -> list[str]:
             low_priority=args.low_priority,
             idle=args.idle,
             slots_per_node=args.slots_per_node,
+            inter_node=bool(getattr(args, "inter_node", False)),
             session=session,
             settings=settings,
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.core.error import UsageError
 
 from batchmagic import RemoteError
 from batchmagic.errors import RunCancelled, RunFailed
@@ -127,3 +128,13 @@ def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
     with pytest.raises(RunCancelled):
         run.result()
     wait_for(lambda: not _runner_pids(f"/{run.id}/"), timeout=30)
+
+
+def test_a_named_inter_node_pool_takes_a_distributed_run(azure_env: RunningEmulator, shell: Any) -> None:
+    shell.run_line_magic("azbatch_pool", "create plain --vm Standard_D2s_v3 --max-nodes 2")
+    with pytest.raises(UsageError, match="pool plain cannot take --distributed runs.*--inter-node"):
+        shell.run_cell("%%azbatch --pool plain --nodes 2 --distributed\nx = 1")
+    shell.run_line_magic("azbatch_pool", "create ib --vm Standard_D2s_v3 --max-nodes 2 --inter-node")
+    assert azure_env.client().get_pool("ib").enable_inter_node_communication
+    shell.run_cell("%%azbatch --pool ib --nodes 2 --distributed\nimport os\nr = os.environ['WORLD_SIZE']")
+    assert shell.user_ns["r"] == "2"

@@ -671,6 +671,12 @@ class AzBatch(Magics):
         help="create: how long it keeps its nodes once no task is pending or running, e.g. 20m, 1h. Default 20m.",
     )
     @argument("--slots-per-node", type=int, default=1, help="create: tasks each node runs at once. Default 1.")
+    @argument(
+        "--inter-node",
+        action="store_true",
+        help="create: a pool for --distributed runs (inter-node communication, one task per node); scale it "
+        "explicitly with resize N before a run and resize 0 after it.",
+    )
     @line_magic("azbatch_pool")  # type: ignore[arg-type]  # IPython's decorator factory infers its argument as Never
     def azbatch_pool(self, line: str) -> None:
         """Named pools that cells share (``%%azbatch --pool NAME``) and that go to zero nodes when idle.

@@ -73,6 +73,7 @@ _POOL_SELECT = [
     "id", "state", "allocationState", "vmSize", "currentDedicatedNodes", "currentLowPriorityNodes",
     "targetDedicatedNodes", "targetLowPriorityNodes", "taskSlotsPerNode", "metadata", "autoScaleFormula",
     "autoScaleEvaluationInterval", "creationTime", "resizeErrors", "virtualMachineConfiguration",
+    "enableInterNodeCommunication",
 ]  # fmt: skip
 _VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Z]+(\d+)[a-z-]*(\d*)[a-z]*(_[A-Za-z0-9]+)*$", re.IGNORECASE)
 _QUOTA_CODES = {
@@ -243,6 +244,11 @@ class AzureBackend(Backend):
             if pool.state != "active":
                 raise ConfigError(f"pool {pool.name} is being deleted: create it again, or run without --pool")
             submission.vm_size = pool.vm_size
+            if submission.distributed and not (pool.inter_node and pool.slots_per_node == 1):
+                raise ConfigError(
+                    f"pool {pool.name} cannot take --distributed runs (Batch needs inter-node communication and one "
+                    "task per node): %azbatch_pool create NAME --inter-node makes one, or run without --pool"
+                )
             self._named[submission.run_id] = pool
             return
         vm_cores(submission.vm_size)
@@ -381,8 +387,8 @@ class AzureBackend(Backend):
                 # A retry after a lost answer: the first call took, and the job has ended with its tasks.
                 accept=lambda err: _code(err) in ("JobCompleted", "JobBeingTerminated"),
             )
-            if run.pool is not None:
-                self._grow_for(run.pool, len(tasks))
+            if run.pool is not None:  # a distributed run's one task holds a node per instance
+                self._grow_for(run.pool, ranks.nodes if ranks is not None else len(tasks))
         except BaseException:  # Ctrl-C too: a half-made run leaves no job (nor its auto pool) behind
             self._delete_job(submission.run_id)
             raise
@@ -830,6 +836,7 @@ class AzureBackend(Backend):
             vm_size=request.vm_size,
             virtual_machine_configuration=_vm_configuration(node, [image] if image else [], self.settings),
             task_slots_per_node=request.slots_per_node,
+            enable_inter_node_communication=request.inter_node or None,
             # Spread: a sweep's tasks go to different nodes first, so it uses the pool's width.
             task_scheduling_policy=m.BatchTaskSchedulingPolicy(node_fill_type=m.BatchNodeFillType.SPREAD),
             enable_auto_scale=True,
@@ -1178,6 +1185,7 @@ def _describe_pool(pool: Any, nodes: dict[str, int]) -> Pool:
         max_nodes=number(meta.get(META_MAX_NODES)) or number(params.get("max-nodes")),
         idle=float(number(meta.get(META_IDLE)) or number(params.get("idle")) or 0) or None,
         slots_per_node=pool.task_slots_per_node or 1,
+        inter_node=bool(pool.enable_inter_node_communication),
         low_priority_nodes=params.get("low-priority") == "1",
         image=(containers.container_image_names or [""])[0] if containers is not None else "",
         registry=next((r.registry_server or "" for r in (containers.container_registries or [])), "")

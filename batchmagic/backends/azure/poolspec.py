@@ -94,6 +94,8 @@ class PoolRequest:
         Seconds (or ``"20m"``) without a pending or running task before it goes to zero.
     slots_per_node : int
         Tasks each node runs at once.
+    inter_node : bool
+        Inter-node communication, for ``--distributed`` runs (multi-instance tasks): one task per node.
 
     Raises
     ------
@@ -107,9 +109,14 @@ class PoolRequest:
     low_priority: bool = False
     idle: float = DEFAULT_IDLE
     slots_per_node: int = 1
+    inter_node: bool = False
 
     def __post_init__(self) -> None:
         check_pool_name(self.name)
+        if self.inter_node and self.low_priority:
+            raise ConfigError("--inter-node pools take distributed runs, on dedicated nodes only: drop --low-priority")
+        if self.inter_node and self.slots_per_node != 1:
+            raise ConfigError("--inter-node pools run one task per node (Batch's rule): drop --slots-per-node")
         if not self.vm_size:
             raise ConfigError("--vm is required: the pool's VM size, e.g. --vm Standard_E32_v3")
         check_current(self.vm_size)  # a retired size: one line naming a current one
@@ -152,6 +159,7 @@ class Pool:
     evaluation_interval: float = EVALUATION_INTERVAL
     batchmagic: bool = True  # created by batchmagic (and so carries its metadata and formula)
     resize_error: str = ""
+    inter_node: bool = False  # enableInterNodeCommunication: it takes distributed runs
 
     @property
     def current_nodes(self) -> int:
@@ -167,7 +175,7 @@ class Pool:
 
     def describe(self) -> str:
         """One line: name, size, nodes now / target (max), idle period, state, creator."""
-        kind = " low-priority" if self.low_priority_nodes else ""
+        kind = (" low-priority" if self.low_priority_nodes else "") + (" inter-node" if self.inter_node else "")
         limit = f" (max {self.max_nodes})" if self.max_nodes is not None else ""
         states = ", ".join(f"{n} {s}" for s, n in sorted(self.nodes.items()) if n)
         idle = f", to zero after {_short(self.idle)} idle" if self.idle else ""
