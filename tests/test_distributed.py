@@ -75,7 +75,14 @@ def test_every_rank_sees_its_place_and_rank_zero_names_come_back(shell: Any) -> 
     for k in range(4):
         assert f"[rank {k}] world 4\n" in merged, merged
     assert run.logs("rank-3") == "world 4\n"
-    assert run.state().task_states == ("succeeded",) * 4
+    rows = run.state().ranks
+    assert [(r.task_id, r.state, r.last_line) for r in rows] == [
+        (f"rank-{k}", "succeeded", "world 4") for k in range(4)
+    ]
+    assert rows[3].node == "localhost (node 1)"
+    from batchmagic.notebook.record import record_of
+
+    assert "rank 3: succeeded on localhost (node 1): world 4" in record_of(run, background=False).text
 
 
 def test_each_rank_has_its_own_environment(home: Path) -> None:

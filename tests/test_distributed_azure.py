@@ -61,7 +61,9 @@ def test_one_multi_instance_task_runs_every_rank(azure_env: RunningEmulator, she
         assert f"[rank {k}] rank {k} of 3 master {master}\n" in merged, merged
     spec = client.get_job(run.id).pool_info.auto_pool_specification.pool
     assert spec.enable_inter_node_communication and spec.task_slots_per_node == 1 and spec.target_dedicated_nodes == 3
-    assert run.state().task_states == ("succeeded",) * 3
+    rows = run.state().ranks
+    assert [(r.state, r.last_line) for r in rows] == [("succeeded", f"rank {k} of 3 master {master}") for k in range(3)]
+    assert len({r.node for r in rows}) == 3 and rows[0].node.endswith("(node 0)")
 
 
 @pytest.mark.slow

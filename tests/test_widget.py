@@ -207,3 +207,27 @@ def test_text_panel_reports_sweeps_by_tenths():
     for done in range(0, 21):
         panel.update(sweep_state(("succeeded",) * done + ("pending",) * (20 - done)))
     assert len(out.getvalue().splitlines()) == 11  # 0/20, 2/20, ..., 20/20
+
+
+def test_a_distributed_run_has_a_row_per_rank_a_rank_picker_and_keeps_them_in_its_record():
+    from dataclasses import replace
+
+    from batchmagic.notebook.record import render
+    from batchmagic.run.state import RankRow
+
+    rows = (
+        RankRow("rank-0", "running", "tvmps_a (node 0)", "step 12 loss 0.31"),
+        RankRow("rank-1", "failed", "tvmps_b (node 1)", "RuntimeError: boom"),
+    )
+    picked: list[str] = []
+    panel = StatusPanel(on_pick=lambda tid: picked.append(tid) or f"{tid} said hello\n")
+    panel.update(replace(state(Phase.RUNNING), ranks=rows))
+    table = panel.tasks.value
+    assert "rank 0" in table and "step 12 loss 0.31" in table and "tvmps_b (node 1)" in table
+    assert TASK_COLOURS["failed"] in table
+    assert list(panel.picker.options) == ["", "rank-0", "rank-1"] and panel.picker.description == "rank log"
+    panel.pick("rank-1")
+    assert picked == ["rank-1"] and "rank-1" in panel.task_title.value and "failed" in panel.task_title.value
+    done = render(replace(state(Phase.FAILED, error="rank 1 failed"), ranks=rows))
+    assert "azbatch-ranks" in done.html and "RuntimeError: boom" in done.html
+    assert "rank 1: failed on tvmps_b (node 1): RuntimeError: boom" in done.text

@@ -16,7 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchmagic.notebook.widget import cost_html, counts_html, format_seconds, grid_html, outcome, summary
+from batchmagic.notebook.widget import (
+    cost_html,
+    counts_html,
+    format_seconds,
+    grid_html,
+    outcome,
+    ranks_html,
+    ranks_text,
+    summary,
+)
 from batchmagic.run.state import RunState
 
 if TYPE_CHECKING:
@@ -87,6 +96,9 @@ def render(
         parts.append(f"<div style='color:{colour}'>{html.escape(message)}</div>")
     if state.cost is not None:  # what it cost, estimated (Azure); the text form has it in the summary
         parts.append(f"<div>{cost_html(state)}</div>")
+    if state.ranks:  # a distributed run: what each rank did, where
+        parts.append(ranks_html(state))
+        text.extend(ranks_text(state))
     if state.is_sweep:
         parts.append(counts_html(state) + grid_html(state))
         counts = ", ".join(f"{k} {state.task_counts.get(k, 0)}" for k in ("succeeded", "failed", "running", "pending"))

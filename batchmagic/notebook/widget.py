@@ -300,6 +300,29 @@ def grid_html(state: RunState) -> str:
     return f"<div style='line-height:9px'>{cells}{more}</div>"
 
 
+def ranks_html(state: RunState) -> str:
+    """A distributed run's ranks: one row each, with its state, its node and the last line it printed."""
+    rows = "".join(
+        f"<tr><td>{html.escape(row.task_id.replace('-', ' '))}</td>"
+        f"<td style='color:{TASK_COLOURS.get(row.state, GREY)}'>{html.escape(row.state)}</td>"
+        f"<td style='color:#555'>{html.escape(row.node)}</td>"
+        f"<td><code>{html.escape(row.last_line[-120:])}</code></td></tr>"
+        for row in state.ranks[:GRID_LIMIT]
+    )
+    more = f"<div style='color:#777'>(first {GRID_LIMIT} ranks)</div>" if len(state.ranks) > GRID_LIMIT else ""
+    return f"<table class='azbatch-ranks' style='font-size:12px'>{rows}</table>{more}"
+
+
+def ranks_text(state: RunState) -> list[str]:
+    """The ranks' rows as text lines."""
+    return [
+        f"{row.task_id.replace('-', ' ')}: {row.state}"
+        + (f" on {row.node}" if row.node else "")
+        + (f": {row.last_line}" if row.last_line else "")
+        for row in state.ranks[:GRID_LIMIT]
+    ]
+
+
 def sweep_html(state: RunState) -> str:
     """Counts per state, throughput and ETA, and a compact grid with one coloured cell per task."""
     return counts_html(state) + grid_html(state)
@@ -380,6 +403,8 @@ class StatusPanel:
 
     def _task_state(self, task_id: str) -> str:
         state = self.state
+        if state is not None and state.ranks:
+            return next((row.state for row in state.ranks if row.task_id == task_id), "pending")
         if state is None or task_id not in state.task_ids:
             return "pending"
         return state.task_states[state.task_ids.index(task_id)]
@@ -444,11 +469,13 @@ class StatusPanel:
             self.cost.value = cost_html(state)
             if state.is_sweep:
                 self._update_sweep(state)
+            elif state.ranks:
+                self._update_ranks(state)
             if state.finished:
                 self.cancel_button.disabled = True
                 self.cancel_button.layout.display = "none"
         picked = self.picker.value
-        if state.is_sweep:
+        if state.is_sweep or (state.ranks and picked):
             # A sweep streams only the picked task's log: read on, until it has ended and been read whole.
             if picked and (self._task_state(picked) == "running" or self._task_state(picked) != self._shown_state):
                 self._show_task(picked, fresh=False)
@@ -481,6 +508,14 @@ class StatusPanel:
         if len(self.picker.options) != len(state.task_ids) + 1:
             self.picker.options = [""] + list(state.task_ids)
             self.picker.layout = w.Layout(display=None)
+
+    def _update_ranks(self, state: RunState) -> None:
+        """One row per rank; the picker shows one rank's own log (none picked: the merged log)."""
+        self.tasks.value = ranks_html(state)
+        if len(self.picker.options) != len(state.ranks) + 1:
+            self.picker.options = [""] + [row.task_id for row in state.ranks]
+            self.picker.description = "rank log"
+            self.picker.layout = self._w.Layout(display=None)
 
     def _square(self, task_id: str) -> Any:
         w = self._w

@@ -35,7 +35,7 @@ from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail, Monitor
 from batchmagic.run.names import rebind
 from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
-from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RunState
+from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RankRow, RunState
 from batchmagic.run.sweep import TaskOutcome as SweepRow
 from batchmagic.run.sweep import results_table, task_ids_for
 from batchmagic.storage import BlobStore, Store
@@ -136,6 +136,8 @@ class Run:
         # A distributed run's ranks (its tasks are rank-0, rank-1...); 0 for any other run.
         self.world = len(task_ids) if task_ids and all(rank_of(t) is not None for t in task_ids) else 0
         self._prefixer = RankPrefixer()
+        self._last_lines: dict[str, str] = {}  # a distributed run's ranks' last lines
+        self._line_parts: dict[str, str] = {}  # each rank's line printed so far (its end not yet arrived)
 
     @classmethod
     def create(
@@ -313,10 +315,18 @@ class Run:
             detail=self.detail,
             error=str(self.error) if self.error else "",
             task_counts=self._tasks.counts(),
-            task_ids=tuple(self.task_ids) if self.is_sweep or self.world else (),
-            task_states=states if self.is_sweep or self.world else (),
+            task_ids=tuple(self.task_ids) if self.is_sweep else (),
+            task_states=states if self.is_sweep else (),
+            ranks=self._rank_rows(states) if self.world else (),
             first_start=self._tasks.first_start,
             cost=self.meter.cost() if self.meter is not None else None,
+        )
+
+    def _rank_rows(self, states: tuple[str, ...]) -> tuple[RankRow, ...]:
+        tasks = self._last_status.tasks if self._last_status is not None else {}
+        return tuple(
+            RankRow(tid, state, tasks[tid].node if tid in tasks else "", self._last_lines.get(tid, ""))
+            for tid, state in zip(self.task_ids, states, strict=True)
         )
 
     def subscribe(self, callback: UpdateCallback) -> None:
@@ -505,6 +515,9 @@ class Run:
             self._activity = bool(records) or status.phase != self.phase
             records = self._take_progress(records)
             if self.world:
+                # What the cell displays shows once, from rank 0 (whose names come back), not once per rank.
+                records = [r for r in records if r.output is None or r.task_id == self.task_ids[0]]
+                self._note_last_lines(records)
                 records = self._prefixer.apply(records)
             if records:
                 self._notify(records)
@@ -518,6 +531,17 @@ class Run:
             else:
                 self._notify()
             return self.done
+
+    def _note_last_lines(self, records: list[LogRecord]) -> None:
+        """Each rank's last line, for its row in the panel."""
+        for record in records:
+            if record.stream not in ("stdout", "stderr"):
+                continue
+            # A record may hold part of a line (print writes its pieces apart): join them before choosing.
+            text = self._line_parts.get(record.task_id, "") + record.text
+            self._line_parts[record.task_id] = text.rsplit("\n", 1)[-1][-1000:]
+            if lines := [line for line in text.splitlines() if line.strip()]:
+                self._last_lines[record.task_id] = lines[-1]
 
     def _take_progress(self, records: list[LogRecord]) -> list[LogRecord]:
         """Turn the runner's transfer progress into the panel's detail; return the other records."""

@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from batchmagic.protocol import LogRecord
 
-__all__ = ["Phase", "PhaseSpan", "RunState", "LogRecord", "Cost"]
+__all__ = ["Phase", "PhaseSpan", "RunState", "LogRecord", "Cost", "RankRow"]
 
 
 class Phase(StrEnum):
@@ -77,6 +77,16 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class RankRow:
+    """One rank of a distributed run, as the panel shows it."""
+
+    task_id: str  # rank-<k>
+    state: str  # pending, running, succeeded or failed
+    node: str = ""
+    last_line: str = ""  # the last line it printed
+
+
+@dataclass(frozen=True)
 class RunState:
     """What the panel shows: a snapshot, safe to hand to another thread."""
 
@@ -94,6 +104,7 @@ class RunState:
     task_states: tuple[str, ...] = ()  # pending, running, succeeded or failed, per task
     first_start: float | None = None  # when the first task started running
     cost: Cost | None = None  # None: the backend costs nothing we can price (local)
+    ranks: tuple[RankRow, ...] = ()  # a distributed run's ranks, in rank order (empty for any other run)
     now: float = field(default_factory=time.time)
 
     @property
