@@ -176,3 +176,22 @@ def test_ddp_training_equals_one_process_over_the_same_batches(shell: Any, nodes
     assert_same_weights(shell.user_ns["weights"], train_alone(shell.user_ns))
     run = shell.user_ns["_azbatch"]
     assert f"[rank {nodes - 1}] step 20 loss" in run.logs()
+
+
+def need_mpi() -> None:
+    """mpi4py and MPICH (both from PyPI) are in the test extra: CI fails without them, elsewhere a skip."""
+    if os.environ.get("CI"):
+        import mpi4py  # noqa: F401
+    pytest.importorskip("mpi4py", reason="mpi4py and mpich are in the test extra: pip install -e '.[test]'")
+
+
+@pytest.mark.slow
+def test_an_mpi_allreduce_across_the_ranks_of_one_cell(shell: Any) -> None:
+    need_mpi()
+    from tests.support.mpi import MPI_CELL
+
+    shell.run_cell(f"%%azbatch --backend local --nodes 3 --distributed --out total\n{MPI_CELL}")
+    assert shell.user_ns["total"] == 1 + 2 + 3
+    logs = shell.user_ns["_azbatch"].logs()
+    for k in range(3):
+        assert f"[rank {k}] allreduce 6\n" in logs, logs

@@ -140,3 +140,13 @@ def test_a_named_inter_node_pool_takes_a_distributed_run(azure_env: RunningEmula
     assert azure_env.client().get_pool("ib").enable_inter_node_communication
     shell.run_cell("%%azbatch --pool ib --nodes 2 --distributed\nimport os\nr = os.environ['WORLD_SIZE']")
     assert shell.user_ns["r"] == "2"
+
+
+@pytest.mark.slow
+def test_an_mpi_allreduce_across_the_nodes(azure_env: RunningEmulator, shell: Any) -> None:
+    from tests.support.mpi import MPI_CELL
+    from tests.test_distributed import need_mpi
+
+    need_mpi()
+    shell.run_cell(f"%%azbatch --nodes 3 --distributed --out total\n{MPI_CELL}")
+    assert shell.user_ns["total"] == 6
