@@ -42,11 +42,11 @@ comm = comm.Split(0, rank)
 print(comm.allreduce(rank + 1), flush=True)
 """
 
-MPI_CELL = f'''
+MPI_CELL = f"""
 import os, subprocess, sys
 mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
 done = subprocess.run([mpiexec, "-n", "1", sys.executable, "-c", {JOIN!r}], capture_output=True, text=True)
 print(done.stderr[-2000:], file=sys.stderr)
 total = int(done.stdout.split()[-1])
 print("allreduce", total)
-'''
+"""
