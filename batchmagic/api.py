@@ -37,6 +37,7 @@ from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.run import LargeUploadWarning, Run, UpdateCallback
 from batchmagic.run.state import Phase, RunState
 from batchmagic.run.sweep import parse_grid
+from batchmagic.settings import DEFAULT_MAX_TASKS
 from batchmagic.storage import BlobStore, Store
 
 __all__ = ["Run", "RunOptions", "Session", "submit", "default_session"]
@@ -143,7 +144,7 @@ class Session:
         image = plan_image(
             backend.name, image=options.image, configured_image=backend.default_image, container=options.container,
             registry=settings.registry, base_image=settings.base_image, requirements=options.requirements,
-            pip=options.pip,
+            pip=options.pip, secrets=settings.secrets,
         )  # fmt: skip
         run = Run.create(options, settings, backend, namespace=namespace, source=cell)
         submission = run.submission(options)
@@ -413,13 +414,16 @@ def _resolve_image(request: ImageRequest | None, captured: CapturedCell, run: Ru
     return request.resolve(captured, run.enter) if request is not None else ""
 
 
-def _sweep_rows(sweep: str | Iterable[str] | Iterable[Mapping[str, Any]] | None) -> tuple[dict[str, Any], ...] | None:
-    """``submit(sweep=...)``: parameter sets as given, or ``--sweep`` strings read as the magic reads them."""
+def _sweep_rows(
+    sweep: str | Iterable[str] | Iterable[Mapping[str, Any]] | None, limit: int = DEFAULT_MAX_TASKS
+) -> tuple[dict[str, Any], ...] | None:
+    """``submit(sweep=...)``: parameter sets as given, or ``--sweep`` strings read as the magic reads them
+    (at most ``limit`` tasks: ``Settings.max_tasks``)."""
     if sweep is None:
         return None
     items = [sweep] if isinstance(sweep, str) else list(sweep)
     if items and all(isinstance(item, str) for item in items):
-        return tuple(parse_grid([str(item) for item in items]))
+        return tuple(parse_grid([str(item) for item in items], limit=limit))
     return tuple(dict(row) for row in items)  # type: ignore[arg-type]
 
 
@@ -535,6 +539,7 @@ def submit(
     ConfigError
         An option that cannot work, before anything is uploaded or created.
     """
+    session = default_session()
     options = RunOptions(
         backend=None if isinstance(backend, Backend) else backend,
         vm_size=vm_size,
@@ -545,7 +550,7 @@ def submit(
         nodes=nodes,
         low_priority=low_priority,
         retries=retries,
-        sweep=_sweep_rows(sweep),
+        sweep=_sweep_rows(sweep, session.settings(home=home).max_tasks),
         slots_per_node=slots_per_node,
         inputs=tuple(parse_input(token) for token in inputs),
         output_files=tuple(output_files),
@@ -561,7 +566,6 @@ def submit(
         procs_per_node=procs_per_node,
         gpu=gpu,
     )
-    session = default_session()
     if isinstance(backend, Backend):
         return session.submit(cell, namespace, options, home=home, on_update=on_update, backend=backend)
     return session.submit(cell, namespace, options, home=home, on_update=on_update)

@@ -33,7 +33,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from batchmagic.config import setting
+from batchmagic.config import Settings
 from batchmagic.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -129,17 +129,16 @@ def _parser() -> argparse.ArgumentParser:
 def _emulator(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from batchmagic.config import default_home, environment
+    from batchmagic.config import environment
     from batchmagic.sandbox import ENV_FILE, run
 
     command = args.run[1:] if args.run[:1] == ["--"] else args.run
-    env_file = Path(args.env_file) if args.env_file else default_home() / ENV_FILE
+    env_file = Path(args.env_file) if args.env_file else Settings.from_env().home / ENV_FILE
     return run(env_file, command, environ=environment(), keep_data=args.keep_data)
 
 
 def _runs_ls(args: argparse.Namespace) -> int:
     from batchmagic.api import Session
-    from batchmagic.config import Settings
     from batchmagic.notebook.magics import status_lines
 
     session = Session(settings=Settings.from_env())
@@ -157,7 +156,6 @@ def _logs(args: argparse.Namespace) -> int:
     import time
 
     from batchmagic.api import Session
-    from batchmagic.config import Settings
     from batchmagic.protocol import Layout
     from batchmagic.run.monitor import LogTail
 
@@ -188,7 +186,6 @@ def _logs(args: argparse.Namespace) -> int:
 
 def _teardown(args: argparse.Namespace) -> int:
     from batchmagic.api import Session
-    from batchmagic.config import Settings
 
     settings = Settings.from_env()
     session = Session(settings=settings)
@@ -210,7 +207,6 @@ def _ledger_note(session: Session) -> None:
 
 def _pool(args: argparse.Namespace) -> int:
     from batchmagic.api import Session
-    from batchmagic.config import Settings
     from batchmagic.pools import command
 
     given = {"name": None, "nodes": None, "vm": None, "max_nodes": 1, "low_priority": False, "idle": "20m"}
@@ -225,14 +221,16 @@ def _build(args: argparse.Namespace) -> int:
     from batchmagic.package.environment import environment_spec
     from batchmagic.package.image import ensure_image
 
-    registry = args.registry if args.registry is not None else setting("registry")
-    base = args.base_image or setting("base_image")
+    settings = Settings.from_env()
+    registry = args.registry if args.registry is not None else settings.registry
+    base = args.base_image or settings.base_image
     spec = environment_spec(args.modules, base_image=base, requirements=args.requirements, pip=args.pip)
 
     def progress(stage: str, detail: str) -> None:
         print(f"{stage} {detail}", file=sys.stderr, flush=True)
 
-    result = ensure_image(spec, registry, push=bool(registry) and not args.no_push, progress=progress)
+    push = bool(registry) and not args.no_push
+    result = ensure_image(spec, registry, push=push, progress=progress, secrets=settings.secrets)
     if result.built or result.pushed:
         done = " and pushed" if result.pushed else ""
         what = f"built{done}" if result.built else "pushed"
@@ -245,8 +243,9 @@ def _build(args: argparse.Namespace) -> int:
 def _ls(args: argparse.Namespace) -> int:
     from batchmagic.package.image import describe, list_images
 
-    registry = args.registry if args.registry is not None else setting("registry")
-    images = list_images(registry)
+    settings = Settings.from_env()
+    registry = args.registry if args.registry is not None else settings.registry
+    images = list_images(registry, settings.secrets)
     if not images:
         print("no training images", file=sys.stderr)
     for name, spec in images:
@@ -259,14 +258,13 @@ def _prices_update(args: argparse.Namespace) -> int:
 
     from batchmagic.backends.azure.prices import DEFAULT_REGIONS, SHIPPED_TABLE, PriceTable, fetch_retail_prices
     from batchmagic.backends.azure.vmsizes import VM_SIZES
-    from batchmagic.config import default_home
 
     # The SKU names as Azure spells them: the shipped table's, and a best guess for sizes it lacks.
     spelled = {size.lower(): size for sizes in PriceTable.load(SHIPPED_TABLE).prices.values() for size in sizes}
     sizes = [spelled.get(size, _azure_spelling(size)) for size in VM_SIZES]
     regions = args.region or list(DEFAULT_REGIONS)
     table = fetch_retail_prices(regions, sizes)
-    target = Path(args.output) if args.output else default_home() / "prices.json"
+    target = Path(args.output) if args.output else Settings.from_env().home / "prices.json"
     if target.is_file():  # keep the regions this refresh did not read
         table = PriceTable.load(target).merged(table)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -278,9 +276,9 @@ def _prices_update(args: argparse.Namespace) -> int:
 
 def _prices_ls(args: argparse.Namespace) -> int:
     from batchmagic.backends.azure.prices import Prices, format_money
-    from batchmagic.config import default_home, setting
 
-    prices = Prices.for_settings(default_home(), setting("prices"))
+    settings = Settings.from_env()
+    prices = Prices.for_settings(settings.home, settings.prices)
     print(prices.describe(), file=sys.stderr)
     for region, sizes in sorted(prices.table.prices.items()):
         if args.region and region != args.region.lower():

@@ -1,6 +1,7 @@
 """Settings, resolved once into one object: from the magics' traits in a notebook, from the
 environment for API use. This is the only module that reads ``os.environ``; everything else is
-handed a :class:`Settings` (and the stores and credentials built from it).
+handed a :class:`Settings` (and the stores and credentials built from it). Which settings there are,
+their variables and defaults, is declared once in :mod:`batchmagic.settings`.
 
 Also the parsing and checking of values shared by the API and the magics (durations, ``--env``).
 """
@@ -19,6 +20,14 @@ from typing import Any
 from batchmagic.distributed import DEFAULT_MASTER_PORT
 from batchmagic.errors import ConfigError
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
+from batchmagic.settings import (
+    DEFAULT_BASE_IMAGE,
+    DEFAULT_MAX_NODES,
+    DEFAULT_MAX_TASKS,
+    DEFAULT_VM_SIZE,
+    SETTINGS,
+    Setting,
+)
 
 __all__ = [
     "Settings",
@@ -31,8 +40,6 @@ __all__ = [
     "default_home",
     "default_backend",
     "check_home",
-    "setting",
-    "ENV_SETTINGS",
     "MAX_TIMEOUT",
     "working_directory",
     "redacted",
@@ -44,33 +51,6 @@ __all__ = [
 
 MAX_TIMEOUT = 7 * 24 * 3600  # Azure Batch's longest maxWallClockTime
 DEFAULT_TIMEOUT = 24 * 3600
-DEFAULT_VM_SIZE = "Standard_D2s_v3"
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
-DEFAULT_MAX_TASKS = 10_000
-DEFAULT_MAX_NODES = 100
-
-#: Settings environment variables seed (the Azure CLI's names where one exists): setting -> (variable,
-#: default). The magics' traits and the Python API both read them here. Secrets are not settings: the
-#: Batch key, the storage connection string and the registry password are read where they are used.
-ENV_SETTINGS: dict[str, tuple[str, str]] = {
-    "batch_endpoint": ("AZURE_BATCH_ENDPOINT", ""),
-    "batch_account": ("AZURE_BATCH_ACCOUNT", ""),
-    "storage_account_url": ("AZURE_STORAGE_ACCOUNT_URL", ""),
-    "container": ("BATCHMAGIC_CONTAINER", "batchmagic"),
-    "image": ("BATCHMAGIC_IMAGE", ""),
-    "registry": ("BATCHMAGIC_REGISTRY", ""),
-    "base_image": ("BATCHMAGIC_BASE_IMAGE", DEFAULT_BASE_IMAGE),
-    "region": ("BATCHMAGIC_REGION", ""),
-    "prices": ("BATCHMAGIC_PRICES", ""),
-    "pool": ("BATCHMAGIC_POOL", ""),
-    "node_image": ("BATCHMAGIC_NODE_IMAGE", ""),
-}
-
-
-def setting(name: str) -> str:
-    """The value of setting ``name`` from its environment variable, or its default."""
-    variable, fallback = ENV_SETTINGS[name]
-    return os.environ.get(variable, "") or fallback
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -249,20 +229,11 @@ class Settings:
         Raises
         ------
         ConfigError
-            ``BATCHMAGIC_MAX_TASKS`` is not a positive integer.
+            A variable's value is not of its setting's kind (``BATCHMAGIC_MAX_TASKS=lots``).
         """
-        max_tasks = _positive("BATCHMAGIC_MAX_TASKS", DEFAULT_MAX_TASKS)
-        max_nodes = _positive("BATCHMAGIC_MAX_NODES", DEFAULT_MAX_NODES)
-        master_port = check_port(_positive("BATCHMAGIC_MASTER_PORT", DEFAULT_MASTER_PORT), "BATCHMAGIC_MASTER_PORT")
-        values: dict[str, Any] = {name: setting(name) for name in ENV_SETTINGS}
+        values: dict[str, Any] = {s.name: _from_variable(s) for s in SETTINGS if s.variable and s.in_settings}
         values.update(
-            backend=default_backend(),
             backend_chosen=bool(os.environ.get("BATCHMAGIC_BACKEND", "").strip()),
-            home=default_home(),
-            max_tasks=max_tasks,
-            max_nodes=max_nodes,
-            master_port=master_port,
-            docker_host=os.environ.get("DOCKER_HOST", ""),
             user=current_user(),
             secrets=Secrets.from_env(),
         )
@@ -306,6 +277,19 @@ def check_port(port: int, name: str) -> int:
             f"{name} {port} cannot be rank 0's port: pick one from 1024 to 65535 other than 6000 (Batch's own)"
         )
     return port
+
+
+def _from_variable(setting: Setting) -> Any:
+    """The value of ``setting`` its environment variable gives, or its default."""
+    if setting.kind == "backend":
+        return default_backend()
+    if setting.kind == "path":
+        return default_home()
+    if setting.kind == "count":
+        return _positive(setting.variable, int(str(setting.default)))
+    if setting.kind == "port":
+        return check_port(_positive(setting.variable, int(str(setting.default))), setting.variable)
+    return os.environ.get(setting.variable, "") or setting.default
 
 
 def _positive(variable: str, default: int) -> int:

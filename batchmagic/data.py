@@ -51,9 +51,10 @@ def _url(path: str) -> str:
         raise ValueError(f"{path!r} is not az://container/blob")
     if path in _grants:
         return _grants[path]
-    from batchmagic.config import Secrets
+    from batchmagic.config import Settings
 
-    connection = Secrets.from_env().storage_connection_string
+    # In the notebook itself there is no run to sign for it: the settings' own storage account.
+    connection = Settings.from_env().secrets.storage_connection_string
     if not connection:
         raise PermissionError(
             f"no read access to {path}: inside a run, write the az:// path literally in the cell (or pass it "

@@ -14,10 +14,11 @@ from typing import Any
 
 from batchmagic.backends.azure.poolspec import check_pool_name
 from batchmagic.backends.azure.vmsizes import check_current, choose_gpu_size, fits, parse_gpu, size_info
-from batchmagic.config import DEFAULT_MAX_TASKS, Settings, parse_budget, parse_timeout
+from batchmagic.config import Settings, parse_budget, parse_timeout
 from batchmagic.distributed import MAX_NODES, MAX_PROCS_PER_NODE
 from batchmagic.errors import ConfigError
 from batchmagic.package.inputs import InputSpec, parse_input, parse_output
+from batchmagic.settings import DEFAULT_MAX_TASKS
 
 __all__ = ["RunOptions", "OPTION_NAMES"]
 

@@ -23,11 +23,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
-    """batchmagic modules ``path`` imports, at any depth of the file (lazy imports included), except
-    under ``if TYPE_CHECKING:``."""
+def _imports(path: Path, name: str | None = None) -> set[str]:
+    """batchmagic modules ``path`` (the module ``name``, by default its place in the package) imports, at
+    any depth of the file (lazy imports included), except under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    name = name or _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
@@ -90,28 +91,70 @@ def test_cycle_finder_sees_a_cycle(tmp_path: Path) -> None:
 
 
 def _imports_of_source(source: str, tmp_path: Path) -> set[str]:
-    path = PACKAGE / "_probe_for_test.py"
-    try:
-        path.write_text(source)
-        return _imports(path)
-    finally:
-        path.unlink()
+    # Outside the package: a test never writes into it (another test, or a kernel, may be importing it).
+    path = tmp_path / "_probe_for_test.py"
+    path.write_text(source)
+    return _imports(path, "batchmagic._probe_for_test")
 
 
-def test_only_config_reads_the_environment() -> None:
+#: Modules that are not the client: the runner and the emulator are processes of their own; distributed.py's
+#: helpers run in the cell, on a rank, and read what its backend set there.
+_NOT_THE_CLIENT = ("runner/", "emulator/", "distributed.py")
+#: config.py's readers of the environment, and the edges that may call them: where a process starts or a
+#: user calls in (the extension, the Python API's Session, the command line, the magics, and data.py's
+#: calls in the notebook, which have no session). Everything else is handed a Settings.
+_CONFIG_READERS = (
+    "Settings.from_env", "Secrets.from_env", "default_home", "default_backend", "adopt_emulator_settings",
+    "environment",
+)  # fmt: skip
+_EDGES = ("__init__.py", "api.py", "cli.py", "notebook/magics.py", "data.py")
+
+
+def _environment_readers(root: Path) -> list[str]:
+    """Where modules under ``root`` read the environment other than through config.py, or call config's
+    readers away from the edges."""
     readers = []
-    for path in PACKAGE.rglob("*.py"):
-        relative = path.relative_to(PACKAGE).as_posix()
-        if relative in ("config.py", "distributed.py") or relative.startswith(("runner/", "emulator/")):
-            # The runner and the emulator are processes of their own, not the client; distributed.py's
-            # helpers run in the cell, on a rank, and read what its backend set there.
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if relative == "config.py" or relative.startswith(_NOT_THE_CLIENT):
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             text = ast.unparse(node) if isinstance(node, ast.Attribute | ast.Call) else ""
-            if text.startswith(("os.environ", "os.getenv")):
+            if text.startswith(("os.environ", "os.getenv", "os.putenv", "os.unsetenv")):
                 readers.append(f"{relative}:{node.lineno}: {text}")
-    assert readers == [], "settings are read in config.py only"
+            elif isinstance(node, ast.ImportFrom) and node.module == "os":
+                names = {a.name for a in node.names} & {"environ", "getenv", "putenv", "environb"}
+                readers += [f"{relative}:{node.lineno}: from os import {n}" for n in sorted(names)]
+            elif isinstance(node, ast.Call) and relative not in _EDGES:
+                called = ast.unparse(node.func)
+                if called in _CONFIG_READERS or called.endswith(tuple(f".{r}" for r in _CONFIG_READERS[2:])):
+                    readers.append(f"{relative}:{node.lineno}: {called}() away from the edges")
+    return readers
+
+
+def test_only_config_reads_the_environment_and_only_the_edges_ask_it() -> None:
+    assert _environment_readers(PACKAGE) == [], (
+        "settings are read in config.py only, at the edges (batchmagic/settings.py declares them): "
+        "hand a Settings down instead"
+    )
+
+
+def test_the_environment_rule_sees_each_way_of_reading_it(tmp_path: Path) -> None:
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "feature.py").write_text(
+        "import os\nfrom os import environ\nfrom batchmagic.config import Settings, default_home\n"
+        "a = os.environ.get('X')\nb = os.getenv('Y')\nc = Settings.from_env()\nd = default_home()\n"
+    )
+    (tmp_path / "cli.py").write_text("from batchmagic.config import Settings\ns = Settings.from_env()\n")
+    found = {line.split(": ", 1)[1] for line in _environment_readers(tmp_path)}
+    assert {
+        "from os import environ",
+        "os.environ.get('X')",
+        "os.getenv('Y')",
+        "Settings.from_env() away from the edges",
+        "default_home() away from the edges",
+    } <= found, found
+    assert not any(line.startswith("cli.py") for line in _environment_readers(tmp_path))  # an edge
 
 
 def test_protocol_needs_only_the_standard_library() -> None:

@@ -73,12 +73,14 @@ def test_sweep_values_that_are_not_values_are_one_line(text, message):
     assert "\n" not in str(info.value)
 
 
-def test_a_grid_too_big_is_refused_before_it_is_built(monkeypatch):
-    monkeypatch.setenv("BATCHMAGIC_MAX_TASKS", "100")
+def test_a_grid_too_big_is_refused_before_it_is_built():
+    # The limit is Settings.max_tasks (BATCHMAGIC_MAX_TASKS), handed down by the magic and submit.
     with pytest.raises(ConfigError, match="range\\(10000\\) has 10,000 values, over the limit of 100"):
-        parse_grid(["a=range(10000)"])
+        parse_grid(["a=range(10000)"], limit=100)
     with pytest.raises(ConfigError, match="the sweep has 10,000 tasks, over the limit of 100"):
-        parse_grid(["a=range(100)", "b=range(100)"])
+        parse_grid(["a=range(100)", "b=range(100)"], limit=100)
+    with pytest.raises(ConfigError, match="the sweep has 100,000,000 tasks, over the limit of 10,000"):
+        parse_grid(["a=range(10000)", "b=range(10000)"])  # the default
 
 
 @pytest.mark.parametrize("flag", ["--sweep k=1,2", "--sweep 'k=1,2'", '--sweep k="1,2"', '--sweep "k=1, 2"'])

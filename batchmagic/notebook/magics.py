@@ -7,7 +7,6 @@ the cell's own stdout/stderr.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import warnings
@@ -19,17 +18,15 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import publish_display_data
-from traitlets import Dict, Enum, Integer, TraitError, Unicode, Union, default, validate
 
 from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
-from batchmagic.config import DEFAULT_VM_SIZE, Settings, check_port, parse_budget, parse_env, parse_timeout
-from batchmagic.distributed import DEFAULT_MASTER_PORT
+from batchmagic.config import Settings, parse_env
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.notebook.record import record_of
-from batchmagic.notebook.widget import PANEL_MODES, Panel, TaskLogs, format_seconds, make_panel, ui_pump
+from batchmagic.notebook.traits import settings_from_traits, settings_traits
+from batchmagic.notebook.widget import Panel, TaskLogs, format_seconds, make_panel, ui_pump
 from batchmagic.options import RunOptions, check_identifier
-from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 from batchmagic.run.ledger import LedgerRun
 from batchmagic.run.run import UpdateCallback
 from batchmagic.run.state import LogRecord, RunState
@@ -38,91 +35,16 @@ from batchmagic.run.sweep import parse_grid, rows_from
 __all__ = ["AzBatch"]
 
 
-@magics_class
-class AzBatch(Magics):
-    """Run a cell on a bigger machine: ``%%azbatch [flags]``; ``%azbatch_status``; ``%azbatch_teardown``."""
+#: The settings' traits (:mod:`batchmagic.notebook.traits`, from :data:`batchmagic.settings.SETTINGS`).
+_SettingTraits: Any = settings_traits()
 
-    backend = Unicode(
-        help="Where cells run: 'azure' (Azure Batch) or 'local' (a subprocess on this machine). "
-        "Defaults to BATCHMAGIC_BACKEND, else 'azure' when AZURE_BATCH_ENDPOINT is set, else 'local'.",
-    ).tag(config=True)
-    home = Unicode(
-        help="Directory for batchmagic's state and local run data. Defaults to BATCHMAGIC_HOME, else ~/.batchmagic.",
-    ).tag(config=True)
-    vm_size = Unicode(
-        DEFAULT_VM_SIZE,
-        help="Azure VM size used when a cell gives no --vm, e.g. Standard_E32_v3.",
-    ).tag(config=True)
-    timeout = Unicode(
-        "24h",
-        help="Longest a run may take when a cell gives no --timeout, like 90s, 30m, 6h (at most 7d).",
-    ).tag(config=True)
-    batch_endpoint = Unicode(
-        help="Azure Batch account endpoint, https://<account>.<region>.batch.azure.com. "
-        "Defaults to AZURE_BATCH_ENDPOINT.",
-    ).tag(config=True)
-    batch_account = Unicode(
-        help="Azure Batch account name (used with AZURE_BATCH_ACCESS_KEY). Defaults to AZURE_BATCH_ACCOUNT.",
-    ).tag(config=True)
-    storage_account_url = Unicode(
-        help="Blob Storage account URL for run data, used with your Entra ID login when "
-        "AZURE_STORAGE_CONNECTION_STRING is not set. Defaults to AZURE_STORAGE_ACCOUNT_URL.",
-    ).tag(config=True)
-    container = Unicode(
-        help="Blob container that holds run data. Defaults to BATCHMAGIC_CONTAINER, else 'batchmagic'.",
-    ).tag(config=True)
-    image = Unicode(
-        help="Training image the task runs in, e.g. myregistry.azurecr.io/batchmagic:env-0123abcd4567. "
-        "Defaults to BATCHMAGIC_IMAGE.",
-    ).tag(config=True)
-    registry = Unicode(
-        help="Container registry (and repository) the training image is pushed to and pulled from, e.g. "
-        "myregistry.azurecr.io/batchmagic or 127.0.0.1:5000/batchmagic. With a registry and no AzBatch.image, "
-        "each cell's image is built (or reused) from its environment. Defaults to BATCHMAGIC_REGISTRY.",
-    ).tag(config=True)
-    base_image = Unicode(
-        help="Image the training image is built FROM: any Debian-like image whose Python matches the kernel's. "
-        "Defaults to BATCHMAGIC_BASE_IMAGE, else python:3.11-slim.",
-    ).tag(config=True)
-    pool = Unicode(
-        help="Named pool cells run on when they give no --pool (see %azbatch_pool); empty: each run makes a pool "
-        "of its own. Defaults to BATCHMAGIC_POOL.",
-    ).tag(config=True)
-    node_image = Unicode(
-        help="VM image of new pools' nodes, as publisher:offer:sku[:version] (e.g. microsoft-dsvm:ubuntu-hpc:2404; "
-        "add @<node agent sku> for an image Batch does not list). Empty: the newest Docker-compatible Ubuntu "
-        "the Batch account supports, GPU-capable for N-series sizes. Defaults to BATCHMAGIC_NODE_IMAGE.",
-    ).tag(config=True)
-    input_concurrency = Integer(
-        DEFAULT_INPUT_CONCURRENCY, help="Parallel connections each task uses to download its --input data."
-    ).tag(config=True)
-    budget = Unicode(
-        help="Default --budget: end a run once its estimated spend passes this amount, e.g. '5' "
-        "(in the prices' currency, USD unless AzBatch.prices says otherwise). Empty: no budget.",
-    ).tag(config=True)
-    prices = Union(
-        [Unicode(), Dict()],
-        default_value="",
-        help="Your own VM prices per hour (negotiated rates), over batchmagic's table: a JSON file's path, or a "
-        "dict like {'Standard_E32_v3': 1.5, 'westeurope': {'Standard_D2s_v3': {'dedicated': 0.09, 'spot': 0.02}}}. "
-        "Defaults to BATCHMAGIC_PRICES.",
-    ).tag(config=True)
-    region = Unicode(
-        help="The Batch account's region, for prices (e.g. westeurope). Defaults to BATCHMAGIC_REGION, else the "
-        "region in AZURE_BATCH_ENDPOINT's host name.",
-    ).tag(config=True)
-    master_port = Integer(
-        DEFAULT_MASTER_PORT,
-        help="The port rank 0 of a --distributed run listens on (MASTER_PORT) on Azure Batch; the local backend "
-        "picks a free one, as torchrun --standalone does. Not 6000, which Batch keeps. Defaults to "
-        "BATCHMAGIC_MASTER_PORT, else 6105.",
-    ).tag(config=True)
-    panel = Enum(
-        PANEL_MODES,
-        default_value="auto",
-        help="How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
-        "or 'auto' (the widget where it can render, text otherwise).",
-    ).tag(config=True)
+
+@magics_class
+class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
+    """Run a cell on a bigger machine: ``%%azbatch [flags]``; ``%azbatch_status``; ``%azbatch_teardown``.
+
+    Its traits are the settings of :data:`batchmagic.settings.SETTINGS` (``%config AzBatch.vm_size = ...``).
+    """
 
     def __init__(self, shell: Any = None, **kwargs: Any) -> None:
         super().__init__(shell=shell, **kwargs)
@@ -138,79 +60,10 @@ class AzBatch(Magics):
                 self._environment = Settings.from_env()
         return self._environment
 
-    @default("backend")
-    def _default_backend(self) -> str:
-        return self._env.backend
-
-    @default("home")
-    def _default_home(self) -> str:
-        return str(self._env.home)
-
-    @default("batch_endpoint")
-    def _default_batch_endpoint(self) -> str:
-        return self._env.batch_endpoint
-
-    @default("batch_account")
-    def _default_batch_account(self) -> str:
-        return self._env.batch_account
-
-    @default("storage_account_url")
-    def _default_storage_account_url(self) -> str:
-        return self._env.storage_account_url
-
-    @default("container")
-    def _default_container(self) -> str:
-        return self._env.container
-
-    @default("image")
-    def _default_image(self) -> str:
-        return self._env.image
-
-    @default("registry")
-    def _default_registry(self) -> str:
-        return self._env.registry
-
-    @default("base_image")
-    def _default_base_image(self) -> str:
-        return self._env.base_image
-
-    @default("pool")
-    def _default_pool(self) -> str:
-        return self._env.pool
-
-    @default("node_image")
-    def _default_node_image(self) -> str:
-        return self._env.node_image
-
-    @default("prices")
-    def _default_prices(self) -> str:
-        return self._env.prices
-
-    @default("region")
-    def _default_region(self) -> str:
-        return self._env.region
-
     def settings(self) -> Settings:
         """The traits resolved into one Settings (secrets come from the environment, never traits)."""
-        return self._env.with_overrides(
-            backend=self.backend,
-            backend_chosen=self._env.backend_chosen or "backend" in self.config.get("AzBatch", {}),
-            home=self.home,
-            vm_size=self.vm_size,
-            timeout=parse_timeout(self.timeout),
-            batch_endpoint=self.batch_endpoint,
-            batch_account=self.batch_account,
-            storage_account_url=self.storage_account_url,
-            container=self.container,
-            image=self.image,
-            registry=self.registry,
-            base_image=self.base_image,
-            input_concurrency=self.input_concurrency,
-            region=self.region,
-            prices=json.dumps(self.prices, sort_keys=True) if isinstance(self.prices, dict) else self.prices,
-        ).with_values(  # "" here means none, not "unchanged"
-            pool=self.pool, node_image=self.node_image, budget=parse_budget(self.budget), master_port=self.master_port
-        )
+        chosen = self._env.backend_chosen or "backend" in self.config.get("AzBatch", {})
+        return settings_from_traits(self, self._env, backend_chosen=chosen)
 
     def backend_config(self) -> dict[str, str]:
         """The Azure settings the traits hold (secrets are never traits: they come from the environment)."""
@@ -222,40 +75,6 @@ class AzBatch(Magics):
             "image": self.image,
             "registry": self.registry,
         }
-
-    @validate("backend")
-    def _check_backend(self, proposal: Any) -> str:
-        value = str(proposal["value"]).lower()
-        if value not in BACKENDS:
-            raise TraitError(f"AzBatch.backend must be one of {', '.join(BACKENDS)}, not {value!r}")
-        return value
-
-    @validate("budget")
-    def _check_budget(self, proposal: Any) -> str:
-        try:
-            parse_budget(proposal["value"])
-        except ConfigError as err:
-            raise TraitError(str(err).replace("--budget", "AzBatch.budget")) from None
-        return str(proposal["value"])
-
-    @validate("master_port")
-    def _check_master_port(self, proposal: Any) -> int:
-        try:
-            return check_port(int(proposal["value"]), "AzBatch.master_port")
-        except ConfigError as err:
-            raise TraitError(str(err)) from None
-
-    @default("master_port")
-    def _default_master_port(self) -> int:
-        return self._env.master_port
-
-    @validate("timeout")
-    def _check_timeout(self, proposal: Any) -> str:
-        try:
-            parse_timeout(proposal["value"])
-        except ConfigError as err:
-            raise TraitError(str(err)) from None
-        return str(proposal["value"])
 
     # --- %%azbatch ---
 
@@ -502,7 +321,7 @@ class AzBatch(Magics):
         if args.sweep and args.sweep_from:
             raise UsageError("give --sweep or --sweep-from, not both")
         if args.sweep:
-            return parse_grid(args.sweep)
+            return parse_grid(args.sweep, limit=self._env.max_tasks)
         if args.sweep_from:
             if args.sweep_from not in self._user_ns:
                 raise UsageError(f"--sweep-from {args.sweep_from}: no such variable in the notebook")

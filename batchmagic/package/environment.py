@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import batchmagic
-from batchmagic.config import DEFAULT_BASE_IMAGE
 from batchmagic.errors import ConfigError
 from batchmagic.package.cuda import expected_on_node, map_for_gpu, torch_index
+from batchmagic.settings import DEFAULT_BASE_IMAGE
 
 __all__ = [
     "DEFAULT_BASE_IMAGE",

@@ -20,26 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchmagic.errors import ConfigError
+from batchmagic.settings import DEFAULT_MAX_TASKS
 
 __all__ = [
     "parse_grid",
     "parse_values",
     "rows_from",
-    "check_size",
     "task_ids_for",
     "TaskOutcome",
     "results_table",
-    "max_tasks",
 ]
 
 SCALARS = (bool, int, float, str, type(None))
-
-
-def max_tasks() -> int:
-    """The most tasks a sweep may have: ``BATCHMAGIC_MAX_TASKS``, default 10,000."""
-    from batchmagic.config import Settings
-
-    return Settings.from_env().max_tasks
 
 
 #: What a sweep value may be, for the error that refuses one.
@@ -51,13 +43,15 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")  # a bare word is a string: k=
 _RANGE_LOOKALIKE = re.compile(r"-?\d+\s*(\.\.\.?|:|-|to)\s*-?\d+")  # 0..20, 0:20, 1-5: not ranges here
 
 
-def parse_values(name: str, text: str) -> list[Any]:
+def parse_values(name: str, text: str, *, limit: int = DEFAULT_MAX_TASKS) -> list[Any]:
     """The values of ``--sweep name=text``, read as Python reads them, never evaluated.
 
     ``text`` is a comma-separated list of Python literals (numbers, quoted strings, ``True``,
     tuples...), ``range(...)`` calls with whole-number arguments (expanded), and bare words (kept as
     strings). The shell quoting around the flag is already gone (the magic line is split with
     :mod:`shlex`), so ``k=1,2``, ``'k=1,2'`` and ``k="1,2"`` are the same two values.
+
+    ``limit`` is the most values a ``range`` may give (``Settings.max_tasks``).
 
     Raises
     ------
@@ -73,7 +67,7 @@ def parse_values(name: str, text: str) -> list[Any]:
     if isinstance(tree, ast.List):
         values: list[Any] = []
         for node in tree.elts:
-            values.extend(_node_values(name, node, ast.get_source_segment(f"[{text}\n]", node) or ""))
+            values.extend(_node_values(name, node, ast.get_source_segment(f"[{text}\n]", node) or "", limit))
         return values
     # Not Python as a whole (0..20, 1e, a word with a quote): each comma-separated piece on its own.
     values = []
@@ -102,19 +96,19 @@ def _has_comment(text: str) -> bool:
         return False  # not Python: ast.parse refuses it too
 
 
-def _node_values(name: str, node: ast.expr, source: str) -> list[Any]:
+def _node_values(name: str, node: ast.expr, source: str, limit: int) -> list[Any]:
     try:
         return [ast.literal_eval(node)]
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         pass
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-        return _range(name, node, source)
+        return _range(name, node, source, limit)
     if isinstance(node, ast.Name):
         return [node.id]
     return [_word(name, source.strip())]
 
 
-def _range(name: str, node: ast.Call, source: str) -> list[Any]:
+def _range(name: str, node: ast.Call, source: str, limit: int) -> list[Any]:
     args: list[Any] = []
     for arg in node.args:
         try:
@@ -124,8 +118,8 @@ def _range(name: str, node: ast.Call, source: str) -> list[Any]:
     if node.keywords or not 1 <= len(args) <= 3 or not all(type(a) is int for a in args):
         raise ConfigError(f"--sweep {name}={source}: range takes 1 to 3 whole numbers, like {name}=range(0,20,5)")
     steps = range(*args)
-    if len(steps) > max_tasks():
-        raise ConfigError(f"--sweep {name}={source} has {len(steps):,} values, over the limit of {max_tasks():,}")
+    if len(steps) > limit:
+        raise ConfigError(f"--sweep {name}={source} has {len(steps):,} values, over the limit of {limit:,}")
     return list(steps)
 
 
@@ -136,9 +130,9 @@ def _word(name: str, text: str) -> str:
     raise ConfigError(f"--sweep {name}: {text!r} is not a value{hint}; give {ACCEPTED}")
 
 
-def parse_grid(tokens: Sequence[str]) -> list[dict[str, Any]]:
+def parse_grid(tokens: Sequence[str], *, limit: int = DEFAULT_MAX_TASKS) -> list[dict[str, Any]]:
     """``["lr=0.1,0.01", "depth=range(3,6)"]`` -> the product grid, one dict per task (values: see
-    :func:`parse_values`).
+    :func:`parse_values`); ``limit`` is the most tasks it may have (``Settings.max_tasks``).
 
     Raises
     ------
@@ -154,15 +148,15 @@ def parse_grid(tokens: Sequence[str]) -> list[dict[str, Any]]:
             raise ConfigError(f"--sweep {token!r} is not name=v1,v2,... (name: a Python identifier)")
         if name in axes:
             raise ConfigError(f"--sweep names {name!r} twice: give all its values in one flag")
-        items = parse_values(name, values)
+        items = parse_values(name, values, limit=limit)
         if not items:
             raise ConfigError(f"--sweep {name}= has no values: give at least one, like {name}=1,2")
         axes[name] = items
     names = list(axes)
     size = math.prod(len(values) for values in axes.values())
-    if size > max_tasks():  # before the grid is built: range(10000) x range(10000) is not a list to make
+    if size > limit:  # before the grid is built: range(10000) x range(10000) is not a list to make
         raise ConfigError(
-            f"the sweep has {size:,} tasks, over the limit of {max_tasks():,}: narrow it, or raise BATCHMAGIC_MAX_TASKS"
+            f"the sweep has {size:,} tasks, over the limit of {limit:,}: narrow it, or raise BATCHMAGIC_MAX_TASKS"
         )
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
@@ -186,16 +180,6 @@ def rows_from(name: str, value: Any) -> list[dict[str, Any]]:
         if bad:
             raise ConfigError(f"--sweep-from {name}: column {bad[0]!r} is not a Python identifier")
     return [{str(k): v for k, v in row.items()} for row in rows]
-
-
-def check_size(grid: list[dict[str, Any]]) -> None:
-    if not grid:
-        raise ConfigError("the sweep is empty: give at least one parameter set")
-    limit = max_tasks()
-    if len(grid) > limit:
-        raise ConfigError(
-            f"the sweep has {len(grid):,} tasks, over the limit of {limit:,}: narrow it, or raise BATCHMAGIC_MAX_TASKS"
-        )
 
 
 def task_ids_for(count: int) -> list[str]:

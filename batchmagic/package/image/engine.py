@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchmagic.config import docker_host
+from batchmagic.config import Secrets, docker_host
 from batchmagic.errors import ConfigError
 from batchmagic.package.environment import LABEL, EnvironmentSpec, split_registry
 from batchmagic.package.image.context import build_context
@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, str], None]  # (stage: "building" | "pushing", detail)
 PING_TIMEOUT = 3.0
 API_TIMEOUT = 900.0
+
+
+#: No registry credentials: anonymous (or, for an Azure Container Registry, your Entra ID login).
+_ANONYMOUS = Secrets()
 
 
 def _no_progress(stage: str, detail: str) -> None:
@@ -208,6 +212,7 @@ def ensure_image(
     *,
     push: bool = True,
     progress: Progress | None = None,
+    secrets: Secrets = _ANONYMOUS,
 ) -> ImageResult:
     """The image for ``spec``: reused if the registry (or, without one, the local engine) has it,
     else built and pushed.
@@ -222,6 +227,8 @@ def ensure_image(
         Push to the registry after building (False for ``--backend local --container``).
     progress : callable, optional
         ``progress(stage, detail)`` with stage ``"building"`` or ``"pushing"``.
+    secrets : Secrets, optional
+        The registry's credentials (``Settings.secrets``); none: anonymous, or Entra ID for ACR.
 
     Raises
     ------
@@ -233,7 +240,7 @@ def ensure_image(
     started = time.monotonic()
     tag = spec.tag(registry)
     host, repository, reference = split_image(tag)
-    credentials = registry_credentials(host) if host and push else None
+    credentials = registry_credentials(host, secrets) if host and push else None
     if host and push:
         client = RegistryClient(host, credentials)
         if client.manifest_exists(repository, reference):
@@ -265,7 +272,7 @@ def ensure_image(
 # --- existing images ---
 
 
-def image_labels(image: str, *, engine_first: bool = False) -> dict[str, str] | None:
+def image_labels(image: str, *, engine_first: bool = False, secrets: Secrets = _ANONYMOUS) -> dict[str, str] | None:
     """An image's labels: from the local engine or from its registry's config blob.
 
     Returns None when neither has the image.
@@ -283,15 +290,15 @@ def image_labels(image: str, *, engine_first: bool = False) -> dict[str, str] | 
 
     if engine_first or not host:
         return from_engine()
-    return RegistryClient(host, registry_credentials(host)).labels(repository, reference)
+    return RegistryClient(host, registry_credentials(host, secrets)).labels(repository, reference)
 
 
-def list_images(registry: str) -> list[tuple[str, EnvironmentSpec | None]]:
+def list_images(registry: str, secrets: Secrets = _ANONYMOUS) -> list[tuple[str, EnvironmentSpec | None]]:
     """The training images in ``registry``'s repository (or in the local engine when it is empty)."""
     host, repository = split_registry(registry)
     found: list[tuple[str, EnvironmentSpec | None]] = []
     if host:
-        client = RegistryClient(host, registry_credentials(host))
+        client = RegistryClient(host, registry_credentials(host, secrets))
         for tag in client.tags(repository):
             if tag.startswith("env-"):
                 labels = client.labels(repository, tag) or {}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from batchmagic.config import Secrets
 from batchmagic.errors import ConfigError
 from batchmagic.package.environment import EnvironmentSpec, split_registry
 from batchmagic.package.image.engine import ImageResult, ensure_image, image_labels
@@ -46,6 +47,7 @@ class ImageRequest:
     push: bool = True
     engine_first: bool = False
     configured: bool = False  # ``given`` came from the settings (AzBatch.image), not from --image
+    secrets: Secrets = field(default_factory=Secrets, repr=False)  # the registry's credentials, if any
     result: ImageResult | None = None
 
     def spec_for(self, modules: Iterable[str]) -> EnvironmentSpec:
@@ -68,7 +70,7 @@ class ImageRequest:
         modules = shipped_modules(captured.path, captured.analysis.imported_modules, captured.manifest.modules)
         if self.given:
             try:
-                labels = image_labels(self.given, engine_first=self.engine_first)
+                labels = image_labels(self.given, engine_first=self.engine_first, secrets=self.secrets)
             except ConfigError as err:
                 if self.configured:
                     # The image of the settings, whose registry this client may not reach: run it, say so.
@@ -92,7 +94,11 @@ class ImageRequest:
         spec = self.spec_for(modules)
         stages = {"building": Phase.BUILDING_IMAGE, "pushing": Phase.PUSHING_IMAGE}
         self.result = ensure_image(
-            spec, self.registry, push=self.push, progress=lambda stage, detail: enter(stages[stage], detail)
+            spec,
+            self.registry,
+            push=self.push,
+            progress=lambda stage, detail: enter(stages[stage], detail),
+            secrets=self.secrets,
         )
         return self.result.image
 
@@ -103,16 +109,20 @@ def plan_image(
     image: str | None = None,
     configured_image: str | None = None,
     container: bool = False,
-    registry: str | None = None,
-    base_image: str | None = None,
+    registry: str = "",
+    base_image: str = "",
     requirements: str | Path | None = None,
     pip: Iterable[str] = (),
+    secrets: Secrets | None = None,
 ) -> ImageRequest | None:
     """Decide, before packaging, where a run's image comes from; None when it needs none of ours.
 
     - ``--image`` given: that image, after the guard.
     - ``--backend local --container``: build (or reuse) the image in the local engine, no push.
-    - Azure with no image configured and a registry (``BATCHMAGIC_REGISTRY``): build-or-reuse and push.
+    - Azure with no image configured and a registry (``Settings.registry``): build-or-reuse and push.
+
+    ``registry``, ``base_image`` (default :data:`~batchmagic.settings.DEFAULT_BASE_IMAGE`) and ``secrets``
+    (the registry's credentials) come from the session's :class:`~batchmagic.config.Settings`.
 
     Raises
     ------
@@ -120,12 +130,12 @@ def plan_image(
         ``--requirements`` missing or unparsable, a malformed ``--pip`` or registry, or flags that
         do not apply (``--container`` on Azure, ``--requirements`` with ``--image``).
     """
-    from batchmagic.config import setting
     from batchmagic.package.environment import parse_pip, read_requirements
+    from batchmagic.settings import DEFAULT_BASE_IMAGE
 
     pip = tuple(pip or ())
-    registry = registry if registry is not None else setting("registry")
-    base_image = base_image or setting("base_image")
+    base_image = base_image or DEFAULT_BASE_IMAGE
+    secrets = secrets or Secrets()
     if container and backend != "local":
         raise ConfigError("--container is for --backend local (on Azure every task runs in a container)")
     if image and (requirements or pip):
@@ -138,15 +148,17 @@ def plan_image(
     if image:
         if backend == "local" and not container:
             raise ConfigError("--image on the local backend needs --container (it runs the task in that image)")
-        return ImageRequest(given=image, engine_first=backend == "local")
+        return ImageRequest(secrets=secrets, given=image, engine_first=backend == "local")
     if backend == "local":
         if not container:
             if requirements or pip:
                 raise ConfigError("--requirements/--pip build an image: add --container, or use the azure backend")
             return None
-        return ImageRequest(registry=registry, base_image=base_image, requirements=requirements, pip=pip, push=False)
+        return ImageRequest(
+            secrets=secrets, registry=registry, base_image=base_image, requirements=requirements, pip=pip, push=False
+        )
     if configured_image and not (requirements or pip):
-        return ImageRequest(given=configured_image, configured=True)  # the guard runs on it too
+        return ImageRequest(secrets=secrets, given=configured_image, configured=True)  # the guard runs on it too
     if not registry:
         if requirements or pip:
             raise ConfigError(
@@ -154,4 +166,4 @@ def plan_image(
                 "(e.g. myregistry.azurecr.io/batchmagic) or %config AzBatch.registry = '...'"
             )
         return None
-    return ImageRequest(registry=registry, base_image=base_image, requirements=requirements, pip=pip)
+    return ImageRequest(secrets=secrets, registry=registry, base_image=base_image, requirements=requirements, pip=pip)

@@ -52,10 +52,10 @@ def _is_loopback(host: str) -> bool:
     return name in ("localhost", "::1", "[::1]") or name.startswith("127.")
 
 
-def registry_credentials(host: str) -> tuple[str, str] | None:
-    """(username, password) for ``host``: BATCHMAGIC_REGISTRY_USERNAME / _PASSWORD, else for an Azure
-    Container Registry an Entra ID token exchanged for an ACR refresh token; None when anonymous."""
-    secrets = Secrets.from_env()
+def registry_credentials(host: str, secrets: Secrets) -> tuple[str, str] | None:
+    """(username, password) for ``host``: ``secrets``' registry credentials (BATCHMAGIC_REGISTRY_USERNAME /
+    _PASSWORD), else for an Azure Container Registry an Entra ID token exchanged for an ACR refresh token;
+    None when anonymous."""
     if secrets.registry_username and secrets.registry_password:
         return secrets.registry_username, secrets.registry_password
     if host.endswith(".azurecr.io"):
