@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "optionally per method and path; e.g. 'reset-before:0.05,reset-after:0.05,503:0.05@POST/jobs.*' "
         "(see batchmagic/emulator/faults.py).",
     )
+    p.add_argument(
+        "--subscription",
+        default=None,
+        help="The account's subscription id: pools' subnets and custom images must be in it "
+        "(default: a fixed UUID derived from the account name).",
+    )
     p.add_argument("--log-level", default="WARNING", help="Logging level for the batchmagic.emulator logger.")
     return p
 
@@ -89,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         empty_job_grace=args.empty_job_grace,
         time_scale=args.time_scale,
         state_dir=args.state,
+        subscription=args.subscription,
     )
     try:
         emulator.faults = FaultPlan.parse(args.faults) if args.faults else None

@@ -2,18 +2,23 @@
 
 A Marketplace image reference must name one of these (publisher, offer and sku, any case) with its
 ``nodeAgentSKUId``, and must not be past its ``batchSupportEndOfLife``: the service refuses both with
-400 ``InvalidPropertyValue``. Custom images (``virtualMachineImageId`` and the gallery ids) are taken as
-they come.
+400 ``InvalidPropertyValue``. A ``virtualMachineImageId`` must be an ARM id of a managed image or an
+Azure Compute Gallery image (or one of its versions) in the account's own subscription; the service
+answers a malformed one with 400 ``InvalidPropertyValue`` naming ``virtualMachineImageId`` (recorded:
+create_pools.json, an id with ``.../gallery/...`` for ``.../galleries/...``; docs: "Use the Azure Compute
+Gallery to create a custom image pool": the image must be in the account's subscription). Shared and
+community gallery ids are taken as they come.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 from batchmagic.emulator.errors import invalid_property, missing_property
 
-__all__ = ["SUPPORTED_IMAGES", "check_image"]
+__all__ = ["SUPPORTED_IMAGES", "check_image", "check_subnet"]
 
 
 def _image(
@@ -59,14 +64,53 @@ SUPPORTED_IMAGES: list[dict[str, Any]] = [
         "canonical", "0001-com-ubuntu-server-focal", "20_04-lts", "batch.node.ubuntu 20.04", eol="2025-04-30T00:00:00Z"
     ),
     _image("canonical", "ubuntuserver", "18_04-lts-gen2", "batch.node.ubuntu 18.04", eol="2023-05-31T00:00:00Z"),
-    _image("microsoftwindowsserver", "windowsserver", "2016-datacenter-smalldisk", "batch.node.windows amd64"),
-    _image("microsoftwindowsserver", "windowsserver", "2022-datacenter-smalldisk", "batch.node.windows amd64"),
+    *[
+        # The Windows Server skus the service lists for Batch (batch.node.windows amd64), "g2" ones included.
+        _image("microsoftwindowsserver", "windowsserver", sku, "batch.node.windows amd64")
+        for sku in (
+            "2016-datacenter", "2016-datacenter-smalldisk", "2019-datacenter", "2019-datacenter-core",
+            "2019-datacenter-gensecond", "2019-datacenter-smalldisk", "2022-datacenter", "2022-datacenter-g2",
+            "2022-datacenter-core", "2022-datacenter-core-g2", "2022-datacenter-smalldisk",
+            "2022-datacenter-smalldisk-g2", "2022-datacenter-azure-edition", "2025-datacenter",
+            "2025-datacenter-g2", "2025-datacenter-azure-edition",
+        )
+    ],
 ]  # fmt: skip
 
 _CUSTOM = ("virtualMachineImageId", "sharedGalleryImageId", "communityGalleryImageId")
 
+#: ARM ids of a managed image, a gallery image or a gallery image version.
+_IMAGE_ID = re.compile(
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/[^/]+/providers/Microsoft\.Compute/"
+    r"(?:images/[^/]+|galleries/[^/]+/images/[^/]+(?:/versions/[^/]+)?)",
+    re.IGNORECASE,
+)
+#: The ARM id of a virtual network's subnet.
+_SUBNET_ID = re.compile(
+    r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/[^/]+/providers/Microsoft\.(?:ClassicNetwork|Network)/"
+    r"virtualNetworks/[^/]+/subnets/[^/]+",
+    re.IGNORECASE,
+)
 
-def check_image(vmc: dict[str, Any], now: float, prefix: str = "") -> None:
+
+def _in_subscription(pattern: re.Pattern[str], value: object, subscription: str) -> bool:
+    m = pattern.fullmatch(str(value))
+    return m is not None and m["sub"].lower() == subscription.lower()
+
+
+def check_subnet(network: dict[str, Any] | None, subscription: str) -> None:
+    """Refuse a ``subnetId`` that is not a subnet of the account's subscription (400, as the service does).
+
+    Recorded: a subnet in another subscription is answered 400 ``InvalidPropertyValue`` naming
+    ``subnetId`` (create_pools.json); docs ("Create an Azure Batch pool in a virtual network"): the
+    virtual network must be in the same subscription and region as the Batch account.
+    """
+    subnet = (network or {}).get("subnetId")
+    if subnet and not _in_subscription(_SUBNET_ID, subnet, subscription):
+        raise invalid_property("subnetId", subnet, "The subnet must be in the Batch account's subscription.")
+
+
+def check_image(vmc: dict[str, Any], now: float, prefix: str = "", subscription: str = "") -> None:
     """Refuse a ``virtualMachineConfiguration`` whose image the emulator does not support (400)."""
     ref = vmc.get("imageReference")
     if not isinstance(ref, dict):
@@ -74,6 +118,11 @@ def check_image(vmc: dict[str, Any], now: float, prefix: str = "") -> None:
     agent = str(vmc.get("nodeAgentSKUId") or "")
     if not agent:
         raise missing_property(prefix + "virtualMachineConfiguration.nodeAgentSKUId")
+    image_id = ref.get("virtualMachineImageId")
+    if image_id and not _in_subscription(_IMAGE_ID, image_id, subscription):
+        raise invalid_property(
+            "virtualMachineImageId", image_id, "Not a managed or gallery image id in the account's subscription."
+        )
     if any(ref.get(k) for k in _CUSTOM):
         return
     wanted = tuple(str(ref.get(k) or "").lower() for k in ("publisher", "offer", "sku"))

@@ -12,7 +12,8 @@ model's properties, types, required fields and enums; descriptions left out), ma
 Integers may come as JSON strings holding an integer (``"targetDedicatedNodes": "1"``): the Azure CLI
 sends them so and the service's JSON reader accepts them; they are converted in place, so the state
 machines only ever see ints. Booleans likewise accept ``"true"``/``"false"``. Enum values compare
-case-insensitively (the service's enum parsing does), and are stored as the spec spells them.
+case-insensitively (the service's enum parsing does), and are stored as the service spells them on the
+wire (the description's spelling, except in :data:`WIRE_ENUMS`).
 Read-only properties (``BatchJob.state`` in a ``PUT /jobs/{id}`` body) and properties the spec does
 not know (a newer or older client's) are ignored, as the service ignores them.
 
@@ -99,12 +100,28 @@ def operations() -> tuple[Operation, ...]:
     return tuple(Operation(op_id, method, path, body) for op_id, method, path, body in SPEC["operations"])
 
 
+#: Enums the live service spells otherwise than the description, with the values it sends and takes.
+#: Recorded from the service and defined so by the azure-batch 15.1 models (generated from the service's
+#: TypeSpec): ``jobDefaultOrder`` is ``creationtime`` and ``securityType`` ``confidentialvm`` (lower case),
+#: and a host endpoint's ``mode`` is ``Audit`` or ``Enforce`` (the description's ``automatic``/``manual``
+#: are not the service's; REST reference "HostEndpointSettingsModeTypes"). The SDK turns a value it
+#: does not know into a plain string, so a re-spelt value reaches its caller as a string, not the enum.
+#: tests/emulator/test_wire.py checks this table against the SDK's enums.
+WIRE_ENUMS: dict[str, list[str]] = {
+    "BatchJobDefaultOrder": ["none", "creationtime"],
+    "SecurityTypes": ["trustedLaunch", "confidentialvm"],
+    "HostEndpointSettingsModeTypes": ["Audit", "Enforce"],
+}
+
+
 @functools.cache
 def models() -> dict[str, Any]:
-    """The service's models by name (compacted, see :func:`compact`)."""
+    """The service's models by name (compacted, see :func:`compact`), enums spelt as on the wire."""
     from batchmagic.emulator.spec_data import SPEC
 
-    found: dict[str, Any] = SPEC["models"]
+    found: dict[str, Any] = {name: dict(model) for name, model in SPEC["models"].items()}
+    for name, values in WIRE_ENUMS.items():
+        found[name]["enum"] = list(values)
     return found
 
 

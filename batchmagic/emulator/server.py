@@ -39,6 +39,7 @@ from batchmagic.emulator.executors import make_executor
 from batchmagic.emulator.images import SUPPORTED_IMAGES
 from batchmagic.emulator.odata import apply_select, compile_filter
 from batchmagic.emulator.state import BatchState, environ_path_dir, iso, rfc1123
+from batchmagic.emulator.state.endpoints import node_extensions, remote_login_settings
 from batchmagic.emulator.state.persist import saved_time
 
 __all__ = ["Emulator", "SUPPORTED_IMAGES", "DEFAULT_KEY", "API_VERSIONS"]
@@ -80,6 +81,13 @@ API_VERSIONS = frozenset(
 )
 _MAX_RESULTS = 1000
 _QUERY_SAFE = "$'(),/:"
+
+
+#: The largest ``addtaskcollection`` body the service takes (REST reference, Tasks - Create Task
+#: Collection: "The total serialized size of this collection must be less than 1MB. If it is greater
+#: than 1MB ... the request will fail with code 'RequestBodyTooLarge'"). The SDK's ``create_tasks``
+#: splits its chunk in two when it reads that code.
+MAX_TASK_COLLECTION_BYTES = 1024 * 1024
 
 
 class _Response:
@@ -153,6 +161,9 @@ class Emulator:
     time_scale : float
         How much faster than real time the emulator's clock runs (allocation delays, autoscale
         intervals, idle periods, schedules and every timestamp reported); 1 is real time.
+    subscription : str, optional
+        The account's subscription id: a pool's ``subnetId`` and ``virtualMachineImageId`` must be in it.
+        By default a fixed UUID derived from the account name (``emu.state.subscription``).
 
     Examples
     --------
@@ -176,6 +187,7 @@ class Emulator:
         empty_job_grace: float = 5.0,
         time_scale: float = 1.0,
         state_dir: str | os.PathLike[str] | None = None,
+        subscription: str | None = None,
     ) -> None:
         base64.b64decode(key.encode(), validate=True)  # fail early on a key the SDK could not use either
         self.host = host
@@ -206,6 +218,7 @@ class Emulator:
             empty_job_grace=empty_job_grace,
             clock=Clock(time_scale, origin=saved_time(self.state_dir) if self.state_dir is not None else None),
             state_dir=self.state_dir,
+            subscription=subscription,
         )
         self._thread: threading.Thread | None = None
         self._routes = self._build_routes()
@@ -438,6 +451,8 @@ class Emulator:
                 body,
             )
         path = parts.path.rstrip("/") or "/"
+        if method == "POST" and path.endswith("/addtaskcollection") and len(raw_body) > MAX_TASK_COLLECTION_BYTES:
+            return self._error(ApiError(413, "RequestBodyTooLarge")), body
         request = _Request(method, path, query, headers, body)
         allowed = False
         for route_method, pattern, operation_id, handler in self._routes:
@@ -454,7 +469,10 @@ class Emulator:
                 not_modified = self._check_conditions(request)
                 if not_modified is not None:
                     return not_modified, body
-                return handler(request, *args), body
+                response = handler(request, *args)
+                if method in ("POST", "PUT", "PATCH", "DELETE") and response.status < 300:
+                    self.state.kick()  # what the request made due happens before the client's next read
+                return response, body
             except ApiError as err:
                 return self._error(err), body
             except Exception as exc:  # noqa: BLE001 - answer 500 in the service's shape, keep serving
@@ -650,7 +668,7 @@ class Emulator:
         return self._accepted(request, self.state.get_pool(pool_id), 200)
 
     def _update_pool_properties(self, request: _Request, pool_id: str) -> _Response:
-        self.state.update_pool(pool_id, self._obj(request))
+        self.state.update_pool(pool_id, self._obj(request), replace=True)
         return self._accepted(request, self.state.get_pool(pool_id), 204)
 
     def _delete_pool(self, request: _Request, pool_id: str) -> _Response:
@@ -688,21 +706,25 @@ class Emulator:
 
     def _remote_login_settings(self, request: _Request, pool_id: str, node_id: str) -> _Response:
         node = self.state.get_node(pool_id, node_id)
-        endpoint = (node.get("endpointConfiguration") or {}).get("inboundEndpoints") or [{}]
-        body = {
-            "odata.metadata": f"{self.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.RemoteLoginSettings",
-            "remoteLoginIPAddress": endpoint[0].get("publicIPAddress", "127.0.0.1"),
-            "remoteLoginPort": int(endpoint[0].get("frontendPort", 50000)),
-        }
+        settings = remote_login_settings(self.state.get_pool(pool_id), node)
+        if settings is None:
+            # No public endpoint (provision: nopublicipaddresses): nothing to log in through.
+            raise ApiError(409, "OperationNotValidOnNode", "The node has no public endpoint for remote login.")
+        body = {"odata.metadata": f"{self.url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.RemoteLoginSettings"}
+        body.update(settings)
         return _Response(200, body)
 
     def _list_node_extensions(self, request: _Request, pool_id: str, node_id: str) -> _Response:
-        # Pools here have no VM extensions (virtualMachineConfiguration.extensions is not applied).
         self.state.get_node(pool_id, node_id)
-        return self._list([], "nodeextensions", request)
+        return self._list(node_extensions(self.state.get_pool(pool_id)), "nodeextensions", request)
 
     def _get_node_extension(self, request: _Request, pool_id: str, node_id: str, name: str) -> _Response:
         self.state.get_node(pool_id, node_id)
+        for ext in node_extensions(self.state.get_pool(pool_id)):
+            if ext["vmExtension"]["name"] == name:
+                body = {"odata.metadata": f"{self.url}/$metadata#nodeextensions/@Element"}
+                body.update(apply_select(ext, request.q("$select")))
+                return _Response(200, body)
         raise not_found("NodeExtensionNotFound")
 
     def _upload_node_logs(self, request: _Request, pool_id: str, node_id: str) -> _Response:

@@ -78,3 +78,42 @@ def test_resource_and_output_files_with_azurite(emulator: Any, azurite: RunningA
         "results/sub/r2.txt",
     ]
     assert container.download_blob("logs/stdout.txt").readall() == b"payload\n"
+
+
+def test_upload_node_logs_says_what_it_uploaded(emulator: Any, azurite: RunningAzurite) -> None:
+    """REST reference, Nodes - Upload Node Logs: the service uploads the node's Batch service logs under
+    ``virtualDirectoryName`` in the container the SAS URL names and says how many files. The emulator's
+    count is what the container received: Azurite gets the file; an unreachable container gets none."""
+    from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+    service = BlobServiceClient(azurite.account_url, credential={"account_name": ACCOUNT, "account_key": KEY})
+    service.create_container("nodelogs")
+    expiry = datetime.now(UTC) + timedelta(hours=1)
+    sas = generate_container_sas(
+        ACCOUNT, "nodelogs", account_key=KEY, permission=ContainerSasPermissions(write=True, create=True), expiry=expiry
+    )
+    client = emulator.client()
+    client.create_pool(
+        m.BatchPoolCreateOptions(
+            id="logs",
+            vm_size="standard_d2s_v3",
+            target_dedicated_nodes=1,
+            virtual_machine_configuration=m.VirtualMachineConfiguration(
+                image_reference=m.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
+                node_agent_sku_id="batch.node.ubuntu 22.04",
+            ),
+        )
+    )
+    node = wait_for(lambda: [n for n in client.list_nodes("logs") if n.state == m.BatchNodeState.IDLE], 30)[0]
+    start = datetime.now(UTC) - timedelta(hours=1)
+    result = client.upload_node_logs(
+        "logs",
+        node.id,
+        m.UploadBatchServiceLogsOptions(container_url=f"{azurite.account_url}/nodelogs?{sas}", start_time=start),
+    )
+    assert result.number_of_files_uploaded == 1
+    assert azurite.blob_names("nodelogs") == [f"{result.virtual_directory_name}/batch-agent.log"]
+    unreachable = m.UploadBatchServiceLogsOptions(
+        container_url="http://nowhere.invalid/nodelogs?sig=x", start_time=start
+    )
+    assert client.upload_node_logs("logs", node.id, unreachable).number_of_files_uploaded == 0

@@ -153,7 +153,7 @@ def test_azure_cli_batch_commands(emulator: RunningEmulator, tmp_path: Path) -> 
     az("pool", "create", "--id", "clistart", "--vm-size", "Standard_D2s_v3", *image, "--target-dedicated-nodes", "1",
        "--start-task-command-line", "/bin/sh -c 'echo starting; exit 2'", "--start-task-wait-for-success")  # fmt: skip
     node = wait_for(
-        lambda: (n := az("node", "list", "--pool-id", "clistart")) and n[0]["state"] == "startTaskFailed" and n[0], 20
+        lambda: (n := az("node", "list", "--pool-id", "clistart")) and n[0]["state"] == "starttaskfailed" and n[0], 20
     )  # noqa: E501
     assert node["startTaskInfo"]["exitCode"] == 2 and node["startTaskInfo"]["result"] == "failure"
     log = tmp_path / "start.txt"

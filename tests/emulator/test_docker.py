@@ -153,7 +153,7 @@ def test_container_start_task_shares_the_startup_dir_with_container_tasks(docker
     node = wait_for(lambda: (n := list(client.list_nodes("st-docker"))) and n[0].state == "idle" and n[0], 60)
     assert node.start_task_info.exit_code == 0
     bad = wait_for(
-        lambda: (n := list(client.list_nodes("st-docker-bad"))) and n[0].state == "startTaskFailed" and n[0], 60
+        lambda: (n := list(client.list_nodes("st-docker-bad"))) and n[0].state == "starttaskfailed" and n[0], 60
     )
     assert bad.start_task_info.exit_code == 5 and bad.start_task_info.failure_info.code == "FailureExitCode"
     client.create_job(m.BatchJobCreateOptions(id="st-docker", pool_info=m.BatchPoolInfo(pool_id="st-docker")))

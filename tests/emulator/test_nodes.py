@@ -69,7 +69,7 @@ def test_start_task_runs_before_tasks_and_shares_the_startup_dir(client: Any) ->
         wait_for_success=True,
     )
     _pool(client, "st-ok", start_task=start)
-    waiting = wait_for(lambda: _node_in(client, "st-ok", "waitingForStartTask"), 10)
+    waiting = wait_for(lambda: _node_in(client, "st-ok", "waitingforstarttask"), 10)
     assert waiting.start_task_info.state == m.BatchStartTaskState.RUNNING
     node = wait_for(lambda: _node_in(client, "st-ok", "idle"), 10)
     info = node.start_task_info
@@ -86,7 +86,7 @@ def test_start_task_runs_before_tasks_and_shares_the_startup_dir(client: Any) ->
 def test_failing_start_task_with_wait_for_success_leaves_the_node_unused(client: Any) -> None:
     start = m.BatchStartTask(command_line="/bin/sh -c 'exit 3'", wait_for_success=True, max_task_retry_count=2)
     _pool(client, "st-bad", start_task=start)
-    node = wait_for(lambda: _node_in(client, "st-bad", "startTaskFailed"), 10)
+    node = wait_for(lambda: _node_in(client, "st-bad", "starttaskfailed"), 10)
     info = node.start_task_info
     assert info.exit_code == 3 and info.retry_count == 2 and info.result == m.BatchTaskExecutionResult.FAILURE
     assert info.failure_info.code == "FailureExitCode" and info.failure_info.category == "usererror"

@@ -145,6 +145,20 @@ class BatchState(
                 log.exception("scheduler step failed")
 
     # ----------------------------------------------------------------- scheduler
+    def kick(self) -> None:
+        """Run a scheduler step now, for a request that may have made work due.
+
+        The service acts on a new task, a schedule or a resize as it accepts the request: a job
+        schedule's first job exists when the create returns, a task added to a pool with a free slot
+        is picked up at once. Without this the emulator would wait for its next tick (``TICK``), and a
+        client reading right after writing would see an earlier state than the service shows.
+        """
+        try:
+            with self.lock:
+                self.tick(self.now())
+        except Exception:  # noqa: BLE001 - the request succeeded; its tick's failure is the scheduler's
+            log.exception("scheduler step after a request failed")
+
     def tick(self, now: float) -> None:
         """One scheduler step (called with the lock held): pools, job schedules, jobs, then task placement."""
         for pool in list(self.pools.values()):

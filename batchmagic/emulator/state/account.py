@@ -15,7 +15,6 @@ import json
 import logging
 import re
 import tempfile
-import threading
 import urllib.error
 import urllib.parse
 import uuid
@@ -107,9 +106,11 @@ class AccountMixin(FilesMixin):
             return copy.deepcopy(cert)
 
     def upload_node_logs(self, pool_id: str, node_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST .../uploadbatchservicelogs``: upload the node's service log to ``containerUrl``, in the background.
+        """``POST .../uploadbatchservicelogs``: upload the node's service log to ``containerUrl``.
 
-        Returns the ``virtualDirectoryName`` the files go under and how many there are.
+        The service answers with the files it will upload, and uploads them afterwards. The emulator
+        uploads before it answers, so ``numberOfFilesUploaded`` counts only the files the container
+        really received (0 when it could not be written, with a warning in the emulator's log).
         """
         container_url = str(body["containerUrl"])
         parts = urllib.parse.urlsplit(container_url)
@@ -120,19 +121,19 @@ class AccountMixin(FilesMixin):
             node = pool.nodes.get(node_id)
             if node is None:
                 raise not_found("NodeNotFound")
-            record = json.dumps(self.view(node.data), indent=2) + "\n"
+            files = {"batch-agent.log": json.dumps(self.view(node.data), indent=2) + "\n"}
         directory = f"{pool_id}/{node_id}/{uuid.uuid4()}"
         base, _, sas = container_url.partition("?")
-        url = f"{base.rstrip('/')}/{urllib.parse.quote(directory)}/batch-agent.log" + (f"?{sas}" if sas else "")
-
-        def upload() -> None:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "batch-agent.log"
-                path.write_text(record, encoding="utf-8")
+        uploaded = 0
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in files.items():
+                path = Path(tmp) / name
+                path.write_text(text, encoding="utf-8")
+                url = f"{base.rstrip('/')}/{urllib.parse.quote(directory)}/{name}" + (f"?{sas}" if sas else "")
                 try:
                     put_blob(url, path, [])
                 except (urllib.error.URLError, OSError) as exc:
-                    log.warning("node log upload for %s failed: %s", node_id, exc)
-
-        threading.Thread(target=upload, name=f"upload-logs-{node_id[:12]}", daemon=True).start()
-        return {"virtualDirectoryName": directory, "numberOfFilesUploaded": 1}
+                    log.warning("node log upload for %s to %s failed: %s", node_id, base, exc)
+                    continue
+                uploaded += 1
+        return {"virtualDirectoryName": directory, "numberOfFilesUploaded": uploaded}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,15 @@ from batchmagic.emulator.errors import not_found
 from batchmagic.emulator.executors import Executor
 from batchmagic.emulator.state.model import Job, JobSchedule, Pool, Task, without_passwords
 
-__all__ = ["AccountCore"]
+__all__ = ["AccountCore", "account_subscription"]
+
+
+def account_subscription(account: str) -> str:
+    """The subscription id an emulated account lives in unless one is given: a fixed UUID per account name.
+
+    Subnets and custom images must be in it (pools refuse others, as the service does).
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://batchmagic.invalid/emulator/{account}"))
 
 
 class AccountCore:
@@ -35,8 +44,10 @@ class AccountCore:
         empty_job_grace: float = 5.0,
         clock: Clock | None = None,
         state_dir: Path | None = None,
+        subscription: str | None = None,
     ) -> None:
         self.account = account
+        self.subscription = subscription or account_subscription(account)
         self.url = url.rstrip("/")
         self.workdir = Path(workdir)
         self.executor = executor

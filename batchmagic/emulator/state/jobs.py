@@ -138,7 +138,6 @@ class JobsMixin(PoolsMixin):
             job = self._job(job_id)
             self._check_job_state(job, ())
             now = self.now()
-            explicit = {k for k, v in body.items() if v is not None}
             if replace:
                 body = {
                     "priority": 0,
@@ -166,10 +165,13 @@ class JobsMixin(PoolsMixin):
                 }
                 job.deadline = job.created + wall if wall is not None else None
             if body.get("onAllTasksComplete") == "noaction" and job.data.get("onAllTasksComplete") == "terminatejob":
-                # The service refuses to turn terminatejob back off once set.
-                if "onAllTasksComplete" in explicit:
-                    raise invalid_property("onAllTasksComplete", "noaction")
-                body = {**body, "onAllTasksComplete": "terminatejob"}
+                # The service refuses to turn terminatejob back off once set, also when a PUT omits it
+                # (which asks for the default, noaction): 400, as recorded against the live service.
+                raise invalid_property(
+                    "onAllTasksComplete",
+                    "noaction",
+                    "A job's onAllTasksComplete cannot change from terminatejob to noaction.",
+                )
             for key in ("priority", "maxParallelTasks", "onAllTasksComplete", "allowTaskPreemption"):
                 if key in body:
                     job.data[key] = copy.deepcopy(body[key])

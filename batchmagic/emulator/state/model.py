@@ -117,6 +117,8 @@ class Pool:
     alloc_dedicated: int = 0
     alloc_low: int = 0
     delete_at: float | None = None
+    #: While ``allocationState`` is ``stopping`` (after a stop resize): when it becomes ``steady``.
+    stop_at: float | None = None
     auto_job_id: str | None = None
     #: What happens to the tasks of nodes the next shrink removes (resize's or the formula's option).
     deallocation: str = "requeue"
@@ -227,9 +229,18 @@ def environ_path_dir(executable: str) -> str:
     return os.path.dirname(os.path.abspath(executable))
 
 
+#: Properties the service takes and never returns. Seen on the live service: user and registry
+#: passwords, a blobfuse mount's ``accountKey`` (issue 20). By the same rule, not seen: an Azure Files
+#: mount's ``accountKey``, a ``sasKey``, a certificate's password, a VM extension's ``protectedSettings``
+#: (ARM never returns those).
+SECRETS = frozenset({"password", "accountKey", "sasKey", "protectedSettings"})
+
+
 def without_passwords(value: Any) -> Any:
+    """``value`` with every secret the service never returns (:data:`SECRETS`) removed, in place."""
     if isinstance(value, dict):
-        value.pop("password", None)
+        for key in SECRETS:
+            value.pop(key, None)
         for item in value.values():
             without_passwords(item)
     elif isinstance(value, list):

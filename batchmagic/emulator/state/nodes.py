@@ -4,7 +4,7 @@ A node boots (when allocated, rebooted or reimaged) in its own thread: ``startin
 allocation delay has passed, then the start task, if the pool has one, runs in
 ``AZ_BATCH_NODE_STARTUP_DIR`` (``<node>/startup``, working directory ``startup/wd``, ``stdout.txt`` and
 ``stderr.txt`` beside it) with both executors. With ``waitForSuccess`` the node is
-``waitingForStartTask`` meanwhile and ends ``idle``, or ``startTaskFailed`` (no task is scheduled
+``waitingforstarttask`` meanwhile and ends ``idle``, or ``starttaskfailed`` (no task is scheduled
 there) once the start task has failed ``maxTaskRetryCount`` retries; without it the node is ``idle``
 at once. ``startTaskInfo`` records every run.
 
@@ -73,14 +73,14 @@ class NodesMixin(PoolsMixin):
                 transition(node.data, "idle", now, with_previous=False)
                 return
             wait = bool(start_task.get("waitForSuccess", True))
-            transition(node.data, "waitingForStartTask" if wait else "idle", now, with_previous=False)
+            transition(node.data, "waitingforstarttask" if wait else "idle", now, with_previous=False)
             node.data["startTask"] = start_task
             node.data["startTaskInfo"] = {"state": "running", "startTime": iso(now), "retryCount": 0}
             pool_container = (pool.data.get("virtualMachineConfiguration") or {}).get("containerConfiguration")
         ok = self._run_start_task(pool, node, start_task, pool_container)
         with self.lock:
-            if wait and node.data["state"] == "waitingForStartTask":
-                transition(node.data, "idle" if ok else "startTaskFailed", self.now(), with_previous=False)
+            if wait and node.data["state"] == "waitingforstarttask":
+                transition(node.data, "idle" if ok else "starttaskfailed", self.now(), with_previous=False)
 
     def _run_start_task(
         self, pool: Pool, node: Node, spec: dict[str, Any], pool_container: dict[str, Any] | None
@@ -129,7 +129,7 @@ class NodesMixin(PoolsMixin):
 
         def should_stop() -> bool:
             # The node went away under its start task (reboot, reimage, removal) or the emulator stops.
-            return self._stop.is_set() or node.data["state"] not in ("waitingForStartTask", "idle", "running")
+            return self._stop.is_set() or node.data["state"] not in ("waitingforstarttask", "idle", "running")
 
         result = run_command(
             self.executor, run, now=self.now, should_stop=should_stop, before_attempt=before_attempt, started=started
@@ -169,14 +169,14 @@ class NodesMixin(PoolsMixin):
             "reimaging": "NodeBeingReimaged",
             "creating": "NodeBeingCreated",
             "starting": "NodeBeingStarted",
-            "waitingForStartTask": "NodeBeingStarted",
+            "waitingforstarttask": "NodeBeingStarted",
             "unusable": "NodeStateUnusable",
         }
         if node.pending_op:
             raise ApiError(409, "NodeBeingReimaged" if node.pending_op == "reimage" else "NodeBeingRebooted")
         if state in busy:
             raise ApiError(409, busy[state])
-        if state not in ("idle", "running", "startTaskFailed", "offline"):
+        if state not in ("idle", "running", "starttaskfailed", "offline"):
             raise ApiError(409, "OperationNotValidOnNode")
 
     def _stop_tasks(self, node: Node, option: str) -> None:

@@ -39,7 +39,7 @@ STATE_FILE = "state.json"
 SNAPSHOT_VERSION = 1
 _SAVE_EVERY = 0.5  # real seconds
 _RUNNING = ("preparing", "running")
-_STEADY_NODE_STATES = ("idle", "running", "startTaskFailed", "unusable", "deallocated", "leavingpool", "offline")
+_STEADY_NODE_STATES = ("idle", "running", "starttaskfailed", "unusable", "deallocated", "leavingpool", "offline")
 
 
 def saved_time(state_dir: Path | str) -> float | None:
@@ -98,6 +98,7 @@ class PersistMixin(NodesMixin, MultiInstanceMixin):
             "alloc_dedicated": pool.alloc_dedicated,
             "alloc_low": pool.alloc_low,
             "delete_at": pool.delete_at,
+            "stop_at": pool.stop_at,
             "auto_job_id": pool.auto_job_id,
             "deallocation": pool.deallocation,
             "formula": pool.formula.text if pool.formula is not None else None,
@@ -204,6 +205,7 @@ class PersistMixin(NodesMixin, MultiInstanceMixin):
             alloc_dedicated=int(record.get("alloc_dedicated", 0)),
             alloc_low=int(record.get("alloc_low", 0)),
             delete_at=record.get("delete_at"),
+            stop_at=record.get("stop_at"),
             auto_job_id=record.get("auto_job_id"),
             deallocation=str(record.get("deallocation", "requeue")),
             formula=compile_formula(record["formula"]) if record.get("formula") else None,

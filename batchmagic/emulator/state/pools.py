@@ -12,7 +12,8 @@ from typing import Any
 
 from batchmagic.emulator import vmsizes
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
-from batchmagic.emulator.images import check_image
+from batchmagic.emulator.images import check_image, check_subnet
+from batchmagic.emulator.state.endpoints import node_addresses
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import Node, Pool, iso, touch, transition
 
@@ -25,7 +26,20 @@ def node_address(seq: int) -> str:
 
 __all__ = ["PoolsMixin"]
 
+#: How long a pool stays ``stopping`` after a stop resize at most (recorded: about five seconds).
+_STOPPING_SECONDS = 5.0
+
 log = logging.getLogger("batchmagic.emulator")
+
+
+def _free_index(pool: Pool) -> int:
+    """The lowest node index no node of ``pool`` holds (it numbers the node's inbound endpoints)."""
+    taken = set()
+    for node in pool.nodes.values():
+        endpoints = (node.data.get("endpointConfiguration") or {}).get("inboundEndpoints") or []
+        if endpoints:
+            taken.add(int(str(endpoints[0]["name"]).rpartition(".")[2] or 0))
+    return next(i for i in range(len(taken) + 1) if i not in taken)
 
 
 class PoolsMixin(FilesMixin):
@@ -44,7 +58,8 @@ class PoolsMixin(FilesMixin):
             raise invalid_property(prefix + "vmSize", vm_size, f"The specified vmSize '{vm_size}' is not supported.")
         if not spec.get("virtualMachineConfiguration"):
             raise missing_property(prefix + "virtualMachineConfiguration")
-        check_image(spec["virtualMachineConfiguration"], self.now(), prefix)
+        check_image(spec["virtualMachineConfiguration"], self.now(), prefix, self.subscription)
+        check_subnet(spec.get("networkConfiguration"), self.subscription)
         slots = spec.get("taskSlotsPerNode", 1)
         if not isinstance(slots, int) or slots < 1 or slots > 256:
             raise invalid_property(prefix + "taskSlotsPerNode", slots)
@@ -185,20 +200,9 @@ class PoolsMixin(FilesMixin):
             "runningTasksCount": 0,
             "runningTaskSlotsCount": 0,
             "isDedicated": dedicated,
-            "endpointConfiguration": {
-                "inboundEndpoints": [
-                    {
-                        "name": "SSHRule.0",
-                        "protocol": "tcp",
-                        "publicIPAddress": "127.0.0.1",
-                        "publicFQDN": "localhost",
-                        "frontendPort": 50000 + self._node_seq % 10000,
-                        "backendPort": 22,
-                    }
-                ]
-            },
             "virtualMachineInfo": {"imageReference": image},
         }
+        data.update(node_addresses(pool.data, self._node_seq, _free_index(pool)))
         node = Node(data=data, pool_id=pool.id, dedicated=dedicated)
         for sub in ("shared", "startup", "tasks"):
             (self.node_root(node_id) / sub).mkdir(parents=True, exist_ok=True)
@@ -206,6 +210,10 @@ class PoolsMixin(FilesMixin):
 
     def _advance_pool(self, pool: Pool, now: float) -> None:
         data = pool.data
+        if pool.stop_at is not None:
+            if now >= pool.stop_at:
+                self._finish_stop(pool, now)
+            return
         if pool.alloc_start is None or data["state"] != "active":
             return
         elapsed = now - pool.alloc_start
@@ -335,25 +343,65 @@ class PoolsMixin(FilesMixin):
             self._begin_allocation(pool, now)
 
     def stop_resize(self, pool_id: str) -> None:
-        """Stop a pool's resize: it becomes steady with the nodes it has."""
+        """``POST .../stopresize``: the pool passes through ``stopping``, then is steady with the nodes it has.
+
+        Recorded (scale_pools.json): right after the request the pool is ``stopping``; about five
+        seconds later it is ``steady``, its targets unchanged, with a ``ResizeStopped`` resize error
+        for each kind of node that fell short of its target.
+        """
         with self.lock:
             pool = self._pool(pool_id)
             now = self.now()
-            if pool.alloc_start is not None:
-                pool.alloc_start = None
-                pool.data["allocationState"] = "steady"
+            if pool.alloc_start is not None and pool.stop_at is None:
+                pool.stop_at = now + min(self.allocation_delay / 3, _STOPPING_SECONDS)
+                pool.data["allocationState"] = "stopping"
                 pool.data["allocationStateTransitionTime"] = iso(now)
-                pool.data["currentDedicatedNodes"] = sum(1 for n in pool.nodes.values() if n.dedicated)
-                pool.data["currentLowPriorityNodes"] = sum(1 for n in pool.nodes.values() if not n.dedicated)
                 touch(pool.data, now)
 
-    def update_pool(self, pool_id: str, body: dict[str, Any]) -> None:
-        """Apply a ``PATCH /pools/{id}`` body (metadata, startTask, ...)."""
+    def _finish_stop(self, pool: Pool, now: float) -> None:
+        """The end of a stop resize: nodes not yet allocated are dropped, the pool is steady."""
+        data = pool.data
+        for node in [n for n in pool.nodes.values() if n.data["state"] == "creating"]:
+            pool.nodes.pop(node.id, None)
+        errors = []
+        for dedicated, kind in ((True, "dedicated"), (False, "low priority")):
+            have = sum(1 for n in pool.nodes.values() if n.dedicated == dedicated)
+            data["currentDedicatedNodes" if dedicated else "currentLowPriorityNodes"] = have
+            if have < int(data["targetDedicatedNodes" if dedicated else "targetLowPriorityNodes"]):
+                errors.append(
+                    {
+                        "code": "ResizeStopped",
+                        "message": (
+                            f"Desired number of {kind} nodes could not be allocated due to a stop resize operation"
+                        ),
+                    }
+                )
+        if errors:
+            data["resizeErrors"] = errors
+        pool.alloc_start = pool.stop_at = None
+        data["allocationState"] = "steady"
+        data["allocationStateTransitionTime"] = iso(now)
+        touch(data, now)
+
+    def update_pool(self, pool_id: str, body: dict[str, Any], *, replace: bool = False) -> None:
+        """Apply a ``PATCH /pools/{id}`` body, or with ``replace`` a ``POST .../updateproperties`` body.
+
+        PATCH changes the properties it names. Replace sets every updatable property: one the body
+        omits goes back to its default, so an omitted ``startTask`` is removed (REST reference, Pools -
+        Replace Pool Properties: "if the Pool has a StartTask associated with it and if StartTask is not
+        specified with this request, then the Batch service will remove the existing StartTask").
+        """
+        updatable = ("metadata", "startTask", "applicationPackageReferences", "targetNodeCommunicationMode")
         with self.lock:
             pool = self._pool(pool_id)
-            for key in ("metadata", "startTask", "applicationPackageReferences", "targetNodeCommunicationMode"):
-                if key in body:
-                    pool.data[key] = copy.deepcopy(body[key])
+            if replace:
+                body = {"targetNodeCommunicationMode": "default", **body}
+            for key in updatable:
+                value = body.get(key)
+                if value is not None and value != []:
+                    pool.data[key] = copy.deepcopy(value)
+                elif replace or key in body:
+                    pool.data.pop(key, None)
             touch(pool.data, self.now())
 
     def list_nodes(self, pool_id: str) -> list[dict[str, Any]]:
@@ -376,6 +424,7 @@ class PoolsMixin(FilesMixin):
             "startTaskFailed", "leavingPool", "unknown", "unusable", "waitingForStartTask", "deallocated",
             "deallocating", "upgradingOS",
         ]  # fmt: skip
+        keys = {state.lower(): state for state in states}
         out = []
         with self.lock:
             for pool in self.pools.values():
@@ -384,7 +433,8 @@ class PoolsMixin(FilesMixin):
                     counts = dict.fromkeys(states, 0)
                     for node in pool.nodes.values():
                         if node.dedicated == dedicated:
-                            name = "leavingPool" if node.data["state"] == "leavingpool" else node.data["state"]
+                            # The counts' property names are camelCase; node states are lower case on the wire.
+                            name = keys.get(node.data["state"], node.data["state"])
                             counts[name] = counts.get(name, 0) + 1
                     counts["total"] = sum(counts.values())
                     entry[key] = counts
