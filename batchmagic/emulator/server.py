@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from batchmagic.emulator import auth, faults, schema
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
+from batchmagic.emulator.limits import MAX_TASKS_PER_COLLECTION
 from batchmagic.emulator.executors import make_executor
 from batchmagic.emulator.images import SUPPORTED_IMAGES
 from batchmagic.emulator.odata import apply_select, compile_filter
@@ -887,7 +888,7 @@ class Emulator:
         tasks = body.get("value")
         if not isinstance(tasks, list):
             raise ApiError(400, "MissingRequiredProperty", values=[("PropertyName", "value")])
-        if len(tasks) > 100:
+        if len(tasks) > MAX_TASKS_PER_COLLECTION:
             raise invalid_property("value", f"{len(tasks)} tasks", "A collection may hold at most 100 tasks.")
         results = self.state.add_task_collection(job_id, tasks)
         for entry in results:

@@ -379,3 +379,50 @@ def test_a_blobfuse_mounts_account_key_is_never_returned(client: BatchClient) ->
     config = client.get_pool("mount").mount_configuration[0].azure_blob_file_system_configuration
     assert (config.account_name, config.account_key) == ("acct", None)
     assert "c2VjcmV0" not in json.dumps(_send(client, "GET", "/pools/mount").json())
+
+
+# ----------------------------------------------------------------- documented string and size limits
+def _create(client: BatchClient, kind: str, **fields: Any) -> Any:
+    """POST a minimal resource of ``kind`` with ``fields`` set."""
+    if kind == "pool":
+        return _send(client, "POST", "/pools", {**_pool("x"), **fields})
+    if kind == "job":
+        return _send(client, "POST", "/jobs", {"poolInfo": {"poolId": "jobpool"}, **fields})
+    if kind == "task":
+        return _send(client, "POST", "/jobs/limitjob/tasks", {"commandLine": "true", **fields})
+    spec = {"schedule": {"recurrenceInterval": "PT1H"}, "jobSpecification": {"poolInfo": {"poolId": "jobpool"}}}
+    return _send(client, "POST", "/jobschedules", {**spec, **fields})
+
+
+@pytest.fixture(scope="module")
+def limit_job(client: BatchClient) -> str:
+    assert _send(client, "POST", "/pools", _pool("jobpool")).status_code in (201, 409)
+    assert _send(client, "POST", "/jobs", {"id": "limitjob", "poolInfo": {"poolId": "jobpool"}}).status_code == 201
+    return "limitjob"
+
+
+@pytest.mark.parametrize("kind", ["pool", "job", "task", "schedule"])
+def test_ids_and_display_names_are_held_to_the_documented_limits(
+    client: BatchClient, limit_job: str, kind: str
+) -> None:
+    """REST reference, the id and displayName of every create body: an id is letters, digits, hyphens
+    and underscores, at most 64 characters, unique in the account ignoring case; a display name at most
+    1024 characters. A bad one is 400 InvalidPropertyValue naming it; a case-only twin is <Kind>Exists."""
+    for bad in ("x" * 65, "has.dot", "has space", "ünï"):
+        status, code, values = _error(_create(client, kind, id=bad))
+        assert (status, code, values["PropertyName"]) == (400, "InvalidPropertyValue", "id"), bad
+    status, code, values = _error(_create(client, kind, id=f"long-{kind}", displayName="n" * 1025))
+    assert (status, code, values["PropertyName"]) == (400, "InvalidPropertyValue", "displayName")
+    ok = f"Limit-{kind}-" + "x" * (64 - len(f"Limit-{kind}-"))
+    assert _create(client, kind, id=ok, displayName="n" * 1024).status_code == 201
+    exists = {"pool": "PoolExists", "job": "JobExists", "task": "TaskExists", "schedule": "JobScheduleExists"}
+    assert _error(_create(client, kind, id=ok.upper()))[:2] == (409, exists[kind])
+
+
+def test_a_task_collection_holds_at_most_100_tasks(client: BatchClient) -> None:
+    """REST reference, BatchTaskGroup.value: "The maximum count of Tasks is 100"."""
+    assert _send(client, "POST", "/pools", _pool("jobpool")).status_code in (201, 409)
+    _send(client, "POST", "/jobs", {"id": "hundred", "poolInfo": {"poolId": "jobpool"}})
+    tasks = [{"id": f"t{i}", "commandLine": "true"} for i in range(101)]
+    assert _error(_send(client, "POST", "/jobs/hundred/addtaskcollection", {"value": tasks}))[0] == 400
+    assert _send(client, "POST", "/jobs/hundred/addtaskcollection", {"value": tasks[:100]}).status_code == 200

@@ -9,10 +9,14 @@ import uuid
 from typing import Any
 
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property
+from batchmagic.emulator.limits import check_display_name, check_id, taken
 from batchmagic.emulator.state.model import UNLIMITED_DURATION, Job, iso, parse_duration, touch, transition
 from batchmagic.emulator.state.pools import PoolsMixin
 
 __all__ = ["JobsMixin"]
+
+#: Jobs a schedule creates are named ``<schedule id>:job-<n>``: longer than a client could choose, with a colon.
+_SCHEDULED_ID = re.compile(r"[A-Za-z0-9_:-]{1,130}")
 
 log = logging.getLogger("batchmagic.emulator")
 
@@ -36,11 +40,8 @@ class JobsMixin(PoolsMixin):
         ``scheduled`` jobs come from a job schedule and have ids (``<schedule>:job-<n>``) a client
         could not choose.
         """
-        job_id = body.get("id")
-        if not job_id:
-            raise missing_property("id")
-        if not re.fullmatch(r"[A-Za-z0-9_:-]{1,130}" if scheduled else r"[A-Za-z0-9_-]{1,64}", str(job_id)):
-            raise invalid_property("id", job_id)
+        job_id = check_id(body, _SCHEDULED_ID) if scheduled else check_id(body)
+        check_display_name(body)
         pool_info = body.get("poolInfo")
         if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
             raise missing_property("poolInfo")
@@ -59,7 +60,7 @@ class JobsMixin(PoolsMixin):
             self._validate_pool_spec(auto["pool"])
         now = self.now()
         with self.lock:
-            if job_id in self.jobs:
+            if taken(self.jobs, job_id):
                 raise exists("JobExists")
             data: dict[str, Any] = {
                 "id": job_id,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import re
 import threading
 import uuid
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from batchmagic.emulator import vmsizes
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
 from batchmagic.emulator.images import check_image, check_subnet
+from batchmagic.emulator.limits import check_display_name, check_id, taken
 from batchmagic.emulator.state.endpoints import node_addresses
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import Node, Pool, iso, touch, transition
@@ -70,15 +70,12 @@ class PoolsMixin(FilesMixin):
 
     def create_pool(self, body: dict[str, Any], *, auto_job_id: str | None = None) -> Pool:
         """Create a pool from a ``POST /pools`` body; allocation starts at once."""
-        pool_id = body.get("id")
-        if not pool_id:
-            raise missing_property("id")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(pool_id)):
-            raise invalid_property("id", pool_id)
+        pool_id = check_id(body)
+        check_display_name(body)
         self._validate_pool_spec(body)
         now = self.now()
         with self.lock:
-            if pool_id in self.pools:
+            if taken(self.pools, pool_id):
                 raise exists("PoolExists")
             data: dict[str, Any] = {
                 "id": pool_id,

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import uuid
 from typing import Any
 
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
+from batchmagic.emulator.limits import check_display_name, check_id, taken
 from batchmagic.emulator.state.jobs import JobsMixin
 from batchmagic.emulator.state.model import UNLIMITED_DURATION, Job, JobSchedule, iso, parse_duration, touch, transition
 
@@ -97,14 +97,11 @@ class SchedulesMixin(JobsMixin):
 
     def create_job_schedule(self, body: dict[str, Any]) -> JobSchedule:
         """``POST /jobschedules``."""
-        schedule_id = body.get("id")
-        if not schedule_id:
-            raise missing_property("id")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(schedule_id)):
-            raise invalid_property("id", schedule_id)
+        schedule_id = check_id(body)
+        check_display_name(body)
         self._check_spec(body)
         with self.lock:
-            if schedule_id in self.schedules:
+            if taken(self.schedules, schedule_id):
                 raise exists("JobScheduleExists")
             now = self.now()
             data: dict[str, Any] = {

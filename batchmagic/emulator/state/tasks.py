@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property
 from batchmagic.emulator.executors import TaskContext
+from batchmagic.emulator.limits import check_display_name, check_id, taken
 from batchmagic.emulator.state.commands import CommandRun, node_env, run_command
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import (
@@ -54,11 +54,8 @@ class TasksMixin(FilesMixin):
             return {"taskCounts": counts, "taskSlotCounts": slots}
 
     def _new_task(self, job: Job, body: dict[str, Any], now: float) -> Task:
-        task_id = body.get("id")
-        if not task_id:
-            raise missing_property("id")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(task_id)):
-            raise invalid_property("id", task_id)
+        task_id = check_id(body)
+        check_display_name(body)
         if not body.get("commandLine"):
             raise missing_property("commandLine")
         if body.get("multiInstanceSettings") and int(body.get("requiredSlots", 1)) != 1:
@@ -111,7 +108,7 @@ class TasksMixin(FilesMixin):
             job = self._job(job_id)
             self._check_job_accepts_tasks(job)
             task = self._new_task(job, body, self.now())
-            if task.id in job.tasks:
+            if taken(job.tasks, task.id):
                 raise exists("TaskExists")
             job.tasks[task.id] = task
             return task
@@ -127,7 +124,7 @@ class TasksMixin(FilesMixin):
                 task_id = str(body.get("id", ""))
                 try:
                     task = self._new_task(job, body, now)
-                    if task.id in job.tasks:
+                    if taken(job.tasks, task.id):
                         raise exists("TaskExists")
                 except ApiError as err:
                     results.append({"status": "clienterror", "taskId": task_id, "error": err})
