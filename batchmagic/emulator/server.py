@@ -35,9 +35,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from batchmagic.emulator import auth, faults, schema
 from batchmagic.emulator.clock import Clock
 from batchmagic.emulator.errors import ApiError, invalid_property, not_found
-from batchmagic.emulator.limits import MAX_TASKS_PER_COLLECTION
 from batchmagic.emulator.executors import make_executor
 from batchmagic.emulator.images import SUPPORTED_IMAGES
+from batchmagic.emulator.limits import MAX_TASKS_PER_COLLECTION
 from batchmagic.emulator.odata import apply_select, compile_filter
 from batchmagic.emulator.state import BatchState, environ_path_dir, iso, rfc1123
 from batchmagic.emulator.state.endpoints import node_extensions, remote_login_settings
