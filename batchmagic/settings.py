@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_BASE_IMAGE",
     "DEFAULT_MAX_TASKS",
     "DEFAULT_MAX_NODES",
+    "DEFAULT_LOG_LINES",
     "reference_table",
     "render_reference",
 ]
@@ -36,6 +37,7 @@ DEFAULT_VM_SIZE = "Standard_D2s_v3"
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_MAX_TASKS = 10_000
 DEFAULT_MAX_NODES = 100
+DEFAULT_LOG_LINES = 10_000  # AzBatch.log_lines: the most lines of a run's log a cell shows
 
 #: What a setting's value is: how its variable is read, its trait made, its trait's value checked.
 KINDS = {
@@ -145,6 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
             "or 'auto' (the widget where it can render, text otherwise).",
             in_settings=False, choices=("auto", "widget", "text", "none")),
+    Setting("log_lines", "count", "", DEFAULT_LOG_LINES, f"`{DEFAULT_LOG_LINES}`",
+            "The most lines of a run's log a cell shows: its first ones as they come and, past that, its last "
+            "1000 once it ends, with a note (the whole log: _azbatch.logs(), batchmagic logs RUN).",
+            in_settings=False),
     Setting("max_tasks", "count", "BATCHMAGIC_MAX_TASKS", DEFAULT_MAX_TASKS, "`10000`",
             "The most tasks a sweep may have.", trait=False),
     Setting("max_nodes", "count", "BATCHMAGIC_MAX_NODES", DEFAULT_MAX_NODES, "`100`",

@@ -51,8 +51,9 @@ class Store(ABC):
         """Return the bytes under ``key``; raise KeyError if there are none."""
 
     @abstractmethod
-    def read_from(self, key: str, offset: int) -> bytes:
-        """Return the bytes of ``key`` from ``offset`` to its current end (b"" if none yet)."""
+    def read_from(self, key: str, offset: int, limit: int | None = None) -> bytes:
+        """Return the bytes of ``key`` from ``offset`` to its current end, at most ``limit`` of them (b"" if
+        none yet)."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:
@@ -139,11 +140,11 @@ class LocalStore(Store):
         except FileNotFoundError:
             raise KeyError(key) from None
 
-    def read_from(self, key: str, offset: int) -> bytes:
+    def read_from(self, key: str, offset: int, limit: int | None = None) -> bytes:
         try:
             with open(self.path(key), "rb") as f:
                 f.seek(offset)
-                return f.read()
+                return f.read(-1 if limit is None else limit)
         except FileNotFoundError:
             return b""
 
@@ -270,11 +271,11 @@ class BlobStore(Store):
         except ResourceNotFoundError:
             raise KeyError(key) from None
 
-    def read_from(self, key: str, offset: int) -> bytes:
+    def read_from(self, key: str, offset: int, limit: int | None = None) -> bytes:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
-            return bytes(self._blob(key).download_blob(offset=offset).readall())
+            return bytes(self._blob(key).download_blob(offset=offset, length=limit).readall())
         except ResourceNotFoundError:
             return b""
         except HttpResponseError as err:

@@ -94,6 +94,14 @@ ROWS: list[tuple[str, str, str]] = [
         "first run {data_500mb_variable_first_run_uploaded_bytes:,.0f} bytes uploaded; second run "
         "{data_500mb_variable_second_run_uploaded_bytes:,.0f}",
     ),
+    (
+        "flood",
+        "a cell printing {flood_mb:.0f} MB (lines of 100 characters) vs one printing a tenth of it, local backend, "
+        "its shown log capped as a cell's",
+        "collecting (the whole log read, the record written) {flood_collect_s:.1f} s vs "
+        "{flood_collect_s_tenth:.2f} s: {flood_per_mb_ratio:.2f} times the seconds per MB (1.0: linear); the "
+        "client's peak memory grew {flood_client_rss_growth_mb:.0f} MB",
+    ),
 ]
 
 

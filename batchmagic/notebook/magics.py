@@ -23,6 +23,7 @@ from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
 from batchmagic.config import Settings, parse_env
 from batchmagic.errors import CaptureError, ConfigError
+from batchmagic.notebook.logcap import LogCap
 from batchmagic.notebook.record import record_of
 from batchmagic.notebook.traits import settings_from_traits, settings_traits
 from batchmagic.notebook.widget import Panel, TaskLogs, format_seconds, make_panel, ui_pump
@@ -217,7 +218,10 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
             background=no_wait,
         )
 
+        cap = LogCap(self.log_lines)
+
         def on_update(state: RunState, records: list[LogRecord]) -> None:
+            records = cap.feed(records, state) + (cap.end(state) if state.finished else [])
             for record in records:
                 if record.output is not None:
                     _replay(record.output)
@@ -231,7 +235,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
 
         def on_background_update(state: RunState, records: list[LogRecord]) -> None:
             # From the monitor thread: set widget traits and append to its Output; never print.
-            panel.update(state, records)
+            panel.update(state, cap.feed(records, state) + (cap.end(state) if state.finished else []))
             if state.finished and current:
                 panel.finish(record_of(current[0], background=True))
 

@@ -15,18 +15,40 @@ from batchmagic.run.state import LogRecord
 __all__ = ["outputs_of", "run_notebook"]
 
 
-def outputs_of(records: Iterable[LogRecord], error: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """nbformat output objects: consecutive text of one stream joined, displays as the runner made them."""
+#: Characters of printed text a record keeps (about 32 MB): past them it says where the rest is (the run's
+#: log keeps every line), so writing the record of a flood of output holds a bounded amount of memory.
+RECORD_TEXT_LIMIT = 32_000_000
+
+
+def outputs_of(
+    records: Iterable[LogRecord], error: dict[str, Any] | None = None, *, limit: int = RECORD_TEXT_LIMIT
+) -> list[dict[str, Any]]:
+    """nbformat output objects: consecutive text of one stream joined, displays as the runner made them,
+    the first ``limit`` characters of text (then a note of how many lines are left out).
+
+    Linear in the output: a stream's pieces are gathered and joined in blocks (``+=`` on a dict's value
+    copies the whole text each time: a million lines took hours)."""
     outputs: list[dict[str, Any]] = []
+    text = _Text()
+    kept, left_out = 0, 0
     for record in records:
         if record.output is not None:
+            text.close(outputs)
             outputs.append(dict(record.output))
         elif record.stream in ("stdout", "stderr") and record.text:
+            if kept >= limit:
+                left_out += record.text.count("\n") or 1
+                continue
+            kept += len(record.text)
             last = outputs[-1] if outputs else None
-            if last is not None and last["output_type"] == "stream" and last["name"] == record.stream:
-                last["text"] += record.text
-            else:
-                outputs.append({"output_type": "stream", "name": record.stream, "text": record.text})
+            if last is None or last["output_type"] != "stream" or last["name"] != record.stream:
+                text.close(outputs)
+                outputs.append({"output_type": "stream", "name": record.stream, "text": ""})
+            text.add(record.text)
+    text.close(outputs)
+    if left_out:
+        note = f"[batchmagic] the record stops here: {left_out:,} more lines are in the run's log (run.logs())\n"
+        outputs.append({"output_type": "stream", "name": "stderr", "text": note})
     if error is not None:
         outputs.append(
             {
@@ -37,6 +59,29 @@ def outputs_of(records: Iterable[LogRecord], error: dict[str, Any] | None = None
             }
         )
     return outputs
+
+
+class _Text:
+    """The text of the stream output last in a list, gathered in blocks of joined pieces (a million
+    small strings would weigh more than their text)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.blocks: list[str] = []
+
+    def add(self, piece: str) -> None:
+        self.pieces.append(piece)
+        if len(self.pieces) >= 4096:
+            self.blocks.append("".join(self.pieces))
+            self.pieces.clear()
+
+    def close(self, outputs: list[dict[str, Any]]) -> None:
+        """Set the last output's text, and start afresh."""
+        if self.pieces or self.blocks:
+            self.blocks.append("".join(self.pieces))
+            outputs[-1]["text"] = "".join(self.blocks)
+            self.pieces.clear()
+            self.blocks.clear()
 
 
 def run_notebook(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from batchmagic.backends.base import Backend, BackendStatus
 from batchmagic.protocol import Layout, decode_log_records
@@ -26,18 +26,35 @@ RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cell
 QUEUED_FAST_TICKS = 10
 
 
-class LogTail:
-    """Reads new complete records of one task's log by byte offset."""
+#: Bytes of a log read at once: a flood of output is read (and held) a chunk at a time.
+LOG_CHUNK = 4 << 20
 
-    def __init__(self, key: str, task_id: str) -> None:
+
+class LogTail:
+    """Reads new complete records of one task's log by byte offset, at most about ``chunk`` bytes a read
+    (so a tick's memory does not grow with a flood of output: the rest is read on the next)."""
+
+    def __init__(self, key: str, task_id: str, *, chunk: int = LOG_CHUNK) -> None:
         self.key = key
         self.task_id = task_id
         self.offset = 0
+        self.chunk = chunk
 
     def read(self, store: Store) -> list[LogRecord]:
-        records, used = decode_log_records(store.read_from(self.key, self.offset), self.task_id)
-        self.offset += used
-        return records
+        """The next complete records (an empty list when none has arrived since the last read)."""
+        limit = self.chunk
+        while True:
+            data = store.read_from(self.key, self.offset, limit)
+            records, used = decode_log_records(data, self.task_id)
+            if used or len(data) < limit:
+                self.offset += used
+                return records
+            limit *= 2  # one record longer than the chunk: read on until its line ends
+
+    def read_all(self, store: Store) -> Iterator[LogRecord]:
+        """Every record from here to the log's current end, a chunk at a time."""
+        while records := self.read(store):
+            yield from records
 
 
 class Monitor:

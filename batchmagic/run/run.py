@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -478,12 +478,13 @@ class Run:
         and stderr in order; a distributed run's ranks merged, each line prefixed ``[rank k]``."""
         return "".join(r.text for r in self._log_records(task_id))
 
-    def _log_records(self, task_id: str | None = None) -> list[LogRecord]:
+    def _log_records(self, task_id: str | None = None) -> Iterable[LogRecord]:
+        """The task's log from the start, read a chunk at a time (a flood of output is never held whole)."""
         if task_id is None and self.world:
-            merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read(self.store)]
+            merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read_all(self.store)]
             return RankPrefixer().apply(sorted(merged, key=lambda r: r.time))
         tid = task_id or self.task_ids[0]
-        return LogTail(self.log_key(tid), tid).read(self.store)
+        return LogTail(self.log_key(tid), tid).read_all(self.store)
 
     def poll(self) -> bool:
         """One monitoring tick: update the phase, deliver new logs; True once the run is over."""
@@ -703,10 +704,9 @@ class Run:
 
     def _collect(self, status: BackendStatus) -> None:
         self.enter(Phase.COLLECTING)
-        # The last log bytes may have landed after the previous tick.
+        # The last log bytes may have landed after the previous tick (read a chunk at a time).
         if self._monitor is not None:
-            records = self._monitor.read_logs()
-            if records:
+            while records := self._monitor.read_logs():
                 self._notify(records)
         if self.is_sweep:
             self._collect_sweep(status)
