@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAITS = {
     "backend", "home", "vm_size", "timeout", "batch_endpoint", "batch_account", "storage_account_url",
     "container", "image", "registry", "base_image", "pool", "node_image", "input_concurrency", "budget",
-    "prices", "region", "master_port", "panel",
+    "prices", "region", "master_port", "panel", "log_lines",
 }  # fmt: skip
 VARIABLES = {
     "BATCHMAGIC_BACKEND", "BATCHMAGIC_HOME", "AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCOUNT",
