@@ -223,7 +223,9 @@ def test_options_are_checked_once_on_construction() -> None:
 
 # Who may import a heavy or front-end dependency (the emulator is a process of its own, not the client).
 OWNERS = {
-    "IPython": ("notebook/",),
+    # The notebook's front end; IPython's input transformers, which read a cell's syntax (%time, !cmd) as the
+    # kernel does; and the runner's minimal shell that runs such a cell.
+    "IPython": ("notebook/", "package/ipysyntax.py", "runner/ipyshell.py"),
     "ipywidgets": ("notebook/",),
     "ipykernel": ("notebook/",),
     "jupyter_ui_poll": ("notebook/",),

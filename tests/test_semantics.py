@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
 from tests.support.azurite import RunningAzurite, azurite_fixture
@@ -197,3 +199,91 @@ def test_in_place_changes_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
     work.mkdir()
     expected = json.loads(_notebook([*plain_cells, checks], work)[-1])
     assert json.loads(_notebook([*remote_cells, checks], work)[-1]) == expected
+
+
+# --- IPython syntax ---
+
+#: (id, the cell, names whose values must match the plain run, what its output must show)
+IPYTHON = [
+    ("%time", "%time s = sum(xs)\nprint('sum', s)", ["s"], ["Wall time:", "sum 4950"]),
+    ("out = !cmd", "out = !echo hello; echo there\nprint(len(out))", ["out"], ["2"]),
+    ("%%time", "%%time\nx = len(xs)\nprint('len', x)", ["x"], ["Wall time:", "len 100"]),
+    ("!cmd", "!echo from-a-shell", [], ["from-a-shell"]),
+    ("%timeit", "%timeit -n 3 -r 1 sum(xs)", [], ["per loop (mean"]),
+    ("%time in place", "%time d['k'] = len(xs)", ["d"], ["Wall time:"]),
+]
+
+
+def _normalized(text: str) -> str:
+    return re.sub(r"[0-9.]+ ?(ns|µs|μs|us|ms|s)\b", "T", text)
+
+
+def _run_ipython_case(shell: Any, capfd: Any, cell: str, names: list[str], line: str) -> tuple[list[Any], str]:
+    shell.run_cell("xs = list(range(100))\nd = {}")
+    capfd.readouterr()
+    shell.run_cell(f"%%azbatch {line}\n{cell}" if line else cell)
+    out = capfd.readouterr().out
+    return [list(v) if isinstance(v, list) else v for v in (shell.user_ns[n] for n in names)], out
+
+
+@pytest.mark.parametrize(("cell", "names", "shown"), [c[1:] for c in IPYTHON], ids=[c[0] for c in IPYTHON])
+def test_ipython_syntax_runs_remotely_as_here(shell, capfd, cell, names, shown):
+    here, plain_out = _run_ipython_case(shell, capfd, cell, names, "")
+    there, remote_out = _run_ipython_case(shell, capfd, cell, names, "--backend local")
+    assert there == here
+    for text in shown:
+        assert text in plain_out and text in remote_out, (plain_out, remote_out)
+    assert _normalized(plain_out).split() == _normalized(remote_out).split()[: len(_normalized(plain_out).split())]
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("x = 1\n%load_ext autoreload", "line 2: %load_ext acts on this kernel and means nothing in the remote cell"),
+        ("%config AzBatch.vm_size = 'x'", "line 1: %config acts on this kernel"),
+        ("%matplotlib inline\nx = 1", "%matplotlib acts on this kernel .* remote figures show inline anyway"),
+        ("%pip install tabulate", "%pip acts on this kernel .* give --pip PKG on the %%azbatch line"),
+        ("%azbatch_status", "line 1: %azbatch_status cannot run inside a remote cell"),
+        ("x?", "%pinfo acts on this kernel"),
+    ],
+)
+def test_magics_that_mean_nothing_remotely_are_one_line(shell, home, cell, message):
+    with pytest.raises(UsageError, match=message) as info:
+        shell.run_cell(f"%%azbatch\n{cell}")
+    assert "\n" not in str(info.value) and "syntax error" not in str(info.value)
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir())
+
+
+def test_analysis_sees_into_the_code_magics_run():
+    from batchmagic.package.capture import check_cell
+
+    assert (check_cell("%time s = sum(xs)").inputs, check_cell("%time s = sum(xs)").bound) == (["sum", "xs"], ["s"])
+    timed = check_cell("%timeit -n 3 -r 1 y = f(a)")
+    assert sorted(timed.inputs) == ["a", "f"] and timed.bound == []  # timeit binds nothing in the notebook
+    assert check_cell("res = %timeit -o f(a)").bound == ["res"]
+    captured = check_cell("%%capture cap\nprint(q)\nw = 1")
+    assert "q" in captured.inputs and captured.bound == ["w", "cap"]
+    assert check_cell("%%time\nx = a + 1").inputs == ["a"]
+    assert check_cell("x = 1  # why?").ipython is False
+
+
+def test_ipython_syntax_on_azure(azure_env: RunningEmulator, shell, capfd):
+    for _, cell, names, shown in IPYTHON[:3]:
+        here, _ = _run_ipython_case(shell, capfd, cell, names, "")
+        there, remote_out = _run_ipython_case(shell, capfd, cell, names, "--backend azure")
+        assert there == here and all(text in remote_out for text in shown), remote_out
+    assert shell.user_ns["_azbatch"].backend.name == "azure"
+
+
+def test_ipython_syntax_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    cell = "%time s = sum(xs)\nout = !echo hi\n!echo from-a-shell"
+    check = "print(s, list(out))"
+    plain_out = _notebook(["xs = list(range(100))", cell, check], work)
+    remote_out = _notebook(
+        ["%load_ext batchmagic", "xs = list(range(100))", f"%%azbatch --backend local\n{cell}", check], work
+    )
+    assert remote_out[-1] == plain_out[-1] == "4950 ['hi']\n"
+    for text in ("Wall time:", "from-a-shell"):
+        assert text in plain_out[1] and text in remote_out[2], (plain_out, remote_out)

@@ -44,12 +44,16 @@ class CellAnalysis:
         Names the cell deletes at top level with ``del``.
     imported_modules : list of str
         Top-level module names of the cell's ``import`` statements (absolute imports only).
+    ipython : bool
+        The cell uses IPython syntax (magics, ``!cmd``): it was analyzed as IPython transforms it
+        (set by :func:`batchmagic.package.capture.check_cell`).
     """
 
     inputs: list[str] = field(default_factory=list)
     bound: list[str] = field(default_factory=list)
     deleted: set[str] = field(default_factory=set)
     imported_modules: list[str] = field(default_factory=list)
+    ipython: bool = False
 
 
 def analyze(source: str, *, filename: str = "<cell>") -> CellAnalysis:

@@ -72,6 +72,9 @@ class Manifest:
         Shipped values the cell reads and may change in place (``clf`` in ``clf.fit(X, y)``): name ->
         sha256 of the pickle shipped. After the cell the runner pickles each again and sends back those
         whose pickle differs (a runner that ignores this field sends back only the bound names).
+    ipython : bool
+        The cell uses IPython syntax (``%time``, ``!cmd``): the runner transforms it with IPython's input
+        transformers and runs it in a minimal IPython shell.
     """
 
     python: str = field(default_factory=platform.python_version)
@@ -87,6 +90,7 @@ class Manifest:
     deleted: list[str] = field(default_factory=list)
     first_line: int = 1
     tracked: dict[str, str] = field(default_factory=dict)
+    ipython: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

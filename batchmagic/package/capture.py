@@ -29,6 +29,7 @@ from batchmagic.config import working_directory
 from batchmagic.errors import CaptureError
 from batchmagic.package.analysis import CellAnalysis, StarImportError, analyze
 from batchmagic.package.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
+from batchmagic.package.ipysyntax import TIMEIT_SCOPE, for_analysis, refused_magic, to_python
 from batchmagic.protocol import Layout
 
 __all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]
@@ -64,8 +65,17 @@ def check_cell(source: str) -> CellAnalysis:
     """Parse and analyze a cell, turning its problems into :class:`CaptureError`."""
     if not source.strip():
         raise CaptureError("the cell is empty: put the code to run below the %%azbatch line")
+    python = to_python(source)  # %time, !cmd...: as the kernel would compile the cell
+    refused = refused_magic(python)
+    if refused:
+        raise CaptureError(f"{refused}; nothing was submitted")
     try:
-        return analyze(source, filename=CELL_FILENAME)
+        if python.rstrip() == source.rstrip():
+            return analyze(source, filename=CELL_FILENAME)
+        analysis = analyze(for_analysis(python), filename=CELL_FILENAME)
+        analysis.bound = [name for name in analysis.bound if name != TIMEIT_SCOPE]
+        analysis.ipython = True
+        return analysis
     except SyntaxError as err:
         where = f"line {err.lineno}" if err.lineno else "the cell"
         raise CaptureError(f"syntax error at {where}: {err.msg}; nothing was submitted") from err
@@ -158,6 +168,7 @@ def capture(
         outputs=wanted,
         deleted=sorted(analysis.deleted),
         first_line=first_line,
+        ipython=analysis.ipython,
     )
     root = Path(root or working_directory()).resolve()
     objects: dict[str, ExternalObject] = {}

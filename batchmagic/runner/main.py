@@ -30,6 +30,7 @@ from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutc
 from batchmagic.runner import display as rich
 from batchmagic.runner.changes import changed_in_place
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
+from batchmagic.runner.ipyshell import ipython_cell
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 
@@ -152,6 +153,8 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     reader.close()
     # A last expression's value is displayed, as in a notebook.
+    if manifest.ipython:  # %time, !cmd: compiled as the kernel compiles it; tracebacks still show the cell's text
+        source = ipython_cell(source, namespace)
     codes = rich.compile_cell(source, CELL_FILENAME, first_line=manifest.first_line)
     if spec.inputs:
         fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
