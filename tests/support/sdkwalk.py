@@ -23,7 +23,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["compare", "visited_models", "enum_of", "model_hints", "SERVICE_SENDS"]
+__all__ = ["compare", "reachable", "visited_models", "enum_of", "model_hints", "SERVICE_SENDS"]
 
 #: What the live service is recorded to send that the SDK 15.1 models lack or cannot map: the emulator
 #: sends it too, and the SDK keeps it in the model's raw data only (or, for a value, as a plain string).
@@ -103,6 +103,23 @@ def compare(stored: Any, answer: Any, hint: Any = None, path: str = "") -> list[
             return [f"{path}: {stored!r} is not an object"]
         return [p for k, v in stored.items() for p in compare(v, (answer or {}).get(k), item, f"{path}.{k}")]
     return _compare_value(stored, answer, hint, path)
+
+
+def reachable(models: list[type]) -> set[str]:
+    """The names of every SDK model a value of one of ``models`` can hold, at any depth."""
+    seen: set[str] = set()
+    todo = list(models)
+    while todo:
+        model = todo.pop()
+        if model.__name__ in seen:
+            continue
+        seen.add(model.__name__)
+        for hint in model_hints(model).values():
+            inner = _container(hint)
+            target = _model_of(inner[1] if inner is not None else hint)
+            if target is not None:
+                todo.append(target)
+    return seen
 
 
 def _compare_model(stored: Any, answer: Any, model: type, path: str) -> list[str]:

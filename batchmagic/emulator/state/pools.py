@@ -9,7 +9,7 @@ import threading
 import uuid
 from typing import Any
 
-from batchmagic.emulator import vmsizes
+from batchmagic.emulator import schema, vmsizes
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property, not_found
 from batchmagic.emulator.images import check_image, check_subnet
 from batchmagic.emulator.limits import check_display_name, check_id, taken
@@ -101,17 +101,10 @@ class PoolsMixin(FilesMixin):
             vmc = copy.deepcopy(body["virtualMachineConfiguration"])
             vmc.setdefault("imageReference", {}).setdefault("version", "latest")
             data["virtualMachineConfiguration"] = vmc
-            for key in (
-                "displayName",
-                "metadata",
-                "startTask",
-                "userAccounts",
-                "networkConfiguration",
-                "mountConfiguration",
-                "applicationPackageReferences",
-                "resourceTags",
-            ):
-                if key in body:
+            # Every other property the create body may carry is kept and answered, as the service does
+            # (upgradePolicy, userAccounts, mounts...); autoscale ones are set by autoscaling.py.
+            for key in schema.models()["BatchPoolCreateOptions"]["properties"]:
+                if key in body and key not in data and not key.startswith("autoScale") and body[key] is not None:
                     data[key] = copy.deepcopy(body[key])
             touch(data, now)
             pool = Pool(data=data, auto_job_id=auto_job_id)

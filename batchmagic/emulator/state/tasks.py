@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from batchmagic.emulator import schema
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property
 from batchmagic.emulator.executors import TaskContext
 from batchmagic.emulator.limits import check_display_name, check_id, taken
@@ -84,11 +85,9 @@ class TasksMixin(FilesMixin):
             "requiredSlots": int(body.get("requiredSlots", 1)),
             "executionInfo": {"retryCount": 0, "requeueCount": 0},
         }
-        for key in (
-            "displayName", "resourceFiles", "outputFiles", "environmentSettings", "containerSettings",
-            "affinityInfo", "exitConditions", "dependsOn", "applicationPackageReferences", "multiInstanceSettings",
-        ):  # fmt: skip
-            if key in body:
+        # Every other property of the create body is kept and answered, as the service does.
+        for key in schema.models()["BatchTaskCreateOptions"]["properties"]:
+            if key in body and key not in data and body[key] is not None:
                 data[key] = copy.deepcopy(body[key])
         touch(data, now)
         return Task(data=data, job_id=job.id)
