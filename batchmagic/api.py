@@ -23,7 +23,7 @@ from typing import Any
 import cloudpickle
 
 from batchmagic.backends.azure.vmsizes import check_current, temp_disk_bytes
-from batchmagic.backends.base import Backend
+from batchmagic.backends.base import Backend, NamedPools
 from batchmagic.config import Settings, check_home, parse_budget, parse_timeout, working_directory
 from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
@@ -388,11 +388,10 @@ class Session:
                 removed.extend(run.teardown(blobs=blobs))
             except Exception as err:  # one stuck run must not keep the others alive
                 removed.append(f"nothing of {run.name}: {err} (run %azbatch_teardown again)")
-        if everything and backend is not None and hasattr(backend, "teardown_all"):
+        if everything and backend is not None:
             removed.extend(backend.teardown_all(blobs=blobs))
-        elif pools and backend is not None and hasattr(backend, "list_pools"):
-            named: Any = backend  # the Azure backend: see batchmagic.pools
-            removed.extend(named.delete_pool(p.name) for p in named.list_pools() if p.state == "active")
+        elif pools and isinstance(backend, NamedPools):
+            removed.extend(backend.delete_pool(p.name) for p in backend.list_pools() if p.state == "active")
         return removed
 
 

@@ -22,10 +22,11 @@ In [5]: pools.delete_pool("gpu")
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from batchmagic.api import Session, default_session
 from batchmagic.backends.azure.poolspec import DEFAULT_IDLE, Pool, PoolRequest, check_pool_name
+from batchmagic.backends.base import NamedPools
 from batchmagic.config import Settings, parse_duration
 from batchmagic.errors import ConfigError
 
@@ -42,21 +43,10 @@ __all__ = [
 ]
 
 
-@runtime_checkable
-class PoolBackend(Protocol):
-    """What a backend offers for named pools (the Azure backend)."""
-
-    def create_pool(self, request: PoolRequest, *, client_id: str = "") -> Pool: ...
-    def get_pool(self, name: str) -> Pool: ...
-    def list_pools(self) -> list[Pool]: ...
-    def resize_pool(self, name: str, nodes: int) -> Pool: ...
-    def delete_pool(self, name: str) -> str: ...
-
-
-def _backend(session: Session | None, settings: Settings | None) -> tuple[PoolBackend, Session]:
+def _backend(session: Session | None, settings: Settings | None) -> tuple[NamedPools, Session]:
     session = session or default_session()
     backend = session.backend("azure", settings=settings)
-    if not isinstance(backend, PoolBackend):
+    if not isinstance(backend, NamedPools):
         raise ConfigError("named pools need the Azure Batch backend")
     return backend, session
 

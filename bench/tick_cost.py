@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from batchmagic.backends.azure.backend import AzureBackend, _AzureRun
+from batchmagic.backends.azure.backend import AzureBackend
+from batchmagic.backends.azure.status import AzureRun
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.config import Settings
 from batchmagic.run.run import Run
@@ -52,11 +53,11 @@ def _setup(emu: RunningEmulator, client: Any, job_id: str, tasks: int) -> None:
     )
 
 
-def _run(client: Any, job_id: str, tasks: int, store: LocalStore) -> tuple[Run, _AzureRun]:
+def _run(client: Any, job_id: str, tasks: int, store: LocalStore) -> tuple[Run, AzureRun]:
     backend = AzureBackend(client, store, Settings())  # type: ignore[arg-type]  # a sweep's tick reads no blob
     task_ids = [f"task-{i}" for i in range(tasks)]
     submission = TaskSubmission(job_id, job_id, task_ids, {}, "Standard_D2s_v3", 3600)
-    state = backend._runs[job_id] = _AzureRun(submission)  # noqa: SLF001 - what submit would have made
+    state = backend._runs[job_id] = AzureRun(submission)  # noqa: SLF001 - what submit would have made
     run = Run(
         run_id=job_id, name=job_id, backend=backend, vm_size="Standard_D2s_v3", timeout=3600, task_ids=task_ids,
         params=[{"i": i} for i in range(tasks)],
@@ -64,7 +65,7 @@ def _run(client: Any, job_id: str, tasks: int, store: LocalStore) -> tuple[Run, 
     return run, state
 
 
-def _ticks(emu: RunningEmulator, run: Run, state: _AzureRun, *, whole_list: bool) -> tuple[list[float], list[int]]:
+def _ticks(emu: RunningEmulator, run: Run, state: AzureRun, *, whole_list: bool) -> tuple[list[float], list[int]]:
     cpu, calls = [], []
     for _ in range(TICKS):
         if whole_list:

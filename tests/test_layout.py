@@ -246,3 +246,16 @@ def test_only_the_owning_folder_imports_a_dependency() -> None:
                 if (name == dependency or name.startswith(dependency + ".")) and not relative.startswith(owners):
                     offenders.append(f"{relative}: {name}")
     assert offenders == []
+
+
+def test_the_emulator_imports_nothing_of_the_client() -> None:
+    """The Batch emulator is a product of its own: it answers as the service does, from its own rules."""
+    graph = _graph()
+    leaks = {
+        f"{name} -> {dep}"
+        for name, deps in graph.items()
+        if name.startswith("batchmagic.emulator")
+        for dep in deps
+        if not dep.startswith("batchmagic.emulator")
+    }
+    assert leaks == set()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from batchmagic.backends.azure.backend import AzureBackend, _AzureRun
+from batchmagic.backends.azure.backend import AzureBackend
+from batchmagic.backends.azure.status import AzureRun
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.config import Settings
 from tests.support.emulator import RunningEmulator, start_emulator
@@ -69,7 +70,7 @@ def _backend(client: Any, job_id: str, tasks: int = TASKS) -> AzureBackend:
         vm_size="Standard_D2s_v3",
         timeout=3600,
     )
-    backend._runs[job_id] = _AzureRun(submission)
+    backend._runs[job_id] = AzureRun(submission)
     return backend
 
 

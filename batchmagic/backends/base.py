@@ -11,14 +11,19 @@ import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from batchmagic.run.state import Phase
 from batchmagic.storage import Store
+
+if TYPE_CHECKING:
+    from batchmagic.backends.azure.poolspec import Pool, PoolRequest
 
 __all__ = [
     "Backend",
     "BackendStatus",
     "Holding",
+    "NamedPools",
     "Phase",
     "TaskStatus",
     "TaskSubmission",
@@ -170,6 +175,36 @@ class Backend(ABC):
     def task_log_hint(self, run_id: str, task_id: str) -> str:
         """A phrase pointing at the task's own stderr, for when the runner never produced a result."""
         return ""
+
+    def teardown_all(self, *, blobs: bool = False) -> list[str]:
+        """End what any client left behind on this backend (``blobs``: its run data too); a line per
+        thing removed. A backend that keeps nothing beyond its runs removes nothing."""
+        return []
+
+
+class NamedPools(ABC):
+    """A backend whose pools outlive runs (Azure Batch's named pools): ``%azbatch_pool`` and
+    :mod:`batchmagic.pools` call these. Each reads the account: a call or two, no more."""
+
+    @abstractmethod
+    def create_pool(self, request: PoolRequest, *, client_id: str = "") -> Pool:
+        """Create the pool ``request`` describes, at zero nodes; ConfigError for one that cannot work."""
+
+    @abstractmethod
+    def get_pool(self, name: str) -> Pool:
+        """The pool ``name``; ConfigError when there is none."""
+
+    @abstractmethod
+    def list_pools(self) -> list[Pool]:
+        """batchmagic's named pools, with their nodes by state."""
+
+    @abstractmethod
+    def resize_pool(self, name: str, nodes: int) -> Pool:
+        """Hold ``nodes`` nodes now, for the pool's idle period."""
+
+    @abstractmethod
+    def delete_pool(self, name: str) -> str:
+        """Delete the pool; one line saying what was removed."""
 
 
 def exit_reason(code: int | None) -> str:

@@ -21,6 +21,7 @@ from IPython.display import publish_display_data
 
 from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
+from batchmagic.backends.base import NamedPools
 from batchmagic.config import Settings, parse_env
 from batchmagic.errors import CaptureError, ConfigError
 from batchmagic.notebook.logcap import LogCap
@@ -465,7 +466,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
     def _list_kept_pools(self) -> None:
         """Name the named pools a teardown leaves, when this kernel has used Azure."""
         for backend in self.session.backends_in_use():
-            if not isinstance(backend, pools.PoolBackend):
+            if not isinstance(backend, NamedPools):
                 continue
             try:
                 kept = backend.list_pools()

@@ -1,9 +1,10 @@
 """The client's one table of Azure VM sizes: vCPUs, quota family, GPUs, InfiniBand, retirement.
 
-The emulator uses it to validate ``vmSize`` and to charge pools against the core quota; the client
-side of batchmagic imports it to validate ``--vm``, to choose the size ``--gpu KIND[:COUNT]`` asks for
-(:func:`choose_gpu_size`: the cheapest current size with that GPU in the region, from this table and
-the price table) and to refuse a retired size in one line naming a current one (:func:`check_current`).
+The client imports it to validate ``--vm`` (:func:`vm_cores`: the table, else the size's name), to
+choose the size ``--gpu KIND[:COUNT]`` asks for (:func:`choose_gpu_size`: the cheapest current size with
+that GPU in the region, from this table and the price table) and to refuse a retired size in one line
+naming a current one (:func:`check_current`).
+The emulator keeps its own table (:mod:`batchmagic.emulator.vmsizes`): it answers as the service does.
 Importing this module has no side effects.
 
 GPU facts (Microsoft's size pages, late 2026): the NC sizes have no InfiniBand, the ND sizes 8 GPUs
@@ -48,7 +49,11 @@ __all__ = [
     "retirement",
     "size_info",
     "temp_disk_bytes",
+    "vm_cores",
 ]
+
+# Any Azure size name: the vCPUs are the first number (Standard_E32_v3, Standard_NC24ads_A100_v4).
+_VM_SIZE = re.compile(r"^(Standard|Basic)_[A-Z]+(\d+)[a-z-]*(\d*)[a-z]*(_[A-Za-z0-9]+)*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,26 @@ def cores_for(vm_size: str) -> int | None:
     """
     entry = VM_SIZES.get(vm_size.strip().lower())
     return entry[0] if entry else None
+
+
+def vm_cores(vm_size: str) -> int:
+    """vCPUs of an Azure VM size, from the table or, for sizes it lacks, from the name.
+
+    Raises
+    ------
+    ConfigError
+        The name is not an Azure VM size at all.
+    """
+    cores = cores_for(vm_size)
+    if cores is not None:
+        return cores
+    match = _VM_SIZE.match(vm_size or "")
+    if not match:
+        raise ConfigError(
+            f"--vm {vm_size!r} is not an Azure VM size: use a name like Standard_D4s_v3 or Standard_E32_v3 "
+            "(az vm list-sizes --location <region> lists them)"
+        )
+    return int(match.group(2))
 
 
 def family_for(vm_size: str) -> str | None:
