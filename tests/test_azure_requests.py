@@ -234,6 +234,7 @@ def test_a_pool_as_batch_describes_it_reads_back_as_a_pool() -> None:
             META_CREATED_BY: "batchmagic", META_KIND: "named", META_MAX_NODES: "4", META_IDLE: "600",
             META_CLIENT: "c1"}.items()],
         auto_scale_formula="", auto_scale_evaluation_interval=timedelta(minutes=5), resize_errors=[],
+        enable_inter_node_communication=True,
         virtual_machine_configuration=NS(
             image_reference=NS(publisher="p", offer="o", sku="s", version="v"),
             container_configuration=NS(container_image_names=["reg.io/t:1"], container_registries=[]),
@@ -242,6 +243,7 @@ def test_a_pool_as_batch_describes_it_reads_back_as_a_pool() -> None:
     pool = describe_pool(raw, {"idle": 1})
     assert (pool.name, pool.max_nodes, pool.idle, pool.slots_per_node) == ("warm", 4, 600.0, 2)
     assert pool.batchmagic and pool.client_id == "c1" and pool.image == "reg.io/t:1" and pool.node_image == "p:o:s:v"
+    assert pool.inter_node
     counts = NS(dedicated=NS(idle=2, running=1), low_priority=NS(idle=1, start_task_failed=1))
     assert node_states(counts) == {"idle": 3, "running": 1, "starttaskfailed": 1}
 
