@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from batchmagic.config import Settings
-from batchmagic.errors import ConfigError
+from batchmagic.errors import ConfigError, RunFailed
 
 if TYPE_CHECKING:
     from batchmagic.api import Session
+
+T = TypeVar("T")
 
 __all__ = ["main"]
 
@@ -152,7 +155,8 @@ def _runs_ls(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    """Print a run's log from the start; with --follow, as it grows, until the run ends."""
+    """Print a run's log from the start; with --follow, as it grows, until the run ends. A storage outage
+    costs one line and a wait, not a traceback."""
     import time
 
     from batchmagic.api import Session
@@ -161,7 +165,7 @@ def _logs(args: argparse.Namespace) -> int:
 
     session = Session(settings=Settings.from_env())
     try:
-        run = session.attach(args.run)
+        run = _patiently("finding the run", lambda: session.attach(args.run))
     finally:
         _ledger_note(session)
     task_id = args.task or run.task_ids[0]
@@ -169,10 +173,11 @@ def _logs(args: argparse.Namespace) -> int:
         raise ConfigError(f"run {run.name} has no task {task_id!r}: its tasks are {', '.join(run.task_ids[:5])}...")
     tail = LogTail(Layout.log(run.id, task_id), task_id)
     while True:
-        for record in tail.read(run.store):
-            stream = sys.stderr if record.stream == "stderr" else sys.stdout
-            stream.write(record.text)
-            stream.flush()
+        while records := _patiently("reading the log", lambda: tail.read(run.store)):
+            for record in records:
+                stream = sys.stderr if record.stream == "stderr" else sys.stdout
+                stream.write(record.text)
+                stream.flush()
         if not args.follow or run.done:
             break
         run.poll()  # ends (collects, records) the run once its tasks do
@@ -182,6 +187,44 @@ def _logs(args: argparse.Namespace) -> int:
         print(f"batchmagic: run {run.name} {run.status}: {run.error}", file=sys.stderr)
         return 1
     return 0
+
+
+#: Seconds ``batchmagic logs`` keeps trying while storage does not answer, before one line ends it.
+STORAGE_PATIENCE = 300.0
+
+
+def _patiently(what: str, call: Callable[[], T]) -> T:
+    """``call()``, tried again every two seconds while storage does not answer (one line on stderr says so),
+    for up to :data:`STORAGE_PATIENCE` seconds.
+
+    Raises
+    ------
+    RunFailed
+        Storage did not answer in that time: one line.
+    """
+    import time
+
+    from batchmagic.storage import unreachable
+
+    deadline = None
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if deadline is None:
+                deadline = time.monotonic() + STORAGE_PATIENCE
+                print(
+                    f"batchmagic: storage does not answer ({reason}) while {what}: trying again for up to "
+                    f"{STORAGE_PATIENCE / 60:.0f} min (Ctrl-C stops)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            elif time.monotonic() > deadline:
+                raise RunFailed(f"storage did not answer for {STORAGE_PATIENCE:.0f} s while {what}: {reason}") from None
+            time.sleep(2.0)
 
 
 def _teardown(args: argparse.Namespace) -> int:
@@ -318,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"batchmagic: {err}", file=sys.stderr)
         return 1 if args.command == "prices" and args.action == "update" else 2
+    except RunFailed as err:
+        print(f"batchmagic: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

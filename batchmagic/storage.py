@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import uuid
 from abc import ABC, abstractmethod
 from datetime import datetime
@@ -30,7 +31,22 @@ __all__ = [
     "BlobChannel",
     "open_channel",
     "check_container_name",
+    "unreachable",
 ]
+
+
+def unreachable(err: BaseException) -> bool:
+    """Whether ``err`` says the store did not answer (a connection refused or reset, a timeout, a 5xx or
+    503 from Blob Storage): worth trying again later, unlike a missing key or a refused request."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError | PermissionError):
+        return True
+    azure = sys.modules.get("azure.core.exceptions")  # only loaded when a BlobStore is in use
+    if azure is None:
+        return False
+    if isinstance(err, azure.ServiceRequestError | azure.ServiceResponseError):
+        return True
+    status = getattr(err, "status_code", None)
+    return isinstance(err, azure.HttpResponseError) and (status is None or status >= 500 or status == 408)
 
 
 class Store(ABC):

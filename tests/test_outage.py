@@ -3,9 +3,12 @@ and appends it, in order, when storage answers again; the client sees every line
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 from batchmagic.channel import BlobChannel, Channel
 from batchmagic.protocol import decode_log_records
@@ -13,6 +16,7 @@ from batchmagic.runner.logsink import LogSink
 from tests.support.azurite import start_azurite
 from tests.support.emulator import start_emulator, wait_for
 from tests.support.settings import use_azure
+from tests.test_attach import ROOT
 
 
 class Flaky(Channel):
@@ -185,3 +189,83 @@ def test_a_run_survives_an_emulator_restart(tmp_path, monkeypatch, home):
                 ]
         finally:
             session.teardown()
+
+
+def test_batchmagic_logs_waits_out_an_outage_with_one_line(tmp_path, monkeypatch, home):
+    """Azurite down when ``batchmagic logs RUN`` starts: one line says so, the log follows once it is back."""
+    import subprocess
+    import sys
+
+    from batchmagic.api import Session
+
+    location = tmp_path / "azurite"
+    with start_azurite(location) as first:
+        port = first.port
+        with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+            use_azure(monkeypatch, emu, first, prefix=f"cli-{uuid.uuid4().hex[:4]}")
+            session = Session()
+            run = session.submit("for i in range(5):\n    print('line', i)\nx = 1", {}, backend="azure", name="cli")
+            try:
+                run.wait(timeout=120)
+                first.process.terminate()
+                first.process.wait(10)
+                cli = subprocess.Popen(
+                    [sys.executable, "-m", "batchmagic.cli", "logs", run.id],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+                time.sleep(35)  # past the storage client's own retries (about 20 s)
+                with start_azurite(location, port=port):
+                    out, err = cli.communicate(timeout=120)
+                    assert cli.returncode == 0, err
+                    assert [line for line in out.splitlines() if line.startswith("line ")] == [
+                        f"line {i}" for i in range(5)
+                    ]
+                    said = [line for line in err.splitlines() if line.strip()]
+                    assert len(said) == 1 and "storage does not answer" in said[0], err
+                    assert "Traceback" not in err
+            finally:
+                with start_azurite(location, port=port) if first.process.poll() is not None else _nothing():
+                    session.teardown()
+
+
+def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_path, monkeypatch, home):
+    """The task's process dies while Azurite is down: the run ends ``failed`` with one line once it has
+    tried to read the result long enough, never stuck in ``collecting``."""
+    from batchmagic.api import Session
+    from batchmagic.run.run import Run
+
+    location = tmp_path / "azurite"
+    streamed: list[str] = []
+    with start_azurite(location) as first:
+        port = first.port
+        with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+            use_azure(monkeypatch, emu, first, prefix=f"dies-{uuid.uuid4().hex[:4]}")
+            monkeypatch.setattr(Run, "collect_patience", 10.0)  # the default is minutes
+            session = Session()
+            run = session.submit(
+                "import os, time\nprint('started', flush=True)\ntime.sleep(3)\nos._exit(9)",
+                {},
+                backend="azure",
+                name="dies",
+                on_update=lambda state, records: streamed.extend(r.text for r in records),
+            )
+            run.watch_in_background()
+            try:
+                wait_for(lambda: "started" in "".join(streamed), timeout=90)
+                first.process.terminate()
+                first.process.wait(10)
+                wait_for(lambda: run.done, timeout=120)
+                assert run.status == "failed"
+                message = str(run.error)
+                assert "\n" not in message and "its result could not be read" in message, message
+            finally:
+                with start_azurite(location, port=port):
+                    session.teardown()
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield

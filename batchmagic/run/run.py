@@ -38,7 +38,7 @@ from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
 from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RankRow, RunState
 from batchmagic.run.sweep import TaskOutcome as SweepRow
 from batchmagic.run.sweep import results_table, task_ids_for
-from batchmagic.storage import BlobStore, Store
+from batchmagic.storage import BlobStore, Store, unreachable
 
 __all__ = ["Run", "OutputWarning", "LargeUploadWarning", "UpdateCallback"]
 
@@ -78,6 +78,9 @@ class Run:
         nbformat output objects in order. The whole record, with what it printed, is the notebook
         ``runs/<run-id>/outputs.ipynb`` in the run's store (:attr:`record_key`).
     """
+
+    #: Seconds a finished run keeps trying to read its results through a storage outage before it fails.
+    collect_patience = 300.0
 
     def __init__(
         self,
@@ -127,6 +130,7 @@ class Run:
         self._last_status: BackendStatus | None = None
         self._activity = False  # the last tick brought output or a new phase: poll fast again
         self._poll_errors = 0  # consecutive failed polls
+        self._collect_failing_since = 0.0  # monotonic time the store first failed to give the results
         self._ledger: Ledger | None = None
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
@@ -526,7 +530,7 @@ class Run:
                 self.fail(RunFailed(status.error))
                 self.release()
             elif status.finished:
-                self._collect(status)
+                self._collect_or_wait(status)
             elif status.phase != self.phase or (status.detail or self._progress) != self.detail:
                 self.enter(status.phase, status.detail or self._progress)
             else:
@@ -701,6 +705,28 @@ class Run:
         """End the run ``failed`` with ``error`` (what :meth:`result` raises)."""
         self.error = error
         self.enter(Phase.FAILED, str(error))
+
+    def _collect_or_wait(self, status: BackendStatus) -> None:
+        """Collect; a store that does not answer (an outage) is tried again on the next ticks for up to
+        :attr:`collect_patience` seconds, then the run fails with one line: never stuck in collecting."""
+        try:
+            self._collect(status)
+        except Exception as err:
+            if self.done or not unreachable(err):
+                raise
+            now = time.monotonic()
+            self._collect_failing_since = self._collect_failing_since or now
+            if now - self._collect_failing_since < self.collect_patience:
+                self._activity = False  # back off while storage is away
+                self.enter(Phase.COLLECTING, f"storage does not answer ({_first_line(err)}): trying again")
+                return
+            self.fail(
+                RunFailed(
+                    f"run {self.name} ended, but its result could not be read from {self.store.describe()} "
+                    f"for {self.collect_patience:.0f} s: {_first_line(err)}"
+                )
+            )
+            self.release()
 
     def _collect(self, status: BackendStatus) -> None:
         self.enter(Phase.COLLECTING)
