@@ -47,6 +47,7 @@ __all__ = [
     "rank_environment",
     "rank_id",
     "rank_of",
+    "thread_budget",
     "world",
 ]
 
@@ -89,6 +90,16 @@ def rank_environment(
         "LOCAL_WORLD_SIZE": str(procs_per_node),
         "NODE_RANK": str(node_rank),
     }
+
+
+def thread_budget(cores: int, ranks_here: int, env: Mapping[str, str]) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` for a rank: the machine's cores shared by the ranks on it (torchrun sets 1 when
+    it starts several), unless the environment sets it already (``--env OMP_NUM_THREADS=...`` wins too:
+    the runner applies ``--env`` after). Without it each rank's math library takes every core, and ranks
+    sharing a machine slow each other down (gloo's all-reduce by a quarter on 2 cores)."""
+    if "OMP_NUM_THREADS" in env or ranks_here <= 1:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, cores // ranks_here))}
 
 
 def _int(name: str, default: int, env: Mapping[str, str] | None) -> int:

@@ -292,6 +292,7 @@ class RankState:
 
     rank: int
     started: float
+    pid: int = 0  # its process on the node
     code: int | None = None
     ended: float | None = None
     stopped: bool = False

@@ -102,6 +102,21 @@ ROWS: list[tuple[str, str, str]] = [
         "{flood_collect_s_tenth:.2f} s: {flood_per_mb_ratio:.2f} times the seconds per MB (1.0: linear); the "
         "client's peak memory grew {flood_client_rss_growth_mb:.0f} MB",
     ),
+    (
+        "distributed",
+        "start of a 4-rank `--distributed` run vs a 1-rank one (submit to the last rank's first line) on a warm "
+        "`--inter-node` pool of the Batch emulator (4 idle nodes sharing this machine's 2 cores)",
+        "1 rank {distributed_start_1_rank_s:.2f} s, 4 ranks {distributed_start_4_ranks_s:.2f} s: ratio "
+        "{distributed_start_ratio:.2f} (goal 1.3; the 4 emulated nodes start their ranks on the same 2 cores, a "
+        "pool's nodes each on their own)",
+    ),
+    (
+        "distributed",
+        "all-reduce bus bandwidth of {allreduce_megabytes:.0f} MB (gloo, CPU, 2 ranks) inside a `--backend local "
+        "--distributed` run vs the same script under `torchrun --standalone`",
+        "{allreduce_busbw_batchmagic_gb_s:.2f} GB/s vs {allreduce_busbw_torchrun_gb_s:.2f} GB/s: ratio "
+        "{allreduce_busbw_ratio:.2f} (goal 0.9; each rank's OMP_NUM_THREADS shares the cores, as torchrun does)",
+    ),
 ]
 
 

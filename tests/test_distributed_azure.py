@@ -16,6 +16,7 @@ from IPython.core.error import UsageError
 
 from batchmagic import RemoteError
 from batchmagic.errors import RunCancelled, RunFailed
+from batchmagic.protocol import Layout, NodeState
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
@@ -88,18 +89,23 @@ def test_an_error_on_one_rank_fails_the_run(azure_env: RunningEmulator, shell: A
     assert info.value.task_id == "rank-1" and "rank one is unhappy" in str(info.value)
 
 
-def _runner_pids(spec_marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _rank_pids(run: Any) -> dict[int, int]:
+    """Each rank's process, as its node's supervisor wrote it in the run's store."""
+    pids = {}
+    for node in range(run.backend._ranks[run.id].nodes):
         try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            state = NodeState.from_json(run.store.get_bytes(Layout.node_state(run.id, node)))
+        except KeyError:
             continue
-        if b"batchmagic.runner" in cmd and any(spec_marker.encode() in part for part in cmd):
-            found.append(int(entry))
-    return found
+        pids.update({r.rank: r.pid for r in state.ranks})
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_a_killed_rank_ends_the_run_within_15_seconds(azure_env: RunningEmulator, shell: Any) -> None:
@@ -107,9 +113,8 @@ def test_a_killed_rank_ends_the_run_within_15_seconds(azure_env: RunningEmulator
     shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait --name victim\n{cell}")
     run = shell.user_ns["_azbatch"]
     wait_for(lambda: "step 3" in run.logs("rank-1"), timeout=60)
-    pids = _runner_pids(f"/{run.id}/rank-1/")
-    assert len(pids) == 1
-    os.kill(pids[0], signal.SIGKILL)
+    pids = _rank_pids(run)
+    os.kill(pids[1], signal.SIGKILL)
     killed = time.monotonic()
     with pytest.raises(RunFailed) as info:
         run.wait(timeout=60)
@@ -117,7 +122,7 @@ def test_a_killed_rank_ends_the_run_within_15_seconds(azure_env: RunningEmulator
     message = str(info.value)
     assert re.search(r"rank 1 on \S+ \(node \d\) failed: the task process was killed by SIGKILL", message), message
     assert "its last lines: step" in message
-    wait_for(lambda: not _runner_pids(f"/{run.id}/"), timeout=15)
+    wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
 
 
 def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
@@ -125,11 +130,12 @@ def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
     shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait\n{cell}")
     run = shell.user_ns["_azbatch"]
     wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
-    assert len(_runner_pids(f"/{run.id}/")) == 2
+    pids = _rank_pids(run)
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids.values())
     run.cancel()
     with pytest.raises(RunCancelled):
         run.result()
-    wait_for(lambda: not _runner_pids(f"/{run.id}/"), timeout=30)
+    wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
 
 
 def test_a_named_inter_node_pool_takes_a_distributed_run(azure_env: RunningEmulator, shell: Any) -> None:

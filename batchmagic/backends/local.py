@@ -31,7 +31,7 @@ from batchmagic.backends.base import (
     format_duration,
 )
 from batchmagic.config import SECRET_NAME, inherited_environment
-from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of
+from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
 from batchmagic.storage import LocalStore
 
@@ -342,7 +342,9 @@ def _rank_environment(run: _LocalRun, task: _Task) -> dict[str, str]:
     if not sub.distributed or rank is None:
         return {}
     node, local = divmod(rank, max(1, sub.procs_per_node))
-    return rank_environment(
+    # Every rank shares this machine's cores.
+    threads = thread_budget(os.cpu_count() or 1, len(sub.task_ids), os.environ)
+    return threads | rank_environment(
         node_rank=node,
         local_rank=local,
         nodes=sub.nodes,
@@ -421,7 +423,7 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
     ]  # fmt: skip
     names = ["AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
     if submission.distributed:  # the ranks reach each other over the host's loopback; NCCL wants a big /dev/shm
-        names += list(ENV_NAMES)
+        names += [*ENV_NAMES, "OMP_NUM_THREADS"]
         argv += ["--shm-size", DEFAULT_SHM_SIZE]
     for key in names:
         argv += ["-e", key]

@@ -9,7 +9,8 @@ On the primary the application command runs it in the foreground. Each superviso
    ``AZ_BATCH_HOST_LIST`` of the first address it can bind (on a pool, only its own: the same order on
    every node). The bound socket is kept, so two nodes never take the same rank (on an emulator whose
    nodes share one machine's loopback addresses, the first to bind an address takes it);
-2. starts its ``procs_per_node`` ranks, each ``python -m batchmagic.runner --spec <its spec URL>`` with
+2. starts its ``procs_per_node`` ranks, each ``python -m batchmagic.runner --spec <its spec URL>`` (a fork
+   of the supervisor, whose imports are done) with
    the variables of :mod:`batchmagic.distributed`, ``MASTER_ADDR`` being the host part of
    ``AZ_BATCH_MASTER_NODE`` (its port is Batch's own);
 3. writes its :class:`~batchmagic.protocol.NodeState` (which ranks run, which ended and how) to the run's
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,7 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from batchmagic.channel import open_channel
-from batchmagic.distributed import rank_environment
+from batchmagic.distributed import rank_environment, thread_budget
 from batchmagic.protocol import NodeState, RankGroup, RankState
 
 __all__ = ["main", "claim_node"]
@@ -64,6 +66,69 @@ def _bind(host: str, port: int) -> socket.socket | None:
     return sock
 
 
+class _Forked:
+    """A rank forked from the supervisor, with the part of ``Popen``'s interface the supervisor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -9: killed by SIGKILL, as Popen says
+        return self.returncode
+
+    def _signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("rank", timeout or 0)
+            time.sleep(0.02)
+        return code
+
+
+def _fork_runner(spec: str, cwd: Path, env: dict[str, str]) -> _Forked:
+    """Run ``python -m batchmagic.runner --spec SPEC`` as a fork of this process: the interpreter and the
+    runner's imports are ready, so a node's ranks start without paying for them each (on a busy node that
+    is most of a rank's start). In the supervisor's process group: whatever ends the task ends them too."""
+    from batchmagic.runner.main import main as runner_main
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return _Forked(pid)
+    code = 2
+    try:
+        os.chdir(cwd)
+        os.environ.update(env)
+        code = runner_main(["--spec", spec])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 2
+    except BaseException:  # the runner writes its own result; this is only its last resort
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 class Supervisor:
     """One node's ranks, their states, and what the other nodes say."""
 
@@ -71,31 +136,27 @@ class Supervisor:
         self.group = group
         self.state = NodeState(node_rank=node_rank, node_id=node_id, address=address)
         self.master = master
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.procs: dict[int, _Forked] = {}
         self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
 
     def start(self, workdir: Path) -> None:
         group, node = self.group, self.state.node_rank
+        threads = thread_budget(os.cpu_count() or 1, group.procs_per_node, os.environ)
         ranks = []
         for local in range(group.procs_per_node):
             rank = node * group.procs_per_node + local
-            env = {
-                **os.environ,
-                **rank_environment(
-                    node_rank=node,
-                    local_rank=local,
-                    nodes=group.nodes,
-                    procs_per_node=group.procs_per_node,
-                    master_addr=self.master,
-                    master_port=group.master_port,
-                ),
-            }
+            env = threads | rank_environment(
+                node_rank=node,
+                local_rank=local,
+                nodes=group.nodes,
+                procs_per_node=group.procs_per_node,
+                master_addr=self.master,
+                master_port=group.master_port,
+            )
             cwd = workdir / f"rank-{rank}"
             cwd.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, "-m", "batchmagic.runner", "--spec", group.specs[rank]]
-            # In the supervisor's process group: whatever ends the task (Batch, the emulator) ends them too.
-            self.procs[rank] = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
-            ranks.append(RankState(rank=rank, started=time.time()))
+            self.procs[rank] = _fork_runner(group.specs[rank], cwd, env)
+            ranks.append(RankState(rank=rank, started=time.time(), pid=self.procs[rank].pid))
         self.state = replace(self.state, ranks=tuple(ranks))
         self.publish()
 
