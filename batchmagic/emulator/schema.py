@@ -203,6 +203,30 @@ def _check(spec: dict[str, Any], value: Any, name: str) -> Any:
             if str(allowed).lower() == value.lower():
                 return allowed
         raise _Invalid(invalid_property(name, value))
+    if kind in ("integer", "number", "boolean"):
+        return _check_scalar(kind, value, name)
+    if kind == "string":
+        if not isinstance(value, str):
+            raise _Invalid(invalid_property(name, _show(value)))
+        return value
+    if kind == "array":
+        if not isinstance(value, list):
+            raise _Invalid(invalid_property(name, _show(value)))
+        item = spec.get("items") or {}
+        return [_check(item, v, name) if v is not None else v for v in value]
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise _Invalid(invalid_property(name, _show(value)))
+        extra = spec.get("additionalProperties")
+        if extra:
+            for k in list(value):
+                value[k] = _check(extra, value[k], f"{name}.{k}")
+        return value
+    return value
+
+
+def _check_scalar(kind: str, value: Any, name: str) -> Any:
+    """An integer, number or boolean, converted from the strings the service's JSON reader accepts."""
     if kind == "integer":
         if isinstance(value, bool):
             raise _Invalid(invalid_property(name, _show(value)))
@@ -230,24 +254,7 @@ def _check(spec: dict[str, Any], value: Any, name: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         raise _Invalid(invalid_property(name, _show(value)))
-    if kind == "string":
-        if not isinstance(value, str):
-            raise _Invalid(invalid_property(name, _show(value)))
-        return value
-    if kind == "array":
-        if not isinstance(value, list):
-            raise _Invalid(invalid_property(name, _show(value)))
-        item = spec.get("items") or {}
-        return [_check(item, v, name) if v is not None else v for v in value]
-    if kind == "object":
-        if not isinstance(value, dict):
-            raise _Invalid(invalid_property(name, _show(value)))
-        extra = spec.get("additionalProperties")
-        if extra:
-            for k in list(value):
-                value[k] = _check(extra, value[k], f"{name}.{k}")
-        return value
-    return value
+    raise _Invalid(invalid_property(name, _show(value)))
 
 
 def _show(value: Any) -> str:

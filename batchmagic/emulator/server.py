@@ -428,29 +428,9 @@ class Emulator:
             return self._error(
                 ApiError(403, "AuthenticationFailed", values=[("AuthenticationErrorDetail", reason)])
             ), body
-        if not query.get("api-version"):
-            return (
-                self._error(
-                    ApiError(400, "MissingRequiredQueryParameter", values=[("QueryParameterName", "api-version")])
-                ),
-                body,
-            )
-        version = query["api-version"][0]
-        if version not in API_VERSIONS:
-            return (
-                self._error(
-                    ApiError(
-                        400,
-                        "InvalidQueryParameterValue",
-                        values=[
-                            ("QueryParameterName", "api-version"),
-                            ("QueryParameterValue", version),
-                            ("Reason", "The specified api-version is invalid or not supported."),
-                        ],
-                    )
-                ),
-                body,
-            )
+        version_error = _check_api_version(query)
+        if version_error is not None:
+            return self._error(version_error), body
         path = parts.path.rstrip("/") or "/"
         if method == "POST" and path.endswith("/addtaskcollection") and len(raw_body) > MAX_TASK_COLLECTION_BYTES:
             return self._error(ApiError(413, "RequestBodyTooLarge")), body
@@ -1070,6 +1050,24 @@ def _content_type(path: Path) -> str:
     if path.suffix in (".txt", ".log", ".out", ".err"):
         return "text/plain"
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _check_api_version(query: dict[str, list[str]]) -> ApiError | None:
+    """The service's answer to a missing or unknown ``api-version``, or None when it is one it takes."""
+    if not query.get("api-version"):
+        return ApiError(400, "MissingRequiredQueryParameter", values=[("QueryParameterName", "api-version")])
+    version = query["api-version"][0]
+    if version not in API_VERSIONS:
+        return ApiError(
+            400,
+            "InvalidQueryParameterValue",
+            values=[
+                ("QueryParameterName", "api-version"),
+                ("QueryParameterValue", version),
+                ("Reason", "The specified api-version is invalid or not supported."),
+            ],
+        )
+    return None
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

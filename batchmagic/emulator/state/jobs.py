@@ -90,27 +90,7 @@ class JobsMixin(PoolsMixin):
             touch(data, now)
             job = Job(data=data, deadline=(now + wall) if wall is not None else None, created=now)
             if auto:
-                spec = copy.deepcopy(auto["pool"])
-                prefix = auto.get("autoPoolIdPrefix") or "auto"
-                pool_id = f"{prefix}_{uuid.uuid4()}"
-                spec["id"] = pool_id
-                pool = self.create_pool(spec, auto_job_id=job_id)
-                job.auto_pool_id = pool.id
-                job.auto_pool_lifetime = str(auto.get("poolLifetimeOption", "job")).lower()
-                stored = data["poolInfo"]["autoPoolSpecification"]
-                stored.setdefault("keepAlive", False)
-                defaults = {
-                    "taskSlotsPerNode": 1,
-                    "taskSchedulingPolicy": {"nodeFillType": "Spread"},
-                    "resizeTimeout": "PT15M",
-                    "targetDedicatedNodes": 0,
-                    "targetLowPriorityNodes": 0,
-                    "enableAutoScale": False,
-                    "enableInterNodeCommunication": False,
-                }
-                for key, value in defaults.items():
-                    stored["pool"].setdefault(key, value)
-                data["executionInfo"]["poolId"] = pool.id
+                self._create_auto_pool(job, auto)
             else:
                 data["executionInfo"]["poolId"] = pool_info["poolId"]
             self.jobs[job_id] = job
@@ -126,6 +106,31 @@ class JobsMixin(PoolsMixin):
         """All jobs, oldest first."""
         with self.lock:
             return [self.view(j.data) for j in self.jobs.values()]
+
+    def _create_auto_pool(self, job: Job, auto: dict[str, Any]) -> None:
+        """Create a job's auto pool (lock held) and record it with the defaults the service fills in."""
+        data = job.data
+        spec = copy.deepcopy(auto["pool"])
+        prefix = auto.get("autoPoolIdPrefix") or "auto"
+        pool_id = f"{prefix}_{uuid.uuid4()}"
+        spec["id"] = pool_id
+        pool = self.create_pool(spec, auto_job_id=job.id)
+        job.auto_pool_id = pool.id
+        job.auto_pool_lifetime = str(auto.get("poolLifetimeOption", "job")).lower()
+        stored = data["poolInfo"]["autoPoolSpecification"]
+        stored.setdefault("keepAlive", False)
+        defaults = {
+            "taskSlotsPerNode": 1,
+            "taskSchedulingPolicy": {"nodeFillType": "Spread"},
+            "resizeTimeout": "PT15M",
+            "targetDedicatedNodes": 0,
+            "targetLowPriorityNodes": 0,
+            "enableAutoScale": False,
+            "enableInterNodeCommunication": False,
+        }
+        for key, value in defaults.items():
+            stored["pool"].setdefault(key, value)
+        data["executionInfo"]["poolId"] = pool.id
 
     def update_job(self, job_id: str, body: dict[str, Any], *, replace: bool = False) -> None:
         """Apply a ``PATCH /jobs/{id}`` body, or with ``replace`` a ``PUT`` body.

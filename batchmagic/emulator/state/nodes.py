@@ -24,7 +24,7 @@ from typing import Any
 
 from batchmagic.emulator.errors import ApiError, invalid_property, missing_property, not_found
 from batchmagic.emulator.executors import RunningTask, TaskContext
-from batchmagic.emulator.state.commands import CommandRun, node_env, run_command
+from batchmagic.emulator.state.commands import CommandResult, CommandRun, node_env, run_command
 from batchmagic.emulator.state.model import TICK, Node, Pool, iso, parse_duration, touch, transition
 from batchmagic.emulator.state.pools import PoolsMixin
 
@@ -134,6 +134,10 @@ class NodesMixin(PoolsMixin):
         result = run_command(
             self.executor, run, now=self.now, should_stop=should_stop, before_attempt=before_attempt, started=started
         )
+        return self._record_start_task(node, result)
+
+    def _record_start_task(self, node: Node, result: CommandResult) -> bool:
+        """Write a finished start task into the node's ``startTaskInfo``; True if it succeeded."""
         with self.lock:
             info = node.data["startTaskInfo"]
             info["state"] = "completed"

@@ -222,6 +222,8 @@ class PersistMixin(NodesMixin, MultiInstanceMixin):
                 users=dict(item.get("users") or {}),
             )
             node.data["runningTasksCount"] = node.data["runningTaskSlotsCount"] = 0
+            # Node states are lower case on the wire; files from before that fix said startTaskFailed.
+            node.data["state"] = str(node.data["state"]).lower()
             pool.nodes[node.id] = node
         return pool
 
