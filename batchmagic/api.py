@@ -30,9 +30,10 @@ from batchmagic.errors import ConfigError
 from batchmagic.options import RunOptions
 from batchmagic.package.analysis import CellAnalysis
 from batchmagic.package.capture import CapturedCell, capture, check_cell
+from batchmagic.package.folder import FolderPlan, plan_folder
 from batchmagic.package.image import ImageRequest, plan_image
 from batchmagic.package.inputs import HashCache, grant_paths, parse_input, stage_inputs
-from batchmagic.protocol import Layout, ObjectRef, OutputTarget, TaskSpec
+from batchmagic.protocol import FolderSpec, Layout, ObjectRef, OutputTarget, TaskSpec
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.run import LargeUploadWarning, Run, UpdateCallback
 from batchmagic.run.state import Phase, RunState
@@ -140,6 +141,7 @@ class Session:
         settings = (settings or self.settings()).with_overrides(home=home)
         self.check(cell, options, settings)
         options = _gpu_size(options, settings)
+        folder = self.plan_folder(cell, namespace or {}, options, settings)
         backend = given_backend or self.backend(options.backend, settings=settings)
         image = plan_image(
             backend.name, image=options.image, configured_image=backend.default_image, container=options.container,
@@ -147,6 +149,7 @@ class Session:
             pip=options.pip, secrets=settings.secrets,
         )  # fmt: skip
         run = Run.create(options, settings, backend, namespace=namespace, source=cell)
+        run.folder, run.bring_back_limit = folder, settings.bring_back_limit
         submission = run.submission(options)
         submission.pool = self.pool_for(options, settings, backend.name)
         backend.validate(submission)
@@ -215,6 +218,25 @@ class Session:
             return options.pool
         return settings.pool if backend == "azure" else ""
 
+    @staticmethod
+    def plan_folder(
+        cell: str, namespace: Mapping[str, Any], options: RunOptions, settings: Settings
+    ) -> FolderPlan | None:
+        """What the run ships from the notebook's folder (``options.folder``, else the working
+        directory): see :mod:`batchmagic.package.folder`. None for ``folder=""``.
+
+        Raises
+        ------
+        ConfigError
+            The files the cell names are over ``settings.ship_limit``.
+        """
+        if options.folder == "":
+            return None
+        root = Path(options.folder).resolve() if options.folder else working_directory()
+        return plan_folder(
+            cell, namespace, root, limit=settings.ship_limit, inputs=options.inputs, exclude=[settings.home]
+        )
+
     def backends_in_use(self) -> list[Backend]:
         """The backends this session has made (the Azure one once a run or a pool command used it)."""
         return list(self._backends.values())
@@ -226,15 +248,17 @@ class Session:
         remote = bool(read) or any(spec.remote for spec in options.inputs)
         signer = self._signer(store, settings) if remote else None
         disk = temp_disk_bytes(run.vm_size) if run.backend.name == "azure" else None
+        folder = run.folder
+        shipped = [*options.inputs, *(folder.inputs if folder else ())]  # --input, and the files the cell names
         staged = stage_inputs(
-            list(options.inputs), store, expiry=expiry, hashes=self.hashes, signer=signer,
+            shipped, store, expiry=expiry, hashes=self.hashes, signer=signer,
             disk=(run.vm_size, disk) if disk else None,
         )  # fmt: skip
         run.uploaded_input_bytes = staged.uploaded
         objects = self._upload_objects(run, captured)
         store.put_file(Layout.bundle(run.id), captured.path)
         grants = grant_paths(read, signer, expiry=expiry)
-        outbox = run.outbox.write_url(expiry=expiry) if options.output_files else ""
+        outbox = run.outbox.write_url(expiry=expiry) if options.output_files or folder else ""
         bundle_url = store.url(Layout.bundle(run.id), permissions="r", expiry=expiry)
         sweep = options.sweep
 
@@ -254,6 +278,11 @@ class Session:
                 input_concurrency=settings.input_concurrency,
                 outputs=OutputTarget(outbox, Layout.outputs(run.id, task_id), options.output_files) if outbox else None,
                 env=dict(options.env),
+                folder=(
+                    FolderSpec(str(folder.root), folder.dirs, outbox, Layout.outputs(run.id, task_id))
+                    if folder
+                    else None
+                ),
             )
             store.put_bytes(Layout.spec(run.id, task_id), spec.to_json())
 
@@ -480,6 +509,7 @@ def submit(
     distributed: bool = False,
     procs_per_node: int = 1,
     gpu: str | None = None,
+    folder: str | Path | None = None,
     home: Path | str | None = None,
     on_update: UpdateCallback | None = None,
 ) -> Run:
@@ -523,6 +553,10 @@ def submit(
     gpu : str, optional
         As ``--gpu KIND[:COUNT]`` (``"A100"``, ``"H100:8"``): the cheapest current VM size with those GPUs
         in the account's region (see :mod:`batchmagic.backends.azure.vmsizes`).
+    folder : str or path, optional
+        The notebook's folder, mirrored in the task's working directory (see :mod:`batchmagic.package.folder`):
+        the files the cell names are shipped, the files it writes come back. Default: the working
+        directory; ``""``: none.
     home : path, optional
         batchmagic's state and local run data (default ``BATCHMAGIC_HOME``, else ``~/.batchmagic``).
     on_update : callable, optional
@@ -564,6 +598,7 @@ def submit(
         distributed=distributed,
         procs_per_node=procs_per_node,
         gpu=gpu,
+        folder=None if folder is None else str(folder),
     )
     if isinstance(backend, Backend):
         return session.submit(cell, namespace, options, home=home, on_update=on_update, backend=backend)

@@ -22,8 +22,11 @@ from batchmagic.errors import ConfigError
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 from batchmagic.settings import (
     DEFAULT_BASE_IMAGE,
+    DEFAULT_BRING_BACK_LIMIT,
     DEFAULT_MAX_NODES,
     DEFAULT_MAX_TASKS,
+    DEFAULT_SHIP_LIMIT,
+    DEFAULT_STORE_LIMIT,
     DEFAULT_VM_SIZE,
     SETTINGS,
     Setting,
@@ -37,6 +40,7 @@ __all__ = [
     "parse_duration",
     "parse_env",
     "parse_budget",
+    "parse_size",
     "default_home",
     "default_backend",
     "check_home",
@@ -103,6 +107,30 @@ def parse_budget(text: str | float | int | None) -> float | None:
     if amount <= 0:
         raise ConfigError(f"--budget must be more than zero, not {text!r}")
     return amount
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_size(text: str | int, name: str) -> int:
+    """``"200MB"``, ``"1.5GB"``, ``"500k"`` or a number of bytes -> bytes, for the setting ``name``.
+
+    Raises
+    ------
+    ConfigError
+        Not a size; the message names the setting.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise ConfigError(f"{name} {text!r} is not a size: write it like 200MB, 1.5GB or 0 (in bytes)")
+        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, not {text!r}")
+    return value
 
 
 def parse_duration(text: str | float | int, flag: str) -> float:
@@ -219,6 +247,9 @@ class Settings:
     prices: str = ""
     budget: float | None = None  # AzBatch.budget: the default --budget
     master_port: int = DEFAULT_MASTER_PORT  # AzBatch.master_port: rank 0's port in a distributed run (Azure)
+    ship_limit: int = DEFAULT_SHIP_LIMIT  # AzBatch.ship_limit: bytes a cell ships by naming files in the folder
+    bring_back_limit: int = DEFAULT_BRING_BACK_LIMIT  # AzBatch.bring_back_limit: bytes of written files that return
+    store_limit: int = DEFAULT_STORE_LIMIT  # AzBatch.store_limit: the local store is trimmed to it after a run
     secrets: Secrets = field(default_factory=Secrets)
 
     @classmethod
@@ -289,6 +320,8 @@ def _from_variable(setting: Setting) -> Any:
         return _positive(setting.variable, int(str(setting.default)))
     if setting.kind == "port":
         return check_port(_positive(setting.variable, int(str(setting.default))), setting.variable)
+    if setting.kind == "size":
+        return parse_size(os.environ.get(setting.variable, "") or str(setting.default), setting.variable)
     return os.environ.get(setting.variable, "") or setting.default
 
 

@@ -64,6 +64,7 @@ class RunOptions:
     distributed: bool = False  # one cell on ``nodes`` nodes at once (ranks), not a sweep's many cells
     procs_per_node: int = 1  # ranks each node of a distributed run starts (one per GPU)
     gpu: str | None = None  # --gpu KIND[:COUNT]: the cheapest current size with those GPUs (see with_gpu_size)
+    folder: str | None = None  # the folder mirrored in the task's working directory; None: this one; "": none
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalizing a frozen dataclass's own fields, once

@@ -9,7 +9,8 @@ Everything a backend, the runner and the client tell each other is here, and not
       runs/<run-id>/<task-id>/spec.json         a TaskSpec: what the runner is told (the client writes it)
       runs/<run-id>/<task-id>/output.log        log records, appended by the runner while the cell runs
       runs/<run-id>/<task-id>/result            a TaskOutcome, written once by the runner at the end
-      runs/<run-id>/<task-id>/outputs/          --output files (in the run's own container on Azure)
+      runs/<run-id>/<task-id>/outputs/          --output files, and the files the cell created or changed
+                                                under its working directory (in the run's own container on Azure)
       runs/<run-id>/batch/<task-id>/            the task process's own stdout/stderr (Azure Batch)
       runs/<run-id>/outputs.ipynb               the run's record: the cell and all it printed (the client)
       objects/sha256/<hash>                     a big shipped value, by content, shared across runs
@@ -42,6 +43,7 @@ __all__ = [
     "ObjectRef",
     "InputFile",
     "OutputTarget",
+    "FolderSpec",
     "TaskError",
     "TaskOutcome",
     "SpecVersionError",
@@ -59,7 +61,7 @@ __all__ = [
 
 #: Version of TaskSpec and TaskOutcome. Raise it when a field changes meaning or a runner must
 #: understand a new one; a field a runner may ignore does not need it.
-SCHEMA_VERSION = 2  # 2: TaskSpec.env (a runner that ignored it would drop the cell's --env)
+SCHEMA_VERSION = 3  # 2: TaskSpec.env (a runner that ignored it would drop the cell's --env); 3: TaskSpec.folder
 
 #: The spec's file name in the task's working directory (Azure delivers it as a resource file).
 SPEC_FILENAME = "spec.json"
@@ -171,6 +173,21 @@ class OutputTarget:
     patterns: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FolderSpec:
+    """The notebook's folder, mirrored in the task's working directory (see :mod:`batchmagic.package.folder`).
+
+    The files the cell names arrive as ``inputs``; the runner creates ``dirs`` (the folder's skeleton)
+    before the cell, and afterwards uploads each file the cell created or changed under the working
+    directory to ``prefix + relative path`` under ``url`` (write-only: the run's outbox).
+    """
+
+    origin: str  # the notebook's folder on the client, for messages
+    dirs: tuple[str, ...]  # relative directories to create before the cell
+    url: str
+    prefix: str
+
+
 DEFAULT_INPUT_CONCURRENCY = 16
 
 
@@ -203,6 +220,7 @@ class TaskSpec:
     gpus: int = 0
     gpu_interval: float = 5.0
     machine: str = ""  # the VM size, named in the preflight's line
+    folder: FolderSpec | None = None
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
@@ -227,6 +245,10 @@ class TaskSpec:
             )
         out = raw.get("outputs")
         outputs = OutputTarget(out["url"], out["prefix"], tuple(out["patterns"])) if out else None
+        mirror = raw.get("folder")
+        folder = (
+            FolderSpec(mirror["origin"], tuple(mirror["dirs"]), mirror["url"], mirror["prefix"]) if mirror else None
+        )
         return cls(
             run_id=raw["run_id"],
             task_id=raw["task_id"],
@@ -244,6 +266,7 @@ class TaskSpec:
             gpus=int(raw.get("gpus", 0)),
             gpu_interval=float(raw.get("gpu_interval", 5.0)),
             machine=str(raw.get("machine", "")),
+            folder=folder,
             schema=version,
         )
 
@@ -359,6 +382,7 @@ class TaskOutcome:
     displays: tuple[dict[str, Any], ...] = ()  # nbformat output objects, in order
     files: tuple[tuple[str, int], ...] = ()  # --output files uploaded: (relative path, size)
     unmatched: tuple[str, ...] = ()  # --output globs that matched nothing
+    written: tuple[tuple[str, int, str], ...] = ()  # files the cell created or changed: (path, size, sha256)
     task_id: str = ""
     started: float | None = None
     ended: float | None = None
@@ -390,6 +414,7 @@ class TaskOutcome:
             displays=tuple(raw.get("displays", ())),
             files=tuple((str(path), int(size)) for path, size in raw.get("files", ())),
             unmatched=tuple(raw.get("unmatched", ())),
+            written=tuple((str(path), int(size), str(digest)) for path, size, digest in raw.get("written", ())),
             task_id=str(raw.get("task_id", "")),
             started=raw.get("started"),
             ended=raw.get("ended"),

@@ -29,6 +29,9 @@ __all__ = [
     "DEFAULT_MAX_TASKS",
     "DEFAULT_MAX_NODES",
     "DEFAULT_LOG_LINES",
+    "DEFAULT_SHIP_LIMIT",
+    "DEFAULT_BRING_BACK_LIMIT",
+    "DEFAULT_STORE_LIMIT",
     "reference_table",
     "render_reference",
 ]
@@ -38,6 +41,9 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_MAX_TASKS = 10_000
 DEFAULT_MAX_NODES = 100
 DEFAULT_LOG_LINES = 10_000  # AzBatch.log_lines: the most lines of a run's log a cell shows
+DEFAULT_SHIP_LIMIT = 200_000_000  # bytes a cell ships from the notebook's folder by naming files
+DEFAULT_BRING_BACK_LIMIT = 200_000_000  # bytes of the files a cell wrote that come back by themselves
+DEFAULT_STORE_LIMIT = 20_000_000_000  # bytes the local run store keeps before it trims its oldest data
 
 #: What a setting's value is: how its variable is read, its trait made, its trait's value checked.
 KINDS = {
@@ -50,6 +56,7 @@ KINDS = {
     "count": "a positive whole number",
     "port": "a TCP port",
     "choice": "a word",
+    "size": "a size: `200MB`, `1.5GB`, `500k`, or bytes",
 }
 
 
@@ -143,6 +150,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("master_port", "port", "BATCHMAGIC_MASTER_PORT", DEFAULT_MASTER_PORT, f"`{DEFAULT_MASTER_PORT}`",
             "The port rank 0 of a --distributed run listens on (MASTER_PORT) on Azure Batch; the local backend "
             "picks a free one, as torchrun --standalone does. Not 6000, which Batch keeps.", clears=True),
+    Setting("ship_limit", "size", "BATCHMAGIC_SHIP_LIMIT", "200MB", "`200MB`",
+            "Most a cell ships from the notebook's folder by naming files in it (like pd.read_csv('data/train.csv')); "
+            "past it the cell is refused with the --input that ships the data instead (see docs/files.md)."),
+    Setting("bring_back_limit", "size", "BATCHMAGIC_BRING_BACK_LIMIT", "200MB", "`200MB`",
+            "Most of the files a cell writes in its working directory that come back into the notebook's folder "
+            "when it ends; the rest stays in the run's storage (run.download fetches it)."),
+    Setting("store_limit", "size", "BATCHMAGIC_STORE_LIMIT", "20GB", "`20GB`",
+            "Most the local run store (AzBatch.home: runs' data, --input files, large variables) keeps: after a "
+            "run, the oldest data no live run needs goes until it fits; 0: no limit (batchmagic store --prune "
+            "frees by hand)."),
     Setting("panel", "choice", "", "auto", "`auto`",
             "How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
             "or 'auto' (the widget where it can render, text otherwise).",

@@ -99,8 +99,9 @@ def test_bad_inputs_are_one_line(shell, home, flag, message):
 azure_session = azure_session_fixture("data")
 
 
-def test_inputs_outputs_through_blob_storage(azure_session, azurite, dataset, tmp_path):
+def test_inputs_outputs_through_blob_storage(azure_session, azurite, dataset, tmp_path, monkeypatch):
     session, _emu = azure_session
+    monkeypatch.chdir(tmp_path)  # the files the cell writes come back into the working directory
     service = azurite.service()
     container = service.get_container_client("training")
     if not container.exists():

@@ -16,7 +16,7 @@ from typing import Any
 from traitlets import Dict, Enum, HasTraits, Integer, TraitError, TraitType, Unicode, Union, default, validate
 from traitlets.config import Configurable
 
-from batchmagic.config import Settings, check_port, parse_budget, parse_timeout
+from batchmagic.config import Settings, check_port, parse_budget, parse_size, parse_timeout
 from batchmagic.errors import ConfigError
 from batchmagic.settings import SETTINGS, Setting
 
@@ -53,6 +53,8 @@ def trait_value(setting: Setting, value: Any) -> Any:
         return str(value)
     if setting.kind == "money":
         return "" if value is None else str(value)
+    if setting.kind == "size":
+        return f"{value // 10**6}MB" if value and value % 10**6 == 0 else str(value)
     return value
 
 
@@ -62,6 +64,8 @@ def setting_value(setting: Setting, value: Any) -> Any:
         return parse_timeout(value)
     if setting.kind == "money":
         return parse_budget(value)
+    if setting.kind == "size":
+        return parse_size(value, f"AzBatch.{setting.name}")
     if setting.kind == "prices" and isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return value
@@ -78,7 +82,7 @@ def _checked(setting: Setting, value: Any) -> Any:
             return value
         if setting.kind == "port":
             return check_port(int(value), where)
-        if setting.kind in ("duration", "money"):
+        if setting.kind in ("duration", "money", "size"):
             setting_value(setting, value)
             return str(value)
     except ConfigError as err:
@@ -113,7 +117,7 @@ def settings_traits() -> type[Configurable]:
         namespace[setting.name] = _trait(setting)
         if setting.variable and setting.in_settings:
             namespace[f"_default_{setting.name}"] = _seed(setting)
-        if setting.kind in ("backend", "port", "duration", "money"):
+        if setting.kind in ("backend", "port", "duration", "money", "size"):
             namespace[f"_check_{setting.name}"] = _check(setting)
     return type("SettingTraits", (Configurable,), namespace)
 

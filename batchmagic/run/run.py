@@ -29,6 +29,7 @@ from batchmagic.config import Settings, redacted
 from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.options import RunOptions
+from batchmagic.package.folder import FolderPlan, bring_back, explain_missing
 from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.ledger import Ledger, LedgerRun
@@ -142,6 +143,8 @@ class Run:
         self._prefixer = RankPrefixer()
         self._last_lines: dict[str, str] = {}  # a distributed run's ranks' last lines
         self._line_parts: dict[str, str] = {}  # each rank's line printed so far (its end not yet arrived)
+        self.folder: FolderPlan | None = None  # the notebook's folder, mirrored in the task's (package.folder)
+        self.bring_back_limit = 0  # bytes of the files the cell wrote that come back into it by themselves
 
     @classmethod
     def create(
@@ -749,6 +752,7 @@ class Run:
         self.displays = list(outcome.displays)
         self._write_record(task.task_id, outcome)
         self._note_files(outcome)
+        outcome, back = self._bring_back(task.task_id, outcome)
         if not outcome.ok:
             self.fail(_exit_failure(self.name, outcome) or _remote_error(outcome, task.task_id))
             return
@@ -758,7 +762,24 @@ class Run:
         self.outputs = outputs
         self.deleted = list(outcome.deleted)
         self.changed = list(outcome.changed)
-        self.enter(Phase.DONE, _join(_files_line(self.files), status.note))
+        self.enter(Phase.DONE, _join(_files_line(self.files), back, status.note))
+
+    def _bring_back(self, task_id: str, outcome: TaskOutcome) -> tuple[TaskOutcome, str]:
+        """The files the cell wrote, into the notebook's folder (see :mod:`batchmagic.package.folder`); the
+        outcome with a missing path explained, and the panel's line."""
+        if self.folder is None:
+            return outcome, ""
+        prefix = self.outputs_prefix(task_id)
+        back = bring_back(
+            self.folder,
+            outcome.written,
+            lambda relative, path: self.outbox.get_file(prefix + relative, path),
+            run_id=self.id,
+            limit=self.bring_back_limit,
+        )
+        for line in back.warnings(self.bring_back_limit):
+            warnings.warn(line, OutputWarning, stacklevel=4)
+        return explain_missing(outcome, self.folder.root), back.detail()
 
     @property
     def record_key(self) -> str:

@@ -29,6 +29,7 @@ from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, 
 from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
 from batchmagic.runner.changes import changed_in_place
+from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
 from batchmagic.runner.ipyshell import ipython_cell
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
@@ -158,6 +159,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     codes = rich.compile_cell(source, CELL_FILENAME, first_line=manifest.first_line)
     if spec.inputs:
         fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
+    before = prepare_folder(spec.folder, Path(cwd)) if spec.folder is not None else {}
 
     sampler = GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start() if spec.gpus > 0 else None
     saved = sys.stdout, sys.stderr
@@ -174,7 +176,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
                 if err.code not in (None, 0):  # sys.exit(n): a non-zero exit of the cell, not an error
                     sys.stdout.flush()
                     exited = TaskOutcome(ok=False, phase="exit", error=TaskError("SystemExit", repr(err.code)))
-                    return EXIT_CELL_ERROR, _with_files(exited, spec, Path(cwd), workdir)
+                    return EXIT_CELL_ERROR, _with_files(exited, spec, Path(cwd), workdir, before)
             finally:
                 capture.show_figures(only_new=True)  # figures left open, as the inline backend shows them
     except _Terminated:
@@ -182,7 +184,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     except BaseException as err:
         sys.stdout.flush()
         failed = TaskOutcome(ok=False, error=_describe(err, err.__traceback__), displays=tuple(capture.outputs))
-        return EXIT_CELL_ERROR, _with_files(failed, spec, Path(cwd), workdir)
+        return EXIT_CELL_ERROR, _with_files(failed, spec, Path(cwd), workdir, before)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -192,7 +194,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         if sampler is not None:
             sampler.stop()
     done = replace(_names_back(namespace, manifest, spec, bundle_path), displays=tuple(capture.outputs))
-    return EXIT_OK, _with_files(done, spec, Path(cwd), workdir)
+    return EXIT_OK, _with_files(done, spec, Path(cwd), workdir, before)
 
 
 def _names_back(namespace: dict[str, Any], manifest: Manifest, spec: TaskSpec, bundle_path: Path) -> TaskOutcome:
@@ -255,12 +257,16 @@ def _gpu_progress(log: LogSink) -> Callable[[list[GpuSample]], None]:
     return lambda samples: log.add("p", json.dumps({"phase": "gpu", "gpus": [s.to_list() for s in samples]}))
 
 
-def _with_files(outcome: TaskOutcome, spec: TaskSpec, cwd: Path, workdir: Path) -> TaskOutcome:
-    """The outcome with the --output files uploaded (also after a failed cell: they may say why)."""
-    if spec.outputs is None:
-        return outcome
-    files, unmatched = upload_outputs(spec.outputs, cwd, skip=workdir)
-    return replace(outcome, files=files, unmatched=unmatched)
+def _with_files(outcome: TaskOutcome, spec: TaskSpec, cwd: Path, workdir: Path, before: Snapshot) -> TaskOutcome:
+    """The outcome with the --output files uploaded, and the files the cell created or changed in the
+    notebook's folder (also after a failed cell: they may say why)."""
+    if spec.outputs is not None:
+        files, unmatched = upload_outputs(spec.outputs, cwd, skip=workdir)
+        outcome = replace(outcome, files=files, unmatched=unmatched)
+    if spec.folder is not None:
+        written = upload_changed(spec.folder, cwd, before, uploaded=(path for path, _size in outcome.files))
+        outcome = replace(outcome, written=written)
+    return outcome
 
 
 def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:
