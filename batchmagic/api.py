@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -38,8 +39,9 @@ from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.run import LargeUploadWarning, Run, UpdateCallback
 from batchmagic.run.state import Phase, RunState
 from batchmagic.run.sweep import parse_grid
+from batchmagic.run.upkeep import trim
 from batchmagic.settings import DEFAULT_MAX_TASKS
-from batchmagic.storage import BlobStore, Store
+from batchmagic.storage import BlobStore, LocalStore, Store
 
 __all__ = ["Run", "RunOptions", "Session", "submit", "default_session"]
 
@@ -164,6 +166,8 @@ class Session:
         run.price(options, settings)
         if on_update is not None:
             run.subscribe(on_update)
+        if isinstance(backend.store, LocalStore) and settings.store_limit:
+            run.subscribe(_trimmer(backend.store, self.ledger(settings.home), settings.store_limit))
         with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:
             with run.step(Phase.PACKAGING):
                 captured = capture(
@@ -293,7 +297,7 @@ class Session:
         """Large values by content: uploaded only when the store lacks them; a read URL for each."""
         objects = {}
         for name, obj in captured.objects.items():
-            if not run.store.exists(obj.key):
+            if not run.store.holds(obj.key, obj.size, sha256=self.hashes.sha256):
                 run.store.put_file(obj.key, obj.path)
                 run.uploaded_object_bytes += obj.size
             url = run.store.url(obj.key, permissions="r", expiry=run.sas_expiry)
@@ -435,6 +439,24 @@ def _shipped(captured: CapturedCell) -> str:
             stacklevel=4,
         )
     return f"{shipped / 1e6:,.1f} MB of cell and variables"
+
+
+def _trimmer(store: LocalStore, ledger: Ledger, limit: int) -> UpdateCallback:
+    """A listener that trims the local store to ``limit`` once its run has ended (see batchmagic.run.upkeep)."""
+    done = threading.Event()
+
+    def after(state: RunState, _records: list[Any]) -> None:
+        if not state.phase.final or done.is_set():
+            return
+        done.set()
+        try:
+            gone = trim(store, ledger, limit)
+            if gone.total:
+                log.info("trimmed the store %s by %d bytes (AzBatch.store_limit)", store.describe(), gone.total)
+        except Exception:  # the run's result matters more than a tidy store
+            log.warning("could not trim the store %s", store.describe(), exc_info=True)
+
+    return after
 
 
 def _resolve_image(request: ImageRequest | None, captured: CapturedCell, run: Run) -> str:

@@ -19,6 +19,11 @@ and show the prices in force::
     $ batchmagic prices update --region eastus --region westeurope
     $ batchmagic prices ls --region eastus
 
+What the run store holds, by kind, and freeing what no live run needs (see :mod:`batchmagic.run.upkeep`)::
+
+    $ batchmagic store
+    $ batchmagic store --prune
+
 Named pools, as ``%azbatch_pool`` in a notebook (the Azure settings come from the environment)::
 
     $ batchmagic pool create gpu --vm Standard_NC4as_T4_v3 --max-nodes 2 --idle 20m
@@ -126,7 +131,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--keep-data", action="store_true", help="keep the services' data when they stop")
     emulator.add_argument("run", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="a command to run, then stop")
+    store = commands.add_parser("store", help="what the run store holds, by kind; --prune frees what no live run needs")
+    store.add_argument(
+        "--prune", action="store_true", help="delete the data of finished runs and the inputs no live run needs"
+    )
+    store.add_argument(
+        "--older-than",
+        default="1h",
+        metavar="AGE",
+        help="prune only what is older than this, like 30m or 0s (default 1h: a run submitted meanwhile elsewhere "
+        "has stored its inputs before the ledger knows it)",
+    )
+    store.add_argument("--backend", choices=("local", "azure"), help="whose store (default: the settings' backend)")
     return parser
+
+
+def _store(args: argparse.Namespace) -> int:
+    from batchmagic.api import Session
+    from batchmagic.config import Settings, parse_duration
+    from batchmagic.package.folder import format_size
+    from batchmagic.run.upkeep import KINDS, prune, usage
+
+    settings = Settings.from_env()
+    session = Session(settings=settings)
+    store = session.backend(args.backend or settings.backend).store
+    ledger = session.ledger(session.home())
+    if args.prune:
+        gone = prune(
+            store,
+            ledger,
+            grace=0.0 if args.older_than.strip() in ("0", "0s") else parse_duration(args.older_than, "--older-than"),
+        )
+        print(
+            f"freed {format_size(gone.total)}: the data of {len(gone.runs)} finished runs and "
+            f"{len(gone.content)} inputs and objects no live run needs (kept {gone.kept_runs} runs)"
+        )
+    held = usage(store.list_keys(""))
+    print(f"{store.describe()}: {format_size(held.total)} in {held.runs} runs' data and the shared inputs")
+    for kind in KINDS:
+        if kind in held.sizes:
+            print(f"  {kind:<8} {format_size(held.sizes[kind]):>10}  {held.counts[kind]:>6} files")
+    return 0
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -353,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             return _pool(args)
         if args.command == "emulator":
             return _emulator(args)
-        if args.command in ("ls", "logs", "teardown"):
-            return {"ls": _runs_ls, "logs": _logs, "teardown": _teardown}[args.command](args)
+        if args.command in ("ls", "logs", "teardown", "store"):
+            return {"ls": _runs_ls, "logs": _logs, "teardown": _teardown, "store": _store}[args.command](args)
         if args.action == "build":
             return _build(args)
         return _ls(args)

@@ -9,18 +9,22 @@ Storage container; both sign URLs for the runner, which reads and writes them th
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from batchmagic.channel import BlobChannel, Channel, FileChannel, atomic_write, open_channel
 from batchmagic.protocol import sha256_file
+
+log = logging.getLogger("batchmagic.storage")
 
 __all__ = [
     "Store",
@@ -75,6 +79,10 @@ class Store(ABC):
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds data."""
 
+    def holds(self, key: str, size: int, *, sha256: Callable[[Path], str] = sha256_file) -> bool:
+        """Whether the content-addressed ``key`` holds its content (here: that it exists)."""
+        return self.exists(key)
+
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Delete every key under ``prefix``; return how many were deleted. Idempotent."""
@@ -106,6 +114,23 @@ class Store(ABC):
         return self
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` as an independent file: a reflink where the filesystem has them
+    (btrfs, XFS, overlayfs on those: instant, sharing blocks until either side is written), else a
+    plain copy. Never a hard link: appending to the original must not alter the copy."""
+    try:
+        import fcntl
+
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        return
+    except (OSError, ImportError):
+        pass  # not a filesystem with reflinks (ext4, tmpfs), or across filesystems: copy the bytes
+    shutil.copyfile(source, target)  # sendfile/copy_file_range where the kernel has them
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
 _CONTENT_ADDRESSED = re.compile(r"^(objects|inputs)/sha256/[0-9a-f]{64}$")
 
 
@@ -134,7 +159,7 @@ class LocalStore(Store):
             return
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
-            shutil.copyfile(path, partial)
+            copy_file(Path(path), partial)
             size, expected = partial.stat().st_size, Path(path).stat().st_size
             if size != expected:
                 raise OSError(f"copying {path} to {target} wrote {size} of {expected} bytes")
@@ -197,16 +222,19 @@ class LocalStore(Store):
     def write_url(self, *, expiry: datetime) -> str:
         return self.root.resolve().as_uri()
 
-    def put_file_linked(self, key: str, path: Path) -> None:
-        """Store a file by hard link where possible (content-addressed inputs: never modified)."""
+    def holds(self, key: str, size: int, *, sha256: Callable[[Path], str] = sha256_file) -> bool:
+        """Whether ``key`` (content-addressed) holds the content its name says: a stored copy that was
+        altered (appended to, truncated, edited) is dropped, so the caller stores it again. ``sha256``
+        may remember hashes by the file's size and time (a HashCache): then an untouched copy is read once."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(path, target)  # atomic: the key names the whole file or nothing
-        except FileExistsError:
-            pass
-        except OSError:
-            self.put_file(key, path)
+            if target.stat().st_size == size and sha256(target) == key.rsplit("/", 1)[1]:
+                return True
+        except FileNotFoundError:
+            return False
+        log.warning("%s no longer matches its hash (it was altered in the store): storing it again", key)
+        target.unlink(missing_ok=True)
+        return False
 
 
 # --- Azure Blob Storage ---
@@ -304,6 +332,21 @@ class BlobStore(Store):
 
     def list_keys(self, prefix: str) -> list[tuple[str, int]]:
         return [(blob.name, blob.size) for blob in self._container.list_blobs(name_starts_with=prefix)]
+
+    def holds(self, key: str, size: int, *, sha256: Callable[[Path], str] = sha256_file) -> bool:
+        """Whether the content-addressed ``key`` holds a blob of the right size (one request); a blob
+        of another size (a cut upload of an older client) is deleted, so the caller stores it again."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            stored = int(self._blob(key).get_blob_properties().size)
+        except ResourceNotFoundError:
+            return False
+        if stored == size:
+            return True
+        log.warning("%s has %d bytes, not %d: storing it again", key, stored, size)
+        self.delete_prefix(key)
+        return False
 
     def get_file(self, key: str, path: Path) -> None:
         with open(path, "wb") as f:

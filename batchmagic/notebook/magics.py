@@ -547,11 +547,6 @@ def _tuple_or_none(rows: list[dict[str, Any]] | None) -> tuple[dict[str, Any], .
     return None if rows is None else tuple(rows)
 
 
-def _size_text(size: int) -> str:
-    """A byte count as a trait shows it: ``200MB`` where it is whole megabytes."""
-    return f"{size // 10**6}MB" if size and size % 10**6 == 0 else str(size)
-
-
 def _replay(output: dict[str, Any]) -> None:
     """Show what the remote cell displayed, after what it printed before (an Out shows as display data)."""
     sys.stdout.flush()

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from batchmagic.errors import ConfigError
 from batchmagic.protocol import InputFile, Layout, sha256_file
-from batchmagic.storage import BlobStore, LocalStore, Store
+from batchmagic.storage import BlobStore, Store
 
 __all__ = [
     "InputSpec",
@@ -165,11 +165,8 @@ def stage_inputs(
     for path, relative, size in local:
         digest = hashes.sha256(path)
         key = Layout.input(digest)
-        if not store.exists(key):
-            if isinstance(store, LocalStore):
-                store.put_file_linked(key, path)
-            else:
-                store.put_file(key, path)
+        if not store.holds(key, size, sha256=hashes.sha256):  # an altered stored copy is stored again
+            store.put_file(key, path)  # a copy (a reflink where it can be), never a link to the original
             uploaded += size
         url = store.url(key, permissions="r", expiry=expiry)
         files.append(InputFile(url, relative, size, digest))  # checked on the node
