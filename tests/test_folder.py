@@ -265,7 +265,7 @@ def test_azure_cells_behave_as_if_they_ran_here(azure_env, shell, tmp_path):
     assert run.status == "done", run.error
     assert (project / "notes.txt").read_text() == "v1\nedited here meanwhile\n"
     assert (project / f"notes.azbatch-{run.id}.txt").read_text() == "v1\nfrom the run\n"
-    assert any("never over it" in line for line in run.warnings)
+    wait_for(lambda: any("never over it" in line for line in run.warnings), timeout=10)  # after the run's end
 
     with pytest.raises(RemoteError, match="data/nope.csv is neither in the notebook's folder"):
         shell.run_cell("%%azbatch\nopen('data/nope.csv')")

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from batchmagic.backends import BACKENDS
-from batchmagic.config import Settings, parse_timeout
+from batchmagic.config import Settings, parse_size, parse_timeout
 from batchmagic.notebook.magics import AzBatch
+from batchmagic.notebook.traits import trait_value
 from batchmagic.notebook.widget import PANEL_MODES
 from batchmagic.settings import BY_NAME, SETTINGS, render_reference
 
@@ -22,12 +23,14 @@ TRAITS = {
     "backend", "home", "vm_size", "timeout", "batch_endpoint", "batch_account", "storage_account_url",
     "container", "image", "registry", "base_image", "pool", "node_image", "input_concurrency", "budget",
     "prices", "region", "master_port", "panel", "log_lines",
+    "ship_limit", "bring_back_limit", "store_limit",  # the notebook's folder and the store (issue 17)
 }  # fmt: skip
 VARIABLES = {
     "BATCHMAGIC_BACKEND", "BATCHMAGIC_HOME", "AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCOUNT",
     "AZURE_STORAGE_ACCOUNT_URL", "BATCHMAGIC_CONTAINER", "BATCHMAGIC_IMAGE", "BATCHMAGIC_REGISTRY",
     "BATCHMAGIC_BASE_IMAGE", "BATCHMAGIC_REGION", "BATCHMAGIC_PRICES", "BATCHMAGIC_POOL", "BATCHMAGIC_NODE_IMAGE",
     "BATCHMAGIC_MAX_TASKS", "BATCHMAGIC_MAX_NODES", "BATCHMAGIC_MASTER_PORT", "DOCKER_HOST",
+    "BATCHMAGIC_SHIP_LIMIT", "BATCHMAGIC_BRING_BACK_LIMIT", "BATCHMAGIC_STORE_LIMIT",
 }  # fmt: skip
 #: Settings fields that are not settings a user sets: derived, or secrets (never traits).
 NOT_SETTINGS = {"backend_chosen", "user", "secrets"}
@@ -42,6 +45,8 @@ def _sample(name: str, tmp_path: Path) -> tuple[str, Any]:
         return str(tmp_path / "elsewhere"), tmp_path / "elsewhere"
     if kind in ("count", "port"):
         return "7001", 7001
+    if kind == "size":
+        return "3MB", 3_000_000
     return f"from-{name}", f"from-{name}"
 
 
@@ -65,6 +70,8 @@ def test_settings_fields_are_the_tables_with_its_defaults() -> None:
             assert held == parse_timeout(str(s.default)), s.name
         elif s.kind == "money":
             assert held is None and s.default == "", s.name
+        elif s.kind == "size":
+            assert held == parse_size(str(s.default), s.name), s.name
         else:
             assert held == s.default, s.name
 
@@ -90,9 +97,12 @@ def test_each_variable_seeds_settings_and_its_trait_and_config_overrides_it(
     if not s.trait:
         return
     magics = AzBatch(shell=shell)  # a fresh one: its defaults read the environment as it is now
-    assert getattr(magics, name) == (str(value) if isinstance(value, Path) else value)
+    assert getattr(magics, name) == trait_value(s, value)
     assert getattr(magics.settings(), name) == value
-    if s.kind not in ("backend", "path", "port"):
+    if s.kind == "size":
+        shell.run_line_magic("config", f"AzBatch.{name} = '5MB'")
+        assert getattr(shell.magics_manager.registry["AzBatch"].settings(), name) == 5_000_000
+    elif s.kind not in ("backend", "path", "port"):
         shell.run_line_magic("config", f"AzBatch.{name} = 'from-config'")
         assert getattr(shell.magics_manager.registry["AzBatch"].settings(), name) == "from-config"
 
