@@ -42,6 +42,9 @@ __all__ = ["main", "claim_node"]
 
 POLL = 0.5  # seconds between looks at the ranks and the states
 GRACE = 3.0  # seconds a stopped rank has to write its result before SIGKILL
+#: Seconds the primary waits for every node's supervisor to start its ranks (the coordination commands
+#: have all exited by the time the primary starts: a supervisor not up by then is not coming).
+START_TIMEOUT = 120.0
 EXIT_RANK_FAILED = 1
 
 
@@ -138,6 +141,7 @@ class Supervisor:
         self.master = master
         self.procs: dict[int, _Forked] = {}
         self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
+        self.born = time.monotonic()
 
     def start(self, workdir: Path) -> None:
         group, node = self.group, self.state.node_rank
@@ -216,6 +220,8 @@ class Supervisor:
             others = self.others()
             if self.failed is None:
                 self.failed = next((r.rank for n in others for r in n.ranks if r.code not in (None, 0)), None)
+            if self.failed is None and primary:
+                self.failed = self._never_started(others)
                 if self.failed is not None and primary:
                     self.publish()
             if self.failed is not None and not self.state.done:
@@ -228,13 +234,31 @@ class Supervisor:
                 return self._verdict(others)
             time.sleep(POLL)
 
+    def _never_started(self, others: list[NodeState]) -> int | None:
+        """Past START_TIMEOUT, the first rank of a node whose supervisor never wrote its state (it did not
+        start, or it died at once): the run cannot go on, and its ranks would wait for it in their first
+        collective for PyTorch's 30 minutes."""
+        if time.monotonic() - self.born < START_TIMEOUT:
+            return None
+        seen = {n.node_rank for n in others} | {0}
+        missing = [node for node in range(self.group.nodes) if node not in seen]
+        return missing[0] * self.group.procs_per_node if missing else None
+
     def _remote_ranks(self) -> int:
         return (self.group.nodes - 1) * self.group.procs_per_node
 
     def _verdict(self, others: list[NodeState]) -> int:
         if self.failed is None:
             return 0
-        where = next((n for n in [self.state, *others] for r in n.ranks if r.rank == self.failed), self.state)
+        where = next((n for n in [self.state, *others] for r in n.ranks if r.rank == self.failed), None)
+        if where is None:
+            node = self.failed // self.group.procs_per_node
+            print(
+                f"batchmagic: node {node} never started its ranks (its supervisor wrote no state within "
+                f"{START_TIMEOUT:.0f} s: see ranks.txt in that node's task directory); the other ranks were ended",
+                file=sys.stderr,
+            )
+            return EXIT_RANK_FAILED
         code = next((r.code for r in where.ranks if r.rank == self.failed), None)
         print(
             f"batchmagic: rank {self.failed} on node {where.node_rank} ({where.node_id or where.address}) "

@@ -103,9 +103,12 @@ def rank_statuses(
         if task.state == "completed" and status.state != "completed":
             status.state, status.ended = "completed", task.ended
             status.exit_code = status.exit_code if status.exit_code is not None else task.exit_code
-            status.failure = task.failure or "its node ended before it did (the primary ended, or Batch ended the task)"
-            if task.exit_code not in (0, None) and found is not None:
+            if found is None:  # its node's supervisor never wrote a state: it never started
+                status.failure = "its node never started it (see ranks.txt in that node's task directory)"
+            elif task.exit_code not in (0, None):
                 status.failure = f"{STOPPED_AFTER} another rank failed"
+            else:
+                status.failure = task.failure or "its node ended before it did (the primary ended, or Batch ended it)"
         out[tid] = status
     return out
 

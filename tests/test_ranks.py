@@ -1,0 +1,96 @@
+"""The pieces of a distributed run that decide, with plain data: the merged log's prefixes, which rank
+to blame, each rank's status from the nodes' states, the node supervisor's start deadline."""
+
+from __future__ import annotations
+
+import time
+
+from batchmagic.backends.azure.ranks import COORDINATION, lost_node, rank_statuses
+from batchmagic.backends.base import TaskStatus, TaskSubmission
+from batchmagic.distributed import is_main, local_rank, node_rank, rank, rank_environment, thread_budget, world
+from batchmagic.protocol import NodeState, RankGroup, RankState, TaskError, TaskOutcome
+from batchmagic.run.ranks import RankPrefixer, blame, failure_of
+from batchmagic.run.state import LogRecord
+from batchmagic.runner import ranks as supervisor
+
+
+def test_rank_environment_and_helpers() -> None:
+    env = rank_environment(node_rank=1, local_rank=1, nodes=2, procs_per_node=4, master_addr="10.0.0.4", master_port=7)
+    assert env == {
+        "MASTER_ADDR": "10.0.0.4", "MASTER_PORT": "7", "WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4", "NODE_RANK": "1",
+    }  # fmt: skip
+    assert (rank(env), world(env), local_rank(env), node_rank(env), is_main(env)) == (5, 8, 1, 1, False)
+    assert (rank({}), world({}), is_main({})) == (0, 1, True)
+    assert thread_budget(8, 4, {}) == {"OMP_NUM_THREADS": "2"}
+    assert thread_budget(8, 4, {"OMP_NUM_THREADS": "3"}) == {} and thread_budget(8, 1, {}) == {}
+
+
+def test_prefixes_go_where_lines_start() -> None:
+    prefixer = RankPrefixer()
+    records = [
+        LogRecord(1.0, "stdout", "hel", "rank-1"),
+        LogRecord(1.1, "stdout", "lo\nwor", "rank-1"),
+        LogRecord(1.2, "stdout", "a\n", "rank-0"),
+        LogRecord(1.3, "stdout", "ld\n", "rank-1"),
+    ]
+    text = "".join(r.text for r in prefixer.apply(records))
+    assert text == "[rank 1] hello\n[rank 1] wor[rank 0] a\nld\n"
+
+
+def test_blame_takes_the_rank_that_failed_of_itself_first() -> None:
+    statuses = {
+        "rank-0": TaskStatus("rank-0", "completed", 143, ended=5.0, failure="stopped after rank-2 failed"),
+        "rank-1": TaskStatus("rank-1", "completed", 0, ended=6.0),
+        "rank-2": TaskStatus("rank-2", "completed", 1, ended=4.0, node="n2"),
+    }
+    crashed = TaskOutcome(ok=False, error=TaskError("ValueError", "bad", ("Traceback\n", "ValueError: bad\n")))
+    outcomes = {
+        "rank-0": (TaskOutcome(ok=False, phase="terminated"), "stopped after rank-2 failed"),
+        "rank-1": (TaskOutcome(ok=True), ""),
+        "rank-2": (crashed, ""),
+    }
+    failed = blame(["rank-0", "rank-1", "rank-2"], statuses, outcomes)
+    assert failed is not None and failed.task_id == "rank-2"
+    error = failure_of("run", failed, ["x"], lambda o: "")
+    assert type(error).__name__ == "RemoteError" and error.task_id == "rank-2"  # type: ignore[attr-defined]
+    killed = blame(["rank-2"], {"rank-2": TaskStatus("rank-2", "completed", -9, node="n2")}, {"rank-2": (None, "")})
+    assert killed is not None
+    line = str(failure_of("train", killed, ["step 1", "step 2"], lambda o: ""))
+    assert line == "run train: rank 2 on n2 failed: it exited with code -9; its last lines: step 1 | step 2"
+    assert blame(["rank-1"], statuses, outcomes) is None
+
+
+def test_rank_statuses_from_the_nodes_states() -> None:
+    sub = TaskSubmission("r", "r", [f"rank-{k}" for k in range(4)], {}, "D2", 60, nodes=2, procs_per_node=2)
+    states = [
+        NodeState(0, "tvm-a", "10.0.0.4", (RankState(0, 1.0, 11), RankState(1, 1.0, 12))),
+        NodeState(1, "tvm-b", "10.0.0.5", (RankState(2, 1.0, 13, code=-9, ended=3.0), RankState(3, 1.0, 14))),
+    ]
+    running = rank_statuses(sub, TaskStatus("rank-0", "running"), states)
+    assert [s.state for s in running.values()] == ["running", "running", "completed", "running"]
+    assert running["rank-2"].failure == "the task process was killed by SIGKILL"
+    assert running["rank-3"].node == "tvm-b (node 1)"
+    ended = rank_statuses(sub, TaskStatus("rank-0", "completed", 1, ended=4.0), [states[0], None])
+    assert ended["rank-0"].failure.startswith("stopped after") and ended["rank-2"].failure.startswith("its node never")
+
+
+def test_lost_node_and_the_coordination_command() -> None:
+    class Sub:
+        def __init__(self, state: str, code: int | None) -> None:
+            self.id, self.state, self.exit_code, self.failure_info = 1, state, code, None
+            self.node_info = type("Info", (), {"node_id": "tvm-b"})()
+
+    assert lost_node([Sub("running", None)]) == ""
+    assert lost_node([Sub("completed", 137)]) == "node tvm-b (instance 1) of the run failed (exit code 137)"
+    assert "AZ_BATCH_IS_CURRENT_NODE_MASTER" in COORDINATION and "&" in COORDINATION
+
+
+def test_the_primary_gives_up_on_a_node_that_never_starts(monkeypatch) -> None:
+    group = RankGroup("r", nodes=3, procs_per_node=2, master_port=6105, specs=("",) * 6, states=("",) * 3)
+    primary = supervisor.Supervisor(group, 0, "10.0.0.4", "10.0.0.4", "tvm-a")
+    seen = [NodeState(1, "tvm-b", "10.0.0.5", (RankState(2, 1.0), RankState(3, 1.0)))]
+    assert primary._never_started(seen) is None  # within the deadline
+    primary.born = time.monotonic() - supervisor.START_TIMEOUT - 1
+    assert primary._never_started(seen) == 4  # node 2's first rank
+    assert primary._never_started([*seen, NodeState(2, "tvm-c", "10.0.0.6")]) is None
