@@ -275,6 +275,7 @@ class Session:
                 log=store.url(Layout.log(run.id, task_id), permissions="racw", expiry=expiry),
                 result=store.url(Layout.result(run.id, task_id), permissions="cw", expiry=expiry),
                 log_interval=0.2 if store.kind == "local" else 1.0,
+                log_patience=run.log_patience,
                 params={k: cloudpickle.dumps(v).hex() for k, v in (sweep[index] if sweep else {}).items()},
                 objects=objects,
                 grants=grants,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Layout",
     "SPEC_FILENAME",
+    "LOG_TAIL_LIMIT",
     "TaskSpec",
     "ObjectRef",
     "InputFile",
@@ -51,6 +53,7 @@ __all__ = [
     "STREAMS",
     "encode_log_record",
     "decode_log_records",
+    "count_lines",
     "sha256_file",
     "LEDGER_VERSION",
     "LEDGER_EVENTS",
@@ -62,6 +65,9 @@ __all__ = [
 #: Version of TaskSpec and TaskOutcome. Raise it when a field changes meaning or a runner must
 #: understand a new one; a field a runner may ignore does not need it.
 SCHEMA_VERSION = 3  # 2: TaskSpec.env (a runner that ignored it would drop the cell's --env); 3: TaskSpec.folder
+
+#: The most bytes of log records a task's result carries when storage would not take them (TaskOutcome.log_tail).
+LOG_TAIL_LIMIT = 1 << 20
 
 #: The spec's file name in the task's working directory (Azure delivers it as a resource file).
 SPEC_FILENAME = "spec.json"
@@ -207,6 +213,7 @@ class TaskSpec:
     log: str  # append, and read its length (a retried append, a task run again)
     result: str  # create + write
     log_interval: float = 0.2
+    log_patience: float = 120.0  # seconds the runner tries to store its log's rest at the end (then: the result)
     params: dict[str, str] = field(default_factory=dict)
     objects: dict[str, ObjectRef] = field(default_factory=dict)
     grants: dict[str, str] = field(default_factory=dict)
@@ -256,6 +263,7 @@ class TaskSpec:
             log=raw["log"],
             result=raw["result"],
             log_interval=float(raw.get("log_interval", 0.2)),
+            log_patience=float(raw.get("log_patience", 120.0)),
             params=dict(raw.get("params", {})),
             objects={name: ObjectRef(**obj) for name, obj in raw.get("objects", {}).items()},
             grants=dict(raw.get("grants", {})),
@@ -386,7 +394,8 @@ class TaskOutcome:
     task_id: str = ""
     started: float | None = None
     ended: float | None = None
-    log_errors: int = 0  # log appends that failed for good
+    log_errors: int = 0  # lines of the log that could not be stored (storage away too long, a full backlog)
+    log_tail: bytes = b""  # the latest of those, as log records (at most LOG_TAIL_LIMIT bytes): the client shows them
     schema: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
@@ -419,6 +428,7 @@ class TaskOutcome:
             started=raw.get("started"),
             ended=raw.get("ended"),
             log_errors=int(raw.get("log_errors", 0)),
+            log_tail=bytes(raw.get("log_tail", b"")),
             schema=version,
         )
 
@@ -443,6 +453,15 @@ def encode_log_record(t: float, stream: str, data: str | dict[str, Any]) -> byte
     """One log record: a JSON line with the time, the stream code (a key of :data:`STREAMS`) and the
     text, or for ``"d"`` an nbformat output object."""
     return (json.dumps({"t": round(t, 3), "s": stream, "d": data}, ensure_ascii=False) + "\n").encode()
+
+
+def count_lines(texts: Iterable[str]) -> int:
+    """Lines in the concatenation of ``texts``: its newlines, and one more for a last line left open."""
+    count, last = 0, ""
+    for text in texts:
+        if text:
+            count, last = count + text.count("\n"), text
+    return count + (1 if last and not last.endswith("\n") else 0)
 
 
 def decode_log_records(data: bytes, task_id: str = "") -> tuple[list[LogRecord], int]:

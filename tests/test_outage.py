@@ -4,6 +4,7 @@ and appends it, in order, when storage answers again; the client sees every line
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -269,3 +270,62 @@ def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_pa
 @contextlib.contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def test_a_log_storage_never_takes_is_counted_and_its_tail_kept(tmp_path):
+    channel = Flaky()
+    channel.down.set()
+    sink = LogSink(channel, interval=60, memory=300, spill_dir=str(tmp_path), close_timeout=0.2)
+    for i in range(100):
+        sink.add("o", f"line {i}\n")
+    sink.add("e", "two\nlines\n")
+    sink.close()
+    assert sink.errors == 102
+    assert lines_of(sink.tail)[-3:] == ["line 98\n", "line 99\n", "two\nlines\n"]
+
+
+def test_the_last_lines_of_a_log_storage_would_not_take_reach_the_user(tmp_path, monkeypatch, home):
+    """Azurite away as the cell prints its last lines and ends, for longer than the runner waits: the
+    result carries them; the cell shows them, says how many could not be stored, and the record keeps them."""
+    import warnings
+
+    from batchmagic.api import Session
+    from batchmagic.run.run import Run
+
+    location = tmp_path / "azurite"
+    streamed: list[str] = []
+    with start_azurite(location) as first:
+        port = first.port
+        with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+            use_azure(monkeypatch, emu, first, prefix=f"tail-{uuid.uuid4().hex[:4]}")
+            monkeypatch.setattr(Run, "log_patience", 3.0)  # the default is 2 minutes
+            session = Session()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                run = session.submit(
+                    "import time\nprint('first', flush=True)\ntime.sleep(4)\n"
+                    "for i in range(3):\n    print('last', i)\ndone = True",
+                    {},
+                    backend="azure",
+                    name="tail",
+                    on_update=lambda state, records: streamed.extend(r.text for r in records),
+                )
+                run.watch_in_background()
+                try:
+                    wait_for(lambda: "first" in "".join(streamed), timeout=90)
+                    first.process.terminate()
+                    first.process.wait(10)
+                    time.sleep(12)  # the cell ends; its runner gives up on the log after 3 s
+                    with start_azurite(location, port=port):
+                        wait_for(lambda: run.done, timeout=180)
+                        assert run.status == "done", run.error
+                        shown = [line for line in "".join(streamed).splitlines() if line.startswith("last")]
+                        assert shown == ["last 0", "last 1", "last 2"]
+                        said = [w for w in [*map(str, (c.message for c in caught)), *run.warnings] if "stored" in w]
+                        assert said and said[0].startswith("3 lines of run tail's log could not be stored"), said
+                        record = json.loads(run.store.get_bytes(run.record_key))
+                        text = "".join(o.get("text", "") for o in record["cells"][0]["outputs"])
+                        assert "last 2\n" in text
+                finally:
+                    with start_azurite(location, port=port) if first.process.poll() is not None else _nothing():
+                        session.teardown()

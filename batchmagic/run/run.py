@@ -7,6 +7,7 @@ writes its record. The magics and the panel only read it."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.options import RunOptions
 from batchmagic.package.folder import FolderPlan, bring_back, explain_missing
-from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec
+from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec, count_lines, decode_log_records
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail, Monitor
@@ -82,6 +83,9 @@ class Run:
 
     #: Seconds a finished run keeps trying to read its results through a storage outage before it fails.
     collect_patience = 300.0
+    #: Seconds a task's runner keeps trying to store the rest of its log at its end; then its result
+    #: carries the last of it (TaskSpec.log_patience).
+    log_patience = 120.0
 
     def __init__(
         self,
@@ -750,6 +754,7 @@ class Run:
             return
         assert outcome is not None
         self.displays = list(outcome.displays)
+        self._deliver_log_tail(task.task_id, outcome)
         self._write_record(task.task_id, outcome)
         self._note_files(outcome)
         outcome, back = self._bring_back(task.task_id, outcome)
@@ -786,12 +791,29 @@ class Run:
         """Where the run's record lives: a notebook of the cell and all it printed and displayed."""
         return Layout.record(self.id)
 
+    def _deliver_log_tail(self, task_id: str, outcome: TaskOutcome) -> None:
+        """What the runner could not store in the log (storage away at its end) came with its result: show
+        it, and say how many lines could not be stored (and how many of them are lost)."""
+        tail = decode_log_records(outcome.log_tail, task_id)[0]
+        if tail:
+            self._notify(tail)
+        if outcome.log_errors:
+            shown = count_lines(r.text for r in tail)
+            kept = f"the last {shown} came with its result and are shown here and kept in its record" if shown else ""
+            warnings.warn(
+                f"{outcome.log_errors} lines of run {self.name}'s log could not be stored (storage did not "
+                f"answer): " + (kept or "they are lost"),
+                OutputWarning,
+                stacklevel=3,
+            )
+
     def _write_record(self, task_id: str, outcome: TaskOutcome) -> None:
         """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
         from batchmagic.run.ipynb import run_notebook
 
         try:
-            records = self._log_records(None if self.world else task_id)
+            tail = decode_log_records(outcome.log_tail, task_id)[0]  # what the log could not take
+            records = itertools.chain(self._log_records(None if self.world else task_id), tail)
             error = None
             if not outcome.ok and outcome.error is not None:
                 err = outcome.error

@@ -18,7 +18,7 @@ import time
 from typing import Any, TextIO
 
 from batchmagic.channel import Channel
-from batchmagic.protocol import encode_log_record
+from batchmagic.protocol import LOG_TAIL_LIMIT, count_lines, decode_log_records, encode_log_record
 
 MAX_APPEND = 4 * 1024 * 1024 - 1024  # an append block holds at most 4 MiB
 
@@ -60,7 +60,8 @@ class LogSink:
         self._spill_size = 0
         self._close_timeout = close_timeout
         self._failing = False
-        self.errors = 0  # records dropped for good (the backlog was full, or storage never came back)
+        self.errors = 0  # lines dropped for good (the backlog was full, or storage never came back)
+        self.tail = b""  # after a close that gave up: the latest records it could not store (for the result)
 
     def start(self) -> LogSink:
         self._thread.start()
@@ -108,7 +109,7 @@ class LogSink:
     def _keep(self, record: bytes) -> None:
         room = self._memory_limit + (self._disk_limit if self._spill_dir is not None else 0)
         if self.backlog + len(record) > room:
-            self.errors += 1
+            self.errors += _lines(record)
             return
         self._memory += record
         if len(self._memory) > self._memory_limit and self._spill_dir is not None:
@@ -154,10 +155,42 @@ class LogSink:
         pause = 0.5
         while not self.flush():
             if time.monotonic() > deadline:
-                self.errors += 1  # what is left is lost: the outcome says so (log_errors)
+                self._give_up()
                 return
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
+
+    def _give_up(self) -> None:
+        """Storage never came back: count the lines left (log_errors) and keep the latest of them (at
+        most LOG_TAIL_LIMIT bytes, whole records) for the result, which the client shows."""
+        tail, rest = bytearray(), bytearray()  # rest: an incomplete record, to count with the next chunk
+
+        def take(chunk: bytes | bytearray) -> None:
+            nonlocal tail, rest
+            data = rest + chunk
+            end = data.rfind(b"\n") + 1
+            self.errors += _lines(bytes(data[:end]))
+            rest = data[end:]
+            tail = (tail + data[:end])[-LOG_TAIL_LIMIT:]
+
+        if self._spill is not None:
+            self._spill.seek(self._spill_sent)
+            while chunk := self._spill.read(1 << 20):
+                take(chunk)
+        take(self._memory)
+        if len(tail) == LOG_TAIL_LIMIT and b"\n" in tail:
+            del tail[: tail.index(b"\n") + 1]  # cut at a record's start
+        self.tail = bytes(tail)
+        if sys.__stderr__ is not None:
+            sys.__stderr__.write(
+                f"batchmagic runner: {self.errors} log lines could not be stored; the result has the last of them\n"
+            )
+
+
+def _lines(records: bytes) -> int:
+    """Lines of text in encoded log records (a last line without its newline, and a display, count as one)."""
+    decoded = decode_log_records(records)[0]
+    return count_lines(r.text for r in decoded if r.output is None) + sum(1 for r in decoded if r.output is not None)
 
 
 class TeeStream(io.TextIOBase):

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_SETUP_ERROR
     spill = os.getcwd() if os.access(os.getcwd(), os.W_OK) else None  # the node's disk, for a log backlog
     log_channel = open_channel(spec.log)
-    log = LogSink(log_channel, interval=spec.log_interval, spill_dir=spill).start()
+    log = LogSink(log_channel, interval=spec.log_interval, spill_dir=spill, close_timeout=spec.log_patience).start()
     try:
         again = log_channel.size() > 0  # the log has lines already: Batch runs this task again (retry, requeue)
     except OSError:
@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = TaskOutcome(ok=False, phase="setup", error=_describe(err, err.__traceback__, cell_only=False))
     finally:
         log.close()
-    outcome = replace(outcome, task_id=spec.task_id, started=started, ended=time.time(), log_errors=log.errors)
+    outcome = replace(
+        outcome, task_id=spec.task_id, started=started, ended=time.time(), log_errors=log.errors, log_tail=log.tail
+    )
     _write_result(result_channel, outcome)
     return code
 
