@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 import threading
 import uuid
 from pathlib import Path
@@ -58,6 +59,9 @@ class AccountCore:
         self.clock = clock or Clock()
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.lock = threading.RLock()
+        # The block of loopback addresses this emulator's nodes take (127.A.B.2, .3...): its own, so that two
+        # emulators on one machine (tests side by side) never give two nodes the same address and port.
+        self.address_block = (random.randint(1, 254), random.randint(0, 255))
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.schedules: dict[str, JobSchedule] = {}

@@ -18,10 +18,11 @@ from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import Node, Pool, iso, touch, transition
 
 
-def node_address(seq: int) -> str:
-    """The ``seq``-th node's address (1-based): 127.0.0.2 onwards, 127.0.0.0/8 is all loopback on Linux."""
+def node_address(seq: int, block: tuple[int, int] = (0, 0)) -> str:
+    """The ``seq``-th node's address (1-based) in an emulator's ``block``: 127.A.B.2 onwards, then the next B
+    (all of 127.0.0.0/8 is loopback on Linux)."""
     n = seq - 1
-    return f"127.{n // 62500 % 250}.{n // 250 % 250}.{n % 250 + 2}"
+    return f"127.{block[0]}.{(block[1] + n // 250) % 256}.{n % 250 + 2}"
 
 
 __all__ = ["PoolsMixin"]
@@ -182,7 +183,7 @@ class PoolsMixin(FilesMixin):
             "allocationTime": iso(now),
             # A loopback address of its own (127.0.0.2, 127.0.0.3...): the processes of a multi-instance
             # task's ranks bind and reach their node's address, as across a pool's virtual network.
-            "ipAddress": node_address(self._node_seq),
+            "ipAddress": node_address(self._node_seq, self.address_block),
             "affinityId": f"TVM:{node_id}",
             "vmSize": pool.data["vmSize"],
             "totalTasksRun": 0,
