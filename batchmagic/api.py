@@ -25,7 +25,7 @@ import cloudpickle
 
 from batchmagic.backends.azure.vmsizes import check_current, temp_disk_bytes
 from batchmagic.backends.base import Backend, NamedPools
-from batchmagic.config import Settings, check_home, parse_budget, parse_timeout, working_directory
+from batchmagic.config import Settings, check_home, check_room, parse_budget, parse_timeout, working_directory
 from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
 from batchmagic.options import RunOptions
@@ -209,6 +209,7 @@ class Session:
                 if given:
                     raise ConfigError(f"{flag} does not apply to a run on a named pool: {clear})")
         check_home(settings.home)
+        check_room(settings.home)  # the ledger line and the record: before anything is uploaded
         return analysis
 
     @staticmethod

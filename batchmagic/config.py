@@ -175,6 +175,32 @@ def default_backend() -> str:
     return "azure" if os.environ.get("AZURE_BATCH_ENDPOINT") else "local"
 
 
+#: Bytes BATCHMAGIC_HOME must have free before a run uploads anything: its ledger lines, its record and
+#: caches (a local run's data is checked as it is stored).
+HOME_ROOM = 256 * 1024
+
+
+def check_room(home: Path, need: int = HOME_ROOM) -> None:
+    """Make sure ``home`` has room for a run's local bookkeeping before anything is uploaded.
+
+    Raises
+    ------
+    ConfigError
+        Less than ``need`` bytes free: one line that says what to do.
+    """
+    home = Path(home).expanduser()
+    try:
+        stat = os.statvfs(home)
+    except OSError:
+        return  # cannot tell: the writes themselves will say
+    free = stat.f_bavail * stat.f_frsize
+    if free < need:
+        raise ConfigError(
+            f"BATCHMAGIC_HOME {home} is full ({free // 1024} KB free, a run needs {need // 1024} KB for its "
+            "ledger and record): free some space (batchmagic store --prune), or point AzBatch.home elsewhere"
+        )
+
+
 def check_home(home: Path) -> Path:
     """Create ``home`` if needed and make sure it is writable; ConfigError says what to do if not."""
     home = Path(home).expanduser()

@@ -413,7 +413,11 @@ class BlobStore(Store):
         from azure.core.exceptions import ResourceNotFoundError
 
         count = 0
-        for name, _size in self.list_keys(prefix):
+        try:
+            names = [name for name, _size in self.list_keys(prefix)]
+        except ResourceNotFoundError:
+            return 0  # no container (a run's outbox nothing was written to): nothing to delete
+        for name in names:
             try:
                 self._container.delete_blob(name)
                 count += 1

@@ -7,6 +7,7 @@ writes its record. The magics and the panel only read it."""
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
@@ -135,6 +136,7 @@ class Run:
         self._last_status: BackendStatus | None = None
         self._activity = False  # the last tick brought output or a new phase: poll fast again
         self._poll_errors = 0  # consecutive failed polls
+        self._discard_error = ""  # why the data of a run that failed before it started could not all be removed
         self._collect_failing_since = 0.0  # monotonic time the store first failed to give the results
         self._ledger: Ledger | None = None
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
@@ -259,7 +261,7 @@ class Run:
             raise ConfigError(str(err)) from None
         if record:  # a status read writes nothing: the run's end is its follower's to record
             run._ledger = ledger
-            ledger.record("attached", run.id)
+            _record_quietly(ledger, "attached", run.id)
         run.enter(Phase.QUEUED, "attached")
         return run
 
@@ -368,10 +370,7 @@ class Run:
                 self._phases.append(PhaseSpan(phase, now, now if phase.final else None))
             self.detail = detail
         if changed and phase.final and self._ledger is not None:
-            try:
-                self._ledger.record("finished", self.id, phase=phase.value)
-            except OSError:
-                log.warning("could not record the end of run %s in the ledger", self.id, exc_info=True)
+            _record_quietly(self._ledger, "finished", self.id, phase=phase.value)
         self._notify()
 
     @contextmanager
@@ -386,17 +385,32 @@ class Run:
             self.fail(err)
             self.discard()
             raise
+        except KeyboardInterrupt:  # Ctrl-C: one line, and nothing left behind
+            failure: RunFailed = RunCancelled(f"run {self.name} interrupted while {phase.value}")
+            self.fail(failure)
+            failure.args = (f"{failure}: {self._discarded()}",)
+            raise failure from None
         except BaseException as err:
-            if not storing or not isinstance(err, Exception):
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                failure = RunFailed(f"run {self.name}: {_disk_full(err)}")
+            elif not storing or not isinstance(err, Exception):
                 self.fail(err)
                 self.discard()
                 raise
-            failure = RunFailed(
-                f"could not store run {self.name}'s data in {self.store.describe()}: {_first_line(err)}"
-            )
+            else:
+                failure = RunFailed(
+                    f"could not store run {self.name}'s data in {self.store.describe()}: {_first_line(err)}"
+                )
             self.fail(failure)
             self.discard()
             raise failure from err
+
+    def _discarded(self) -> str:
+        """Discard the run's data; say in a few words whether anything was left."""
+        count = self.discard()
+        if self._discard_error:
+            return f"some of its data may be left in {self.store.describe()} ({self._discard_error})"
+        return f"its {count} uploaded files removed" if count else "nothing was left behind"
 
     def discard(self) -> int:
         """Remove the data of a run that failed before it started (its bundle, and its specs, which hold
@@ -411,8 +425,9 @@ class Run:
                 count += self.outbox.delete_prefix(self.prefix)
                 if isinstance(self.outbox, BlobStore):
                     self.outbox.delete_container()
-        except Exception:
-            log.warning("could not remove the data of failed run %s", self.id, exc_info=True)
+        except Exception as err:  # one line: the failure that brought us here is what the user needs to see
+            self._discard_error = _first_line(err)
+            log.warning("could not remove the data of failed run %s: %s", self.id, self._discard_error)
         return count
 
     def launch(self, submission: TaskSubmission, ledger: Ledger) -> None:
@@ -421,28 +436,38 @@ class Run:
         Whatever stops the backend half-way (an error, Ctrl-C) fails the run and releases what it made.
         """
         submission.ledger_id = ledger.client_id
-        ledger.record(
-            "submitted",
-            self.id,
-            backend=self.backend.name,
-            name=self.name,
-            vm_size=self.vm_size,
-            env=self.env,
-            created=self.created,
-            sweep=self.is_sweep,
-            # What Run.attach needs to follow the run from another client (no secret, no URL).
-            submission=LedgerSubmission(**{key: getattr(submission, key) for key in _ATTACH_FIELDS}),
-        )
+        try:
+            ledger.record(
+                "submitted",
+                self.id,
+                backend=self.backend.name,
+                name=self.name,
+                vm_size=self.vm_size,
+                env=self.env,
+                created=self.created,
+                sweep=self.is_sweep,
+                # What Run.attach needs to follow the run from another client (no secret, no URL).
+                submission=LedgerSubmission(**{key: getattr(submission, key) for key in _ATTACH_FIELDS}),
+            )
+        except OSError as err:  # a full disk: nothing is started that no ledger knows of
+            failure = RunFailed(f"run {self.name} not started: the ledger {ledger.path}: {_disk_full(err)}")
+            self.fail(failure)
+            failure.args = (f"{failure}; {self._discarded()}",)
+            raise failure from None
         self._ledger = ledger
         try:
             self.backend.submit(submission)
         except BaseException as err:  # Ctrl-C included: a half-made job must not outlive this
-            self.fail(
-                err if isinstance(err, Exception) else RunCancelled(f"run {self.name} interrupted while submitting")
-            )
+            if isinstance(err, Exception):
+                self.fail(err)
+                self.release()
+                self.discard()
+                raise
+            cancelled = RunCancelled(f"run {self.name} interrupted while submitting")
+            self.fail(cancelled)
             self.release()
-            self.discard()
-            raise
+            cancelled.args = (f"{cancelled}: {self._discarded()}",)
+            raise cancelled from None
         self.enter(Phase.QUEUED)
 
     # --- keys in the store (batchmagic.protocol.Layout) ---
@@ -688,7 +713,7 @@ class Run:
             log.warning("could not release run %s; %%azbatch_teardown retries", self.id, exc_info=True)
             return []
         if removed and self._ledger is not None:
-            self._ledger.record("released", self.id, removed=removed)
+            _record_quietly(self._ledger, "released", self.id, removed=removed)
         return removed
 
     def teardown(self, *, blobs: bool = False) -> list[str]:
@@ -696,7 +721,7 @@ class Run:
         removed. Raises what the backend raises, so a teardown can say which run it could not end."""
         removed = self.backend.release(self.id)
         if removed and self._ledger is not None:
-            self._ledger.record("released", self.id, removed=removed)
+            _record_quietly(self._ledger, "released", self.id, removed=removed)
         self.mark_cancelled()
         if blobs:
             count = self.store.delete_prefix(self.prefix)
@@ -1002,6 +1027,22 @@ def _load_outputs(outcome: TaskOutcome, report: Callable[[str], None]) -> dict[s
         except Exception as exc:
             report(f"`{name}` could not be brought back: {exc}")
     return outputs
+
+
+def _record_quietly(ledger: Ledger, event: str, run_id: str, **fields: Any) -> None:
+    """Append an event that only keeps the ledger current (attached, finished, released): a full disk
+    costs one warning line, not the attach, the run or the teardown."""
+    try:
+        ledger.record(event, run_id, **fields)
+    except OSError as err:
+        log.warning("could not record that run %s %s in the ledger %s: %s", run_id, event, ledger.path, err.strerror)
+
+
+def _disk_full(err: OSError) -> str:
+    """One line for a full disk (or another failed local write): where, and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    what = "no space left on the disk" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return f"{what}{where}: free some space (batchmagic store --prune) or point AzBatch.home elsewhere"
 
 
 def _first_line(err: BaseException) -> str:
