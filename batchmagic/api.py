@@ -163,6 +163,10 @@ class Session:
                     "drop --vm, or pick a pool of that size"
                 )
             run.vm_size = submission.vm_size
+        submission.gpus, submission.shm_size = backend.gpus(submission.vm_size), settings.shm_size
+        run.gpus = submission.gpus
+        if image is not None and submission.gpus:
+            image.for_gpu(settings.gpu_base_image)
         run.price(options, settings)
         if on_update is not None:
             run.subscribe(on_update)
@@ -266,6 +270,8 @@ class Session:
         outbox = run.outbox.write_url(expiry=expiry) if options.output_files or folder else ""
         bundle_url = store.url(Layout.bundle(run.id), permissions="r", expiry=expiry)
         sweep = options.sweep
+        gpus = run.gpus  # the runner checks it sees them before the cell runs, and samples them
+        machine = run.vm_size if run.backend.name == "azure" else ""
 
         def write(index: int) -> None:
             task_id = run.task_ids[index]
@@ -289,6 +295,8 @@ class Session:
                     if folder
                     else None
                 ),
+                gpus=gpus,
+                machine=machine,
             )
             store.put_bytes(Layout.spec(run.id, task_id), spec.to_json())
 

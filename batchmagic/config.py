@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from batchmagic.distributed import DEFAULT_MASTER_PORT
+from batchmagic.distributed import DEFAULT_MASTER_PORT, DEFAULT_SHM_SIZE
 from batchmagic.errors import ConfigError
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 from batchmagic.settings import (
@@ -263,6 +263,8 @@ class Settings:
     base_image: str = DEFAULT_BASE_IMAGE
     pool: str = ""  # the named pool runs go to (AzBatch.pool); empty: an auto pool per run
     node_image: str = ""  # publisher:offer:sku[:version] overriding the chosen node image
+    gpu_base_image: str = ""  # what a GPU run's image is built FROM; "": a CUDA runtime image for the kernel's Python
+    shm_size: str = DEFAULT_SHM_SIZE  # /dev/shm of GPU and distributed runs' containers (docker's --shm-size)
     user: str = ""  # who this client runs as: a named pool's creator
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     max_tasks: int = DEFAULT_MAX_TASKS

@@ -53,8 +53,9 @@ __all__ = [
 
 #: The port rank 0 listens on unless ``AzBatch.master_port`` says otherwise (Batch keeps 6000 for itself).
 DEFAULT_MASTER_PORT = 6105
-#: ``/dev/shm`` of a rank's container: Docker's 64 MB default is too small for NCCL's shared-memory
-#: transport and for DataLoader workers (they fail with "Bus error"); the memory is only used when written.
+#: ``/dev/shm`` of a rank's (and a GPU run's) container, the default of ``AzBatch.shm_size``: Docker's 64 MB
+#: is too small for NCCL's shared-memory transport and for DataLoader workers (they fail with "Bus error");
+#: the memory is only used when written.
 DEFAULT_SHM_SIZE = "8g"
 #: Azure Batch runs a multi-instance task on at most this many nodes.
 MAX_NODES = 100

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchmagic.distributed import DEFAULT_MASTER_PORT
+from batchmagic.distributed import DEFAULT_MASTER_PORT, DEFAULT_SHM_SIZE
 from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY
 
 __all__ = [
@@ -128,6 +128,14 @@ SETTINGS: tuple[Setting, ...] = (
             "each cell's image is built (or reused) from its environment."),
     Setting("base_image", "text", "BATCHMAGIC_BASE_IMAGE", DEFAULT_BASE_IMAGE, f"`{DEFAULT_BASE_IMAGE}`",
             "Image the training image is built FROM: any Debian-like image whose Python matches the kernel's."),
+    Setting("gpu_base_image", "text", "BATCHMAGIC_GPU_BASE_IMAGE", "",
+            "none: NVIDIA's CUDA runtime image for the kernel's Python (see the GPU guide)",
+            "Image a GPU run's training image is built FROM (--gpu, an N-series --vm, a local GPU): a CUDA runtime "
+            "image with the kernel's Python. Empty: nvidia/cuda's cudnn-runtime image on the Ubuntu that packages "
+            "that Python."),
+    Setting("shm_size", "text", "BATCHMAGIC_SHM_SIZE", DEFAULT_SHM_SIZE, f"`{DEFAULT_SHM_SIZE}`",
+            "Size of /dev/shm in the containers of GPU and --distributed runs (docker --shm-size), e.g. 8g: "
+            "Docker's 64 MB is too small for NCCL and PyTorch DataLoader workers."),
     Setting("pool", "text", "BATCHMAGIC_POOL", "", "none: each run makes a pool of its own",
             "Named pool cells run on when they give no --pool (see %azbatch_pool); empty: each run makes a pool "
             "of its own.", clears=True),

@@ -60,6 +60,9 @@ class TaskSubmission:
     distributed: bool = False
     procs_per_node: int = 1
     master_port: int = 6105
+    #: GPUs each node has (see :meth:`Backend.gpus`): the task's container gets them, and ``shm_size`` of /dev/shm.
+    gpus: int = 0
+    shm_size: str = ""
 
 
 @dataclass
@@ -145,6 +148,10 @@ class Backend(ABC):
     def default_slots(self, tasks: int) -> int:
         """Tasks a node runs at once when the run gives no ``--slots-per-node``: one."""
         return 1
+
+    def gpus(self, vm_size: str) -> int:
+        """GPUs a node of ``vm_size`` gives its tasks (the runner checks it sees them): none by default."""
+        return 0
 
     def validate(self, submission: TaskSubmission) -> None:  # noqa: B027 - an optional hook
         """Check what can be checked before anything is uploaded or created; raise ConfigError if wrong."""

@@ -33,6 +33,7 @@ from batchmagic.backends.base import (
 from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
+from batchmagic.runner.gpu import host_gpus
 from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")
@@ -92,6 +93,10 @@ class LocalBackend(Backend):
     def default_slots(self, tasks: int) -> int:
         """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
         return max(1, min(os.cpu_count() or 1, tasks))
+
+    def gpus(self, vm_size: str) -> int:
+        """This machine's NVIDIA GPUs (``nvidia-smi -L``), whatever ``--vm`` says: the task runs here."""
+        return host_gpus()
 
     def submit(self, submission: TaskSubmission) -> None:
         tasks = {}
@@ -415,16 +420,21 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
     path (so the spec's file:// URLs work: the run's directory, and the content-addressed inputs and
     objects beside it), this user's uid, a name to kill it by, and the task's variables by name only
     (``-e KEY``: their values come from the client's environment, never its command line); ``--env``
-    values come in the spec."""
+    values come in the spec. On a machine with NVIDIA GPUs the container gets them all (``--gpus all``: the
+    CLI's form of the Docker API's ``DeviceRequest(count=-1, capabilities=[["gpu"]])``), as a Batch GPU node
+    gives its task's container."""
     home = store_root
     argv = [
         "docker", "run", "--rm", "--name", _container_name(submission.run_id, task.task_id), "--network", "host",
         "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{home}:{home}", "-w", str(workdir),
     ]  # fmt: skip
     names = ["AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
-    if submission.distributed:  # the ranks reach each other over the host's loopback; NCCL wants a big /dev/shm
+    if submission.distributed:  # the ranks reach each other over the host's loopback
         names += [*ENV_NAMES, "OMP_NUM_THREADS"]
-        argv += ["--shm-size", DEFAULT_SHM_SIZE]
+    if submission.distributed or submission.gpus:  # NCCL and DataLoader workers want more than 64 MB of /dev/shm
+        argv += ["--shm-size", submission.shm_size or DEFAULT_SHM_SIZE]
+    if submission.gpus:
+        argv += ["--gpus", "all"]
     for key in names:
         argv += ["-e", key]
     return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]

@@ -30,7 +30,24 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["GpuBuilds", "TORCH_CUDA", "expected_on_node", "map_for_gpu", "torch_index"]
+__all__ = [
+    "CUDA_IMAGES",
+    "GpuBuilds",
+    "TORCH_CUDA",
+    "cuda_base_image",
+    "expected_on_node",
+    "map_for_gpu",
+    "torch_index",
+]
+
+#: The kernel's Python -> the CUDA runtime image a GPU run's training image is built FROM (``AzBatch.gpu_base_image``
+#: overrides it): NVIDIA's CUDA 12.6 with cuDNN on the Ubuntu whose packages have that Python (the Dockerfile
+#: installs it from them). CUDA 12.6 runs on the 525+ drivers of Batch's GPU images (minor-version compatibility).
+CUDA_IMAGES: dict[str, str] = {
+    "3.10": "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04",
+    "3.11": "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04",
+    "3.12": "nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04",
+}
 
 #: torch minor release -> the CUDA tag of its wheels batchmagic installs on a GPU node. From 2.6 on,
 #: cu126: its wheels run on the 525+ drivers of every current Batch GPU image (CUDA 12 minor-version
@@ -53,6 +70,13 @@ _VERSION = re.compile(r"^(\d+)\.(\d+)")
 
 def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def cuda_base_image(python: str) -> str:
+    """The default base of a GPU run's image for the kernel's ``python`` (``"3.12"``): :data:`CUDA_IMAGES`; for a
+    Python no Ubuntu LTS packages, ``python:<v>-slim``, since the frameworks' CUDA wheels (torch, jax[cuda12],
+    tensorflow[and-cuda], cupy-cuda12x) bring the CUDA runtime libraries themselves as pip packages."""
+    return CUDA_IMAGES.get(python, f"python:{python}-slim")
 
 
 def torch_index(tag: str) -> str:

@@ -106,6 +106,7 @@ class Run:
         self.store = backend.store
         self.outbox = backend.store.outbox(run_id)  # where its tasks write (--output files, Batch's std*.txt)
         self.vm_size = vm_size
+        self.gpus = 0  # GPUs on each node (Backend.gpus): shown in the panel, checked and sampled by the runner
         self.timeout = timeout
         self.task_ids = task_ids
         self.params = params  # a sweep's parameter sets, one per task; None for a single cell

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["GpuSample", "GpuSampler", "parse_samples", "preflight", "QUERY"]
+__all__ = ["GpuSample", "GpuSampler", "host_gpus", "parse_samples", "preflight", "QUERY"]
 
 #: The sampling query: one CSV line per GPU, numbers only (utilisation %, memory in MiB).
 QUERY = (
@@ -96,6 +96,12 @@ def _nvidia_smi(*args: str) -> tuple[str, str]:
         said = (done.stderr or done.stdout).strip().splitlines()
         return "", f"nvidia-smi exited {done.returncode}" + (f": {said[0]}" if said else "")
     return done.stdout, ""
+
+
+def host_gpus() -> int:
+    """The GPUs ``nvidia-smi -L`` lists on this machine; 0 without nvidia-smi (no NVIDIA driver)."""
+    listed, _why = _nvidia_smi("-L")
+    return sum(1 for line in listed.splitlines() if line.strip().startswith("GPU "))
 
 
 def _torch_count() -> tuple[int, str] | None:

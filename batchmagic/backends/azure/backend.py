@@ -44,7 +44,7 @@ from batchmagic.backends.azure.nodeimages import NodeImage, SupportedImage, choo
 from batchmagic.backends.azure.poolspec import Pool, PoolRequest
 from batchmagic.backends.azure.ranks import as_multi_instance, batch_view, lost_node, rank_statuses
 from batchmagic.backends.azure.status import AzureRun, value
-from batchmagic.backends.azure.vmsizes import vm_cores
+from batchmagic.backends.azure.vmsizes import gpus_for, vm_cores
 from batchmagic.backends.base import Backend, BackendStatus, NamedPools, TaskStatus, TaskSubmission
 from batchmagic.config import Settings
 from batchmagic.errors import ConfigError
@@ -115,6 +115,10 @@ class AzureBackend(Backend, NamedPools):
     @property
     def default_image(self) -> str:
         return self.settings.image
+
+    def gpus(self, vm_size: str) -> int:
+        """The GPUs of a node of ``vm_size`` (the size table's count)."""
+        return gpus_for(vm_size)
 
     def check_access(self) -> None:
         """One cheap call to each service, so bad credentials fail before anything is created."""

@@ -64,7 +64,8 @@ def as_multi_instance(m: Any, task: Any, submission: TaskSubmission, group_url: 
     container = task.container_settings
     if container is not None:
         given = container.container_run_options or ""
-        container.container_run_options = f"{given} {CONTAINER_OPTIONS}".strip()
+        if "--shm-size" not in given:  # the task's own options (gpus.container_run_options) may hold them
+            container.container_run_options = f"{given} {CONTAINER_OPTIONS}".strip()
 
 
 def batch_view(submission: TaskSubmission) -> TaskSubmission:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from batchmagic.backends.azure.gpus import container_run_options, driver_extension
 from batchmagic.backends.azure.nodeimages import NodeImage
 from batchmagic.backends.azure.poolspec import (
     CLOCK_SKEW,
@@ -133,6 +134,10 @@ def task_request(
             image_name=image,
             working_directory=m.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
             registry=registry,
+            # /dev/shm for a GPU or distributed run; never --gpus (Batch gives the container the GPUs itself)
+            container_run_options=container_run_options(
+                gpus=submission.gpus, distributed=submission.distributed, shm_size=submission.shm_size
+            ),
         ),
         resource_files=[m.ResourceFile(http_url=spec_url, file_path=SPEC_FILENAME)],
         output_files=[upload],
@@ -168,6 +173,7 @@ def vm_configuration(node: NodeImage, images: list[str], settings: Settings) -> 
             container_image_names=images or None,
             container_registries=found or None,
         ),
+        extensions=[driver_extension(m)] if node.driver_extension else None,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from batchmagic.backends.azure.gpus import quota_line
 from batchmagic.backends.azure.poolspec import Pool, nodes_for, scale_to_zero_at
 from batchmagic.backends.azure.vmsizes import vm_cores
 from batchmagic.backends.base import (
@@ -243,12 +244,10 @@ def resize_error(pool: Any, sub: TaskSubmission) -> str:
     err = errors[0]
     message = (err.message or "").split("\n")[0]
     if err.code in QUOTA_CODES:
-        cores = vm_cores(sub.vm_size) * sub.nodes
-        kind = "low-priority" if sub.low_priority else "dedicated"
-        return (
-            f"{err.code}: {sub.nodes} x {sub.vm_size} needs {cores} {kind} cores, over the account's quota "
-            f"({message}). Ask for a quota increase, pick a smaller --vm, or use --low-priority"
-        )
+        return quota_line(
+            err.code, message, vm_size=sub.vm_size, nodes=sub.nodes, low_priority=sub.low_priority,
+            cores=vm_cores(sub.vm_size),
+        )  # fmt: skip
     return f"the pool could not get nodes ({err.code}: {message})"
 
 

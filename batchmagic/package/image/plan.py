@@ -49,11 +49,26 @@ class ImageRequest:
     configured: bool = False  # ``given`` came from the settings (AzBatch.image), not from --image
     secrets: Secrets = field(default_factory=Secrets, repr=False)  # the registry's credentials, if any
     result: ImageResult | None = None
+    gpu: bool = False  # for a GPU node: CUDA builds of the frameworks, on a CUDA base image
+    notes: tuple[str, ...] = ()  # what the GPU mapping changed, once the spec is made (the plan says so)
+
+    def for_gpu(self, gpu_base_image: str = "") -> None:
+        """Build for a GPU node: FROM ``gpu_base_image`` (``AzBatch.gpu_base_image``), else the CUDA runtime image
+        for the kernel's Python (:func:`~batchmagic.package.cuda.cuda_base_image`); the frameworks' CUDA builds."""
+        from batchmagic.package.cuda import cuda_base_image
+        from batchmagic.package.environment import python_version
+
+        self.gpu = True
+        self.base_image = gpu_base_image or cuda_base_image(python_version())
 
     def spec_for(self, modules: Iterable[str]) -> EnvironmentSpec:
         from batchmagic.package.environment import environment_spec
 
-        return environment_spec(modules, base_image=self.base_image, requirements=self.requirements, pip=self.pip)
+        spec = environment_spec(
+            modules, base_image=self.base_image, requirements=self.requirements, pip=self.pip, gpu=self.gpu
+        )
+        self.notes = spec.notes
+        return spec
 
     def resolve(self, captured: CapturedCell, enter: Callable[[Phase, str], None]) -> str:
         """The image to run ``captured`` in.
@@ -93,11 +108,13 @@ class ImageRequest:
             return self.given
         spec = self.spec_for(modules)
         stages = {"building": Phase.BUILDING_IMAGE, "pushing": Phase.PUSHING_IMAGE}
+        # A GPU build says what it changed from the kernel's packages (torch 2.5.1+cpu here -> +cu124 there).
+        said = f" ({'; '.join(self.notes)})" if self.notes else ""
         self.result = ensure_image(
             spec,
             self.registry,
             push=self.push,
-            progress=lambda stage, detail: enter(stages[stage], detail),
+            progress=lambda stage, detail: enter(stages[stage], detail + (said if stage == "building" else "")),
             secrets=self.secrets,
         )
         return self.result.image
