@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--low-priority-core-quota", type=int, default=None, help="Low-priority core quota (default: unlimited)."
     )
+    p.add_argument(
+        "--family-quota",
+        action="append",
+        default=[],
+        metavar="FAMILY=CORES",
+        help="A dedicated core quota for one VM family (the account's dedicatedCoreQuotaPerVMFamily), e.g. "
+        "standardNCADSA100v4Family=0; repeatable. Families not named are limited by --core-quota only.",
+    )
     p.add_argument("--record", default=None, help="Append every request to this JSON Lines file.")
     p.add_argument("--workdir", default=None, help="Directory for node and task files (default: a temp dir).")
     p.add_argument(
@@ -77,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _family_quotas(items: Sequence[str]) -> dict[str, int]:
+    quotas = {}
+    for item in items:
+        family, sep, cores = item.partition("=")
+        if not sep or not family.strip() or not cores.strip().isdigit():
+            build_parser().error(f"--family-quota {item!r} is not FAMILY=CORES")
+        quotas[family.strip().lower()] = int(cores)
+    return quotas
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the emulator until SIGINT/SIGTERM; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -90,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         allocation_delay=args.allocation_delay,
         core_quota=args.core_quota,
         low_priority_core_quota=args.low_priority_core_quota,
+        family_quotas=_family_quotas(args.family_quota),
         record=args.record,
         workdir=args.workdir,
         empty_job_grace=args.empty_job_grace,

@@ -7,9 +7,11 @@ scheduler waits on and can kill.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -49,6 +51,8 @@ class TaskContext:
     """The task's own environment: AZ_BATCH_* and its environmentSettings (not the host's)."""
     container_settings: dict[str, Any] | None = None
     pool_container: dict[str, Any] | None = None
+    gpus: int = 0
+    """GPUs the node gives its container tasks (its size's, when its image has the NVIDIA driver)."""
 
     @property
     def wd(self) -> Path:
@@ -102,6 +106,32 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release resources (nothing to kill: the scheduler kills the running tasks itself)."""
+
+
+def check_run_options(settings: dict[str, Any] | None) -> None:
+    """The service refuses ``--gpus`` in a task's ``containerRunOptions``: it gives a GPU node's GPUs to the
+    container itself. The task fails at its start with ``ContainerInvalidSettings`` (category UserError)."""
+    options = shlex.split(str((settings or {}).get("containerRunOptions") or ""))
+    if any(o == "--gpus" or o.startswith("--gpus=") for o in options):
+        raise TaskStartError(
+            "ContainerInvalidSettings",
+            "At least one value of specified task container settings is invalid",
+            [("Message", "--gpus is not allowed in containerRunOptions: Batch gives the container the node's GPUs")],
+        )
+
+
+@functools.cache
+def host_gpus() -> int:
+    """GPUs ``nvidia-smi -L`` lists on this host (0 without the NVIDIA driver): the docker executor passes
+    them to the containers of GPU nodes."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        done = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU ")) if done.returncode == 0 else 0
 
 
 def _start_time(pid: int) -> str | None:
@@ -200,6 +230,8 @@ class ProcessExecutor:
         return None
 
     def start(self, ctx: TaskContext) -> RunningTask:
+        if ctx.container_settings:
+            check_run_options(ctx.container_settings)
         env = {**os.environ, **ctx.env}
         if self.python_bin_dir:
             env["PATH"] = self.python_bin_dir + os.pathsep + env.get("PATH", os.defpath)
@@ -243,6 +275,29 @@ def _registry_for(image: str, registries: list[dict[str, Any]]) -> dict[str, Any
         if server == host or (not host and server in ("docker.io", "index.docker.io")):
             return reg
     return None
+
+
+def docker_argv(ctx: TaskContext, image: str, name: str) -> list[str]:
+    """The ``docker run`` of a container task: its run options, the host's network unless they name one, the
+    node's root mounted at the same path, the task's environment, and the node's GPUs when it has them and
+    this host too (``--gpus all``: the service gives a GPU node's container every GPU)."""
+    settings = ctx.container_settings or {}
+    options = shlex.split(str(settings.get("containerRunOptions") or ""))
+    argv = ["docker", "run", "--name", name]
+    if "--rm" not in options:
+        argv.append("--rm")
+    if not any(o == "--network" or o.startswith(("--network=", "--net=")) or o == "--net" for o in options):
+        argv += ["--network", "host"]
+    # The node's whole root, as on the service: the task sees its node's startup and shared directories.
+    mount = ctx.env.get("AZ_BATCH_NODE_ROOT_DIR") or str(ctx.task_dir)
+    argv += ["-v", f"{mount}:{mount}"]
+    if settings.get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
+        argv += ["-w", str(ctx.wd)]
+    for key, value in ctx.env.items():
+        argv += ["-e", f"{key}={value}"]
+    if ctx.gpus and host_gpus():
+        argv += ["--gpus", "all"]
+    return argv + options + [image] + shlex.split(ctx.command_line)
 
 
 @dataclass
@@ -303,6 +358,7 @@ class DockerExecutor:
         settings = ctx.container_settings
         if not settings:
             return ProcessExecutor(self.python_bin_dir).start(ctx)
+        check_run_options(settings)
         image = str(settings.get("imageName") or "")
         registries = list((ctx.pool_container or {}).get("containerRegistries") or [])
         if settings.get("registry"):
@@ -315,21 +371,8 @@ class DockerExecutor:
                 "One or more container images specified are invalid",
                 [("ContainerImage", image), ("Message", str(exc)[:1000])],
             ) from exc
-        options = shlex.split(str(settings.get("containerRunOptions") or ""))
         name = f"batchemu-{uuid.uuid4().hex[:12]}"
-        argv = ["docker", "run", "--name", name]
-        if "--rm" not in options:
-            argv.append("--rm")
-        if not any(o == "--network" or o.startswith(("--network=", "--net=")) or o == "--net" for o in options):
-            argv += ["--network", "host"]
-        # The node's whole root, as on the service: the task sees its node's startup and shared directories.
-        mount = ctx.env.get("AZ_BATCH_NODE_ROOT_DIR") or str(ctx.task_dir)
-        argv += ["-v", f"{mount}:{mount}"]
-        if settings.get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
-            argv += ["-w", str(ctx.wd)]
-        for key, value in ctx.env.items():
-            argv += ["-e", f"{key}={value}"]
-        argv += options + [image] + shlex.split(ctx.command_line)
+        argv = docker_argv(ctx, image, name)
         host_env = dict(os.environ)
         out, err = _open_logs(ctx)
         try:

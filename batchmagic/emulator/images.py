@@ -8,6 +8,13 @@ answers a malformed one with 400 ``InvalidPropertyValue`` naming ``virtualMachin
 create_pools.json, an id with ``.../gallery/...`` for ``.../galleries/...``; docs: "Use the Azure Compute
 Gallery to create a custom image pool": the image must be in the account's subscription). Shared and
 community gallery ids are taken as they come.
+
+GPUs (:func:`node_gpus`): a node of a GPU size gives its container tasks its GPUs only when its image has
+the NVIDIA driver: the ``NvidiaTeslaDriverInstalled`` capability (``NvidiaGridDriverInstalled`` for the NV
+sizes' vGPUs), or the pool's NVIDIA GPU driver extension (``NvidiaGpuDriverLinux``). The service documents
+no refusal of a GPU pool on an image without the driver, and none is made: the pool is created and its
+nodes start, as on Azure (where such a node has GPUs no program can use); its containers get no GPU, so
+a program looking for one finds none. A custom image is taken to have the driver (its maker put it there).
 """
 
 from __future__ import annotations
@@ -16,9 +23,15 @@ import re
 from datetime import datetime
 from typing import Any
 
+from batchmagic.emulator import vmsizes
 from batchmagic.emulator.errors import invalid_property, missing_property
 
-__all__ = ["SUPPORTED_IMAGES", "check_image", "check_subnet"]
+__all__ = ["SUPPORTED_IMAGES", "check_image", "check_subnet", "node_gpus", "pool_gpus"]
+
+
+TESLA = "NvidiaTeslaDriverInstalled"
+GRID = "NvidiaGridDriverInstalled"
+DRIVER_EXTENSION = "nvidiagpudriverlinux"
 
 
 def _image(
@@ -108,6 +121,40 @@ def check_subnet(network: dict[str, Any] | None, subscription: str) -> None:
     subnet = (network or {}).get("subnetId")
     if subnet and not _in_subscription(_SUBNET_ID, subnet, subscription):
         raise invalid_property("subnetId", subnet, "The subnet must be in the Batch account's subscription.")
+
+
+def _capabilities(ref: dict[str, Any]) -> list[str] | None:
+    """The listed image's capabilities; None for a custom image or one the list lacks."""
+    if any(ref.get(k) for k in _CUSTOM):
+        return None
+    wanted = tuple(str(ref.get(k) or "").lower() for k in ("publisher", "offer", "sku"))
+    for entry in SUPPORTED_IMAGES:
+        image = entry["imageReference"]
+        if tuple(str(image[k]).lower() for k in ("publisher", "offer", "sku")) == wanted:
+            return list(entry.get("capabilities") or [])
+    return None
+
+
+def pool_gpus(pool: dict[str, Any]) -> int:
+    """GPUs a node of ``pool`` gives its container tasks: :func:`node_gpus` of its size's GPU count."""
+    size = vmsizes.lookup(str(pool.get("vmSize") or ""))
+    return node_gpus(pool, size.gpus if size is not None else 0)
+
+
+def node_gpus(pool: dict[str, Any], size_gpus: int) -> int:
+    """GPUs a node of ``pool`` (its ``vmSize`` has ``size_gpus``) gives its container tasks: all of them when
+    the node has the NVIDIA driver its GPUs need, none otherwise (see the module's docstring)."""
+    if size_gpus <= 0:
+        return 0
+    vmc = pool.get("virtualMachineConfiguration") or {}
+    extensions = [str(e.get("type") or "").lower() for e in vmc.get("extensions") or [] if isinstance(e, dict)]
+    if DRIVER_EXTENSION in extensions:
+        return size_gpus
+    capabilities = _capabilities(vmc.get("imageReference") or {})
+    if capabilities is None:
+        return size_gpus
+    needed = GRID if str(pool.get("vmSize", "")).lower().startswith("standard_nv") else TESLA
+    return size_gpus if needed in capabilities else 0
 
 
 def check_image(vmc: dict[str, Any], now: float, prefix: str = "", subscription: str = "") -> None:

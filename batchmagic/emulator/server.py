@@ -150,6 +150,9 @@ class Emulator:
         Dedicated core quota of the account; pools beyond it get ``AccountCoreQuotaReached`` resize errors.
     low_priority_core_quota : int, optional
         Low-priority core quota; unlimited when None.
+    family_quotas : dict, optional
+        Dedicated core quotas per VM family (lower-case family name -> cores); pools beyond one get
+        ``AccountVMFamilyCoreQuotaReached`` resize errors.
     record : str or Path, optional
         A JSON Lines file receiving every request (method, path, query, headers, body, status).
     workdir : str or Path, optional
@@ -183,6 +186,7 @@ class Emulator:
         allocation_delay: float = 1.0,
         core_quota: int | None = None,
         low_priority_core_quota: int | None = None,
+        family_quotas: dict[str, int] | None = None,
         record: str | os.PathLike[str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         empty_job_grace: float = 5.0,
@@ -216,6 +220,7 @@ class Emulator:
             allocation_delay=allocation_delay,
             core_quota=core_quota,
             low_priority_core_quota=low_priority_core_quota,
+            family_quotas=family_quotas,
             empty_job_grace=empty_job_grace,
             clock=Clock(time_scale, origin=saved_time(self.state_dir) if self.state_dir is not None else None),
             state_dir=self.state_dir,

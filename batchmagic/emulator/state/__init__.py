@@ -96,6 +96,8 @@ class BatchState(
         The account's dedicated core quota; None for unlimited.
     low_priority_core_quota : int or None
         The account's low-priority/spot core quota; None for unlimited.
+    family_quotas : dict or None
+        Dedicated core quotas per VM family (lower-case family name -> cores); families not in it have none.
     empty_job_grace : float
         How long a job with ``onAllTasksComplete: terminatejob`` and no tasks waits for its first task
         before it completes (the real service completes such a job almost at once).

@@ -42,6 +42,7 @@ class AccountCore:
         allocation_delay: float = 1.0,
         core_quota: int | None = None,
         low_priority_core_quota: int | None = None,
+        family_quotas: dict[str, int] | None = None,
         empty_job_grace: float = 5.0,
         clock: Clock | None = None,
         state_dir: Path | None = None,
@@ -55,6 +56,7 @@ class AccountCore:
         self.allocation_delay = max(0.0, allocation_delay)
         self.core_quota = core_quota
         self.low_priority_core_quota = low_priority_core_quota
+        self.family_quotas = {k.lower(): v for k, v in (family_quotas or {}).items()}
         self.empty_job_grace = empty_job_grace
         self.clock = clock or Clock()
         self.state_dir = Path(state_dir) if state_dir is not None else None

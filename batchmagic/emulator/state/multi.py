@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from batchmagic.emulator.executors import RunningTask, TaskContext
+from batchmagic.emulator.images import pool_gpus
 from batchmagic.emulator.state.commands import CommandResult, CommandRun, run_command
 from batchmagic.emulator.state.model import Job, Node, Pool, Task, failure_info, iso
 from batchmagic.emulator.state.tasks import TasksMixin
@@ -166,6 +167,7 @@ class MultiInstanceMixin(TasksMixin):
             env=instance_env,
             container_settings=task.data.get("containerSettings"),
             pool_container=pool_container,
+            gpus=pool_gpus(pool.data),
         )
         return CommandRun(ctx, resource_files=list(settings.get("commonResourceFiles") or []), resource_dir=task_dir)
 

@@ -158,6 +158,10 @@ class PoolsMixin(FilesMixin):
                     want_d = have
                 else:
                     want_l = have
+        family_error = self._family_quota_error(pool, want_d)
+        if family_error is not None:
+            errors.append(family_error)
+            want_d = data["currentDedicatedNodes"]
         if errors:
             data["resizeErrors"] = errors
         else:
@@ -167,6 +171,39 @@ class PoolsMixin(FilesMixin):
         if data["allocationState"] != "resizing":
             data["allocationState"] = "resizing"
             data["allocationStateTransitionTime"] = iso(now)
+
+    def _family_cores_in_use(self, family: str, exclude: Pool) -> int:
+        total = 0
+        for other in self.pools.values():
+            size = vmsizes.lookup(other.data["vmSize"])
+            if other is exclude or other.data["state"] == "deleting" or size is None or size.family.lower() != family:
+                continue
+            count = other.alloc_dedicated if other.alloc_start is not None else other.data["currentDedicatedNodes"]
+            total += size.cores * count
+        return total
+
+    def _family_quota_error(self, pool: Pool, want: int) -> dict[str, Any] | None:
+        """Dedicated nodes over the account's quota for their VM family (``dedicatedCoreQuotaPerVMFamily``; GPU
+        families often start at 0): the service's ``AccountVMFamilyCoreQuotaReached`` resize error."""
+        size = vmsizes.lookup(pool.data["vmSize"])
+        if size is None or want <= pool.data["currentDedicatedNodes"]:
+            return None
+        quota = self.family_quotas.get(size.family.lower())
+        if quota is None or self._family_cores_in_use(size.family.lower(), pool) + want * size.cores <= quota:
+            return None
+        return {
+            "code": "AccountVMFamilyCoreQuotaReached",
+            "message": (
+                "The specified account has reached its VM family core quota. Please use a VM size of another "
+                "family or fewer nodes, or request a quota increase."
+            ),
+            "values": [
+                {"name": "Reason", "value": f"The dedicated core quota of the account for {size.family} is {quota}."},
+                {"name": "VmFamily", "value": size.family},
+                {"name": "CoreQuota", "value": str(quota)},
+                {"name": "RequestedCores", "value": str(want * size.cores)},
+            ],
+        }
 
     def _new_node(self, pool: Pool, dedicated: bool, now: float) -> Node:
         self._node_seq += 1

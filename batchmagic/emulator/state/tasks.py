@@ -11,6 +11,7 @@ from typing import Any
 from batchmagic.emulator import schema
 from batchmagic.emulator.errors import ApiError, exists, invalid_property, missing_property
 from batchmagic.emulator.executors import TaskContext
+from batchmagic.emulator.images import pool_gpus
 from batchmagic.emulator.limits import check_display_name, check_id, taken
 from batchmagic.emulator.state.commands import CommandRun, node_env, run_command
 from batchmagic.emulator.state.files import FilesMixin
@@ -382,6 +383,7 @@ class TasksMixin(FilesMixin):
             env=env,
             container_settings=data.get("containerSettings"),
             pool_container=pool_container,
+            gpus=pool_gpus(pool.data),
         )
         run = CommandRun(
             ctx,
