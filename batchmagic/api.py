@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from batchmagic.backends.azure.vmsizes import check_current, temp_disk_bytes
+from batchmagic.backends.azure.vmsizes import check_current, gpu_label, temp_disk_bytes
 from batchmagic.backends.base import Backend, NamedPools
 from batchmagic.config import Settings, check_home, check_room, parse_budget, parse_timeout, working_directory
 from batchmagic.data import az_paths
@@ -164,7 +164,7 @@ class Session:
                 )
             run.vm_size = submission.vm_size
         submission.gpus, submission.shm_size = backend.gpus(submission.vm_size), settings.shm_size
-        run.gpus = submission.gpus
+        run.gpus, run.gpu_label = submission.gpus, gpu_label(submission.vm_size, submission.gpus, backend.name)
         if image is not None and submission.gpus:
             image.for_gpu(settings.gpu_base_image)
         run.price(options, settings)

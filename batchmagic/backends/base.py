@@ -216,7 +216,7 @@ class NamedPools(ABC):
 
 def exit_reason(code: int | None) -> str:
     """One line for a task process's exit code; empty for the runner's own codes (its result explains)."""
-    if code is None or code in (0, 1, 2):
+    if code is None or code in (0, 1, 2, 3):  # 3: the GPU preflight, which its result explains
         return ""
     if code == 143:
         return "the task was terminated (cancelled, or past its time limit)"

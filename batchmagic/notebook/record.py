@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batchmagic.notebook.widget import (
+    GPUS_SHOWN,
     cost_html,
     counts_html,
     format_seconds,
@@ -99,6 +100,12 @@ def render(
     if state.ranks:  # a distributed run: what each rank did, where
         parts.append(ranks_html(state))
         text.extend(ranks_text(state))
+    if state.gpus:  # the GPUs' peak memory and mean utilisation: a starved GPU is seen after the kernel is gone
+        gpus = [g.summary() for g in state.gpus[:GPUS_SHOWN]]
+        many = len({g.task_id for g in state.gpus}) > 1
+        gpus = [f"{g.task_id} {line}" if many else line for g, line in zip(state.gpus, gpus, strict=False)]
+        parts.append("<div class='azbatch-gpus' style='color:#555'>" + "<br>".join(map(html.escape, gpus)) + "</div>")
+        text.extend(gpus)
     if state.is_sweep:
         parts.append(counts_html(state) + grid_html(state))
         counts = ", ".join(f"{k} {state.task_counts.get(k, 0)}" for k in ("succeeded", "failed", "running", "pending"))

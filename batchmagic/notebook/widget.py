@@ -78,7 +78,7 @@ def outcome(state: RunState) -> tuple[str, str]:
 
 def summary(state: RunState) -> str:
     """The one-line form: ``run-x [local, Standard_D2s_v3] running 3.2s``."""
-    where = state.backend + (f", {state.vm_size}" if state.vm_size else "")
+    where = state.backend + (f", {state.vm_size}" if state.vm_size else "") + (f", {state.gpu}" if state.gpu else "")
     line = f"{state.name} [{where}] {state.phase.value} {format_seconds(state.elapsed)}"
     if state.is_sweep:
         line += f" {state.finished_tasks}/{len(state.task_ids)} tasks"
@@ -99,6 +99,28 @@ def cost_html(state: RunState) -> str:
         return ""
     colour = "#c62828" if state.cost.per_hour is None else "#555"
     return f"<span style='color:{colour}'>{html.escape(state.cost.describe())}</span>"
+
+
+#: GPUs the panel draws a line for (an 8-GPU node shows all of its; a sweep's many tasks, the first few).
+GPUS_SHOWN = 8
+
+
+def gpu_lines(state: RunState) -> list[str]:
+    """One line per GPU: its sparkline of utilisation, now, memory used of total, peak and mean utilisation."""
+    many_tasks = len({g.task_id for g in state.gpus}) > 1
+    lines = [(f"{g.task_id} " if many_tasks else "") + g.describe() for g in state.gpus[:GPUS_SHOWN]]
+    if len(state.gpus) > GPUS_SHOWN:
+        lines.append(f"... and {len(state.gpus) - GPUS_SHOWN} more GPUs")
+    return lines
+
+
+def gpu_html(state: RunState) -> str:
+    """The panel's GPU lines, in a monospace font so the sparklines line up (empty without samples)."""
+    lines = gpu_lines(state)
+    if not lines:
+        return ""
+    body = "<br>".join(html.escape(line) for line in lines)
+    return f"<div class='azbatch-gpus' style='font-family:monospace;color:#555'>{body}</div>"
 
 
 class TextPanel:
@@ -356,6 +378,7 @@ class StatusPanel:
         self.grid = w.Box(layout=w.Layout(display="none", flex_flow="row wrap", max_width="720px"))
         self.squares: list[Any] = []  # the grid's buttons, one per task (sweeps of up to GRID_BUTTONS tasks)
         self.cost = w.HTML(value="")  # estimated cost per hour and spend so far (Azure)
+        self.gpus = w.HTML(value="")  # a sparkline of each GPU's utilisation, its memory (GPU runs)
         self.picker = w.Dropdown(options=[], description="task log", layout=w.Layout(display="none"))
         self.picker.observe(self._picked, names="value")
         self.task_title = w.HTML(value="", layout=w.Layout(display="none"))
@@ -364,8 +387,8 @@ class StatusPanel:
         self.cancel_button = w.Button(description="Cancel", button_style="warning", icon="stop")
         self.cancel_button.on_click(self._clicked)
         self.widget = _SummaryBox(
-            children=[w.HBox([self.title, self.cancel_button]), self.phases, self.detail, self.cost, self.tasks,
-                      self.grid, self.picker, self.task_title, self.log],
+            children=[w.HBox([self.title, self.cancel_button]), self.phases, self.detail, self.cost, self.gpus,
+                      self.tasks, self.grid, self.picker, self.task_title, self.log],
             layout=w.Layout(border="1px solid #ddd", padding="4px 8px", width="auto"),
         )  # fmt: skip
         self.widget.add_class("azbatch-panel")
@@ -440,7 +463,9 @@ class StatusPanel:
         label, colour = outcome(state)
         if self.cancelling and not state.finished:
             label, colour = "cancelling", BROWN
-        where = html.escape(state.backend + (f" · {state.vm_size}" if state.vm_size else ""))
+        where = html.escape(
+            state.backend + (f" · {state.vm_size}" if state.vm_size else "") + (f" · {state.gpu}" if state.gpu else "")
+        )
         return (
             f"<b>{html.escape(state.name)}</b> <span style='color:#777'>{where}</span> "
             f"<b class='azbatch-phase' style='color:{colour}'>{html.escape(label)}</b> "
@@ -467,6 +492,7 @@ class StatusPanel:
             self.phases.value = phases
             self.detail.value = f"<span style='color:{colour}'>{detail}</span>" if detail else ""
             self.cost.value = cost_html(state)
+            self.gpus.value = gpu_html(state)
             if state.is_sweep:
                 self._update_sweep(state)
             elif state.ranks:

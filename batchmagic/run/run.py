@@ -38,7 +38,7 @@ from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail, Monitor
 from batchmagic.run.names import rebind
 from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
-from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RankRow, RunState
+from batchmagic.run.state import GpuTracker, LogRecord, Phase, PhaseSpan, RankRow, RunState
 from batchmagic.run.sweep import TaskOutcome as SweepRow
 from batchmagic.run.sweep import results_table, task_ids_for
 from batchmagic.storage import BlobStore, Store, unreachable
@@ -107,6 +107,8 @@ class Run:
         self.outbox = backend.store.outbox(run_id)  # where its tasks write (--output files, Batch's std*.txt)
         self.vm_size = vm_size
         self.gpus = 0  # GPUs on each node (Backend.gpus): shown in the panel, checked and sampled by the runner
+        self.gpu_label = ""  # what they are, "1x A100 80 GB", for the panel's title
+        self.gpu_samples = GpuTracker()  # the runners' GPU samples: the panel's sparklines, the record's peaks
         self.timeout = timeout
         self.task_ids = task_ids
         self.params = params  # a sweep's parameter sets, one per task; None for a single cell
@@ -334,6 +336,8 @@ class Run:
             ranks=self._rank_rows(states) if self.world else (),
             first_start=self._tasks.first_start,
             cost=self.meter.cost() if self.meter is not None else None,
+            gpus=self.gpu_samples.views(),
+            gpu=self.gpu_label,
         )
 
     def _rank_rows(self, states: tuple[str, ...]) -> tuple[RankRow, ...]:
@@ -590,6 +594,9 @@ class Run:
                 continue
             try:
                 info = json.loads(record.text)
+                if info.get("phase") == "gpu":
+                    self.gpu_samples.add(record.task_id, list(info["gpus"]))
+                    continue
                 self._progress = (
                     f"{info['phase']}: {info['bytes'] / 1e6:,.0f} of {info['total'] / 1e6:,.0f} MB"
                     f" at {info['mb_per_s']:,.0f} MB/s"

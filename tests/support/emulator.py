@@ -87,6 +87,7 @@ def start_emulator(
     key: str = TEST_KEY,
     allocation_delay: float = 0.2,
     core_quota: int | None = None,
+    family_quotas: dict[str, int] | None = None,
     executor: str = "process",
     time_scale: float | None = None,
     state_dir: Path | str | None = None,
@@ -103,6 +104,8 @@ def start_emulator(
         Directory for the record file (``record.jsonl``) and the emulator's workdir.
     allocation_delay, core_quota, executor, account, key
         Passed to the emulator's command line.
+    family_quotas : dict, optional
+        ``--family-quota FAMILY=CORES`` for each: a dedicated core quota per VM family.
     time_scale : float, optional
         ``--time-scale``: run the emulator's clock this many times faster.
     state_dir : Path or str, optional
@@ -127,6 +130,8 @@ def start_emulator(
     ]  # fmt: skip
     if core_quota is not None:
         argv += ["--core-quota", str(core_quota)]
+    for family, cores in (family_quotas or {}).items():
+        argv += ["--family-quota", f"{family}={cores}"]
     if time_scale is not None:
         argv += ["--time-scale", str(time_scale)]
     if state_dir is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "cores_for",
     "family_for",
     "fits",
+    "gpu_label",
     "gpus_for",
     "parse_gpu",
     "retirement",
@@ -243,6 +244,15 @@ def check_current(vm_size: str) -> str:
     if line:
         raise ConfigError(line)
     return vm_size
+
+
+def gpu_label(vm_size: str, gpus: int, backend: str = "azure") -> str:
+    """What a run's title says of its GPUs: ``"1x A100 80 GB"`` from the table, ``"2 GPUs"`` when only the count
+    is known (a size the table lacks, this machine's), "" for none."""
+    size = size_info(vm_size) if backend == "azure" else None
+    if size is not None and size.gpu is not None:
+        return size.gpu.describe()
+    return "" if gpus <= 0 else f"{gpus} GPU" + ("s" if gpus > 1 else "") + ("" if backend == "azure" else " here")
 
 
 def gpus_for(vm_size: str) -> int:
