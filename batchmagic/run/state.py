@@ -203,6 +203,7 @@ class RunState:
     task_states: tuple[str, ...] = ()  # pending, running, succeeded or failed, per task
     first_start: float | None = None  # when the first task started running
     cost: Cost | None = None  # None: the backend costs nothing we can price (local)
+    ranks: tuple[RankRow, ...] = ()  # a distributed run's ranks, in rank order (empty for any other run)
     gpus: tuple[GpuView, ...] = ()  # the GPUs' samples so far (runs on a GPU machine)
     gpu: str = ""  # what GPUs each node has, e.g. "1x A100 80 GB" (empty: none, or not known)
     now: float = field(default_factory=time.time)
