@@ -24,6 +24,7 @@ TRAITS = {
     "container", "image", "registry", "base_image", "pool", "node_image", "input_concurrency", "budget",
     "prices", "region", "master_port", "panel", "log_lines",
     "ship_limit", "bring_back_limit", "store_limit",  # the notebook's folder and the store (issue 17)
+    "gpu_base_image", "shm_size",  # GPU runs (issue 19)
 }  # fmt: skip
 VARIABLES = {
     "BATCHMAGIC_BACKEND", "BATCHMAGIC_HOME", "AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCOUNT",
@@ -31,6 +32,7 @@ VARIABLES = {
     "BATCHMAGIC_BASE_IMAGE", "BATCHMAGIC_REGION", "BATCHMAGIC_PRICES", "BATCHMAGIC_POOL", "BATCHMAGIC_NODE_IMAGE",
     "BATCHMAGIC_MAX_TASKS", "BATCHMAGIC_MAX_NODES", "BATCHMAGIC_MASTER_PORT", "DOCKER_HOST",
     "BATCHMAGIC_SHIP_LIMIT", "BATCHMAGIC_BRING_BACK_LIMIT", "BATCHMAGIC_STORE_LIMIT",
+    "BATCHMAGIC_GPU_BASE_IMAGE", "BATCHMAGIC_SHM_SIZE",
 }  # fmt: skip
 #: Settings fields that are not settings a user sets: derived, or secrets (never traits).
 NOT_SETTINGS = {"backend_chosen", "user", "secrets"}
