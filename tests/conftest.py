@@ -1,4 +1,5 @@
-"""Shared fixtures: a real IPython shell that re-raises, and an isolated BATCHMAGIC_HOME."""
+"""Shared fixtures: a real IPython shell that re-raises, an isolated BATCHMAGIC_HOME, and the one Azurite of the
+whole test run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
+
+from tests.support.azurite import RunningAzurite, start_azurite
 
 
 class TestingShell(InteractiveShell):
@@ -43,3 +46,18 @@ def shell(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     ip.run_line_magic("azbatch_teardown", "")
     ip.extension_manager.unload_extension("batchmagic")
     TestingShell.clear_instance()
+
+
+@pytest.fixture(scope="session")
+def azurite_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAzurite]:
+    """One Azurite for the whole test run, started when a test first needs it (instead of one per module,
+    which piled up until the run ended). Each test uses a container or prefix of its own (``use_azure``
+    makes one per test); tests that stop or restart Azurite on purpose start their own."""
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def azurite(azurite_session: RunningAzurite) -> RunningAzurite:
+    """The session's Azurite (see ``azurite_session``)."""
+    return azurite_session

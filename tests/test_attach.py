@@ -17,11 +17,9 @@ from typing import Any
 import pytest
 
 from batchmagic.run.ledger import Ledger
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator, wait_for
 from tests.support.settings import use_azure
 
-azurite = azurite_fixture()
 ROOT = Path(__file__).resolve().parents[1]
 
 

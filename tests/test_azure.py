@@ -13,11 +13,10 @@ from IPython.core.error import UsageError
 from batchmagic import RemoteError
 from batchmagic.errors import RunFailed
 from tests.support.azurite import KEY as STORAGE_KEY
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
 
-azurite = azurite_fixture()
 IMAGE = "127.0.0.1:5000/batchmagic/train:env-test"
 REGISTRY_PASSWORD = "registry-pass-9f3a"
 

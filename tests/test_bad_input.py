@@ -18,11 +18,9 @@ import pytest
 from IPython.core.error import UsageError
 
 from batchmagic.errors import RunFailed
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import RunningEmulator, emulator_fixture
 from tests.support.settings import use_azure
 
-azurite = azurite_fixture()
 emulator = emulator_fixture(scope="module", allocation_delay=0.2)
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")

@@ -13,11 +13,8 @@ import pytest
 from batchmagic.errors import RunFailed
 from batchmagic.protocol import Layout
 from batchmagic.storage import LocalStore
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator, wait_for
 from tests.support.settings import use_azure
-
-azurite = azurite_fixture()
 
 
 def alive(pid: int) -> bool:

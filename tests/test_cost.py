@@ -15,11 +15,9 @@ from batchmagic.errors import ConfigError, RunFailed
 from batchmagic.notebook.widget import StatusPanel, cost_html, summary
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.state import Cost, Phase, RunState
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import wait_for
 from tests.support.settings import azure_session_fixture
 
-azurite = azurite_fixture()
 azure_session = azure_session_fixture("cost")
 
 

@@ -12,10 +12,7 @@ from IPython.core.error import UsageError
 
 from batchmagic.errors import ConfigError
 from batchmagic.package.inputs import parse_input, parse_output
-from tests.support.azurite import azurite_fixture
 from tests.support.settings import azure_session_fixture
-
-azurite = azurite_fixture()
 
 CHECKSUM_CELL = """\
 import hashlib, pathlib

@@ -17,12 +17,10 @@ from IPython.core.error import UsageError
 from batchmagic import RemoteError
 from batchmagic.errors import RunCancelled, RunFailed
 from batchmagic.protocol import Layout, NodeState
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
 from tests.test_distributed import need_torch
-
-azurite = azurite_fixture()
 
 HOSTS_CELL = """
 import os

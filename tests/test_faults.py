@@ -10,11 +10,8 @@ import pytest
 
 from batchmagic.api import Session
 from batchmagic.emulator.faults import FaultPlan
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator, wait_for
 from tests.support.settings import use_azure
-
-azurite = azurite_fixture()
 
 #: 15 % of requests faulted: resets before and after the answer, 503, 429 with Retry-After, delays.
 FAULTS = "seed=7,reset-before:0.04,reset-after:0.04,503:0.03,429=1:0.02,delay=1:0.02"

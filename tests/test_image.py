@@ -21,14 +21,13 @@ from batchmagic.errors import ConfigError
 from batchmagic.package.environment import LABEL, EnvironmentSpec, environment_spec
 from batchmagic.package.image import RegistryClient, ensure_image
 from tests.support import docker as docker_parts
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import azure_environment
 
 pytestmark = pytest.mark.slow
 
-azurite = azurite_fixture()
 docker_engine = docker_parts.docker_engine
 registry = docker_parts.registry
 base_image = docker_parts.base_image

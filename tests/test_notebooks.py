@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, emulator_fixture, wait_for
 from tests.support.settings import use_azure
 
@@ -74,7 +74,6 @@ class TimedClient(NotebookClient):
 
 
 emulator = emulator_fixture(allocation_delay=0.3)
-azurite = azurite_fixture()
 
 
 def test_azure_walkthrough(

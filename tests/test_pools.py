@@ -18,11 +18,10 @@ from batchmagic.backends.azure.nodeimages import SupportedImage, choose_node_ima
 from batchmagic.backends.azure.poolspec import PoolRequest, autoscale_formula, formula_parameters, scale_to_zero_at
 from batchmagic.emulator.autoscale import MetricHistory, PoolFigures, compile_formula, evaluate
 from batchmagic.errors import ConfigError
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
 
-azurite = azurite_fixture()
 IMAGE = "127.0.0.1:5000/batchmagic/train:env-test"
 
 

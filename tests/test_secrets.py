@@ -8,11 +8,8 @@ import hashlib
 import json
 
 from tests.support.azurite import KEY as STORAGE_KEY
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import start_emulator
 from tests.support.settings import use_azure
-
-azurite = azurite_fixture()
 
 API_KEY = "api-key-value-7c1e9b"
 DB_PASSWORD = "db-password-value-40aa2"

@@ -16,11 +16,9 @@ import pytest
 from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.settings import use_azure
-
-azurite = azurite_fixture()
 
 IRIS = "from sklearn.datasets import load_iris\nX, y = load_iris(return_X_y=True)\n"
 

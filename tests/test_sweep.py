@@ -9,11 +9,8 @@ from IPython.core.error import UsageError
 from batchmagic.api import Session
 from batchmagic.errors import ConfigError
 from batchmagic.run.sweep import parse_grid, parse_values, rows_from, task_ids_for
-from tests.support.azurite import azurite_fixture
 from tests.support.emulator import wait_for
 from tests.support.settings import azure_session_fixture
-
-azurite = azurite_fixture()
 
 GRID_CELL = "import time\ntime.sleep(0.4)\nscore = 10 / (lr * 10 + depth - 20)\nlabel = f'{lr}-{depth}'\nbig = [0] * 3"
 

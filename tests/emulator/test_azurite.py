@@ -7,11 +7,10 @@ from typing import Any
 
 from azure.batch import models as m
 
-from tests.support.azurite import ACCOUNT, KEY, RunningAzurite, azurite_fixture
+from tests.support.azurite import ACCOUNT, KEY, RunningAzurite
 from tests.support.emulator import emulator_fixture, wait_for
 
 emulator = emulator_fixture(scope="module", allocation_delay=0.2)
-azurite = azurite_fixture(scope="module")
 
 
 def test_resource_and_output_files_with_azurite(emulator: Any, azurite: RunningAzurite) -> None:

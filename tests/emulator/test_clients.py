@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.azurite import ACCOUNT, KEY, RunningAzurite, azurite_fixture
+from tests.support.azurite import ACCOUNT, KEY, RunningAzurite
 from tests.support.emulator import RunningEmulator, emulator_fixture, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 emulator = emulator_fixture(scope="module", allocation_delay=0.3)
-azurite = azurite_fixture(scope="module")
 
 
 def _client_bin(venv: str, name: str) -> Path:

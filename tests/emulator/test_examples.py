@@ -23,8 +23,9 @@ from azure.core.rest import HttpRequest
 
 from batchmagic.emulator import schema
 from tests.support.emulator import emulator_fixture, wait_for
+from tests.support.reference import require_reference
 
-REFERENCE = Path("/work/shared/reference/batch-rest-2025-06-01")
+REFERENCE = require_reference("batch-rest-2025-06-01")
 EXAMPLES = sorted((REFERENCE / "examples").glob("*.json"))
 
 emulator = emulator_fixture(scope="module", allocation_delay=0.2)

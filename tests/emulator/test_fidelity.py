@@ -12,7 +12,6 @@ accounts, autoscale), and headers of the transport (``Transfer-Encoding``, ``Dat
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,9 @@ from azure.core.exceptions import HttpResponseError
 from azure.core.rest import HttpRequest
 
 from tests.support.emulator import emulator_fixture, wait_for
+from tests.support.reference import require_reference
 
-RECORDINGS = Path("/work/shared/reference/azure-batch-recordings")
+RECORDINGS = require_reference("azure-batch-recordings")
 API = "api-version=2025-06-01"
 
 emulator = emulator_fixture(scope="module", allocation_delay=0.2)

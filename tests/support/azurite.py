@@ -109,9 +109,15 @@ def start_azurite(location: Path, port: int | None = None) -> Iterator[RunningAz
 
 
 def azurite_fixture(scope: str = "session"):  # type: ignore[no-untyped-def]
-    @pytest.fixture(scope=scope)
-    def _azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAzurite]:
-        with start_azurite(tmp_path_factory.mktemp("azurite")) as running:
-            yield running
+    """The session's one Azurite (``azurite_session`` in tests/conftest.py) under the name ``azurite``.
+
+    Test modules need not call this: conftest's ``azurite`` fixture is the same instance. Each test keeps
+    to a container (or prefix) of its own, so sharing one Azurite keeps them independent; a test that
+    stops or restarts Azurite on purpose starts its own with :func:`start_azurite`.
+    """
+
+    @pytest.fixture(scope=scope, name="azurite")
+    def _azurite(azurite_session: RunningAzurite) -> RunningAzurite:
+        return azurite_session
 
     return _azurite
