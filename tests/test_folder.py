@@ -32,11 +32,9 @@ from batchmagic.package.folder import (
 )
 from batchmagic.protocol import sha256_file
 from batchmagic.run.run import OutputWarning
-from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
-
-azurite = azurite_fixture()
 
 READ = "import pandas as pd\ndf = pd.read_csv('data/train.csv')\ntotal = int(df.x.sum())\nrows = len(df)"
 PLOT = (

@@ -347,8 +347,8 @@ def _rank_environment(run: _LocalRun, task: _Task) -> dict[str, str]:
     if not sub.distributed or rank is None:
         return {}
     node, local = divmod(rank, max(1, sub.procs_per_node))
-    # Every rank shares this machine's cores.
-    threads = thread_budget(os.cpu_count() or 1, len(sub.task_ids), os.environ)
+    # Every rank shares this machine's cores, unless the environment the rank inherits already says how.
+    threads = thread_budget(os.cpu_count() or 1, len(sub.task_ids), inherited_environment(_SECRET_ENV))
     return threads | rank_environment(
         node_rank=node,
         local_rank=local,
