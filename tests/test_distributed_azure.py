@@ -154,3 +154,28 @@ def test_an_mpi_allreduce_across_the_nodes(azure_env: RunningEmulator, shell: An
     need_mpi()
     shell.run_cell(f"%%azbatch --nodes 3 --distributed --out total\n{MPI_CELL}")
     assert shell.user_ns["total"] == 6
+
+
+def test_the_cost_is_n_nodes_and_teardown_ends_every_rank(
+    azure_env: RunningEmulator, shell: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHMAGIC_REGION", "eastus")
+    shell.run_cell("%%azbatch --nodes 3 --distributed --no-wait\nimport time\nprint('up', flush=True)\ntime.sleep(300)")
+    run = shell.user_ns["_azbatch"]
+    wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
+    from batchmagic.backends.azure.prices import Prices
+
+    price = Prices.for_settings(run.backend.settings.home, "").hourly("Standard_D2s_v3", "eastus")
+    assert price
+
+    def three_nodes() -> bool:
+        cost = run.state().cost
+        return cost is not None and cost.per_hour is not None and sum(cost.nodes.values()) == 3
+
+    wait_for(three_nodes, timeout=30)
+    assert run.state().cost.per_hour == pytest.approx(3 * price)  # type: ignore[union-attr]
+    pids = _rank_pids(run)
+    assert len(pids) == 3
+    shell.run_line_magic("azbatch_teardown", "")
+    wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
+    assert run.done and run.status == "cancelled"
