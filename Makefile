@@ -11,7 +11,7 @@ BIN6 := $(VENV6)/bin
 VENV_AZCLI ?= .venv-azcli
 VENV_BATCH14 ?= .venv-batch14
 
-.PHONY: quickstart quickstart-azure lab test lint docs bench ipykernel6 clients
+.PHONY: quickstart quickstart-azure lab test test-gpu lint docs bench ipykernel6 clients
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ lab: $(BIN)/.installed
 # the real parts (Azurite, the Batch emulator, dockerd, a registry) that the tests start themselves.
 test: $(BIN)/.installed $(BIN6)/.installed $(VENV_AZCLI)/bin/.installed $(VENV_BATCH14)/bin/.installed node_modules/.installed lint
 	$(BIN)/python -m pytest
+
+# On a machine with an NVIDIA GPU, Docker with the NVIDIA Container Toolkit and Docker Hub in reach (not CI's):
+# a cell puts a tensor on cuda:0 on the local backend with --container and through the emulator's docker executor.
+test-gpu: $(BIN)/.installed node_modules/.installed
+	$(BIN)/python -m pip install -q torch
+	$(BIN)/python -m pytest -m gpu tests/gpu
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check batchmagic tests bench

@@ -163,7 +163,8 @@ class Session:
                     "drop --vm, or pick a pool of that size"
                 )
             run.vm_size = submission.vm_size
-        submission.gpus, submission.shm_size = backend.gpus(submission.vm_size), settings.shm_size
+        submission.gpus = backend.gpus(submission.vm_size, container=options.container)
+        submission.shm_size = settings.shm_size
         run.gpus, run.gpu_label = submission.gpus, gpu_label(submission.vm_size, submission.gpus, backend.name)
         if image is not None and submission.gpus:
             image.for_gpu(settings.gpu_base_image)

@@ -148,3 +148,49 @@ def test_gpu_on_a_named_pool_is_one_line(home, tmp_path) -> None:
     settings = Settings(backend="azure", home=home)
     with pytest.raises(ConfigError, match="--gpu does not apply to a run on a named pool: pool gpus decides"):
         Session.check("x = 1", RunOptions(gpu="A100", pool="gpus", backend="azure"), settings)
+
+
+# --- the node image and the task's container options for a GPU size ---
+
+
+def _image(offer: str, sku: str, *caps: str) -> object:
+    from batchmagic.backends.azure.nodeimages import SupportedImage
+
+    return SupportedImage(
+        "microsoft-dsvm", offer, sku, "batch.node.ubuntu 24.04", capabilities=("DockerCompatible", *caps)
+    )
+
+
+def test_a_gpu_size_gets_an_image_whose_capabilities_name_the_driver_it_needs() -> None:
+    from datetime import date
+
+    from batchmagic.backends.azure.nodeimages import GRID, TESLA, choose_node_image
+
+    today = date(2026, 12, 6)
+    tesla, grid = _image("ubuntu-hpc", "2404", TESLA), _image("ubuntu-grid", "2404", GRID)
+    no_driver = _image("ubuntu-hpc", "2404-plain")  # an HPC image without the capability is not taken on trust
+    images = [no_driver, tesla, grid]
+    assert choose_node_image(images, "Standard_NC24ads_A100_v4", today=today).offer == "ubuntu-hpc"
+    assert choose_node_image(images, "Standard_NC24ads_A100_v4", today=today).sku == "2404"
+    nv = choose_node_image(images, "Standard_NV36ads_A10_v5", today=today)
+    assert nv.offer == "ubuntu-grid" and not nv.driver_extension
+    fallback = choose_node_image([no_driver, tesla], "Standard_NV36ads_A10_v5", today=today)
+    assert fallback.driver_extension  # no GRID image: Azure's GPU driver extension on the pool
+    with pytest.raises(ConfigError, match=r"with the NVIDIA driver \(NvidiaTeslaDriverInstalled\)"):
+        choose_node_image([no_driver], "Standard_ND96isr_H100_v5", today=today)
+
+
+def test_the_pool_adds_the_driver_extension_and_tasks_never_ask_for_gpus() -> None:
+    from batchmagic.backends.azure.gpus import container_run_options
+    from batchmagic.backends.azure.nodeimages import NodeImage
+    from batchmagic.backends.azure.requests import vm_configuration
+    from batchmagic.config import Settings
+
+    node = NodeImage("microsoft-dsvm", "ubuntu-hpc", "2404", "latest", "batch.node.ubuntu 24.04", True)
+    vmc = vm_configuration(node, ["img:1"], Settings())
+    (extension,) = vmc.extensions
+    assert (extension.publisher, extension.type) == ("Microsoft.HpcCompute", "NvidiaGpuDriverLinux")
+    assert vm_configuration(NodeImage(*[*node.__dict__.values()][:5]), ["img:1"], Settings()).extensions is None
+    assert container_run_options(gpus=1, distributed=False, shm_size="8g") == "--shm-size 8g"
+    assert container_run_options(gpus=8, distributed=True, shm_size="") == "--network host --shm-size 8g"
+    assert container_run_options(gpus=0, distributed=False, shm_size="8g") is None

@@ -149,8 +149,9 @@ class Backend(ABC):
         """Tasks a node runs at once when the run gives no ``--slots-per-node``: one."""
         return 1
 
-    def gpus(self, vm_size: str) -> int:
-        """GPUs a node of ``vm_size`` gives its tasks (the runner checks it sees them): none by default."""
+    def gpus(self, vm_size: str, *, container: bool = True) -> int:
+        """GPUs a node of ``vm_size`` gives its tasks (the runner checks it sees them, and samples them) when
+        they run in a container (``container``; always so on Batch): none by default."""
         return 0
 
     def validate(self, submission: TaskSubmission) -> None:  # noqa: B027 - an optional hook

@@ -94,9 +94,11 @@ class LocalBackend(Backend):
         """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
         return max(1, min(os.cpu_count() or 1, tasks))
 
-    def gpus(self, vm_size: str) -> int:
-        """This machine's NVIDIA GPUs (``nvidia-smi -L``), whatever ``--vm`` says: the task runs here."""
-        return host_gpus()
+    def gpus(self, vm_size: str, *, container: bool = True) -> int:
+        """With ``--container``, this machine's NVIDIA GPUs (``nvidia-smi -L``), whatever ``--vm`` says: the
+        container gets them all and the runner checks it sees them. Without, none: the cell runs in the
+        kernel's own environment on this machine, which batchmagic does not second-guess."""
+        return host_gpus() if container else 0
 
     def submit(self, submission: TaskSubmission) -> None:
         tasks = {}

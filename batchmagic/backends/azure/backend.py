@@ -116,7 +116,7 @@ class AzureBackend(Backend, NamedPools):
     def default_image(self) -> str:
         return self.settings.image
 
-    def gpus(self, vm_size: str) -> int:
+    def gpus(self, vm_size: str, *, container: bool = True) -> int:
         """The GPUs of a node of ``vm_size`` (the size table's count)."""
         return gpus_for(vm_size)
 
