@@ -23,7 +23,7 @@ from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
 from batchmagic.backends.base import NamedPools
 from batchmagic.config import Settings, parse_env
-from batchmagic.errors import CaptureError, ConfigError
+from batchmagic.errors import CaptureError, ConfigError, RunCancelled
 from batchmagic.notebook.logcap import LogCap
 from batchmagic.notebook.record import record_of
 from batchmagic.notebook.traits import settings_from_traits, settings_traits
@@ -241,7 +241,10 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                 panel.finish(record_of(current[0], background=True))
 
         with _usage_errors(), _warnings_as_lines():
-            run = start(on_background_update if no_wait else on_update)
+            try:
+                run = start(on_background_update if no_wait else on_update)
+            except KeyboardInterrupt:  # Ctrl-C before the run existed (a run's own steps say where they stopped)
+                raise RunCancelled("interrupted before the run was created: nothing was uploaded or started") from None
         current.append(run)
         task_logs.append(TaskLogs(run))
         self._user_ns["_azbatch"] = run

@@ -396,16 +396,16 @@ class Run:
             failure.args = (f"{failure}: {self._discarded()}",)
             raise failure from None
         except BaseException as err:
-            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                failure = RunFailed(f"run {self.name}: {_disk_full(err)}")
+            full = err if isinstance(err, OSError) and err.errno == errno.ENOSPC else None
+            if full is not None and not storing:
+                failure = RunFailed(f"run {self.name}: {_disk_full(full)}")
             elif not storing or not isinstance(err, Exception):
                 self.fail(err)
                 self.discard()
                 raise
             else:
-                failure = RunFailed(
-                    f"could not store run {self.name}'s data in {self.store.describe()}: {_first_line(err)}"
-                )
+                why = _disk_full(full) if full is not None else _first_line(err)
+                failure = RunFailed(f"could not store run {self.name}'s data in {self.store.describe()}: {why}")
             self.fail(failure)
             self.discard()
             raise failure from err
