@@ -15,7 +15,7 @@ from batchmagic.protocol import Layout, decode_log_records
 from batchmagic.run.state import LogRecord, Phase, PhaseSpan, RunState
 from batchmagic.storage import Store
 
-__all__ = ["LogRecord", "LogTail", "Monitor", "RunState", "PhaseSpan"]
+__all__ = ["LogRecord", "LogTail", "Monitor", "RunState", "PhaseSpan", "TAIL_FASTEST", "TAIL_SLOWEST"]
 
 log = logging.getLogger("batchmagic.monitor")
 
@@ -25,6 +25,13 @@ RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cell
 #: queued behind other work settles into the usual backoff.
 QUEUED_FAST_TICKS = 10
 
+
+#: Seconds between the log reads a run makes between its backend polls while its cell runs: at once
+#: again while lines arrive, backing off to the slowest while it is quiet. Each read is one ranged GET of
+#: the log blob from the last offset (one read transaction; an unchanged log answers 416, no body): see
+#: docs/reliability.md for what they cost. The local backend polls faster than this, so it never tails.
+TAIL_FASTEST = 0.1
+TAIL_SLOWEST = 1.0
 
 #: Bytes of a log read at once: a flood of output is read (and held) a chunk at a time.
 LOG_CHUNK = 4 << 20
@@ -74,6 +81,7 @@ class Monitor:
         self.interval = first
         self.ticks = 0
         self.queued_ticks = 0
+        self.tail_interval = TAIL_FASTEST
 
     def tick(self) -> tuple[BackendStatus, list[LogRecord]]:
         """Poll once; return the status and the log records that arrived since the last tick."""
@@ -95,6 +103,11 @@ class Monitor:
                 log.debug("could not read the log of %s", tail.task_id, exc_info=True)
         records.sort(key=lambda r: r.time)
         return records
+
+    def next_tail(self, *, got: bool) -> float:
+        """Seconds to the next log read between polls: the fastest while lines arrive, longer while not."""
+        self.tail_interval = TAIL_FASTEST if got else min(TAIL_SLOWEST, self.tail_interval * 1.5)
+        return self.tail_interval
 
     def next_interval(self, *, active: bool, phase: Phase) -> float:
         """Seconds to the next tick: back to fast while output flows, slower while nothing happens,

@@ -35,7 +35,7 @@ from batchmagic.package.folder import FolderPlan, bring_back, explain_missing
 from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec, count_lines, decode_log_records
 from batchmagic.run.cost import CostMeter
 from batchmagic.run.ledger import Ledger, LedgerRun
-from batchmagic.run.monitor import LogTail, Monitor
+from batchmagic.run.monitor import TAIL_FASTEST, TAIL_SLOWEST, LogTail, Monitor
 from batchmagic.run.names import rebind
 from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
 from batchmagic.run.state import GpuTracker, LogRecord, Phase, PhaseSpan, RankRow, RunState
@@ -555,14 +555,7 @@ class Run:
                     self.release()
                     return True
             self._activity = bool(records) or status.phase != self.phase
-            records = self._take_progress(records)
-            if self.world:
-                # What the cell displays shows once, from rank 0 (whose names come back), not once per rank.
-                records = [r for r in records if r.output is None or r.task_id == self.task_ids[0]]
-                self._note_last_lines(records)
-                records = self._prefixer.apply(records)
-            if records:
-                self._notify(records)
+            self._deliver(records)
             if status.error:
                 self.fail(RunFailed(status.error))
                 self.release()
@@ -573,6 +566,32 @@ class Run:
             else:
                 self._notify()
             return self.done
+
+    def _deliver(self, records: list[LogRecord]) -> None:
+        """Hand new log records to the listeners (progress becomes the detail; ranks are labelled)."""
+        records = self._take_progress(records)
+        if self.world:
+            # What the cell displays shows once, from rank 0 (whose names come back), not once per rank.
+            records = [r for r in records if r.output is None or r.task_id == self.task_ids[0]]
+            self._note_last_lines(records)
+            records = self._prefixer.apply(records)
+        if records:
+            self._notify(records)
+
+    def _tail(self) -> float:
+        """Between two polls of the backend, once the run is launched and until it ends: read its log, so that
+        a line reaches the notebook within a fraction of a second rather than at the next poll (a second or
+        more on Azure; the task may start before a poll says so). Returns the seconds until the next read
+        (see :meth:`Monitor.next_tail`)."""
+        with self._lock:
+            monitor = self._monitor
+            if monitor is None or self.phase.final or self.phase is Phase.COLLECTING or not monitor.tails:
+                return TAIL_SLOWEST
+            records = monitor.read_logs()
+            if records:
+                self._activity = True  # output flows: the next poll comes soon too (the cell may end)
+                self._deliver(records)
+            return monitor.next_tail(got=bool(records))
 
     def _note_last_lines(self, records: list[LogRecord]) -> None:
         """Each rank's last line, for its row in the panel."""
@@ -627,7 +646,7 @@ class Run:
                 pause = self._pause()
                 if deadline is not None and time.monotonic() + pause > deadline:
                     raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
-                _pause(pause, between_polls, until=lambda: self.done)
+                _pause(pause, between_polls, until=lambda: self.done, tail=self._tail)
         except KeyboardInterrupt:
             self.cancel()
             raise RunCancelled(f"run {self.name} cancelled by Ctrl-C") from None
@@ -680,7 +699,7 @@ class Run:
                 warnings.simplefilter("always")
                 try:
                     while not self.poll():
-                        time.sleep(self._pause())
+                        _pause(self._pause(), None, until=lambda: self.done, tail=self._tail)
                 except Exception as err:  # never a silent dead thread: the run says what happened
                     log.debug("background monitor of %s failed", self.id, exc_info=True)
                     self.fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
@@ -920,18 +939,33 @@ class Run:
         self.enter(Phase.DONE, _join(f"{len(rows) - failed} succeeded, {failed} failed", status.note))
 
 
-def _pause(seconds: float, between_polls: Callable[[], None] | None, *, until: Callable[[], bool]) -> None:
-    """Sleep ``seconds``; with ``between_polls``, call it in slices meanwhile and stop early once ``until()``."""
-    if between_polls is None:
+def _pause(
+    seconds: float,
+    between_polls: Callable[[], None] | None,
+    *,
+    until: Callable[[], bool],
+    tail: Callable[[], float] | None = None,
+) -> None:
+    """Sleep ``seconds``; with ``between_polls``, call it in slices meanwhile and stop early once
+    ``until()``; with ``tail``, call it from :data:`TAIL_FASTEST` on, then as often as it asks (it
+    returns the seconds to its next call)."""
+    if between_polls is None and tail is None:
         time.sleep(seconds)
         return
-    end = time.monotonic() + seconds
+    now = time.monotonic()
+    end, next_tail = now + seconds, now + TAIL_FASTEST
     while True:
-        between_polls()
-        left = end - time.monotonic()
+        if between_polls is not None:
+            between_polls()
+        now = time.monotonic()
+        if tail is not None and now >= next_tail and now < end:
+            next_tail = now + tail()
+            now = time.monotonic()
+        left = end - now
         if left <= 0 or until():
             return
-        time.sleep(min(left, 0.05))
+        step = min(left, next_tail - now) if tail is not None else left
+        time.sleep(max(0.0, min(step, 0.05) if between_polls is not None else step))
 
 
 class _TaskStates:
