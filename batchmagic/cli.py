@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         "--base-image", help="image to build FROM (default: BATCHMAGIC_BASE_IMAGE, else python:3.11-slim)"
     )
     build.add_argument("--no-push", action="store_true", help="build into the local engine only")
+    build.add_argument(
+        "--gpu",
+        action="store_true",
+        help="for GPU nodes: the CUDA builds of torch, jax, tensorflow, cupy, FROM a CUDA runtime image "
+        "(default: BATCHMAGIC_GPU_BASE_IMAGE, else nvidia/cuda's for this Python)",
+    )
 
     ls = actions.add_parser("ls", help="list the training images in the registry (or the local engine)")
     ls.add_argument("--registry", help=registry_help)
@@ -311,8 +317,16 @@ def _build(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     registry = args.registry if args.registry is not None else settings.registry
-    base = args.base_image or settings.base_image
-    spec = environment_spec(args.modules, base_image=base, requirements=args.requirements, pip=args.pip)
+    if args.gpu:
+        from batchmagic.package.cuda import cuda_base_image
+        from batchmagic.package.environment import python_version
+
+        base = args.base_image or settings.gpu_base_image or cuda_base_image(python_version())
+    else:
+        base = args.base_image or settings.base_image
+    spec = environment_spec(args.modules, base_image=base, requirements=args.requirements, pip=args.pip, gpu=args.gpu)
+    for note in spec.notes:  # what the GPU build changed from this environment's packages
+        print(note, file=sys.stderr)
 
     def progress(stage: str, detail: str) -> None:
         print(f"{stage} {detail}", file=sys.stderr, flush=True)

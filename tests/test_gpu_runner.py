@@ -105,3 +105,16 @@ def test_a_cpu_run_never_calls_nvidia_smi(tmp_path: Path) -> None:
 def test_parse_samples_takes_numbers_and_not_supported() -> None:
     text = "0, 37, 1024, 81920\n1, [N/A], 0, 15360\ngarbage\n"
     assert parse_samples(text) == [GpuSample(0, 37.0, 1024, 81920), GpuSample(1, None, 0, 15360)]
+
+
+def test_only_the_first_rank_on_a_node_samples_its_gpus(tmp_path: Path) -> None:
+    bin_dir = fake_nvidia_smi(tmp_path / "bin", gpus=2)
+    torch_dir = fake_torch(tmp_path / "site", count=2, version="2.5.1+cu124", cuda="12.4")
+    second = _prepare(tmp_path / "rank1", CELL, {}, gpus=2, gpu_interval=0.1, env={"LOCAL_RANK": "1"})
+    env = second.env()
+    env["LOCAL_RANK"] = "1"  # what a distributed run's backend sets for the node's second rank
+    env["PATH"] = os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
+    env["PYTHONPATH"] = os.pathsep.join([str(torch_dir), env["PYTHONPATH"]])
+    done = subprocess.run(second.command(), cwd=second.workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_OK, done.stderr  # its preflight passed: it sees the node's GPUs too
+    assert _gpu_records(second) == []

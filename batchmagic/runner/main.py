@@ -163,7 +163,9 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
     before = prepare_folder(spec.folder, Path(cwd)) if spec.folder is not None else {}
 
-    sampler = GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start() if spec.gpus > 0 else None
+    # One sampler per node: the ranks of a distributed run share its GPUs, and its first rank samples them all.
+    sampling = spec.gpus > 0 and os.environ.get("LOCAL_RANK", "0") == "0"
+    sampler = GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start() if sampling else None
     saved = sys.stdout, sys.stderr
     fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
     sys.stdout = TeeStream(fds.stdout, log, "o")
