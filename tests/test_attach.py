@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from multiprocessing import Process
 from pathlib import Path
@@ -213,3 +214,24 @@ def test_two_kernels_attaching_at_once_start_each_task_once(tmp_path, home, monk
     finally:
         for k in kernels:
             k.stop()
+
+
+def test_a_finished_run_whose_job_was_deleted_attaches_from_its_outcome(tmp_path, home, monkeypatch, azurite):
+    from batchmagic.api import Session
+
+    with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
+        use_azure(monkeypatch, emu, azurite, prefix=f"gone-{uuid.uuid4().hex[:4]}")
+        first = Session()
+        run = first.submit("print('hello')\nanswer = 6 * 7", {}, backend="azure", name="gone")
+        assert run.wait(timeout=180)["answer"] == 42
+        client = emu.client()
+        client.begin_delete_job(run.id).result()
+        wait_for(lambda: run.id not in [job.id for job in client.list_jobs()], timeout=60)
+        other = Session()
+        attached = other.attach(run.id)
+        started = time.monotonic()
+        assert attached.wait(timeout=120)["answer"] == 42
+        assert time.monotonic() - started < 30 and attached.status == "done"
+        assert "hello" in attached.logs()
+        other.teardown()
+        first.teardown()

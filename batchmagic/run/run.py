@@ -141,6 +141,7 @@ class Run:
         self._poll_errors = 0  # consecutive failed polls
         self._discard_error = ""  # why the data of a run that failed before it started could not all be removed
         self._collect_failing_since = 0.0  # monotonic time the store first failed to give the results
+        self._ended_in_store = False  # attached to a run every task of which left its outcome in the store
         self._ledger: Ledger | None = None
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
         self._progress = ""  # the runner's latest transfer progress, shown as the detail
@@ -221,8 +222,9 @@ class Run:
         submitted = entry.submitted
         store = backend.store
         prefix = Layout.run_prefix(entry.run_id)
+        keys = [key for key, _size in store.list_keys(prefix)]
         specs = sorted(
-            (key[len(prefix) :].split("/")[0] for key, _size in store.list_keys(prefix) if key.endswith("/spec.json")),
+            (key[len(prefix) :].split("/")[0] for key in keys if key.endswith("/spec.json")),
             key=lambda tid: (rank_of(tid) or 0, tid),  # rank-2 before rank-10
         )
         if not specs:
@@ -245,6 +247,7 @@ class Run:
             task_ids=specs,
             params=params,
         )
+        run._ended_in_store = bool(specs) and all(Layout.result(entry.run_id, tid) in keys for tid in specs)
         run.created = submitted.created or submitted.time or time.time()
         run.env = dict(submitted.env)
         run.source = _cell_of(store, entry.run_id)
@@ -537,6 +540,9 @@ class Run:
             except Exception as err:
                 # A network blip or a throttled call: try again on the next ticks; give up (and release
                 # what the run holds) only when the backend stays unreachable.
+                if self._ended_in_store:  # its job is gone (deleted), but every task left its outcome
+                    self._collect_or_wait(self._status_from_store())
+                    return self.done
                 self._poll_errors += 1
                 self._activity = False  # back off: the next tick waits longer, not less
                 log.debug("poll %d failed", self._poll_errors, exc_info=True)
@@ -764,6 +770,18 @@ class Run:
         """End the run ``failed`` with ``error`` (what :meth:`result` raises)."""
         self.error = error
         self.enter(Phase.FAILED, str(error))
+
+    def _status_from_store(self) -> BackendStatus:
+        """A finished run as its stored outcomes tell it, for when the backend no longer knows it."""
+        tasks = {}
+        for tid in self.task_ids:
+            try:
+                outcome = TaskOutcome.from_bytes(self.store.get_bytes(self.result_key(tid)))
+                code, started, ended = (0 if outcome.ok else 1), outcome.started, outcome.ended
+            except KeyError:
+                code, started, ended = None, None, None
+            tasks[tid] = TaskStatus(tid, "completed", exit_code=code, started=started, ended=ended)
+        return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
 
     def _collect_or_wait(self, status: BackendStatus) -> None:
         """Collect; a store that does not answer (an outage) is tried again on the next ticks for up to
