@@ -33,6 +33,7 @@ from batchmagic.package.analysis import CellAnalysis
 from batchmagic.package.capture import CapturedCell, capture, check_cell
 from batchmagic.package.folder import FolderPlan, plan_folder
 from batchmagic.package.image import ImageRequest, plan_image
+from batchmagic.package.image.plan import GuardMemo
 from batchmagic.package.inputs import HashCache, grant_paths, parse_input, stage_inputs
 from batchmagic.protocol import FolderSpec, Layout, ObjectRef, OutputTarget, TaskSpec
 from batchmagic.run.ledger import Ledger, LedgerRun
@@ -70,6 +71,7 @@ class Session:
         self._ledgers: dict[Path, Ledger] = {}
         self.client_id = uuid.uuid4().hex[:12]
         self.hashes = HashCache()  # sha256 of local inputs, so unchanged data is hashed once
+        self.guard_memo = GuardMemo()  # the given images this kernel checked: each once
 
     def settings(self, **overrides: Any) -> Settings:
         """The session's settings with ``overrides`` (``None`` or ``""`` leave a setting as it is)."""
@@ -150,6 +152,8 @@ class Session:
             registry=settings.registry, base_image=settings.base_image, requirements=options.requirements,
             pip=options.pip, secrets=settings.secrets,
         )  # fmt: skip
+        if image is not None:
+            image.memo = self.guard_memo
         run = Run.create(options, settings, backend, namespace=namespace, source=cell)
         run.folder, run.bring_back_limit = folder, settings.bring_back_limit
         submission = run.submission(options)
@@ -260,14 +264,18 @@ class Session:
         disk = temp_disk_bytes(run.vm_size) if run.backend.name == "azure" else None
         folder = run.folder
         shipped = [*options.inputs, *(folder.inputs if folder else ())]  # --input, and the files the cell names
-        staged = stage_inputs(
-            shipped, store, expiry=expiry, hashes=self.hashes, signer=signer,
-            disk=(run.vm_size, disk) if disk else None,
-        )  # fmt: skip
+        try:
+            staged = stage_inputs(
+                shipped, store, expiry=expiry, hashes=self.hashes, signer=signer,
+                disk=(run.vm_size, disk) if disk else None,
+            )  # fmt: skip
+            grants = grant_paths(read, signer, expiry=expiry)
+        finally:
+            if signer is not None and signer is not store:  # a client of its own: its sockets go with it
+                signer.close()
         run.uploaded_input_bytes = staged.uploaded
         objects = self._upload_objects(run, captured)
         store.put_file(Layout.bundle(run.id), captured.path)
-        grants = grant_paths(read, signer, expiry=expiry)
         outbox = run.outbox.write_url(expiry=expiry) if options.output_files or folder else ""
         bundle_url = store.url(Layout.bundle(run.id), permissions="r", expiry=expiry)
         sweep = options.sweep

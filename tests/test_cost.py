@@ -22,9 +22,10 @@ azure_session = azure_session_fixture("cost")
 
 
 def test_the_meter_prices_billed_nodes_and_sums_the_spend_at_the_higher_rate() -> None:
-    meter = CostMeter(Prices.shipped(), "eastus", "Standard_E32_v3")
-    meter.observe(Holding("Standard_E32_v3"), 0.0)
-    assert meter.cost() == Cost(per_hour=0.0, spent=0.0, currency="USD", nodes={}, budget=None)
+    meter = CostMeter(Prices.shipped(), "eastus", "Standard_E32_v3", nodes=2)
+    meter.observe(Holding("Standard_E32_v3"), 0.0)  # no node yet: the rate asked for, nothing spent
+    assert meter.cost() == Cost(per_hour=pytest.approx(4.032), spent=0.0, currency="USD", nodes={"asked": 2})
+    assert meter.cost().describe() == "cost $4.03/h (2 asked) · $0.00 so far"
     meter.observe(Holding("Standard_E32_v3", {"starting": 2}), 1800.0)  # came up in the last half hour
     assert meter.rate == pytest.approx(4.032) and meter.spent == pytest.approx(2.016)
     meter.observe(Holding("Standard_E32_v3", {"running": 1, "idle": 1}, {"preempted": 3}), 3600.0)
@@ -34,6 +35,16 @@ def test_the_meter_prices_billed_nodes_and_sums_the_spend_at_the_higher_rate() -
     cost = meter.cost()
     assert cost.nodes == {"running": 1, "idle": 1, "preempted": 3}
     assert cost.describe() == "cost $4.03/h (1 idle, 3 preempted, 1 running) · $6.05 so far"
+
+
+def test_a_known_rate_shows_from_the_first_tick_and_an_unknown_one_says_so() -> None:
+    """Before any poll: the size's price for the nodes asked for, never $0.00/h; no price: unknown at once."""
+    spot = CostMeter(Prices.shipped(), "eastus", "Standard_E32_v3", low_priority=True).cost()
+    dedicated = CostMeter(Prices.shipped(), "eastus", "Standard_E32_v3").cost()
+    assert dedicated.per_hour == pytest.approx(2.016) and 0 < (spot.per_hour or 0) < dedicated.per_hour
+    assert dedicated.describe() == "cost $2.02/h (1 asked) · $0.00 so far"
+    nowhere = CostMeter(Prices.shipped(), "", "Standard_D2s_v3").cost()
+    assert nowhere.describe() == "cost unknown: the Batch account's region is unknown (set AzBatch.region)"
 
 
 def test_a_missing_price_is_unknown_never_zero_and_a_budget_refuses_it() -> None:

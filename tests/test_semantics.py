@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import gc
+import http.server
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +289,83 @@ def test_ipython_syntax_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
     assert remote_out[-1] == plain_out[-1] == "4950 ['hi']\n"
     for text in ("Wall time:", "from-a-shell"):
         assert text in plain_out[1] and text in remote_out[2], (plain_out, remote_out)
+
+
+# --- quiet by default ---
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    """A registry that has nothing: 404 to every request, keeping the connection open (HTTP/1.1)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_image_check_once_per_image_and_kernel_and_no_unclosed_socket(azure_env, shell, monkeypatch, capfd):
+    """A configured image its registry does not have: said once for two runs, and the registry client's
+    pooled connection is closed (no ResourceWarning when it is collected)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        image = f"127.0.0.1:{server.server_address[1]}/batchmagic/train:env-test"
+        monkeypatch.setenv("BATCHMAGIC_IMAGE", image)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for k in range(2):
+                shell.run_cell(f"%%azbatch --backend azure\ny = {k}")
+            gc.collect()
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert err.count(f"warning: {image} is not in its registry") == 1, err
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert shell.user_ns["y"] == 1
+
+
+def test_no_docker_engine_to_check_against_says_nothing(azure_env, shell, monkeypatch, capfd):
+    monkeypatch.setenv("BATCHMAGIC_IMAGE", "batchmagic/train:env-test")  # no registry: only an engine could tell
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    shell.run_cell("%%azbatch --backend azure\ny = 1")
+    assert shell.user_ns["y"] == 1
+    assert "warning" not in capfd.readouterr().err
+
+
+def test_cost_lives_in_the_panel_and_a_known_rate_shows_from_the_first_tick(azure_env, shell, monkeypatch, capfd):
+    shell.run_cell("%%azbatch --backend azure --vm Standard_D2s_v3\ny = 1")
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("[azbatch]")]
+    assert "cost unknown: the Batch account's region is unknown (set AzBatch.region)" in lines[0]
+    assert not [line for line in err.splitlines() if line.startswith("warning") and "cost" in line], err
+    shell.run_cell("%config AzBatch.region = 'eastus'")
+    shell.run_cell("%%azbatch --backend azure --vm Standard_D2s_v3\ny = 2")
+    first = next(line for line in capfd.readouterr().err.splitlines() if line.startswith("[azbatch]"))
+    assert re.search(r"cost \$0\.\d+/h \(1 asked\) · \$0\.00 so far", first) and "$0.00/h" not in first, first
+
+
+def test_a_run_that_never_starts_leaves_its_error_and_no_empty_panel(home: Path, tmp_path: Path) -> None:
+    """On a real kernel, where the panel is a widget: a value that cannot be pickled is one UsageError, and
+    the panel's display is emptied (no widget left in the saved cell)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    cells = ["%load_ext batchmagic", "import threading\nlock = threading.Lock()", "%%azbatch --backend local\nx = lock"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    client = NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}})
+    client.allow_errors = True
+    client.execute()
+    outputs = nb.cells[2].outputs
+    stderr = "".join(o.get("text", "") for o in outputs if o["output_type"] == "stream")
+    (line,) = stderr.splitlines()  # IPython shows a UsageError as one line, no traceback
+    assert line.startswith("UsageError: cannot ship `lock` (_thread.lock): it cannot be pickled"), outputs
+    shown = [o for o in outputs if o["output_type"] == "display_data"]
+    assert all("application/vnd.jupyter.widget-view+json" not in o["data"] for o in shown), shown
+    assert all(not o["data"].get("text/plain", "").strip() for o in shown), shown

@@ -240,11 +240,17 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
             if state.finished and current:
                 panel.finish(record_of(current[0], background=True))
 
-        with _usage_errors(), _warnings_as_lines():
-            try:
-                run = start(on_background_update if no_wait else on_update)
-            except KeyboardInterrupt:  # Ctrl-C before the run existed (a run's own steps say where they stopped)
-                raise RunCancelled("interrupted before the run was created: nothing was uploaded or started") from None
+        try:
+            with _usage_errors(), _warnings_as_lines():
+                try:
+                    run = start(on_background_update if no_wait else on_update)
+                except KeyboardInterrupt:  # Ctrl-C before the run existed (a run's own steps say where they stopped)
+                    raise RunCancelled(
+                        "interrupted before the run was created: nothing was uploaded or started"
+                    ) from None
+        except BaseException:
+            panel.discard()  # it never started: its one-line error, and no empty panel
+            raise
         current.append(run)
         task_logs.append(TaskLogs(run))
         self._user_ns["_azbatch"] = run

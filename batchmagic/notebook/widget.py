@@ -53,6 +53,9 @@ class Panel(Protocol):
     def finish(self, record: Any) -> None:
         """Replace the live view with ``record`` (the run's static record), in the same display."""
 
+    def discard(self) -> None:
+        """The run never started (a missing setting, a value that cannot travel): leave no empty panel."""
+
 
 def format_seconds(seconds: float) -> str:
     seconds = max(0.0, seconds)
@@ -144,12 +147,18 @@ class TextPanel:
     def finish(self, record: Any) -> None:
         """The text lines already told the story."""
 
+    def discard(self) -> None:
+        """Lines already printed stay: they said how far it got."""
+
 
 class _NoPanel:
     def update(self, state: RunState, records: list[LogRecord] | None = None) -> None:
         pass
 
     def finish(self, record: Any) -> None:
+        pass
+
+    def discard(self) -> None:
         pass
 
 
@@ -277,6 +286,9 @@ class _QuietPanel:
             )
 
     def finish(self, record: Any) -> None:
+        pass
+
+    def discard(self) -> None:
         pass
 
 
@@ -559,6 +571,12 @@ class StatusPanel:
         widget state. A background run's record arrives from its monitor thread, by display id."""
         if self.handle is not None:
             self.handle.update(record)
+
+    def discard(self) -> None:
+        """Empty the panel's display and close its widget: a run that never started shows only its error."""
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+        self.widget.close()
 
 
 def _summary_box_class() -> type:

@@ -29,9 +29,20 @@ class CostMeter:
         The run's VM size (a named pool's, for a run on one).
     budget : float, optional
         The spend past which :attr:`over_budget` turns true.
+    nodes, low_priority
+        What the run asks for (``--nodes``, ``--low-priority``): its rate until its nodes are counted.
     """
 
-    def __init__(self, prices: Prices, region: str, vm_size: str, *, budget: float | None = None) -> None:
+    def __init__(
+        self,
+        prices: Prices,
+        region: str,
+        vm_size: str,
+        *,
+        budget: float | None = None,
+        nodes: int = 1,
+        low_priority: bool = False,
+    ) -> None:
         self.prices = prices
         self.region = region
         self.vm_size = vm_size
@@ -41,6 +52,9 @@ class CostMeter:
         self.nodes: dict[str, int] = {}
         self._last: float | None = None
         self._known = self._priced()
+        self._counted = False  # a node of the run counted: until then the panel shows the rate asked for
+        hourly = prices.hourly(vm_size, region, low_priority=low_priority)
+        self._asked = (nodes, None if hourly is None else hourly * nodes)
 
     def _priced(self) -> bool:
         return self.prices.cost_per_hour(self.vm_size, self.region) is not None
@@ -61,6 +75,7 @@ class CostMeter:
     def observe(self, holding: Holding | None, now: float) -> None:
         """Account for the time since the last observation and take ``holding`` as what is held now."""
         if holding is not None:
+            self._counted = self._counted or bool(holding.by_state())  # a node seen: the real rate from now on
             dedicated, low = holding.billed
             rate = self.prices.cost_per_hour(holding.vm_size, self.region, dedicated=dedicated, low_priority=low)
             self.nodes = holding.by_state()
@@ -87,11 +102,19 @@ class CostMeter:
         )
 
     def cost(self) -> Cost:
+        """What the panel shows. Until the run's nodes are first counted (up to a poll interval), the rate
+        is the one its nodes will cost, ``(1 asked)``, when the size has a price: never ``$0.00/h`` for a
+        run whose price is known, and "cost unknown" from the first tick for one whose price is not."""
+        rate, nodes = self.rate, dict(self.nodes)
+        if not self._counted:
+            count, rate = self._asked
+            nodes = {"asked": count} if rate is not None else {}
+        known = rate is not None and self.spent is not None
         return Cost(
-            per_hour=self.rate,
-            spent=self.spent,
+            per_hour=rate,
+            spent=self.spent if rate is not None else None,
             currency=self.prices.currency,
-            nodes=dict(self.nodes),
+            nodes=nodes,
             budget=self.budget,
-            unknown_because="" if self.rate is not None and self.spent is not None else self.unknown_because,
+            unknown_because="" if known else self.unknown_because,
         )

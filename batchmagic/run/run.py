@@ -203,7 +203,10 @@ class Run:
 
         prices = Prices.for_settings(settings.home, settings.prices)
         budget = options.budget if options.budget is not None else settings.budget
-        self.meter = CostMeter(prices, settings.batch_region, self.vm_size, budget=budget)
+        self.meter = CostMeter(
+            prices, settings.batch_region, self.vm_size, budget=budget, nodes=options.nodes,
+            low_priority=options.low_priority,
+        )  # fmt: skip
         self.meter.check_budget(low_priority=options.low_priority)
 
     @classmethod

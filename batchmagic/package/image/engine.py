@@ -45,6 +45,11 @@ __all__ = [
     "list_images",
 ]
 
+
+class NoEngineError(ConfigError):
+    """No Docker engine answers here (a laptop without Docker, a notebook server without a socket)."""
+
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, str], None]  # (stage: "building" | "pushing", detail)
@@ -97,8 +102,17 @@ def connect_engine(timeout: float = API_TIMEOUT) -> DockerClient:
     import docker
 
     where = docker_host() or "the default socket"
+    socket_path = (docker_host() or "unix:///var/run/docker.sock").removeprefix("unix://")
+    if "://" not in socket_path and not Path(socket_path).exists():
+        # Asked anyway, the docker SDK leaks the socket it failed to connect (a ResourceWarning in the notebook).
+        raise NoEngineError(
+            f"no Docker engine is reachable at {where} (no socket there): start Docker (or set DOCKER_HOST), "
+            "or pass a prebuilt image with --image"
+        )
     try:
-        probe = docker.from_env(timeout=PING_TIMEOUT)
+        # A fixed API version: the probe connects only in ping(), inside the try that closes it (with "auto",
+        # the constructor connects to ask the version, and a refused connection leaks its socket).
+        probe = docker.from_env(timeout=PING_TIMEOUT, version="1.24")
         try:
             probe.ping()
         finally:
@@ -114,7 +128,7 @@ def connect_engine(timeout: float = API_TIMEOUT) -> DockerClient:
             reason = "no answer within a few seconds"
         else:
             reason = text.replace("Error while fetching server API version: ", "").splitlines()[0][:100] or "error"
-        raise ConfigError(
+        raise NoEngineError(
             f"no Docker engine is reachable at {where} ({reason}): start Docker (or set DOCKER_HOST), "
             "or pass a prebuilt image with --image"
         ) from None
@@ -242,8 +256,9 @@ def ensure_image(
     host, repository, reference = split_image(tag)
     credentials = registry_credentials(host, secrets) if host and push else None
     if host and push:
-        client = RegistryClient(host, credentials)
-        if client.manifest_exists(repository, reference):
+        with RegistryClient(host, credentials) as client:
+            exists = client.manifest_exists(repository, reference)
+        if exists:
             log.info("registry has %s: no build, no push", tag)
             return ImageResult(tag, seconds=time.monotonic() - started)
     engine = connect_engine()
@@ -290,7 +305,8 @@ def image_labels(image: str, *, engine_first: bool = False, secrets: Secrets = _
 
     if engine_first or not host:
         return from_engine()
-    return RegistryClient(host, registry_credentials(host, secrets)).labels(repository, reference)
+    with RegistryClient(host, registry_credentials(host, secrets)) as client:
+        return client.labels(repository, reference)
 
 
 def list_images(registry: str, secrets: Secrets = _ANONYMOUS) -> list[tuple[str, EnvironmentSpec | None]]:
@@ -298,11 +314,11 @@ def list_images(registry: str, secrets: Secrets = _ANONYMOUS) -> list[tuple[str,
     host, repository = split_registry(registry)
     found: list[tuple[str, EnvironmentSpec | None]] = []
     if host:
-        client = RegistryClient(host, registry_credentials(host, secrets))
-        for tag in client.tags(repository):
-            if tag.startswith("env-"):
-                labels = client.labels(repository, tag) or {}
-                found.append((f"{host}/{repository}:{tag}", _spec_of(labels)))
+        with RegistryClient(host, registry_credentials(host, secrets)) as client:
+            for tag in client.tags(repository):
+                if tag.startswith("env-"):
+                    labels = client.labels(repository, tag) or {}
+                    found.append((f"{host}/{repository}:{tag}", _spec_of(labels)))
         return found
     engine = connect_engine(timeout=30)
     try:

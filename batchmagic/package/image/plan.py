@@ -16,15 +16,26 @@ from typing import TYPE_CHECKING
 
 from batchmagic.config import Secrets
 from batchmagic.errors import ConfigError
-from batchmagic.package.environment import EnvironmentSpec, split_registry
-from batchmagic.package.image.engine import ImageResult, ensure_image, image_labels
+from batchmagic.package.environment import EnvironmentSpec, check_compatible, split_registry
+from batchmagic.package.image.engine import ImageResult, NoEngineError, ensure_image, image_labels
 from batchmagic.package.image.registry import split_image
 from batchmagic.run.state import Phase
 
 if TYPE_CHECKING:
     from batchmagic.package.capture import CapturedCell
 
-__all__ = ["GuardWarning", "ImageRequest", "plan_image"]
+__all__ = ["GuardMemo", "GuardWarning", "ImageRequest", "plan_image"]
+
+
+@dataclass
+class GuardMemo:
+    """What a kernel (its :class:`~batchmagic.api.Session`) learnt of given images: each is looked at once.
+
+    ``labels`` of the images read; ``unchecked`` those that could not be looked at (said once, if at all).
+    """
+
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    unchecked: set[str] = field(default_factory=set)
 
 
 class GuardWarning(UserWarning):
@@ -61,6 +72,40 @@ class ImageRequest:
         self.gpu = True
         self.base_image = gpu_base_image or cuda_base_image(python_version())
 
+    memo: GuardMemo = field(default_factory=GuardMemo)  # the session's: an image is checked once per kernel
+
+    def _guard(self, modules: Iterable[str]) -> str:
+        """Check the given image against the kernel: its labels are read once per image and kernel; a
+        configured image that cannot be looked at runs unchecked, said once (and not at all when there is
+        no Docker engine here to ask: the run's nodes pull it, nothing here can do better)."""
+        labels: dict[str, str] | None
+        if self.given in self.memo.labels:
+            labels = self.memo.labels[self.given]
+        elif self.given in self.memo.unchecked:
+            return self.given
+        else:
+            try:
+                labels = image_labels(self.given, engine_first=self.engine_first, secrets=self.secrets)
+            except ConfigError as err:
+                if self.configured:
+                    self.memo.unchecked.add(self.given)
+                    if not isinstance(err, NoEngineError):
+                        warnings.warn(f"could not check {self.given} against this kernel: {err}", GuardWarning, 2)
+                    return self.given
+                if self.engine_first or split_image(self.given)[0]:
+                    raise
+                labels = {}  # a public image name and no engine here to ask: nothing to compare
+            if labels is None and self.configured:
+                self.memo.unchecked.add(self.given)
+                warnings.warn(f"{self.given} is not in its registry (as far as this client can see)", GuardWarning, 2)
+                return self.given
+            if labels is None:
+                where = "the local Docker engine" if self.engine_first else f"registry {split_image(self.given)[0]}"
+                raise ConfigError(f"image {self.given} is not in {where}: build it first or check the name")
+            self.memo.labels[self.given] = labels
+        check_compatible(self.given, labels or {}, modules)
+        return self.given
+
     def spec_for(self, modules: Iterable[str]) -> EnvironmentSpec:
         from batchmagic.package.environment import environment_spec
 
@@ -80,32 +125,11 @@ class ImageRequest:
         ConfigError
             The guard found a mismatch, or the image could not be found, built or pushed.
         """
-        from batchmagic.package.environment import check_compatible, shipped_modules
+        from batchmagic.package.environment import shipped_modules
 
         modules = shipped_modules(captured.path, captured.analysis.imported_modules, captured.manifest.modules)
         if self.given:
-            try:
-                labels = image_labels(self.given, engine_first=self.engine_first, secrets=self.secrets)
-            except ConfigError as err:
-                if self.configured:
-                    # The image of the settings, whose registry this client may not reach: run it, say so.
-                    warnings.warn(
-                        f"could not check {self.given} against this kernel: {err}", GuardWarning, stacklevel=2
-                    )
-                    return self.given
-                if self.engine_first or split_image(self.given)[0]:
-                    raise
-                labels = {}  # a public image name and no engine here to ask: nothing to compare
-            if labels is None and self.configured:
-                warnings.warn(
-                    f"{self.given} is not in its registry (as far as this client can see)", GuardWarning, stacklevel=2
-                )
-                return self.given
-            if labels is None:
-                where = "the local Docker engine" if self.engine_first else f"registry {split_image(self.given)[0]}"
-                raise ConfigError(f"image {self.given} is not in {where}: build it first or check the name")
-            check_compatible(self.given, labels, modules)
-            return self.given
+            return self._guard(modules)
         spec = self.spec_for(modules)
         stages = {"building": Phase.BUILDING_IMAGE, "pushing": Phase.PUSHING_IMAGE}
         # A GPU build says what it changed from the kernel's packages (torch 2.5.1+cpu here -> +cu124 there).

@@ -110,6 +110,16 @@ class RegistryClient:
     def __repr__(self) -> str:
         return f"<RegistryClient {self.host}>"
 
+    def close(self) -> None:
+        """Close the connections it keeps (a pooled socket left to the garbage collector is a ResourceWarning)."""
+        self._session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _get_token(self, challenge: str, scope_hint: str) -> str:
         params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
         realm = params.pop("realm", "")
