@@ -217,7 +217,7 @@ IPYTHON = [
 
 
 def _normalized(text: str) -> str:
-    return re.sub(r"[0-9.]+ ?(ns|µs|μs|us|ms|s)\b", "T", text)
+    return re.sub(r"[0-9.]+(?:e[+-]?\d+)? ?(ns|µs|μs|us|ms|s)\b", "T", text)
 
 
 def _run_ipython_case(shell: Any, capfd: Any, cell: str, names: list[str], line: str) -> tuple[list[Any], str]:
