@@ -12,9 +12,11 @@ import pytest
 
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.backends.local import LocalBackend, _container_argv, _Task
+from batchmagic.errors import RunFailed
 from batchmagic.package.cuda import CUDA_IMAGES, cuda_base_image
 from batchmagic.package.environment import python_version
 from batchmagic.package.image.plan import plan_image
+from tests.support import docker as docker_parts
 from tests.support.gpu import fake_nvidia_smi
 
 
@@ -60,3 +62,28 @@ def test_a_gpu_runs_image_is_planned_from_a_cuda_base() -> None:
     assert CUDA_IMAGES["3.12"].endswith("ubuntu24.04") and cuda_base_image("3.14") == "python:3.14-slim"
     request.for_gpu("myregistry.azurecr.io/cuda-base:12.6")  # AzBatch.gpu_base_image wins
     assert request.base_image == "myregistry.azurecr.io/cuda-base:12.6"
+
+
+# --- through a real Docker engine (the tests' private dockerd, which has no NVIDIA runtime) ---
+
+docker_engine = docker_parts.docker_engine
+base_image = docker_parts.base_image
+
+
+def test_a_gpu_machine_whose_docker_cannot_give_gpus_is_one_line(
+    shell, home, docker_engine, base_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This machine "has" a GPU (a fake nvidia-smi first on PATH), so the local --container run asks Docker for
+    it (--gpus all) and builds FROM AzBatch.gpu_base_image (here the tests' base); the private dockerd has no
+    NVIDIA runtime and refuses, and the run says so in one line instead of an exit code."""
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    monkeypatch.setenv("BATCHMAGIC_GPU_BASE_IMAGE", base_image)
+    monkeypatch.delenv("BATCHMAGIC_REGISTRY", raising=False)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(fake_nvidia_smi(tmp_path / "bin")), os.environ["PATH"]]))
+    with pytest.raises(RunFailed) as info:
+        shell.run_cell("%%azbatch --backend local --container --name gpu-here\nx = 1")
+    message = str(info.value)
+    assert "Docker could not give the container this machine's GPUs" in message and "\n" not in message
+    assert "nvidia-container-toolkit" in message and "x" not in shell.user_ns
+    run = shell.user_ns["_azbatch"]
+    assert run.gpus == 1 and run.gpu_label == "1 GPU here"

@@ -258,7 +258,7 @@ class LocalBackend(Backend):
             else:
                 self._finished(task)
                 status.state, status.exit_code, status.ended = "completed", code, task.ended
-                status.failure = task.failure or exit_reason(code)
+                status.failure = task.failure or _docker_gpu_failure(run.submission, task, code) or exit_reason(code)
             statuses[task.task_id] = status
         states = {s.state for s in statuses.values()}
         if states == {"completed"} and run.lease is not None:
@@ -440,6 +440,28 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
     for key in names:
         argv += ["-e", key]
     return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
+
+
+#: What Docker says when it cannot hand a container the GPUs (no NVIDIA Container Toolkit, or its runtime not set up).
+_NO_GPU_RUNTIME = ("could not select device driver", "nvidia-container-cli", "unknown or invalid runtime name: nvidia")
+
+
+def _docker_gpu_failure(submission: TaskSubmission, task: _Task, code: int) -> str:
+    """One line for a GPU container Docker could not start (``docker run`` exits 125 before the runner runs);
+    "" for anything else."""
+    if code != 125 or not submission.gpus or not submission.image:
+        return ""
+    try:
+        said = (task.dir / "stderr.txt").read_text(encoding="utf-8", errors="replace")[-4000:]
+    except OSError:
+        return ""
+    if not any(marker in said for marker in _NO_GPU_RUNTIME):
+        return ""
+    return (
+        "Docker could not give the container this machine's GPUs (docker run --gpus all failed: is the NVIDIA "
+        "Container Toolkit installed and Docker restarted since?): install nvidia-container-toolkit, or run "
+        "without --container"
+    )
 
 
 def _kill_group(process: subprocess.Popen[bytes] | _Adopted) -> None:
