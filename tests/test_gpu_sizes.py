@@ -194,3 +194,21 @@ def test_the_pool_adds_the_driver_extension_and_tasks_never_ask_for_gpus() -> No
     assert container_run_options(gpus=1, distributed=False, shm_size="8g") == "--shm-size 8g"
     assert container_run_options(gpus=8, distributed=True, shm_size="") == "--network host --shm-size 8g"
     assert container_run_options(gpus=0, distributed=False, shm_size="8g") is None
+
+
+def test_a_node_image_override_without_the_driver_is_one_line_for_a_gpu_size() -> None:
+    from datetime import date
+
+    from batchmagic.backends.azure.nodeimages import TESLA, choose_node_image
+
+    today = date(2026, 12, 6)
+    images = [_image("ubuntu-hpc", "2404", TESLA), _image("ubuntu-plain", "2404")]
+    plain = "microsoft-dsvm:ubuntu-plain:2404"
+    with pytest.raises(ConfigError, match=r"has no NVIDIA driver \(NvidiaTeslaDriverInstalled"):
+        choose_node_image(images, "Standard_NC24ads_A100_v4", today=today, override=plain)
+    assert choose_node_image(images, "Standard_D4s_v3", today=today, override=plain).offer == "ubuntu-plain"
+    assert choose_node_image(images, "Standard_NV36ads_A10_v5", today=today, override=plain).driver_extension
+    tesla = choose_node_image(
+        images, "Standard_NC24ads_A100_v4", today=today, override="microsoft-dsvm:ubuntu-hpc:2404"
+    )
+    assert tesla.offer == "ubuntu-hpc" and not tesla.driver_extension

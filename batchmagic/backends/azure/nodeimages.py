@@ -158,7 +158,7 @@ def choose_node_image(images: Iterable[SupportedImage], vm_size: str, *, today: 
     """
     images = list(images)
     if override:
-        return _override(images, override, today)
+        return _override(images, override, today, vm_size)
     gpu, grid = is_gpu_size(vm_size), is_grid_size(vm_size)
     base = [
         i for i in images if i.os_type.lower() == "linux" and i.docker and i.ubuntu is not None and not i.ended(today)
@@ -185,7 +185,7 @@ def _rank(i: SupportedImage) -> tuple[int, int, int, int, int, str]:
     return (-major, -minor, 0 if i.verified else 1, len(i.sku), 0 if i.version == "latest" else 1, i.name)
 
 
-def _override(images: list[SupportedImage], text: str, today: date) -> NodeImage:
+def _override(images: list[SupportedImage], text: str, today: date, vm_size: str = "") -> NodeImage:
     (publisher, offer, sku, version), agent = parse_node_image(text)
     key = (publisher.lower(), offer.lower(), sku.lower())
     listed = next((i for i in images if (i.publisher.lower(), i.offer.lower(), i.sku.lower()) == key), None)
@@ -207,4 +207,13 @@ def _override(images: list[SupportedImage], text: str, today: date) -> NodeImage
             f"AzBatch.node_image {text!r} is not Docker-compatible, and tasks run in the training image: "
             "pick one whose capabilities include DockerCompatible (e.g. microsoft-dsvm:ubuntu-hpc:2404)"
         )
-    return NodeImage(publisher, offer, sku, version, agent or listed.node_agent_sku)
+    grid = is_grid_size(vm_size)
+    if is_gpu_size(vm_size) and not grid and not listed.gpu:
+        raise ConfigError(
+            f"AzBatch.node_image {text!r} has no NVIDIA driver ({TESLA} is not among its capabilities), and "
+            f"{vm_size}'s GPUs need one: pick an image that has it (e.g. microsoft-dsvm:ubuntu-hpc:2404), or leave "
+            "AzBatch.node_image empty to have one chosen"
+        )
+    # An NV size on an image without GRID: the pool gets the driver extension, as when the image is chosen.
+    extension = grid and not listed.grid
+    return NodeImage(publisher, offer, sku, version, agent or listed.node_agent_sku, extension)
