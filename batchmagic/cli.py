@@ -104,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--low-priority", action="store_true", help="low-priority (spot) nodes")
     create.add_argument("--idle", default="20m", help="how long it keeps idle nodes, e.g. 20m, 1h (default 20m)")
     create.add_argument("--slots-per-node", type=int, default=1, help="tasks each node runs at once (default 1)")
+    create.add_argument(
+        "--inter-node", action="store_true", help="for --distributed runs: inter-node communication, one task per node"
+    )
     pool_actions.add_parser("ls", help="batchmagic's named pools, with their nodes")
     resize = pool_actions.add_parser("resize", help="nodes to have now, held for the idle period (0: let them go)")
     resize.add_argument("name", help="the pool's name")
@@ -303,7 +306,10 @@ def _pool(args: argparse.Namespace) -> int:
     from batchmagic.api import Session
     from batchmagic.pools import command
 
-    given = {"name": None, "nodes": None, "vm": None, "max_nodes": 1, "low_priority": False, "idle": "20m"}
+    given = {
+        "name": None, "nodes": None, "vm": None, "max_nodes": 1, "low_priority": False, "idle": "20m",
+        "inter_node": False,
+    }  # fmt: skip
     values = {**given, "slots_per_node": 1, **vars(args), "command": args.action}
     settings = Settings.from_env()
     for line in command(argparse.Namespace(**values), session=Session(settings=settings), settings=settings):

@@ -269,3 +269,30 @@ def test_shrinking_a_pool_requeues_or_terminates_running_tasks(client: Any, opti
         assert task.state == m.BatchTaskState.ACTIVE and task.execution_info.requeue_count == 1
     else:
         assert task.state == m.BatchTaskState.COMPLETED and task.execution_info.failure_info.code == "TaskEnded"
+
+
+def test_a_retried_multi_instance_task_runs_every_instance_again(client: Any) -> None:
+    _pool(client, "retry-mi", nodes=2, inter_node=True)
+    wait_for(lambda: len([n for n in _nodes(client, "retry-mi") if n.state == "idle"]) == 2, 10)
+    _job(client, "retry-mi-job", "retry-mi")
+    coordination = '/bin/sh -c "echo coordinated >> $AZ_BATCH_NODE_SHARED_DIR/coordinations.txt"'
+    # The first attempt fails; the retry finds the mark the first left on the primary's shared directory.
+    primary = (
+        '/bin/sh -c "test -e $AZ_BATCH_NODE_SHARED_DIR/tried || { touch $AZ_BATCH_NODE_SHARED_DIR/tried; exit 3; }"'
+    )
+    client.create_task(
+        "retry-mi-job",
+        m.BatchTaskCreateOptions(
+            id="mi",
+            command_line=primary,
+            constraints=m.BatchTaskConstraints(max_task_retry_count=1),
+            multi_instance_settings=m.MultiInstanceSettings(
+                number_of_instances=2, coordination_command_line=coordination
+            ),
+        ),
+    )
+    task = wait_for(lambda: (t := client.get_task("retry-mi-job", "mi")).state == m.BatchTaskState.COMPLETED and t, 20)
+    assert task.execution_info.result == m.BatchTaskExecutionResult.SUCCESS and task.execution_info.retry_count == 1
+    for node in _nodes(client, "retry-mi"):
+        text = b"".join(client.download_node_file("retry-mi", node.id, "shared/coordinations.txt")).decode()
+        assert text.split() == ["coordinated", "coordinated"], node.id  # both instances, both attempts

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from batchmagic.emulator.executors import RunningTask, TaskContext
@@ -47,6 +48,49 @@ def instance_environment(addresses: list[str]) -> dict[str, str]:
 
 class MultiInstanceMixin(TasksMixin):
     """Coordination commands and subtasks of multi-instance tasks."""
+
+    def _run_instances(
+        self,
+        job: Job,
+        task: Task,
+        pool: Pool,
+        node: Node,
+        env: dict[str, str],
+        data: dict[str, Any],
+        task_dir: Path,
+        pool_container: Any,
+    ) -> CommandResult | None:
+        """Every attempt of a multi-instance task: the coordination command on every instance, then the
+        application command on the primary. A failure of either is the attempt's; a retry runs every
+        instance again (the service terminates the whole task and retries it). None: requeued."""
+        retries = int(data["constraints"].get("maxTaskRetryCount", 0))
+        attempt = 0
+
+        def begin(_retry: int) -> bool:
+            return self._begin_attempt(task, attempt)  # the task's attempt, not the command's
+
+        while True:
+            failure = self._coordinate(job, task, pool, node, env, pool_container)
+            if failure is None:
+                if not self._prepare_job_on_node(job, pool, node):
+                    self._requeue(task)
+                    return None
+                result = run_command(
+                    self.executor,
+                    self._application_run(job, task, pool, node, env, data, task_dir, pool_container, retries=0),
+                    now=self.now,
+                    should_stop=task.kill_event.is_set,
+                    before_attempt=begin,
+                    started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
+                )
+            else:
+                result = CommandResult(None, failure)
+            spent = retries != -1 and attempt >= retries
+            if result.succeeded or result.stopped or task.kill_event.is_set() or spent:
+                return result
+            attempt += 1
+            log.info("task %s/%s: attempt %d failed; every instance runs again", job.id, task.id, attempt)
+            self._end_subtasks(task)
 
     def _coordinate(
         self, job: Job, task: Task, pool: Pool, node: Node, env: dict[str, str], pool_container: Any

@@ -13,7 +13,7 @@ from batchmagic.emulator.errors import ApiError, exists, invalid_property, missi
 from batchmagic.emulator.executors import TaskContext
 from batchmagic.emulator.images import pool_gpus
 from batchmagic.emulator.limits import check_display_name, check_id, taken
-from batchmagic.emulator.state.commands import CommandRun, node_env, run_command
+from batchmagic.emulator.state.commands import CommandResult, CommandRun, node_env, run_command
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import (
     UNLIMITED_DURATION,
@@ -366,13 +366,50 @@ class TasksMixin(FilesMixin):
         for name in ("stdout.txt", "stderr.txt"):
             (task_dir / name).touch()
         if task.extra_nodes or data.get("multiInstanceSettings"):
-            coordination_failure = self._coordinate(job, task, pool, node, env, pool_container)
-            if coordination_failure is not None:
-                self._finish(task, None, coordination_failure)
+            found = self._run_instances(job, task, pool, node, env, data, task_dir, pool_container)
+            if found is None:
+                return  # requeued: the job's preparation task failed on the primary
+            result = found
+        else:
+            if not self._prepare_job_on_node(job, pool, node):
+                self._requeue(task)  # the job's preparation task failed here: the node takes no task of the job
                 return
-        if not self._prepare_job_on_node(job, pool, node):
-            self._requeue(task)  # the job's preparation task failed here: the node takes no task of the job
+            run = self._application_run(job, task, pool, node, env, data, task_dir, pool_container)
+            result = run_command(
+                self.executor,
+                run,
+                now=self.now,
+                should_stop=task.kill_event.is_set,
+                before_attempt=lambda retry: self._begin_attempt(task, retry),
+                started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
+            )
+        if task.kill_reason in ("requeue", "shutdown"):
+            self._requeue(task)
             return
+        failure = result.failure
+        ran = result.exit_code is not None or result.stopped
+        if ran and task.kill_reason != "shutdown":
+            try:
+                upload_output_files(list(data.get("outputFiles") or []), task_dir, result.succeeded)
+            except TransferError as err:
+                failure = failure or failure_info(err.code, err.message, err.details)
+        self._finish(task, result.exit_code, failure)
+
+    def _application_run(
+        self,
+        job: Job,
+        task: Task,
+        pool: Pool,
+        node: Node,
+        env: dict[str, str],
+        data: dict[str, Any],
+        task_dir: Path,
+        pool_container: Any,
+        *,
+        retries: int | None = None,
+    ) -> CommandRun:
+        """The task's command line on ``node``, with its resource files and constraints (``retries``: its own
+        retry count instead of ``maxTaskRetryCount``)."""
         ctx = TaskContext(
             job_id=job.id,
             task_id=task.id,
@@ -385,31 +422,25 @@ class TasksMixin(FilesMixin):
             pool_container=pool_container,
             gpus=pool_gpus(pool.data),
         )
-        run = CommandRun(
+        return CommandRun(
             ctx,
             resource_files=list(data.get("resourceFiles") or []),
-            max_retries=int(data["constraints"].get("maxTaskRetryCount", 0)),
+            max_retries=int(data["constraints"].get("maxTaskRetryCount", 0)) if retries is None else retries,
             max_wall_clock_time=data["constraints"].get("maxWallClockTime"),
         )
-        result = run_command(
-            self.executor,
-            run,
-            now=self.now,
-            should_stop=task.kill_event.is_set,
-            before_attempt=lambda retry: self._begin_attempt(task, retry),
-            started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
-        )
-        if task.kill_reason in ("requeue", "shutdown"):
-            self._requeue(task)
-            return
-        failure = result.failure
-        ran = result.exit_code is not None or result.stopped
-        if ran and task.kill_reason != "shutdown":
-            try:
-                upload_output_files(list(data.get("outputFiles") or []), task_dir, result.succeeded)
-            except TransferError as err:
-                failure = failure or failure_info(err.code, err.message, err.details)
-        self._finish(task, result.exit_code, failure)
+
+    def _run_instances(
+        self,
+        job: Job,
+        task: Task,
+        pool: Pool,
+        node: Node,
+        env: dict[str, str],
+        data: dict[str, Any],
+        task_dir: Path,
+        pool_container: Any,
+    ) -> CommandResult | None:
+        raise NotImplementedError  # state/multi.py
 
     def _begin_attempt(self, task: Task, retry: int) -> bool:
         """Record an attempt's start (``startTime``, or ``retryCount`` and ``lastRetryTime``); False if killed."""
