@@ -560,8 +560,12 @@ class Run:
             if self.meter is not None:
                 self.meter.observe(status.holding, time.time())
                 if self.meter.over_budget and not status.finished:
-                    self.fail(RunFailed(self.meter.budget_line(self.name)))
-                    self.release()
+                    line = self.meter.budget_line(self.name)
+                    self.release()  # stop spending first
+                    if self.is_sweep:  # what its finished tasks made is kept: they were paid for
+                        kept = self._collect_sweep(status, stopped=f"stopped by the run's --budget: {line}")
+                        line += f"; the results of its {kept} finished tasks are in its results"
+                    self.fail(RunFailed(line))
                     return True
             self._activity = bool(records) or status.phase != self.phase
             self._deliver(records)
@@ -926,14 +930,19 @@ class Run:
         # Killed or timed out: the runner's result only says it was terminated; the backend knows why.
         return outcome, task.failure
 
-    def _collect_sweep(self, status: BackendStatus) -> None:
-        """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``."""
+    def _collect_sweep(self, status: BackendStatus, *, stopped: str = "") -> int:
+        """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``; how many
+        tasks had finished. ``stopped``: the run was ended early (its budget) for this reason: the
+        tasks that had not finished are failed rows that say so, and the run's phase is the caller's."""
         params = self.params or []
 
         def one(index: int) -> SweepRow:
             tid = self.task_ids[index]
             task = status.tasks[tid]
             out = SweepRow(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
+            if stopped and task.state != "completed":
+                out.error_type, out.error_message = "RunFailed", stopped
+                return out
             outcome, failure = self._read_result(task)
             if outcome is not None:
                 out.started = outcome.started if outcome.started is not None else out.started
@@ -956,8 +965,12 @@ class Run:
         self.errors = {tid: self.errors[tid] for tid in self.task_ids if tid in self.errors}  # in task order
         self.outputs = [row.outputs for row in rows]
         self.results = results_table(rows)
+        finished = sum(1 for tid in self.task_ids if status.tasks[tid].state == "completed")
+        if stopped:
+            return finished
         failed = sum(1 for row in rows if row.state == "failed")
         self.enter(Phase.DONE, _join(f"{len(rows) - failed} succeeded, {failed} failed", status.note))
+        return finished
 
 
 def _pause(

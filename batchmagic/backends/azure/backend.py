@@ -354,11 +354,29 @@ class AzureBackend(Backend, NamedPools):
         stage = status.task_stage(run, preparing)
         if stage == "running":
             run.started_task = True
+            if run.pool is not None and not run.tally["running"]:
+                # A named pool's tasks all back in the queue: the pool may have been deleted under them.
+                gone = self._pool_gone(run)
+                if gone is not None:
+                    return gone
         if stage in ("running", "preparing"):
             self._holding(run)
         now = datetime.now().astimezone()
         decided = status.tasks_status(run, stage, preparing, image=image, warm=self._warm, now=now)
         return decided if decided is not None else self._pool_status(run)
+
+    def _pool_gone(self, run: AzureRun) -> BackendStatus | None:
+        """The run's named pool deleted (or being deleted) under it: a failed status; None while it is there."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            pool = self.client.get_pool(run.pool_id, select=["id", "state"])
+        except ResourceNotFoundError:
+            return status.pool_deleted_status(run)
+        except Exception:  # a failed read says nothing: the next tick asks again
+            log.debug("could not read pool %s", run.pool_id, exc_info=True)
+            return None
+        return status.pool_deleted_status(run) if status.value(pool.state) == "deleting" else None
 
     def _pool_status(self, run: AzureRun) -> BackendStatus:
         """Where a run no task of which is on a node yet is: its pool, and the pool's nodes."""
@@ -429,15 +447,26 @@ class AzureBackend(Backend, NamedPools):
         seconds (one call)."""
         if not run.pool_id:
             return
-        if run.holding is not None and time.monotonic() - run.holding_read < HOLDING_INTERVAL:
-            return
+        held = run.holding is not None and run.holding.billed != (0, 0)
+        if held and time.monotonic() - run.holding_read < HOLDING_INTERVAL:
+            return  # a zero read while the pool was still empty is never kept: a task runs on a node now
         try:
             found = list(self.client.list_pool_node_counts(filter=f"poolId eq '{run.pool_id}'"))
         except Exception:  # the cost is an estimate: a failed read keeps the last one, never fails the run
             log.debug("could not read the node counts of %s", run.pool_id, exc_info=True)
             return
+        holding = status.holding_of_counts(run.submission.vm_size, run.pool_id, found)
+        if holding.billed == (0, 0):
+            # A task is on a node, so a node is held: the counts lag behind a pool that just grew (a named
+            # pool after a cold start). Read its nodes, and do not keep that answer for the interval.
+            try:
+                nodes = list(self.client.list_nodes(run.pool_id, select=["id", "state", "isDedicated"]))
+                run.holding = status.holding_of_nodes(run.submission.vm_size, nodes)
+            except Exception:
+                log.debug("could not read the nodes of %s", run.pool_id, exc_info=True)
+            return
         run.holding_read = time.monotonic()
-        run.holding = status.holding_of_counts(run.submission.vm_size, run.pool_id, found)
+        run.holding = holding
 
     def cancel(self, run_id: str) -> None:
         self._terminate(run_id)

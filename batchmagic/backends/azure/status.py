@@ -40,6 +40,7 @@ __all__ = [
     "named_pool_status",
     "needs_full_read",
     "no_pool_status",
+    "pool_deleted_status",
     "nodes_status",
     "note_tasks",
     "pool_verdict",
@@ -225,6 +226,15 @@ def no_pool_status(run: AzureRun) -> BackendStatus:
         error = f"pool {run.pool_id} was deleted while the run waited for it"
         return BackendStatus(phase=Phase.FAILED, tasks=run.tasks, error=error)
     return BackendStatus(phase=Phase.CREATING_POOL, tasks=run.tasks, holding=Holding(run.submission.vm_size))
+
+
+def pool_deleted_status(run: AzureRun) -> BackendStatus:
+    """A run whose named pool was deleted (or is being deleted) after its tasks had started."""
+    error = (
+        f"pool {run.pool_id} was deleted under the run: its tasks cannot run; create it again "
+        f"(%azbatch_pool create {run.pool_id}) or run without --pool"
+    )
+    return BackendStatus(phase=Phase.FAILED, tasks=run.tasks, error=error)
 
 
 def pool_verdict(run: AzureRun, pool: Any) -> BackendStatus | None:
