@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import gc
 import http.server
 import json
@@ -369,3 +370,75 @@ def test_a_run_that_never_starts_leaves_its_error_and_no_empty_panel(home: Path,
     shown = [o for o in outputs if o["output_type"] == "display_data"]
     assert all("application/vnd.jupyter.widget-view+json" not in o["data"] for o in shown), shown
     assert all(not o["data"].get("text/plain", "").strip() for o in shown), shown
+
+
+# --- plot settings and widgets ---
+
+PLOT_SETUP = (
+    "import matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\n"
+    "plt.style.use('ggplot')\nplt.rc('font', size=14)\nmatplotlib.rcParams['figure.dpi'] = 150"
+)
+PLOT_CELL = (
+    "import matplotlib as mpl\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n"
+    "seen = {k: mpl.rcParams[k] for k in ('font.size', 'figure.dpi', 'axes.facecolor', 'axes.prop_cycle')}\n"
+    "size = (float(fig.get_dpi()), [float(x) for x in fig.get_size_inches()])\nax.plot([1, 2])"
+)
+
+
+@pytest.fixture
+def notebook_rc() -> Any:
+    """The tests' own matplotlib settings are put back afterwards (the setup cell changes this process's)."""
+    import matplotlib
+
+    saved = dict(matplotlib.rcParams)
+    yield
+    matplotlib.rcParams.update(saved)
+
+
+def _plots_here_and_there(shell: Any, line: str) -> tuple[Any, Any]:
+    shell.run_cell(PLOT_SETUP)
+    namespace: dict[str, Any] = {}
+    exec(PLOT_CELL, namespace)
+    here = (namespace["seen"], namespace["size"])
+    shell.run_cell(f"%%azbatch {line}\n{PLOT_CELL}")
+    return here, (shell.user_ns["seen"], shell.user_ns["size"])
+
+
+def test_plot_settings_travel(shell, notebook_rc):
+    here, there = _plots_here_and_there(shell, "--backend local")
+    assert there == here and here[0]["font.size"] == 14 and here[1][0] == 150  # ggplot, font 14, dpi 150
+    (figure,) = [d for d in shell.user_ns["_azbatch"].displays if "image/png" in d["data"]]
+    png = base64.b64decode(figure["data"]["image/png"])
+    assert int.from_bytes(png[16:20], "big") > 640  # drawn at 150 dpi, not the default 100
+
+
+def test_retina_figures_come_back_as_retina(shell, notebook_rc):
+    # What `%config InlineBackend.figure_formats = ['retina']` sets in a kernel whose inline backend is on.
+    shell.run_cell(
+        "from matplotlib_inline.backend_inline import InlineBackend\ncfg = InlineBackend.instance(parent=get_ipython())"
+    )
+    shell.run_cell("cfg.figure_formats = {'retina'}")
+    try:
+        shell.run_cell("%%azbatch --backend local\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+    finally:
+        shell.run_cell("cfg.figure_formats = {'png'}")
+    (figure,) = [d for d in shell.user_ns["_azbatch"].displays if "image/png" in d["data"]]
+    png = base64.b64decode(figure["data"]["image/png"])
+    width = int.from_bytes(png[16:20], "big")
+    assert figure["metadata"]["image/png"]["width"] == width // 2  # twice the pixels, shown at half size
+
+
+def test_plot_settings_travel_on_azure(azure_env, shell, notebook_rc):
+    here, there = _plots_here_and_there(shell, "--backend azure")
+    assert there == here
+
+
+def test_a_remote_widget_says_it_cannot_stay_live(shell, capfd):
+    shell.run_cell("def f(x):\n    print('f of', x)")
+    capfd.readouterr()
+    shell.run_cell("%%azbatch --backend local\nimport ipywidgets\nw = ipywidgets.interact(f, x=5)")
+    out, err = capfd.readouterr()
+    assert "f of 5" in out and "\x1b[2K" not in out + err
+    assert err.count("widgets cannot stay live after the remote cell ends") == 1, err
+    assert shell.user_ns["w"](3) is None  # f came back, without its dead widget
+    assert all("application/vnd.jupyter.widget-view+json" not in d["data"] for d in shell.user_ns["_azbatch"].displays)

@@ -75,6 +75,9 @@ class Manifest:
     ipython : bool
         The cell uses IPython syntax (``%time``, ``!cmd``): the runner transforms it with IPython's input
         transformers and runs it in a minimal IPython shell.
+    plot_settings : str
+        The notebook's matplotlib settings that differ from the defaults, and its inline backend's figure
+        formats (:mod:`batchmagic.package.plots`): the runner applies them before the cell. Empty: none.
     """
 
     python: str = field(default_factory=platform.python_version)
@@ -91,6 +94,7 @@ class Manifest:
     first_line: int = 1
     tracked: dict[str, str] = field(default_factory=dict)
     ipython: bool = False
+    plot_settings: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

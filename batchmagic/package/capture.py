@@ -30,6 +30,7 @@ from batchmagic.errors import CaptureError
 from batchmagic.package.analysis import CellAnalysis, StarImportError, analyze
 from batchmagic.package.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
 from batchmagic.package.ipysyntax import TIMEIT_SCOPE, for_analysis, refused_magic, to_python
+from batchmagic.package.plots import plot_settings
 from batchmagic.protocol import Layout
 
 __all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]
@@ -169,6 +170,7 @@ def capture(
         deleted=sorted(analysis.deleted),
         first_line=first_line,
         ipython=analysis.ipython,
+        plot_settings=plot_settings(),
     )
     root = Path(root or working_directory()).resolve()
     objects: dict[str, ExternalObject] = {}

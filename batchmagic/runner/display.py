@@ -54,6 +54,7 @@ REPR_METHODS = (
     ("_repr_pdf_", "application/pdf"),
 )
 BINARY_TYPES = frozenset({"image/png", "image/jpeg", "application/pdf"})
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # a live widget: needs the kernel that made it
 
 _active: Capture | None = None
 
@@ -71,7 +72,11 @@ def mime_bundle(obj: Any, *, include: Any = None, exclude: Any = None) -> tuple[
     data: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     if _is_figure(obj):
-        data["image/png"] = base64.b64encode(_figure_png(obj)).decode("ascii")
+        from batchmagic.runner.plots import figure_bundle
+
+        figure_data, figure_metadata = figure_bundle(obj)  # the notebook's figure formats (png, retina, svg)
+        data.update(figure_data)
+        metadata.update(figure_metadata)
     method = _method(obj, "_repr_mimebundle_")
     if method is not None:
         try:
@@ -155,15 +160,6 @@ def _is_figure(obj: Any) -> bool:
     return figure is not None and isinstance(obj, figure.Figure)
 
 
-def _figure_png(fig: Any) -> bytes:
-    # As IPython's inline backend renders: tight bounding box, the figure's own colours.
-    buf = io.BytesIO()
-    fig.canvas.print_figure(
-        buf, format="png", bbox_inches="tight", facecolor=fig.get_facecolor(), edgecolor=fig.get_edgecolor()
-    )
-    return buf.getvalue()
-
-
 class Capture:
     """Records what a cell displays, in order, and passes each output to ``sink`` as it happens.
 
@@ -178,6 +174,7 @@ class Capture:
         self.outputs: list[Output] = []
         self._sink = sink
         self._shown: set[int] = set()  # ids of figures displayed (not shown again when the cell ends)
+        self._said_widgets = False
 
     def _emit(self, output: Output) -> None:
         for stream in (sys.stdout, sys.stderr):  # what was printed before comes before
@@ -209,9 +206,27 @@ class Capture:
                 data, meta = mime_bundle(obj, include=include, exclude=exclude)
                 if _is_figure(obj):
                     self._shown.add(id(obj))
+                if WIDGET_VIEW in data:
+                    static = self._static_widget(data)
+                    if static is None:
+                        continue
+                    data = static
             if metadata:
                 meta = {**meta, **{k: v for k, v in metadata.items() if _json_ready(v)}}
             self._emit({"output_type": "display_data", "data": data, "metadata": meta})
+
+    def _static_widget(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        """A widget cannot stay live once the remote cell has ended (no kernel holds its state): say so
+        once per cell, and keep what it shows without a kernel (HTML, an image), if anything."""
+        if not self._said_widgets:
+            self._said_widgets = True
+            print(
+                "batchmagic: widgets cannot stay live after the remote cell ends: what they show as it ran is "
+                "printed or displayed below; make them in a cell of their own to interact",
+                file=sys.stderr,
+            )
+        static = {k: v for k, v in data.items() if k not in (WIDGET_VIEW, "text/plain")}
+        return {**static, "text/plain": ""} if static else None
 
     def displayhook(self, value: Any) -> None:
         """``sys.displayhook`` while the cell runs: its last expression's value becomes an ``execute_result``."""
@@ -220,6 +235,11 @@ class Capture:
         data, meta = mime_bundle(value)
         if _is_figure(value):
             self._shown.add(id(value))
+        if WIDGET_VIEW in data:  # a widget as the cell's value (interactive(...) on the last line)
+            static = self._static_widget(data)
+            if static is None:
+                return
+            data = static
         self._emit({"output_type": "execute_result", "execution_count": None, "data": data, "metadata": meta})
 
     def show_figures(self, *, only_new: bool = False) -> None:
@@ -307,11 +327,18 @@ def _display(*objs: Any, **kwargs: Any) -> None:
 _IPYTHON_DISPLAY = "IPython.core.display_functions"
 
 
+def _clear_output(wait: bool = False) -> None:
+    """``clear_output``: what the remote cell showed is already in the notebook, and stays there. (Outside
+    a kernel IPython's own prints ``\x1b[2K\r``, which would reach the notebook as stray characters.)"""
+
+
 def _patch_ipython(module: ModuleType) -> None:
     module.display = _display  # type: ignore[attr-defined]
+    module.clear_output = _clear_output  # type: ignore[attr-defined]
     for name in ("IPython.display", "IPython.core.display"):
         if getattr(sys.modules.get(name), "display", None) is not None:
             sys.modules[name].display = _display  # type: ignore[attr-defined]
+            sys.modules[name].clear_output = _clear_output  # type: ignore[attr-defined]
 
 
 class _PatchingLoader(importlib.abc.Loader):

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import replace
@@ -28,6 +29,7 @@ from batchmagic.channel import Channel, open_channel
 from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, Manifest
 from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
+from batchmagic.runner import plots
 from batchmagic.runner.changes import changed_in_place
 from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
@@ -143,6 +145,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     padding = ["\n"] * (max(1, manifest.first_line) - 1)
     linecache.cache[CELL_FILENAME] = (len(source), None, padding + source.splitlines(True), CELL_FILENAME)
     rich.prepare()  # before the values load: unpickling one may import matplotlib or IPython
+    plots.apply(manifest.plot_settings)  # the notebook's style, rc and figure formats, once matplotlib is imported
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for name, module in manifest.modules.items():
         namespace[name] = importlib.import_module(module)
@@ -280,10 +283,17 @@ def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, byt
     for name in names:
         if name not in namespace:
             continue
+        value = namespace[name]
+        if type(value).__module__.startswith("ipywidgets."):
+            skipped[name] = "a widget cannot stay live after the remote cell ends; make it in a cell of its own"
+            continue
+        hung = getattr(value, "widget", None) if isinstance(value, types.FunctionType) else None
+        if hung is not None and type(hung).__module__.startswith("ipywidgets."):
+            del value.widget  # interact(f) hangs its widget on f: f comes back, its dead widget does not
         try:
-            outputs[name] = cloudpickle.dumps(namespace[name], protocol=5)
+            outputs[name] = cloudpickle.dumps(value, protocol=5)
         except Exception as err:
-            skipped[name] = f"{type(namespace[name]).__name__} cannot be pickled: {err}"
+            skipped[name] = f"{type(value).__name__} cannot be pickled: {err}"
     return outputs, skipped
 
 
