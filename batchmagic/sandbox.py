@@ -214,12 +214,28 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], name: str, log:
         time.sleep(0.05)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when this command ends, even killed with SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C and SIGTERM still stop both
+
+
 def _spawn(argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
     # A session of its own: the terminal's Ctrl-C reaches this command only, which stops the services in
-    # order and can end each one's whole process group (the emulator's task processes included).
+    # order and can end each one's whole process group (the emulator's task processes included). Should
+    # this command be killed outright, the parent-death signal still ends them.
     with log.open("ab") as out:
         return subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
 

@@ -5,6 +5,7 @@ as a newcomer types it, Azurite from node_modules, the emulator, a real shell, a
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -74,9 +75,13 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     yield proc, home
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    if proc.poll() is None:  # the test failed before its Ctrl-C: stop it as a user would
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_the_file_round_trips_and_is_loaded_only_while_its_command_runs(tmp_path: Path) -> None:
@@ -221,3 +226,36 @@ def test_make_quickstart_azure_runs_the_azure_notebook_on_the_emulators(tmp_path
     )
     assert "trained: final loss 0.01" in printed
     assert not (tmp_path / "bmhome" / ENV_FILE).exists()
+
+
+def test_killed_outright_it_still_leaves_no_service_running(
+    running: tuple[subprocess.Popen[str], Path],
+) -> None:
+    proc, home = running
+    services = _children(proc.pid)
+    assert len(services) >= 2
+    data = {_data_dir(pid) for pid in services} - {None}
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in services):
+        assert time.monotonic() < deadline, "a service outlived its command"
+        time.sleep(0.2)
+    for path in data:  # what a killed command cannot remove itself: its services' temporary data
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _data_dir(pid: int) -> Path | None:
+    """The temporary directory a service of `batchmagic emulator` keeps its data in (from its arguments)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    for flag in (b"--location", b"--workdir"):
+        if flag in args:
+            return Path(args[args.index(flag) + 1].decode()).parent
+    return None
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
