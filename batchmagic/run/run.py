@@ -529,7 +529,8 @@ class Run:
         """The task's log from the start, read a chunk at a time (a flood of output is never held whole)."""
         if task_id is None and self.world:
             merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read_all(self.store)]
-            return RankPrefixer().apply(sorted(merged, key=lambda r: r.time))
+            prefixer = RankPrefixer()
+            return prefixer.apply(sorted(merged, key=lambda r: r.time)) + prefixer.flush()
         tid = task_id or self.task_ids[0]
         return LogTail(self.log_key(tid), tid).read_all(self.store)
 
@@ -817,7 +818,9 @@ class Run:
         # The last log bytes may have landed after the previous tick (read a chunk at a time).
         if self._monitor is not None:
             while records := self._monitor.read_logs():
-                self._notify(records)
+                self._deliver(records)
+        if self.world and (unfinished := self._prefixer.flush()):
+            self._notify(unfinished)  # the ranks' last lines that had no newline
         if self.is_sweep:
             self._collect_sweep(status)
             return
