@@ -15,40 +15,33 @@ import logging
 import tempfile
 import threading
 import uuid
-import warnings
 from collections.abc import Iterable, Mapping, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
-from batchmagic.backends.azure.vmsizes import check_current, gpu_label, temp_disk_bytes
-from batchmagic.backends.base import Backend, NamedPools
+from batchmagic.backends.azure.vmsizes import check_current, gpu_label
+from batchmagic.backends.base import Backend, NamedPools, TaskSubmission
 from batchmagic.config import Settings, check_home, check_room, parse_budget, parse_timeout, working_directory
-from batchmagic.data import az_paths
 from batchmagic.errors import ConfigError
 from batchmagic.options import RunOptions
 from batchmagic.package.analysis import CellAnalysis
-from batchmagic.package.capture import CapturedCell, capture, check_cell
+from batchmagic.package.capture import capture, check_cell
 from batchmagic.package.folder import FolderPlan, plan_folder
 from batchmagic.package.image import ImageRequest, plan_image
 from batchmagic.package.image.plan import GuardMemo
-from batchmagic.package.inputs import HashCache, grant_paths, parse_input, stage_inputs
-from batchmagic.protocol import FolderSpec, Layout, ObjectRef, OutputTarget, TaskSpec
+from batchmagic.package.inputs import HashCache, parse_input
 from batchmagic.run.ledger import Ledger, LedgerRun
-from batchmagic.run.run import LargeUploadWarning, Run, UpdateCallback
+from batchmagic.run.run import Run, UpdateCallback
 from batchmagic.run.state import Phase, RunState
 from batchmagic.run.sweep import parse_grid
 from batchmagic.run.upkeep import trim
+from batchmagic.run.upload import shipped, upload
 from batchmagic.settings import DEFAULT_MAX_TASKS
-from batchmagic.storage import BlobStore, LocalStore, Store
+from batchmagic.storage import LocalStore
 
 __all__ = ["Run", "RunOptions", "Session", "submit", "default_session"]
 
 log = logging.getLogger("batchmagic.api")
-
-LARGE_UPLOAD_WARNING = 1_000_000_000  # bytes of shipped variables above which submit suggests --input
 
 
 class Session:
@@ -154,8 +147,28 @@ class Session:
         )  # fmt: skip
         if image is not None:
             image.memo = self.guard_memo
-        run = Run.create(options, settings, backend, namespace=namespace, source=cell)
+        run, submission = self._plan_run(cell, namespace, options, settings, backend, image)
         run.folder, run.bring_back_limit = folder, settings.bring_back_limit
+        if on_update is not None:
+            run.subscribe(on_update)
+        if isinstance(backend.store, LocalStore) and settings.store_limit:
+            run.subscribe(_trimmer(backend.store, self.ledger(settings.home), settings.store_limit))
+        self._package(run, submission, cell, namespace, options, settings, image)
+        self.runs.append(run)
+        run.launch(submission, self.ledger(settings.home))
+        return run
+
+    def _plan_run(
+        self,
+        cell: str,
+        namespace: Mapping[str, Any] | None,
+        options: RunOptions,
+        settings: Settings,
+        backend: Backend,
+        image: ImageRequest | None,
+    ) -> tuple[Run, TaskSubmission]:
+        """The run and what its backend is asked to start, checked by the backend and priced: nothing made yet."""
+        run = Run.create(options, settings, backend, namespace=namespace, source=cell)
         submission = run.submission(options)
         submission.pool = self.pool_for(options, settings, backend.name)
         backend.validate(submission)
@@ -173,22 +186,29 @@ class Session:
         if image is not None and submission.gpus:
             image.for_gpu(settings.gpu_base_image)
         run.price(options, settings)
-        if on_update is not None:
-            run.subscribe(on_update)
-        if isinstance(backend.store, LocalStore) and settings.store_limit:
-            run.subscribe(_trimmer(backend.store, self.ledger(settings.home), settings.store_limit))
+        return run, submission
+
+    def _package(
+        self,
+        run: Run,
+        submission: TaskSubmission,
+        cell: str,
+        namespace: Mapping[str, Any] | None,
+        options: RunOptions,
+        settings: Settings,
+        image: ImageRequest | None,
+    ) -> None:
+        """Package the cell (and build or find its image), then upload what its tasks read: steps of the run."""
         with tempfile.TemporaryDirectory(prefix="batchmagic-") as tmp:
             with run.step(Phase.PACKAGING):
                 captured = capture(
                     cell, namespace or {}, Path(tmp) / "bundle", outputs=options.outputs, provided=options.provided,
                     first_line=options.first_line, track_changes=options.sweep is None,
                 )  # fmt: skip
-                submission.image = _resolve_image(image, captured, run)
-            with run.step(Phase.UPLOADING, _shipped(captured), storing=True):
-                self._upload(run, cell, captured, options, settings)
-        self.runs.append(run)
-        run.launch(submission, self.ledger(settings.home))
-        return run
+                # The training image the tasks run in ("" when they run without one): built or found now.
+                submission.image = image.resolve(captured, run.enter) if image is not None else ""
+            with run.step(Phase.UPLOADING, shipped(captured), storing=True):
+                upload(run, cell, captured, options, settings, hashes=self.hashes)
 
     @staticmethod
     def check(cell: str, options: RunOptions, settings: Settings) -> CellAnalysis:
@@ -254,88 +274,6 @@ class Session:
     def backends_in_use(self) -> list[Backend]:
         """The backends this session has made (the Azure one once a run or a pool command used it)."""
         return list(self._backends.values())
-
-    def _upload(self, run: Run, cell: str, captured: CapturedCell, options: RunOptions, settings: Settings) -> None:
-        """Everything the tasks read, then each task's spec: its URLs, its parameters, nothing else."""
-        store, expiry = run.store, run.sas_expiry
-        read = az_paths(cell)  # az:// paths the cell names literally: each gets a read URL
-        remote = bool(read) or any(spec.remote for spec in options.inputs)
-        signer = self._signer(store, settings) if remote else None
-        disk = temp_disk_bytes(run.vm_size) if run.backend.name == "azure" else None
-        folder = run.folder
-        shipped = [*options.inputs, *(folder.inputs if folder else ())]  # --input, and the files the cell names
-        try:
-            staged = stage_inputs(
-                shipped, store, expiry=expiry, hashes=self.hashes, signer=signer,
-                disk=(run.vm_size, disk) if disk else None,
-            )  # fmt: skip
-            grants = grant_paths(read, signer, expiry=expiry)
-        finally:
-            if signer is not None and signer is not store:  # a client of its own: its sockets go with it
-                signer.close()
-        run.uploaded_input_bytes = staged.uploaded
-        objects = self._upload_objects(run, captured)
-        store.put_file(Layout.bundle(run.id), captured.path)
-        outbox = run.outbox.write_url(expiry=expiry) if options.output_files or folder else ""
-        bundle_url = store.url(Layout.bundle(run.id), permissions="r", expiry=expiry)
-        sweep = options.sweep
-        gpus = run.gpus  # the runner checks it sees them before the cell runs, and samples them
-        machine = run.vm_size if run.backend.name == "azure" else ""
-
-        def write(index: int) -> None:
-            task_id = run.task_ids[index]
-            spec = TaskSpec(
-                run_id=run.id,
-                task_id=task_id,
-                bundle=bundle_url,
-                log=store.url(Layout.log(run.id, task_id), permissions="racw", expiry=expiry),
-                result=store.url(Layout.result(run.id, task_id), permissions="cw", expiry=expiry),
-                # Blob Storage: an append block at most every 0.25 s while the cell prints (one write
-                # transaction each; a line after a quiet spell goes at once): lines show within 0.5 s.
-                log_interval=0.2 if store.kind == "local" else 0.25,
-                log_patience=run.log_patience,
-                params={k: cloudpickle.dumps(v).hex() for k, v in (sweep[index] if sweep else {}).items()},
-                objects=objects,
-                grants=grants,
-                inputs=tuple(staged.files),
-                input_concurrency=settings.input_concurrency,
-                outputs=OutputTarget(outbox, Layout.outputs(run.id, task_id), options.output_files) if outbox else None,
-                env=dict(options.env),
-                folder=(
-                    FolderSpec(str(folder.root), folder.dirs, outbox, Layout.outputs(run.id, task_id))
-                    if folder
-                    else None
-                ),
-                gpus=gpus,
-                machine=machine,
-            )
-            store.put_bytes(Layout.spec(run.id, task_id), spec.to_json())
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            list(pool.map(write, range(len(run.task_ids))))
-
-    def _upload_objects(self, run: Run, captured: CapturedCell) -> dict[str, ObjectRef]:
-        """Large values by content: uploaded only when the store lacks them; a read URL for each."""
-        objects = {}
-        for name, obj in captured.objects.items():
-            if not run.store.holds(obj.key, obj.size, sha256=self.hashes.sha256):
-                run.store.put_file(obj.key, obj.path)
-                run.uploaded_object_bytes += obj.size
-            url = run.store.url(obj.key, permissions="r", expiry=run.sas_expiry)
-            objects[name] = ObjectRef(url, obj.sha256, obj.size)
-        return objects
-
-    def _signer(self, store: Store, settings: Settings) -> BlobStore | None:
-        """What signs read URLs for ``az://`` data: the run's Blob store, else one from the settings."""
-        if isinstance(store, BlobStore):
-            return store
-        connection = settings.secrets.storage_connection_string
-        if not connection:
-            return None
-        try:
-            return BlobStore.from_connection_string(connection, settings.container)
-        except ValueError as err:
-            raise ConfigError(f"AZURE_STORAGE_CONNECTION_STRING is not usable: {err}") from None
 
     def attach(
         self, key: str, *, settings: Settings | None = None, namespace: MutableMapping[str, Any] | None = None
@@ -449,19 +387,6 @@ class Session:
         return removed
 
 
-def _shipped(captured: CapturedCell) -> str:
-    """The uploading phase's detail, and a warning when the variables are too big to ship this way."""
-    shipped = captured.size + sum(o.size for o in captured.objects.values())
-    if shipped > LARGE_UPLOAD_WARNING:
-        warnings.warn(
-            f"the cell ships {shipped / 1e9:.1f} GB of variables; for data this big, --input "
-            "(az://container/prefix or a local path) downloads it in parallel on the node instead",
-            LargeUploadWarning,
-            stacklevel=4,
-        )
-    return f"{shipped / 1e6:,.1f} MB of cell and variables"
-
-
 def _trimmer(store: LocalStore, ledger: Ledger, limit: int) -> UpdateCallback:
     """A listener that trims the local store to ``limit`` once its run has ended (see batchmagic.run.upkeep)."""
     done = threading.Event()
@@ -478,11 +403,6 @@ def _trimmer(store: LocalStore, ledger: Ledger, limit: int) -> UpdateCallback:
             log.warning("could not trim the store %s", store.describe(), exc_info=True)
 
     return after
-
-
-def _resolve_image(request: ImageRequest | None, captured: CapturedCell, run: Run) -> str:
-    """The training image the tasks run in ("" when they run without one): built or found now."""
-    return request.resolve(captured, run.enter) if request is not None else ""
 
 
 def _sweep_rows(

@@ -50,6 +50,8 @@ __all__ = [
     "TaskOutcome",
     "SpecVersionError",
     "LogRecord",
+    "PROGRESS_VERSION",
+    "Progress",
     "STREAMS",
     "encode_log_record",
     "decode_log_records",
@@ -106,6 +108,18 @@ class Layout:
     def process_files(run_id: str, task_id: str) -> str:
         """Where Batch uploads the task process's own ``stdout.txt`` and ``stderr.txt`` (no trailing /)."""
         return f"runs/{run_id}/batch/{task_id}"
+
+    @staticmethod
+    def process_file(run_id: str, task_id: str, name: str) -> str:
+        """One of those files on Azure Batch: ``stdout.txt`` or ``stderr.txt``."""
+        return f"runs/{run_id}/batch/{task_id}/{name}"
+
+    @staticmethod
+    def spec_task(run_id: str, key: str) -> str | None:
+        """The task whose spec ``key`` is, for a key listed under :meth:`run_prefix`; None for another key."""
+        prefix = f"runs/{run_id}/"
+        parts = key[len(prefix) :].split("/") if key.startswith(prefix) else []
+        return parts[0] if len(parts) == 2 and parts[1] == SPEC_FILENAME else None
 
     @staticmethod
     def local_process_file(run_id: str, task_id: str, name: str) -> str:
@@ -447,6 +461,65 @@ class LogRecord:
     text: str  # "" for a display
     task_id: str = ""
     output: dict[str, Any] | None = field(default=None, compare=False)  # a display: its nbformat output object
+
+
+#: Version of :class:`Progress`. A reader takes any version: it reads the fields it knows.
+PROGRESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress record: the text of a log record of the ``progress`` stream (runner -> client, JSON).
+
+    ``phase`` says what it is about: ``"inputs"`` (``--input`` downloads: ``done`` bytes of ``total`` so
+    far, at ``mb_per_s``; on the wire ``bytes``, ``total``, ``mb_per_s``) or ``"gpu"`` (``gpus``: one
+    ``[index, utilization, memory_used, memory_total]`` per GPU, a figure None when the machine did not
+    say). Records written before the version existed carry
+    no ``v``: they read as version 1.
+    """
+
+    phase: str
+    done: int = 0
+    total: int = 0
+    mb_per_s: float = 0.0
+    gpus: tuple[tuple[float | None, ...], ...] = ()
+    version: int = PROGRESS_VERSION
+
+    @property
+    def transfer(self) -> bool:
+        """A transfer's progress (what the panel shows as the run's detail), not a GPU sample."""
+        return self.phase != "gpu"
+
+    def describe(self) -> str:
+        """The panel's line: ``inputs: 120 of 800 MB at 95 MB/s``."""
+        return f"{self.phase}: {self.done / 1e6:,.0f} of {self.total / 1e6:,.0f} MB at {self.mb_per_s:,.0f} MB/s"
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {"v": self.version, "phase": self.phase}
+        if self.gpus:
+            data["gpus"] = [list(g) for g in self.gpus]
+        else:
+            data.update(bytes=self.done, total=self.total, mb_per_s=self.mb_per_s)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Progress:
+        """Read a record of any version (unknown fields ignored); ValueError when it is not one."""
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict) or not isinstance(raw.get("phase"), str):
+                raise ValueError("not a progress record")
+            gpus = tuple(tuple(g) for g in raw.get("gpus") or ())
+            return cls(
+                phase=raw["phase"],
+                done=int(raw.get("bytes", 0)),
+                total=int(raw.get("total", 0)),
+                mb_per_s=float(raw.get("mb_per_s", 0.0)),
+                gpus=gpus,
+                version=int(raw.get("v", 1)),
+            )
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"not a progress record: {err}") from None
 
 
 def encode_log_record(t: float, stream: str, data: str | dict[str, Any]) -> bytes:

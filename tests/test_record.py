@@ -17,7 +17,7 @@ from batchmagic.api import Session
 from batchmagic.errors import RunCancelled
 from batchmagic.notebook.record import Record, record_of, render
 from batchmagic.run.state import Phase, RunState
-from batchmagic.run.sweep import TaskOutcome, results_table
+from batchmagic.run.sweep import SweepRow, results_table
 from tests.test_widget import state, sweep_state
 
 
@@ -54,8 +54,8 @@ def test_sweep_record_has_counts_grid_failures_and_results() -> None:
 
 
 def test_results_table_keeps_types_and_shows_times_to_the_second() -> None:
-    ok = TaskOutcome("t0", {"a": 1}, "succeeded", 0, 100.123, 102.987, "n", {"y": 10, "flag": True, "f": 0.5})
-    bad = TaskOutcome("t1", {"a": 2}, "failed", None, 100.5, None, "n", {}, "ValueError", "bad")
+    ok = SweepRow("t0", {"a": 1}, "succeeded", 0, 100.123, 102.987, "n", {"y": 10, "flag": True, "f": 0.5})
+    bad = SweepRow("t1", {"a": 2}, "failed", None, 100.5, None, "n", {}, "ValueError", "bad")
     table = results_table([ok, bad])
     assert str(table["y"].dtype) == "Int64" and table.loc["t0", "y"] == 10 and pd.isna(table.loc["t1", "y"])
     assert str(table["flag"].dtype) == "boolean" and str(table["exit_code"].dtype) == "Int64"

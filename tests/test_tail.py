@@ -14,8 +14,8 @@ import pytest
 from batchmagic.api import Session
 from batchmagic.backends.local import LocalBackend
 from batchmagic.protocol import TaskSpec
+from batchmagic.run.driver import sleep_between as _pause
 from batchmagic.run.monitor import TAIL_FASTEST, TAIL_SLOWEST, Monitor
-from batchmagic.run.run import _pause
 from batchmagic.run.state import LogRecord, RunState
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.emulator import RunningEmulator, start_emulator

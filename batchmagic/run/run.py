@@ -1,15 +1,15 @@
-"""The handle on a submitted cell: :class:`Run` owns its whole lifecycle, from packaging to done.
+"""The handle on a submitted cell: :class:`Run`, what the user holds from packaging to done.
 
 :mod:`batchmagic.api` creates a Run and walks it through its first steps (:meth:`Run.step` for
 packaging and uploading, :meth:`Run.launch` to start it); from then on the Run follows itself (poll,
-wait, cancel), collects what the tasks produced (outputs, a sweep's table, files, displays) and
-writes its record. The magics and the panel only read it."""
+wait, cancel). The poll loop is :mod:`~batchmagic.run.driver`'s (retries, budget, progress), what the
+tasks produced is read by :mod:`~batchmagic.run.collect` (names, a sweep's table, files, displays, the
+record), and a run of another client is rebuilt from the ledger by :mod:`~batchmagic.run.attach`.
+The magics and the panel only read it."""
 
 from __future__ import annotations
 
 import errno
-import itertools
-import json
 import logging
 import re
 import threading
@@ -17,31 +17,29 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
-from batchmagic.backends.base import Backend, BackendStatus, TaskStatus, TaskSubmission
+from batchmagic.backends.base import Backend, BackendStatus, TaskSubmission
 from batchmagic.config import Settings, redacted
 from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.options import RunOptions
-from batchmagic.package.folder import FolderPlan, bring_back, explain_missing
-from batchmagic.protocol import Layout, LedgerSubmission, TaskOutcome, TaskSpec, count_lines, decode_log_records
+from batchmagic.package.folder import FolderPlan
+from batchmagic.protocol import Layout
+from batchmagic.run.attach import ledger_submission, rebuild
+from batchmagic.run.collect import Collected, OutputWarning, collect, collect_sweep, read_result
 from batchmagic.run.cost import CostMeter
+from batchmagic.run.driver import Driver, sleep_between
 from batchmagic.run.ledger import Ledger, LedgerRun
-from batchmagic.run.monitor import TAIL_FASTEST, TAIL_SLOWEST, LogTail, Monitor
+from batchmagic.run.monitor import LogTail
 from batchmagic.run.names import rebind
-from batchmagic.run.ranks import RankPrefixer, blame, failure_of, last_lines
+from batchmagic.run.ranks import RankPrefixer
 from batchmagic.run.state import GpuTracker, LogRecord, Phase, PhaseSpan, RankRow, RunState
-from batchmagic.run.sweep import TaskOutcome as SweepRow
-from batchmagic.run.sweep import results_table, task_ids_for
-from batchmagic.storage import BlobStore, Store, unreachable
+from batchmagic.run.sweep import task_ids_for
+from batchmagic.storage import BlobStore, unreachable
 
 __all__ = ["Run", "OutputWarning", "LargeUploadWarning", "UpdateCallback"]
 
@@ -49,11 +47,6 @@ log = logging.getLogger("batchmagic.run")
 
 UpdateCallback = Callable[[RunState, list[LogRecord]], None]
 _SAS_GRACE = timedelta(hours=1)  # SAS URLs outlive the run's timeout by this much
-_POLL_ATTEMPTS = 5  # consecutive failed polls before a run is declared lost
-
-
-class OutputWarning(UserWarning):
-    """An output of the remote cell could not be brought back."""
 
 
 class LargeUploadWarning(UserWarning):
@@ -135,24 +128,17 @@ class Run:
         self._phases: list[PhaseSpan] = []
         self._listeners: list[UpdateCallback] = []
         self._lock = threading.RLock()
-        self._monitor: Monitor | None = None
-        self._last_status: BackendStatus | None = None
-        self._activity = False  # the last tick brought output or a new phase: poll fast again
-        self._poll_errors = 0  # consecutive failed polls
         self._discard_error = ""  # why the data of a run that failed before it started could not all be removed
         self._collect_failing_since = 0.0  # monotonic time the store first failed to give the results
-        self._ended_in_store = False  # attached to a run every task of which left its outcome in the store
         self._ledger: Ledger | None = None
         self.warnings: list[str] = []  # warnings of a background run (a thread must not print them)
-        self._progress = ""  # the runner's latest transfer progress, shown as the detail
         self.meter: CostMeter | None = None  # what the run costs (Azure), and its --budget
-        self._tasks = _TaskStates(task_ids)
         self.master_port = DEFAULT_MASTER_PORT  # a distributed run's rank 0 port (AzBatch.master_port)
         # A distributed run's ranks (its tasks are rank-0, rank-1...); 0 for any other run.
         self.world = len(task_ids) if task_ids and all(rank_of(t) is not None for t in task_ids) else 0
-        self._prefixer = RankPrefixer()
-        self._last_lines: dict[str, str] = {}  # a distributed run's ranks' last lines
-        self._line_parts: dict[str, str] = {}  # each rank's line printed so far (its end not yet arrived)
+        self._driver = Driver(
+            backend, run_id, task_ids, sweep=params is not None, world=self.world, gpus=self.gpu_samples
+        )
         self.folder: FolderPlan | None = None  # the notebook's folder, mirrored in the task's (package.folder)
         self.bring_back_limit = 0  # bytes of the files the cell wrote that come back into it by themselves
 
@@ -222,50 +208,22 @@ class Run:
             The run's data is not in this backend's store (another home or container), or the backend
             cannot follow runs of other clients.
         """
-        submitted = entry.submitted
-        store = backend.store
-        prefix = Layout.run_prefix(entry.run_id)
-        keys = [key for key, _size in store.list_keys(prefix)]
-        specs = sorted(
-            (key[len(prefix) :].split("/")[0] for key in keys if key.endswith("/spec.json")),
-            key=lambda tid: (rank_of(tid) or 0, tid),  # rank-2 before rank-10
-        )
-        if not specs:
-            raise ConfigError(
-                f"run {entry.name} has no data in {store.describe()}: it was submitted with other settings "
-                "(AzBatch.home, BATCHMAGIC_CONTAINER)"
-            )
-        params: list[dict[str, Any]] | None = None
-        if submitted.sweep:
-            params = []
-            for task_id in specs:
-                spec = TaskSpec.from_json(store.get_bytes(Layout.spec(entry.run_id, task_id)))
-                params.append({k: cloudpickle.loads(bytes.fromhex(v)) for k, v in spec.params.items()})
+        found = rebuild(entry, backend.store)
         run = cls(
             run_id=entry.run_id,
             name=entry.name,
             backend=backend,
-            vm_size=submitted.vm_size,
-            timeout=submitted.submission.timeout or 24 * 3600,
-            task_ids=specs,
-            params=params,
+            vm_size=found.vm_size,
+            timeout=found.timeout,
+            task_ids=found.task_ids,
+            params=found.params,
         )
-        run._ended_in_store = bool(specs) and all(Layout.result(entry.run_id, tid) in keys for tid in specs)
-        run.created = submitted.created or submitted.time or time.time()
-        run.env = dict(submitted.env)
-        run.source = _cell_of(store, entry.run_id)
-        submission = TaskSubmission(
-            run_id=entry.run_id,
-            name=entry.name,
-            task_ids=list(specs),
-            spec_keys={tid: Layout.spec(entry.run_id, tid) for tid in specs},
-            vm_size=run.vm_size,
-            **{k: v for k, v in asdict(submitted.submission).items() if k != "vm_size"},
-        )
+        run.created, run.env, run.source = found.created, found.env, found.source
+        run._driver.ended_in_store = found.ended_in_store
         # A status read (record=False) only watches. A follower may start what is left to start once no
         # live client holds the run (the backend's lease decides), unless the run was seen to end.
         try:
-            backend.attach(submission, take_over=record and not (entry.finished or entry.released))
+            backend.attach(found.submission, take_over=record and not (entry.finished or entry.released))
         except NotImplementedError as err:
             raise ConfigError(str(err)) from None
         if record:  # a status read writes nothing: the run's end is its follower's to record
@@ -322,7 +280,7 @@ class Run:
 
     def task_states(self) -> tuple[str, ...]:
         """Each task's state, in task order: pending, running, succeeded or failed."""
-        return self._tasks.states(self._last_status)
+        return self._driver.tasks.states(self._driver.last_status)
 
     def state(self) -> RunState:
         states = self.task_states()
@@ -336,20 +294,22 @@ class Run:
             started=self.created,
             detail=self.detail,
             error=str(self.error) if self.error else "",
-            task_counts=self._tasks.counts(),
+            task_counts=self._driver.tasks.counts(),
             task_ids=tuple(self.task_ids) if self.is_sweep else (),
             task_states=states if self.is_sweep else (),
             ranks=self._rank_rows(states) if self.world else (),
-            first_start=self._tasks.first_start,
+            first_start=self._driver.tasks.first_start,
             cost=self.meter.cost() if self.meter is not None else None,
             gpus=self.gpu_samples.views(),
             gpu=self.gpu_label,
         )
 
     def _rank_rows(self, states: tuple[str, ...]) -> tuple[RankRow, ...]:
-        tasks = self._last_status.tasks if self._last_status is not None else {}
+        last = self._driver.last_status
+        tasks = last.tasks if last is not None else {}
+        lines = self._driver.last_lines
         return tuple(
-            RankRow(tid, state, tasks[tid].node if tid in tasks else "", self._last_lines.get(tid, ""))
+            RankRow(tid, state, tasks[tid].node if tid in tasks else "", lines.get(tid, ""))
             for tid, state in zip(self.task_ids, states, strict=True)
         )
 
@@ -365,7 +325,7 @@ class Run:
     @property
     def ticks(self) -> int:
         """How many times the run has polled its backend."""
-        return self._monitor.ticks if self._monitor is not None else 0
+        return self._driver.ticks
 
     # --- the lifecycle: packaging -> uploading -> queued -> ... -> done | failed | cancelled ---
 
@@ -458,7 +418,7 @@ class Run:
                 created=self.created,
                 sweep=self.is_sweep,
                 # What Run.attach needs to follow the run from another client (no secret, no URL).
-                submission=LedgerSubmission(**{key: getattr(submission, key) for key in _ATTACH_FIELDS}),
+                submission=ledger_submission(submission),
             )
         except OSError as err:  # a full disk: nothing is started that no ledger knows of
             failure = RunFailed(f"run {self.name} not started: the ledger {ledger.path}: {_disk_full(err)}")
@@ -510,27 +470,20 @@ class Run:
 
     # --- the lifecycle ---
 
-    def _monitoring(self) -> Monitor:
-        if self._monitor is None:
-            # A single cell's log streams; a sweep's streams only for the tasks someone follows.
-            self._monitor = Monitor(self.backend, self.id, follow=() if self.is_sweep else self.task_ids)
-        return self._monitor
-
     def follow(self, task_id: str) -> None:
         """Stream this task's log through the updates too (a sweep streams none by default)."""
-        self._monitoring().follow(task_id)
+        self._driver.monitoring().follow(task_id)
 
     def logs(self, task_id: str | None = None) -> str:
         """Everything the cell (or one task of a sweep, one rank of a distributed run) printed so far, stdout
         and stderr in order; a distributed run's ranks merged, each line prefixed ``[rank k]``."""
-        return "".join(r.text for r in self._log_records(task_id))
+        return "".join(r.text for r in self.log_records(task_id))
 
-    def _log_records(self, task_id: str | None = None) -> Iterable[LogRecord]:
+    def log_records(self, task_id: str | None = None) -> Iterable[LogRecord]:
         """The task's log from the start, read a chunk at a time (a flood of output is never held whole)."""
         if task_id is None and self.world:
             merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read_all(self.store)]
-            prefixer = RankPrefixer()
-            return prefixer.apply(sorted(merged, key=lambda r: r.time)) + prefixer.flush()
+            return RankPrefixer().apply(sorted(merged, key=lambda r: r.time))
         tid = task_id or self.task_ids[0]
         return LogTail(self.log_key(tid), tid).read_all(self.store)
 
@@ -539,104 +492,44 @@ class Run:
         with self._lock:
             if self.done:
                 return True
-            try:
-                status, records = self._monitoring().tick()
-            except Exception as err:
-                # A network blip or a throttled call: try again on the next ticks; give up (and release
-                # what the run holds) only when the backend stays unreachable.
-                if self._ended_in_store:  # its job is gone (deleted), but every task left its outcome
-                    self._collect_or_wait(self._status_from_store())
-                    return self.done
-                self._poll_errors += 1
-                self._activity = False  # back off: the next tick waits longer, not less
-                log.debug("poll %d failed", self._poll_errors, exc_info=True)
-                if self._poll_errors < _POLL_ATTEMPTS:
-                    return False
-                self.fail(RunFailed(f"lost track of the run after {self._poll_errors} failed polls: {err}"))
-                self.release()
-                return True
-            self._poll_errors = 0
-            self._last_status = status
-            self._tasks.fold(status)
-            if self.meter is not None:
-                self.meter.observe(status.holding, time.time())
-                if self.meter.over_budget and not status.finished:
-                    line = self.meter.budget_line(self.name)
-                    self.release()  # stop spending first
-                    if self.is_sweep:  # what its finished tasks made is kept: they were paid for
-                        kept = self._collect_sweep(status, stopped=f"stopped by the run's --budget: {line}")
-                        line += f"; the results of its {kept} finished tasks are in its results"
-                    self.fail(RunFailed(line))
-                    return True
-            self._activity = bool(records) or status.phase != self.phase
-            self._deliver(records)
-            if status.error:
-                self.fail(RunFailed(status.error))
+            tick = self._driver.tick(self.phase, self.name, self.meter)
+            if tick is None:  # a failed poll: the next ones try again
+                return False
+            if tick.records:
+                self._notify(tick.records)
+            status = tick.status
+            if tick.budget and status is not None:
+                self._stop_for_budget(status, tick.error)
+            elif tick.error or status is None:
+                # Lost, over budget, or ended by the backend: release what the run holds.
+                self.fail(RunFailed(tick.error))
                 self.release()
             elif status.finished:
                 self._collect_or_wait(status)
-            elif status.phase != self.phase or (status.detail or self._progress) != self.detail:
-                self.enter(status.phase, status.detail or self._progress)
+            elif status.phase != self.phase or tick.detail != self.detail:
+                self.enter(status.phase, tick.detail)
             else:
                 self._notify()
             return self.done
 
-    def _deliver(self, records: list[LogRecord]) -> None:
-        """Hand new log records to the listeners (progress becomes the detail; ranks are labelled)."""
-        records = self._take_progress(records)
-        if self.world:
-            # What the cell displays shows once, from rank 0 (whose names come back), not once per rank.
-            records = [r for r in records if r.output is None or r.task_id == self.task_ids[0]]
-            self._note_last_lines(records)
-            records = self._prefixer.apply(records)
-        if records:
-            self._notify(records)
+    def _stop_for_budget(self, status: BackendStatus, line: str) -> None:
+        """The run's --budget is spent: stop spending first; a sweep keeps what its finished tasks made
+        (they were paid for), the others say the budget stopped them."""
+        self.release()
+        if self.is_sweep:
+            got = collect_sweep(self, status, stopped=f"stopped by the run's --budget: {line}")
+            self.outputs, self.results, self.errors = got.outputs, got.results, got.errors or {}
+            line += f"; the results of its {got.finished} finished tasks are in its results"
+        self.fail(RunFailed(line))
 
     def _tail(self) -> float:
-        """Between two polls of the backend, once the run is launched and until it ends: read its log, so that
-        a line reaches the notebook within a fraction of a second rather than at the next poll (a second or
-        more on Azure; the task may start before a poll says so). Returns the seconds until the next read
-        (see :meth:`Monitor.next_tail`)."""
+        """Between two polls: read the run's log and deliver what came (see :meth:`Driver.tail`); the
+        seconds until the next read."""
         with self._lock:
-            monitor = self._monitor
-            if monitor is None or self.phase.final or self.phase is Phase.COLLECTING or not monitor.tails:
-                return TAIL_SLOWEST
-            records = monitor.read_logs()
+            records, wait = self._driver.tail(self.phase)
             if records:
-                self._activity = True  # output flows: the next poll comes soon too (the cell may end)
-                self._deliver(records)
-            return monitor.next_tail(got=bool(records))
-
-    def _note_last_lines(self, records: list[LogRecord]) -> None:
-        """Each rank's last line, for its row in the panel."""
-        for record in records:
-            if record.stream not in ("stdout", "stderr"):
-                continue
-            # A record may hold part of a line (print writes its pieces apart): join them before choosing.
-            text = self._line_parts.get(record.task_id, "") + record.text
-            self._line_parts[record.task_id] = text.rsplit("\n", 1)[-1][-1000:]
-            if lines := [line for line in text.splitlines() if line.strip()]:
-                self._last_lines[record.task_id] = lines[-1]
-
-    def _take_progress(self, records: list[LogRecord]) -> list[LogRecord]:
-        """Turn the runner's transfer progress into the panel's detail; return the other records."""
-        rest = []
-        for record in records:
-            if record.stream != "progress":
-                rest.append(record)
-                continue
-            try:
-                info = json.loads(record.text)
-                if info.get("phase") == "gpu":
-                    self.gpu_samples.add(record.task_id, list(info["gpus"]))
-                    continue
-                self._progress = (
-                    f"{info['phase']}: {info['bytes'] / 1e6:,.0f} of {info['total'] / 1e6:,.0f} MB"
-                    f" at {info['mb_per_s']:,.0f} MB/s"
-                )
-            except (ValueError, KeyError, TypeError):
-                log.debug("unreadable progress record %r", record.text)
-        return rest
+                self._notify(records)
+            return wait
 
     def wait(self, timeout: float | None = None, *, between_polls: Callable[[], None] | None = None) -> Any:
         """Block until the run ends, polling on this thread; return its outputs (a sweep: its results).
@@ -657,10 +550,10 @@ class Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while not self.poll():
-                pause = self._pause()
+                pause = self._driver.pause(self.phase)
                 if deadline is not None and time.monotonic() + pause > deadline:
                     raise TimeoutError(f"run {self.name} is still {self.status} after {timeout}s")
-                _pause(pause, between_polls, until=lambda: self.done, tail=self._tail)
+                sleep_between(pause, between_polls, until=lambda: self.done, tail=self._tail)
         except KeyboardInterrupt:
             self.cancel()
             raise RunCancelled(f"run {self.name} cancelled by Ctrl-C") from None
@@ -668,11 +561,11 @@ class Run:
 
     def task_error(self, task_id: str) -> str:
         """A finished, failed task's traceback (or why it ended without a result); empty otherwise."""
-        status = self._last_status
+        status = self._driver.last_status
         task = status.tasks.get(task_id) if status is not None else None
         if task is None or task.state != "completed":
             return ""
-        outcome, failure = self._read_result(task)
+        outcome, failure = read_result(self.store, self.id, task)
         if failure:
             return failure + "\n"
         if outcome is None or outcome.ok or outcome.error is None:
@@ -713,7 +606,8 @@ class Run:
                 warnings.simplefilter("always")
                 try:
                     while not self.poll():
-                        _pause(self._pause(), None, until=lambda: self.done, tail=self._tail)
+                        pause = self._driver.pause(self.phase)
+                        sleep_between(pause, None, until=lambda: self.done, tail=self._tail)
                 except Exception as err:  # never a silent dead thread: the run says what happened
                     log.debug("background monitor of %s failed", self.id, exc_info=True)
                     self.fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
@@ -724,11 +618,6 @@ class Run:
             self._background = threading.Thread(target=loop, name=f"batchmagic-{self.id}", daemon=True)
             self._background.start()
         return self._background
-
-    def _pause(self) -> float:
-        """Seconds until the next poll: fast while things happen, backing off while they don't."""
-        monitor = self._monitor
-        return monitor.next_interval(active=self._activity, phase=self.phase) if monitor else 0.05
 
     def cancel(self) -> None:
         """Stop the run. Idempotent."""
@@ -779,18 +668,6 @@ class Run:
         self.error = error
         self.enter(Phase.FAILED, str(error))
 
-    def _status_from_store(self) -> BackendStatus:
-        """A finished run as its stored outcomes tell it, for when the backend no longer knows it."""
-        tasks = {}
-        for tid in self.task_ids:
-            try:
-                outcome = TaskOutcome.from_bytes(self.store.get_bytes(self.result_key(tid)))
-                code, started, ended = (0 if outcome.ok else 1), outcome.started, outcome.ended
-            except KeyError:
-                code, started, ended = None, None, None
-            tasks[tid] = TaskStatus(tid, "completed", exit_code=code, started=started, ended=ended)
-        return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
-
     def _collect_or_wait(self, status: BackendStatus) -> None:
         """Collect; a store that does not answer (an outage) is tried again on the next ticks for up to
         :attr:`collect_patience` seconds, then the run fails with one line: never stuck in collecting."""
@@ -802,7 +679,7 @@ class Run:
             now = time.monotonic()
             self._collect_failing_since = self._collect_failing_since or now
             if now - self._collect_failing_since < self.collect_patience:
-                self._activity = False  # back off while storage is away
+                self._driver.back_off()  # while storage is away
                 self.enter(Phase.COLLECTING, f"storage does not answer ({_first_line(err)}): trying again")
                 return
             self.fail(
@@ -815,297 +692,33 @@ class Run:
 
     def _collect(self, status: BackendStatus) -> None:
         self.enter(Phase.COLLECTING)
-        # The last log bytes may have landed after the previous tick (read a chunk at a time).
-        if self._monitor is not None:
-            while records := self._monitor.read_logs():
-                self._deliver(records)
-        if self.world and (unfinished := self._prefixer.flush()):
-            self._notify(unfinished)  # the ranks' last lines that had no newline
-        if self.is_sweep:
-            self._collect_sweep(status)
-            return
-        if self.world and self._rank_failed(status):
-            return
-        task = status.tasks[self.task_ids[0]]
-        outcome, failure = self._read_result(task)
-        if failure:
-            hint = self.backend.task_log_hint(self.id, task.task_id) if outcome is None else ""
-            self.fail(RunFailed(f"run {self.name}: {failure}" + (f"; {hint}" if hint else "")))
-            return
-        assert outcome is not None
-        self.displays = list(outcome.displays)
-        self._deliver_log_tail(task.task_id, outcome)
-        self._write_record(task.task_id, outcome)
-        self._note_files(outcome)
-        outcome, back = self._bring_back(task.task_id, outcome)
-        if not outcome.ok:
-            self.fail(_exit_failure(self.name, outcome) or _remote_error(outcome, task.task_id))
-            return
-        outputs = _load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=4))
-        for name, reason in outcome.skipped.items():
-            warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=2)
-        self.outputs = outputs
-        self.deleted = list(outcome.deleted)
-        self.changed = list(outcome.changed)
-        self.enter(Phase.DONE, _join(_files_line(self.files), back, status.note))
+        for records in self._driver.final_logs():
+            self._notify(records)
+        self._take(collect(self, status))
 
-    def _bring_back(self, task_id: str, outcome: TaskOutcome) -> tuple[TaskOutcome, str]:
-        """The files the cell wrote, into the notebook's folder (see :mod:`batchmagic.package.folder`); the
-        outcome with a missing path explained, and the panel's line."""
-        if self.folder is None:
-            return outcome, ""
-        prefix = self.outputs_prefix(task_id)
-        back = bring_back(
-            self.folder,
-            outcome.written,
-            lambda relative, path: self.outbox.get_file(prefix + relative, path),
-            run_id=self.id,
-            limit=self.bring_back_limit,
-        )
-        for line in back.warnings(self.bring_back_limit):
-            warnings.warn(line, OutputWarning, stacklevel=4)
-        return explain_missing(outcome, self.folder.root), back.detail()
+    def _take(self, got: Collected) -> None:
+        """Keep what collection brought back; end the run done, or failed with its error."""
+        if got.records:
+            self._notify(got.records)
+        for name in ("outputs", "results", "errors", "displays", "files", "deleted", "changed"):
+            value = getattr(got, name)
+            if value is not None:
+                setattr(self, name, value)
+        if got.error is not None:
+            self.fail(got.error)
+        else:
+            self.enter(Phase.DONE, got.summary)
 
     @property
     def record_key(self) -> str:
         """Where the run's record lives: a notebook of the cell and all it printed and displayed."""
         return Layout.record(self.id)
 
-    def _deliver_log_tail(self, task_id: str, outcome: TaskOutcome) -> None:
-        """What the runner could not store in the log (storage away at its end) came with its result: show
-        it, and say how many lines could not be stored (and how many of them are lost)."""
-        tail = decode_log_records(outcome.log_tail, task_id)[0]
-        if tail:
-            self._notify(tail)
-        if outcome.log_errors:
-            shown = count_lines(r.text for r in tail)
-            kept = f"the last {shown} came with its result and are shown here and kept in its record" if shown else ""
-            warnings.warn(
-                f"{outcome.log_errors} lines of run {self.name}'s log could not be stored (storage did not "
-                f"answer): " + (kept or "they are lost"),
-                OutputWarning,
-                stacklevel=3,
-            )
-
-    def _write_record(self, task_id: str, outcome: TaskOutcome) -> None:
-        """Write ``outputs.ipynb``; a record that can't be written costs a warning in the log, not the run."""
-        from batchmagic.run.ipynb import run_notebook
-
-        try:
-            tail = decode_log_records(outcome.log_tail, task_id)[0]  # what the log could not take
-            records = itertools.chain(self._log_records(None if self.world else task_id), tail)
-            error = None
-            if not outcome.ok and outcome.error is not None:
-                err = outcome.error
-                error = {"type": err.type, "message": err.message, "traceback": list(err.traceback)}
-            nb = run_notebook(self.source, records, error=error, run_id=self.id, name=self.name, task_id=task_id)
-            self.store.put_bytes(self.record_key, json.dumps(nb, indent=1).encode())
-        except Exception:
-            log.warning("could not write the record of run %s", self.id, exc_info=True)
-
-    def _rank_failed(self, status: BackendStatus) -> bool:
-        """A distributed run: read every rank's outcome; when one failed, fail the run with that rank's
-        error (the cell's exception as it raised there, or one line naming the rank and its last lines)."""
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            read = list(pool.map(lambda tid: self._read_result(status.tasks[tid]), self.task_ids))
-        outcomes = dict(zip(self.task_ids, read, strict=True))
-        failed = blame(self.task_ids, status.tasks, outcomes)
-        if failed is None:
-            return False
-        if failed.outcome is not None:
-            self._write_record(failed.task_id, failed.outcome)
-        lines = last_lines(self._log_records(failed.task_id))
-        self.fail(failure_of(self.name, failed, lines, lambda o: str(_exit_failure(self.name, o)).split(": ", 1)[-1]))
-        return True
-
-    def _note_files(self, outcome: TaskOutcome) -> None:
-        self.files = list(outcome.files)
-        for pattern in outcome.unmatched:
-            warnings.warn(f"--output {pattern!r} matched no file", OutputWarning, stacklevel=3)
-
-    def _read_result(self, task: TaskStatus) -> tuple[TaskOutcome | None, str]:
-        """A finished task's outcome (None when the runner wrote none), and why it failed without
-        one of its own verdicts (killed, timed out, no result): empty when the outcome tells."""
-        try:
-            outcome = TaskOutcome.from_bytes(self.store.get_bytes(self.result_key(task.task_id)))
-        except KeyError:
-            return None, task.failure or f"the task ended without a result (exit code {task.exit_code})"
-        # Killed or timed out: the runner's result only says it was terminated; the backend knows why.
-        return outcome, task.failure
-
-    def _collect_sweep(self, status: BackendStatus, *, stopped: str = "") -> int:
-        """Read every task's result (in parallel) into ``results``, ``outputs`` and ``errors``; how many
-        tasks had finished. ``stopped``: the run was ended early (its budget) for this reason: the
-        tasks that had not finished are failed rows that say so, and the run's phase is the caller's."""
-        params = self.params or []
-
-        def one(index: int) -> SweepRow:
-            tid = self.task_ids[index]
-            task = status.tasks[tid]
-            out = SweepRow(tid, params[index], "failed", task.exit_code, task.started, task.ended, task.node)
-            if stopped and task.state != "completed":
-                out.error_type, out.error_message = "RunFailed", stopped
-                return out
-            outcome, failure = self._read_result(task)
-            if outcome is not None:
-                out.started = outcome.started if outcome.started is not None else out.started
-                out.ended = outcome.ended if outcome.ended is not None else out.ended
-            if failure or outcome is None:
-                out.error_type, out.error_message = "RunFailed", failure
-            elif outcome.ok:
-                out.state = "succeeded"
-                out.outputs = _load_outputs(outcome, lambda text: log.warning("task %s: %s", tid, text))
-            elif (exited := _exit_failure(self.name, outcome)) is not None:
-                out.error_type, out.error_message = "RunFailed", str(exited)
-            else:
-                error = _remote_error(outcome, tid)
-                out.error_type, out.error_message = error.ename, error.evalue
-                self.errors[tid] = error
-            return out
-
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            rows = list(pool.map(one, range(len(self.task_ids))))
-        self.errors = {tid: self.errors[tid] for tid in self.task_ids if tid in self.errors}  # in task order
-        self.outputs = [row.outputs for row in rows]
-        self.results = results_table(rows)
-        finished = sum(1 for tid in self.task_ids if status.tasks[tid].state == "completed")
-        if stopped:
-            return finished
-        failed = sum(1 for row in rows if row.state == "failed")
-        self.enter(Phase.DONE, _join(f"{len(rows) - failed} succeeded, {failed} failed", status.note))
-        return finished
-
-
-def _pause(
-    seconds: float,
-    between_polls: Callable[[], None] | None,
-    *,
-    until: Callable[[], bool],
-    tail: Callable[[], float] | None = None,
-) -> None:
-    """Sleep ``seconds``; with ``between_polls``, call it in slices meanwhile and stop early once
-    ``until()``; with ``tail``, call it from :data:`TAIL_FASTEST` on, then as often as it asks (it
-    returns the seconds to its next call)."""
-    if between_polls is None and tail is None:
-        time.sleep(seconds)
-        return
-    now = time.monotonic()
-    end, next_tail = now + seconds, now + TAIL_FASTEST
-    while True:
-        if between_polls is not None:
-            between_polls()
-        now = time.monotonic()
-        if tail is not None and now >= next_tail and now < end:
-            next_tail = now + tail()
-            now = time.monotonic()
-        left = end - now
-        if left <= 0 or until():
-            return
-        step = min(left, next_tail - now) if tail is not None else left
-        time.sleep(max(0.0, min(step, 0.05) if between_polls is not None else step))
-
-
-class _TaskStates:
-    """Each task's state for the panel, kept up to date by what changed: a poll that names its changed
-    tasks (``BackendStatus.changed``) costs what changed, not how many tasks there are."""
-
-    def __init__(self, task_ids: list[str]) -> None:
-        self.task_ids = task_ids
-        self.index = {tid: i for i, tid in enumerate(task_ids)}
-        self.values = ["pending"] * len(task_ids)
-        self.tally: dict[str, int] = {"pending": len(task_ids)}
-        self.first_start: float | None = None
-        self.seen: BackendStatus | None = None  # the status folded in last
-
-    def states(self, status: BackendStatus | None) -> tuple[str, ...]:
-        if status is not None and status is not self.seen:
-            self.fold(status)
-        return tuple(self.values)
-
-    def counts(self) -> dict[str, int]:
-        return {k: v for k, v in self.tally.items() if v}
-
-    def fold(self, status: BackendStatus) -> None:
-        changed = status.changed if self.seen is not None else None
-        self.seen = status
-        ids = self.task_ids if changed is None else [tid for tid in changed if tid in self.index]
-        for tid in ids:
-            task = status.tasks.get(tid)
-            if task is None:
-                continue
-            new = _task_state(task)
-            i = self.index[tid]
-            old = self.values[i]
-            if new != old:
-                self.values[i] = new
-                self.tally[old] -= 1
-                self.tally[new] = self.tally.get(new, 0) + 1
-            if task.started and (self.first_start is None or task.started < self.first_start):
-                self.first_start = task.started
-
-
-def _task_state(task: TaskStatus) -> str:
-    if task.state != "completed":
-        return task.state
-    return "succeeded" if task.exit_code == 0 and not task.failure else "failed"
-
-
-#: The TaskSubmission fields the ledger keeps, for Run.attach.
-_ATTACH_FIELDS = tuple(f.name for f in fields(LedgerSubmission))
-
-
-def _cell_of(store: Store, run_id: str) -> str:
-    """The cell's source, from the run's bundle ("" when it cannot be read: the record then lacks it)."""
-    import tempfile
-
-    from batchmagic.package.bundle import BundleReader
-
-    try:
-        with tempfile.TemporaryDirectory(prefix="batchmagic-attach-") as tmp:
-            path = Path(tmp) / "bundle"
-            store.get_file(Layout.bundle(run_id), path)
-            reader = BundleReader(path)
-            try:
-                return reader.cell()
-            finally:
-                reader.close()
-    except Exception:
-        log.debug("could not read the cell of run %s", run_id, exc_info=True)
-        return ""
-
 
 def new_run_id(name: str | None) -> str:
     """``<name>-<UTC time>-<random>``: unique, sortable, and a valid Batch job id."""
     stem = re.sub(r"[^a-z0-9-]+", "-", (name or "run").lower()).strip("-")[:32] or "run"
     return f"{stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def _exit_failure(name: str, outcome: TaskOutcome) -> RunFailed | None:
-    """A cell that called ``sys.exit(n)`` with a non-zero ``n``, or a GPU preflight that failed (the cell
-    did not run): one line, as a non-zero exit is."""
-    if outcome.phase == "preflight" and outcome.error is not None:
-        return RunFailed(f"run {name}: {outcome.error.message}")
-    if outcome.phase != "exit" or outcome.error is None:
-        return None
-    return RunFailed(f"run {name}: the cell called sys.exit({outcome.error.message})")
-
-
-def _remote_error(outcome: TaskOutcome, task_id: str) -> RemoteError:
-    err = outcome.error
-    if err is None:
-        return RemoteError("RunFailed", f"task {task_id} failed in its {outcome.phase} without an error", [], task_id)
-    return RemoteError(err.type, err.message, list(err.traceback), task_id)
-
-
-def _load_outputs(outcome: TaskOutcome, report: Callable[[str], None]) -> dict[str, Any]:
-    """Unpickle each output of a successful outcome; one that cannot come back is reported, not fatal."""
-    outputs = {}
-    for name, data in outcome.outputs.items():
-        try:
-            outputs[name] = cloudpickle.loads(data)
-        except Exception as exc:
-            report(f"`{name}` could not be brought back: {exc}")
-    return outputs
 
 
 def _record_quietly(ledger: Ledger, event: str, run_id: str, **fields: Any) -> None:
@@ -1127,16 +740,3 @@ def _disk_full(err: OSError) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def _join(*parts: str) -> str:
-    return "; ".join(p for p in parts if p)
-
-
-def _files_line(files: list[tuple[str, int]]) -> str:
-    """The panel's list of --output files: names and sizes, the first few."""
-    if not files:
-        return ""
-    shown = ", ".join(f"{path} ({size / 1e6:,.1f} MB)" for path, size in files[:5])
-    more = f" and {len(files) - 5} more" if len(files) > 5 else ""
-    return f"outputs: {shown}{more}"

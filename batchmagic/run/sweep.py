@@ -27,7 +27,7 @@ __all__ = [
     "parse_values",
     "rows_from",
     "task_ids_for",
-    "TaskOutcome",
+    "SweepRow",
     "results_table",
 ]
 
@@ -189,8 +189,8 @@ def task_ids_for(count: int) -> list[str]:
 
 
 @dataclass
-class TaskOutcome:
-    """What one task of a sweep produced."""
+class SweepRow:
+    """What one task of a sweep produced: a row of the results table."""
 
     task_id: str
     params: dict[str, Any]
@@ -208,7 +208,7 @@ class TaskOutcome:
         return None if self.started is None or self.ended is None else self.ended - self.started
 
 
-def results_table(outcomes: list[TaskOutcome]) -> Any:
+def results_table(outcomes: list[SweepRow]) -> Any:
     """One row per task: parameters, state, exit code, duration, node, scalar outputs, error, start, end.
 
     Columns keep their types where a failed task leaves a gap: whole numbers stay whole (pandas' nullable

@@ -27,13 +27,13 @@ import cloudpickle
 from batchmagic import data
 from batchmagic.channel import Channel, open_channel
 from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, Manifest
-from batchmagic.protocol import ObjectRef, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
+from batchmagic.protocol import ObjectRef, Progress, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
 from batchmagic.runner import plots
 from batchmagic.runner.changes import changed_in_place
 from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
-from batchmagic.runner.ipyshell import NoIPythonError, ipython_cell
+from batchmagic.runner.ipyshell import ipython_cell
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = TaskOutcome(ok=False, phase="terminated", error=_where_terminated(err))
     except BaseException as err:  # the runner's own failure still ends in a result
         code = EXIT_SETUP_ERROR
-        said = isinstance(err, NoIPythonError)  # says all there is to say: no runner traceback under it
-        error = _describe(err, None if said else err.__traceback__, cell_only=False)
-        outcome = TaskOutcome(ok=False, phase="setup", error=error)
+        outcome = TaskOutcome(ok=False, phase="setup", error=_describe(err, err.__traceback__, cell_only=False))
     finally:
         log.close()
     outcome = replace(
@@ -263,7 +261,7 @@ def progress(log: LogSink) -> Callable[[str], None]:
 
 def _gpu_progress(log: LogSink) -> Callable[[list[GpuSample]], None]:
     """GPU samples travel as progress records too: ``{"phase": "gpu", "gpus": [[index, util, used, total]]}``."""
-    return lambda samples: log.add("p", json.dumps({"phase": "gpu", "gpus": [s.to_list() for s in samples]}))
+    return lambda samples: log.add("p", Progress("gpu", gpus=tuple(tuple(s.to_list()) for s in samples)).to_json())
 
 
 def _with_files(outcome: TaskOutcome, spec: TaskSpec, cwd: Path, workdir: Path, before: Snapshot) -> TaskOutcome:

@@ -8,7 +8,6 @@ prefix, also when the cell failed.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from batchmagic.channel import child_url, open_channel
-from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY, InputFile, OutputTarget, sha256_file
+from batchmagic.protocol import DEFAULT_INPUT_CONCURRENCY, InputFile, OutputTarget, Progress, sha256_file
 
 __all__ = ["fetch_inputs", "upload_outputs"]
 
-Progress = Callable[[str], None]
+Report = Callable[[str], None]
 
 
 def _inside(root: Path, relative: str) -> Path:
@@ -35,7 +34,7 @@ def fetch_inputs(
     cwd: Path,
     *,
     concurrency: int = DEFAULT_INPUT_CONCURRENCY,
-    progress: Progress | None = None,
+    progress: Report | None = None,
 ) -> dict[str, float]:
     """Download every input file to ``cwd / file["path"]``; report bytes and throughput as it goes.
 
@@ -55,7 +54,7 @@ def fetch_inputs(
             return
         last_report = now
         seconds = max(now - started, 1e-6)
-        progress(json.dumps({"phase": "inputs", "bytes": done, "total": total, "mb_per_s": done / seconds / 1e6}))
+        progress(Progress("inputs", done=done, total=total, mb_per_s=done / seconds / 1e6).to_json())
 
     def one(item: InputFile) -> None:
         nonlocal done

@@ -515,7 +515,7 @@ class AzureBackend(Backend, NamedPools):
         try:
             text = (
                 self.store.outbox(run_id)
-                .get_bytes(f"{Layout.process_files(run_id, task_id)}/stderr.txt")
+                .get_bytes(Layout.process_file(run_id, task_id, "stderr.txt"))
                 .decode(errors="replace")
             )
         except KeyError:
