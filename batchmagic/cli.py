@@ -37,7 +37,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchmagic.config import Settings
 from batchmagic.errors import ConfigError, RunFailed
@@ -56,6 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         description="batchmagic from a terminal: runs, named pools, training images, VM prices, the local emulators.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_image_commands(commands)
+    _add_price_commands(commands)
+    _add_pool_commands(commands)
+    _add_run_commands(commands)
+    _add_tool_commands(commands)
+    return parser
+
+
+def _add_image_commands(commands: Any) -> None:
+    """The subcommands for training images: build, ls."""
     image = commands.add_parser("image", help="build or list training images")
     actions = image.add_subparsers(dest="action", required=True)
 
@@ -86,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     ls = actions.add_parser("ls", help="list the training images in the registry (or the local engine)")
     ls.add_argument("--registry", help=registry_help)
 
+
+def _add_price_commands(commands: Any) -> None:
+    """The subcommands for the VM price table: update, ls."""
     prices = commands.add_parser("prices", help="the VM price table behind the panel's cost and --budget")
     price_actions = prices.add_subparsers(dest="action", required=True)
     update = price_actions.add_parser("update", help="refresh the table from Azure's Retail Prices API")
@@ -95,6 +108,10 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--output", metavar="FILE", help="where to write it (default: BATCHMAGIC_HOME/prices.json)")
     show = price_actions.add_parser("ls", help="the prices in force, per region and VM size")
     show.add_argument("--region", help="only this region")
+
+
+def _add_pool_commands(commands: Any) -> None:
+    """The subcommands for named pools: create, ls, resize, delete."""
     pool = commands.add_parser("pool", help="create, list, resize or delete named pools (as %%azbatch_pool)")
     pool_actions = pool.add_subparsers(dest="action", required=True)
     create = pool_actions.add_parser("create", help="a pool that grows with its tasks and goes to zero when idle")
@@ -113,6 +130,10 @@ def _parser() -> argparse.ArgumentParser:
     resize.add_argument("nodes", help="nodes to have now")
     delete = pool_actions.add_parser("delete", help="delete a named pool and its nodes")
     delete.add_argument("name", help="the pool's name")
+
+
+def _add_run_commands(commands: Any) -> None:
+    """The subcommands for runs: ls, logs, teardown."""
     commands.add_parser(
         "ls", help="the runs of every kernel on this machine, with their live phase (as %%azbatch_status)"
     )
@@ -127,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", dest="everything", help="also batchmagic-tagged jobs and pools on the account"
     )
     teardown.add_argument("--blobs", action="store_true", help="also delete their run data")
+
+
+def _add_tool_commands(commands: Any) -> None:
+    """The subcommands for the local emulators and the run store."""
     emulator = commands.add_parser(
         "emulator",
         help="Azurite and the Batch emulator on this machine, for the Azure path without an account (Ctrl-C stops)",
@@ -152,7 +177,6 @@ def _parser() -> argparse.ArgumentParser:
         "has stored its inputs before the ledger knows it)",
     )
     store.add_argument("--backend", choices=("local", "azure"), help="whose store (default: the settings' backend)")
-    return parser
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -196,7 +220,7 @@ def _emulator(args: argparse.Namespace) -> int:
 
 def _runs_ls(args: argparse.Namespace) -> int:
     from batchmagic.api import Session
-    from batchmagic.notebook.magics import status_lines
+    from batchmagic.notebook.view import status_lines
 
     session = Session(settings=Settings.from_env())
     rows = session.status()

@@ -25,11 +25,12 @@ from batchmagic.backends.base import NamedPools
 from batchmagic.config import Settings, parse_env
 from batchmagic.errors import CaptureError, ConfigError, RunCancelled
 from batchmagic.notebook.logcap import LogCap
+from batchmagic.notebook.pump import ui_pump
 from batchmagic.notebook.record import record_of
 from batchmagic.notebook.traits import settings_from_traits, settings_traits
-from batchmagic.notebook.widget import Panel, TaskLogs, format_seconds, make_panel, ui_pump
+from batchmagic.notebook.view import status_lines
+from batchmagic.notebook.widget import Panel, TaskLogs, make_panel
 from batchmagic.options import RunOptions, check_identifier
-from batchmagic.run.ledger import LedgerRun
 from batchmagic.run.run import UpdateCallback
 from batchmagic.run.state import LogRecord, RunState
 from batchmagic.run.sweep import parse_grid, rows_from
@@ -222,16 +223,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
         cap = LogCap(self.log_lines)
 
         def on_update(state: RunState, records: list[LogRecord]) -> None:
-            records = cap.feed(records, state) + (cap.end(state) if state.finished else [])
-            for record in records:
-                if record.output is not None:
-                    _replay(record.output)
-                    continue
-                stream = sys.stderr if record.stream == "stderr" else sys.stdout
-                stream.write(record.text)
-            if records:
-                sys.stdout.flush()
-                sys.stderr.flush()
+            _show(cap.feed(records, state) + (cap.end(state) if state.finished else []))
             panel.update(state)
 
         def on_background_update(state: RunState, records: list[LogRecord]) -> None:
@@ -524,21 +516,17 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                 print(text)
 
 
-def status_lines(rows: list[tuple[LedgerRun, RunState | None, str]]) -> list[str]:
-    """``%azbatch_status`` and ``batchmagic ls``: a line per run of the ledger."""
-    lines = []
-    for entry, state, who in rows:
-        if state is not None:
-            phase, elapsed, vm = state.phase.value, format_seconds(state.elapsed), state.vm_size
-        else:
-            phase = entry.phase or ("released" if entry.released else "unknown")
-            elapsed, vm = "-", entry.submitted.vm_size
-        name, backend = entry.name[:40], entry.backend
-        cost = f"  {state.cost.describe()}" if state is not None and state.cost is not None else ""
-        lines.append(
-            f"{name:<40} {backend:<6} {vm or '-':<18} {phase:<16} {elapsed:>8}  {who:<12} {entry.run_id}{cost}"
-        )
-    return lines
+def _show(records: list[LogRecord]) -> None:
+    """What the cell printed and displayed, shown as the cell itself would have: on the cell's output."""
+    for record in records:
+        if record.output is not None:
+            _replay(record.output)
+            continue
+        stream = sys.stderr if record.stream == "stderr" else sys.stdout
+        stream.write(record.text)
+    if records:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _parse(magic: Any, line: str) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from batchmagic.notebook.widget import (
+from batchmagic.notebook.view import (
     GPUS_SHOWN,
     cost_html,
     counts_html,
@@ -55,6 +55,18 @@ class Record:
 
 def _clip(text: str, limit: int = LOG_LIMIT) -> str:
     return text if len(text) <= limit else f"[... {len(text) - limit:,} characters before this ...]\n{text[-limit:]}"
+
+
+def _failed_tasks(errors: Mapping[str, str]) -> tuple[str, list[str]]:
+    """A sweep's failed tasks, the first few: as HTML, and as text lines."""
+    shown = list(errors.items())[:ERRORS_SHOWN]
+    more = f"<div>... and {len(errors) - len(shown)} more</div>" if len(errors) > len(shown) else ""
+    items = "".join(
+        f"<div><b>{html.escape(tid)}</b>: <span style='color:#c62828'>{html.escape(err)}</span></div>"
+        for tid, err in shown
+    )
+    html_part = f"<details open><summary>failed tasks ({len(errors)})</summary>{items}{more}</details>"
+    return html_part, [f"{tid}: {err}" for tid, err in shown]
 
 
 def render(
@@ -111,14 +123,9 @@ def render(
         counts = ", ".join(f"{k} {state.task_counts.get(k, 0)}" for k in ("succeeded", "failed", "running", "pending"))
         text.append(f"{len(state.task_ids)} tasks: {counts}")
     if errors:
-        shown = list(errors.items())[:ERRORS_SHOWN]
-        more = f"<div>... and {len(errors) - len(shown)} more</div>" if len(errors) > len(shown) else ""
-        items = "".join(
-            f"<div><b>{html.escape(tid)}</b>: <span style='color:#c62828'>{html.escape(err)}</span></div>"
-            for tid, err in shown
-        )
-        parts.append(f"<details open><summary>failed tasks ({len(errors)})</summary>{items}{more}</details>")
-        text.extend(f"{tid}: {err}" for tid, err in shown)
+        part, lines = _failed_tasks(errors)
+        parts.append(part)
+        text.extend(lines)
     if results is not None and len(results):
         table = results.to_html(max_rows=TABLE_ROWS, border=0)
         parts.append(

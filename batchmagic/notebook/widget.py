@@ -6,20 +6,38 @@ nothing. Panels are views only: they never poll, and only ever get states handed
 run ends, :meth:`StatusPanel.finish` replaces the widget, in the same display, with the run's static
 record (:mod:`batchmagic.notebook.record`), which outlives the kernel and its widget state.
 
-A blocking cell keeps the kernel busy, so a click on the panel would reach it only once the cell ends:
-:func:`ui_pump` gives the wait loop a callable that lets the kernel handle widget messages between polls.
+What it draws is :mod:`batchmagic.notebook.view`'s (pure functions of the state); the kernel pump that
+lets a blocking cell handle the panel's clicks is :mod:`batchmagic.notebook.pump`'s.
 """
 
 from __future__ import annotations
 
 import html
-import logging
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from batchmagic.notebook.pump import ui_pump, widgets_can_render
+from batchmagic.notebook.view import (
+    AMBER,
+    BROWN,
+    GREEN,
+    GREY,
+    GRID_BUTTONS,
+    RED,
+    TASK_COLOURS,
+    cost_html,
+    counts_html,
+    format_seconds,
+    gpu_html,
+    gpu_lines,
+    grid_html,
+    outcome,
+    ranks_html,
+    summary,
+    sweep_html,
+)
 from batchmagic.run.monitor import LogTail
 from batchmagic.run.state import LogRecord, Phase, RunState
 
@@ -27,6 +45,16 @@ if TYPE_CHECKING:
     from batchmagic.run.run import Run
 
 __all__ = [
+    # drawn by batchmagic.notebook.view, kept importable from here
+    "AMBER",
+    "GREEN",
+    "RED",
+    "GRID_BUTTONS",
+    "TASK_COLOURS",
+    "cost_html",
+    "counts_html",
+    "gpu_lines",
+    "grid_html",
     "Panel",
     "StatusPanel",
     "TextPanel",
@@ -40,11 +68,6 @@ __all__ = [
 ]
 
 PANEL_MODES = ("auto", "widget", "text", "none")
-GREEN, RED, AMBER, BROWN, BLUE, GREY = "#2e7d32", "#c62828", "#e65100", "#6d4c41", "#1565c0", "#555"
-_COLOURS = {Phase.DONE: GREEN, Phase.FAILED: RED, Phase.CANCELLED: BROWN, Phase.RUNNING: BLUE}
-TASK_COLOURS = {"pending": "#cfd8dc", "running": "#42a5f5", "succeeded": "#66bb6a", "failed": "#ef5350"}
-GRID_LIMIT = 2000  # tasks drawn in a grid; a bigger sweep shows its counts and the first ones
-GRID_BUTTONS = 400  # up to this many tasks, the live grid's squares are buttons: a click shows that task
 
 
 class Panel(Protocol):
@@ -55,75 +78,6 @@ class Panel(Protocol):
 
     def discard(self) -> None:
         """The run never started (a missing setting, a value that cannot travel): leave no empty panel."""
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def outcome(state: RunState) -> tuple[str, str]:
-    """The phase as words and its colour, telling the truth about a sweep's failures: a sweep that ended
-    with failed tasks is amber (some failed) or red (all failed), and says how many."""
-    label, colour = state.phase.value, _COLOURS.get(state.phase, GREY)
-    failed = state.task_counts.get("failed", 0) if state.is_sweep else 0
-    if failed and state.phase == Phase.DONE:
-        colour = RED if failed == len(state.task_ids) else AMBER
-        label = f"done, {failed} of {len(state.task_ids)} failed"
-    return label, colour
-
-
-def summary(state: RunState) -> str:
-    """The one-line form: ``run-x [local, Standard_D2s_v3] running 3.2s``."""
-    where = state.backend + (f", {state.vm_size}" if state.vm_size else "") + (f", {state.gpu}" if state.gpu else "")
-    line = f"{state.name} [{where}] {state.phase.value} {format_seconds(state.elapsed)}"
-    if state.is_sweep:
-        line += f" {state.finished_tasks}/{len(state.task_ids)} tasks"
-        if state.task_counts.get("failed"):
-            line += f", {state.task_counts['failed']} failed"
-    if state.detail and not state.finished:
-        line += f" ({state.detail})"
-    if state.cost is not None:
-        line += f" [{state.cost.describe()}]"
-    if state.error:
-        line += f": {state.error}"
-    return line
-
-
-def cost_html(state: RunState) -> str:
-    """The panel's cost line: cost per hour of what the run holds and the spend so far (empty on local)."""
-    if state.cost is None:
-        return ""
-    colour = "#c62828" if state.cost.per_hour is None else "#555"
-    return f"<span style='color:{colour}'>{html.escape(state.cost.describe())}</span>"
-
-
-#: GPUs the panel draws a line for (an 8-GPU node shows all of its; a sweep's many tasks, the first few).
-GPUS_SHOWN = 8
-
-
-def gpu_lines(state: RunState) -> list[str]:
-    """One line per GPU: its sparkline of utilisation, now, memory used of total, peak and mean utilisation."""
-    many_tasks = len({g.task_id for g in state.gpus}) > 1
-    lines = [(f"{g.task_id} " if many_tasks else "") + g.describe() for g in state.gpus[:GPUS_SHOWN]]
-    if len(state.gpus) > GPUS_SHOWN:
-        lines.append(f"... and {len(state.gpus) - GPUS_SHOWN} more GPUs")
-    return lines
-
-
-def gpu_html(state: RunState) -> str:
-    """The panel's GPU lines, in a monospace font so the sparklines line up (empty without samples)."""
-    lines = gpu_lines(state)
-    if not lines:
-        return ""
-    body = "<br>".join(html.escape(line) for line in lines)
-    return f"<div class='azbatch-gpus' style='font-family:monospace;color:#555'>{body}</div>"
 
 
 class TextPanel:
@@ -162,89 +116,6 @@ class _NoPanel:
         pass
 
 
-def _widgets_can_render() -> bool:
-    """True in a Jupyter kernel with ipywidgets (tqdm.notebook makes the same check)."""
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-@contextmanager
-def ui_pump() -> Iterator[Callable[[], None] | None]:
-    """A callable that lets a busy kernel handle the widget messages waiting for it (a Cancel click, a
-    picked task), for a wait loop to call between polls; None outside a Jupyter kernel.
-
-    Other messages (another cell's execute request...) wait, in order, until this cell ends, as they would
-    anyway. ipykernel 7 receives shell messages on a thread of its own and hands the main shell's to the
-    main thread through an inproc socket: the pump reads that socket, handles comm messages at once and
-    queues the rest behind the cell. ipykernel 6 has a message loop the pump can run one step at a time
-    (jupyter-ui-poll's technique, and package).
-    """
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    kernel = getattr(shell, "kernel", None) if shell is not None else None
-    if kernel is None or not _widgets_can_render():
-        yield None
-        return
-    channel = getattr(kernel, "shell_channel_thread", None)
-    if channel is not None and getattr(kernel, "_supports_kernel_subshells", False):
-        yield _MainShellPump(kernel)
-        return
-    try:
-        from jupyter_ui_poll import ui_events
-    except ImportError:
-        yield None
-        return
-    with ui_events() as poll:
-
-        def pump() -> None:
-            poll(20)  # at most this many queued messages per call
-
-        yield pump
-
-
-_COMM_MESSAGES = ("comm_open", "comm_msg", "comm_close")
-
-
-class _MainShellPump:
-    """ipykernel 7: handle the comm messages queued for the main shell while a cell blocks it."""
-
-    def __init__(self, kernel: Any) -> None:
-        self.kernel = kernel
-        self.socket = kernel.shell_channel_thread.manager.get_shell_channel_to_subshell_pair(None).to_socket
-
-    def __call__(self) -> None:
-        import asyncio
-
-        kernel = self.kernel
-        for _ in range(50):  # a bounded batch per call: the wait loop polls its run between batches
-            if not self.socket.poll(0):
-                return
-            raw = self.socket.recv_multipart(copy=False)
-            idents, frames = kernel.session.feed_identities(raw, copy=False)
-            # Peek at the header only: deserializing records the signature, and the kernel refuses a
-            # message whose signature it has seen, so only a message handled here may be deserialized.
-            header = kernel.session.unpack(frames[1].bytes)
-            if header.get("msg_type") not in _COMM_MESSAGES:
-                # Runs once this cell ends: the main shell's lock is held by the cell until then.
-                asyncio.ensure_future(kernel.shell_main(None, raw))
-                continue
-            msg = kernel.session.deserialize(frames, content=True, copy=False)
-            parent, ident = kernel.get_parent("shell"), kernel._get_shell_context_var(kernel._shell_parent_ident)
-            kernel.set_parent(idents, msg, channel="shell")
-            try:
-                kernel.shell_handlers[msg["header"]["msg_type"]](None, idents, msg)
-            except Exception:
-                logging.getLogger("batchmagic.widget").warning("a widget message failed", exc_info=True)
-            finally:
-                kernel.set_parent(ident, parent, channel="shell")  # the cell's output stays in the cell
-
-
 def make_panel(
     mode: str,
     *,
@@ -260,7 +131,7 @@ def make_panel(
     """
     if mode == "none":
         return _NoPanel()
-    if mode == "text" or (mode == "auto" and not _widgets_can_render()):
+    if mode == "text" or (mode == "auto" and not widgets_can_render()):
         return _QuietPanel() if background else TextPanel()
     try:
         panel = StatusPanel(on_cancel=on_cancel, on_pick=on_pick, background=background)
@@ -308,58 +179,6 @@ class TaskLogs:
             error = self.run.task_error(task_id)
             text += ("" if not text or text.endswith("\n") else "\n") + error
         return text
-
-
-def counts_html(state: RunState) -> str:
-    """Counts per state, throughput and ETA, on one line."""
-    counts = " · ".join(
-        f"<span style='color:{TASK_COLOURS[k]}'>&#9632;</span> {k} {state.task_counts.get(k, 0)}"
-        for k in ("pending", "running", "succeeded", "failed")
-    )
-    rate = state.throughput
-    pace = f" · {rate:.1f} tasks/min" if rate else ""
-    eta = state.eta
-    pace += f" · ETA {format_seconds(eta)}" if eta and not state.finished else ""
-    return f"<div>{len(state.task_ids)} tasks: {counts}{pace}</div>"
-
-
-def grid_html(state: RunState) -> str:
-    """A compact grid, one coloured square per task (its id and state in the tooltip)."""
-    cells = "".join(
-        f"<span title='{html.escape(tid)}: {st}' style='display:inline-block;width:9px;height:9px;margin:1px;"
-        f"background:{TASK_COLOURS.get(st, '#999')}'></span>"
-        for tid, st in list(zip(state.task_ids, state.task_states, strict=False))[:GRID_LIMIT]
-    )
-    more = f" <span style='color:#777'>(first {GRID_LIMIT})</span>" if len(state.task_ids) > GRID_LIMIT else ""
-    return f"<div style='line-height:9px'>{cells}{more}</div>"
-
-
-def ranks_html(state: RunState) -> str:
-    """A distributed run's ranks: one row each, with its state, its node and the last line it printed."""
-    rows = "".join(
-        f"<tr><td>{html.escape(row.task_id.replace('-', ' '))}</td>"
-        f"<td style='color:{TASK_COLOURS.get(row.state, GREY)}'>{html.escape(row.state)}</td>"
-        f"<td style='color:#555'>{html.escape(row.node)}</td>"
-        f"<td><code>{html.escape(row.last_line[-120:])}</code></td></tr>"
-        for row in state.ranks[:GRID_LIMIT]
-    )
-    more = f"<div style='color:#777'>(first {GRID_LIMIT} ranks)</div>" if len(state.ranks) > GRID_LIMIT else ""
-    return f"<table class='azbatch-ranks' style='font-size:12px'>{rows}</table>{more}"
-
-
-def ranks_text(state: RunState) -> list[str]:
-    """The ranks' rows as text lines."""
-    return [
-        f"{row.task_id.replace('-', ' ')}: {row.state}"
-        + (f" on {row.node}" if row.node else "")
-        + (f": {row.last_line}" if row.last_line else "")
-        for row in state.ranks[:GRID_LIMIT]
-    ]
-
-
-def sweep_html(state: RunState) -> str:
-    """Counts per state, throughput and ETA, and a compact grid with one coloured cell per task."""
-    return counts_html(state) + grid_html(state)
 
 
 class StatusPanel:

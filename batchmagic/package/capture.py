@@ -24,7 +24,7 @@ from typing import Any
 
 import cloudpickle
 
-import batchmagic
+from batchmagic._version import __version__
 from batchmagic.config import working_directory
 from batchmagic.errors import CaptureError
 from batchmagic.package.analysis import CellAnalysis, StarImportError, analyze
@@ -146,24 +146,9 @@ def capture(
         else:
             to_ship[name] = value
 
-    undefined = [
-        n
-        for n in analysis.inputs
-        if n not in values
-        and n not in given
-        and n not in vars(builtins)
-        and n not in analysis.bound
-        and n not in _IPYTHON_NAMES
-    ]
-    for name in undefined:
-        warnings.warn(
-            f"the cell reads `{name}`, which is defined nowhere; it will raise NameError remotely",
-            UndefinedNameWarning,
-            stacklevel=2,
-        )
-
+    _warn_undefined(analysis, values, given)
     manifest = Manifest(
-        batchmagic=batchmagic.__version__,
+        batchmagic=__version__,
         modules=modules,
         bound=analysis.bound,
         outputs=wanted,
@@ -193,6 +178,25 @@ def capture(
     return CapturedCell(
         path=Path(path), manifest=manifest, analysis=analysis, size=Path(path).stat().st_size, objects=objects
     )
+
+
+def _warn_undefined(analysis: CellAnalysis, values: Mapping[str, Any], given: set[str]) -> None:
+    """A name the cell reads that is defined nowhere: a warning now, rather than a NameError remotely."""
+    undefined = [
+        n
+        for n in analysis.inputs
+        if n not in values
+        and n not in given
+        and n not in vars(builtins)
+        and n not in analysis.bound
+        and n not in _IPYTHON_NAMES
+    ]
+    for name in undefined:
+        warnings.warn(
+            f"the cell reads `{name}`, which is defined nowhere; it will raise NameError remotely",
+            UndefinedNameWarning,
+            stacklevel=3,
+        )
 
 
 def _wanted(outputs: Iterable[str] | None, analysis: CellAnalysis) -> list[str] | None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import batchmagic
+from batchmagic._version import __version__
 from batchmagic.errors import ConfigError
 from batchmagic.package.cuda import expected_on_node, map_for_gpu, torch_index
 from batchmagic.settings import DEFAULT_BASE_IMAGE
@@ -207,13 +207,13 @@ def python_version() -> str:
 @functools.cache
 def batchmagic_source_digest() -> str:
     """Version plus 8 hex digits of the package's sources: the runner in the image is this copy."""
-    root = Path(batchmagic.__file__).parent
+    root = Path(__file__).parent.parent  # the batchmagic package
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" in path.parts:
             continue
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"{batchmagic.__version__}+{digest.hexdigest()[:8]}"
+    return f"{__version__}+{digest.hexdigest()[:8]}"
 
 
 # --- what the cell needs ---

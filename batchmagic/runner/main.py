@@ -132,13 +132,8 @@ def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
 
 def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int, TaskOutcome]:
     bundle_path = workdir / "bundle.zip"
-    open_channel(spec.bundle).download_to(bundle_path)
-    reader = BundleReader(bundle_path)
-    reader.verify()
+    reader = _open_bundle(spec, bundle_path, workdir)
     manifest = reader.manifest
-    if manifest.sources:
-        reader.extract_sources(workdir / "src")
-        sys.path.insert(0, str(workdir / "src"))
 
     source = reader.cell()
     # Lines are numbered as where the cell was written (under a %%azbatch line, its first line is line 2).
@@ -146,17 +141,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     linecache.cache[CELL_FILENAME] = (len(source), None, padding + source.splitlines(True), CELL_FILENAME)
     rich.prepare()  # before the values load: unpickling one may import matplotlib or IPython
     plots.apply(manifest.plot_settings)  # the notebook's style, rc and figure formats, once matplotlib is imported
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    for name, module in manifest.modules.items():
-        namespace[name] = importlib.import_module(module)
-    for name in manifest.values:
-        with reader.open_value(name) as f:
-            namespace[name] = cloudpickle.load(f)
-    for name, obj in spec.objects.items():
-        namespace[name] = _load_object(name, obj, workdir)
-    data.grant(spec.grants)  # batchmagic.data reads az:// paths with the run's own SAS
-    for name, text in spec.params.items():
-        namespace[name] = cloudpickle.loads(bytes.fromhex(text))
+    namespace = _namespace(reader, spec, workdir)
     reader.close()
     # A last expression's value is displayed, as in a notebook.
     if manifest.ipython:  # %time, !cmd: compiled as the kernel compiles it; tracebacks still show the cell's text
@@ -202,6 +187,34 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
             sampler.stop()
     done = replace(_names_back(namespace, manifest, spec, bundle_path), displays=tuple(capture.outputs))
     return EXIT_OK, _with_files(done, spec, Path(cwd), workdir, before)
+
+
+def _open_bundle(spec: TaskSpec, bundle_path: Path, workdir: Path) -> BundleReader:
+    """The cell's bundle, downloaded and checked; its local sources importable."""
+    open_channel(spec.bundle).download_to(bundle_path)
+    reader = BundleReader(bundle_path)
+    reader.verify()
+    if reader.manifest.sources:
+        reader.extract_sources(workdir / "src")
+        sys.path.insert(0, str(workdir / "src"))
+    return reader
+
+
+def _namespace(reader: BundleReader, spec: TaskSpec, workdir: Path) -> dict[str, Any]:
+    """The namespace the cell runs in: its modules, its values (shipped, and big ones by content), a
+    sweep task's parameters; ``batchmagic.data`` given the run's own read URLs."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    for name, module in reader.manifest.modules.items():
+        namespace[name] = importlib.import_module(module)
+    for name in reader.manifest.values:
+        with reader.open_value(name) as f:
+            namespace[name] = cloudpickle.load(f)
+    for name, obj in spec.objects.items():
+        namespace[name] = _load_object(name, obj, workdir)
+    data.grant(spec.grants)  # batchmagic.data reads az:// paths with the run's own SAS
+    for name, text in spec.params.items():
+        namespace[name] = cloudpickle.loads(bytes.fromhex(text))
+    return namespace
 
 
 def _names_back(namespace: dict[str, Any], manifest: Manifest, spec: TaskSpec, bundle_path: Path) -> TaskOutcome:

@@ -10,17 +10,19 @@ import sys
 import zipfile
 from pathlib import Path
 
-import batchmagic
+from batchmagic._version import __version__
 from batchmagic.errors import ConfigError
 from batchmagic.package.environment import EnvironmentSpec
 
 __all__ = ["build_context", "build_wheel"]
 
+_PACKAGE = Path(__file__).resolve().parents[2]  # batchmagic/, this copy of it
+
 
 def _dockerfile() -> str:
     """container/Dockerfile: from the source checkout, else where the wheel installs it (data-files)."""
     for candidate in (
-        Path(batchmagic.__file__).resolve().parents[1] / "container" / "Dockerfile",
+        _PACKAGE.parent / "container" / "Dockerfile",
         Path(sys.prefix) / "share" / "batchmagic" / "Dockerfile",
     ):
         if candidate.exists():
@@ -31,8 +33,8 @@ def _dockerfile() -> str:
 def build_wheel(dest: Path) -> Path:
     """A wheel of this process's own copy of batchmagic (same version, same sources), built without
     touching an index: the runner in the image is exactly the code that packaged the cell."""
-    package = Path(batchmagic.__file__).resolve().parent
-    version = batchmagic.__version__
+    package = _PACKAGE
+    version = __version__
     dist_info = f"batchmagic-{version}.dist-info"
     files: dict[str, bytes] = {}
     for path in sorted(package.rglob("*.py")):
