@@ -6,12 +6,11 @@ a kernel) and the static record, as a run's would."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from batchmagic.notebook.record import render
 from batchmagic.notebook.widget import StatusPanel, TextPanel, gpu_lines, summary
-from batchmagic.protocol import decode_log_records
+from batchmagic.protocol import Progress, decode_log_records
 from batchmagic.run.state import GPU_WINDOW, GpuTracker, Phase, PhaseSpan, RunState, sparkline
 
 RECORDED = Path(__file__).parent / "data" / "gpu_progress.log"
@@ -21,9 +20,10 @@ def tracker_from_log() -> GpuTracker:
     records, _ = decode_log_records(RECORDED.read_bytes(), "task-0")
     tracker = GpuTracker()
     for record in records:
-        info = json.loads(record.text)
-        assert record.stream == "progress" and info["phase"] == "gpu"
-        tracker.add(record.task_id, info["gpus"])
+        progress = Progress.from_json(record.text)  # recorded before the version existed: read as version 1
+        assert record.stream == "progress" and progress.phase == "gpu" and not progress.transfer
+        assert progress.version == 1
+        tracker.add(record.task_id, [list(g) for g in progress.gpus])
     return tracker
 
 

@@ -3,7 +3,6 @@ without a GPU: a fake ``nvidia-smi`` (tests/support/gpu.py) first on ``PATH`` st
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from batchmagic.protocol import PROGRESS_VERSION, Progress
 from batchmagic.runner import EXIT_OK, EXIT_PREFLIGHT
 from batchmagic.runner.gpu import GpuSample, parse_samples
 from tests.support.gpu import fake_nvidia_smi, fake_torch
@@ -30,12 +30,14 @@ def _run(task: Task, path_first: Path | None, pythonpath: Path | None = None) ->
 
 
 def _gpu_records(task: Task) -> list[list[list[float]]]:
+    """The GPU samples in the task's log, read as the client reads progress records (versioned)."""
     found = []
     for record in task.records():
         if record["s"] == "p":
-            data = json.loads(record["d"])
-            if data.get("phase") == "gpu":
-                found.append(data["gpus"])
+            progress = Progress.from_json(record["d"])
+            assert progress.version == PROGRESS_VERSION
+            if progress.phase == "gpu":
+                found.append([list(g) for g in progress.gpus])
     return found
 
 
