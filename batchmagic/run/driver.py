@@ -8,9 +8,13 @@ a tick says (:class:`Tick`): moves to a phase, tells its listeners, fails, or co
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from batchmagic.backends.base import Backend, BackendStatus, TaskStatus
 from batchmagic.protocol import Progress
@@ -20,7 +24,7 @@ from batchmagic.run.monitor import TAIL_FASTEST, TAIL_SLOWEST, Monitor
 from batchmagic.run.ranks import RankPrefixer
 from batchmagic.run.state import GpuTracker, LogRecord, Phase
 
-__all__ = ["POLL_ATTEMPTS", "Driver", "TaskStates", "Tick", "sleep_between"]
+__all__ = ["POLL_ATTEMPTS", "Driver", "TaskStates", "Tick", "sleep_between", "thread_warnings"]
 
 log = logging.getLogger("batchmagic.run")
 
@@ -239,3 +243,44 @@ def task_state(task: TaskStatus) -> str:
     if task.state != "completed":
         return task.state
     return "succeeded" if task.exit_code == 0 and not task.failure else "failed"
+
+
+# --- a monitor thread's own warnings ---
+
+_thread = threading.local()  # .sink: the list this thread's warnings go to (none: shown as usual)
+
+
+@contextmanager
+def thread_warnings(sink: list[str]) -> Iterator[None]:
+    """Collect the warnings this thread raises into ``sink``, and only this thread's: every other thread
+    (the notebook's) shows its warnings as before. ``warnings.catch_warnings`` would not do: it is
+    process-wide, so a monitor thread inside it would swallow what the main thread warns meanwhile."""
+    if not getattr(warnings.showwarning, "batchmagic_threads", False):
+        warnings.showwarning = _by_thread(warnings.showwarning)
+    _thread.sink = sink
+    try:
+        yield
+    finally:
+        _thread.sink = None
+
+
+def _by_thread(shown: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``warnings.showwarning`` that hands a collecting thread's warnings to its sink and shows the rest
+    with ``shown`` (what was in place before)."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        sink = getattr(_thread, "sink", None)
+        if sink is None:
+            shown(message, category, filename, lineno, file, line)
+        else:
+            sink.append(str(message))
+
+    show.batchmagic_threads = True  # type: ignore[attr-defined]
+    return show

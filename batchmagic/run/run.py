@@ -32,7 +32,7 @@ from batchmagic.protocol import Layout
 from batchmagic.run.attach import ledger_submission, rebuild
 from batchmagic.run.collect import Collected, OutputWarning, collect, collect_sweep, read_result
 from batchmagic.run.cost import CostMeter
-from batchmagic.run.driver import Driver, sleep_between
+from batchmagic.run.driver import Driver, sleep_between, thread_warnings
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail
 from batchmagic.run.names import rebind
@@ -602,8 +602,7 @@ class Run:
         """Poll from a daemon thread until the run ends; listeners are then called from that thread."""
 
         def loop() -> None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with thread_warnings(self.warnings):  # the run's own: a thread must not print them
                 try:
                     while not self.poll():
                         pause = self._driver.pause(self.phase)
@@ -612,7 +611,6 @@ class Run:
                     log.debug("background monitor of %s failed", self.id, exc_info=True)
                     self.fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
                     self.release()
-                self.warnings.extend(str(w.message) for w in caught)
 
         if self._background is None:
             self._background = threading.Thread(target=loop, name=f"batchmagic-{self.id}", daemon=True)
