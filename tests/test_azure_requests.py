@@ -298,3 +298,32 @@ def test_the_call_layer_retries_what_is_transient_and_translates_the_rest(monkey
 
     with pytest.raises(ConfigError, match="there is no pool warm"):
         layer.pool_call(missing, "warm", "read")
+
+
+# --- what validate refuses (a unit test of the backend with a stand-in client and store) ---
+
+
+def _backend(settings: Settings) -> Any:
+    from batchmagic.backends.azure.backend import AzureBackend
+
+    listed = NS(
+        image_reference=NS(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204", version="latest"),
+        node_agent_sku_id="batch.node.ubuntu 22.04",
+        os_type="linux",
+        verification_type="verified",
+        capabilities=["DockerCompatible"],
+        batch_support_end_of_life=None,
+    )
+    client = NS(list_supported_images=lambda: [listed])
+    store = NS(ensure_container=lambda: None)
+    return AzureBackend(client, store, settings)  # type: ignore[arg-type]
+
+
+def test_an_image_given_with_the_run_needs_no_configured_image_nor_registry() -> None:
+    """``--image X`` alone is enough: neither AzBatch.image nor a registry needs to be set."""
+    backend = _backend(_settings())
+    backend.validate(_submission(image="reg.io/train:1"))  # no ConfigError
+    with pytest.raises(ConfigError, match="BATCHMAGIC_IMAGE is not set"):
+        backend.validate(_submission())
+    configured = _backend(_settings(image="reg.io/train:1"))
+    configured.validate(_submission())

@@ -169,9 +169,10 @@ class AzureBackend(Backend, NamedPools):
 
         On a named pool the run takes the pool's VM size (``submission.vm_size`` is set to it).
         """
-        # With a registry, Session.submit builds (or reuses) the image and passes it in the submission.
-        # (Checked here, not when the backend is made: managing named pools needs no image.)
-        if not self.settings.image and not self.settings.registry:
+        # The run's own image (--image), else AzBatch.image; with a registry, Session.submit builds (or
+        # reuses) the image and passes it in the submission. (Checked here, not when the backend is made:
+        # managing named pools needs no image.)
+        if not (submission.image or self.settings.image or self.settings.registry):
             raise ConfigError(_NO_IMAGE)
         if submission.pool:
             self.check_access()
@@ -189,8 +190,6 @@ class AzureBackend(Backend, NamedPools):
         vm_cores(submission.vm_size)
         if submission.nodes < 1:
             raise ConfigError(f"--nodes must be at least 1, not {submission.nodes}")
-        if not (submission.image or self.settings.image or self.settings.registry):
-            raise ConfigError(_NO_IMAGE)
         self.check_access()
         self.node_image(submission.vm_size)
 
