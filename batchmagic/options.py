@@ -128,6 +128,11 @@ class RunOptions:
                 "--procs-per-node K to start K ranks per node",
             ),
             (
+                self.retries > 0,
+                "--retries does not apply to --distributed (Batch would start every rank again from the beginning, "
+                "its nodes' last states still in the store): checkpoint in the cell, and run it again",
+            ),
+            (
                 self.nodes > MAX_NODES,
                 f"--nodes {self.nodes} with --distributed is over Azure Batch's limit of {MAX_NODES} nodes for "
                 "one multi-instance task: ask for fewer",

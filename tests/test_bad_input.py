@@ -138,6 +138,7 @@ FLAGS = [
     ("--nodes 2 --distributed --sweep lr=1,2", "y = lr", "--distributed runs one cell on several nodes"),
     ("--nodes 2 --distributed --slots-per-node 2", "x = 1", "use --procs-per-node K"),
     ("--procs-per-node 2", "x = 1", "--procs-per-node starts several ranks.*add --distributed"),
+    ("--nodes 2 --distributed --retries 1", "x = 1", "--retries does not apply to --distributed"),
     ("--distributed --procs-per-node 0", "x = 1", "--procs-per-node must be from 1 to 64"),
     ("--distributed --procs-per-node 65", "x = 1", "--procs-per-node must be from 1 to 64"),
     ("", "   \n", "the cell is empty"),

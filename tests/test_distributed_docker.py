@@ -1,20 +1,29 @@
-"""A distributed cell's ranks in the training image (``--backend local --container``), through a private
-dockerd and the debootstrap base image: each rank its own container, on the host's network (rank 1 reaches
-rank 0 at MASTER_ADDR:MASTER_PORT) with a /dev/shm NCCL can live with."""
+"""A distributed cell's ranks in the training image, through a private dockerd and the debootstrap base
+image: locally (``--backend local --container``, each rank its own container) and on the Batch emulator's
+docker executor (a multi-instance task: each node's commands in the task's container there). Either way on
+the host's network (rank 1 reaches rank 0 at MASTER_ADDR:MASTER_PORT) with a /dev/shm NCCL can live with."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support import docker as docker_parts
-from tests.support.docker import DockerEngine
+from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.docker import DockerEngine, RunningRegistry
+from tests.support.emulator import RunningEmulator, start_emulator
+from tests.support.settings import azure_environment
 
 pytestmark = pytest.mark.slow
 
 docker_engine = docker_parts.docker_engine
 base_image = docker_parts.base_image
+registry = docker_parts.registry
+azurite = azurite_fixture()
 
 CELL = """
 import os, socket, time
@@ -52,3 +61,38 @@ def test_each_rank_runs_in_the_image_and_they_reach_each_other(
     assert shm_bytes > 1 << 30  # Docker's default is 64 MB
     logs = shell.user_ns["_azbatch"].logs()
     assert "[rank 0] in a container: True" in logs and "[rank 1] in a container: True" in logs
+
+
+@pytest.fixture
+def docker_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    tmp_path: Path,
+    docker_engine: DockerEngine,
+    registry: RunningRegistry,
+    base_image: str,
+    azurite: RunningAzurite,
+) -> Iterator[RunningEmulator]:
+    """The emulator on the docker executor, and a notebook whose cells' images are built and pushed."""
+    with start_emulator(tmp_path / "batch", executor="docker", env=docker_engine.env, allocation_delay=0.1) as emu:
+        settings = azure_environment(emu, azurite, container=f"distd-{int(time.time() * 1000) % 10**9}")
+        settings.pop("BATCHMAGIC_IMAGE")  # built for the cell, pushed to the loopback registry
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+        monkeypatch.setenv("BATCHMAGIC_REGISTRY", f"{registry.host}/batchmagic")
+        monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
+        monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", registry.username)
+        monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", registry.password)
+        yield emu
+
+
+def test_the_ranks_of_a_multi_instance_task_run_in_each_nodes_container(
+    docker_batch: RunningEmulator, shell: Any, docker_engine: DockerEngine
+) -> None:
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --out heard,where\n{CELL}")
+    assert shell.user_ns["heard"] == "hello from rank 1"
+    in_docker, shm_bytes, world = shell.user_ns["where"]
+    assert in_docker and world == "2" and shm_bytes > 1 << 30
+    left = docker_engine.run("ps", "-a", "--filter", "name=batchemu-mi-", "--format", "{{.Names}}").stdout.decode()
+    assert left.split() == []  # each node's task container went with the task

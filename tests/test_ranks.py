@@ -35,7 +35,9 @@ def test_prefixes_go_where_lines_start() -> None:
         LogRecord(1.3, "stdout", "ld\n", "rank-1"),
     ]
     text = "".join(r.text for r in prefixer.apply(records))
-    assert text == "[rank 1] hello\n[rank 1] wor[rank 0] a\nld\n"
+    assert text == "[rank 1] hello\n[rank 0] a\n[rank 1] world\n"  # two ranks at once: whole lines each
+    assert prefixer.apply([LogRecord(2.0, "stderr", "no newline", "rank-3")]) == []
+    assert [r.text for r in prefixer.flush()] == ["[rank 3] no newline"] and prefixer.flush() == []
 
 
 def test_blame_takes_the_rank_that_failed_of_itself_first() -> None:

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,11 @@ class TaskContext:
     pool_container: dict[str, Any] | None = None
     gpus: int = 0
     """GPUs the node gives its container tasks (its size's, when its image has the NVIDIA driver)."""
+    container_name: str = ""
+    """A multi-instance task's container on this node: made by its first command (the coordination
+    command), each command of the task on the node executed in it, removed when the task ends. So what a
+    coordination command starts in the background (the service's "typical coordination command line
+    launches a background service") keeps running for the application command."""
 
     @property
     def wd(self) -> Path:
@@ -371,6 +376,8 @@ class DockerExecutor:
                 "One or more container images specified are invalid",
                 [("ContainerImage", image), ("Message", str(exc)[:1000])],
             ) from exc
+        if ctx.container_name:
+            return self._exec_in_task_container(ctx, image)
         name = f"batchemu-{uuid.uuid4().hex[:12]}"
         argv = docker_argv(ctx, image, name)
         host_env = dict(os.environ)
@@ -389,6 +396,43 @@ class DockerExecutor:
             subprocess.run(["docker", "kill", name], env=host_env, capture_output=True, timeout=30, check=False)
 
         return _Process(proc, on_kill=kill_container)
+
+    def _exec_in_task_container(self, ctx: TaskContext, image: str) -> RunningTask:
+        """``docker exec`` the command in the task's container on this node, made first if need be (idle:
+        ``sleep infinity`` under docker's init, with the task's run options, network and mount)."""
+        name, host_env = ctx.container_name, dict(os.environ)
+        with self._lock:
+            found = subprocess.run(
+                ["docker", "container", "inspect", name], env=host_env, capture_output=True, timeout=60, check=False
+            )
+            if found.returncode != 0:
+                idle = replace(ctx, command_line="infinity")
+                argv = docker_argv(idle, image, name)
+                argv[2:2] = ["-d", "--init", "--entrypoint", "sleep"]
+                made = subprocess.run(argv, env=host_env, capture_output=True, timeout=120, check=False)
+                if made.returncode != 0:
+                    raise TaskStartError("ContainerInvalidSettings", made.stderr.decode(errors="replace")[:1000])
+        argv = ["docker", "exec"]
+        if (ctx.container_settings or {}).get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
+            argv += ["-w", str(ctx.wd)]
+        for key, value in ctx.env.items():
+            argv += ["-e", f"{key}={value}"]
+        argv += [name, *shlex.split(ctx.command_line)]
+        out, err = _open_logs(ctx)
+        try:
+            proc = subprocess.Popen(
+                argv, env=host_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
+        except OSError as exc:
+            raise TaskStartError("ContainerInvalidSettings", f"docker exec could not be launched: {exc}") from exc
+        finally:
+            out.close()
+            err.close()
+
+        def remove_container() -> None:  # the task ended on this node: its container and all it ran go
+            subprocess.run(["docker", "rm", "-f", name], env=host_env, capture_output=True, timeout=60, check=False)
+
+        return _Process(proc, on_kill=remove_container)
 
     def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
         # A container run's exit code is not kept anywhere once its `docker run` client is gone.

@@ -129,7 +129,9 @@ class Driver:
         """The last log bytes, which may have landed after the previous tick (read a chunk at a time)."""
         if self.monitor is not None:
             while records := self.monitor.read_logs():
-                yield records
+                yield self.deliverable(records)
+        if self.world and (unfinished := self._prefixer.flush()):
+            yield unfinished  # the ranks' last lines that had no newline
 
     def back_off(self) -> None:
         """The next poll waits longer, not less (storage is away)."""

@@ -30,11 +30,13 @@ def label(task_id: str) -> str:
 
 
 class RankPrefixer:
-    """Puts ``[rank k] `` before every line of each rank's records, for the merged log. A record may end
-    mid-line (the runner flushes what it has): the prefix goes only where a line starts."""
+    """Puts ``[rank k] `` before every line of each rank's records, for the merged log, whole lines only: a
+    record may end mid-line (``print`` writes its pieces apart, the runner flushes what it has), and two
+    ranks printing at once must not interleave inside a line. A rank's unfinished line waits for its end
+    (or :meth:`flush`)."""
 
     def __init__(self) -> None:
-        self._mid_line: set[tuple[str, str]] = set()  # (task id, stream) whose last record ended mid-line
+        self._partial: dict[tuple[str, str], LogRecord] = {}  # (task id, stream) -> its unfinished line
 
     def apply(self, records: Iterable[LogRecord]) -> list[LogRecord]:
         out = []
@@ -43,15 +45,22 @@ class RankPrefixer:
                 out.append(record)
                 continue
             key = (record.task_id, record.stream)
-            prefix = f"[{label(record.task_id)}] "
-            lines = record.text.splitlines(keepends=True)
-            text = "".join(line if i == 0 and key in self._mid_line else prefix + line for i, line in enumerate(lines))
-            if record.text.endswith("\n"):
-                self._mid_line.discard(key)
-            else:
-                self._mid_line.add(key)
-            out.append(replace(record, text=text))
+            held = self._partial.pop(key, None)
+            text = (held.text if held is not None else "") + record.text
+            complete, newline, rest = text.rpartition("\n")
+            if rest:
+                self._partial[key] = replace(record, time=held.time if held else record.time, text=rest)
+            if newline:
+                prefix = f"[{label(record.task_id)}] "
+                lines = (complete + newline).splitlines(keepends=True)
+                start = held.time if held is not None else record.time
+                out.append(replace(record, time=start, text="".join(prefix + line for line in lines)))
         return out
+
+    def flush(self) -> list[LogRecord]:
+        """The unfinished lines held back (the run has ended: they will not be finished), prefixed."""
+        held, self._partial = list(self._partial.values()), {}
+        return [replace(r, text=f"[{label(r.task_id)}] {r.text}") for r in sorted(held, key=lambda r: r.time)]
 
 
 def last_lines(records: Iterable[LogRecord], count: int = LAST_LINES) -> list[str]:

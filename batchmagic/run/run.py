@@ -483,7 +483,8 @@ class Run:
         """The task's log from the start, read a chunk at a time (a flood of output is never held whole)."""
         if task_id is None and self.world:
             merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read_all(self.store)]
-            return RankPrefixer().apply(sorted(merged, key=lambda r: r.time))
+            prefixer = RankPrefixer()
+            return prefixer.apply(sorted(merged, key=lambda r: r.time)) + prefixer.flush()
         tid = task_id or self.task_ids[0]
         return LogTail(self.log_key(tid), tid).read_all(self.store)
 

@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -132,6 +133,17 @@ def _fork_runner(spec: str, cwd: Path, env: dict[str, str]) -> _Forked:
         os._exit(code)
 
 
+def _rank_dir(workdir: Path, rank: int) -> Path:
+    """A rank's working directory: ``rank-<k>`` in the task's, or in the temp dir when the image's user
+    cannot write the task's (a directory the node agent made as root)."""
+    try:
+        path = workdir / f"rank-{rank}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except PermissionError:
+        return Path(tempfile.mkdtemp(prefix=f"rank-{rank}-"))
+
+
 class Supervisor:
     """One node's ranks, their states, and what the other nodes say."""
 
@@ -157,8 +169,7 @@ class Supervisor:
                 master_addr=self.master,
                 master_port=group.master_port,
             )
-            cwd = workdir / f"rank-{rank}"
-            cwd.mkdir(parents=True, exist_ok=True)
+            cwd = _rank_dir(workdir, rank)
             self.procs[rank] = _fork_runner(group.specs[rank], cwd, env)
             ranks.append(RankState(rank=rank, started=time.time(), pid=self.procs[rank].pid))
         self.state = replace(self.state, ranks=tuple(ranks))

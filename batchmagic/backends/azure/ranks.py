@@ -44,8 +44,10 @@ _SUPERVISOR = 'python3 -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED
 #: Every node: the other nodes start their supervisor in the background and exit 0 at once (the
 #: primary's application command waits for every coordination command to exit).
 COORDINATION = "/bin/sh -c " + shlex.quote(
-    f'if [ "$AZ_BATCH_IS_CURRENT_NODE_MASTER" != true ]; then nohup {_SUPERVISOR} '
-    '> "$AZ_BATCH_TASK_SHARED_DIR/ranks.txt" 2>&1 & fi'
+    'if [ "$AZ_BATCH_IS_CURRENT_NODE_MASTER" != true ]; then '
+    # Its output beside the task's files, or in /tmp when the image's user cannot write there.
+    'out="$AZ_BATCH_TASK_SHARED_DIR/ranks.txt"; touch "$out" 2>/dev/null || out=/tmp/batchmagic-ranks.txt; '
+    f'nohup {_SUPERVISOR} > "$out" 2>&1 & fi'
 )
 #: The primary: its own ranks, and the watch over every node's.
 APPLICATION = "/bin/sh -c " + shlex.quote(_SUPERVISOR)

@@ -14,8 +14,10 @@ fails the task.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,14 @@ log = logging.getLogger("batchmagic.emulator")
 
 #: The port the service puts in AZ_BATCH_MASTER_NODE.
 MASTER_PORT = 6000
+
+
+def task_container(job: Job, task: Task, node: Node) -> str:
+    """The name of a multi-instance container task's container on ``node`` (empty without containerSettings):
+    all its commands there run in it, see :attr:`TaskContext.container_name`."""
+    if not task.data.get("containerSettings"):
+        return ""
+    return "batchemu-mi-" + hashlib.sha256(f"{job.id}/{task.id}/{node.id}".encode()).hexdigest()[:16]
 
 
 def instance_environment(addresses: list[str]) -> dict[str, str]:
@@ -75,9 +85,11 @@ class MultiInstanceMixin(TasksMixin):
                 if not self._prepare_job_on_node(job, pool, node):
                     self._requeue(task)
                     return None
+                app = self._application_run(job, task, pool, node, env, data, task_dir, pool_container, retries=0)
+                app.ctx = replace(app.ctx, container_name=task_container(job, task, node))  # the coordination's
                 result = run_command(
                     self.executor,
-                    self._application_run(job, task, pool, node, env, data, task_dir, pool_container, retries=0),
+                    app,
                     now=self.now,
                     should_stop=task.kill_event.is_set,
                     before_attempt=begin,
@@ -212,6 +224,7 @@ class MultiInstanceMixin(TasksMixin):
             container_settings=task.data.get("containerSettings"),
             pool_container=pool_container,
             gpus=pool_gpus(pool.data),
+            container_name=task_container(job, task, node),
         )
         return CommandRun(ctx, resource_files=list(settings.get("commonResourceFiles") or []), resource_dir=task_dir)
 
