@@ -442,3 +442,32 @@ def test_a_remote_widget_says_it_cannot_stay_live(shell, capfd):
     assert err.count("widgets cannot stay live after the remote cell ends") == 1, err
     assert shell.user_ns["w"](3) is None  # f came back, without its dead widget
     assert all("application/vnd.jupyter.widget-view+json" not in d["data"] for d in shell.user_ns["_azbatch"].displays)
+
+
+BLOCK_IPYTHON = """
+import importlib.abc, sys
+class _NoIPython(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "IPython" or name.startswith("IPython."):
+            raise ImportError("no IPython in this image")
+sys.meta_path.insert(0, _NoIPython())
+"""
+
+
+def test_ipython_syntax_where_ipython_is_missing_is_one_line():
+    """A runner whose environment has no IPython (a prebuilt image without it): one line that says what to
+    do, and the outcome carries no runner traceback under it."""
+    script = BLOCK_IPYTHON + (
+        "from batchmagic.runner.ipyshell import NoIPythonError, ipython_cell\n"
+        "from batchmagic.runner.main import _describe\n"
+        "try:\n"
+        "    ipython_cell('%time x = 1', {})\n"
+        "except NoIPythonError as err:\n"
+        "    print(''.join(_describe(err, None, cell_only=False).traceback), end='')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out == (
+        "batchmagic.runner.ipyshell.NoIPythonError: the cell uses IPython syntax (%magics, !commands) but IPython "
+        "is not installed where it runs: add --pip ipython, or write the cell in plain Python\n"
+    )

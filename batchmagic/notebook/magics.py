@@ -95,7 +95,8 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
     @argument("--name", help="A name for the run, shown in the panel and used in its id.")
     @argument(
         "--out",
-        help="Comma-separated names to bring back, e.g. --out model,score. Default: every name the cell assigns.",
+        help="Comma-separated names to bring back, e.g. --out model,score. Default: every name the cell assigns, "
+        "and every value it reads and changes in place (clf in clf.fit(X, y)).",
     )
     @argument("--timeout", help="Longest the run may take, e.g. 90s, 30m, 6h (at most 7d). Default: AzBatch.timeout.")
     @argument(

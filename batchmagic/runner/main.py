@@ -33,7 +33,7 @@ from batchmagic.runner import plots
 from batchmagic.runner.changes import changed_in_place
 from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
-from batchmagic.runner.ipyshell import ipython_cell
+from batchmagic.runner.ipyshell import NoIPythonError, ipython_cell
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         outcome = TaskOutcome(ok=False, phase="terminated", error=_where_terminated(err))
     except BaseException as err:  # the runner's own failure still ends in a result
         code = EXIT_SETUP_ERROR
-        outcome = TaskOutcome(ok=False, phase="setup", error=_describe(err, err.__traceback__, cell_only=False))
+        said = isinstance(err, NoIPythonError)  # says all there is to say: no runner traceback under it
+        error = _describe(err, None if said else err.__traceback__, cell_only=False)
+        outcome = TaskOutcome(ok=False, phase="setup", error=error)
     finally:
         log.close()
     outcome = replace(
