@@ -471,3 +471,27 @@ def test_ipython_syntax_where_ipython_is_missing_is_one_line():
         "batchmagic.runner.ipyshell.NoIPythonError: the cell uses IPython syntax (%magics, !commands) but IPython "
         "is not installed where it runs: add --pip ipython, or write the cell in plain Python\n"
     )
+
+
+def test_plot_settings_and_widgets_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
+    """In a kernel whose inline backend is on: the rcParams the remote cell sees and its figure's dpi and size
+    are those of the plain run; a remote interact prints its output, one line about widgets, no escape codes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    setup = (
+        "import matplotlib.pyplot as plt\nplt.style.use('ggplot')\nplt.rc('font', size=14)\n"
+        "plt.rcParams['figure.dpi'] = 120"
+    )
+    check = "import json\nprint(json.dumps([repr(seen), size]))"
+    plain = _notebook([setup, PLOT_CELL, check], work)
+    remote = _notebook(["%load_ext batchmagic", setup, f"%%azbatch --backend local\n{PLOT_CELL}", check], work)
+    assert remote[-1] == plain[-1] and "14" in plain[-1] and "120" in plain[-1]
+    widget = _notebook(
+        [
+            "%load_ext batchmagic",
+            "def f(x):\n    print('f of', x)",
+            "%%azbatch --backend local\nimport ipywidgets\nw = ipywidgets.interact(f, x=5)",
+        ],
+        work,
+    )
+    assert "f of 5" in widget[-1] and "\x1b[2K" not in widget[-1]
