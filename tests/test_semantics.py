@@ -495,3 +495,12 @@ def test_plot_settings_and_widgets_on_a_real_kernel(home: Path, tmp_path: Path) 
         work,
     )
     assert "f of 5" in widget[-1] and "\x1b[2K" not in widget[-1]
+
+
+def test_a_remote_widget_on_azure(azure_env, shell, capfd):
+    shell.run_cell("def f(x):\n    print('f of', x)")
+    capfd.readouterr()
+    shell.run_cell("%%azbatch --backend azure\nimport ipywidgets\nw = ipywidgets.interact(f, x=5)")
+    out, err = capfd.readouterr()
+    assert "f of 5" in out and "\x1b[2K" not in out + err
+    assert err.count("widgets cannot stay live after the remote cell ends") == 1, err
