@@ -120,6 +120,17 @@ ROWS: list[tuple[str, str, str]] = [
         "{allreduce_busbw_batchmagic_gb_s:.2f} GB/s vs {allreduce_busbw_torchrun_gb_s:.2f} GB/s: ratio "
         "{allreduce_busbw_ratio:.2f} (goal 0.9; each rank's OMP_NUM_THREADS shares the cores, as torchrun does)",
     ),
+    (
+        "warm_start",
+        "the local backend with its warm worker (runners forked from a process that has imported what the kernel "
+        "has) vs without it vs run plainly in the kernel: a small scikit-learn cell (median of 5), a sweep "
+        "task's start-up (to the cell's first statement after its imports), a 21-task sweep of one tree per "
+        "depth vs the plain loop",
+        "cell: {warm_cell_s:.2f} s warm, {cold_cell_s:.2f} s without, {plain_cell_s:.3f} s plainly "
+        "({warm_cell_over_plain_s:.2f} s over); task start-up: {warm_task_startup_s:.3f} s warm, "
+        "{cold_task_startup_s:.2f} s without; sweep: {warm_sweep_s:.2f} s warm vs {plain_loop_s:.2f} s for the "
+        "plain loop ({warm_sweep_ratio:.0f}x)",
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
+from batchmagic.backends.warm import Forked, WarmWorker
 from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
@@ -50,7 +52,7 @@ class _Task:
     task_id: str
     spec_path: Path
     dir: Path
-    process: subprocess.Popen[bytes] | _Adopted | None = None
+    process: subprocess.Popen[bytes] | Forked | _Adopted | None = None
     started: float | None = None
     ended: float | None = None
     failure: str = ""
@@ -84,11 +86,17 @@ class LocalBackend(Backend):
     poll_intervals = (0.05, 0.5)
     store: LocalStore
 
-    def __init__(self, home: Path, *, python: str | None = None) -> None:
+    def __init__(self, home: Path, *, python: str | None = None, warm: bool = True) -> None:
         self.home = Path(home)
         self.store = LocalStore(self.home)
         self.python = python or sys.executable
         self._runs: dict[str, _LocalRun] = {}
+        # Runners forked from a process that has imported what this kernel has (batchmagic.backends.warm);
+        # None: each runner is a fresh interpreter.
+        self.warm: WarmWorker | None = None
+        if warm:
+            self.warm = WarmWorker(self.python, _worker_environment())
+            weakref.finalize(self, self.warm.close)
 
     def default_slots(self, tasks: int) -> int:
         """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
@@ -164,7 +172,10 @@ class LocalBackend(Backend):
         if run.submission.image:  # --container: the same runner, in the training image, via the local engine
             argv = _container_argv(run.submission, task, workdir, self.store.root.resolve())
         with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
-            task.process = subprocess.Popen(
+            forked = None
+            if self.warm is not None and not run.submission.image:
+                forked = self.warm.fork(task.spec_path, workdir, env, task.dir / "stdout.txt", task.dir / "stderr.txt")
+            task.process = forked or subprocess.Popen(
                 argv,
                 cwd=workdir,
                 env=env,
@@ -464,7 +475,15 @@ def _docker_gpu_failure(submission: TaskSubmission, task: _Task, code: int) -> s
     )
 
 
-def _kill_group(process: subprocess.Popen[bytes] | _Adopted) -> None:
+def _worker_environment() -> dict[str, str]:
+    """The warm worker's own environment: a task's, without what is the task's own (each forked runner
+    gets its task's whole environment)."""
+    env = inherited_environment(_SECRET_ENV)
+    env.update(PYTHONPATH=_PACKAGE_ROOT, PYTHONUNBUFFERED="1")
+    return env
+
+
+def _kill_group(process: subprocess.Popen[bytes] | Forked | _Adopted) -> None:
     """SIGTERM the task's process group (the runner flushes its log), SIGKILL it if it lingers."""
     try:
         os.killpg(process.pid, signal.SIGTERM)

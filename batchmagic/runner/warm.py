@@ -1,0 +1,157 @@
+"""A warm worker: a process that has imported what the kernel imported and forks a fresh runner per task.
+
+``python -m batchmagic.runner.warm SOCKET [MODULE ...]`` imports the runner and the modules named, then
+listens on the Unix socket ``SOCKET`` (multiprocessing's forkserver is the model). Each connection asks
+for one task, as one JSON line: ``{"spec", "cwd", "env", "stdout", "stderr", "modules"}``. The worker
+first imports the ``modules`` it has not imported yet (the kernel imported more since), then forks. The
+child starts a session of its own (its own process group: the backend's timeout and Cancel kill it as
+one), takes the task's working directory, environment and output files, and runs the runner as
+``python -m batchmagic.runner --spec SPEC`` would, in a process that paid for no import. The worker
+answers ``{"pid": N}``, and ``{"exit": CODE}`` when the child ends (negative: the signal that ended it),
+then closes the connection. It ends when its parent (the kernel) does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+# The runner, imported before any fork: every child starts with it loaded.
+runner = importlib.import_module("batchmagic.runner.main")
+
+__all__ = ["serve", "main"]
+
+
+def _preload(modules: list[str], done: set[str]) -> None:
+    """Import what the kernel has that this process has not: a module that fails to import is skipped."""
+    for name in modules:
+        if name in done:
+            continue
+        done.add(name)
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - a module that cannot load here is the cell's to import, not ours
+            continue
+
+
+def _child(request: dict[str, Any], listener: socket.socket, conn: socket.socket, wake: int) -> None:
+    """In the forked child: become the task's runner, then leave without running the worker's exit code."""
+    code = 2
+    try:
+        listener.close()
+        conn.close()
+        os.close(wake)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(out, fd)
+            os.close(out)
+        sys.path[0] = request["cwd"]  # as `python -m` puts the working directory first
+        sys.argv = [str(runner.__file__), "--spec", request["spec"]]
+        code = runner.main(["--spec", request["spec"]])
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child must never return into the worker's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - leaving anyway
+                pass
+        os._exit(code)
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Tell each ended child's connection its exit code, and close it."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is not None:
+            try:
+                conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            except OSError:
+                pass
+            conn.close()
+
+
+def _read_request(conn: socket.socket) -> dict[str, Any]:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the request ended early")
+        data += chunk
+    request: dict[str, Any] = json.loads(data)
+    return request
+
+
+def serve(path: str, modules: list[str]) -> None:
+    """Import ``modules``, then fork a runner for each request on the socket ``path`` until the parent ends."""
+    parent = os.getppid()
+    done: set[str] = set()
+    _preload(modules, done)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a child's end wakes the loop through the pipe
+    children: dict[int, socket.socket] = {}
+    print("ready", flush=True)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)  # nobody reads the worker's stdout after this line: what an import prints goes nowhere
+    os.close(quiet)
+    while os.getppid() == parent:
+        ready, _, _ = select.select([listener.fileno(), wake_r], [], [], 1.0)
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        _reap(children)
+        if listener.fileno() not in ready:
+            continue
+        conn, _ = listener.accept()
+        try:
+            request = _read_request(conn)
+            _preload(request.get("modules", []), done)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+        except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
+            conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
+            conn.close()
+            continue
+        if pid == 0:
+            _child(request, listener, conn, wake_r)
+        children[pid] = conn
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        _reap(children)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    serve(args[0], args[1:])
+
+
+if __name__ == "__main__":
+    main()
