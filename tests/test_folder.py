@@ -269,3 +269,36 @@ def test_azure_cells_behave_as_if_they_ran_here(azure_env, shell, tmp_path):
         shell.run_cell("%%azbatch\nopen('data/nope.csv')")
     assert sys.modules  # the kernel is still usable
     shutil.rmtree(mirror)
+
+
+# --- a real kernel (ipykernel 7) whose working directory is the notebook's folder ---
+
+
+@pytest.mark.slow
+def test_on_a_real_kernel_the_cell_runs_where_the_notebook_is(home, tmp_path, monkeypatch):
+    import json
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    spec_dir = tmp_path / "jupyter" / "kernels" / "batchmagic-folder"
+    spec_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "folder", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    project = make_project(tmp_path / "notebook")
+    mirror = make_project(tmp_path / "plain")
+    cells = [
+        "%load_ext batchmagic\n%config AzBatch.panel = 'text'",
+        f"%%azbatch --backend local\n{READ}\n{PLOT}\n{WRITE}",
+        "print(total, rows, open('results/summary.txt').read())",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    NotebookClient(
+        nb, kernel_name="batchmagic-folder", timeout=120, resources={"metadata": {"path": str(project)}}
+    ).execute()
+    printed = "".join(o.get("text", "") for o in nb.cells[2].outputs if o["output_type"] == "stream")
+    assert printed.split() == ["1225", "50", "total=1225"]
+    plain([f"{READ}\n{PLOT}\n{WRITE}"], mirror)
+    assert tree(project) == tree(mirror)
