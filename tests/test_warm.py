@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -134,3 +135,17 @@ def test_first_run_starts_as_before_while_the_worker_warms(session):
     assert not isinstance(process_of(backend, run), Forked)  # the worker was not ready yet
     wait_for(lambda: backend.warm.ready, timeout=60)
     time.sleep(0.1)
+
+
+def test_the_worker_leaves_nothing_behind(home):
+    backend = LocalBackend(home)
+    assert backend.warm is not None
+    backend.warm.close()  # never started: nothing was made
+    worker = LocalBackend(home).warm
+    assert worker is not None
+    worker.start()
+    wait_for(lambda: worker.ready, timeout=60)
+    where = Path(worker._socket).parent  # noqa: SLF001
+    assert where.is_dir()
+    worker.close()
+    assert not where.exists() and not worker.ready

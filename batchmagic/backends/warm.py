@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,8 +116,8 @@ class WarmWorker:
     def __init__(self, python: str, env: dict[str, str]) -> None:
         self._python = python
         self._env = env
-        self._dir = tempfile.mkdtemp(prefix="batchmagic-warm-")
-        self._socket = os.path.join(self._dir, "worker.sock")
+        self._dir = ""  # made when the worker starts: a backend that never runs a task leaves nothing behind
+        self._socket = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -127,6 +128,8 @@ class WarmWorker:
         with self._lock:
             if self._process is not None or self.failed:
                 return
+            self._dir = tempfile.mkdtemp(prefix="batchmagic-warm-")
+            self._socket = os.path.join(self._dir, "worker.sock")
             self._process = subprocess.Popen(
                 [self._python, "-m", "batchmagic.runner.warm", self._socket, *kernel_modules()],
                 env=self._env,
@@ -183,8 +186,5 @@ class WarmWorker:
                 self._process.wait(5)
             except subprocess.TimeoutExpired:
                 self._process.kill()
-        try:
-            os.unlink(self._socket)
-            os.rmdir(self._dir)
-        except OSError:
-            pass
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
