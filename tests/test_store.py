@@ -17,7 +17,9 @@ from batchmagic.protocol import Layout, sha256_file
 from batchmagic.run import upkeep
 from batchmagic.run.upkeep import kind_of, prunable, run_time, usage
 from batchmagic.storage import copy_file
-from tests.support.emulator import wait_for
+from tests.support.azurite import RunningAzurite, azurite_fixture
+from tests.support.emulator import start_emulator, wait_for
+from tests.support.settings import use_azure
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = "n = len(open('data.csv').read().splitlines())"
@@ -156,3 +158,48 @@ def test_the_store_is_trimmed_to_its_limit_after_a_run(session, home, tmp_path, 
     second.wait(timeout=60)
     wait_for(lambda: not stored(home, big).exists(), timeout=10)  # the oldest went first
     assert not (home / "runs" / first.id).exists()
+
+
+# --- the same on Blob Storage (Azurite), with the Batch emulator ---
+
+azurite = azurite_fixture()
+
+
+@pytest.fixture
+def azure_session(monkeypatch, home, tmp_path, azurite: RunningAzurite):
+    with start_emulator(tmp_path / "batch", allocation_delay=0.1) as emu:
+        container = use_azure(monkeypatch, emu, azurite, prefix="store")
+        monkeypatch.chdir(tmp_path)
+        session = Session()
+        yield session, emu, azurite, container
+        session.teardown()
+
+
+def test_on_blob_storage_a_cut_input_heals_and_the_store_command_prunes(azure_session, home, tmp_path):
+    session, emu, azurite, container = azure_session
+    data = tmp_path / "data.csv"
+    data.write_text("a\n1\n2\n")
+    first = session.submit(COUNT, {}, backend="azure", inputs=[f"{data}:data.csv"], folder="")
+    assert first.wait(timeout=120)["n"] == 3
+    key = Layout.input(sha256_file(data))
+    blobs = azurite.service().get_container_client(container)
+    blobs.upload_blob(key, b"a\n1", overwrite=True)  # a cut upload of an older client: the wrong size
+    again = session.submit(COUNT, {}, backend="azure", inputs=[f"{data}:data.csv"], folder="")
+    assert again.wait(timeout=120)["n"] == 3 and again.uploaded_input_bytes == data.stat().st_size
+    assert blobs.get_blob_client(key).get_blob_properties().size == data.stat().st_size
+
+    env = dict(os.environ)
+    shown = subprocess.run(
+        [sys.executable, "-m", "batchmagic.cli", "store", "--backend", "azure"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=120, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert container in shown.stdout and "in 2 runs' data" in shown.stdout and "  inputs " in shown.stdout
+    pruned = subprocess.run(
+        [sys.executable, "-m", "batchmagic.cli", "store", "--backend", "azure", "--prune", "--older-than", "0s"],
+        capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=120, check=False,
+    )  # fmt: skip
+    assert pruned.returncode == 0, pruned.stderr
+    assert "the data of 2 finished runs and 1 inputs" in pruned.stdout
+    assert not list(blobs.list_blobs(name_starts_with="runs/")) and not blobs.get_blob_client(key).exists()
+    assert not azurite.service().get_container_client(first.outbox.container_name).exists()
