@@ -173,7 +173,9 @@ class LocalBackend(Backend):
             argv = _container_argv(run.submission, task, workdir, self.store.root.resolve())
         with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
             forked = None
-            if self.warm is not None and not run.submission.image:
+            # A distributed run's ranks start fresh: each sets its share of the cores (OMP_NUM_THREADS...)
+            # before numpy or torch reads it, which a forked runner has done already.
+            if self.warm is not None and not run.submission.image and not run.submission.distributed:
                 forked = self.warm.fork(task.spec_path, workdir, env, task.dir / "stdout.txt", task.dir / "stderr.txt")
             task.process = forked or subprocess.Popen(
                 argv,
