@@ -11,7 +11,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import pytest
+
 from batchmagic.channel import BlobChannel, Channel
+from batchmagic.errors import RunFailed
 from batchmagic.protocol import decode_log_records
 from batchmagic.runner.logsink import LogSink
 from tests.support.azurite import start_azurite
@@ -217,7 +220,11 @@ def test_batchmagic_logs_waits_out_an_outage_with_one_line(tmp_path, monkeypatch
                     text=True,
                     env={**os.environ, "PYTHONPATH": str(ROOT)},
                 )
-                time.sleep(35)  # past the storage client's own retries (about 20 s)
+                waited = time.monotonic()
+                with pytest.raises(RunFailed, match="does not answer") as raised:  # the API: one line too
+                    run.logs()
+                assert "\n" not in str(raised.value)
+                time.sleep(max(0.0, 35 - (time.monotonic() - waited)))  # past the storage client's own retries
                 with start_azurite(location, port=port):
                     out, err = cli.communicate(timeout=120)
                     assert cli.returncode == 0, err

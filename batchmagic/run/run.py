@@ -476,8 +476,22 @@ class Run:
 
     def logs(self, task_id: str | None = None) -> str:
         """Everything the cell (or one task of a sweep, one rank of a distributed run) printed so far, stdout
-        and stderr in order; a distributed run's ranks merged, each line prefixed ``[rank k]``."""
-        return "".join(r.text for r in self.log_records(task_id))
+        and stderr in order; a distributed run's ranks merged, each line prefixed ``[rank k]``.
+
+        Raises
+        ------
+        RunFailed
+            Storage did not answer (an outage): one line; call it again later.
+        """
+        try:
+            return "".join(r.text for r in self.log_records(task_id))
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            raise RunFailed(
+                f"could not read run {self.name}'s log: {self.store.describe()} does not answer "
+                f"({_first_line(err)}); try again once it does (batchmagic logs {self.id} waits for it)"
+            ) from None
 
     def log_records(self, task_id: str | None = None) -> Iterable[LogRecord]:
         """The task's log from the start, read a chunk at a time (a flood of output is never held whole)."""
