@@ -235,3 +235,48 @@ def test_a_finished_run_whose_job_was_deleted_attaches_from_its_outcome(tmp_path
         assert "hello" in attached.logs()
         other.teardown()
         first.teardown()
+
+
+def test_a_watcher_takes_over_when_the_kernel_holding_the_run_dies(tmp_path, home, monkeypatch):
+    """Three kernels: the one that submitted a local sweep is killed; the second attaches and starts what is
+    left; the third attaches and watches; the second is killed too: the third takes the lease over and
+    finishes the sweep. Each task runs once."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("BATCHMAGIC_BACKEND", "local")
+    work = tmp_path / "ran.txt"
+    cell = (
+        "%%azbatch --no-wait --name relay --slots-per-node 1 --sweep i=0,1,2,3,4,5\nimport time\n"
+        f"open({str(work)!r}, 'a').write(f'{{i}}\\n')\ntime.sleep(2)\ny = i * 10"
+    )
+    first = Kernel(tmp_path)
+    try:
+        first.run("%load_ext batchmagic\n%config AzBatch.panel = 'text'")
+        first.run(cell)
+        run_id = json.loads((home / "ledger.jsonl").read_text().splitlines()[0])["run"]
+        wait_for(lambda: work.exists() and work.read_text(), timeout=60)
+    finally:
+        first.kill()
+    second, third = Kernel(tmp_path), Kernel(tmp_path)
+    outputs: dict[str, str] = {}
+    try:
+        for k in (second, third):
+            k.run("%load_ext batchmagic\n%config AzBatch.panel = 'text'")
+
+        def attach(name: str, kernel: Kernel) -> None:
+            try:
+                outputs[name] = kernel.run(f"t = %azbatch_attach {run_id}", 180)
+            except Exception as err:  # the killed kernel's cell never ends
+                outputs[name] = repr(err)
+
+        holder = threading.Thread(target=attach, args=("second", second), daemon=True)
+        holder.start()
+        wait_for(lambda: len(work.read_text().split()) >= 2, timeout=60)  # the second started one more
+        watcher = threading.Thread(target=attach, args=("third", third))
+        watcher.start()
+        time.sleep(1.0)
+        second.kill()
+        watcher.join(200)
+        assert sorted(work.read_text().split()) == [str(i) for i in range(6)], work.read_text()  # each once
+        assert third.run("print(list(t['y']))").strip() == str([i * 10 for i in range(6)]), outputs
+    finally:
+        third.stop()
