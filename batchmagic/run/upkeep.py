@@ -135,7 +135,7 @@ def _needed(store: Store, live: set[str]) -> set[str]:
     needed: set[str] = set()
     for run_id in live:
         for key, _size in store.list_keys(Layout.run_prefix(run_id)):
-            if key.endswith("/spec.json"):
+            if Layout.spec_task(run_id, key):
                 needed.update(_CONTENT.findall(store.get_bytes(key).decode("utf-8", "replace")))
     return needed
 
