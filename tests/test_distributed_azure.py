@@ -142,6 +142,9 @@ def test_a_named_inter_node_pool_takes_a_distributed_run(azure_env: RunningEmula
         shell.run_cell("%%azbatch --pool plain --nodes 2 --distributed\nx = 1")
     shell.run_line_magic("azbatch_pool", "create ib --vm Standard_D2s_v3 --max-nodes 2 --inter-node")
     assert azure_env.client().get_pool("ib").enable_inter_node_communication
+    # More nodes than the pool ever holds: one line, not a multi-instance task waiting until its timeout.
+    with pytest.raises(UsageError, match="pool ib grows to at most 2 nodes.*needs 3: use --nodes 2"):
+        shell.run_cell("%%azbatch --pool ib --nodes 3 --distributed\nx = 1")
     shell.run_cell("%%azbatch --pool ib --nodes 2 --distributed\nimport os\nr = os.environ['WORLD_SIZE']")
     assert shell.user_ns["r"] == "2"
 

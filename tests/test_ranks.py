@@ -96,3 +96,22 @@ def test_the_primary_gives_up_on_a_node_that_never_starts(monkeypatch) -> None:
     primary.born = time.monotonic() - supervisor.START_TIMEOUT - 1
     assert primary._never_started(seen) == 4  # node 2's first rank
     assert primary._never_started([*seen, NodeState(2, "tvm-c", "10.0.0.6")]) is None
+
+
+def test_node_ranks_put_the_primary_first_wherever_the_host_list_has_it() -> None:
+    """Batch does not promise the primary comes first in AZ_BATCH_HOST_LIST: the primary (the host of
+    AZ_BATCH_MASTER_NODE) is node rank 0 and the others keep the list's order, the same on every node."""
+    hosts = ["127.0.91.3", "127.0.91.2", "127.0.91.4"]
+    order = supervisor.node_order(hosts, "127.0.91.2")
+    assert order == ["127.0.91.2", "127.0.91.3", "127.0.91.4"]
+    assert supervisor.node_order(hosts, "10.0.0.9") == hosts  # a master not in the list: the list as it is
+    rank0, held0 = supervisor.claim_node(order, True, 0)
+    rank1, held1 = supervisor.claim_node(order, False, 0)
+    try:
+        assert (rank0, rank1) == (0, 1)
+        assert held0 is not None and held0.getsockname()[0] == "127.0.91.2"
+        assert held1 is not None and held1.getsockname()[0] == "127.0.91.3"
+    finally:
+        for held in (held0, held1):
+            if held is not None:
+                held.close()

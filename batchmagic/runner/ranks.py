@@ -5,10 +5,12 @@ primary node only, and Batch kills the subtasks when it exits, so the other node
 the coordination command (which must exit 0): it starts this supervisor in the background and returns.
 On the primary the application command runs it in the foreground. Each supervisor:
 
-1. finds its node rank: 0 on the primary (``AZ_BATCH_IS_CURRENT_NODE_MASTER``); elsewhere the index in
-   ``AZ_BATCH_HOST_LIST`` of the first address it can bind (on a pool, only its own: the same order on
-   every node). The bound socket is kept, so two nodes never take the same rank (on an emulator whose
-   nodes share one machine's loopback addresses, the first to bind an address takes it);
+1. finds its node rank: 0 on the primary (``AZ_BATCH_IS_CURRENT_NODE_MASTER``, whose address is the host
+   of ``AZ_BATCH_MASTER_NODE``); elsewhere the index, in ``AZ_BATCH_HOST_LIST`` with the primary's address
+   moved to the front (Batch does not promise the primary is listed first), of the first address it can
+   bind (on a pool, only its own: the same order on every node). The bound socket is kept, so two nodes
+   never take the same rank (on an emulator whose nodes share one machine's loopback addresses, the
+   first to bind an address takes it);
 2. starts its ``procs_per_node`` ranks, each ``python -m batchmagic.runner --spec <its spec URL>`` (a fork
    of the supervisor, whose imports are done) with
    the variables of :mod:`batchmagic.distributed`, ``MASTER_ADDR`` being the host part of
@@ -39,7 +41,7 @@ from batchmagic.channel import open_channel
 from batchmagic.distributed import rank_environment, thread_budget
 from batchmagic.protocol import NodeState, RankGroup, RankState
 
-__all__ = ["main", "claim_node"]
+__all__ = ["main", "claim_node", "node_order"]
 
 POLL = 0.5  # seconds between looks at the ranks and the states
 GRACE = 3.0  # seconds a stopped rank has to write its result before SIGKILL
@@ -49,8 +51,15 @@ START_TIMEOUT = 120.0
 EXIT_RANK_FAILED = 1
 
 
+def node_order(hosts: list[str], master: str) -> list[str]:
+    """The nodes' addresses in node-rank order: the primary's (``master``) first, then the others in the
+    order of ``AZ_BATCH_HOST_LIST``, which is the same on every node."""
+    return [master, *(host for host in hosts if host != master)] if master in hosts else hosts
+
+
 def claim_node(hosts: list[str], primary: bool, port: int) -> tuple[int, socket.socket | None]:
-    """This node's rank and the socket that holds it (see the module's docstring)."""
+    """This node's rank and the socket that holds it (see the module's docstring); ``hosts`` in the order
+    :func:`node_order` gives."""
     if primary:
         return 0, _bind(hosts[0], port)
     for index, host in enumerate(hosts[1:], start=1):
@@ -288,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     hosts = [h for h in env.get("AZ_BATCH_HOST_LIST", "").split(",") if h] or ["127.0.0.1"]
     primary = env.get("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true") == "true"
     master = env.get("AZ_BATCH_MASTER_NODE", hosts[0]).rsplit(":", 1)[0]
+    hosts = node_order(hosts, master)
     node_rank, _held = claim_node(hosts, primary, group.master_port + 1)
     supervisor = Supervisor(group, node_rank, hosts[node_rank], master, env.get("AZ_BATCH_NODE_ID", ""))
     supervisor.start(Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd()))

@@ -185,6 +185,13 @@ class AzureBackend(Backend, NamedPools):
                     f"pool {pool.name} cannot take --distributed runs (Batch needs inter-node communication and one "
                     "task per node): %azbatch_pool create NAME --inter-node makes one, or run without --pool"
                 )
+            if submission.distributed and pool.max_nodes is not None and submission.nodes > pool.max_nodes:
+                # The pool would never hold them all, and the multi-instance task would wait until its timeout.
+                raise ConfigError(
+                    f"pool {pool.name} grows to at most {pool.max_nodes} nodes (--max-nodes) and this run needs "
+                    f"{submission.nodes}: use --nodes {pool.max_nodes}, or create the pool with --max-nodes "
+                    f"{submission.nodes}"
+                )
             self._named[submission.run_id] = pool
             return
         vm_cores(submission.vm_size)
