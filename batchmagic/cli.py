@@ -1,4 +1,4 @@
-"""``batchmagic``: the training image outside a notebook.
+"""``batchmagic``: runs, the store, images, named pools and the emulator, outside a notebook.
 
 Examples
 --------

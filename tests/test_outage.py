@@ -239,6 +239,7 @@ def test_batchmagic_logs_waits_out_an_outage_with_one_line(tmp_path, monkeypatch
                     session.teardown()
 
 
+@pytest.mark.timeout(600)  # it waits up to 360 s for the run to end: past pytest's 300 s default
 def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_path, monkeypatch, home):
     """The task's process dies while Azurite is down: the run ends ``failed`` with one line once it has
     tried to read the result long enough, never stuck in ``collecting``."""

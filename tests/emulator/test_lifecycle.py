@@ -30,7 +30,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_vm_size_table() -> None:
-    # The emulator's own table (the client keeps its own in batchmagic/vmsizes.py).
+    # The emulator's own table (the client keeps its own in batchmagic/backends/azure/vmsizes.py).
     assert lookup("Standard_D4s_v3").cores == 4
     assert lookup("standard_nc24ads_a100_v4").cores == 24
     assert lookup("standard_nc6s_v3") is None  # NCv3: retired on 2025-09-30
