@@ -16,7 +16,8 @@ import pytest
 
 from batchmagic.api import Session
 from batchmagic.backends.local import LocalBackend
-from batchmagic.backends.warm import Forked, kernel_modules
+from batchmagic.backends.local import _worker_environment as worker_environment
+from batchmagic.backends.warm import Forked, WarmWorker, kernel_modules
 from batchmagic.errors import RunCancelled, RunFailed
 from tests.support.emulator import wait_for
 
@@ -27,10 +28,21 @@ def session(home, tmp_path, monkeypatch):
     s = Session()
     yield s
     s.teardown()
+    backend: Any = s.backend("local")
+    if backend.warm is not None:
+        backend.warm.close()
+
+
+def with_worker(session: Session) -> Any:
+    """The session's local backend with a warm worker (opt-in: LocalBackend's warm=False by default)."""
+    backend: Any = session.backend("local")
+    if backend.warm is None:
+        backend.warm = WarmWorker(backend.python, worker_environment())
+    return backend
 
 
 def warm_backend(session: Session) -> LocalBackend:
-    backend: Any = session.backend("local")
+    backend: Any = with_worker(session)
     assert backend.warm is not None
     backend.warm.start()
     wait_for(lambda: backend.warm.ready, timeout=60)
@@ -129,7 +141,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_first_run_starts_as_before_while_the_worker_warms(session):
-    backend: Any = session.backend("local")
+    backend: Any = with_worker(session)
     run = session.submit("x = 1", {}, backend=backend)
     assert run.wait(timeout=60) == {"x": 1}
     assert not isinstance(process_of(backend, run), Forked)  # the worker was not ready yet
@@ -138,10 +150,10 @@ def test_first_run_starts_as_before_while_the_worker_warms(session):
 
 
 def test_the_worker_leaves_nothing_behind(home):
-    backend = LocalBackend(home)
+    backend = LocalBackend(home, warm=True)
     assert backend.warm is not None
     backend.warm.close()  # never started: nothing was made
-    worker = LocalBackend(home).warm
+    worker = LocalBackend(home, warm=True).warm
     assert worker is not None
     worker.start()
     wait_for(lambda: worker.ready, timeout=60)

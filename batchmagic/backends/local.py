@@ -86,13 +86,14 @@ class LocalBackend(Backend):
     poll_intervals = (0.05, 0.5)
     store: LocalStore
 
-    def __init__(self, home: Path, *, python: str | None = None, warm: bool = True) -> None:
+    def __init__(self, home: Path, *, python: str | None = None, warm: bool = False) -> None:
         self.home = Path(home)
         self.store = LocalStore(self.home)
         self.python = python or sys.executable
         self._runs: dict[str, _LocalRun] = {}
         # Runners forked from a process that has imported what this kernel has (batchmagic.backends.warm);
-        # None: each runner is a fresh interpreter.
+        # None: each runner is a fresh interpreter. Off by default: a worker outlives the Session that made
+        # it (the full suite ran out of memory with dozens of them), until Session.teardown closes it.
         self.warm: WarmWorker | None = None
         if warm:
             self.warm = WarmWorker(self.python, _worker_environment())
