@@ -81,7 +81,7 @@ def test_cell_runs_on_batch_and_results_come_back(azure_env, shell, azurite, cap
     assert patch["body"] == {"onAllTasksComplete": "terminatejob"}
     (task,) = requests_to(azure_env, "POST", f"/jobs/{run.id}/tasks")
     body = task["body"]
-    assert body["commandLine"] == "python3 -m batchmagic.runner --spec spec.json"
+    assert body["commandLine"] == "python3 -P -m batchmagic.runner --spec spec.json"
     assert body["containerSettings"]["imageName"] == IMAGE
     assert body["resourceFiles"][0]["filePath"] == "spec.json" and "sig=" in body["resourceFiles"][0]["httpUrl"]
     assert "environmentSettings" not in body  # no --env given, and secrets never go there

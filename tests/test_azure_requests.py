@@ -82,7 +82,8 @@ def test_registry_credentials_go_in_the_pool_never_in_the_task_command() -> None
     task = requests.task_request(
         _submission(retries=2), "task-0", image="reg.io/train:1", spec_url="https://s/spec", outputs_url="https://s/c"
     )
-    assert task.command_line == "python3 -m batchmagic.runner --spec spec.json" and "p" not in task.command_line.split()
+    assert task.command_line == "python3 -P -m batchmagic.runner --spec spec.json"
+    assert "p" not in task.command_line.split()
     assert task.resource_files[0].http_url == "https://s/spec"
     assert task.output_files[0].destination.container.path == Layout.process_files("run-1", "task-0")
     assert task.constraints.max_task_retry_count == 2

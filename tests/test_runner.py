@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ class Task:
     workdir: Path
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "batchmagic.runner", "--spec", str(self.spec)]
+        return [sys.executable, "-P", "-m", "batchmagic.runner", "--spec", str(self.spec)]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -258,6 +259,23 @@ def test_local_module_shipped_as_source_is_importable(tmp_path: Path, local_modu
     assert str(task.workdir) in outputs["where"]
 
 
+def test_a_folder_named_like_the_runner_in_the_working_directory_does_not_shadow_it(tmp_path: Path) -> None:
+    """A rerun finds the first attempt's skeleton of the notebook's folder in its working directory; when
+    that folder holds ``batchmagic/runner/`` (the project's own checkout), ``python -m`` would import it as
+    a namespace package ahead of the installed runner. The task's command line, as the backends write
+    it, must still start the runner, and the cell still imports what its working directory holds."""
+    from batchmagic.backends.azure.requests import COMMAND
+
+    task = _prepare(tmp_path, "import helper\nvalue = helper.VALUE", {})
+    (task.workdir / "batchmagic" / "runner").mkdir(parents=True)
+    (task.workdir / "helper.py").write_text("VALUE = 7\n")
+    argv = shlex.split(COMMAND.replace("python3", sys.executable, 1).replace("spec.json", str(task.spec)))
+    env = {k: v for k, v in task.env().items() if k != "PYTHONPATH"}  # the installed package, as on a node
+    done = subprocess.run(argv, cwd=task.workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert cloudpickle.loads(task.outcome().outputs["value"]) == 7
+
+
 def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
     cell = """\
     import sys, time
@@ -294,6 +312,24 @@ def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
     # SIGTERM lands in the sleep, or still in the write of "warned" that the test just read.
     assert re.search(r'File "<azbatch-cell>", line [34]', text), text
     assert "batchmagic/runner" not in text  # not even the signal handler's frame
+
+
+def test_a_sigterm_handled_outside_the_main_thread_still_ends_a_blocking_call(tmp_path: Path) -> None:
+    """The race a cancel can lose: SIGTERM lands just before the cell's blocking call, so Python's
+    handler waits for the call to return. Delivered to another thread of the cell, it is that race every
+    time; the runner must still end the sleep and write its result."""
+    cell = """\
+    import signal, threading, time
+    def nudge():
+        time.sleep(0.5)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not the main one
+    threading.Thread(target=nudge).start()
+    time.sleep(60)
+    """
+    task = _prepare(tmp_path, cell, {})
+    done = _run(task, timeout=30)  # without the nudge, the sleep(60) would be waited out
+    assert done.returncode == EXIT_TERMINATED, done.stderr
+    assert task.outcome().phase == "terminated"
 
 
 def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:

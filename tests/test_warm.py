@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 import signal
 import sys
 import time
@@ -78,7 +79,12 @@ def test_a_forked_runner_has_what_a_fresh_one_has(session, tmp_path):
 
 def test_the_worker_imports_what_the_kernel_imported_since(session):
     backend = warm_backend(session)
-    fresh = next(m for m in ("tabulate", "dateutil", "yaml", "cycler", "kiwisolver") if m not in sys.modules)
+    # A module of site-packages no test imports: one of pygments' hundreds of lexers (the suite imports
+    # some of them, never all).
+    import pygments.lexers
+
+    lexers = (f"pygments.lexers.{m.name}" for m in pkgutil.iter_modules(pygments.lexers.__path__))
+    fresh = next(m for m in lexers if m not in sys.modules and not m.endswith("_builtins"))
     run = session.submit(f"import sys\nbefore = {fresh!r} in sys.modules", {}, backend=backend)
     assert run.wait(timeout=60)["before"] is False
     importlib.import_module(fresh)  # the kernel imports it now

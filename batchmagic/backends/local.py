@@ -169,7 +169,7 @@ class LocalBackend(Backend):
             PYTHONUNBUFFERED="1",
         )
         env.update(_rank_environment(run, task))
-        argv = [self.python, "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
+        argv = [self.python, "-P", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
         if run.submission.image:  # --container: the same runner, in the training image, via the local engine
             argv = _container_argv(run.submission, task, workdir, self.store.root.resolve())
         with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
@@ -453,7 +453,7 @@ def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, stor
         argv += ["--gpus", "all"]
     for key in names:
         argv += ["-e", key]
-    return argv + [submission.image, "python3", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
+    return argv + [submission.image, "python3", "-P", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
 
 
 #: What Docker says when it cannot hand a container the GPUs (no NVIDIA Container Toolkit, or its runtime not set up).

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
@@ -49,14 +50,50 @@ class _Terminated(BaseException):
     """SIGTERM arrived (cancel or timeout): unwind so the log is flushed and a result written."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated("the run was terminated (cancelled or out of time)")
+class _SigtermHandler:
+    """Raise :class:`_Terminated` in the main thread, once, however SIGTERM lands.
+
+    Python runs a signal handler between bytecodes, so a SIGTERM that lands just before a blocking call
+    (the ``time.sleep(600)`` after a ``print``) waits until the call returns: a cancel would sit out the
+    sleep and then be killed without a result. A watcher thread reads the signal's wakeup byte and, until
+    the handler has run, signals the main thread again: that interrupts the call, and the handler runs.
+    """
+
+    def __init__(self) -> None:
+        self.ran = False
+        self._main = threading.main_thread().ident or 0
+
+    def install(self) -> None:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self)
+        threading.Thread(target=self._watch, args=(read_end,), name="batchmagic-sigterm", daemon=True).start()
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.ran:
+            return  # the watcher's nudge, or a second SIGTERM during the unwinding: once is enough
+        self.ran = True
+        raise _Terminated("the run was terminated (cancelled or out of time)")
+
+    def _watch(self, read_end: int) -> None:
+        while signal.SIGTERM not in os.read(read_end, 64):
+            pass
+        while not self.ran:
+            time.sleep(0.2)
+            if not self.ran:
+                signal.pthread_kill(self._main, signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchmagic.runner", description=__doc__)
     parser.add_argument("--spec", required=True, help="path or URL of the task spec (JSON)")
     args = parser.parse_args(argv)
+    # The task's command line runs with ``python -P``: the working directory holds the notebook folder's
+    # skeleton (a rerun finds the first attempt's), and a folder named like a package there must never
+    # stand in for the runner's own. The cell, as in the kernel, has the working directory first.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
     raw = _read_spec(args.spec)
     try:
@@ -74,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     if again:
         log.add("e", "[batchmagic] the task started again (a retry, or its node restarted): its output starts over\n")
     result_channel = open_channel(spec.result)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    _SigtermHandler().install()
     started = time.time()
     try:
         code, outcome = _run(spec, log)

@@ -1,7 +1,7 @@
 """The Azure Batch backend: each run is a job, on its own auto pool or on a named pool.
 
 Per run it creates one job (``onAllTasksComplete`` terminatejob, ``maxWallClockTime`` from
-``--timeout``) and adds the task: ``python3 -m batchmagic.runner --spec spec.json`` in the training
+``--timeout``) and adds the task: ``python3 -P -m batchmagic.runner --spec spec.json`` in the training
 image, the spec arriving as a resource file through a SAS URL. The job runs on an auto pool
 (``poolLifetimeOption`` job, ``keepAlive`` false, a container-ready Ubuntu image with the training
 image prefetched) or, with ``--pool NAME``, on a named pool that outlives it. The node image is chosen

@@ -40,7 +40,7 @@ __all__ = [
 
 #: The group's file name in each node's task directory (``AZ_BATCH_TASK_SHARED_DIR``).
 GROUP_FILE = "group.json"
-_SUPERVISOR = 'python3 -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED_DIR/group.json"'
+_SUPERVISOR = 'python3 -P -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED_DIR/group.json"'
 #: Every node: the other nodes start their supervisor in the background and exit 0 at once (the
 #: primary's application command waits for every coordination command to exit).
 COORDINATION = "/bin/sh -c " + shlex.quote(

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 CREATED_BY = "batchmagic"
-COMMAND = f"python3 -m batchmagic.runner --spec {SPEC_FILENAME}"
+COMMAND = f"python3 -P -m batchmagic.runner --spec {SPEC_FILENAME}"
 
 
 def run_metadata(submission: TaskSubmission) -> list[Any]:
