@@ -220,6 +220,23 @@ def _open_logs(ctx: TaskContext) -> tuple[Any, Any]:
     return open(ctx.task_dir / "stdout.txt", "wb"), open(ctx.task_dir / "stderr.txt", "wb")
 
 
+def _launch(
+    ctx: TaskContext, argv: list[str], env: dict[str, str], code: str, what: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a session of its own, its output in the task's stdout.txt and stderr.txt; a
+    launch that fails is the task's start error ``code``."""
+    out, err = _open_logs(ctx)
+    try:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        )
+    except OSError as exc:
+        raise TaskStartError(code, f"{what}: {exc}") from exc
+    finally:
+        out.close()
+        err.close()
+
+
 @dataclass
 class ProcessExecutor:
     """Run command lines on the host with ``/bin/sh -c`` in their own process group.
@@ -240,22 +257,8 @@ class ProcessExecutor:
         env = {**os.environ, **ctx.env}
         if self.python_bin_dir:
             env["PATH"] = self.python_bin_dir + os.pathsep + env.get("PATH", os.defpath)
-        out, err = _open_logs(ctx)
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "batch-task", ctx.command_line, str(_exit_path(ctx))],
-                cwd=ctx.wd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise TaskStartError("CommandLaunchFailed", f"The task command line could not be launched: {exc}") from exc
-        finally:
-            out.close()
-            err.close()
+        argv = ["/bin/sh", "-c", _WRAPPER, "batch-task", ctx.command_line, str(_exit_path(ctx))]
+        proc = _launch(ctx, argv, env, "CommandLaunchFailed", "The task command line could not be launched", cwd=ctx.wd)
         return _Process(proc, exit_path=_exit_path(ctx))
 
     def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
@@ -381,16 +384,7 @@ class DockerExecutor:
         name = f"batchemu-{uuid.uuid4().hex[:12]}"
         argv = docker_argv(ctx, image, name)
         host_env = dict(os.environ)
-        out, err = _open_logs(ctx)
-        try:
-            proc = subprocess.Popen(
-                argv, env=host_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-            )
-        except OSError as exc:
-            raise TaskStartError("ContainerInvalidSettings", f"docker run could not be launched: {exc}") from exc
-        finally:
-            out.close()
-            err.close()
+        proc = _launch(ctx, argv, host_env, "ContainerInvalidSettings", "docker run could not be launched")
 
         def kill_container() -> None:
             subprocess.run(["docker", "kill", name], env=host_env, capture_output=True, timeout=30, check=False)
@@ -418,16 +412,7 @@ class DockerExecutor:
         for key, value in ctx.env.items():
             argv += ["-e", f"{key}={value}"]
         argv += [name, *shlex.split(ctx.command_line)]
-        out, err = _open_logs(ctx)
-        try:
-            proc = subprocess.Popen(
-                argv, env=host_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-            )
-        except OSError as exc:
-            raise TaskStartError("ContainerInvalidSettings", f"docker exec could not be launched: {exc}") from exc
-        finally:
-            out.close()
-            err.close()
+        proc = _launch(ctx, argv, host_env, "ContainerInvalidSettings", "docker exec could not be launched")
 
         def remove_container() -> None:  # the task ended on this node: its container and all it ran go
             subprocess.run(["docker", "rm", "-f", name], env=host_env, capture_output=True, timeout=60, check=False)
