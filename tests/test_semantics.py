@@ -204,6 +204,39 @@ def test_in_place_changes_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
     assert json.loads(_notebook([*remote_cells, checks], work)[-1]) == expected
 
 
+def test_a_teaching_cell_on_a_real_kernel_on_azure(azure_env: RunningEmulator, tmp_path: Path) -> None:
+    """The commonest training cell of a teaching notebook on a real kernel, through the Batch emulator and
+    Azurite: a model fitted in place, a data file beside the notebook read, a result written into a
+    folder beside it, and ``%time``: the notebook after it is the one a plain run leaves."""
+    cell = (
+        "clf.fit(X, y)\nrows = len(pd.read_csv('data/train.csv'))\n%time s = sum(range(100))\n"
+        "with open('results/summary.txt', 'w') as f:\n    f.write(f'{rows} rows')"
+    )
+    setup = (
+        IRIS
+        + "import pandas as pd\nfrom sklearn.tree import DecisionTreeClassifier\n"
+        + "clf = DecisionTreeClassifier(random_state=0)"
+    )
+    check = (
+        "import json\nprint(json.dumps([clf.predict(X[::10]).tolist(), rows, s, open('results/summary.txt').read()]))"
+    )
+    outputs = []
+    for name, cells in (
+        ("plain", [setup, cell, check]),
+        ("remote", ["%load_ext batchmagic", setup, f"%%azbatch --backend azure\n{cell}", check]),
+    ):
+        work = tmp_path / name
+        (work / "data").mkdir(parents=True)
+        (work / "results").mkdir()
+        (work / "data" / "train.csv").write_text("a,b\n" + "".join(f"{i},{i * 2}\n" for i in range(30)))
+        outputs.append(_notebook(cells, work))
+    plain_out, remote_out = outputs
+    assert (
+        json.loads(remote_out[-1]) == json.loads(plain_out[-1]) == [json.loads(plain_out[-1])[0], 30, 4950, "30 rows"]
+    )
+    assert "Wall time:" in remote_out[2], remote_out
+
+
 # --- IPython syntax ---
 
 #: (id, the cell, names whose values must match the plain run, what its output must show)
