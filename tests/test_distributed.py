@@ -19,6 +19,7 @@ import batchmagic
 from batchmagic import distributed
 from batchmagic.errors import RemoteError, RunCancelled, RunFailed
 from batchmagic.protocol import Layout
+from batchmagic.run.state import Phase
 
 ENV_CELL = """
 import os
@@ -146,9 +147,28 @@ def test_cancel_ends_every_rank(home: Path) -> None:
     run.cancel()
     with pytest.raises(RunCancelled):
         run.wait(timeout=30)
+    assert run.state().phase == Phase.CANCELLED
     _wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
     leftovers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p)) and _pgid(int(p)) in groups]
     assert leftovers == []
+
+
+def test_teardown_ends_every_rank_and_the_run_is_cancelled(shell: Any, home: Path) -> None:
+    """``%azbatch_teardown`` of a running distributed run (watched in the background, --no-wait): every rank
+    ends, and the run ends cancelled, not failed by a monitor that saw the ranks die."""
+    cell = "import time\nprint('up', flush=True)\ntime.sleep(300)"
+    shell.run_cell(f"%%azbatch --backend local --nodes 3 --distributed --no-wait\n{cell}")
+    run = shell.user_ns["_azbatch"]
+    _wait_for(lambda: all("up" in run.logs(tid) for tid in run.task_ids))
+    pids = _pids(home, run)
+    assert len(pids) == 3
+    shell.run_line_magic("azbatch_teardown", "")
+    assert run.done and run.state().phase == Phase.CANCELLED
+    with pytest.raises(RunCancelled):
+        run.result()
+    _wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
+    time.sleep(0.5)  # the background monitor's ticks: it stays cancelled
+    assert run.state().phase == Phase.CANCELLED
 
 
 def _pgid(pid: int) -> int:

@@ -17,6 +17,7 @@ from IPython.core.error import UsageError
 from batchmagic import RemoteError
 from batchmagic.errors import RunCancelled, RunFailed
 from batchmagic.protocol import Layout, NodeState
+from batchmagic.run.state import Phase
 from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
@@ -133,7 +134,9 @@ def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
     run.cancel()
     with pytest.raises(RunCancelled):
         run.result()
+    assert run.state().phase == Phase.CANCELLED
     wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
+    assert run.state().phase == Phase.CANCELLED
 
 
 def test_a_named_inter_node_pool_takes_a_distributed_run(azure_env: RunningEmulator, shell: Any) -> None:
@@ -180,6 +183,10 @@ def test_the_cost_is_n_nodes_and_teardown_ends_every_rank(
     pids = _rank_pids(run)
     assert len(pids) == 3
     shell.run_line_magic("azbatch_teardown", "")
+    # Cancelled, never failed: its background monitor must not see the ranks teardown ended and blame one.
+    assert run.done and run.state().phase == Phase.CANCELLED
+    with pytest.raises(RunCancelled):
+        run.result()
     wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
-    # Ended (cancelled, or failed when its monitor saw the ranks end before teardown marked it).
-    wait_for(lambda: run.done, timeout=15)
+    time.sleep(1.5)  # a few of the monitor's ticks: the run stays cancelled
+    assert run.state().phase == Phase.CANCELLED

@@ -624,7 +624,10 @@ class Run:
                         sleep_between(pause, None, until=lambda: self.done, tail=self._tail)
                 except Exception as err:  # never a silent dead thread: the run says what happened
                     log.debug("background monitor of %s failed", self.id, exc_info=True)
-                    self.fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
+                    with self._lock:
+                        if self.done:  # cancelled or torn down meanwhile: that is how it ended
+                            return
+                        self.fail(RunFailed(f"monitoring run {self.name} failed: {err}"))
                     self.release()
 
         if self._background is None:
@@ -661,11 +664,15 @@ class Run:
 
     def teardown(self, *, blobs: bool = False) -> list[str]:
         """Stop the run and free what it holds (and with ``blobs`` its run data); a line per thing
-        removed. Raises what the backend raises, so a teardown can say which run it could not end."""
-        removed = self.backend.release(self.id)
-        if removed and self._ledger is not None:
-            _record_quietly(self._ledger, "released", self.id, removed=removed)
-        self.mark_cancelled()
+        removed. Raises what the backend raises, so a teardown can say which run it could not end.
+
+        Under the run's lock, as :meth:`cancel`: a poll between the release and the mark would see the ranks
+        (or tasks) the release ended and fail the run, where the user cancelled it."""
+        with self._lock:
+            removed = self.backend.release(self.id)
+            if removed and self._ledger is not None:
+                _record_quietly(self._ledger, "released", self.id, removed=removed)
+            self.mark_cancelled()
         if blobs:
             count = self.store.delete_prefix(self.prefix)
             if self.outbox is not self.store:
