@@ -12,7 +12,20 @@ from typing import Any
 
 
 class BatchMagicError(Exception):
-    """Base class of batchmagic's own errors."""
+    """Base class of batchmagic's own errors.
+
+    Attributes
+    ----------
+    outputs : dict
+        What a cell that raised (:class:`RemoteError`) or called ``sys.exit(n)`` (:class:`RunFailed`) had
+        assigned and changed before it stopped, name -> value, as the notebook would have kept them:
+        :meth:`batchmagic.run.Run.fetch` binds them. Empty for every other failure (a sweep's task, a
+        distributed run, a timeout or a cancel keep nothing).
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.outputs: dict[str, Any] = {}
 
 
 class ConfigError(BatchMagicError):
@@ -30,7 +43,7 @@ class RunFailed(BatchMagicError):
     """
 
     def _render_traceback_(self) -> list[str]:
-        return [f"{type(self).__name__}: {self}"]
+        return [f"{type(self).__name__}: {self}", *getattr(self, "__notes__", ())]
 
 
 class RunCancelled(RunFailed):
@@ -78,4 +91,5 @@ class RemoteError(BatchMagicError):
         header = "RemoteError: the cell raised on the remote machine"
         if self.task_id:
             header += f" (task {self.task_id})"
-        return [header, *"".join(self.traceback).rstrip("\n").splitlines()]
+        notes = getattr(self, "__notes__", ())  # what came back of a cell that raised (Run.fetch)
+        return [header, *"".join(self.traceback).rstrip("\n").splitlines(), *notes]

@@ -307,6 +307,7 @@ def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
     assert task.streams() == [("o", "before sleep\n"), ("e", "warned\n")]
     outcome = task.outcome()
     assert outcome.ok is False and outcome.phase == "terminated"
+    assert outcome.outputs == {}  # stopped mid-statement: nothing it bound (sys, time) is kept
     assert "terminated" in outcome.error.message
     text = "".join(outcome.error.traceback)
     # SIGTERM lands in the sleep, or still in the write of "warned" that the test just read.
@@ -330,6 +331,63 @@ def test_a_sigterm_handled_outside_the_main_thread_still_ends_a_blocking_call(tm
     done = _run(task, timeout=30)  # without the nudge, the sleep(60) would be waited out
     assert done.returncode == EXIT_TERMINATED, done.stderr
     assert task.outcome().phase == "terminated"
+
+
+RAISES_LATE = """\
+import threading
+a = 1
+lock = threading.Lock()
+xs.append(5)
+del gone
+raise ValueError('late')
+ys = ys + [1]
+b = 2
+"""
+
+
+def test_a_cell_that_raises_keeps_what_it_did_before_the_raise(tmp_path: Path) -> None:
+    """As in the notebook: what the cell assigned, changed and deleted before the raise comes back with
+    its error (an unpicklable name is named); ``ys``, read and assigned only after the raise, stays."""
+    task = _prepare(tmp_path, RAISES_LATE, {"xs": [1], "ys": [0], "gone": 3})
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    outcome = task.outcome()
+    assert (outcome.ok, outcome.phase, outcome.error.type, outcome.error.message) == (
+        False,
+        "cell",
+        "ValueError",
+        "late",
+    )
+    outputs = {name: cloudpickle.loads(data) for name, data in outcome.outputs.items()}
+    assert {k: v for k, v in outputs.items() if k != "threading"} == {"a": 1, "xs": [1, 5]}
+    assert set(outputs) == {"threading", "a", "xs"}
+    assert list(outcome.skipped) == ["lock"] and "cannot be pickled" in outcome.skipped["lock"]
+    assert outcome.changed == ("xs",) and outcome.deleted == ("gone",)
+
+
+def test_a_cell_that_raises_keeps_only_its_out_names(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, RAISES_LATE, {"xs": [1], "ys": [0], "gone": 3}, outputs=["xs"])
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    outcome = task.outcome()
+    assert list(outcome.outputs) == ["xs"] and outcome.skipped == {} and outcome.error.type == "ValueError"
+
+
+def test_a_cell_that_exits_nonzero_keeps_what_it_did_before(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "a = 1\nimport sys\nsys.exit(3)", {})
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    outcome = task.outcome()
+    assert outcome.phase == "exit" and set(outcome.outputs) == {"a", "sys"}
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"params": {"k": cloudpickle.dumps(1).hex()}}, {"task_id": "rank-0"}],
+    ids=["a sweep's task", "a distributed run's rank"],
+)
+def test_a_sweep_task_or_a_rank_that_raises_keeps_nothing(tmp_path: Path, spec: dict[str, Any]) -> None:
+    task = _prepare(tmp_path, RAISES_LATE, {"xs": [1], "ys": [0], "gone": 3}, **spec)
+    assert _run(task).returncode == EXIT_CELL_ERROR
+    outcome = task.outcome()
+    assert outcome.error.type == "ValueError" and outcome.outputs == {} and outcome.deleted == ()
 
 
 def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from IPython.core.error import UsageError
 from nbclient import NotebookClient
 
+from batchmagic.errors import RemoteError, RunFailed
 from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.settings import use_azure
@@ -163,6 +164,73 @@ def test_a_sweep_does_not_send_inputs_back(shell):
     assert shell.user_ns["xs"] == [] and all(not out.get("xs") for out in shell.user_ns["_azbatch"].outputs)
 
 
+# --- a cell that raises keeps what it did before the raise, as in the notebook ---
+
+RAISES = "a = 1\nxs.append(5)\nraise ValueError('late')\nb = 2"
+KEPT_HERE = (
+    "batchmagic: the cell assigned or changed `a`, `xs` before it raised: kept here, as if the cell had run here"
+)
+
+
+def _raise_here_and_there(shell: Any, line: str) -> tuple[Any, Any, BaseException, BaseException]:
+    """The same cell plainly and with %%azbatch in one shell: what each leaves, and what each raised."""
+    shell.run_cell("xs = [1]")
+    with pytest.raises(ValueError) as plain_error:
+        shell.run_cell(RAISES)
+    here = shell.ev("(a, xs, 'b' in dir())")
+    shell.run_cell("del a\nxs = [1]")
+    with pytest.raises(RemoteError) as remote_error:
+        shell.run_cell(f"%%azbatch {line}\n{RAISES}")
+    there = shell.ev("(a, xs, 'b' in dir())")
+    return here, there, plain_error.value, remote_error.value
+
+
+def test_a_cell_that_raises_keeps_what_it_did_locally(shell, capsys):
+    here, there, plain_error, remote_error = _raise_here_and_there(shell, "--backend local")
+    assert here == there == (1, [1, 5], False)
+    assert (remote_error.ename, remote_error.evalue) == (type(plain_error).__name__, str(plain_error))
+    shown = "\n".join(remote_error._render_traceback_())  # what IPython shows under the cell
+    assert "raise ValueError('late')" in shown and shown.endswith(KEPT_HERE)
+    run = shell.user_ns["_azbatch"]
+    assert run.partial and run.changed == ["xs"] and run.status == "failed"
+
+
+def test_api_a_cell_that_raises_says_what_it_kept(home):
+    from batchmagic.api import Session
+
+    session = Session()
+    namespace: dict[str, Any] = {"xs": [1]}
+    run = session.submit(RAISES, namespace, backend="local")
+    with pytest.raises(RemoteError) as caught:
+        run.wait(timeout=30)
+    assert caught.value.outputs == {"a": 1, "xs": [1, 5]} and namespace == {"xs": [1]}  # wait() binds nothing
+    assert caught.value.__notes__ == [
+        "batchmagic: the cell assigned or changed `a`, `xs` before it raised: err.outputs holds them, "
+        "run.fetch(namespace) binds them"
+    ]
+    with pytest.raises(RemoteError, match="late") as fetched:
+        run.fetch()  # binds what the cell did, then raises its error
+    assert namespace == {"xs": [1, 5], "a": 1} and fetched.value.__notes__ == [KEPT_HERE]
+    session.teardown()
+
+
+def test_a_timeout_keeps_nothing(shell):
+    shell.run_cell("xs = [1]")
+    with pytest.raises(RunFailed, match="time"):
+        shell.run_cell("%%azbatch --backend local --timeout 3s\na = 1\nxs.append(5)\nimport time\ntime.sleep(60)")
+    assert "a" not in shell.user_ns and shell.user_ns["xs"] == [1] and not shell.user_ns["_azbatch"].partial
+
+
+def test_a_sweep_task_that_raises_keeps_nothing(shell):
+    shell.run_cell("xs = []")
+    shell.run_cell("%%azbatch --backend local --sweep k=1,2\ny = k\nassert k == 1, 'two'")
+    run = shell.user_ns["_azbatch"]
+    assert (
+        list(run.results["state"]) == ["succeeded", "failed"] and run.results["error"].iloc[1] == "AssertionError: two"
+    )
+    assert run.outputs[1] == {} and not run.partial and "y" not in shell.user_ns
+
+
 # --- through the Batch emulator and Azurite ---
 
 
@@ -178,6 +246,13 @@ def test_in_place_changes_come_back_on_azure(azure_env: RunningEmulator, shell, 
     assert remote(shell, setup, cell, check, "--backend azure") == plain(setup, cell, check)
     run = shell.user_ns["_azbatch"]
     assert run.backend.name == "azure" and run.changed == changed
+
+
+def test_a_cell_that_raises_keeps_what_it_did_on_azure(azure_env: RunningEmulator, shell):
+    here, there, plain_error, remote_error = _raise_here_and_there(shell, "--backend azure")
+    assert here == there == (1, [1, 5], False)
+    assert (remote_error.ename, remote_error.evalue) == ("ValueError", "late") and remote_error.__notes__ == [KEPT_HERE]
+    assert shell.user_ns["_azbatch"].backend.name == "azure"
 
 
 # --- on a real kernel: the same notebook run plainly and with %%azbatch ---
@@ -235,6 +310,35 @@ def test_a_teaching_cell_on_a_real_kernel_on_azure(azure_env: RunningEmulator, t
         json.loads(remote_out[-1]) == json.loads(plain_out[-1]) == [json.loads(plain_out[-1])[0], 30, 4950, "30 rows"]
     )
     assert "Wall time:" in remote_out[2], remote_out
+
+
+def _raising_notebook(cells: list[str], work: Path) -> tuple[Any, dict[str, Any]]:
+    """Run ``cells`` (the one before the last raises) on a real kernel: the last one's printed JSON, and
+    the error the one before it showed."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+    client = NotebookClient(
+        nb, timeout=180, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(work)}}
+    )
+    client.execute()
+    error = next(o for o in nb.cells[-2].outputs if o["output_type"] == "error")
+    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o["output_type"] == "stream")
+    return json.loads(printed), error
+
+
+def test_a_cell_that_raises_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
+    """After the cell that raises, the same names hold the same values as after the plain run, and the
+    cell's ValueError shows on its own line, with the line that says what was kept."""
+    work = tmp_path / "work"
+    work.mkdir()
+    check = "print(json.dumps([a, xs, 'b' in dir()]))"
+    here, plain_error = _raising_notebook(["import json", "xs = [1]", RAISES, check], work)
+    there, remote_error = _raising_notebook(
+        ["import json", "%load_ext batchmagic", "xs = [1]", f"%%azbatch --backend local\n{RAISES}", check], work
+    )
+    assert there == here == [1, [1, 5], False]
+    assert (plain_error["ename"], plain_error["evalue"]) == ("ValueError", "late")
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(remote_error["traceback"]))
+    assert "raise ValueError('late')" in shown and "ValueError: late" in shown and shown.endswith(KEPT_HERE)
 
 
 # --- IPython syntax ---

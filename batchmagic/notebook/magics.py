@@ -23,7 +23,7 @@ from batchmagic import api, pools
 from batchmagic.backends import BACKENDS
 from batchmagic.backends.base import NamedPools
 from batchmagic.config import Settings, parse_env
-from batchmagic.errors import CaptureError, ConfigError, RunCancelled
+from batchmagic.errors import BatchMagicError, CaptureError, ConfigError, RunCancelled
 from batchmagic.notebook.logcap import LogCap
 from batchmagic.notebook.pump import ui_pump
 from batchmagic.notebook.record import record_of
@@ -258,6 +258,10 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
         with _warnings_as_lines(), ui_pump() as pump:
             try:
                 result = run.wait(between_polls=pump)
+            except BatchMagicError:
+                if not run.partial:
+                    raise
+                result = None  # the cell raised after it did some work: fetch keeps that, then raises
             finally:
                 if run.done:
                     panel.finish(record_of(run, background=False))

@@ -24,6 +24,7 @@ from batchmagic.backends.base import BackendStatus, TaskStatus
 from batchmagic.errors import RemoteError, RunFailed
 from batchmagic.package.folder import bring_back, explain_missing
 from batchmagic.protocol import Layout, TaskOutcome, count_lines, decode_log_records
+from batchmagic.run.names import kept_line
 from batchmagic.run.ranks import blame, failure_of, last_lines
 from batchmagic.run.state import LogRecord, Phase
 from batchmagic.run.sweep import SweepRow, results_table
@@ -56,6 +57,7 @@ class Collected:
     deleted: list[str] | None = None
     changed: list[str] | None = None
     finished: int = 0  # a sweep's tasks that had finished
+    partial: bool | None = None  # the cell raised: outputs, deleted and changed are what it did before
 
 
 def collect(run: Run, status: BackendStatus) -> Collected:
@@ -85,13 +87,30 @@ def collect_one(run: Run, status: BackendStatus) -> Collected:
     outcome, back = bring_back_files(run, task.task_id, outcome)
     if not outcome.ok:
         got.error = exit_failure(run.name, outcome) or remote_error(outcome, task.task_id)
+        if kept_partial(outcome):  # as the notebook keeps what a cell did before it raised
+            take_names(got, outcome)
+            got.partial = True
+            got.error.outputs = dict(got.outputs)
+            if line := kept_line(got.outputs, got.deleted or [], bound=False):
+                got.error.add_note(line)
         return got
-    got.outputs = load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=6))
-    for name, reason in outcome.skipped.items():
-        warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=4)
-    got.deleted, got.changed = list(outcome.deleted), list(outcome.changed)
+    take_names(got, outcome)
     got.summary = _join(files_line(got.files or []), back, status.note)
     return got
+
+
+def kept_partial(outcome: TaskOutcome) -> bool:
+    """Whether a failed outcome brings back what the cell did before it raised (or exited): the runner
+    sends it for a single cell only (``runner.main.keeps_partial``), never after a timeout or a cancel."""
+    return outcome.phase in ("cell", "exit") and bool(outcome.outputs or outcome.deleted or outcome.skipped)
+
+
+def take_names(got: Collected, outcome: TaskOutcome) -> None:
+    """The outcome's names into ``got``; one that cannot come back is a warning that says why."""
+    got.outputs = load_outputs(outcome, lambda text: warnings.warn(text, OutputWarning, stacklevel=7))
+    for name, reason in outcome.skipped.items():
+        warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=5)
+    got.deleted, got.changed = list(outcome.deleted), list(outcome.changed)
 
 
 def collect_sweep(run: Run, status: BackendStatus, *, stopped: str = "") -> Collected:

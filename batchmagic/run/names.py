@@ -4,6 +4,9 @@ Names the cell assigned are bound; names it deleted go; values it read and chang
 (``clf.fit(X, y)``) come back as changed copies and are bound too. A copy is a new object: any other
 name that referred to the old one (``a = b = []``, then the cell does ``a.append(1)``) still holds
 the old one, so :func:`rebind` says which names those are.
+
+A cell that raises keeps, in the notebook, what it did before the raise; so does a remote one
+(:func:`kept_line` is the line that says so).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["rebind", "stale_aliases"]
+__all__ = ["kept_line", "rebind", "stale_aliases"]
 
 # Names IPython binds in every notebook: they hold history, not the user's objects.
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit"})
@@ -64,3 +67,15 @@ def stale_aliases(namespace: Mapping[str, Any], outputs: Mapping[str, Any], chan
                 f"({others[0]} = {names[0]} to follow it)"
             )
     return notes
+
+
+def kept_line(outputs: Iterable[str], deleted: Iterable[str], *, bound: bool) -> str:
+    """The line under a cell's error that says what it did before it raised: where those names are
+    (``bound``: in the notebook; else in the error's ``outputs``, for ``Run.fetch``). Pure."""
+    names, gone = ", ".join(f"`{n}`" for n in outputs), ", ".join(f"`{n}`" for n in deleted)
+    did = " and ".join(part for part in (names and f"assigned or changed {names}", gone and f"deleted {gone}") if part)
+    if not did:
+        return ""
+    if bound:
+        return f"batchmagic: the cell {did} before it raised: kept here, as if the cell had run here"
+    return f"batchmagic: the cell {did} before it raised: err.outputs holds them, run.fetch(namespace) binds them"

@@ -35,7 +35,7 @@ from batchmagic.run.cost import CostMeter
 from batchmagic.run.driver import Driver, sleep_between, thread_warnings
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail
-from batchmagic.run.names import rebind
+from batchmagic.run.names import kept_line, rebind
 from batchmagic.run.ranks import RankPrefixer
 from batchmagic.run.state import GpuTracker, LogRecord, Phase, PhaseSpan, RankRow, RunState
 from batchmagic.run.sweep import task_ids_for
@@ -63,7 +63,13 @@ class Run:
     name : str
         The name given with ``--name``, or one made from the id.
     outputs : dict or list of dict
-        The names the cell assigned, once it has succeeded; for a sweep, one dict per task.
+        The names the cell assigned, once it has succeeded; for a sweep, one dict per task. When the
+        cell raised (:attr:`partial`), what it assigned and changed before the raise.
+    partial : bool
+        The cell raised (or called ``sys.exit(n)``) after it did some work: :attr:`outputs`,
+        ``deleted`` and ``changed`` are what it did before, as the notebook would keep them, and
+        :meth:`fetch` binds them and then raises the cell's error. Never for a sweep, a distributed
+        run, a timeout or a cancel: those keep nothing.
     results : pandas.DataFrame
         A sweep's table: one row per task with its parameters, state, exit code, duration,
         node, scalar outputs and error.
@@ -113,6 +119,7 @@ class Run:
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
         self.changed: list[str] = []  # names the cell read and changed in place (in outputs too)
+        self.partial = False  # the cell raised: outputs are what it did before the raise
         self.keep_failed = False  # keep the data of a run that fails before it starts (--keep-failed)
         self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
         self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
@@ -601,16 +608,25 @@ class Run:
 
     def fetch(self, namespace: MutableMapping[str, Any] | None = None) -> list[str]:
         """Bring a finished single-cell run's names into ``namespace`` (default: the one it was submitted
-        from); return the names. Background runs never write into a notebook by themselves."""
+        from); return the names. Background runs never write into a notebook by themselves.
+
+        A run whose cell raised (:attr:`partial`) leaves what the notebook would have: the names it
+        assigned, changed and deleted before the raise are bound, then its error is raised, with a
+        line that says which names were kept.
+        """
         if self.is_sweep:
             raise ConfigError(f"run {self.name} is a sweep: its results are in run.results, not in names")
-        outputs = self.result()
+        outputs = self.outputs if self.partial else self.result()
         target = namespace if namespace is not None else self._namespace
         if target is None:
             raise ConfigError("fetch needs a namespace: run.fetch(globals())")
         for note in rebind(target, outputs, deleted=self.deleted, changed=self.changed):
             warnings.warn(note, OutputWarning, stacklevel=2)
         self.fetched = True
+        if self.partial and self.error is not None:
+            line = kept_line(outputs, self.deleted, bound=True)
+            self.error.__notes__ = [line] if line else []  # now bound: say so
+            raise self.error
         return list(outputs)
 
     def watch_in_background(self) -> threading.Thread:
@@ -720,7 +736,7 @@ class Run:
         """Keep what collection brought back; end the run done, or failed with its error."""
         if got.records:
             self._notify(got.records)
-        for name in ("outputs", "results", "errors", "displays", "files", "deleted", "changed"):
+        for name in ("outputs", "results", "errors", "displays", "files", "deleted", "changed", "partial"):
             value = getattr(got, name)
             if value is not None:
                 setattr(self, name, value)

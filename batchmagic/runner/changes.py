@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["changed_in_place"]
+__all__ = ["as_received", "changed_in_place"]
 
 
 def changed_in_place(
@@ -67,6 +67,17 @@ def changed_in_place(
             continue
         changed[name] = after
     return changed, skipped
+
+
+def as_received(outputs: Mapping[str, bytes], received: Callable[[str], bytes | None]) -> list[str]:
+    """The names among ``outputs`` (pickled) whose value is still the one the cell received: a cell that
+    raised before it assigned them. Each is compared as :func:`changed_in_place` compares."""
+    same = []
+    for name, after in outputs.items():
+        original = received(name)
+        if original is not None and (after == original or _same_as_received(after, original)):
+            same.append(name)
+    return same
 
 
 def _same_as_received(after: bytes, original: bytes | None) -> bool:

@@ -27,11 +27,12 @@ import cloudpickle
 
 from batchmagic import data
 from batchmagic.channel import Channel, open_channel
+from batchmagic.distributed import rank_of
 from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, Manifest
 from batchmagic.protocol import ObjectRef, Progress, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
 from batchmagic.runner import plots
-from batchmagic.runner.changes import changed_in_place
+from batchmagic.runner.changes import as_received, changed_in_place
 from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
 from batchmagic.runner.ipyshell import NoIPythonError, ipython_cell
@@ -198,6 +199,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     sys.stdout = TeeStream(fds.stdout, log, "o")
     sys.stderr = TeeStream(fds.stderr, log, "e")
     capture = rich.Capture(lambda output: log.add("d", output))
+    failed: TaskOutcome | None = None  # the cell raised, or exited non-zero
     try:
         with capture.active():
             try:
@@ -206,16 +208,14 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
             except SystemExit as err:
                 if err.code not in (None, 0):  # sys.exit(n): a non-zero exit of the cell, not an error
                     sys.stdout.flush()
-                    exited = TaskOutcome(ok=False, phase="exit", error=TaskError("SystemExit", repr(err.code)))
-                    return EXIT_CELL_ERROR, _with_files(exited, spec, Path(cwd), workdir, before)
+                    failed = TaskOutcome(ok=False, phase="exit", error=TaskError("SystemExit", repr(err.code)))
             finally:
                 capture.show_figures(only_new=True)  # figures left open, as the inline backend shows them
     except _Terminated:
-        raise
+        raise  # stopped mid-statement: nothing of the namespace is kept (see _after_cell)
     except BaseException as err:
         sys.stdout.flush()
-        failed = TaskOutcome(ok=False, error=_describe(err, err.__traceback__), displays=tuple(capture.outputs))
-        return EXIT_CELL_ERROR, _with_files(failed, spec, Path(cwd), workdir, before)
+        failed = TaskOutcome(ok=False, error=_describe(err, err.__traceback__))
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -224,8 +224,8 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         fds.__exit__(None, None, None)
         if sampler is not None:
             sampler.stop()
-    done = replace(_names_back(namespace, manifest, spec, bundle_path), displays=tuple(capture.outputs))
-    return EXIT_OK, _with_files(done, spec, Path(cwd), workdir, before)
+    done = replace(_after_cell(failed, namespace, manifest, spec, bundle_path, log), displays=tuple(capture.outputs))
+    return EXIT_OK if failed is None else EXIT_CELL_ERROR, _with_files(done, spec, Path(cwd), workdir, before)
 
 
 def _open_bundle(spec: TaskSpec, bundle_path: Path, workdir: Path) -> BundleReader:
@@ -256,8 +256,41 @@ def _namespace(reader: BundleReader, spec: TaskSpec, workdir: Path) -> dict[str,
     return namespace
 
 
-def _names_back(namespace: dict[str, Any], manifest: Manifest, spec: TaskSpec, bundle_path: Path) -> TaskOutcome:
-    """The names the cell bound, and the values it read and changed in place (see runner.changes)."""
+def keeps_partial(spec: TaskSpec) -> bool:
+    """Whether a cell that raised sends back what it bound and changed before the raise, as the notebook
+    keeps it: a single cell does; a sweep's task does not (its row shows the error), nor a distributed
+    run's rank (when one rank fails the others are stopped mid-statement: no state worth keeping)."""
+    return not spec.params and rank_of(spec.task_id) is None
+
+
+def _after_cell(
+    failed: TaskOutcome | None,
+    namespace: dict[str, Any],
+    manifest: Manifest,
+    spec: TaskSpec,
+    bundle_path: Path,
+    log: LogSink,
+) -> TaskOutcome:
+    """The cell's outcome: its names back; when it raised (or exited), its error, with the names it bound
+    and changed before the raise where :func:`keeps_partial` (the same ``--out`` and checks as a success)."""
+    if failed is None:
+        return _names_back(namespace, manifest, spec, bundle_path)
+    if not keeps_partial(spec):
+        return failed
+    try:
+        kept = _names_back(namespace, manifest, spec, bundle_path, raised=True)
+    except Exception as err:  # the cell's error is what matters: it is never lost to this
+        log.add("e", f"[batchmagic] what the cell did before it raised cannot come back: {err}\n")
+        return failed
+    return replace(failed, outputs=kept.outputs, skipped=kept.skipped, deleted=kept.deleted, changed=kept.changed)
+
+
+def _names_back(
+    namespace: dict[str, Any], manifest: Manifest, spec: TaskSpec, bundle_path: Path, *, raised: bool = False
+) -> TaskOutcome:
+    """The names the cell bound, and the values it read and changed in place (see runner.changes).
+    ``raised``: the cell stopped early, so a name it reads and would have bound after the raise may still
+    hold what it received: such a name stays as it is in the notebook."""
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
     outputs, skipped = _collect(namespace, names)
 
@@ -268,6 +301,9 @@ def _names_back(namespace: dict[str, Any], manifest: Manifest, spec: TaskSpec, b
         obj = spec.objects.get(name)
         return open_channel(obj.url).read() if obj is not None else None
 
+    if raised:
+        for name in as_received(outputs, received):
+            del outputs[name]
     tracked = {k: v for k, v in manifest.tracked.items() if k not in outputs and k not in spec.params}
     changed, unsent = changed_in_place(namespace, tracked, received, wanted=manifest.outputs)
     return TaskOutcome(
