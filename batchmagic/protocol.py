@@ -391,7 +391,9 @@ class TaskOutcome:
     of time), ``"result"`` (the outcome itself could not be written whole), ``"exit"`` (the cell
     called ``sys.exit(n)`` with a non-zero ``n``: ``error.message`` is ``repr(n)``). ``outputs`` are the names
     the cell bound, and those it read and changed in place (also in ``changed``), each cloudpickled apart
-    so one that cannot travel does not sink the others.
+    so one that cannot travel does not sink the others. A single cell that raised or exited (``ok`` false,
+    phase ``"cell"`` or ``"exit"``) carries them too, and ``skipped`` and ``deleted``: what it did before
+    the raise, which the notebook keeps (a sweep's task, a rank and a terminated task carry none).
     """
 
     ok: bool

@@ -114,6 +114,7 @@ def test_an_error_on_one_rank_fails_the_run_with_its_traceback(home: Path) -> No
         run.wait(timeout=60)
     assert time.monotonic() - started < 30  # rank 0 was stopped, not left to its two-minute sleep
     assert info.value.task_id == "rank-1" and "rank one is unhappy" in str(info.value)
+    assert info.value.outputs == {} and not run.partial  # a distributed run keeps nothing of a cell that raised
     assert not any(_alive(pid) for pid in _pids(home, run).values())
 
 
