@@ -353,6 +353,9 @@ class NodeState:
     address: str
     ranks: tuple[RankState, ...] = ()
     done: bool = False  # every rank of the node has ended
+    #: When the node's supervisor started (its clock, ``time.time()``): a task requeued after a node restart
+    #: runs every instance again, and a state older than the attempt is the previous attempt's.
+    since: float = 0.0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -366,6 +369,7 @@ class NodeState:
             address=str(raw.get("address", "")),
             ranks=tuple(RankState(**r) for r in raw.get("ranks", ())),
             done=bool(raw.get("done", False)),
+            since=float(raw.get("since", 0.0)),
         )
 
 

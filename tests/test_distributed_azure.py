@@ -190,3 +190,58 @@ def test_the_cost_is_n_nodes_and_teardown_ends_every_rank(
     wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
     time.sleep(1.5)  # a few of the monitor's ticks: the run stays cancelled
     assert run.state().phase == Phase.CANCELLED
+
+
+REQUEUE_CELL = """
+import os, pathlib, time
+mark = pathlib.Path(MARKS) / os.environ["RANK"]
+attempt = "second" if mark.exists() else "first"
+mark.touch()
+print(attempt, "attempt", flush=True)
+if attempt == "first" and os.environ["RANK"] == "0":
+    time.sleep(300)  # until its node restarts
+if attempt == "second" and os.environ["RANK"] == "1":
+    time.sleep(2)  # rank 0 ends first: the primary must wait for this attempt's rank 1
+"""
+
+
+def test_a_requeued_run_reads_only_its_own_attempts_node_states(
+    azure_env: RunningEmulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The primary's node restarts mid-run (a reboot that requeues its task): Batch runs every instance again.
+    The previous attempt's node states (rank 1 had finished, rank 0 was running) are not this attempt's:
+    the ranks show pending until this attempt's supervisors write theirs, and what comes back is the second
+    attempt's, rank 1 included."""
+    from azure.batch import models as m
+
+    from batchmagic.api import Session
+
+    (tmp_path / "marks").mkdir()
+    session = Session()  # this test's settings (a session made by an earlier test holds its own)
+    request.addfinalizer(session.teardown)
+    run = session.submit(REQUEUE_CELL, {"MARKS": str(tmp_path / "marks")}, backend="azure", nodes=2, distributed=True)
+
+    def polled(check: Any) -> Any:
+        return lambda: not run.poll() and check()
+
+    wait_for(polled(lambda: [r.state for r in run.state().ranks] == ["running", "succeeded"]), timeout=90)
+    client = azure_env.client()
+    task = client.get_task(run.id, "rank-0")
+    pool, primary = task.node_info.pool_id, task.node_info.node_id
+    other = next(iter(client.list_subtasks(run.id, "rank-0"))).node_info.node_id
+    # Hold the requeued task (it needs both nodes) while the client looks at it.
+    client.disable_node_scheduling(
+        pool, other, m.BatchNodeDisableSchedulingOptions(node_disable_scheduling_option="taskcompletion")
+    )
+    client.begin_reboot_node(
+        pool, primary, m._models.BatchNodeRebootOptions(node_reboot_kind="requeue"), polling_interval=0
+    )
+    wait_for(lambda: client.get_task(run.id, "rank-0").execution_info.requeue_count == 1, timeout=30)
+    for _ in range(3):
+        run.poll()
+        assert [r.state for r in run.state().ranks] == ["pending", "pending"], run.state().ranks
+        time.sleep(0.2)
+    client.enable_node_scheduling(pool, other)
+    assert run.wait(timeout=120)["attempt"] == "second"
+    assert run.logs("rank-1").splitlines()[-1] == "second attempt"
+    assert [r.state for r in run.state().ranks] == ["succeeded", "succeeded"]

@@ -4,8 +4,9 @@ to blame, each rank's status from the nodes' states, the node supervisor's start
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
-from batchmagic.backends.azure.ranks import COORDINATION, lost_node, rank_statuses
+from batchmagic.backends.azure.ranks import COORDINATION, lost_node, rank_statuses, this_attempt
 from batchmagic.backends.base import TaskStatus, TaskSubmission
 from batchmagic.distributed import is_main, local_rank, node_rank, rank, rank_environment, thread_budget, world
 from batchmagic.protocol import NodeState, RankGroup, RankState, TaskError, TaskOutcome
@@ -85,7 +86,7 @@ def test_lost_node_and_the_coordination_command() -> None:
 
     assert lost_node([Sub("running", None)]) == ""
     assert lost_node([Sub("completed", 137)]) == "node tvm-b (instance 1) of the run failed (exit code 137)"
-    assert "AZ_BATCH_IS_CURRENT_NODE_MASTER" in COORDINATION and "&" in COORDINATION
+    assert "AZ_BATCH_IS_CURRENT_NODE_MASTER" in COORDINATION and "--coordinate" in COORDINATION
 
 
 def test_the_primary_gives_up_on_a_node_that_never_starts(monkeypatch) -> None:
@@ -115,3 +116,20 @@ def test_node_ranks_put_the_primary_first_wherever_the_host_list_has_it() -> Non
         for held in (held0, held1):
             if held is not None:
                 held.close()
+
+
+def test_an_earlier_attempts_node_states_do_not_count(tmp_path) -> None:
+    """After a requeue every instance runs again: the client keeps only states whose supervisor started after
+    the requeue; a node other than the primary ignores a primary state older than its own supervisor."""
+    old = NodeState(0, "tvm-a", "10.0.0.4", (RankState(0, 1.0, 11, code=0, ended=2.0),), done=True, since=1.0)
+    new = NodeState(1, "tvm-b", "10.0.0.5", (RankState(1, 6.0, 12),), since=6.0)
+    assert this_attempt([old, new, None], None) == [old, new, None]
+    assert this_attempt([old, new, None], 5.0) == [None, new, None]
+    states = tuple((tmp_path / f"node-{n}.json").as_uri() for n in range(2))
+    group = RankGroup("r", nodes=2, procs_per_node=1, master_port=6105, specs=("", ""), states=states)
+    (tmp_path / "node-0.json").write_bytes(replace(old, ranks=(RankState(0, 1.0, 11, code=1, ended=2.0),)).to_json())
+    other = supervisor.Supervisor(group, 1, "10.0.0.5", "10.0.0.4", "tvm-b")
+    assert other.others() == []  # the primary's failure is the previous attempt's: nothing to stop for
+    fresh = replace(old, since=other.state.since + 1)
+    (tmp_path / "node-0.json").write_bytes(fresh.to_json())
+    assert other.others() == [fresh]

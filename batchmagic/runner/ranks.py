@@ -158,7 +158,7 @@ class Supervisor:
 
     def __init__(self, group: RankGroup, node_rank: int, address: str, master: str, node_id: str) -> None:
         self.group = group
-        self.state = NodeState(node_rank=node_rank, node_id=node_id, address=address)
+        self.state = NodeState(node_rank=node_rank, node_id=node_id, address=address, since=time.time())
         self.master = master
         self.procs: dict[int, _Forked] = {}
         self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
@@ -184,11 +184,14 @@ class Supervisor:
         self.state = replace(self.state, ranks=tuple(ranks))
         self.publish()
 
-    def publish(self) -> None:
+    def publish(self) -> bool:
+        """Write this node's state to the store; False (and a line) when the store did not take it."""
         try:
             open_channel(self.group.states[self.state.node_rank]).write(self.state.to_json())
         except OSError as err:  # the ranks go on; the next change tries again
             print(f"batchmagic: could not write this node's state: {err}", file=sys.stderr)
+            return False
+        return True
 
     def reap(self) -> bool:
         """Note the ranks that ended since the last look; True if any did."""
@@ -207,15 +210,21 @@ class Supervisor:
 
     def others(self) -> list[NodeState]:
         """The other nodes' states the watch needs: every node's on the primary, the primary's elsewhere."""
-        wanted = range(self.group.nodes) if self.state.node_rank == 0 else [0]
+        primary = self.state.node_rank == 0
         found = []
-        for node in wanted:
+        for node in range(self.group.nodes) if primary else [0]:
             if node == self.state.node_rank:
                 continue
             try:
-                found.append(NodeState.from_json(open_channel(self.group.states[node]).read()))
+                state = NodeState.from_json(open_channel(self.group.states[node]).read())
             except (OSError, ValueError, KeyError):
                 continue  # not written yet (that node has not started), or mid-write
+            if primary or state.since >= self.state.since:
+                found.append(state)
+            # else: the primary's state of an earlier attempt (the task was requeued). This attempt's primary
+            # starts after this node's coordination command has ended, so after this supervisor: a primary
+            # state older than this supervisor is not this attempt's. The primary needs no such rule: every
+            # other node has written this attempt's state before its coordination command ended (--coordinate).
         return found
 
     def stop(self) -> None:
@@ -288,9 +297,49 @@ class Supervisor:
         return EXIT_RANK_FAILED
 
 
+def coordinate(supervisor: Supervisor, workdir: Path) -> int:
+    """A node other than the primary, in its coordination command: start the ranks and write the node's
+    state, then go on watching in a child and return (exit 0) once that state is in the store. The primary's
+    application command starts only after every coordination command has ended, so it never reads an earlier
+    attempt's state of this node (a task requeued after a node restart runs every instance again)."""
+    ready, told = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork():  # the coordination command: wait until the child has written the node's state
+        os.close(told)
+        with os.fdopen(ready, "rb") as pipe:
+            said = pipe.read(1)
+        if said != b"1":
+            print("batchmagic: this node's supervisor ended before it started its ranks", file=sys.stderr)
+            return EXIT_RANK_FAILED
+        return 0
+    os.close(ready)
+    code = EXIT_RANK_FAILED
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup did: outlive the coordination command's shell
+        supervisor.start(workdir)
+        os.write(told, b"1")
+        os.close(told)
+        code = supervisor.watch()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchmagic.runner.ranks", description=__doc__)
     parser.add_argument("--group", required=True, help="path of the run's group.json")
+    parser.add_argument(
+        "--coordinate",
+        action="store_true",
+        help="the coordination command of a node other than the primary: exit 0 once this node's ranks have "
+        "started and its state is written, and watch them in the background",
+    )
     args = parser.parse_args(argv)
     group = RankGroup.from_json(Path(args.group).read_bytes())
     env = os.environ
@@ -300,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     hosts = node_order(hosts, master)
     node_rank, _held = claim_node(hosts, primary, group.master_port + 1)
     supervisor = Supervisor(group, node_rank, hosts[node_rank], master, env.get("AZ_BATCH_NODE_ID", ""))
-    supervisor.start(Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd()))
+    workdir = Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd())
+    if args.coordinate and not primary:
+        return coordinate(supervisor, workdir)
+    supervisor.start(workdir)
     return supervisor.watch()
 
 

@@ -42,7 +42,7 @@ from batchmagic.backends.azure.calls import (
 from batchmagic.backends.azure.named_pools import AzurePools
 from batchmagic.backends.azure.nodeimages import NodeImage, SupportedImage, choose_node_image
 from batchmagic.backends.azure.poolspec import Pool, PoolRequest
-from batchmagic.backends.azure.ranks import as_multi_instance, batch_view, lost_node, rank_statuses
+from batchmagic.backends.azure.ranks import as_multi_instance, batch_view, lost_node, rank_statuses, this_attempt
 from batchmagic.backends.azure.status import AzureRun, value
 from batchmagic.backends.azure.vmsizes import gpus_for, vm_cores
 from batchmagic.backends.base import Backend, BackendStatus, NamedPools, TaskStatus, TaskSubmission
@@ -339,7 +339,7 @@ class AzureBackend(Backend, NamedPools):
             error = lost_node(subtasks)
             if error:
                 self._terminate(sub.run_id)
-        tasks = rank_statuses(sub, task, states)
+        tasks = rank_statuses(sub, task, this_attempt(states, self._runs[sub.run_id].requeued.get(task.task_id)))
         return replace(answer, tasks=tasks, completed=None, changed=None, error=error)
 
     def _status(self, run_id: str) -> BackendStatus:

@@ -36,18 +36,20 @@ __all__ = [
     "GROUP_FILE",
     "lost_node",
     "rank_statuses",
+    "this_attempt",
 ]
 
 #: The group's file name in each node's task directory (``AZ_BATCH_TASK_SHARED_DIR``).
 GROUP_FILE = "group.json"
 _SUPERVISOR = 'python3 -P -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED_DIR/group.json"'
-#: Every node: the other nodes start their supervisor in the background and exit 0 at once (the
-#: primary's application command waits for every coordination command to exit).
+#: Every node: the other nodes start their supervisor, which exits 0 once the node's ranks have started and
+#: its state is in the store, and goes on watching them in the background (the primary's application
+#: command waits for every coordination command to exit: it never reads an earlier attempt's states).
 COORDINATION = "/bin/sh -c " + shlex.quote(
     'if [ "$AZ_BATCH_IS_CURRENT_NODE_MASTER" != true ]; then '
     # Its output beside the task's files, or in /tmp when the image's user cannot write there.
     'out="$AZ_BATCH_TASK_SHARED_DIR/ranks.txt"; touch "$out" 2>/dev/null || out=/tmp/batchmagic-ranks.txt; '
-    f'nohup {_SUPERVISOR} > "$out" 2>&1 & fi'
+    f'exec {_SUPERVISOR} --coordinate > "$out" 2>&1; fi'
 )
 #: The primary: its own ranks, and the watch over every node's.
 APPLICATION = "/bin/sh -c " + shlex.quote(_SUPERVISOR)
@@ -74,6 +76,15 @@ def batch_view(submission: TaskSubmission) -> TaskSubmission:
     """What Batch runs of a distributed run: one task, ``rank-0`` (the ranks are its instances' processes)."""
     first = submission.task_ids[0]
     return replace(submission, task_ids=[first], spec_keys={first: submission.spec_keys[first]})
+
+
+def this_attempt(states: Iterable[NodeState | None], requeued: float | None) -> list[NodeState | None]:
+    """The nodes' states of the task's current attempt: after a requeue (a node restarted: Batch runs every
+    instance again), a state whose supervisor started before the requeue (``lastRequeueTime``) is the
+    previous attempt's, and its node has not written this attempt's yet (None)."""
+    if requeued is None:
+        return list(states)
+    return [s if s is not None and s.since >= requeued else None for s in states]
 
 
 def rank_statuses(

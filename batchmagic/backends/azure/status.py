@@ -87,6 +87,7 @@ class AzureRun:
     holding: Holding | None = None
     holding_read: float = 0.0  # time.monotonic() of the last node-count read
     changed: set[str] = field(default_factory=set)  # tasks read this tick
+    requeued: dict[str, float] = field(default_factory=dict)  # task id -> its last requeue (lastRequeueTime)
 
     def __post_init__(self) -> None:
         self.tasks = {tid: TaskStatus(tid) for tid in self.submission.task_ids}
@@ -125,6 +126,8 @@ def note_tasks(run: AzureRun, found: Iterable[Any]) -> None:
             status.started = info.start_time.timestamp() if info.start_time else None
             status.ended = info.end_time.timestamp() if info.end_time else None
             status.exit_code = info.exit_code
+            if info.last_requeue_time is not None:
+                run.requeued[task.id] = info.last_requeue_time.timestamp()
             if state == "completed":
                 status.failure = task_failure(info, run.submission)
 
