@@ -57,7 +57,9 @@ DEFAULT_MASTER_PORT = 6105
 #: is too small for NCCL's shared-memory transport and for DataLoader workers (they fail with "Bus error");
 #: the memory is only used when written.
 DEFAULT_SHM_SIZE = "8g"
-#: Azure Batch runs a multi-instance task on at most this many nodes.
+#: Azure Batch runs a multi-instance task on at most this many nodes: a pool with inter-node communication holds
+#: at most 100 in the default (Batch service) pool allocation mode, 80 in a user-subscription account, which
+#: the Batch API does not tell ("Batch service quotas and limits", its pool size limits).
 MAX_NODES = 100
 #: Ranks one node starts at most (``--procs-per-node``): more than any VM has GPUs, and cores to spare.
 MAX_PROCS_PER_NODE = 64

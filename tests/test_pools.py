@@ -173,6 +173,8 @@ def test_scale_to_zero_estimate_is_idle_plus_one_interval():
         ("create p --idle soon", "--idle 'soon' is not a duration"),
         ("create p --slots-per-node 0", "--slots-per-node must be between 1 and 256"),
         ("create p --max-nodes lots", "invalid int value"),
+        ("create p --vm Standard_D2s_v3 --inter-node --max-nodes 101", "--inter-node pools hold at most 100 nodes"),
+        ("create p --vm Standard_D2s_v3 --inter-node --low-priority", "dedicated nodes only: drop --low-priority"),
         ("create", "needs the pool's name"),
         ("resize p", "needs a number of nodes"),
         ("resize p -1", "needs a number of nodes"),

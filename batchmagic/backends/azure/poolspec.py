@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from batchmagic.backends.azure.vmsizes import check_current
 from batchmagic.config import parse_duration
+from batchmagic.distributed import MAX_NODES
 from batchmagic.errors import ConfigError
 
 __all__ = [
@@ -122,6 +123,13 @@ class PoolRequest:
         check_current(self.vm_size)  # a retired size: one line naming a current one
         if not isinstance(self.max_nodes, int) or self.max_nodes < 1:
             raise ConfigError(f"--max-nodes must be at least 1, not {self.max_nodes!r}")
+        if self.inter_node and self.max_nodes > MAX_NODES:
+            # Batch's pool size limit for inter-node communication ("Batch service quotas and limits"); the
+            # service takes such a pool and never brings it to its size (resize errors), so say it here.
+            raise ConfigError(
+                f"--inter-node pools hold at most {MAX_NODES} nodes (Azure Batch's limit for inter-node "
+                f"communication): use --max-nodes {MAX_NODES} or fewer"
+            )
         if not isinstance(self.slots_per_node, int) or not 1 <= self.slots_per_node <= MAX_SLOTS_PER_NODE:
             raise ConfigError(
                 f"--slots-per-node must be between 1 and {MAX_SLOTS_PER_NODE}, not {self.slots_per_node!r}"
