@@ -390,6 +390,26 @@ def test_a_sweep_task_or_a_rank_that_raises_keeps_nothing(tmp_path: Path, spec: 
     assert outcome.error.type == "ValueError" and outcome.outputs == {} and outcome.deleted == ()
 
 
+def test_as_received_trusts_a_known_hash_and_downloads_nothing_for_it() -> None:
+    """Which names a cell that raised left as it received them: a large object's hash alone decides (no
+    second download of it); a bundled value gets the second look."""
+    import hashlib
+
+    from batchmagic.runner.changes import as_received
+
+    shipped, other = cloudpickle.dumps([1], protocol=5), cloudpickle.dumps([2], protocol=5)
+    asked: list[str] = []
+
+    def received(name: str) -> bytes:
+        asked.append(name)
+        return shipped
+
+    digest = hashlib.sha256(shipped).hexdigest()
+    outputs = {"same": shipped, "assigned": other, "big": shipped, "big_assigned": other}
+    assert as_received(outputs, received, {"big": digest, "big_assigned": digest}) == ["same", "big"]
+    assert asked == ["same", "assigned"]
+
+
 def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:
     cell = "import threading\nlock = threading.Lock()\ngen = (i for i in range(3))\ncount = 3"
     task = _prepare(tmp_path, cell, {})

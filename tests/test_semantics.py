@@ -214,6 +214,17 @@ def test_api_a_cell_that_raises_says_what_it_kept(home):
     session.teardown()
 
 
+def test_a_background_run_that_raises_keeps_what_it_did_once_fetched(shell):
+    shell.run_cell("xs = [1]")
+    shell.run_cell(f"%%azbatch --backend local --no-wait --out-run bg\n{RAISES}")
+    run = shell.user_ns["bg"]
+    run.watch_in_background().join(timeout=60)
+    assert run.partial and "a" not in shell.user_ns and shell.user_ns["xs"] == [1]  # never written by itself
+    with pytest.raises(RemoteError, match="late") as caught:
+        shell.run_cell("%azbatch_fetch bg")
+    assert (shell.user_ns["a"], shell.user_ns["xs"]) == (1, [1, 5]) and caught.value.__notes__ == [KEPT_HERE]
+
+
 def test_a_timeout_keeps_nothing(shell):
     shell.run_cell("xs = [1]")
     with pytest.raises(RunFailed, match="time"):

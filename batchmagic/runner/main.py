@@ -302,7 +302,7 @@ def _names_back(
         return open_channel(obj.url).read() if obj is not None else None
 
     if raised:
-        for name in as_received(outputs, received):
+        for name in as_received(outputs, received, {k: obj.sha256 for k, obj in spec.objects.items()}):
             del outputs[name]
     tracked = {k: v for k, v in manifest.tracked.items() if k not in outputs and k not in spec.params}
     changed, unsent = changed_in_place(namespace, tracked, received, wanted=manifest.outputs)
