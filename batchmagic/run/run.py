@@ -563,9 +563,11 @@ class Run:
         Raises
         ------
         RemoteError
-            The cell raised remotely.
+            The cell raised remotely. Its ``outputs`` hold what the cell assigned and changed before
+            the raise (:attr:`partial`); :meth:`fetch` binds them. ``wait`` binds nothing.
         RunFailed
-            The run ended without a result (killed, timed out, infrastructure).
+            The run ended without a result (killed, timed out, infrastructure), or the cell called
+            ``sys.exit(n)`` (then its ``outputs`` too hold what it did before).
         TimeoutError
             ``timeout`` seconds passed first; the run goes on.
         """
