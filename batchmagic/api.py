@@ -107,7 +107,7 @@ class Session:
             if name == "local":
                 from batchmagic.backends.local import LocalBackend
 
-                self._backends[key] = LocalBackend(check_home(settings.home))
+                self._backends[key] = LocalBackend(check_home(settings.home), warm=settings.warm_worker != "off")
             elif name == "azure":
                 from batchmagic.backends.azure.backend import AzureBackend
 
@@ -360,7 +360,9 @@ class Session:
     ) -> list[str]:
         """Stop and release whatever this session started that still runs or holds resources.
 
-        Named pools outlive runs: they stay unless ``pools`` (or ``everything``) is given.
+        Named pools outlive runs: they stay unless ``pools`` (or ``everything``) is given. The local
+        backend's warm worker ends too (it is this process's, shared with other sessions: their next run
+        starts it again).
 
         Parameters
         ----------
@@ -380,6 +382,9 @@ class Session:
                 removed.extend(run.teardown(blobs=blobs))
             except Exception as err:  # one stuck run must not keep the others alive
                 removed.append(f"nothing of {run.name}: {err} (run %azbatch_teardown again)")
+        used = {id(b): b for b in [*self._backends.values(), *(run.backend for run in self.runs)]}
+        for each in used.values():
+            each.close()  # the local backend's warm worker: it ends with the session that tears down
         if everything and backend is not None:
             removed.extend(backend.teardown_all(blobs=blobs))
         elif pools and isinstance(backend, NamedPools):

@@ -278,6 +278,7 @@ class Settings:
     ship_limit: int = DEFAULT_SHIP_LIMIT  # AzBatch.ship_limit: bytes a cell ships by naming files in the folder
     bring_back_limit: int = DEFAULT_BRING_BACK_LIMIT  # AzBatch.bring_back_limit: bytes of written files that return
     store_limit: int = DEFAULT_STORE_LIMIT  # AzBatch.store_limit: the local store is trimmed to it after a run
+    warm_worker: str = "on"  # AzBatch.warm_worker: local runners forked from a warm worker ("on") or fresh ("off")
     secrets: Secrets = field(default_factory=Secrets)
 
     @classmethod
@@ -350,6 +351,11 @@ def _from_variable(setting: Setting) -> Any:
         return check_port(_positive(setting.variable, int(str(setting.default))), setting.variable)
     if setting.kind == "size":
         return parse_size(os.environ.get(setting.variable, "") or str(setting.default), setting.variable)
+    if setting.kind == "choice":
+        value = os.environ.get(setting.variable, "").strip().lower() or str(setting.default)
+        if value not in setting.choices:
+            raise ConfigError(f"{setting.variable}={value!r} is not one of: {', '.join(setting.choices)}")
+        return value
     return os.environ.get(setting.variable, "") or setting.default
 
 

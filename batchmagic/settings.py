@@ -168,6 +168,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Most the local run store (AzBatch.home: runs' data, --input files, large variables) keeps: after a "
             "run, the oldest data no live run needs goes until it fits; 0: no limit (batchmagic store --prune "
             "frees by hand)."),
+    Setting("warm_worker", "choice", "BATCHMAGIC_WARM_WORKER", "on", "`on`",
+            "Whether the local backend forks each runner from a warm worker: a process of this kernel's that has "
+            "imported what the kernel imported (it costs about as much memory as those imports; it starts with "
+            "the first local run and ends with the kernel or %azbatch_teardown). 'off': every runner is a fresh "
+            "interpreter, a second or more slower to start.", choices=("on", "off")),
     Setting("panel", "choice", "", "auto", "`auto`",
             "How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
             "or 'auto' (the widget where it can render, text otherwise).",

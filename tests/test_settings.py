@@ -25,6 +25,7 @@ TRAITS = {
     "prices", "region", "master_port", "panel", "log_lines",
     "ship_limit", "bring_back_limit", "store_limit",  # the notebook's folder and the store (issue 17)
     "gpu_base_image", "shm_size",  # GPU runs (issue 19)
+    "warm_worker",  # the local backend's warm worker (issue 17)
 }  # fmt: skip
 VARIABLES = {
     "BATCHMAGIC_BACKEND", "BATCHMAGIC_HOME", "AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCOUNT",
@@ -32,7 +33,7 @@ VARIABLES = {
     "BATCHMAGIC_BASE_IMAGE", "BATCHMAGIC_REGION", "BATCHMAGIC_PRICES", "BATCHMAGIC_POOL", "BATCHMAGIC_NODE_IMAGE",
     "BATCHMAGIC_MAX_TASKS", "BATCHMAGIC_MAX_NODES", "BATCHMAGIC_MASTER_PORT", "DOCKER_HOST",
     "BATCHMAGIC_SHIP_LIMIT", "BATCHMAGIC_BRING_BACK_LIMIT", "BATCHMAGIC_STORE_LIMIT",
-    "BATCHMAGIC_GPU_BASE_IMAGE", "BATCHMAGIC_SHM_SIZE",
+    "BATCHMAGIC_GPU_BASE_IMAGE", "BATCHMAGIC_SHM_SIZE", "BATCHMAGIC_WARM_WORKER",
 }  # fmt: skip
 #: Settings fields that are not settings a user sets: derived, or secrets (never traits).
 NOT_SETTINGS = {"backend_chosen", "user", "secrets"}
@@ -49,6 +50,8 @@ def _sample(name: str, tmp_path: Path) -> tuple[str, Any]:
         return "7001", 7001
     if kind == "size":
         return "3MB", 3_000_000
+    if kind == "choice":
+        return BY_NAME[name].choices[-1], BY_NAME[name].choices[-1]
     return f"from-{name}", f"from-{name}"
 
 
@@ -104,6 +107,9 @@ def test_each_variable_seeds_settings_and_its_trait_and_config_overrides_it(
     if s.kind == "size":
         shell.run_line_magic("config", f"AzBatch.{name} = '5MB'")
         assert getattr(shell.magics_manager.registry["AzBatch"].settings(), name) == 5_000_000
+    elif s.kind == "choice":
+        shell.run_line_magic("config", f"AzBatch.{name} = {s.choices[0]!r}")
+        assert getattr(shell.magics_manager.registry["AzBatch"].settings(), name) == s.choices[0]
     elif s.kind not in ("backend", "path", "port"):
         shell.run_line_magic("config", f"AzBatch.{name} = 'from-config'")
         assert getattr(shell.magics_manager.registry["AzBatch"].settings(), name) == "from-config"

@@ -9,7 +9,6 @@ import os
 import pkgutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,8 @@ import pytest
 
 from batchmagic.api import Session
 from batchmagic.backends.local import LocalBackend
-from batchmagic.backends.local import _worker_environment as worker_environment
-from batchmagic.backends.warm import Forked, WarmWorker, kernel_modules
-from batchmagic.errors import RunCancelled, RunFailed
+from batchmagic.backends.warm import Forked, alive, close_workers, kernel_modules, live_workers
+from batchmagic.errors import ConfigError, RunCancelled, RunFailed
 from tests.support.emulator import wait_for
 
 
@@ -28,22 +26,13 @@ def session(home, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = Session()
     yield s
-    s.teardown()
-    backend: Any = s.backend("local")
-    if backend.warm is not None:
-        backend.warm.close()
-
-
-def with_worker(session: Session) -> Any:
-    """The session's local backend with a warm worker (opt-in: LocalBackend's warm=False by default)."""
-    backend: Any = session.backend("local")
-    if backend.warm is None:
-        backend.warm = WarmWorker(backend.python, worker_environment())
-    return backend
+    s.teardown()  # ends the warm worker
+    assert live_workers() == []
 
 
 def warm_backend(session: Session) -> LocalBackend:
-    backend: Any = with_worker(session)
+    """The session's local backend, its warm worker started and ready (a run would start it, and run fresh)."""
+    backend: Any = session.backend("local")
     assert backend.warm is not None
     backend.warm.start()
     wait_for(lambda: backend.warm.ready, timeout=60)
@@ -52,6 +41,22 @@ def warm_backend(session: Session) -> LocalBackend:
 
 def process_of(backend: LocalBackend, run: Any) -> Any:
     return backend._runs[run.id].tasks["task-0"].process  # noqa: SLF001 - which kind of process ran the task
+
+
+def workers_of(pid: int) -> list[int]:
+    """The warm workers whose parent is ``pid``, read from /proc as ``ps`` would."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == pid and stat[0] not in ("Z", "X") and b"batchmagic.runner.warm" in command:
+            found.append(int(entry.name))
+    return found
 
 
 def test_a_forked_runner_has_what_a_fresh_one_has(session, tmp_path):
@@ -104,7 +109,7 @@ def test_timeout_and_cancel_end_a_forked_runner_and_what_it_started(session):
         run.wait(timeout=60)
     assert isinstance(process_of(backend, run), Forked)
     child = int(run.logs().split()[0])
-    wait_for(lambda: not _alive(child), timeout=10)
+    wait_for(lambda: not alive(child), timeout=10)
 
     run = session.submit(cell, {}, backend=backend)
     wait_for(lambda: run.poll() or run.logs().strip(), timeout=30)
@@ -114,7 +119,7 @@ def test_timeout_and_cancel_end_a_forked_runner_and_what_it_started(session):
         run.result()
     process = process_of(backend, run)
     assert isinstance(process, Forked) and process.wait(10) in (-signal.SIGTERM, -signal.SIGKILL, 143)
-    wait_for(lambda: not _alive(child), timeout=10)
+    wait_for(lambda: not alive(child), timeout=10)
 
 
 def test_a_sweep_forks_a_runner_per_task(session):
@@ -128,6 +133,15 @@ def test_a_sweep_forks_a_runner_per_task(session):
     assert all(isinstance(t.process, Forked) for t in tasks.values())
 
 
+def test_the_setting_switches_it_off(home, monkeypatch):
+    monkeypatch.setenv("BATCHMAGIC_WARM_WORKER", "off")
+    backend: Any = Session().backend("local")
+    assert backend.warm is None
+    monkeypatch.setenv("BATCHMAGIC_WARM_WORKER", "of")
+    with pytest.raises(ConfigError, match="BATCHMAGIC_WARM_WORKER='of' is not one of: on, off"):
+        Session().backend("local")
+
+
 def test_without_the_worker_runners_are_fresh_processes(home, tmp_path):
     backend = LocalBackend(home, warm=False)
     run = Session().submit("x = 1", {}, backend=backend, folder="")
@@ -135,35 +149,142 @@ def test_without_the_worker_runners_are_fresh_processes(home, tmp_path):
     assert not isinstance(process_of(backend, run), Forked)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie waiting for its parent is gone for our purpose
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_first_run_starts_as_before_while_the_worker_warms(session):
-    backend: Any = with_worker(session)
+    close_workers()  # as in a kernel that has not run a local cell yet
+    backend: Any = session.backend("local")
+    assert backend.warm.pid is None
     run = session.submit("x = 1", {}, backend=backend)
     assert run.wait(timeout=60) == {"x": 1}
     assert not isinstance(process_of(backend, run), Forked)  # the worker was not ready yet
     wait_for(lambda: backend.warm.ready, timeout=60)
-    time.sleep(0.1)
+    run = session.submit("x = 2", {}, backend=backend)
+    assert run.wait(timeout=60) == {"x": 2} and isinstance(process_of(backend, run), Forked)
 
 
 def test_the_worker_leaves_nothing_behind(home):
-    backend = LocalBackend(home, warm=True)
+    backend = LocalBackend(home)
     assert backend.warm is not None
-    backend.warm.close()  # never started: nothing was made
-    worker = LocalBackend(home, warm=True).warm
-    assert worker is not None
+    close_workers()
+    assert backend.warm.pid is None  # made, never started: nothing was made
+    worker = backend.warm
     worker.start()
     wait_for(lambda: worker.ready, timeout=60)
     where = Path(worker._socket).parent  # noqa: SLF001
     assert where.is_dir()
     worker.close()
-    assert not where.exists() and not worker.ready
+    assert not where.exists() and not worker.ready and live_workers() == []
+
+
+def test_two_sessions_share_one_worker(session, home):
+    other = Session()
+    backend = warm_backend(session)
+    assert other.backend("local") is not backend and other.backend("local").warm is backend.warm  # type: ignore[attr-defined]
+    pids = []
+    for each in (session, other):
+        run = each.submit("import os\nparent = os.getppid()", {}, backend="local")
+        pids.append(run.wait(timeout=60)["parent"])
+    assert pids == [backend.warm.pid] * 2  # type: ignore[union-attr]
+    assert workers_of(os.getpid()) == [backend.warm.pid]  # type: ignore[union-attr]
+
+
+def test_teardown_ends_the_worker_and_the_next_run_starts_it_again(session):
+    backend: Any = warm_backend(session)
+    pid = backend.warm.pid
+    assert session.submit("x = 1", {}, backend=backend).wait(timeout=60) == {"x": 1}
+    session.teardown()
+    assert not alive(pid) and workers_of(os.getpid()) == [] and backend.warm.pid is None
+    run = session.submit("x = 2", {}, backend=backend)  # a fresh runner; the worker starts beside it
+    assert run.wait(timeout=60) == {"x": 2} and not isinstance(process_of(backend, run), Forked)
+    wait_for(lambda: backend.warm.ready, timeout=60)
+    assert backend.warm.pid != pid and workers_of(os.getpid()) == [backend.warm.pid]
+
+
+#: A client process: a Session whose first local run starts the worker; it says what it sees, then waits.
+CLIENT = """
+import os, sys, time
+from pathlib import Path
+from batchmagic.api import Session
+from tests.test_warm import workers_of
+
+session = Session()
+backend = session.backend("local")
+print("before", len(workers_of(os.getpid())), flush=True)
+assert session.submit("x = 1", {}, backend=backend).wait(timeout=60) == {"x": 1}
+deadline = time.monotonic() + 60
+while not backend.warm.ready and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("worker", backend.warm.pid, backend.warm._socket, flush=True)
+if sys.argv[1] == "hang":
+    time.sleep(600)
+"""
+
+
+def _client(tmp_path: Path, how: str) -> Any:
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT, how], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_fresh_process_has_no_worker_until_its_first_local_run_and_none_after_it_exits(home, tmp_path):
+    client = _client(tmp_path, "exit")
+    assert client.stdout is not None
+    assert client.stdout.readline().split() == ["before", "0"]
+    _, pid, where = client.stdout.readline().split()
+    assert client.wait(60) == 0
+    wait_for(lambda: not alive(int(pid)), timeout=10)  # atexit closed it
+    assert not Path(where).parent.exists()
+
+
+def test_a_parent_killed_with_sigkill_leaves_no_worker(home, tmp_path):
+    client = _client(tmp_path, "hang")
+    assert client.stdout is not None
+    assert client.stdout.readline().split() == ["before", "0"]
+    _, pid, where = client.stdout.readline().split()
+    assert alive(int(pid))
+    client.kill()
+    client.wait(10)
+    wait_for(lambda: not alive(int(pid)), timeout=5)  # the parent-death signal
+    wait_for(lambda: not Path(where).parent.exists(), timeout=5)  # it removed its socket and folder
+
+
+def test_a_worker_whose_parent_is_gone_before_it_starts_ends_at_once(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # pid 1 is never this test's pid: the worker's parent is "gone" already when it checks
+    done = subprocess.run(
+        [sys.executable, "-m", "batchmagic.runner.warm", "1", str(tmp_path / "w.sock")],
+        env=env, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and b"ready" not in done.stdout and not (tmp_path / "w.sock").exists()
+
+
+def test_runners_outlive_a_killed_worker_with_their_timeout_and_cancel(session):
+    backend: Any = warm_backend(session)
+    cell = "import time\nprint('started', flush=True)\ntime.sleep(6)\nx = 1"
+    finishing = session.submit(cell, {}, backend=backend)
+    stuck = (
+        "import subprocess, time\nchild = subprocess.Popen(['sleep', '60'])\nprint(child.pid, flush=True)\n"
+        "time.sleep(60)"
+    )
+    timing_out = session.submit(stuck, {}, backend=backend, timeout=4)
+    cancelled = session.submit(stuck, {}, backend=backend)
+    for run in (finishing, timing_out, cancelled):
+        assert isinstance(process_of(backend, run), Forked)
+        wait_for(lambda run=run: run.logs().strip(), timeout=30)
+    os.kill(backend.warm.pid, signal.SIGKILL)  # the worker dies while its three runners run
+    cancelled.cancel()
+    with pytest.raises(RunCancelled):
+        cancelled.result()
+    assert finishing.wait(timeout=60)["x"] == 1
+    with pytest.raises(RunFailed, match="stopped after its --timeout of 4s"):
+        timing_out.wait(timeout=60)
+    for run in (timing_out, cancelled):  # what they started went with them: their process groups are their own
+        wait_for(lambda run=run: not alive(int(run.logs().split()[0])), timeout=10)
+    assert process_of(backend, finishing).wait(1) == 0
+    run = session.submit("x = 2", {}, backend=backend)  # the worker starts again
+    assert run.wait(timeout=60) == {"x": 2}
+    wait_for(lambda: backend.warm.ready, timeout=60)

@@ -184,6 +184,10 @@ class Backend(ABC):
         """A phrase pointing at the task's own stderr, for when the runner never produced a result."""
         return ""
 
+    def close(self) -> None:  # noqa: B027 - an optional hook
+        """Let go of what this client keeps for the backend between runs (the local backend's warm worker);
+        runs are not touched, and the next run makes what it needs again. Idempotent."""
+
     def teardown_all(self, *, blobs: bool = False) -> list[str]:
         """End what any client left behind on this backend (``blobs``: its run data too); a line per
         thing removed. A backend that keeps nothing beyond its runs removes nothing."""

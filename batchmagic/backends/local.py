@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
-from batchmagic.backends.warm import Forked, WarmWorker
+from batchmagic.backends.warm import Forked, WarmWorker, close_workers, shared_worker
 from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
@@ -80,24 +79,33 @@ class LocalBackend(Backend):
         batchmagic's state directory; run data goes under ``home/runs``.
     python : str, optional
         The interpreter that runs the runner. Default: this one.
+    warm : bool, optional
+        Fork runners from this process's warm worker (:mod:`batchmagic.backends.warm`), started by the
+        first run; False: every runner is a fresh interpreter (``AzBatch.warm_worker = 'off'``).
     """
 
     name = "local"
     poll_intervals = (0.05, 0.5)
     store: LocalStore
 
-    def __init__(self, home: Path, *, python: str | None = None, warm: bool = False) -> None:
+    def __init__(self, home: Path, *, python: str | None = None, warm: bool = True) -> None:
         self.home = Path(home)
         self.store = LocalStore(self.home)
         self.python = python or sys.executable
         self._runs: dict[str, _LocalRun] = {}
-        # Runners forked from a process that has imported what this kernel has (batchmagic.backends.warm);
-        # None: each runner is a fresh interpreter. Off by default: a worker outlives the Session that made
-        # it (the full suite ran out of memory with dozens of them), until Session.teardown closes it.
-        self.warm: WarmWorker | None = None
-        if warm:
-            self.warm = WarmWorker(self.python, _worker_environment())
-            weakref.finalize(self, self.warm.close)
+        self._warm = warm
+
+    @property
+    def warm(self) -> WarmWorker | None:
+        """The warm worker runners are forked from: this process's one for the interpreter and the current
+        environment, shared with every other backend (None when switched off). Made, not started: the
+        first run starts it."""
+        return shared_worker(self.python, _worker_environment()) if self._warm else None
+
+    def close(self) -> None:
+        """End this process's warm worker of this interpreter (Session.teardown): the next run starts it again."""
+        if self._warm:
+            close_workers(self.python)
 
     def default_slots(self, tasks: int) -> int:
         """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
@@ -176,8 +184,11 @@ class LocalBackend(Backend):
             forked = None
             # A distributed run's ranks start fresh: each sets its share of the cores (OMP_NUM_THREADS...)
             # before numpy or torch reads it, which a forked runner has done already.
-            if self.warm is not None and not run.submission.image and not run.submission.distributed:
-                forked = self.warm.fork(task.spec_path, workdir, env, task.dir / "stdout.txt", task.dir / "stderr.txt")
+            worker = self.warm
+            if worker is not None and not run.submission.image and not run.submission.distributed:
+                forked = worker.fork(
+                    task.spec_path, workdir, env, task.dir / "stdout.txt", task.dir / "stderr.txt", task.dir / "result"
+                )
             task.process = forked or subprocess.Popen(
                 argv,
                 cwd=workdir,
@@ -478,10 +489,16 @@ def _docker_gpu_failure(submission: TaskSubmission, task: _Task, code: int) -> s
     )
 
 
+#: Variables that change while a kernel lives and that no import reads: left out of the warm worker's
+#: environment, so that a change of them does not retire the worker (each forked runner gets its task's
+#: whole environment, these included).
+_NOT_THE_WORKERS = ("BATCHMAGIC_", "AZ_BATCH_", "PYTEST_", "JPY_", "COLUMNS", "LINES")
+
+
 def _worker_environment() -> dict[str, str]:
     """The warm worker's own environment: a task's, without what is the task's own (each forked runner
     gets its task's whole environment)."""
-    env = inherited_environment(_SECRET_ENV)
+    env = {k: v for k, v in inherited_environment(_SECRET_ENV).items() if not k.startswith(_NOT_THE_WORKERS)}
     env.update(PYTHONPATH=_PACKAGE_ROOT, PYTHONUNBUFFERED="1")
     return env
 

@@ -1,17 +1,29 @@
 """The local backend's warm worker: runners forked from a process that already imported what the kernel did.
 
 A fresh ``python -m batchmagic.runner`` imports numpy, pandas and scikit-learn again before the cell runs
-(a second or two). :class:`WarmWorker` keeps one process per backend and interpreter
-(:mod:`batchmagic.runner.warm`) that has imported the runner and the third-party modules this kernel has
-imported, and asks it to fork each task's runner: the child starts in milliseconds. Each request names the
-kernel's modules again, so the worker imports what the kernel imported since. A forked runner has what a
-spawned one has: its own session and process group (so the timeout and Cancel kill it as one), the task's
-working directory, environment and output files. The first task of a kernel starts as before, while the
-worker warms up beside it.
+(a second or two). A :class:`WarmWorker` is a process (:mod:`batchmagic.runner.warm`) that has imported the
+runner and the third-party modules this kernel has imported, and forks each task's runner: the child
+starts in milliseconds. Each request names the kernel's modules again, so the worker imports what the
+kernel imported since. A forked runner has what a spawned one has: its own session and process group (so
+the timeout and Cancel kill it as one), the task's working directory, environment and output files.
+
+Its life (one worker costs the memory of what the kernel imported, often 200-500 MB):
+
+- One per kernel process, interpreter and environment (:func:`shared_worker`), shared by every
+  ``LocalBackend`` and ``Session`` of the process. A changed environment retires the worker of the old
+  one: at most one per interpreter lives at a time.
+- Started by the first run that would use it (not by making a backend or a Session): that run starts as
+  a fresh process while the worker warms up beside it.
+- Ended by ``Session.teardown`` (:func:`close_workers`), by this process's exit (atexit), and by itself
+  when this process dies however it dies (the worker's parent-death signal, and its parent pid check).
+- A runner still running when its worker ends goes on as a process of its own, as a fresh runner does
+  when its kernel dies: its session and process group are its own, so the timeout and Cancel still end
+  it, and :class:`Forked` then watches it through /proc and reads its exit from its result.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -24,7 +36,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["WarmWorker", "Forked", "kernel_modules"]
+__all__ = ["WarmWorker", "Forked", "kernel_modules", "shared_worker", "close_workers", "live_workers"]
 
 log = logging.getLogger("batchmagic.backends.warm")
 
@@ -57,13 +69,17 @@ def kernel_modules() -> list[str]:
 
 class Forked:
     """A runner forked by the warm worker: the parts of ``subprocess.Popen`` the local backend uses
-    (``pid``, ``poll``, ``wait``), its exit code read from the worker's connection."""
+    (``pid``, ``poll``, ``wait``), its exit code read from the worker's connection, or, when the worker
+    ended first, from the runner's result once its process is gone."""
 
-    def __init__(self, conn: socket.socket, reader: BinaryIO, pid: int) -> None:
+    def __init__(self, conn: socket.socket, reader: BinaryIO, pid: int, result: Path, worker: WarmWorker) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._conn = conn
         self._reader = reader  # the connection's buffered reader: it may hold the exit line already
+        self._result = result
+        self._worker = worker
+        self._ticks = start_ticks(pid)
         self._ended = threading.Event()
         threading.Thread(target=self._watch, name=f"warm-child-{pid}", daemon=True).start()
 
@@ -75,12 +91,24 @@ class Forked:
             code = None
         finally:
             self._conn.close()
-        if code is None:  # the worker went away: the child is no longer ours to reap; wait for it to go
-            while _alive(self.pid):
-                self._ended.wait(0.1)
-            code = 1  # unknown: the runner's result says what happened
+        if code is None:
+            code = self._orphaned()
         self.returncode = code
         self._ended.set()
+
+    def _orphaned(self) -> int:
+        """The worker ended before this runner: it goes on (its own session), watched here until it ends."""
+        if alive(self.pid, self._ticks):
+            say = log.info if self._worker.closed_on_purpose else log.warning
+            say("the warm worker ended while task runner %d ran: it goes on as a process of its own", self.pid)
+        while alive(self.pid, self._ticks):
+            self._ended.wait(0.1)
+        from batchmagic.protocol import TaskOutcome
+
+        try:
+            return 0 if TaskOutcome.from_bytes(self._result.read_bytes()).ok else 1
+        except Exception:  # noqa: BLE001 - no readable result: it ended without one, as a killed runner does
+            return -9
 
     def poll(self) -> int | None:
         return self.returncode
@@ -92,18 +120,33 @@ class Forked:
         return self.returncode
 
 
-def _alive(pid: int) -> bool:
+def start_ticks(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot (/proc): with the pid, it names one process; 0 unknown."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def alive(pid: int, ticks: int = 0) -> bool:
+    """Whether ``pid`` runs (not a zombie, and the same process when ``ticks`` says when it started)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        if sys.platform.startswith("linux"):
+            return False
+        try:  # no /proc: the signal check
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    return fields[0] not in ("Z", "X") and (not ticks or int(fields[19]) == ticks)
 
 
 class WarmWorker:
-    """One warm worker process for an interpreter, started on first use and kept while the kernel lives.
+    """One warm worker process for an interpreter and environment, started on first use (see the module).
 
     Parameters
     ----------
@@ -114,47 +157,63 @@ class WarmWorker:
     """
 
     def __init__(self, python: str, env: dict[str, str]) -> None:
-        self._python = python
-        self._env = env
+        self.python = python
+        self.env = env
         self._dir = ""  # made when the worker starts: a backend that never runs a task leaves nothing behind
         self._socket = ""
         self._process: subprocess.Popen[bytes] | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self.failed = False
+        self.failed = False  # it could not start: tasks start as fresh processes from then on
+        self.closed_on_purpose = False
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it runs (or starts), else None."""
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
 
     def start(self) -> None:
-        """Start the worker in the background (idempotent); :meth:`fork` uses it once it is ready."""
+        """Start the worker in the background unless it runs (a worker that ended is started again);
+        :meth:`fork` uses it once it is ready."""
         with self._lock:
-            if self._process is not None or self.failed:
+            if self.failed or self.pid is not None:
                 return
+            self._discard()
+            _close_at_exit()
+            self.closed_on_purpose = False
+            self._ready = threading.Event()
             self._dir = tempfile.mkdtemp(prefix="batchmagic-warm-")
             self._socket = os.path.join(self._dir, "worker.sock")
-            self._process = subprocess.Popen(
-                [self._python, "-m", "batchmagic.runner.warm", self._socket, *kernel_modules()],
-                env=self._env,
+            self._process = process = subprocess.Popen(
+                [self.python, "-m", "batchmagic.runner.warm", str(os.getpid()), self._socket, *kernel_modules()],
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 cwd=self._dir,
             )
-        threading.Thread(target=self._await_ready, name="batchmagic-warm-start", daemon=True).start()
+        threading.Thread(target=self._await_ready, args=(process, self._ready), daemon=True).start()
 
-    def _await_ready(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        if self._process.stdout.readline().strip() == b"ready":
-            self._ready.set()
-        else:
+    def _await_ready(self, process: subprocess.Popen[bytes], ready: threading.Event) -> None:
+        assert process.stdout is not None
+        said = process.stdout.readline().strip()
+        process.stdout.close()
+        if said == b"ready":
+            ready.set()
+        elif process is self._process and not self.closed_on_purpose:
             log.warning("the warm worker did not start: tasks start as fresh processes")
             self.failed = True
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and self._process is not None and self._process.poll() is None
+        return self._ready.is_set() and self.pid is not None
 
-    def fork(self, spec: Path, cwd: Path, env: dict[str, str], stdout: Path, stderr: Path) -> Forked | None:
+    def fork(
+        self, spec: Path, cwd: Path, env: dict[str, str], stdout: Path, stderr: Path, result: Path
+    ) -> Forked | None:
         """A runner for ``spec`` forked by the worker; None when the worker is not ready (or failed): the
-        caller then starts the runner as a fresh process."""
+        caller then starts the runner as a fresh process (and the worker starts, for the next one)."""
         if not self.ready:
             self.start()
             return None
@@ -176,15 +235,78 @@ class WarmWorker:
             conn.close()
             log.warning("the warm worker refused a task (%s): a fresh process instead", answer.get("error"))
             return None
-        return Forked(conn, reader, int(answer["pid"]))
+        return Forked(conn, reader, int(answer["pid"]), result, self)
 
     def close(self) -> None:
-        """End the worker (its forked runners are sessions of their own: they go on)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+        """End the worker (its forked runners are sessions of their own: they go on); :meth:`start` may
+        start it again."""
+        with self._lock:
+            self.closed_on_purpose = True
+            process = self._process
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            self._discard()
+
+    def _discard(self) -> None:
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = self._socket = ""
+        self._ready.clear()
+
+
+# This process's workers, by (interpreter, environment); a forked child of this process starts with none.
+_workers: dict[tuple[str, tuple[tuple[str, str], ...]], WarmWorker] = {}
+_workers_lock = threading.Lock()
+_at_exit = threading.Event()
+
+
+def shared_worker(python: str, env: dict[str, str]) -> WarmWorker:
+    """This process's worker for ``python`` started with ``env`` (made, not started, on first call); the
+    worker of the same interpreter under another environment is closed (the kernel's environment
+    changed: its modules would have read the old one)."""
+    key = (python, tuple(sorted(env.items())))
+    with _workers_lock:
+        worker = _workers.get(key)
+        retired = [w for k, w in _workers.items() if k != key and k[0] == python]
+        if worker is None:
+            worker = _workers[key] = WarmWorker(python, env)
+        for old in retired:
+            del _workers[(old.python, tuple(sorted(old.env.items())))]
+    for old in retired:
+        old.close()
+    return worker
+
+
+def live_workers() -> list[WarmWorker]:
+    """This process's workers that run now."""
+    with _workers_lock:
+        return [w for w in _workers.values() if w.pid is not None]
+
+
+def close_workers(python: str | None = None) -> None:
+    """End this process's workers (of ``python`` only, when given); the next run starts one again."""
+    with _workers_lock:
+        workers = [w for (p, _), w in _workers.items() if python is None or p == python]
+    for worker in workers:
+        worker.close()
+
+
+def _close_at_exit() -> None:
+    if not _at_exit.is_set():
+        _at_exit.set()
+        atexit.register(close_workers)
+
+
+def _forget_in_child() -> None:
+    """A fork of this process (multiprocessing's) owns none of its parent's workers: it must never close them."""
+    global _workers_lock
+    _workers.clear()
+    _workers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -1,18 +1,26 @@
 """A warm worker: a process that has imported what the kernel imported and forks a fresh runner per task.
 
-``python -m batchmagic.runner.warm SOCKET [MODULE ...]`` imports the runner and the modules named, then
-listens on the Unix socket ``SOCKET`` (multiprocessing's forkserver is the model). Each connection asks
-for one task, as one JSON line: ``{"spec", "cwd", "env", "stdout", "stderr", "modules"}``. The worker
-first imports the ``modules`` it has not imported yet (the kernel imported more since), then forks. The
-child starts a session of its own (its own process group: the backend's timeout and Cancel kill it as
-one), takes the task's working directory, environment and output files, and runs the runner as
+``python -m batchmagic.runner.warm PARENT SOCKET [MODULE ...]`` first ties its life to its parent (the
+kernel, pid ``PARENT``): on Linux the kernel sends it a signal when the parent dies (``PR_SET_PDEATHSIG``),
+and everywhere its loop checks that its parent is still ``PARENT`` (which also covers a parent that died
+before the signal was asked for). Then it imports the runner and the modules named, and listens on the
+Unix socket ``SOCKET`` (multiprocessing's forkserver is the model). Each connection asks for one task, as
+one JSON line: ``{"spec", "cwd", "env", "stdout", "stderr", "modules"}``. The worker first imports the
+``modules`` it has not imported yet (the kernel imported more since), then forks. The child starts a
+session of its own (its own process group: the backend's timeout and Cancel kill it as one), takes the
+task's working directory, environment and output files, and runs the runner as
 ``python -m batchmagic.runner --spec SPEC`` would, in a process that paid for no import. The worker
 answers ``{"pid": N}``, and ``{"exit": CODE}`` when the child ends (negative: the signal that ended it),
-then closes the connection. It ends when its parent (the kernel) does.
+then closes the connection.
+
+When the worker ends (its parent died, or SIGTERM) it removes its socket and folder; a runner still
+running goes on, as a fresh runner does when its kernel dies: the client that started it watches it by
+its pid and reads its result (batchmagic.backends.warm.Forked), or a later client adopts it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import json
 import os
@@ -20,12 +28,39 @@ import select
 import signal
 import socket
 import sys
+from types import FrameType, ModuleType
 from typing import Any
 
-# The runner, imported before any fork: every child starts with it loaded.
-runner = importlib.import_module("batchmagic.runner.main")
-
 __all__ = ["serve", "main"]
+
+#: The signal Linux sends the worker when the thread that started it ends (PR_SET_PDEATHSIG): a thread,
+#: not the process, so its handler checks whether the parent process is really gone.
+PARENT_DIED = signal.SIGUSR1
+_PR_SET_PDEATHSIG = 1
+
+
+class Leave(SystemExit):
+    """The worker ends now (raised from a signal handler): SIGTERM from its client's close."""
+
+
+class ParentGone(Leave):
+    """The kernel that started this worker is gone: the worker ends (raised from the signal handler)."""
+
+
+def die_with(parent: int) -> None:
+    """End this process when ``parent`` ends, even by SIGKILL: raise :class:`ParentGone` now if it is gone."""
+
+    def check(_signum: int = 0, _frame: FrameType | None = None) -> None:
+        if os.getppid() != parent:
+            raise ParentGone(0)
+
+    signal.signal(PARENT_DIED, check)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(PARENT_DIED), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the loop's check alone
+    check()  # the parent died before the signal was asked for: nobody would send it
 
 
 def _preload(modules: list[str], done: set[str]) -> None:
@@ -36,11 +71,15 @@ def _preload(modules: list[str], done: set[str]) -> None:
         done.add(name)
         try:
             importlib.import_module(name)
+        except Leave:
+            raise
         except BaseException:  # noqa: BLE001 - a module that cannot load here is the cell's to import, not ours
             continue
 
 
-def _child(request: dict[str, Any], listener: socket.socket, conn: socket.socket, wake: int) -> None:
+def _child(
+    runner: ModuleType, request: dict[str, Any], listener: socket.socket, conn: socket.socket, wake: int
+) -> None:
     """In the forked child: become the task's runner, then leave without running the worker's exit code."""
     code = 2
     try:
@@ -48,7 +87,8 @@ def _child(request: dict[str, Any], listener: socket.socket, conn: socket.socket
         conn.close()
         os.close(wake)
         signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for signum in (signal.SIGCHLD, PARENT_DIED, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
         os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -106,9 +146,9 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
     return request
 
 
-def serve(path: str, modules: list[str]) -> None:
-    """Import ``modules``, then fork a runner for each request on the socket ``path`` until the parent ends."""
-    parent = os.getppid()
+def serve(parent: int, path: str, modules: list[str]) -> None:
+    """Import ``modules``, then fork a runner for each request on the socket ``path`` while ``parent`` lives."""
+    runner = importlib.import_module("batchmagic.runner.main")  # before any fork: every child has it loaded
     done: set[str] = set()
     _preload(modules, done)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,15 +182,36 @@ def serve(path: str, modules: list[str]) -> None:
             conn.close()
             continue
         if pid == 0:
-            _child(request, listener, conn, wake_r)
+            _child(runner, request, listener, conn, wake_r)
         children[pid] = conn
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         _reap(children)
 
 
+def _tidy(path: str) -> None:
+    """Remove the socket and its folder (the client made it for this worker alone)."""
+    for remove in (os.unlink, lambda p: os.rmdir(os.path.dirname(p))):
+        try:
+            remove(path)
+        except OSError:
+            pass
+
+
+def _leave(_signum: int, _frame: FrameType | None) -> None:
+    raise Leave(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    serve(args[0], args[1:])
+    parent, path, modules = int(args[0]), args[1], args[2:]
+    try:
+        signal.signal(signal.SIGTERM, _leave)  # the client's close: leave through the finally
+        die_with(parent)
+        serve(parent, path, modules)
+    except Leave:
+        pass
+    finally:
+        _tidy(path)
 
 
 if __name__ == "__main__":
