@@ -400,14 +400,28 @@ def _trimmer(store: LocalStore, ledger: Ledger, limit: int) -> UpdateCallback:
         if not state.phase.final or done.is_set():
             return
         done.set()
-        try:
-            gone = trim(store, ledger, limit)
-            if gone.total:
-                log.info("trimmed the store %s by %d bytes (AzBatch.store_limit)", store.describe(), gone.total)
-        except Exception:  # the run's result matters more than a tidy store
-            log.warning("could not trim the store %s", store.describe(), exc_info=True)
+        # Beside the run, not in its way: surveying the store takes a tenth of a second and more as it grows,
+        # which a blocking cell would wait for after its result is in (the recent data a new run may
+        # need is within upkeep's grace period: never trimmed).
+        threading.Thread(target=_trim, args=(store, ledger, limit), name="batchmagic-trim", daemon=True).start()
 
     return after
+
+
+_trimming = threading.Lock()  # one trim at a time: a second one finds nothing the first left
+
+
+def _trim(store: LocalStore, ledger: Ledger, limit: int) -> None:
+    if not _trimming.acquire(blocking=False):
+        return
+    try:
+        gone = trim(store, ledger, limit)
+        if gone.total:
+            log.info("trimmed the store %s by %d bytes (AzBatch.store_limit)", store.describe(), gone.total)
+    except Exception:  # the run's result matters more than a tidy store
+        log.warning("could not trim the store %s", store.describe(), exc_info=True)
+    finally:
+        _trimming.release()
 
 
 def _sweep_rows(

@@ -56,15 +56,25 @@ def kernel_modules() -> list[str]:
     """The third-party modules this process has imported (from site-packages: ``sklearn.tree`` as well as
     ``sklearn``, and the private modules a library loads on first use, like ``sklearn.utils._param_validation``),
     the notebook's own machinery aside: what a warm worker imports before it forks, a package before its
-    modules."""
-    names = []
-    for name, module in list(sys.modules.items()):
-        parts = name.split(".")
-        where = getattr(module, "__file__", None) or ""
-        if parts[0] in _NOT_PRELOADED or parts[0].startswith("_") or "site-packages" not in where:
-            continue
-        names.append(name)
-    return sorted(names)
+    modules. Read again only when ``sys.modules`` grew or shrank (a sweep asks once per task: 20-30 ms
+    each to scan a kernel's thousands of modules)."""
+    count = len(sys.modules)
+    found = _scanned.get(count)
+    if found is None:
+        names = []
+        for name, module in list(sys.modules.items()):
+            parts = name.split(".")
+            where = getattr(module, "__file__", None) or ""
+            if parts[0] in _NOT_PRELOADED or parts[0].startswith("_") or "site-packages" not in where:
+                continue
+            names.append(name)
+        found = sorted(names)
+        _scanned.clear()
+        _scanned[count] = found
+    return list(found)
+
+
+_scanned: dict[int, list[str]] = {}  # len(sys.modules) when kernel_modules last read it: what it found
 
 
 class Forked:

@@ -276,10 +276,17 @@ def _type_name(value: Any) -> str:
 def _is_local_file(file: str | None, root: Path) -> bool:
     if not file:
         return False
-    path = Path(file).resolve()
+    path = _resolved(file) if file.startswith("/") else Path(file).resolve()
     if root not in path.parents:
         return False
     return not any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+@functools.lru_cache(maxsize=8192)
+def _resolved(file: str) -> Path:
+    """An imported module's absolute file, resolved once per kernel: every submit asks for each of the
+    kernel's modules (about a millisecond each, a kernel has hundreds)."""
+    return Path(file).resolve()
 
 
 def _module_file(name: str) -> str | None:
