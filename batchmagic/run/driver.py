@@ -62,6 +62,7 @@ class Driver:
         self.last_lines: dict[str, str] = {}  # a distributed run's ranks' last lines
         self._activity = False  # the last tick brought output or a new phase: poll fast again
         self._poll_errors = 0  # consecutive failed polls
+        self._finished = 0  # tasks finished at the last tick
         self._prefixer = RankPrefixer()
         self._line_parts: dict[str, str] = {}  # each rank's line printed so far (its end not yet arrived)
         self.ended_in_store = False  # attached to a run every task of which left its outcome in the store
@@ -98,7 +99,7 @@ class Driver:
             meter.observe(status.holding, time.time())
             if meter.over_budget and not status.finished:
                 return Tick(status, error=meter.budget_line(name), budget=True)
-        self._activity = bool(records) or status.phase != phase
+        self._activity = bool(records) or status.phase != phase or self._ending()
         records = self.deliverable(records)
         return Tick(status, records, error=status.error, detail=status.detail or self.progress)
 
@@ -132,6 +133,14 @@ class Driver:
                 yield self.deliverable(records)
         if self.world and (unfinished := self._prefixer.flush()):
             yield unfinished  # the ranks' last lines that had no newline
+
+    def _ending(self) -> bool:
+        """A task finished and none is left to start: the run may end any moment (a sweep's last tasks), so
+        the next poll comes soon, not after a backed-off interval (up to half a second locally)."""
+        tally = self.tasks.tally
+        finished = tally.get("succeeded", 0) + tally.get("failed", 0)
+        moved, self._finished = finished != self._finished, finished
+        return moved and not tally.get("pending")
 
     def back_off(self) -> None:
         """The next poll waits longer, not less (storage is away)."""
