@@ -5,7 +5,9 @@ in this process, side by side in one run:
 - a small scikit-learn cell (a decision tree on 150 rows): median of 5 runs each;
 - a sweep task's start-up: from the backend starting the task to the cell's first statement, median over
   the tasks of a 21-task sweep;
-- that 21-task sweep (one tree per depth) against the plain loop over the same 21 depths.
+- that 21-task sweep (one tree per depth) against the plain loop over the same 21 depths, and where a
+  task's time goes (the median task, from the backend starting it to the backend seeing it end);
+- the warm worker's resident memory once it has imported what this process has (numpy, scikit-learn).
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ def _data() -> dict[str, Any]:
 
 
 def _plain() -> tuple[float, float]:
-    """Seconds for the cell run in this process (median of REPEAT), and for the plain loop over the depths."""
+    """Seconds for the cell run in this process, and for the plain loop over the depths (medians of REPEAT)."""
     times = []
     for _ in range(REPEAT):
         start = time.perf_counter()
         exec(CELL, dict(_data()))
         times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    for depth in DEPTHS:
-        exec(CELL, {**_data(), "depth": depth})
-    return statistics.median(times), time.perf_counter() - start
+    loops = []
+    for _ in range(REPEAT):  # the median of several: one loop is a tenth of a second, easily disturbed
+        start = time.perf_counter()
+        for depth in DEPTHS:
+            exec(CELL, {**_data(), "depth": depth})
+        loops.append(time.perf_counter() - start)
+    return statistics.median(times), statistics.median(loops)
 
 
 def _backend(home: Path, *, warm: bool) -> LocalBackend:
@@ -62,8 +67,18 @@ def _backend(home: Path, *, warm: bool) -> LocalBackend:
     return backend
 
 
-def _measure(backend: LocalBackend, depths: list[int], repeat: int = REPEAT) -> tuple[float, float, float]:
-    """Seconds for the cell (median of ``repeat``), a sweep task's start-up (median), the sweep over ``depths``."""
+def _rss_mb(pid: int | None) -> float:
+    """Resident memory of process ``pid`` in MB (0 when unknown)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
+
+
+def _measure(backend: LocalBackend, depths: list[int], repeat: int = REPEAT) -> tuple[float, float, float, float]:
+    """Seconds for the cell (median of ``repeat``), a sweep task's start-up (median), the sweep over ``depths``,
+    a sweep task from start to end (median)."""
     session = Session()
     session.submit("x = 1", {}, backend=backend, folder="").wait()  # the first run of a kernel: not measured
     times = []
@@ -79,14 +94,17 @@ def _measure(backend: LocalBackend, depths: list[int], repeat: int = REPEAT) -> 
     sweep_s = time.perf_counter() - start
     tasks = backend._runs[run.id].tasks  # noqa: SLF001 - when the backend started each task
     startups = [t0 - (tasks[str(task_id)].started or t0) for task_id, t0 in results.t0.items()]
+    spans = [(t.ended or 0.0) - (t.started or 0.0) for t in tasks.values()]
     session.teardown()
-    return statistics.median(times), statistics.median(startups), sweep_s
+    return statistics.median(times), statistics.median(startups), sweep_s, statistics.median(spans)
 
 
 def main() -> dict[str, float]:
     plain_cell, plain_loop = _plain()
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
-        warm = _measure(_backend(Path(tmp) / "warm", warm=True), DEPTHS)
+        backend = _backend(Path(tmp) / "warm", warm=True)
+        rss = _rss_mb(backend.warm.pid if backend.warm else None)
+        warm = _measure(backend, DEPTHS)
         cold = _measure(_backend(Path(tmp) / "cold", warm=False), DEPTHS[:4], repeat=3)
     figures = {
         "warm_cell_s": warm[0],
@@ -98,12 +116,16 @@ def main() -> dict[str, float]:
         "warm_sweep_s": warm[2],
         "plain_loop_s": plain_loop,
         "warm_sweep_ratio": warm[2] / plain_loop,
+        "warm_task_s": warm[3],
+        "warm_worker_rss_mb": rss,
     }
     print(f"small scikit-learn cell   warm {warm[0]:.2f} s, cold {cold[0]:.2f} s, plain {plain_cell:.3f} s")
     print(f"sweep task start-up       warm {warm[1]:.3f} s, cold {cold[1]:.3f} s")
     print(
-        f"21-task sweep             warm {warm[2]:.2f} s, plain loop {plain_loop:.2f} s ({warm[2] / plain_loop:.1f}x)"
+        f"21-task sweep             warm {warm[2]:.2f} s, plain loop {plain_loop:.2f} s ({warm[2] / plain_loop:.1f}x),"
+        f" a task {warm[3]:.3f} s"
     )
+    print(f"warm worker               {rss:.0f} MB resident")
     return figures
 
 

@@ -277,7 +277,7 @@ def _is_local_file(file: str | None, root: Path) -> bool:
     if not file:
         return False
     path = _resolved(file) if file.startswith("/") else Path(file).resolve()
-    if root not in path.parents:
+    if path == root or not path.is_relative_to(root):  # strictly under root (path.parents builds every parent)
         return False
     return not any(part in ("site-packages", "dist-packages") for part in path.parts)
 

@@ -135,12 +135,13 @@ class Driver:
             yield unfinished  # the ranks' last lines that had no newline
 
     def _ending(self) -> bool:
-        """A task finished and none is left to start: the run may end any moment (a sweep's last tasks), so
-        the next poll comes soon, not after a backed-off interval (up to half a second locally)."""
+        """A task finished and at most one more round of tasks is left to start: the run may end soon (a
+        sweep's last tasks), so the next poll comes soon, not after a backed-off interval (up to half a
+        second locally; a long sweep on Batch backs off as before until its end is near)."""
         tally = self.tasks.tally
         finished = tally.get("succeeded", 0) + tally.get("failed", 0)
         moved, self._finished = finished != self._finished, finished
-        return moved and not tally.get("pending")
+        return moved and tally.get("pending", 0) <= tally.get("running", 0)
 
     def back_off(self) -> None:
         """The next poll waits longer, not less (storage is away)."""

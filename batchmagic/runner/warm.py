@@ -21,6 +21,7 @@ its pid and reads its result (batchmagic.backends.warm.Forked), or a later clien
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -106,6 +107,7 @@ def _child(
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, PARENT_DIED, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
+        gc.enable()
         os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
         os.chdir(request["cwd"])
         os.environ.clear()
@@ -165,6 +167,7 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
 
 def serve(parent: int, path: str, modules: list[str]) -> None:
     """Import ``modules``, then fork a runner for each request on the socket ``path`` while ``parent`` lives."""
+    gc.disable()  # until the child: no collection leaves holes in the pages the children share (gc.freeze)
     runner = importlib.import_module("batchmagic.runner.main")  # before any fork: every child has it loaded
     done: set[str] = set()
     warmed: set[str] = set()
@@ -196,6 +199,9 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
             _warm_up(warmed)
             sys.stdout.flush()
             sys.stderr.flush()
+            # The worker's objects out of the collector's reach (Python's advice for fork without exec): a
+            # child's collections then never write to the pages it shares with the worker, which stay shared.
+            gc.freeze()
             pid = os.fork()
         except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
             conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
