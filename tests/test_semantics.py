@@ -56,6 +56,22 @@ IN_PLACE = [
         ["df"],
     ),
     (
+        # A generator object travels with its state and comes back advanced: seeding one is how a cell gets
+        # the notebook's random numbers (the global np.random/random state does not travel: what-travels.md).
+        "RandomState draws",
+        "import numpy as np\nrng = np.random.RandomState(42)",
+        "n = rng.rand(3).tolist()",
+        "(n, rng.rand(2).tolist())",
+        ["rng"],
+    ),
+    (
+        "Generator draws",
+        "import numpy as np\nrng = np.random.default_rng(42)",
+        "n = rng.random(3).tolist()",
+        "(n, rng.random(2).tolist())",
+        ["rng"],
+    ),
+    (
         "read only",
         "s = {f'word{i}' for i in range(50)}\nrows = [[1, 2], [3]]\nimport numpy as np\narr = np.arange(5)",
         "n = len(s) + len(rows) + int(arr.sum())",
