@@ -20,6 +20,7 @@ from batchmagic.package.environment import EnvironmentSpec, check_compatible, sp
 from batchmagic.package.image.engine import ImageResult, NoEngineError, ensure_image, image_labels
 from batchmagic.package.image.registry import split_image
 from batchmagic.run.state import Phase
+from batchmagic.sandbox import IMAGE as EMULATOR_IMAGE
 
 if TYPE_CHECKING:
     from batchmagic.package.capture import CapturedCell
@@ -77,8 +78,11 @@ class ImageRequest:
     def _guard(self, modules: Iterable[str]) -> str:
         """Check the given image against the kernel: its labels are read once per image and kernel; a
         configured image that cannot be looked at runs unchecked, said once (and not at all when there is
-        no Docker engine here to ask: the run's nodes pull it, nothing here can do better)."""
+        no Docker engine here to ask: the run's nodes pull it, nothing here can do better). The Batch
+        emulator's placeholder (``batchmagic emulator``) names no image at all: nothing to check, nothing said."""
         labels: dict[str, str] | None
+        if self.configured and self.given == EMULATOR_IMAGE:
+            return self.given
         if self.given in self.memo.labels:
             labels = self.memo.labels[self.given]
         elif self.given in self.memo.unchecked:
