@@ -93,6 +93,15 @@ def plain(cells: list[str], folder: Path) -> dict[str, Any]:
 def test_strings_of_the_cell_and_of_the_notebook_functions_it_calls():
     assert cell_strings("x = open('data/a.csv')\nf'{x}'\ny = 1") == ["data/a.csv"]
     assert cell_strings("%time df = load('data/a.csv')") == ["data/a.csv"]  # IPython syntax: still found
+    # A shell command's words name paths too (options aside), as os.listdir('data') would.
+    assert cell_strings("files = !ls -1 data # a comment\n!!wc -l 'my data/a.csv'") == [
+        "my data/a.csv",
+        "ls",
+        "data",
+        "wc",
+        "my data/a.csv",
+    ]
+    assert cell_strings("%%bash\nwc -l results/x.txt") == ["wc", "results/x.txt"]
     namespace: dict[str, Any] = {"__name__": "__main__"}
     exec("def inner():\n    return 'data/inner.csv'\ndef load():\n    return inner(), 'data/b.csv'\n", namespace)
     namespace["library"] = os.path.join  # a library function: not the notebook's
@@ -181,6 +190,20 @@ def test_local_cells_behave_as_if_they_ran_here(shell, tmp_path):
     assert shell.user_ns["text"] == "total=1225"
 
 
+SHELL = "files = !ls data\nlines = !wc -l data/train.csv"
+
+
+def test_a_shell_command_sees_the_files_it_names(shell, tmp_path):
+    """``!ls data`` lists what is in data/ here, not the empty folder of the skeleton."""
+    make_project(Path.cwd())
+    (Path.cwd() / "data" / "more.csv").write_text("x\n1\n")
+    shell.run_cell(SHELL)
+    expected = (list(shell.user_ns["files"]), list(shell.user_ns["lines"]))
+    assert expected == (["more.csv", "train.csv"], ["51 data/train.csv"])
+    shell.run_cell(f"%%azbatch --backend local\n{SHELL}")
+    assert (list(shell.user_ns["files"]), list(shell.user_ns["lines"])) == expected
+
+
 def test_a_local_file_changed_meanwhile_is_never_overwritten(home, tmp_path):
     project = make_project(tmp_path / "nb")
     (project / "notes.txt").write_text("v1\n")
@@ -264,6 +287,11 @@ def test_azure_cells_behave_as_if_they_ran_here(azure_env, shell, tmp_path):
     assert (project / "notes.txt").read_text() == "v1\nedited here meanwhile\n"
     assert (project / f"notes.azbatch-{run.id}.txt").read_text() == "v1\nfrom the run\n"
     wait_for(lambda: any("never over it" in line for line in run.warnings), timeout=10)  # after the run's end
+
+    shell.run_cell(SHELL)
+    expected = (list(shell.user_ns["files"]), list(shell.user_ns["lines"]))
+    shell.run_cell(f"%%azbatch\n{SHELL}")
+    assert (list(shell.user_ns["files"]), list(shell.user_ns["lines"])) == expected
 
     with pytest.raises(RemoteError, match="data/nope.csv is neither in the notebook's folder"):
         shell.run_cell("%%azbatch\nopen('data/nope.csv')")

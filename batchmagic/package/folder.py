@@ -31,6 +31,7 @@ import inspect
 import os
 import posixpath
 import re
+import shlex
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -49,6 +50,7 @@ __all__ = [
     "BroughtBack",
     "plan_folder",
     "cell_strings",
+    "shell_words",
     "function_strings",
     "named_paths",
     "skeleton",
@@ -138,12 +140,36 @@ def format_size(n: int) -> str:
 
 
 def cell_strings(source: str) -> list[str]:
-    """The string constants of the cell's source (a cell that does not parse: its quoted strings)."""
+    """The string constants of the cell's source (a cell that does not parse: its quoted strings, and the
+    words of its shell commands, ``!ls data`` naming ``data`` as ``os.listdir('data')`` would)."""
     try:
         tree = ast.parse(source)
     except SyntaxError:  # IPython syntax (%time, !cmd): the quoted strings are still what it names
-        return [m.group(2) for m in re.finditer(r"(['\"])((?:(?!\1)[^\\\n])*)\1", source)]
+        quoted = [m.group(2) for m in re.finditer(r"(['\"])((?:(?!\1)[^\\\n])*)\1", source)]
+        return quoted + shell_words(source)
     return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+#: A shell escape, on its own or assigned (``!cmd``, ``!!cmd``, ``out = !cmd``), or ``%sx``/``%system``.
+_SHELL_LINE = re.compile(r"^\s*(?:[\w.]+(?:\s*,\s*[\w.]+)*\s*=\s*)?(?:!!?|%sx\b|%system\b)(.*)$")
+#: A cell magic whose body is shell script.
+_SHELL_CELL = re.compile(r"^\s*%%(?:bash|sh|script\s+(?:ba)?sh)\b")
+
+
+def shell_words(source: str) -> list[str]:
+    """The words of the cell's shell commands (``!ls data``, ``files = !ls data``, a ``%%bash`` cell's
+    lines), which may name paths as a string constant does; options (``-la``) aside."""
+    lines = source.splitlines()
+    body = lines[1:] if lines and _SHELL_CELL.match(lines[0]) else []
+    commands = body + [m.group(1) for m in map(_SHELL_LINE.match, lines) if m]
+    words: list[str] = []
+    for command in commands:
+        try:
+            parts = shlex.split(command, comments=True)
+        except ValueError:  # an unclosed quote: the plain words still name what they name
+            parts = command.split()
+        words.extend(part for part in parts if not part.startswith("-"))
+    return words
 
 
 def _cell_names(source: str) -> set[str]:
