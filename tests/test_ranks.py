@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from batchmagic.backends.azure.ranks import COORDINATION, lost_node, rank_statuses, this_attempt
+from batchmagic.backends.azure.ranks import APPLICATION, COORDINATION, lost_node, rank_statuses, this_attempt
 from batchmagic.backends.base import TaskStatus, TaskSubmission
 from batchmagic.distributed import is_main, local_rank, node_rank, rank, rank_environment, thread_budget, world
 from batchmagic.protocol import NodeState, RankGroup, RankState, TaskError, TaskOutcome
@@ -86,7 +86,7 @@ def test_lost_node_and_the_coordination_command() -> None:
 
     assert lost_node([Sub("running", None)]) == ""
     assert lost_node([Sub("completed", 137)]) == "node tvm-b (instance 1) of the run failed (exit code 137)"
-    assert "AZ_BATCH_IS_CURRENT_NODE_MASTER" in COORDINATION and "--coordinate" in COORDINATION
+    assert "--coordinate" in COORDINATION and "go" in APPLICATION and "code" in APPLICATION
 
 
 def test_the_primary_gives_up_on_a_node_that_never_starts(monkeypatch) -> None:

@@ -1,9 +1,14 @@
 """A distributed run's node supervisor: ``python -m batchmagic.runner.ranks --group group.json``.
 
 On Azure Batch a distributed run is one multi-instance task. Its application command runs on the
-primary node only, and Batch kills the subtasks when it exits, so the other nodes' ranks are started by
-the coordination command (which must exit 0): it starts this supervisor in the background and returns.
-On the primary the application command runs it in the foreground. Each supervisor:
+primary node only, after every node's coordination command has ended, and Batch kills the subtasks when
+it exits. So every node's ranks are started by its coordination command (which must exit 0): with
+``--coordinate DIR`` this supervisor starts the node's ranks, writes the node's state, returns 0 and goes on
+watching in the background. The ranks of all the nodes start at once (no node waits for another's
+interpreter). The primary's application command (a shell loop, see
+:mod:`batchmagic.backends.azure.ranks`) tells the primary's supervisor it may read the other nodes' states
+now (``DIR/go``: they are all this attempt's) and ends with its verdict (``DIR/code``). Without
+``--coordinate`` (the local test of a node) it runs in the foreground. Each supervisor:
 
 1. finds its node rank: 0 on the primary (``AZ_BATCH_IS_CURRENT_NODE_MASTER``, whose address is the host
    of ``AZ_BATCH_MASTER_NODE``); elsewhere the index, in ``AZ_BATCH_HOST_LIST`` with the primary's address
@@ -163,6 +168,10 @@ class Supervisor:
         self.procs: dict[int, _Forked] = {}
         self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
         self.born = time.monotonic()
+        #: On the primary started by its coordination command: a file whose presence says the application
+        #: command has started, so every other node's coordination command has ended and written this
+        #: attempt's state. Until then the other nodes' states may be an earlier attempt's: none is read.
+        self.gate: Path | None = None
 
     def start(self, workdir: Path) -> None:
         group, node = self.group, self.state.node_rank
@@ -211,6 +220,10 @@ class Supervisor:
     def others(self) -> list[NodeState]:
         """The other nodes' states the watch needs: every node's on the primary, the primary's elsewhere."""
         primary = self.state.node_rank == 0
+        if self.gate is not None:
+            if not self.gate.exists():
+                return []
+            self.gate, self.born = None, time.monotonic()  # the start deadline counts from here
         found = []
         for node in range(self.group.nodes) if primary else [0]:
             if node == self.state.node_rank:
@@ -267,8 +280,8 @@ class Supervisor:
         """Past START_TIMEOUT, the first rank of a node whose supervisor never wrote its state (it did not
         start, or it died at once): the run cannot go on, and its ranks would wait for it in their first
         collective for PyTorch's 30 minutes."""
-        if time.monotonic() - self.born < START_TIMEOUT:
-            return None
+        if self.gate is not None or time.monotonic() - self.born < START_TIMEOUT:
+            return None  # the other nodes' coordination commands may still run (a container starting)
         seen = {n.node_rank for n in others} | {0}
         missing = [node for node in range(self.group.nodes) if node not in seen]
         return missing[0] * self.group.procs_per_node if missing else None
@@ -297,11 +310,19 @@ class Supervisor:
         return EXIT_RANK_FAILED
 
 
-def coordinate(supervisor: Supervisor, workdir: Path) -> int:
-    """A node other than the primary, in its coordination command: start the ranks and write the node's
-    state, then go on watching in a child and return (exit 0) once that state is in the store. The primary's
-    application command starts only after every coordination command has ended, so it never reads an earlier
-    attempt's state of this node (a task requeued after a node restart runs every instance again)."""
+#: Files of a node's supervisor in its status directory (``--status``): the application command creates
+#: GO_FILE, the primary's supervisor writes its exit code to CODE_FILE and its pid to PID_FILE.
+GO_FILE, CODE_FILE, PID_FILE = "go", "code", "supervisor.pid"
+
+
+def coordinate(supervisor: Supervisor, workdir: Path, status: Path) -> int:
+    """Every node, in its coordination command: start the ranks and write the node's state, then go on
+    watching in a child and return (exit 0) once that state is in the store. The application command starts
+    only after every coordination command has ended, so the primary (told by GO_FILE) never reads an earlier
+    attempt's state of a node (a task requeued after a node restart runs every instance again). The ranks of
+    every node, the primary's included, start at once: no node waits for another's interpreter to start."""
+    for name in (GO_FILE, CODE_FILE):  # an earlier attempt's (a requeued task, on the same node)
+        (status / name).unlink(missing_ok=True)
     ready, told = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -317,6 +338,9 @@ def coordinate(supervisor: Supervisor, workdir: Path) -> int:
     code = EXIT_RANK_FAILED
     try:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup did: outlive the coordination command's shell
+        if supervisor.state.node_rank == 0:
+            supervisor.gate = status / GO_FILE
+            (status / PID_FILE).write_text(str(os.getpid()))
         supervisor.start(workdir)
         os.write(told, b"1")
         os.close(told)
@@ -328,7 +352,17 @@ def coordinate(supervisor: Supervisor, workdir: Path) -> int:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        _write_code(status, code)
         os._exit(code)
+
+
+def _write_code(status: Path, code: int) -> None:
+    """The supervisor's exit code for the application command (written whole: it polls for the file)."""
+    try:
+        (status / f"{CODE_FILE}.tmp").write_text(str(code))
+        os.replace(status / f"{CODE_FILE}.tmp", status / CODE_FILE)
+    except OSError as err:
+        print(f"batchmagic: could not write the supervisor's exit code: {err}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", required=True, help="path of the run's group.json")
     parser.add_argument(
         "--coordinate",
-        action="store_true",
-        help="the coordination command of a node other than the primary: exit 0 once this node's ranks have "
-        "started and its state is written, and watch them in the background",
+        metavar="STATUS_DIR",
+        help="the coordination command: exit 0 once this node's ranks have started and its state is written, "
+        "and watch them in the background (the primary's verdict goes to STATUS_DIR/code)",
     )
     args = parser.parse_args(argv)
     group = RankGroup.from_json(Path(args.group).read_bytes())
@@ -350,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     node_rank, _held = claim_node(hosts, primary, group.master_port + 1)
     supervisor = Supervisor(group, node_rank, hosts[node_rank], master, env.get("AZ_BATCH_NODE_ID", ""))
     workdir = Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd())
-    if args.coordinate and not primary:
-        return coordinate(supervisor, workdir)
+    if args.coordinate:
+        return coordinate(supervisor, workdir, Path(args.coordinate))
     supervisor.start(workdir)
     return supervisor.watch()
 

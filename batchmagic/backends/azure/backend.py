@@ -340,7 +340,10 @@ class AzureBackend(Backend, NamedPools):
             if error:
                 self._terminate(sub.run_id)
         tasks = rank_statuses(sub, task, this_attempt(states, self._runs[sub.run_id].requeued.get(task.task_id)))
-        return replace(answer, tasks=tasks, completed=None, changed=None, error=error)
+        # Finished when Batch's task is: the ranks end a moment before the primary's application command does,
+        # and until then the task holds its nodes (and, on containers, each node's container).
+        completed = len(tasks) if task.state == "completed" else 0
+        return replace(answer, tasks=tasks, completed=completed, changed=None, error=error)
 
     def _status(self, run_id: str) -> BackendStatus:
         """Read the job and the tasks that changed; the pool and its nodes only while no task is on one."""

@@ -4,10 +4,12 @@
   dedicated nodes only, at most 100 of them.
 - The task (id ``rank-0``): ``multiInstanceSettings.numberOfInstances`` = nodes, the run's
   :class:`~batchmagic.protocol.RankGroup` as a common resource file (every node gets it in
-  ``AZ_BATCH_TASK_SHARED_DIR``). The coordination command runs on every node and must exit 0: on the
-  other nodes it starts the node supervisor (:mod:`batchmagic.runner.ranks`) in the background; the
-  application command runs it in the foreground on the primary, which watches every node and exits
-  non-zero within seconds when a rank dies anywhere (the task fails, Batch ends the subtasks).
+  ``AZ_BATCH_TASK_SHARED_DIR``). The coordination command runs on every node and must exit 0: it starts
+  the node supervisor (:mod:`batchmagic.runner.ranks`), which starts the node's ranks, writes the node's
+  state and watches on in the background, so every node's ranks start at once. The application command
+  (the primary only, once every coordination command has ended) tells the primary's supervisor to watch
+  every node, and ends with its verdict: non-zero within seconds when a rank dies anywhere (the task
+  fails, Batch ends the subtasks).
 - Containers run on the host network (NCCL does not work across Docker's bridge) with a ``/dev/shm``
   NCCL can live with (Docker's is 64 MB).
 - Each rank's state for the panel comes from the nodes' states in the store (which rank runs where, how
@@ -42,17 +44,26 @@ __all__ = [
 #: The group's file name in each node's task directory (``AZ_BATCH_TASK_SHARED_DIR``).
 GROUP_FILE = "group.json"
 _SUPERVISOR = 'python3 -P -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED_DIR/group.json"'
-#: Every node: the other nodes start their supervisor, which exits 0 once the node's ranks have started and
-#: its state is in the store, and goes on watching them in the background (the primary's application
-#: command waits for every coordination command to exit: it never reads an earlier attempt's states).
-COORDINATION = "/bin/sh -c " + shlex.quote(
-    'if [ "$AZ_BATCH_IS_CURRENT_NODE_MASTER" != true ]; then '
-    # Its output beside the task's files, or in /tmp when the image's user cannot write there.
-    'out="$AZ_BATCH_TASK_SHARED_DIR/ranks.txt"; touch "$out" 2>/dev/null || out=/tmp/batchmagic-ranks.txt; '
-    f'exec {_SUPERVISOR} --coordinate > "$out" 2>&1; fi'
+#: The node's status directory ("$d"): beside the task's files, or in /tmp when the image's user cannot write
+#: there (a directory the node agent made as root). The supervisor's output is "$d/ranks.txt".
+_STATUS_DIR = (
+    'd="$AZ_BATCH_TASK_SHARED_DIR"; '
+    'if ! touch "$d/ranks.txt" 2>/dev/null; then d="/tmp/batchmagic-$AZ_BATCH_JOB_ID-$AZ_BATCH_NODE_ID"; '
+    'mkdir -p "$d"; fi; '
 )
-#: The primary: its own ranks, and the watch over every node's.
-APPLICATION = "/bin/sh -c " + shlex.quote(_SUPERVISOR)
+#: Every node: the supervisor starts the node's ranks, writes its state to the store and exits 0, watching
+#: them on in the background (the primary's application command waits for every coordination command to
+#: end: then every node's state is this attempt's).
+COORDINATION = "/bin/sh -c " + shlex.quote(f'{_STATUS_DIR}exec {_SUPERVISOR} --coordinate "$d" > "$d/ranks.txt" 2>&1')
+#: The primary: let its supervisor read the other nodes' states (go), wait for its verdict (code) while it
+#: lives, and end with it, its output on stderr as the task's.
+APPLICATION = "/bin/sh -c " + shlex.quote(
+    f'{_STATUS_DIR}touch "$d/go"; pid=$(cat "$d/supervisor.pid"); '
+    'while [ ! -e "$d/code" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; '
+    'cat "$d/ranks.txt" >&2; '
+    'if [ -e "$d/code" ]; then exit "$(cat "$d/code")"; fi; '
+    'echo "batchmagic: the primary node\'s supervisor ended without a verdict (killed?)" >&2; exit 1'
+)
 #: Options of each node's container: the host's network and a large /dev/shm.
 CONTAINER_OPTIONS = f"--network host --shm-size {DEFAULT_SHM_SIZE}"
 
