@@ -250,6 +250,38 @@ def test_a_parent_killed_with_sigkill_leaves_no_worker(home, tmp_path):
     wait_for(lambda: not Path(where).parent.exists(), timeout=5)  # it removed its socket and folder
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_worker_asks_linux_for_a_signal_when_its_parent_dies(tmp_path):
+    import subprocess
+
+    code = (
+        "import ctypes, os\nfrom batchmagic.runner.warm import die_with\ndie_with(os.getppid())\n"
+        "said = ctypes.c_int()\nctypes.CDLL(None).prctl(2, ctypes.byref(said), 0, 0, 0)\nprint(said.value)"
+    )  # 2: PR_GET_PDEATHSIG
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == str(int(signal.SIGUSR1))
+
+
+def test_the_worker_outlives_the_thread_that_started_it(session):
+    """Linux sends the parent-death signal when the thread that started the worker ends (a sweep's reaper
+    thread may start it): the worker checks that its parent process is still there, and stays."""
+    import threading
+    import time
+
+    close_workers()
+    backend: Any = session.backend("local")
+    starter = threading.Thread(target=backend.warm.start)
+    starter.start()
+    starter.join()
+    wait_for(lambda: backend.warm.ready, timeout=60)
+    pid = backend.warm.pid
+    time.sleep(1.0)  # the signal came when the thread ended; the worker's loop looks at its parent every second
+    assert alive(pid) and backend.warm.ready
+    run = session.submit("x = 1", {}, backend=backend)
+    assert run.wait(timeout=60) == {"x": 1} and isinstance(process_of(backend, run), Forked)
+
+
 def test_a_worker_whose_parent_is_gone_before_it_starts_ends_at_once(tmp_path):
     import subprocess
 
