@@ -233,6 +233,7 @@ def test_a_fresh_process_has_no_worker_until_its_first_local_run_and_none_after_
     assert client.stdout is not None
     assert client.stdout.readline().split() == ["before", "0"]
     _, pid, where = client.stdout.readline().split()
+    client.stdout.close()
     assert client.wait(60) == 0
     wait_for(lambda: not alive(int(pid)), timeout=10)  # atexit closed it
     assert not Path(where).parent.exists()
@@ -243,6 +244,7 @@ def test_a_parent_killed_with_sigkill_leaves_no_worker(home, tmp_path):
     assert client.stdout is not None
     assert client.stdout.readline().split() == ["before", "0"]
     _, pid, where = client.stdout.readline().split()
+    client.stdout.close()
     assert alive(int(pid))
     client.kill()
     client.wait(10)

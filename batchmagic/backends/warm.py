@@ -100,6 +100,7 @@ class Forked:
         except (OSError, ValueError, KeyError):
             code = None
         finally:
+            self._reader.close()  # the socket closes once its file does too
             self._conn.close()
         if code is None:
             code = self._orphaned()
@@ -232,16 +233,18 @@ class WarmWorker:
             "modules": kernel_modules(),
         }  # fmt: skip
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        reader = conn.makefile("rb")
         try:
             conn.connect(self._socket)
             conn.sendall(json.dumps(request).encode() + b"\n")
-            reader = conn.makefile("rb")
             answer = json.loads(reader.readline() or b"{}")
         except (OSError, ValueError) as err:
+            reader.close()
             conn.close()
             log.warning("the warm worker could not fork a runner (%s): a fresh process instead", err)
             return None
         if "pid" not in answer:
+            reader.close()
             conn.close()
             log.warning("the warm worker refused a task (%s): a fresh process instead", answer.get("error"))
             return None
