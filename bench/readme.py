@@ -110,8 +110,9 @@ ROWS: list[tuple[str, str, str]] = [
         "start of a 4-rank `--distributed` run vs a 1-rank one (submit to the last rank's first line) on a warm "
         "`--inter-node` pool of the Batch emulator (4 idle nodes sharing this machine's 2 cores)",
         "1 rank {distributed_start_1_rank_s:.2f} s, 4 ranks {distributed_start_4_ranks_s:.2f} s: ratio "
-        "{distributed_start_ratio:.2f} (goal 1.3; the 4 emulated nodes start their ranks on the same 2 cores, a "
-        "pool's nodes each on their own)",
+        "{distributed_start_ratio:.2f} (goal 1.3; every node's coordination command starts its ranks, so no node "
+        "waits for another's Python, but the 4 emulated nodes' interpreters and ranks do 4 times the 1-rank run's "
+        "work on the same 2 cores, a pool's nodes each on their own)",
     ),
     (
         "distributed",
