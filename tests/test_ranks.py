@@ -133,3 +133,20 @@ def test_an_earlier_attempts_node_states_do_not_count(tmp_path) -> None:
     fresh = replace(old, since=other.state.since + 1)
     (tmp_path / "node-0.json").write_bytes(fresh.to_json())
     assert other.others() == [fresh]
+
+
+def test_the_primary_reads_no_other_node_until_its_application_command_starts(tmp_path) -> None:
+    """Started by its coordination command, the primary's supervisor reads the other nodes' states only once
+    the application command has said go (every coordination command has ended: their states are this
+    attempt's); the start deadline counts from then."""
+    states = tuple((tmp_path / f"node-{n}.json").as_uri() for n in range(2))
+    group = RankGroup("r", nodes=2, procs_per_node=1, master_port=6105, specs=("", ""), states=states)
+    stale = NodeState(1, "tvm-b", "10.0.0.5", (RankState(1, 1.0, 12, code=1, ended=2.0),), since=1.0)
+    (tmp_path / "node-1.json").write_bytes(stale.to_json())
+    primary = supervisor.Supervisor(group, 0, "10.0.0.4", "10.0.0.4", "tvm-a")
+    primary.gate = tmp_path / supervisor.GO_FILE
+    primary.born = time.monotonic() - supervisor.START_TIMEOUT - 1
+    assert primary.others() == [] and primary._never_started([]) is None
+    primary.gate.touch()
+    assert primary.others() == [stale] and primary.gate is None
+    assert primary._never_started([]) is None  # the deadline starts now
