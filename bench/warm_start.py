@@ -5,13 +5,14 @@ in this process, side by side in one run:
 - a small scikit-learn cell (a decision tree on 150 rows): median of 5 runs each;
 - a sweep task's start-up: from the backend starting the task to the cell's first statement, median over
   the tasks of a 21-task sweep;
-- that 21-task sweep (one tree per depth) against the plain loop over the same 21 depths, and where a
+- that 21-task sweep (one tree per depth, median of 3) against the plain loop over the same 21 depths, and where a
   task's time goes (the median task, from the backend starting it to the backend seeing it end);
 - the warm worker's resident memory once it has imported what this process has (numpy, scikit-learn).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -39,20 +40,22 @@ def _data() -> dict[str, Any]:
     return {"X": X, "y": (X[:, 0] + X[:, 1] > 1).astype(int), "depth": 3}
 
 
-def _plain() -> tuple[float, float]:
-    """Seconds for the cell run in this process, and for the plain loop over the depths (medians of REPEAT)."""
+def _plain() -> tuple[float, float, float]:
+    """Seconds for the cell run in this process, and for the plain loop over the depths, wall and CPU (medians
+    of REPEAT)."""
     times = []
     for _ in range(REPEAT):
         start = time.perf_counter()
         exec(CELL, dict(_data()))
         times.append(time.perf_counter() - start)
-    loops = []
+    loops, cpu = [], []
     for _ in range(REPEAT):  # the median of several: one loop is a tenth of a second, easily disturbed
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for depth in DEPTHS:
             exec(CELL, {**_data(), "depth": depth})
         loops.append(time.perf_counter() - start)
-    return statistics.median(times), statistics.median(loops)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(times), statistics.median(loops), statistics.median(cpu)
 
 
 def _backend(home: Path, *, warm: bool) -> LocalBackend:
@@ -76,9 +79,21 @@ def _rss_mb(pid: int | None) -> float:
     return next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmRSS:")), 0.0)
 
 
-def _measure(backend: LocalBackend, depths: list[int], repeat: int = REPEAT) -> tuple[float, float, float, float]:
+def _cpu(backend: LocalBackend) -> float:
+    """CPU seconds this process and the warm worker (with the runners it forked and reaped) have used: a
+    figure that other work on the machine does not inflate, as it does wall time."""
+    used = time.process_time()
+    pid = backend.warm.pid if backend.warm is not None else None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return used
+    return used + sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _measure(backend: LocalBackend, depths: list[int], repeat: int = REPEAT) -> tuple[float, ...]:
     """Seconds for the cell (median of ``repeat``), a sweep task's start-up (median), the sweep over ``depths``,
-    a sweep task from start to end (median)."""
+    a sweep task from start to end (median), the CPU seconds the sweep took (median)."""
     session = Session()
     session.submit("x = 1", {}, backend=backend, folder="").wait()  # the first run of a kernel: not measured
     times = []
@@ -88,19 +103,28 @@ def _measure(backend: LocalBackend, depths: list[int], repeat: int = REPEAT) -> 
         times.append(time.perf_counter() - start)
     data = _data()
     del data["depth"]
-    start = time.perf_counter()
-    run = session.submit(SWEEP_CELL, data, backend=backend, folder="", sweep=[{"depth": d} for d in depths])
-    results = run.wait()
-    sweep_s = time.perf_counter() - start
-    tasks = backend._runs[run.id].tasks  # noqa: SLF001 - when the backend started each task
-    startups = [t0 - (tasks[str(task_id)].started or t0) for task_id, t0 in results.t0.items()]
-    spans = [(t.ended or 0.0) - (t.started or 0.0) for t in tasks.values()]
+    sweeps, startups, spans, cpu = [], [], [], []
+    for _ in range(sweeps_of(repeat)):  # the median sweep: one is under a second, easily disturbed
+        start, start_cpu = time.perf_counter(), _cpu(backend)
+        run = session.submit(SWEEP_CELL, data, backend=backend, folder="", sweep=[{"depth": d} for d in depths])
+        results = run.wait()
+        sweeps.append(time.perf_counter() - start)
+        cpu.append(_cpu(backend) - start_cpu)
+        tasks = backend._runs[run.id].tasks  # noqa: SLF001 - when the backend started each task
+        startups += [t0 - (tasks[str(task_id)].started or t0) for task_id, t0 in results.t0.items()]
+        spans += [(t.ended or 0.0) - (t.started or 0.0) for t in tasks.values()]
     session.teardown()
-    return statistics.median(times), statistics.median(startups), sweep_s, statistics.median(spans)
+    medians = (times, startups, sweeps, spans, cpu)
+    return tuple(statistics.median(m) for m in medians)
+
+
+def sweeps_of(repeat: int) -> int:
+    """How many sweeps to measure: 3 for the warm backend (under a second each), 1 for the cold one (tens)."""
+    return 3 if repeat >= REPEAT else 1
 
 
 def main() -> dict[str, float]:
-    plain_cell, plain_loop = _plain()
+    plain_cell, plain_loop, plain_loop_cpu = _plain()
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         backend = _backend(Path(tmp) / "warm", warm=True)
         rss = _rss_mb(backend.warm.pid if backend.warm else None)
@@ -117,6 +141,9 @@ def main() -> dict[str, float]:
         "plain_loop_s": plain_loop,
         "warm_sweep_ratio": warm[2] / plain_loop,
         "warm_task_s": warm[3],
+        "warm_sweep_cpu_s": warm[4],
+        "plain_loop_cpu_s": plain_loop_cpu,
+        "warm_sweep_cpu_ratio": warm[4] / plain_loop_cpu,
         "warm_worker_rss_mb": rss,
     }
     print(f"small scikit-learn cell   warm {warm[0]:.2f} s, cold {cold[0]:.2f} s, plain {plain_cell:.3f} s")
@@ -125,6 +152,8 @@ def main() -> dict[str, float]:
         f"21-task sweep             warm {warm[2]:.2f} s, plain loop {plain_loop:.2f} s ({warm[2] / plain_loop:.1f}x),"
         f" a task {warm[3]:.3f} s"
     )
+    cpu_ratio = warm[4] / plain_loop_cpu
+    print(f"21-task sweep, CPU        warm {warm[4]:.2f} s, plain loop {plain_loop_cpu:.2f} s ({cpu_ratio:.1f}x)")
     print(f"warm worker               {rss:.0f} MB resident")
     return figures
 
