@@ -4,6 +4,7 @@ from what Batch said, a named pool read back, the VM-size check, and the retries
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace as NS
@@ -115,7 +116,7 @@ def test_a_named_pool_is_made_at_zero_nodes_spread_and_tagged() -> None:
 def _task(tid: str, state: str, node: str = "", exit_code: int | None = None, at: int = 0) -> Any:
     info = None
     if state == "completed":
-        info = NS(start_time=NOW, end_time=NOW, exit_code=exit_code, failure_info=None)
+        info = NS(start_time=NOW, end_time=NOW, exit_code=exit_code, failure_info=None, last_requeue_time=None)
     return NS(
         id=tid,
         state=state,
@@ -299,6 +300,33 @@ def test_the_call_layer_retries_what_is_transient_and_translates_the_rest(monkey
 
     with pytest.raises(ConfigError, match="there is no pool warm"):
         layer.pool_call(missing, "warm", "read")
+
+
+def test_a_brief_block_gives_up_on_an_unreachable_batch_after_one_retry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a user waits on (a teardown, a pool listing) says "could not reach" after one retry; another
+    thread's calls (a run's monitor) keep all their retries meanwhile."""
+    from azure.core.exceptions import ServiceRequestError
+
+    monkeypatch.setattr(calls.time, "sleep", lambda seconds: None)
+    tries: dict[str, int] = {}
+
+    def unreachable(who: str) -> None:
+        tries[who] = tries.get(who, 0) + 1
+        raise ServiceRequestError("Connection refused")
+
+    layer = calls.BatchCalls(client=None)
+    other: list[BaseException] = []
+    with layer.brief():
+        with pytest.raises(RunFailed, match="could not reach Azure Batch to read the job: Connection refused"):
+            layer.call(lambda: unreachable("brief"), "read the job")
+        monitor = threading.Thread(
+            target=lambda: other.append(pytest.raises(RunFailed, layer.call, lambda: unreachable("monitor"), "poll"))
+        )
+        monitor.start()
+        monitor.join()
+    with pytest.raises(RunFailed):
+        layer.call(lambda: unreachable("after"), "read the job")
+    assert tries == {"brief": 1 + calls.BRIEF_RETRIES, "monitor": 1 + calls.RETRIES, "after": 1 + calls.RETRIES}
 
 
 # --- what validate refuses (a unit test of the backend with a stand-in client and store) ---

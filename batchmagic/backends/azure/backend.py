@@ -492,7 +492,8 @@ class AzureBackend(Backend, NamedPools):
         run = self._runs.get(run_id)
         if run is None or run.released:
             return []
-        removed = self._terminate(run_id)  # raises when it cannot: a later teardown tries again
+        with self.calls.brief():  # a user waits on it: an unreachable Batch is said in seconds
+            removed = self._terminate(run_id)  # raises when it cannot: a later teardown tries again
         run.released = True
         return removed
 
@@ -571,7 +572,8 @@ class AzureBackend(Backend, NamedPools):
         return self.pools.get_pool(name)
 
     def list_pools(self) -> list[Pool]:
-        return self.pools.list_pools()
+        with self.calls.brief():  # %azbatch_pool ls, and what a teardown leaves: a user waits on it
+            return self.pools.list_pools()
 
     def resize_pool(self, name: str, nodes: int) -> Pool:
         return self.pools.resize_pool(name, nodes)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar, cast
 
 from batchmagic.config import Settings
@@ -27,6 +29,8 @@ log = logging.getLogger("batchmagic.backends.azure")
 T = TypeVar("T")
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 RETRIES = 8
+#: Retries in a :meth:`BatchCalls.brief` block: the SDK has retried a failed connection three times itself.
+BRIEF_RETRIES = 1
 
 
 class BatchCalls:
@@ -34,6 +38,18 @@ class BatchCalls:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._brief = threading.local()
+
+    @contextmanager
+    def brief(self) -> Iterator[None]:
+        """Calls this thread makes in the block retry at most ``BRIEF_RETRIES`` times: for what a user waits
+        on (a teardown, a listing), where "could not reach Azure Batch" in seconds beats it after minutes.
+        The runs' monitors, in their own threads, keep their patience through an outage."""
+        self._brief.on = True
+        try:
+            yield
+        finally:
+            self._brief.on = False
 
     def call(self, fn: Callable[[], T], what: str, *, accept: Callable[[Any], bool] | None = None) -> T:
         """Call Batch, retrying what is transient, and translate azure-core errors into ours, at the boundary.
@@ -46,6 +62,7 @@ class BatchCalls:
         """
         from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
+        retries = BRIEF_RETRIES if getattr(self._brief, "on", False) else RETRIES
         attempt = 0
         while True:
             try:
@@ -55,16 +72,16 @@ class BatchCalls:
                     return cast(T, None)
                 status = getattr(err, "status_code", None)
                 # No status: no answer came (create_tasks reports a chunk's dropped connection this way).
-                if (status in TRANSIENT or status is None) and attempt < RETRIES:
+                if (status in TRANSIENT or status is None) and attempt < retries:
                     attempt += 1
-                    log.info("%s: %s, retrying (%d of %d)", what, status, attempt, RETRIES)
+                    log.info("%s: %s, retrying (%d of %d)", what, status, attempt, retries)
                     time.sleep(retry_after(err) or backoff(attempt))
                     continue
                 raise _translated(err, status, what) from err
             except (ServiceRequestError, ServiceResponseError) as err:
-                if attempt < RETRIES:
+                if attempt < retries:
                     attempt += 1
-                    log.info("%s: %s, retrying (%d of %d)", what, first_line(err), attempt, RETRIES)
+                    log.info("%s: %s, retrying (%d of %d)", what, first_line(err), attempt, retries)
                     time.sleep(backoff(attempt))
                     continue
                 raise RunFailed(f"could not reach Azure Batch to {what}: {first_line(err)}") from err
