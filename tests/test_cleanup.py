@@ -102,6 +102,7 @@ def test_a_run_failing_during_submit_leaves_nothing(shell, home, tmp_path, monke
         monkeypatch.setenv("BATCHMAGIC_BACKEND", "azure")
         from azure.core.exceptions import ServiceResponseError
 
+        from batchmagic.backends.azure import calls
         from batchmagic.backends.azure.backend import AzureBackend
 
         real = AzureBackend.submit
@@ -114,6 +115,9 @@ def test_a_run_failing_during_submit_leaves_nothing(shell, home, tmp_path, monke
             return real(self, submission)
 
         monkeypatch.setattr(AzureBackend, "submit", submit)
+        monkeypatch.setattr(
+            calls, "RETRIES", 2
+        )  # the dropped connection is for good: retrying it 8 times proves nothing more
         with pytest.raises(RunFailed) as info:
             shell.run_cell(f"%%azbatch {'--keep-failed' if keep else ''}\nx = 1")
         assert "\n" not in str(info.value) and "add the task" in str(info.value)
@@ -127,3 +131,4 @@ def test_a_run_failing_during_submit_leaves_nothing(shell, home, tmp_path, monke
         else:
             assert blobs == []
             assert azurite.blob_names(run.outbox.container_name) == []
+        shell.run_line_magic("azbatch_teardown", "")  # while Batch is there to answer (the fixture's comes after)

@@ -58,3 +58,4 @@ def test_secrets_stay_out_of_requests_ledger_panel_and_logs(shell, home, tmp_pat
         assert tasks and "environmentSettings" not in tasks[0]["body"]
         ledger = (home / "ledger.jsonl").read_text()
         assert '"MY_API_KEY": "<redacted>"' in ledger and '"MODE": "fast"' in ledger
+        shell.run_line_magic("azbatch_teardown", "")  # while Batch is there to answer (the fixture's comes after)
