@@ -143,7 +143,7 @@ class Session:
         image = plan_image(
             backend.name, image=options.image, configured_image=backend.default_image, container=options.container,
             registry=settings.registry, base_image=settings.base_image, requirements=options.requirements,
-            pip=options.pip, secrets=settings.secrets,
+            pip=options.pip, secrets=settings.secrets, pip_index=settings.pip_extra_index_url,
         )  # fmt: skip
         if image is not None:
             image.memo = self.guard_memo

@@ -354,7 +354,10 @@ def _build(args: argparse.Namespace) -> int:
         base = args.base_image or settings.gpu_base_image or cuda_base_image(python_version())
     else:
         base = args.base_image or settings.base_image
-    spec = environment_spec(args.modules, base_image=base, requirements=args.requirements, pip=args.pip, gpu=args.gpu)
+    spec = environment_spec(
+        args.modules, base_image=base, requirements=args.requirements, pip=args.pip, gpu=args.gpu,
+        pip_index=settings.pip_extra_index_url,
+    )  # fmt: skip
     for note in spec.notes:  # what the GPU build changed from this environment's packages
         print(note, file=sys.stderr)
 

@@ -263,6 +263,7 @@ class Settings:
     base_image: str = DEFAULT_BASE_IMAGE
     pool: str = ""  # the named pool runs go to (AzBatch.pool); empty: an auto pool per run
     node_image: str = ""  # publisher:offer:sku[:version] overriding the chosen node image
+    pip_extra_index_url: str = ""  # an index the image's pip uses besides PyPI (a private mirror)
     gpu_base_image: str = ""  # what a GPU run's image is built FROM; "": a CUDA runtime image for the kernel's Python
     shm_size: str = DEFAULT_SHM_SIZE  # /dev/shm of GPU and distributed runs' containers (docker's --shm-size)
     user: str = ""  # who this client runs as: a named pool's creator

@@ -133,6 +133,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Image a GPU run's training image is built FROM (--gpu, an N-series --vm, a local GPU): a CUDA runtime "
             "image with the kernel's Python. Empty: nvidia/cuda's cudnn-runtime image on the Ubuntu that packages "
             "that Python."),
+    Setting("pip_extra_index_url", "text", "BATCHMAGIC_PIP_EXTRA_INDEX_URL", "", "none: PyPI only",
+            "A package index the training image's pip installs from besides PyPI: your private mirror, or one that "
+            "holds builds PyPI has not (e.g. https://pypi.example.com/simple). It is visible in the image's "
+            "history, so a URL with a user name or password in it is refused.", clears=True),
     Setting("shm_size", "text", "BATCHMAGIC_SHM_SIZE", DEFAULT_SHM_SIZE, f"`{DEFAULT_SHM_SIZE}`",
             "Size of /dev/shm in the containers of GPU and --distributed runs (docker --shm-size), e.g. 8g: "
             "Docker's 64 MB is too small for NCCL and PyTorch DataLoader workers."),

@@ -5,8 +5,13 @@ the host's network (rank 1 reaches rank 0 at MASTER_ADDR:MASTER_PORT) with a /de
 
 from __future__ import annotations
 
+import functools
+import glob
+import os
+import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator
 from tests.support.settings import azure_environment
+from tests.test_distributed import need_torch
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +102,59 @@ def test_the_ranks_of_a_multi_instance_task_run_in_each_nodes_container(
     assert in_docker and world == "2" and shm_bytes > 1 << 30
     left = docker_engine.run("ps", "-a", "--filter", "name=batchemu-mi-", "--format", "{{.Names}}").stdout.decode()
     assert left.split() == []  # each node's task container went with the task
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture(scope="session")
+def torch_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A package index on loopback holding the kernel's torch wheel: a private mirror, as a user behind one has.
+
+    torch's CPU build (``2.13.0+cpu``) is not on PyPI and the build reaches no other index here; the wheel is
+    on this machine's disk (pip finds it through ``PIP_FIND_LINKS``). Served as a PEP 503 ``simple/`` tree
+    (a directory listing is such a page) on the host network the image build uses."""
+    need_torch()
+    import torch
+
+    wanted = f"torch-{torch.__version__}-".replace("+", "*")
+    dirs = [d for d in os.environ.get("PIP_FIND_LINKS", "").split() if os.path.isdir(d)]
+    wheels = [w for d in dirs for w in glob.glob(os.path.join(d, wanted + "cp311-*.whl"))]
+    if not wheels:
+        docker_parts.unavailable_in_ci(
+            f"no wheel of torch {torch.__version__} in PIP_FIND_LINKS ({dirs or 'unset'}) for the image's index"
+        )
+    root = tmp_path_factory.mktemp("index")
+    (root / "simple" / "torch").mkdir(parents=True)
+    os.symlink(wheels[0], root / "simple" / "torch" / os.path.basename(wheels[0]))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ddp_training_through_the_docker_executor_equals_one_process(
+    docker_batch: RunningEmulator,
+    torch_index: str,
+    shell: Any,
+    registry: RunningRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The training image is built from the kernel's environment (torch from the mirror), pushed, and two
+    nodes' containers train with DDP over gloo: rank 0's weights equal one process's over the same batches."""
+    from tests.support.training import TRAIN_CELL, assert_same_weights, data, train_alone
+
+    monkeypatch.setenv("BATCHMAGIC_PIP_EXTRA_INDEX_URL", torch_index)
+    shell.user_ns.update(data())
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --out weights\n{TRAIN_CELL}")
+    assert "weights" in shell.user_ns, shell.user_ns["_azbatch"].logs()
+    assert_same_weights(shell.user_ns["weights"], train_alone(shell.user_ns))
+    run = shell.user_ns["_azbatch"]
+    assert "[rank 1] step 20 loss" in run.logs()
+    assert any(repo.endswith("batchmagic") for repo in registry.catalog())  # built here, pushed, pulled there

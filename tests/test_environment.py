@@ -211,3 +211,23 @@ def test_cli_reports_mistakes_in_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
     assert main(["image", "build", "--registry", ""]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_an_index_with_credentials_is_refused_in_one_line_before_anything(shell, monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")  # nothing may be asked of an engine
+    monkeypatch.setenv("BATCHMAGIC_PIP_EXTRA_INDEX_URL", "https://me:s3cret@pypi.example.com/simple")
+    with pytest.raises(UsageError) as err:
+        shell.run_cell("%%azbatch --backend local --container\nx = 1")
+    message = str(err.value)
+    assert "\n" not in message and "user name or password" in message and "s3cret" not in message
+    assert shell.magics_manager.registry["AzBatch"].session.runs == []
+    shell.run_line_magic("config", "AzBatch.pip_extra_index_url = 'pypi.example.com'")
+    with pytest.raises(UsageError, match=r"is not an index URL: write it like https://"):
+        shell.run_cell("%%azbatch --backend local --container\nx = 1")
+
+
+def test_the_index_is_where_pip_looks_not_what_the_image_holds():
+    plain = environment_spec(["cloudpickle"])
+    mirrored = environment_spec(["cloudpickle"], pip_index=" http://127.0.0.1:8080/simple ")
+    assert mirrored.pip_index == "http://127.0.0.1:8080/simple"
+    assert mirrored.hash == plain.hash and "127.0.0.1" not in mirrored.to_json()

@@ -112,6 +112,8 @@ class EnvironmentSpec:
         Package indexes besides PyPI the requirements come from (PyTorch's CUDA wheels).
     notes : tuple of str
         What the GPU mapping changed, one line each (for the plan; not part of the hash).
+    pip_index : str
+        An index pip uses besides PyPI in the build (``AzBatch.pip_extra_index_url``; not part of the hash).
     """
 
     python: str
@@ -123,6 +125,8 @@ class EnvironmentSpec:
     gpu: bool = False
     index_urls: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # Where pip finds the pinned versions, not what they are: not part of the hash (or the tag).
+    pip_index: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -179,6 +183,32 @@ class EnvironmentSpec:
         """The requirements file the image installs: the extra indexes first (pip reads them from the file)."""
         indexes = "".join(f"--extra-index-url {url}\n" for url in self.index_urls)
         return indexes + "".join(f"{r}\n" for r in self.requirements)
+
+
+def check_pip_index(url: str) -> str:
+    """``AzBatch.pip_extra_index_url`` checked: an http(s) URL with no credentials in it ("" stays "").
+
+    Raises
+    ------
+    ConfigError
+        Not an http(s) URL, or a user name or password in it (the build would keep it in the image).
+    """
+    from urllib.parse import urlsplit
+
+    url = url.strip()
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"BATCHMAGIC_PIP_EXTRA_INDEX_URL {url!r} is not an index URL: write it like https://pypi.example.com/simple"
+        )
+    if parts.username or parts.password:
+        raise ConfigError(
+            "BATCHMAGIC_PIP_EXTRA_INDEX_URL has a user name or password in it, which the image would keep: "
+            "give an index that needs no credentials from the build (a mirror reachable from where you build)"
+        )
+    return url
 
 
 def split_registry(registry: str) -> tuple[str, str]:
@@ -346,6 +376,7 @@ def environment_spec(
     requirements: str | Path | None = None,
     pip: Iterable[str] = (),
     gpu: bool = False,
+    pip_index: str = "",
 ) -> EnvironmentSpec:
     """The spec of the image a cell needs.
 
@@ -361,6 +392,8 @@ def environment_spec(
         More requirements (``--pip``).
     gpu : bool
         For a GPU node: the kernel's framework builds mapped to their CUDA builds (:mod:`batchmagic.package.cuda`).
+    pip_index : str
+        An index the build's pip uses besides PyPI (:func:`check_pip_index`).
 
     Raises
     ------
@@ -398,6 +431,7 @@ def environment_spec(
         gpu=gpu,
         index_urls=tuple(indexes),
         notes=notes,
+        pip_index=check_pip_index(pip_index),
     )
 
 

@@ -65,6 +65,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def unavailable_in_ci(reason: str) -> None:
+    """Fail in CI (``CI`` set, or root), skip on a developer's machine without the part."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    _unavailable(reason)
+
+
 def _docker(host: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "DOCKER_HOST": host}
     return subprocess.run(["docker", *args], env=env, capture_output=True, check=False, **kwargs)

@@ -165,7 +165,11 @@ def _stream_build(
     stream: Iterator[dict[str, Any]] = client.api.build(
         path=str(context),
         tag=tag,
-        buildargs={"BASE_IMAGE": spec.base_image, "PYTHON_VERSION": spec.python},
+        buildargs={
+            "BASE_IMAGE": spec.base_image,
+            "PYTHON_VERSION": spec.python,
+            "BATCHMAGIC_PIP_EXTRA_INDEX_URL": spec.pip_index,
+        },
         labels={LABEL: spec.to_json(), "org.batchmagic.python": spec.python},
         network_mode="host",  # dockerd may run without a bridge; pip needs the network
         rm=True,

@@ -63,6 +63,7 @@ class ImageRequest:
     result: ImageResult | None = None
     gpu: bool = False  # for a GPU node: CUDA builds of the frameworks, on a CUDA base image
     notes: tuple[str, ...] = ()  # what the GPU mapping changed, once the spec is made (the plan says so)
+    pip_index: str = ""  # an index the build's pip uses besides PyPI (AzBatch.pip_extra_index_url)
 
     def for_gpu(self, gpu_base_image: str = "") -> None:
         """Build for a GPU node: FROM ``gpu_base_image`` (``AzBatch.gpu_base_image``), else the CUDA runtime image
@@ -114,8 +115,9 @@ class ImageRequest:
         from batchmagic.package.environment import environment_spec
 
         spec = environment_spec(
-            modules, base_image=self.base_image, requirements=self.requirements, pip=self.pip, gpu=self.gpu
-        )
+            modules, base_image=self.base_image, requirements=self.requirements, pip=self.pip, gpu=self.gpu,
+            pip_index=self.pip_index,
+        )  # fmt: skip
         self.notes = spec.notes
         return spec
 
@@ -159,6 +161,7 @@ def plan_image(
     requirements: str | Path | None = None,
     pip: Iterable[str] = (),
     secrets: Secrets | None = None,
+    pip_index: str = "",
 ) -> ImageRequest | None:
     """Decide, before packaging, where a run's image comes from; None when it needs none of ours.
 
@@ -166,8 +169,9 @@ def plan_image(
     - ``--backend local --container``: build (or reuse) the image in the local engine, no push.
     - Azure with no image configured and a registry (``Settings.registry``): build-or-reuse and push.
 
-    ``registry``, ``base_image`` (default :data:`~batchmagic.settings.DEFAULT_BASE_IMAGE`) and ``secrets``
-    (the registry's credentials) come from the session's :class:`~batchmagic.config.Settings`.
+    ``registry``, ``base_image`` (default :data:`~batchmagic.settings.DEFAULT_BASE_IMAGE`), ``secrets``
+    (the registry's credentials) and ``pip_index`` (``AzBatch.pip_extra_index_url``) come from the session's
+    :class:`~batchmagic.config.Settings`.
 
     Raises
     ------
@@ -175,7 +179,7 @@ def plan_image(
         ``--requirements`` missing or unparsable, a malformed ``--pip`` or registry, or flags that
         do not apply (``--container`` on Azure, ``--requirements`` with ``--image``).
     """
-    from batchmagic.package.environment import parse_pip, read_requirements
+    from batchmagic.package.environment import check_pip_index, parse_pip, read_requirements
     from batchmagic.settings import DEFAULT_BASE_IMAGE
 
     pip = tuple(pip or ())
@@ -188,6 +192,7 @@ def plan_image(
     if requirements:
         read_requirements(requirements)
     parse_pip(pip)
+    pip_index = check_pip_index(pip_index)
     if registry:
         split_registry(registry)
     if image:
@@ -200,8 +205,9 @@ def plan_image(
                 raise ConfigError("--requirements/--pip build an image: add --container, or use the azure backend")
             return None
         return ImageRequest(
-            secrets=secrets, registry=registry, base_image=base_image, requirements=requirements, pip=pip, push=False
-        )
+            secrets=secrets, registry=registry, base_image=base_image, requirements=requirements, pip=pip, push=False,
+            pip_index=pip_index,
+        )  # fmt: skip
     if configured_image and not (requirements or pip):
         return ImageRequest(secrets=secrets, given=configured_image, configured=True)  # the guard runs on it too
     if not registry:
@@ -211,4 +217,7 @@ def plan_image(
                 "(e.g. myregistry.azurecr.io/batchmagic) or %config AzBatch.registry = '...'"
             )
         return None
-    return ImageRequest(secrets=secrets, registry=registry, base_image=base_image, requirements=requirements, pip=pip)
+    return ImageRequest(
+        secrets=secrets, registry=registry, base_image=base_image, requirements=requirements, pip=pip,
+        pip_index=pip_index,
+    )  # fmt: skip
