@@ -139,6 +139,9 @@ def torch_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.server_close()
 
 
+# The image build (torch unpacked: about 1.2 GB) and its push dominate: 4m22s for this test on this 2-core
+# machine when quiet (call 167 s, the session's dockerd and registry teardown 84 s), past 300 s when loaded.
+@pytest.mark.timeout(900)
 def test_ddp_training_through_the_docker_executor_equals_one_process(
     docker_batch: RunningEmulator,
     torch_index: str,
