@@ -26,6 +26,7 @@ TRAITS = {
     "ship_limit", "bring_back_limit", "store_limit",  # the notebook's folder and the store (issue 17)
     "gpu_base_image", "shm_size",  # GPU runs (issue 19)
     "warm_worker",  # the local backend's warm worker (issue 17)
+    "pip_extra_index_url",  # an index the image build uses besides PyPI (issue 18)
 }  # fmt: skip
 VARIABLES = {
     "BATCHMAGIC_BACKEND", "BATCHMAGIC_HOME", "AZURE_BATCH_ENDPOINT", "AZURE_BATCH_ACCOUNT",
@@ -34,6 +35,7 @@ VARIABLES = {
     "BATCHMAGIC_MAX_TASKS", "BATCHMAGIC_MAX_NODES", "BATCHMAGIC_MASTER_PORT", "DOCKER_HOST",
     "BATCHMAGIC_SHIP_LIMIT", "BATCHMAGIC_BRING_BACK_LIMIT", "BATCHMAGIC_STORE_LIMIT",
     "BATCHMAGIC_GPU_BASE_IMAGE", "BATCHMAGIC_SHM_SIZE", "BATCHMAGIC_WARM_WORKER",
+    "BATCHMAGIC_PIP_EXTRA_INDEX_URL",
 }  # fmt: skip
 #: Settings fields that are not settings a user sets: derived, or secrets (never traits).
 NOT_SETTINGS = {"backend_chosen", "user", "secrets"}
