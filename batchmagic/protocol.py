@@ -407,6 +407,7 @@ class TaskOutcome:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it could not be pickled
     deleted: tuple[str, ...] = ()  # names the cell deleted
     changed: tuple[str, ...] = ()  # names in outputs the cell did not assign but changed in place
+    random_state: str = ""  # the global generators' state the cell left, if it drew (package.randomness)
     displays: tuple[dict[str, Any], ...] = ()  # nbformat output objects, in order
     files: tuple[tuple[str, int], ...] = ()  # --output files uploaded: (relative path, size)
     unmatched: tuple[str, ...] = ()  # --output globs that matched nothing
@@ -440,6 +441,7 @@ class TaskOutcome:
             skipped=dict(raw.get("skipped", {})),
             deleted=tuple(raw.get("deleted", ())),
             changed=tuple(raw.get("changed", ())),
+            random_state=str(raw.get("random_state", "")),
             displays=tuple(raw.get("displays", ())),
             files=tuple((str(path), int(size)) for path, size in raw.get("files", ())),
             unmatched=tuple(raw.get("unmatched", ())),

@@ -59,17 +59,17 @@ IN_PLACE = [
         # A generator object travels with its state and comes back advanced: seeding one is how a cell gets
         # the notebook's random numbers (the global np.random/random state does not travel: what-travels.md).
         "RandomState draws",
-        "import numpy as np\nrng = np.random.RandomState(42)",
-        "n = rng.rand(3).tolist()",
-        "(n, rng.rand(2).tolist())",
-        ["rng"],
+        "import numpy as np\nrs = np.random.RandomState(42)",
+        "n = rs.rand(3).tolist()",
+        "(n, rs.rand(2).tolist())",
+        ["rs"],
     ),
     (
         "Generator draws",
-        "import numpy as np\nrng = np.random.default_rng(42)",
-        "n = rng.random(3).tolist()",
-        "(n, rng.random(2).tolist())",
-        ["rng"],
+        "import numpy as np\ngen = np.random.default_rng(42)",
+        "n = gen.random(3).tolist()",
+        "(n, gen.random(2).tolist())",
+        ["gen"],
     ),
     (
         "read only",
@@ -77,6 +77,25 @@ IN_PLACE = [
         "n = len(s) + len(rows) + int(arr.sum())",
         "n",
         [],  # a set of strings pickles in another order in another process: still unchanged, not sent back
+    ),
+]
+
+
+#: (id, setup cell, the cell, an expression that must be the same after the plain run and the remote one):
+#: the notebook seeded its global generators; the cell draws from them, and so does the next cell.
+SEEDED = [
+    (
+        "np.random and random",
+        "import numpy as np, random\nnp.random.seed(0)\nrandom.seed(1)",
+        "a = np.random.rand(3).tolist()\nb = random.random()",
+        "(a, b, np.random.rand(2).tolist(), random.random())",
+    ),
+    (
+        "KFold(shuffle=True)",  # random_state=None: numpy's global generator
+        IRIS + "import numpy as np\nnp.random.seed(0)\nfrom sklearn.model_selection import KFold, cross_val_score\n"
+        "from sklearn.tree import DecisionTreeClassifier",
+        "scores = cross_val_score(DecisionTreeClassifier(random_state=0), X, y, cv=KFold(shuffle=True)).tolist()",
+        "(scores, np.random.rand())",
     ),
 ]
 
@@ -100,6 +119,18 @@ def test_in_place_changes_come_back_locally(shell, setup, cell, check, changed):
     run = shell.user_ns["_azbatch"]
     assert run.changed == changed
     assert set(run.outputs) - set(changed) <= {"n"}  # nothing read and unchanged travels back
+
+
+@pytest.mark.parametrize(("setup", "cell", "check"), [c[1:] for c in SEEDED], ids=[c[0] for c in SEEDED])
+def test_seeded_global_generators_carry_through_locally(shell, setup, cell, check):
+    assert remote(shell, setup, cell, check) == plain(setup, cell, check)
+
+
+def test_a_sweeps_tasks_draw_apart(shell):
+    """The notebook's seed goes to single cells only: a sweep whose tasks all drew the same would be no sweep."""
+    shell.run_cell("import numpy as np\nnp.random.seed(0)")
+    shell.run_cell("%%azbatch --backend local --sweep k=1,2,3\nv = float(np.random.rand())")
+    assert len(set(shell.user_ns["_azbatch"].results["v"])) == 3
 
 
 PICKLE_A_SET = (
@@ -275,6 +306,11 @@ def test_in_place_changes_come_back_on_azure(azure_env: RunningEmulator, shell, 
     assert run.backend.name == "azure" and run.changed == changed
 
 
+@pytest.mark.parametrize(("setup", "cell", "check"), [c[1:] for c in SEEDED], ids=[c[0] for c in SEEDED])
+def test_seeded_global_generators_carry_through_on_azure(azure_env: RunningEmulator, shell, setup, cell, check):
+    assert remote(shell, setup, cell, check, "--backend azure") == plain(setup, cell, check)
+
+
 def test_a_cell_that_raises_keeps_what_it_did_on_azure(azure_env: RunningEmulator, shell):
     here, there, plain_error, remote_error = _raise_here_and_there(shell, "--backend azure")
     assert here == there == (1, [1, 5], False)
@@ -295,9 +331,10 @@ def _notebook(cells: list[str], work: Path) -> list[str]:
 
 
 def test_in_place_changes_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
-    checks = "print(json.dumps([" + ", ".join(f"repr({c[3]})" for c in IN_PLACE) + "]))"
+    cases = [c[1:4] for c in IN_PLACE] + [c[1:4] for c in SEEDED]  # SEEDED: the kernel's own generators
+    checks = "print(json.dumps([" + ", ".join(f"repr({check})" for _, _, check in cases) + "]))"
     plain_cells, remote_cells = ["import json"], ["import json", "%load_ext batchmagic"]
-    for _, setup, cell, _, _ in IN_PLACE:
+    for setup, cell, _ in cases:
         plain_cells += [setup, cell]
         remote_cells += [setup, f"%%azbatch --backend local\n{cell}"]
     work = tmp_path / "work"

@@ -78,6 +78,9 @@ class Manifest:
     plot_settings : str
         The notebook's matplotlib settings that differ from the defaults, and its inline backend's figure
         formats (:mod:`batchmagic.package.plots`): the runner applies them before the cell. Empty: none.
+    random_state : str
+        The kernel's global random generators (:mod:`batchmagic.package.randomness`): the runner sets them
+        before the cell and sends back the state the cell leaves. Empty (a sweep): the task's own.
     """
 
     python: str = field(default_factory=platform.python_version)
@@ -95,6 +98,7 @@ class Manifest:
     tracked: dict[str, str] = field(default_factory=dict)
     ipython: bool = False
     plot_settings: str = ""
+    random_state: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -31,6 +31,7 @@ from batchmagic.package.analysis import CellAnalysis, StarImportError, analyze
 from batchmagic.package.bundle import CELL_FILENAME, BundleWriter, HashingWriter, Manifest
 from batchmagic.package.ipysyntax import TIMEIT_SCOPE, for_analysis, refused_magic, to_python
 from batchmagic.package.plots import plot_settings
+from batchmagic.package.randomness import global_state
 from batchmagic.protocol import Layout
 
 __all__ = ["CapturedCell", "UndefinedNameWarning", "capture"]
@@ -156,6 +157,7 @@ def capture(
         first_line=first_line,
         ipython=analysis.ipython,
         plot_settings=plot_settings(),
+        random_state=global_state() if track_changes else "",  # a sweep's tasks draw apart, as now
     )
     root = Path(root or working_directory()).resolve()
     objects: dict[str, ExternalObject] = {}

@@ -56,6 +56,7 @@ class Collected:
     files: list[tuple[str, int]] | None = None
     deleted: list[str] | None = None
     changed: list[str] | None = None
+    random_state: str | None = None  # the global generators' state the cell left (package.randomness)
     finished: int = 0  # a sweep's tasks that had finished
     partial: bool | None = None  # the cell raised: outputs, deleted and changed are what it did before
 
@@ -111,6 +112,7 @@ def take_names(got: Collected, outcome: TaskOutcome) -> None:
     for name, reason in outcome.skipped.items():
         warnings.warn(f"`{name}` stays remote: {reason}", OutputWarning, stacklevel=5)
     got.deleted, got.changed = list(outcome.deleted), list(outcome.changed)
+    got.random_state = outcome.random_state
 
 
 def collect_sweep(run: Run, status: BackendStatus, *, stopped: str = "") -> Collected:

@@ -28,6 +28,7 @@ from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
 from batchmagic.options import RunOptions
 from batchmagic.package.folder import FolderPlan
+from batchmagic.package.randomness import apply_state
 from batchmagic.protocol import Layout
 from batchmagic.run.attach import ledger_submission, rebuild
 from batchmagic.run.collect import Collected, OutputWarning, collect, collect_sweep, read_result
@@ -119,6 +120,7 @@ class Run:
         self.errors: dict[str, RemoteError] = {}  # a sweep's failed tasks: task id -> remote error
         self.deleted: list[str] = []
         self.changed: list[str] = []  # names the cell read and changed in place (in outputs too)
+        self.random_state = ""  # the global generators as the cell left them, if it drew: set by fetch
         self.partial = False  # the cell raised: outputs are what it did before the raise
         self.keep_failed = False  # keep the data of a run that fails before it starts (--keep-failed)
         self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
@@ -624,6 +626,7 @@ class Run:
             raise ConfigError("fetch needs a namespace: run.fetch(globals())")
         for note in rebind(target, outputs, deleted=self.deleted, changed=self.changed):
             warnings.warn(note, OutputWarning, stacklevel=2)
+        apply_state(self.random_state)  # np.random/random continue where the cell left them, as here
         self.fetched = True
         if self.partial and self.error is not None:
             line = kept_line(outputs, self.deleted, bound=True)
@@ -738,7 +741,8 @@ class Run:
         """Keep what collection brought back; end the run done, or failed with its error."""
         if got.records:
             self._notify(got.records)
-        for name in ("outputs", "results", "errors", "displays", "files", "deleted", "changed", "partial"):
+        names = ("outputs", "results", "errors", "displays", "files", "deleted", "changed", "random_state", "partial")
+        for name in names:
             value = getattr(got, name)
             if value is not None:
                 setattr(self, name, value)

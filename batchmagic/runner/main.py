@@ -29,6 +29,7 @@ from batchmagic import data
 from batchmagic.channel import Channel, open_channel
 from batchmagic.distributed import rank_of
 from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, Manifest
+from batchmagic.package.randomness import apply_state, state_after
 from batchmagic.protocol import ObjectRef, Progress, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
 from batchmagic.runner import display as rich
 from batchmagic.runner import plots
@@ -194,6 +195,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     # One sampler per node: the ranks of a distributed run share its GPUs, and its first rank samples them all.
     sampling = spec.gpus > 0 and os.environ.get("LOCAL_RANK", "0") == "0"
     sampler = GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start() if sampling else None
+    apply_state(_random_state(manifest, spec))  # the notebook's seeded generators, as if the cell ran there
     saved = sys.stdout, sys.stderr
     fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
     sys.stdout = TeeStream(fds.stdout, log, "o")
@@ -263,6 +265,12 @@ def keeps_partial(spec: TaskSpec) -> bool:
     return not spec.params and rank_of(spec.task_id) is None
 
 
+def _random_state(manifest: Manifest, spec: TaskSpec) -> str:
+    """The notebook's global generators, for a single cell only: a sweep's tasks and a run's ranks draw
+    apart (each the same numbers would be no sweep)."""
+    return manifest.random_state if keeps_partial(spec) else ""
+
+
 def _after_cell(
     failed: TaskOutcome | None,
     namespace: dict[str, Any],
@@ -282,7 +290,14 @@ def _after_cell(
     except Exception as err:  # the cell's error is what matters: it is never lost to this
         log.add("e", f"[batchmagic] what the cell did before it raised cannot come back: {err}\n")
         return failed
-    return replace(failed, outputs=kept.outputs, skipped=kept.skipped, deleted=kept.deleted, changed=kept.changed)
+    return replace(
+        failed,
+        outputs=kept.outputs,
+        skipped=kept.skipped,
+        deleted=kept.deleted,
+        changed=kept.changed,
+        random_state=kept.random_state,
+    )
 
 
 def _names_back(
@@ -312,6 +327,7 @@ def _names_back(
         skipped={**skipped, **unsent},
         deleted=tuple(n for n in manifest.deleted if n not in namespace),
         changed=tuple(changed),
+        random_state=state_after(_random_state(manifest, spec)),
     )
 
 
