@@ -221,6 +221,10 @@ def test_an_index_with_credentials_is_refused_in_one_line_before_anything(shell,
     message = str(err.value)
     assert "\n" not in message and "user name or password" in message and "s3cret" not in message
     assert shell.magics_manager.registry["AzBatch"].session.runs == []
+    monkeypatch.setenv("BATCHMAGIC_PIP_EXTRA_INDEX_URL", "https://pypi.example.com/simple?token=t0ken")
+    with pytest.raises(UsageError) as err:
+        shell.run_cell("%%azbatch --backend local --container\nx = 1")
+    assert "t0ken" not in str(err.value)
     shell.run_line_magic("config", "AzBatch.pip_extra_index_url = 'pypi.example.com'")
     with pytest.raises(UsageError, match=r"is not an index URL: write it like https://"):
         shell.run_cell("%%azbatch --backend local --container\nx = 1")

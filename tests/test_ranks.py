@@ -120,7 +120,8 @@ def test_node_ranks_put_the_primary_first_wherever_the_host_list_has_it() -> Non
 
 def test_an_earlier_attempts_node_states_do_not_count(tmp_path) -> None:
     """After a requeue every instance runs again: the client keeps only states whose supervisor started after
-    the requeue; a node other than the primary ignores a primary state older than its own supervisor."""
+    the requeue; a node other than the primary ignores a primary state from well before its own supervisor
+    (this attempt's supervisors start together, the primary's possibly a moment first)."""
     old = NodeState(0, "tvm-a", "10.0.0.4", (RankState(0, 1.0, 11, code=0, ended=2.0),), done=True, since=1.0)
     new = NodeState(1, "tvm-b", "10.0.0.5", (RankState(1, 6.0, 12),), since=6.0)
     assert this_attempt([old, new, None], None) == [old, new, None]
@@ -130,9 +131,13 @@ def test_an_earlier_attempts_node_states_do_not_count(tmp_path) -> None:
     (tmp_path / "node-0.json").write_bytes(replace(old, ranks=(RankState(0, 1.0, 11, code=1, ended=2.0),)).to_json())
     other = supervisor.Supervisor(group, 1, "10.0.0.5", "10.0.0.4", "tvm-b")
     assert other.others() == []  # the primary's failure is the previous attempt's: nothing to stop for
-    fresh = replace(old, since=other.state.since + 1)
-    (tmp_path / "node-0.json").write_bytes(fresh.to_json())
-    assert other.others() == [fresh]
+    stale = replace(old, since=other.state.since - supervisor.ATTEMPT_SKEW - 1)
+    (tmp_path / "node-0.json").write_bytes(stale.to_json())
+    assert other.others() == []
+    for since in (other.state.since + 1, other.state.since - 2):  # this attempt's primary started after, or just before
+        fresh = replace(old, since=since)
+        (tmp_path / "node-0.json").write_bytes(fresh.to_json())
+        assert other.others() == [fresh]
 
 
 def test_the_primary_reads_no_other_node_until_its_application_command_starts(tmp_path) -> None:
@@ -150,3 +155,17 @@ def test_the_primary_reads_no_other_node_until_its_application_command_starts(tm
     primary.gate.touch()
     assert primary.others() == [stale] and primary.gate is None
     assert primary._never_started([]) is None  # the deadline starts now
+
+
+def test_a_node_keeps_writing_its_first_state_until_the_store_takes_it(tmp_path, monkeypatch) -> None:
+    """The coordination command ends once the node's ranks started: their state must be in the store by
+    then (the primary reads it next), so a write that fails is tried again, not left to the ranks' end."""
+    states = tuple((tmp_path / f"node-{n}.json").as_uri() for n in range(2))
+    group = RankGroup("r", nodes=2, procs_per_node=1, master_port=6105, specs=("", ""), states=states)
+    node = supervisor.Supervisor(group, 1, "10.0.0.5", "10.0.0.4", "tvm-b")
+    answers = [False, False, True]
+    monkeypatch.setattr(node, "publish", lambda: answers.pop(0))
+    monkeypatch.setattr(supervisor, "_fork_runner", lambda spec, cwd, env: type("P", (), {"pid": 42})())
+    monkeypatch.setattr(supervisor.time, "sleep", lambda seconds: None)
+    node.start(tmp_path)
+    assert answers == [] and [r.pid for r in node.state.ranks] == [42]

@@ -259,6 +259,19 @@ def test_local_module_shipped_as_source_is_importable(tmp_path: Path, local_modu
     assert str(task.workdir) in outputs["where"]
 
 
+def test_a_cell_that_uses_a_multiprocessing_pool_is_not_taken_for_terminated(tmp_path: Path) -> None:
+    """A Pool ends its workers with SIGTERM: forked from the runner, they must not pass it on as the
+    runner's own (through the runner's signal wakeup pipe)."""
+    cell = (
+        "import multiprocessing, time\nwith multiprocessing.Pool(2) as pool:\n    out = pool.map(abs, [-1, -2])\n"
+        "time.sleep(1)"
+    )
+    task = _prepare(tmp_path, cell, {})
+    done = _run(task, timeout=60)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert cloudpickle.loads(task.outcome().outputs["out"]) == [1, 2]
+
+
 def test_a_folder_named_like_the_runner_in_the_working_directory_does_not_shadow_it(tmp_path: Path) -> None:
     """A rerun finds the first attempt's skeleton of the notebook's folder in its working directory; when
     that folder holds ``batchmagic/runner/`` (the project's own checkout), ``python -m`` would import it as

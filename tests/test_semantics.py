@@ -56,8 +56,8 @@ IN_PLACE = [
         ["df"],
     ),
     (
-        # A generator object travels with its state and comes back advanced: seeding one is how a cell gets
-        # the notebook's random numbers (the global np.random/random state does not travel: what-travels.md).
+        # A generator object travels with its state and comes back advanced (the global np.random and
+        # random generators' state travels too: SEEDED below).
         "RandomState draws",
         "import numpy as np\nrs = np.random.RandomState(42)",
         "n = rs.rand(3).tolist()",
@@ -131,6 +131,17 @@ def test_a_sweeps_tasks_draw_apart(shell):
     shell.run_cell("import numpy as np\nnp.random.seed(0)")
     shell.run_cell("%%azbatch --backend local --sweep k=1,2,3\nv = float(np.random.rand())")
     assert len(set(shell.user_ns["_azbatch"].results["v"])) == 3
+
+
+def test_a_global_generator_other_than_mt19937_stays_here_and_the_cell_runs(shell):
+    """np.random.set_bit_generator(PCG64()): numpy gives its state as a dict, which does not travel; the
+    cell still runs, from a fresh generator (as a sweep's task does)."""
+    shell.run_cell("import numpy as np\nnp.random.set_bit_generator(np.random.PCG64(1))")
+    try:
+        shell.run_cell("%%azbatch --backend local\nv = float(np.random.rand())")
+        assert 0 <= shell.user_ns["v"] < 1
+    finally:
+        shell.run_cell("np.random.set_bit_generator(np.random.MT19937())")
 
 
 PICKLE_A_SET = (

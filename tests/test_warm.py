@@ -322,3 +322,21 @@ def test_runners_outlive_a_killed_worker_with_their_timeout_and_cancel(session):
     run = session.submit("x = 2", {}, backend=backend)  # the worker starts again
     assert run.wait(timeout=60) == {"x": 2}
     wait_for(lambda: backend.warm.ready, timeout=60)
+
+
+def test_a_banner_printed_by_an_import_before_ready_does_not_switch_the_worker_off(tmp_path: Path) -> None:
+    """The worker imports the kernel's modules before it says ``ready``: one that prints on import (a
+    banner) comes first on its stdout, and must not be taken for a worker that failed to start."""
+    import subprocess
+    import threading
+
+    from batchmagic.backends.warm import WarmWorker
+
+    worker = WarmWorker(sys.executable, dict(os.environ))
+    script = "print('Hello from a library banner', flush=True)\nprint('ready', flush=True)"
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    worker._process = process  # noqa: SLF001 - the start-up line reader, on its own
+    ready = threading.Event()
+    worker._await_ready(process, ready)  # noqa: SLF001
+    process.wait()
+    assert ready.is_set() and not worker.failed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -183,6 +184,11 @@ class Backend(ABC):
     def task_log_hint(self, run_id: str, task_id: str) -> str:
         """A phrase pointing at the task's own stderr, for when the runner never produced a result."""
         return ""
+
+    def waited_on(self) -> AbstractContextManager[None]:
+        """The calls made in this block are ones a user waits on (a teardown): the backend may give up on
+        an unreachable service sooner than a run's monitor does, and say so."""
+        return nullcontext()
 
     def close(self) -> None:  # noqa: B027 - an optional hook
         """Let go of what this client keeps for the backend between runs (the local backend's warm worker);

@@ -208,7 +208,10 @@ class WarmWorker:
 
     def _await_ready(self, process: subprocess.Popen[bytes], ready: threading.Event) -> None:
         assert process.stdout is not None
-        said = process.stdout.readline().strip()
+        # A module the worker imports may print first (a banner): read on to the worker's own line.
+        said = b""
+        while said != b"ready" and (line := process.stdout.readline()):
+            said = line.strip()
         process.stdout.close()
         if said == b"ready":
             ready.set()

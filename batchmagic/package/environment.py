@@ -199,14 +199,15 @@ def check_pip_index(url: str) -> str:
     if not url:
         return ""
     parts = urlsplit(url)
+    if parts.username or parts.password or parts.query:
+        raise ConfigError(
+            "BATCHMAGIC_PIP_EXTRA_INDEX_URL has a user name or password (or a query: a token?) in it, "
+            "which the image would keep: "
+            "give an index that needs no credentials from the build (a mirror reachable from where you build)"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
             f"BATCHMAGIC_PIP_EXTRA_INDEX_URL {url!r} is not an index URL: write it like https://pypi.example.com/simple"
-        )
-    if parts.username or parts.password:
-        raise ConfigError(
-            "BATCHMAGIC_PIP_EXTRA_INDEX_URL has a user name or password in it, which the image would keep: "
-            "give an index that needs no credentials from the build (a mirror reachable from where you build)"
         )
     return url
 

@@ -7,8 +7,8 @@ bundle's manifest), and the state it leaves comes back (:func:`state_after`, in 
 the notebook's next cell draws what it would have drawn had the cell run here (:func:`apply_state`).
 
 The state travels as JSON (numpy's legacy ``MT19937`` state, and :func:`random.getstate`): a few
-kilobytes, no pickle. numpy's is taken only when the kernel has imported numpy, and set in the runner
-only then (the image is built from the kernel's environment, so it has numpy).
+kilobytes, no pickle. numpy's is taken only when the kernel has imported numpy and its global generator
+is the legacy MT19937 one, and set in the runner only then and when the image has numpy.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ def global_state() -> str:
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {"random": [version, list(internal), gauss]}
     numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        name, keys, pos, has_gauss, cached = numpy.random.get_state(legacy=True)
+    legacy = numpy.random.get_state(legacy=True) if numpy is not None else None
+    # Not MT19937 (np.random.set_bit_generator(PCG64())): get_state gives a dict, which does not travel.
+    if isinstance(legacy, tuple):
+        name, keys, pos, has_gauss, cached = legacy
         state["numpy"] = [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)]
     return json.dumps(state, separators=(",", ":"))
 
@@ -42,8 +44,10 @@ def apply_state(text: str) -> None:
         version, internal, gauss = state["random"]
         random.setstate((version, tuple(internal), gauss))
     if "numpy" in state:
-        import numpy
-
+        try:
+            import numpy
+        except ImportError:  # an image without numpy (--image): the cell cannot draw from it either
+            return
         name, keys, pos, has_gauss, cached = state["numpy"]
         numpy.random.set_state((name, numpy.array(keys, dtype=numpy.uint32), pos, has_gauss, cached))
 

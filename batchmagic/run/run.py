@@ -689,7 +689,7 @@ class Run:
 
         Under the run's lock, as :meth:`cancel`: a poll between the release and the mark would see the ranks
         (or tasks) the release ended and fail the run, where the user cancelled it."""
-        with self._lock:
+        with self._lock, self.backend.waited_on():
             removed = self.backend.release(self.id)
             if removed and self._ledger is not None:
                 _record_quietly(self._ledger, "released", self.id, removed=removed)

@@ -52,6 +52,13 @@ class _Terminated(BaseException):
     """SIGTERM arrived (cancel or timeout): unwind so the log is flushed and a result written."""
 
 
+def _forget_wakeup() -> None:
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:  # forked from a thread other than the main one: that is this child's main thread now
+        pass
+
+
 class _SigtermHandler:
     """Raise :class:`_Terminated` in the main thread, once, however SIGTERM lands.
 
@@ -70,6 +77,9 @@ class _SigtermHandler:
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self)
+        # A process the cell forks (multiprocessing's workers) must not write its own SIGTERM into this
+        # pipe: a Pool's workers are ended by one, and the runner would take it for its own.
+        os.register_at_fork(after_in_child=_forget_wakeup)
         threading.Thread(target=self._watch, args=(read_end,), name="batchmagic-sigterm", daemon=True).start()
 
     def __call__(self, signum: int, frame: Any) -> None:

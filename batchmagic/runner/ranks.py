@@ -53,6 +53,10 @@ GRACE = 3.0  # seconds a stopped rank has to write its result before SIGKILL
 #: Seconds the primary waits for every node's supervisor to start its ranks (the coordination commands
 #: have all exited by the time the primary starts: a supervisor not up by then is not coming).
 START_TIMEOUT = 120.0
+PUBLISH_PATIENCE = 60.0  # seconds a node keeps trying to write its first state through a storage outage
+#: How much earlier than a node's own supervisor this attempt's primary may have started (seconds): the
+#: nodes' coordination commands start together, on clocks kept in step; a requeued attempt is minutes apart.
+ATTEMPT_SKEW = 30.0
 EXIT_RANK_FAILED = 1
 
 
@@ -191,7 +195,12 @@ class Supervisor:
             self.procs[rank] = _fork_runner(group.specs[rank], cwd, env)
             ranks.append(RankState(rank=rank, started=time.time(), pid=self.procs[rank].pid))
         self.state = replace(self.state, ranks=tuple(ranks))
-        self.publish()
+        # Before the coordination command ends (and the primary reads it): this attempt's state must be in
+        # the store, or the primary would read an earlier attempt's, or none and end a healthy run.
+        deadline, pause = time.monotonic() + PUBLISH_PATIENCE, 0.5
+        while not self.publish() and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
     def publish(self) -> bool:
         """Write this node's state to the store; False (and a line) when the store did not take it."""
@@ -232,12 +241,14 @@ class Supervisor:
                 state = NodeState.from_json(open_channel(self.group.states[node]).read())
             except (OSError, ValueError, KeyError):
                 continue  # not written yet (that node has not started), or mid-write
-            if primary or state.since >= self.state.since:
+            if primary or state.since >= self.state.since - ATTEMPT_SKEW:
                 found.append(state)
-            # else: the primary's state of an earlier attempt (the task was requeued). This attempt's primary
-            # starts after this node's coordination command has ended, so after this supervisor: a primary
-            # state older than this supervisor is not this attempt's. The primary needs no such rule: every
-            # other node has written this attempt's state before its coordination command ended (--coordinate).
+            # else: the primary's state of an earlier attempt (the task was requeued). Every node's coordination
+            # command, the primary's too, starts its supervisor when the task is scheduled, so this attempt's
+            # supervisors start within moments of each other (either may be first); an earlier attempt's is
+            # older by at least the time it ran, a node's restart and a new scheduling. The primary needs no
+            # such rule: every other node has written this attempt's state before its coordination command
+            # ended (--coordinate).
         return found
 
     def stop(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -488,12 +489,14 @@ class AzureBackend(Backend, NamedPools):
         except Exception:
             log.warning("could not delete job %s after its submission failed", run_id, exc_info=True)
 
+    def waited_on(self) -> AbstractContextManager[None]:
+        return self.calls.brief()  # an unreachable Batch is said in seconds, not after a monitor's patience
+
     def release(self, run_id: str) -> list[str]:
         run = self._runs.get(run_id)
         if run is None or run.released:
             return []
-        with self.calls.brief():  # a user waits on it: an unreachable Batch is said in seconds
-            removed = self._terminate(run_id)  # raises when it cannot: a later teardown tries again
+        removed = self._terminate(run_id)  # raises when it cannot: a later teardown tries again
         run.released = True
         return removed
 

@@ -45,11 +45,12 @@ class BatchCalls:
         """Calls this thread makes in the block retry at most ``BRIEF_RETRIES`` times: for what a user waits
         on (a teardown, a listing), where "could not reach Azure Batch" in seconds beats it after minutes.
         The runs' monitors, in their own threads, keep their patience through an outage."""
+        before = getattr(self._brief, "on", False)
         self._brief.on = True
         try:
             yield
         finally:
-            self._brief.on = False
+            self._brief.on = before
 
     def call(self, fn: Callable[[], T], what: str, *, accept: Callable[[Any], bool] | None = None) -> T:
         """Call Batch, retrying what is transient, and translate azure-core errors into ours, at the boundary.
