@@ -84,7 +84,8 @@ class RemoteError(BatchMagicError):
         return f"{self.ename}: {self.evalue}" if self.evalue else self.ename
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.ename, self.evalue, self.traceback, self.task_id))
+        # The state too: what the cell kept (outputs) and the notes that say so travel with a pickled error.
+        return (type(self), (self.ename, self.evalue, self.traceback, self.task_id), self.__dict__)
 
     def _render_traceback_(self) -> list[str]:
         # IPython calls this instead of formatting our own (useless) local frames.

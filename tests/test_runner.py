@@ -148,6 +148,10 @@ def test_cell_error_is_remote_error_ready(tmp_path: Path) -> None:
     remote = RemoteError(error.type, error.message, list(error.traceback), "t0")
     assert str(remote) == "ZeroDivisionError: division by zero"
     assert pickle.loads(pickle.dumps(remote)).traceback == list(error.traceback)
+    remote.outputs = {"a": 1}  # what a cell kept before it raised, and the note that says so
+    remote.add_note("batchmagic: the cell assigned `a` before it raised")
+    again = pickle.loads(pickle.dumps(remote))
+    assert again.outputs == {"a": 1} and again.__notes__ == remote.__notes__ and again.task_id == "t0"
     rendered = "\n".join(remote._render_traceback_())
     assert "b = helper(a)" in rendered
 
