@@ -11,6 +11,7 @@ A cell that raises keeps, in the notebook, what it did before the raise; so does
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
@@ -69,10 +70,12 @@ def stale_aliases(namespace: Mapping[str, Any], outputs: Mapping[str, Any], chan
     return notes
 
 
-def kept_line(outputs: Iterable[str], deleted: Iterable[str], *, bound: bool) -> str:
+def kept_line(outputs: Mapping[str, Any], deleted: Iterable[str], *, bound: bool) -> str:
     """The line under a cell's error that says what it did before it raised: where those names are
-    (``bound``: in the notebook; else in the error's ``outputs``, for ``Run.fetch``). Pure."""
-    names, gone = ", ".join(f"`{n}`" for n in outputs), ", ".join(f"`{n}`" for n in deleted)
+    (``bound``: in the notebook; else in the error's ``outputs``, for ``Run.fetch``). Modules it imported
+    are kept without a word (``import sys; sys.exit(3)`` is one line, as in the notebook). Pure."""
+    said = [n for n, v in outputs.items() if not isinstance(v, types.ModuleType)]
+    names, gone = ", ".join(f"`{n}`" for n in said), ", ".join(f"`{n}`" for n in deleted)
     did = " and ".join(part for part in (names and f"assigned or changed {names}", gone and f"deleted {gone}") if part)
     if not did:
         return ""
