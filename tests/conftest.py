@@ -3,6 +3,7 @@ whole test run."""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,16 @@ from tests.support.azurite import RunningAzurite, start_azurite
 
 
 class TestingShell(InteractiveShell):
-    """An InteractiveShell whose run_cell raises the cell's error (jupysql's TestingShell)."""
+    """An InteractiveShell whose run_cell raises the cell's error (jupysql's TestingShell).
+
+    IPython registers each shell's ``atexit_operations``, which resets its namespace and runs a full garbage
+    collection: with a shell per test, hundreds of collections of the whole run's heap kept pytest from
+    exiting for minutes after its summary (and the registrations kept every shell alive). A test's shell
+    ends with its test."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        atexit.unregister(self.atexit_operations)
 
     def run_cell(self, raw_cell: str, *args, **kwargs):  # type: ignore[no-untyped-def]
         result = super().run_cell(raw_cell, *args, **kwargs)

@@ -231,6 +231,6 @@ def test_hundreds_of_tasks_on_the_emulator(azure_session):
     assert len(results) == 250 and (results.state == "succeeded").all()
     assert list(results.y) == [i * 2 for i in range(250)]
     adds = [r for r in emu.requests() if r["method"] == "POST" and r["path"].endswith("/addtaskcollection")]
-    assert [len(r["body"]["value"]) for r in adds] == [100, 100, 50]
+    assert sorted(len(r["body"]["value"]) for r in adds) == [50, 100, 100]  # the SDK sends them in parallel
     per_tick = [r for r in emu.requests() if r["method"] == "GET" and r["path"] == f"/jobs/{run.id}/tasks"]
     assert all("$select" in r["query"] for r in per_tick)
