@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import pickle
 import signal
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
-from batchmagic.backends.warm import Forked, WarmWorker, close_workers, shared_worker
+from batchmagic.backends.warm import Forked, WarmWorker, close_workers, code_from_result, shared_worker, start_ticks
 from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
@@ -199,7 +198,7 @@ class LocalBackend(Backend):
                 start_new_session=True,  # its own process group, killed as one
             )
         task.started = time.time()
-        (task.dir / _PID_FILE).write_text(f"{task.process.pid} {_start_ticks(task.process.pid)} {task.started}")
+        (task.dir / _PID_FILE).write_text(f"{task.process.pid} {start_ticks(task.process.pid)} {task.started}")
         task.timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
         task.timer.daemon = True
         task.timer.start()
@@ -393,13 +392,6 @@ def _node_name(run: _LocalRun, task: _Task) -> str:
     return f"localhost (node {rank // max(1, run.submission.procs_per_node)})"
 
 
-def _start_ticks(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 class _Adopted:
     """A task's runner started by another client (a kernel that is gone): not our child, so it is
     watched through /proc, and its exit code is read from its result (0 ok, 1 the cell failed)."""
@@ -420,13 +412,8 @@ class _Adopted:
         return cls(int(pid), int(ticks), float(started), task_dir / "result")
 
     def poll(self) -> int | None:
-        if self.returncode is None and not (self.ticks and _start_ticks(self.pid) == self.ticks):
-            from batchmagic.protocol import TaskOutcome
-
-            try:
-                self.returncode = 0 if TaskOutcome.from_bytes(self._result.read_bytes()).ok else 1
-            except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError):
-                self.returncode = -9  # ended without a result
+        if self.returncode is None and not (self.ticks and start_ticks(self.pid) == self.ticks):
+            self.returncode = code_from_result(self._result)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:

@@ -114,12 +114,7 @@ class Forked:
             say("the warm worker ended while task runner %d ran: it goes on as a process of its own", self.pid)
         while alive(self.pid, self._ticks):
             self._ended.wait(0.1)
-        from batchmagic.protocol import TaskOutcome
-
-        try:
-            return 0 if TaskOutcome.from_bytes(self._result.read_bytes()).ok else 1
-        except Exception:  # noqa: BLE001 - no readable result: it ended without one, as a killed runner does
-            return -9
+        return code_from_result(self._result)
 
     def poll(self) -> int | None:
         return self.returncode
@@ -129,6 +124,17 @@ class Forked:
             raise subprocess.TimeoutExpired(f"task runner {self.pid}", timeout or 0.0)
         assert self.returncode is not None
         return self.returncode
+
+
+def code_from_result(result: Path) -> int:
+    """The exit code of a runner that is not our child, from the result it wrote: 0 ok, 1 the cell failed,
+    -9 no readable result (it ended without one, as a killed runner does)."""
+    from batchmagic.protocol import TaskOutcome
+
+    try:
+        return 0 if TaskOutcome.from_bytes(result.read_bytes()).ok else 1
+    except Exception:  # noqa: BLE001 - whatever is there, it is no result
+        return -9
 
 
 def start_ticks(pid: int) -> int:
