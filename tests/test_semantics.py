@@ -283,6 +283,36 @@ def test_a_background_run_that_raises_keeps_what_it_did_once_fetched(shell):
     assert (shell.user_ns["a"], shell.user_ns["xs"]) == (1, [1, 5]) and caught.value.__notes__ == [KEPT_HERE]
 
 
+#: A cell that only draws from the notebook's seeded generators, then raises: it binds no name, yet the
+#: notebook's next draws are those after the cell's (as when it raises in the kernel).
+DRAWS_THEN_RAISES = (
+    "import numpy as np, random\nnp.random.seed(0)\nrandom.seed(1)",
+    "np.random.rand(3)\nrandom.random()\nraise ValueError('drew')",
+    "(np.random.rand(2).tolist(), random.random())",
+)
+
+
+def _draw_then_raise(shell: Any, line: str) -> tuple[Any, Any]:
+    """The notebook's next draws after :data:`DRAWS_THEN_RAISES`'s cell raised plainly, and with %%azbatch."""
+    setup, cell, check = DRAWS_THEN_RAISES
+    shell.run_cell(setup)
+    with pytest.raises(ValueError, match="drew"):
+        shell.run_cell(cell)
+    here = shell.ev(check)
+    shell.run_cell(setup)
+    with pytest.raises(RemoteError, match="drew") as caught:
+        shell.run_cell(f"%%azbatch {line}\n{cell}")
+    assert not getattr(caught.value, "__notes__", None)  # no name was kept: nothing to say
+    return here, shell.ev(check)
+
+
+def test_a_cell_that_draws_then_raises_moves_the_generators_on_locally(shell):
+    here, there = _draw_then_raise(shell, "--backend local")
+    assert there == here
+    shell.run_cell(DRAWS_THEN_RAISES[0])
+    assert here != shell.ev(DRAWS_THEN_RAISES[2])  # the draws in the cell did move them on
+
+
 def test_a_timeout_keeps_nothing(shell):
     shell.run_cell("xs = [1]")
     with pytest.raises(RunFailed, match="time"):
@@ -327,6 +357,11 @@ def test_a_cell_that_raises_keeps_what_it_did_on_azure(azure_env: RunningEmulato
     assert here == there == (1, [1, 5], False)
     assert (remote_error.ename, remote_error.evalue) == ("ValueError", "late") and remote_error.__notes__ == [KEPT_HERE]
     assert shell.user_ns["_azbatch"].backend.name == "azure"
+
+
+def test_a_cell_that_draws_then_raises_moves_the_generators_on_on_azure(azure_env: RunningEmulator, shell):
+    here, there = _draw_then_raise(shell, "--backend azure")
+    assert there == here and shell.user_ns["_azbatch"].backend.name == "azure"
 
 
 # --- on a real kernel: the same notebook run plainly and with %%azbatch ---

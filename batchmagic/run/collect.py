@@ -101,9 +101,12 @@ def collect_one(run: Run, status: BackendStatus) -> Collected:
 
 
 def kept_partial(outcome: TaskOutcome) -> bool:
-    """Whether a failed outcome brings back what the cell did before it raised (or exited): the runner
-    sends it for a single cell only (``runner.main.keeps_partial``), never after a timeout or a cancel."""
-    return outcome.phase in ("cell", "exit") and bool(outcome.outputs or outcome.deleted or outcome.skipped)
+    """Whether a failed outcome brings back what the cell did before it raised (or exited): the names it
+    bound, changed or deleted, and the global generators' state when it drew (``np.random.rand(3)`` then a
+    raise: the notebook's next draw is what it would be had the cell raised there). The runner sends it for
+    a single cell only (``runner.main.keeps_partial``), never after a timeout or a cancel."""
+    kept = outcome.outputs or outcome.deleted or outcome.skipped or outcome.random_state
+    return outcome.phase in ("cell", "exit") and bool(kept)
 
 
 def take_names(got: Collected, outcome: TaskOutcome) -> None:
