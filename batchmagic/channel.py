@@ -48,6 +48,10 @@ class Channel(ABC):
         """Copy the object into ``path``; ``size`` and ``concurrency`` are hints a subclass may use."""
         Path(path).write_bytes(self.read())
 
+    def local_path(self) -> Path | None:
+        """The object's own file when it is one on this machine (read it there, no copy needed); else None."""
+        return None
+
     def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
         """Copy ``path`` into the object; ``concurrency`` is a hint a subclass may use."""
         self.write(Path(path).read_bytes())
@@ -76,6 +80,9 @@ class FileChannel(Channel):
 
     def download_to(self, path: Path, *, size: int | None = None, concurrency: int = 16) -> None:
         shutil.copyfile(self.path, path)
+
+    def local_path(self) -> Path | None:
+        return self.path
 
     def upload_file(self, path: Path, *, concurrency: int = 8) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import codecs
 import importlib
 import json
 import linecache
@@ -101,13 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchmagic.runner", description=__doc__)
     parser.add_argument("--spec", required=True, help="path or URL of the task spec (JSON)")
     args = parser.parse_args(argv)
+    return run_task(args.spec)
+
+
+def warm_up() -> None:
+    """Do once, in a warm worker before it forks runners, what every runner would do on first use: a
+    forked runner then starts with it done (:func:`run_task`)."""
+    codecs.lookup("cp437")  # zipfile reads the bundle's member names with it (an import on first use)
+
+
+def run_task(where: str) -> int:
+    """Run the task of the spec at ``where`` (a path or URL) and write its result; the exit code. What
+    ``python -m batchmagic.runner --spec WHERE`` does, without a command line to parse (a warm worker's
+    forked runner calls it: argparse's parser costs a runner 2 ms, a tenth of its start)."""
     # The task's command line runs with ``python -P``: the working directory holds the notebook folder's
     # skeleton (a rerun finds the first attempt's), and a folder named like a package there must never
     # stand in for the runner's own. The cell, as in the kernel, has the working directory first.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 
-    raw = _read_spec(args.spec)
+    raw = _read_spec(where)
     try:
         spec = TaskSpec.from_json(raw)
     except SpecVersionError as err:
@@ -182,8 +196,7 @@ def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
 
 
 def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int, TaskOutcome]:
-    bundle_path = workdir / "bundle.zip"
-    reader = _open_bundle(spec, bundle_path, workdir)
+    reader, bundle_path = _open_bundle(spec, workdir)
     manifest = reader.manifest
 
     source = reader.cell()
@@ -240,15 +253,21 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     return EXIT_OK if failed is None else EXIT_CELL_ERROR, _with_files(done, spec, Path(cwd), workdir, before)
 
 
-def _open_bundle(spec: TaskSpec, bundle_path: Path, workdir: Path) -> BundleReader:
-    """The cell's bundle, downloaded and checked; its local sources importable."""
-    open_channel(spec.bundle).download_to(bundle_path)
+def _open_bundle(spec: TaskSpec, workdir: Path) -> tuple[BundleReader, Path]:
+    """The cell's bundle, checked, and its file: read where it is in a store on this machine (the local
+    backend's: every task of a sweep reads the same file, none copies it), else downloaded into ``workdir``.
+    Its local sources are importable."""
+    channel = open_channel(spec.bundle)
+    bundle_path = channel.local_path()
+    if bundle_path is None:
+        bundle_path = workdir / "bundle.zip"
+        channel.download_to(bundle_path)
     reader = BundleReader(bundle_path)
     reader.verify()
     if reader.manifest.sources:
         reader.extract_sources(workdir / "src")
         sys.path.insert(0, str(workdir / "src"))
-    return reader
+    return reader, bundle_path
 
 
 def _namespace(reader: BundleReader, spec: TaskSpec, workdir: Path) -> dict[str, Any]:
@@ -357,14 +376,19 @@ def _end_stragglers() -> None:
 
 
 def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
-    """A large shipped value: downloaded in parallel ranges, checked against its hash, unpickled."""
-    path = workdir / f"{name}.pkl"
-    open_channel(obj.url).download_to(path, size=obj.size)
+    """A large shipped value: downloaded in parallel ranges (or read where it is in a store on this
+    machine), checked against its hash, unpickled."""
+    channel = open_channel(obj.url)
+    path = channel.local_path()
+    if path is None:
+        path = workdir / f"{name}.pkl"
+        channel.download_to(path, size=obj.size)
     if sha256_file(path) != obj.sha256:
         raise BundleError(f"the object holding `{name}` does not match its hash: it was altered or truncated")
     with open(path, "rb") as f:
         value = cloudpickle.load(f)
-    path.unlink()
+    if path.is_relative_to(workdir):
+        path.unlink()
     return value
 
 

@@ -120,7 +120,7 @@ def _child(
             os.close(out)
         sys.path[0] = request["cwd"]  # as `python -m` puts the working directory first
         sys.argv = [str(runner.__file__), "--spec", request["spec"]]
-        code = runner.main(["--spec", request["spec"]])
+        code = runner.run_task(request["spec"])
     except SystemExit as err:
         code = err.code if isinstance(err.code, int) else 1
     except BaseException:  # noqa: BLE001 - the child must never return into the worker's loop
@@ -169,6 +169,7 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
     """Import ``modules``, then fork a runner for each request on the socket ``path`` while ``parent`` lives."""
     gc.disable()  # until the child: no collection leaves holes in the pages the children share (gc.freeze)
     runner = importlib.import_module("batchmagic.runner.main")  # before any fork: every child has it loaded
+    runner.warm_up()
     done: set[str] = set()
     warmed: set[str] = set()
     _preload(modules, done)
