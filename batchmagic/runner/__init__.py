@@ -16,13 +16,26 @@ It imports neither IPython nor widgets, so the training image stays small.
 
 from __future__ import annotations
 
-from batchmagic.runner.main import (
-    EXIT_CELL_ERROR,
-    EXIT_OK,
-    EXIT_PREFLIGHT,
-    EXIT_SETUP_ERROR,
-    EXIT_TERMINATED,
-    main,
-)
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main", "EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR", "EXIT_PREFLIGHT", "EXIT_TERMINATED"]
+if TYPE_CHECKING:
+    from batchmagic.runner.main import (
+        EXIT_CELL_ERROR,
+        EXIT_OK,
+        EXIT_PREFLIGHT,
+        EXIT_SETUP_ERROR,
+        EXIT_TERMINATED,
+    )
+
+# ``main`` is ``batchmagic.runner.main.main``: the package's attribute ``main`` is that module once imported.
+__all__ = ["EXIT_OK", "EXIT_CELL_ERROR", "EXIT_SETUP_ERROR", "EXIT_PREFLIGHT", "EXIT_TERMINATED"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: ``python -m batchmagic.runner`` first asks the node's warm worker (batchmagic.runner.node, the
+    # standard library only) and imports the runner only when it runs the task itself.
+    if name in __all__:
+        import importlib
+
+        return getattr(importlib.import_module("batchmagic.runner.main"), name)
+    raise AttributeError(f"module 'batchmagic.runner' has no attribute {name!r}")

@@ -47,6 +47,7 @@ from batchmagic.backends.azure.ranks import as_multi_instance, batch_view, lost_
 from batchmagic.backends.azure.status import AzureRun, value
 from batchmagic.backends.azure.vmsizes import gpus_for, vm_cores
 from batchmagic.backends.base import Backend, BackendStatus, NamedPools, TaskStatus, TaskSubmission
+from batchmagic.backends.warm import kernel_modules
 from batchmagic.config import Settings
 from batchmagic.errors import ConfigError
 from batchmagic.protocol import Layout, NodeState, RankGroup
@@ -214,7 +215,7 @@ class AzureBackend(Backend, NamedPools):
         self._runs[submission.run_id] = run
         image = submission.image or self.settings.image
         pool_info, registry = self._pool_of(run, image)
-        job = requests.job_request(submission, pool_info)
+        job = requests.job_request(submission, pool_info, requests.node_worker(submission, image, kernel_modules()))
         self.calls.call(
             lambda: self.client.create_job(job),
             "create the job",

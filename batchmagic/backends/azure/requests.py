@@ -8,6 +8,7 @@ is imported in the functions: it is heavy, and only a run on Azure needs it.
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +31,7 @@ from batchmagic.backends.azure.poolspec import (
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.config import Settings
 from batchmagic.protocol import SPEC_FILENAME, Layout
+from batchmagic.runner.node import SOCKET_DIR, container_name, socket_name
 
 __all__ = [
     "COMMAND",
@@ -38,6 +40,10 @@ __all__ = [
     "auto_pool",
     "end_with_tasks",
     "job_request",
+    "node_worker",
+    "preload_modules",
+    "warm_start_command",
+    "warm_stop_command",
     "named_pool",
     "pool_request",
     "registries",
@@ -90,11 +96,15 @@ def named_pool(name: str) -> Any:
     return m.BatchPoolInfo(pool_id=name)
 
 
-def job_request(submission: TaskSubmission, pool_info: Any) -> Any:
-    """The run's job: ``--timeout`` its wall clock limit, ending with its tasks only once they are in."""
+def job_request(submission: TaskSubmission, pool_info: Any, worker: tuple[Any, Any] | None = None) -> Any:
+    """The run's job: ``--timeout`` its wall clock limit, ending with its tasks only once they are in;
+    ``worker``: the job preparation and release tasks of its nodes' warm worker (:func:`node_worker`)."""
     from azure.batch import models as m
 
+    prep, release = worker or (None, None)
     return m.BatchJobCreateOptions(
+        job_preparation_task=prep,
+        job_release_task=release,
         id=submission.run_id,
         display_name=submission.name[:1024],
         pool_info=pool_info,
@@ -103,6 +113,87 @@ def job_request(submission: TaskSubmission, pool_info: Any) -> Any:
         constraints=m.BatchJobConstraints(max_wall_clock_time=timedelta(seconds=submission.timeout)),
         metadata=run_metadata(submission),
     )
+
+
+#: The most characters of module names a preparation task's command line carries (the service documents
+#: no limit of its own for a command line; a request body is capped at 1 MB): what does not fit, a forked
+#: runner imports itself.
+PRELOAD_CHARS = 6000
+
+
+def preload_modules(modules: list[str]) -> list[str]:
+    """The modules a node's warm worker imports before it forks, of ``modules`` (the kernel's: what the
+    cell's image has of them is imported, the rest skipped): packages first, a package before its
+    submodules, none private, at most :data:`PRELOAD_CHARS` characters in all."""
+    public = [m for m in modules if m.isascii() and not any(part.startswith("_") for part in m.split("."))]
+    chosen, size = [], 0
+    for name in sorted(set(public), key=lambda n: (n.count("."), n)):
+        if size + len(name) + 1 > PRELOAD_CHARS:
+            break
+        chosen.append(name)
+        size += len(name) + 1
+    return chosen
+
+
+def warm_start_command(job_id: str, image: str, modules: list[str]) -> str:
+    """The preparation task's command line, run on the node itself (no container settings: as root, it
+    reaches the node's Docker engine): the job's warm worker in ``image``, detached, the node's root
+    directory bound at the same path, so the socket it makes in the shared directory and the task
+    directories are where the tasks' containers see them. Where no engine answers (a node whose tasks
+    run on the node itself, as the emulator's process executor has them) the worker starts on the node.
+    Always exits 0: a task finds the worker, or runs fresh."""
+    name = container_name(job_id)
+    worker = shlex.join(["python3", "-P", "-m", "batchmagic.runner.nodewarm", *modules])
+    script = (
+        f'D="$AZ_BATCH_NODE_SHARED_DIR/{SOCKET_DIR}"; mkdir -p "$D"; '
+        'dk() { docker "$@" || sudo -n docker "$@"; } 2>/dev/null; '
+        f'dk rm -f "{name}" >/dev/null; '
+        f'dk run -d --name "{name}" --network host -v "$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR" '
+        f"-e AZ_BATCH_NODE_SHARED_DIR -e AZ_BATCH_JOB_ID {shlex.quote(image)} {worker} >/dev/null "
+        f'|| (setsid {worker} </dev/null >"$D/{socket_name(job_id)}.log" 2>&1 &); exit 0'
+    )
+    return shlex.join(["/bin/sh", "-c", script])
+
+
+def warm_stop_command(job_id: str) -> str:
+    """The release task's command line: the worker's container removed, its socket too (a worker on the
+    node itself leaves when its socket goes)."""
+    name = container_name(job_id)
+    script = (
+        'dk() { docker "$@" || sudo -n docker "$@"; } 2>/dev/null; '
+        f'dk rm -f "{name}" >/dev/null; '
+        f'rm -f "$AZ_BATCH_NODE_SHARED_DIR/{SOCKET_DIR}/{socket_name(job_id)}"; exit 0'
+    )
+    return shlex.join(["/bin/sh", "-c", script])
+
+
+def node_worker(submission: TaskSubmission, image: str, modules: list[str]) -> tuple[Any, Any] | None:
+    """The job preparation and release tasks that keep one warm worker per node for a sweep's tasks; None
+    for a run that gains nothing from one (a single task, a distributed run, a GPU run: its worker would
+    not have the tasks' GPUs). The preparation does not hold the tasks back (``waitForSuccess`` false):
+    a task that starts before the worker runs fresh, and a failed preparation never keeps a node from
+    the job. Both run as the pool's admin auto-user: the node's Docker engine is root's."""
+    if len(submission.task_ids) < 2 or submission.distributed or submission.gpus > 0:
+        return None
+    from azure.batch import models as m
+
+    admin = m.UserIdentity(
+        auto_user=m.AutoUserSpecification(scope=m.AutoUserScope.POOL, elevation_level=m.ElevationLevel.ADMIN)
+    )
+    prep = m.BatchJobPreparationTask(
+        id="batchmagic-warm",
+        command_line=warm_start_command(submission.run_id, image, preload_modules(modules)),
+        wait_for_success=False,
+        user_identity=admin,
+        constraints=m.BatchTaskConstraints(max_wall_clock_time=timedelta(minutes=10), max_task_retry_count=0),
+    )
+    release = m.BatchJobReleaseTask(
+        id="batchmagic-warm-end",
+        command_line=warm_stop_command(submission.run_id),
+        user_identity=admin,
+        max_wall_clock_time=timedelta(minutes=2),
+    )
+    return prep, release
 
 
 def end_with_tasks() -> Any:

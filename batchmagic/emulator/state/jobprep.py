@@ -3,7 +3,12 @@
 - A job's ``jobPreparationTask`` runs on a node before the first task of that job the node runs, once
   per node (``rerunOnNodeRebootAfterSuccess`` aside), retried up to its ``maxTaskRetryCount``. While it
   fails with ``waitForSuccess`` (the default), no task of the job runs on that node: the task that was
-  about to start goes back to the queue and the node is left out for this job.
+  about to start goes back to the queue and the node is left out for this job. With ``waitForSuccess``
+  false the service "will not wait for the Job Preparation Task to complete": the job's tasks start on
+  the node while it runs, and go on being scheduled there even if it fails.
+- What a preparation task leaves running (a "local service on the Node so that all Tasks of that Job
+  can communicate with it", as the reference puts it) goes on after it ends: it is the release task's
+  to stop ("shutting down services that were started as part of Job preparation").
 - Its ``jobReleaseTask`` runs on every node that ran the preparation task when the job ends
   (terminated, by a user or its own conditions); the job stays ``terminating`` until they are done.
 - ``GET /jobs/{id}/jobpreparationandreleasetaskstatus`` lists, per node, both tasks' execution info.
@@ -118,6 +123,15 @@ class JobPrepMixin(TasksMixin):
             else:
                 owner = False
         info = entry["jobPreparationTaskExecutionInfo"]
+        if not spec.get("waitForSuccess", True):
+            if owner:  # the tasks do not wait for it, nor care how it ends
+                threading.Thread(
+                    target=self._run_prep_command,
+                    args=(job, pool, node, spec, "prep", info),
+                    name=f"prep-{job.id}-{node.id}",
+                    daemon=True,
+                ).start()
+            return True
         if owner:
             self._run_prep_command(job, pool, node, spec, "prep", info)
         else:

@@ -1,0 +1,241 @@
+"""A node's warm worker for one job: it imports what the cell needs once and forks each task's runner.
+
+``python3 -P -m batchmagic.runner.nodewarm [MODULE ...]`` is started by the job's preparation task on each
+node (see :func:`batchmagic.backends.azure.requests.job_preparation`), in the training image, with the
+task environment's ``AZ_BATCH_NODE_SHARED_DIR`` and ``AZ_BATCH_JOB_ID``. It binds its Unix socket at once
+(``<shared>/batchmagic-warm/<socket_name(job)>``: a task that connects while it still imports waits
+for it rather than importing the same modules itself), imports the runner and ``MODULE ...``, then forks
+one runner per connection (:mod:`batchmagic.runner.node` is the other side). A request is one JSON line
+``{"argv", "cwd", "env"}`` with the task's standard streams attached (``SCM_RIGHTS``); the worker answers
+``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child).
+
+The child has a runner's isolation: its own session and process group, the task's working directory,
+environment and streams. While it runs the worker reads its connection: ``{"signal": N}`` is passed to
+the child's process group; the end of the connection (the task's process was killed, its container
+removed) kills the group, as the end of a task's container kills a fresh runner.
+
+The worker leaves when its socket is removed or replaced (the job's release task; a preparation task run
+again on the node), on SIGTERM, and after :data:`IDLE_LIMIT` seconds without a task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from types import FrameType, ModuleType
+from typing import Any
+
+from batchmagic.runner.node import socket_dir, socket_name
+
+__all__ = ["serve", "main", "IDLE_LIMIT"]
+
+#: Seconds without a task after which the worker leaves on its own (a job whose release never comes).
+IDLE_LIMIT = 600.0
+
+
+class Leave(SystemExit):
+    """The worker ends now (SIGTERM)."""
+
+
+@dataclass
+class _Child:
+    pid: int
+    conn: socket.socket
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+def _preload(modules: list[str]) -> None:
+    """Import ``modules`` (one that fails to import here is the cell's to import, not ours)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Leave:
+            raise
+        except BaseException:  # noqa: BLE001 - a module that cannot load here is skipped
+            continue
+
+
+def _bind(name: str) -> tuple[socket.socket, int]:
+    """Listen on ``name`` in the working directory (a stale socket of an earlier worker replaced); the
+    socket file's inode, to notice its removal or replacement."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(name)
+    listener.listen(64)
+    return listener, os.stat(name).st_ino
+
+
+def _child(runner: ModuleType, request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
+    """In the forked child: become the task's runner, then leave without returning into the worker."""
+    code = 2
+    try:
+        for sock in closing:
+            sock.close()
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        gc.enable()
+        os.setsid()  # its own session and process group: a signal to the group reaches what the cell starts
+        for target, fd in zip((0, 1, 2), fds, strict=False):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [str(runner.__file__), *request["argv"]]
+        code = runner.main(list(request["argv"]))
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child must never return into the worker's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Child]) -> None:
+    """Take one task: fork its runner and answer with the child's pid (a bad request: an error line)."""
+    conn, _ = listener.accept()
+    fds: list[int] = []
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
+        while not data.endswith(b"\n"):
+            more = conn.recv(1 << 20)
+            if not more:
+                raise ConnectionError("the request ended early")
+            data += more
+        request = json.loads(data)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        gc.freeze()  # the worker's objects out of the collector's reach: the pages children share stay shared
+        pid = os.fork()
+    except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+        return
+    if pid == 0:
+        _child(runner, request, fds, [listener, conn, *(c.conn for c in children.values())])
+    for fd in fds:
+        os.close(fd)
+    children[pid] = _Child(pid, conn)
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def _heard(child: _Child) -> None:
+    """The task's process spoke: a signal to pass on, or its end (killed): the runner's group goes too."""
+    try:
+        chunk = child.conn.recv(4096)
+    except OSError:
+        chunk = b""
+    if not chunk:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        return
+    child.buffer += chunk
+    while b"\n" in child.buffer:
+        line, _, rest = bytes(child.buffer).partition(b"\n")
+        child.buffer[:] = rest
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(child.pid, int(json.loads(line)["signal"]))
+
+
+def _reap(children: dict[int, _Child]) -> None:
+    """Tell each ended child's task its exit code, and close its connection."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        child = children.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(OSError):
+                child.conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+            child.conn.close()
+
+
+def _still_ours(name: str, inode: int) -> bool:
+    try:
+        return os.stat(name).st_ino == inode
+    except OSError:
+        return False
+
+
+def serve(name: str, modules: list[str]) -> None:
+    """Bind ``name`` (in the working directory), import the runner and ``modules``, then fork a runner for
+    each task that connects, until the socket is removed or replaced, or nothing came for IDLE_LIMIT."""
+    listener, inode = _bind(name)
+    try:
+        _serve(listener, name, inode, modules)
+    finally:
+        listener.close()
+        if _still_ours(name, inode):  # a worker that took its place keeps its own
+            os.unlink(name)
+
+
+def _serve(listener: socket.socket, name: str, inode: int, modules: list[str]) -> None:
+    gc.disable()  # until the child: no collection leaves holes in the pages the children share
+    runner = importlib.import_module("batchmagic.runner.main")
+    _preload(modules)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a child's end wakes the loop through the pipe
+    children: dict[int, _Child] = {}
+    last = time.monotonic()
+    print(f"ready: {len(sys.modules)} modules", flush=True)
+    while _still_ours(name, inode) and (children or time.monotonic() - last < IDLE_LIMIT):
+        watched = {c.conn.fileno(): c for c in children.values()}
+        ready, _, _ = select.select([listener.fileno(), wake_r, *watched], [], [], 1.0)
+        if wake_r in ready:
+            os.read(wake_r, 512)
+        for fd in ready:
+            if fd in watched:
+                _heard(watched[fd])
+        _reap(children)
+        if listener.fileno() in ready:
+            _accept(listener, runner, children)
+            last = time.monotonic()
+
+
+def _leave(_signum: int, _frame: FrameType | None) -> None:
+    raise Leave(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the job named by ``AZ_BATCH_JOB_ID`` on this node, preloading the modules named in ``argv``."""
+    modules = sys.argv[1:] if argv is None else argv
+    where, job = socket_dir(os.environ), os.environ.get("AZ_BATCH_JOB_ID", "")
+    if not where or not job:
+        sys.exit("batchmagic.runner.nodewarm: AZ_BATCH_NODE_SHARED_DIR and AZ_BATCH_JOB_ID must be set")
+    os.makedirs(where, exist_ok=True)
+    os.chdir(where)  # the socket is bound by its short name: its full path may pass a socket's 108 bytes
+    name = socket_name(job)
+    signal.signal(signal.SIGTERM, _leave)
+    with contextlib.suppress(Leave):
+        serve(name, modules)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""A sweep's tasks on a Batch node fork from the node's warm worker for the job (batchmagic.runner.nodewarm),
+started by the job's preparation task and removed by its release task: through the real parts (the Batch
+emulator's process executor, Azurite, the unmodified SDK), and the request builders on their own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchmagic.api import Session
+from batchmagic.backends.azure import requests
+from batchmagic.backends.base import TaskSubmission
+from batchmagic.run.sweep import parse_grid
+from batchmagic.runner.node import socket_name
+from tests.support.azurite import RunningAzurite
+from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.settings import use_azure
+
+#: What a task reports of the process that started its runner: a warm worker, which one (pid and start
+#: time), and the cell's own result.
+CELL = """
+import os
+from pathlib import Path
+parent = os.getppid()
+cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+started = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[19]
+forked = b"batchmagic.runner.nodewarm" in cmdline
+worker = f"{parent}/{started}" if forked else ""
+y = k * 3 + 1
+"""
+
+
+def submission(**changes: Any) -> TaskSubmission:
+    values: dict[str, Any] = dict(
+        run_id="run-1", name="n", task_ids=["task-00000", "task-00001"], spec_keys={}, vm_size="Standard_D2s_v3",
+        timeout=600,
+    )  # fmt: skip
+    values.update(changes)
+    return TaskSubmission(**values)
+
+
+def test_a_sweep_gets_a_preparation_and_release_task_and_a_single_task_none():
+    prep, release = requests.node_worker(submission(), "reg.io/train:abc", ["sklearn", "sklearn.tree", "_x", "a._b"])
+    assert prep.wait_for_success is False  # the tasks never wait for it, and its failure never bars a node
+    assert prep.user_identity.auto_user.elevation_level == "admin" and prep.container_settings is None
+    assert "reg.io/train:abc python3 -P -m batchmagic.runner.nodewarm sklearn sklearn.tree" in prep.command_line
+    assert "_x" not in prep.command_line and "a._b" not in prep.command_line
+    assert prep.command_line.endswith("exit 0'")
+    assert socket_name("run-1") in release.command_line and "bm-warm-run-1-$AZ_BATCH_NODE_ID" in release.command_line
+    assert requests.node_worker(submission(task_ids=["task-00000"]), "i", []) is None
+    assert requests.node_worker(submission(distributed=True), "i", []) is None
+    assert requests.node_worker(submission(gpus=1), "i", []) is None
+    job = requests.job_request(submission(), requests.named_pool("p"), (prep, release))
+    assert job.job_preparation_task is prep and job.job_release_task is release
+
+
+def test_the_preload_list_is_capped_packages_first():
+    many = [f"pkg{i}.mod{j}" for i in range(300) for j in range(5)] + [f"pkg{i}" for i in range(300)]
+    chosen = requests.preload_modules(many)
+    assert sum(len(n) + 1 for n in chosen) <= requests.PRELOAD_CHARS
+    assert chosen[:300] == sorted(f"pkg{i}" for i in range(300))
+
+
+@pytest.fixture
+def emulator(tmp_path: Path) -> Iterator[RunningEmulator]:
+    with start_emulator(tmp_path / "batch", allocation_delay=0.1) as emu:
+        yield emu
+
+
+@pytest.fixture
+def azure_env(monkeypatch: pytest.MonkeyPatch, home: Path, emulator: RunningEmulator, azurite: RunningAzurite) -> Any:
+    use_azure(monkeypatch, emulator, azurite, prefix="nodewarm")
+    return emulator
+
+
+@pytest.fixture
+def session(azure_env: RunningEmulator) -> Iterator[Session]:
+    session = Session()  # its own: a session caches its backend, and each test has an emulator of its own
+    yield session
+    session.teardown()
+
+
+def sweep(session: Session, cell: str, grid: str, namespace: dict[str, Any] | None = None, **options: Any) -> Any:
+    return session.submit(
+        cell, namespace or {}, backend="azure", sweep=tuple(parse_grid([grid])), slots_per_node=1, **options
+    )
+
+
+def workers_of(job_id: str) -> list[int]:
+    """Processes of this machine that are the warm worker of ``job_id`` (the process executor's nodes are
+    this machine)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"batchmagic.runner.nodewarm" in cmdline and f"AZ_BATCH_JOB_ID={job_id}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_sweeps_tasks_fork_from_one_worker_on_the_node_and_it_goes_with_the_job(azure_env, session):
+    run = sweep(session, CELL, "k=range(8)")
+    results = run.wait(timeout=180)
+    assert list(results.y) == [k * 3 + 1 for k in range(8)]  # as the plain loop
+    assert (results.state == "succeeded").all()
+    workers = set(results.worker)
+    forked = [w for w in results.worker if w]
+    # The first task may start before the worker has bound its socket (the tasks do not wait for the
+    # preparation task); every later one is forked, all by the one worker of the job on the node.
+    assert len(forked) >= 6 and len(workers - {""}) == 1, list(results.worker)
+    client = azure_env.client()
+    status = list(client.list_job_preparation_and_release_task_status(run.id))
+    assert len(status) == 1 and status[0].job_preparation_task_execution_info.exit_code == 0
+    wait_for(lambda: not workers_of(run.id), timeout=30)  # the release task removed its socket: it left
+    info = client.list_job_preparation_and_release_task_status(run.id)
+    assert [s.job_release_task_execution_info.exit_code for s in info] == [0]
+
+
+def test_a_sweep_without_a_worker_runs_fresh(session: Session, monkeypatch: pytest.MonkeyPatch):
+    # A node whose worker cannot start (an image without it): the preparation task still succeeds, and
+    # every task runs its runner itself.
+    monkeypatch.setattr(requests, "warm_start_command", lambda job, image, modules: "/bin/sh -c 'exit 0'")
+    run = sweep(session, CELL, "k=range(3)")
+    results = run.wait(timeout=120)
+    assert list(results.y) == [1, 4, 7] and list(results.worker) == ["", "", ""]
+
+
+KILLED_CELL = """
+import os, time
+from pathlib import Path
+forked = b"nodewarm" in Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+if forked and not Path(marker, "runner.pid").exists():  # the first forked task sleeps, to be killed
+    Path(marker, "task").write_text(os.environ["AZ_BATCH_TASK_ID"])
+    Path(marker, "runner.pid").write_text(str(os.getpid()))
+    time.sleep(300)
+time.sleep(0.3)  # the first tasks may start before the worker listens: a later one finds it
+y = k
+"""
+
+
+def test_a_killed_task_ends_its_forked_runner(azure_env: RunningEmulator, session: Session, tmp_path: Path):
+    run = sweep(session, KILLED_CELL, "k=range(4)", {"marker": str(tmp_path)})
+    pid_file = tmp_path / "runner.pid"
+    wait_for(pid_file.exists, timeout=120)
+    pid = int(pid_file.read_text())
+    assert workers_of(run.id) and os.getppid() != pid
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent in workers_of(run.id)  # the sleeping runner is the worker's child
+    client = azure_env.client()
+    # Batch kills the task's own process (the worker's child is not in its process group): the runner goes too.
+    client.terminate_task(run.id, (tmp_path / "task").read_text())
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or _zombie(pid), timeout=30)
+    run.cancel()
+    wait_for(lambda: not workers_of(run.id), timeout=30)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_no_secret_reaches_the_preparation_task(azure_env: RunningEmulator, session: Session):
+    run = sweep(session, CELL, "k=0,1")
+    run.wait(timeout=120)
+    job = azure_env.client().get_job(run.id)
+    text = job.job_preparation_task.command_line + job.job_release_task.command_line
+    assert "sig=" not in text and "AccountKey" not in text and azure_env.key not in text
+    assert not job.job_preparation_task.environment_settings
