@@ -30,6 +30,7 @@ from batchmagic.backends.base import (
     format_duration,
 )
 from batchmagic.backends.warm import Forked, WarmWorker, close_workers, code_from_result, shared_worker, start_ticks
+from batchmagic.backends.warm_container import ContainerPlan, ContainerWorker, close_containers, shared_container
 from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
@@ -102,9 +103,29 @@ class LocalBackend(Backend):
         return shared_worker(self.python, _worker_environment()) if self._warm else None
 
     def close(self) -> None:
-        """End this process's warm worker of this interpreter (Session.teardown): the next run starts it again."""
+        """End this process's warm worker of this interpreter and its warm container (Session.teardown): the
+        next run starts them again."""
         if self._warm:
             close_workers(self.python)
+            close_containers()
+
+    def warm_container(self, submission: TaskSubmission) -> ContainerWorker | None:
+        """The warm container a ``--container`` run's tasks are forked in (:mod:`batchmagic.backends.warm_container`):
+        this process's one for the run's image and container options (None when switched off, and for a
+        distributed run, whose ranks each start fresh). Made, not started: the first run starts it."""
+        if not self._warm or not submission.image or submission.distributed:
+            return None
+        env = inherited_environment(_SECRET_ENV)
+        options = tuple(container_options(submission, self.store.root.resolve()))
+        return shared_container(ContainerPlan(submission.image, options, env.get("DOCKER_HOST", "")), env)
+
+    def _worker(self, run: _LocalRun) -> WarmWorker | ContainerWorker | None:
+        """What a task of ``run`` is forked from, if anything."""
+        if run.submission.image:
+            return self.warm_container(run.submission)
+        # A distributed run's ranks start fresh: each sets its share of the cores (OMP_NUM_THREADS...)
+        # before numpy or torch reads it, which a forked runner has done already.
+        return None if run.submission.distributed else self.warm
 
     def default_slots(self, tasks: int) -> int:
         """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
@@ -181,13 +202,13 @@ class LocalBackend(Backend):
             argv = _container_argv(run.submission, task, workdir, self.store.root.resolve())
         with open(task.dir / "stdout.txt", "wb") as out, open(task.dir / "stderr.txt", "wb") as err:
             forked = None
-            # A distributed run's ranks start fresh: each sets its share of the cores (OMP_NUM_THREADS...)
-            # before numpy or torch reads it, which a forked runner has done already.
-            worker = self.warm
-            if worker is not None and not run.submission.image and not run.submission.distributed:
-                forked = worker.fork(
-                    task.spec_path, workdir, env, task.dir / "stdout.txt", task.dir / "stderr.txt", task.dir / "result"
-                )
+            worker = self._worker(run)
+            if worker is not None:
+                given = env
+                if isinstance(worker, ContainerWorker):  # what `docker run -e KEY` would add to the image's
+                    given = {k: env[k] for k in container_env_names(run.submission) if k in env}
+                out_path, err_path = task.dir / "stdout.txt", task.dir / "stderr.txt"
+                forked = worker.fork(task.spec_path, workdir, given, out_path, err_path, task.dir / "result")
             task.process = forked or subprocess.Popen(
                 argv,
                 cwd=workdir,
@@ -250,7 +271,7 @@ class LocalBackend(Backend):
         away does not stop a container that ignores the signal)."""
         if task.process is not None:
             _kill_group(task.process)
-        if run.submission.image:
+        if run.submission.image and not isinstance(task.process, Forked):  # forked in the warm one: it stays
             subprocess.run(
                 ["docker", "rm", "-f", _container_name(run.submission.run_id, task.task_id)],
                 capture_output=True,
@@ -430,28 +451,37 @@ def _container_name(run_id: str, task_id: str) -> str:
 
 
 def _container_argv(submission: TaskSubmission, task: _Task, workdir: Path, store_root: Path) -> list[str]:
-    """``docker run`` of the runner in ``submission.image``: host network, the store mounted at the same
-    path (so the spec's file:// URLs work: the run's directory, and the content-addressed inputs and
-    objects beside it), this user's uid, a name to kill it by, and the task's variables by name only
-    (``-e KEY``: their values come from the client's environment, never its command line); ``--env``
-    values come in the spec. On a machine with NVIDIA GPUs the container gets them all (``--gpus all``: the
-    CLI's form of the Docker API's ``DeviceRequest(count=-1, capabilities=[["gpu"]])``), as a Batch GPU node
-    gives its task's container."""
+    """``docker run`` of the runner in ``submission.image`` (see :func:`container_options`), named so it can
+    be killed, in the task's working directory, with the task's variables by name only (``-e KEY``: their
+    values come from the client's environment, never its command line); ``--env`` values come in the spec."""
+    argv = ["docker", "run", "--rm", "--name", _container_name(submission.run_id, task.task_id)]
+    argv += [*container_options(submission, store_root), "-w", str(workdir)]
+    for key in container_env_names(submission):
+        argv += ["-e", key]
+    return argv + [submission.image, "python3", "-P", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
+
+
+def container_options(submission: TaskSubmission, store_root: Path) -> list[str]:
+    """The ``docker run`` options every container of a run gets, its own or the warm one it is forked in:
+    host network, this user's uid, the store mounted at the same path (so the spec's file:// URLs work: the
+    run's directory, and the content-addressed inputs and objects beside it). On a machine with NVIDIA GPUs
+    the container gets them all (``--gpus all``: the CLI's form of the Docker API's
+    ``DeviceRequest(count=-1, capabilities=[["gpu"]])``), as a Batch GPU node gives its task's container."""
     home = store_root
-    argv = [
-        "docker", "run", "--rm", "--name", _container_name(submission.run_id, task.task_id), "--network", "host",
-        "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{home}:{home}", "-w", str(workdir),
-    ]  # fmt: skip
+    options = ["--network", "host", "--user", f"{os.getuid()}:{os.getgid()}", "-v", f"{home}:{home}"]
+    if submission.distributed or submission.gpus:  # NCCL and DataLoader workers want more than 64 MB of /dev/shm
+        options += ["--shm-size", submission.shm_size or DEFAULT_SHM_SIZE]
+    if submission.gpus:
+        options += ["--gpus", "all"]
+    return options
+
+
+def container_env_names(submission: TaskSubmission) -> list[str]:
+    """The variables a task's runner gets in a container, from the task's environment."""
     names = ["AZ_BATCH_TASK_ID", "AZ_BATCH_JOB_ID", "AZ_BATCH_TASK_WORKING_DIR", "PYTHONUNBUFFERED"]
     if submission.distributed:  # the ranks reach each other over the host's loopback
         names += [*ENV_NAMES, "OMP_NUM_THREADS"]
-    if submission.distributed or submission.gpus:  # NCCL and DataLoader workers want more than 64 MB of /dev/shm
-        argv += ["--shm-size", submission.shm_size or DEFAULT_SHM_SIZE]
-    if submission.gpus:
-        argv += ["--gpus", "all"]
-    for key in names:
-        argv += ["-e", key]
-    return argv + [submission.image, "python3", "-P", "-m", "batchmagic.runner", "--spec", str(task.spec_path)]
+    return names
 
 
 #: What Docker says when it cannot hand a container the GPUs (no NVIDIA Container Toolkit, or its runtime not set up).

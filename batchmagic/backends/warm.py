@@ -34,9 +34,9 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-__all__ = ["WarmWorker", "Forked", "kernel_modules", "shared_worker", "close_workers", "live_workers"]
+__all__ = ["WarmWorker", "Forked", "kernel_modules", "shared_worker", "close_workers", "live_workers", "ask"]
 
 log = logging.getLogger("batchmagic.backends.warm")
 
@@ -77,12 +77,19 @@ def kernel_modules() -> list[str]:
 _scanned: dict[int, list[str]] = {}  # len(sys.modules) when kernel_modules last read it: what it found
 
 
-class Forked:
-    """A runner forked by the warm worker: the parts of ``subprocess.Popen`` the local backend uses
-    (``pid``, ``poll``, ``wait``), its exit code read from the worker's connection, or, when the worker
-    ended first, from the runner's result once its process is gone."""
+class _Owner(Protocol):
+    """The worker a runner was forked by, as :class:`Forked` sees it."""
 
-    def __init__(self, conn: socket.socket, reader: BinaryIO, pid: int, result: Path, worker: WarmWorker) -> None:
+    closed_on_purpose: bool
+
+
+class Forked:
+    """A runner forked by a warm worker: the parts of ``subprocess.Popen`` the local backend uses
+    (``pid``, ``poll``, ``wait``), its exit code read from the worker's connection, or, when the worker
+    ended first, from the runner's result once its process is gone. ``pid`` is the runner's pid as this
+    process sees it (a warm container's runner has another one inside)."""
+
+    def __init__(self, conn: socket.socket, reader: BinaryIO, pid: int, result: Path, worker: _Owner) -> None:
         self.pid = pid
         self.returncode: int | None = None
         self._conn = conn
@@ -237,26 +244,10 @@ class WarmWorker:
         if not self.ready:
             self.start()
             return None
-        request = {
-            "spec": str(spec), "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr),
-            "modules": kernel_modules(),
-        }  # fmt: skip
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        reader = conn.makefile("rb")
-        try:
-            conn.connect(self._socket)
-            conn.sendall(json.dumps(request).encode() + b"\n")
-            answer = json.loads(reader.readline() or b"{}")
-        except (OSError, ValueError) as err:
-            reader.close()
-            conn.close()
-            log.warning("the warm worker could not fork a runner (%s): a fresh process instead", err)
+        asked = ask(self._socket, task_request(spec, cwd, env, stdout, stderr))
+        if asked is None:
             return None
-        if "pid" not in answer:
-            reader.close()
-            conn.close()
-            log.warning("the warm worker refused a task (%s): a fresh process instead", answer.get("error"))
-            return None
+        conn, reader, answer = asked
         return Forked(conn, reader, int(answer["pid"]), result, self)
 
     def close(self) -> None:
@@ -279,6 +270,37 @@ class WarmWorker:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = self._socket = ""
         self._ready.clear()
+
+
+def task_request(spec: Path, cwd: Path, env: dict[str, str], stdout: Path, stderr: Path) -> dict[str, Any]:
+    """A worker's request for one task's runner (see batchmagic.runner.warm)."""
+    return {
+        "spec": str(spec), "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr),
+        "modules": kernel_modules(),
+    }  # fmt: skip
+
+
+def ask(path: str, request: dict[str, Any]) -> tuple[socket.socket, BinaryIO, dict[str, Any]] | None:
+    """Send ``request`` to the worker listening on ``path``: its connection (kept open: the exit line comes
+    on it), the connection's reader and the worker's answer with a ``pid``; None, said in the log, when the
+    worker cannot be reached or refuses (the caller then starts the runner as a fresh process)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    reader = conn.makefile("rb")
+    try:
+        conn.connect(path)
+        conn.sendall(json.dumps(request).encode() + b"\n")
+        answer = json.loads(reader.readline() or b"{}")
+    except (OSError, ValueError) as err:
+        reader.close()
+        conn.close()
+        log.warning("the warm worker could not fork a runner (%s): a fresh process instead", err)
+        return None
+    if "pid" not in answer:
+        reader.close()
+        conn.close()
+        log.warning("the warm worker refused a task (%s): a fresh process instead", answer.get("error"))
+        return None
+    return conn, reader, answer
 
 
 # This process's workers, by (interpreter, environment); a forked child of this process starts with none.

@@ -16,6 +16,19 @@ then closes the connection.
 When the worker ends (its parent died, or SIGTERM) it removes its socket and folder; a runner still
 running goes on, as a fresh runner does when its kernel dies: the client that started it watches it by
 its pid and reads its result (batchmagic.backends.warm.Forked), or a later client adopts it.
+
+In a container (``--container`` runs: batchmagic.backends.warm_container) the kernel is no process the
+worker can see, so ``PARENT`` is 0 and three more request fields serve it:
+
+- ``{"hold": true}``: this connection is the kernel's lifeline. The worker answers ``{"held": PID}`` and
+  keeps it; when it ends (the kernel closed it, or died and Linux closed it), the worker stops taking
+  requests, waits for the runners it forked (they would die with it: it is the container's PID 1), and
+  ends, and the container with it.
+- ``"go": true`` on a task: the child waits, in its own session already, until the client has found its
+  pid as the host sees it and says ``go`` (or ``stop``: the child is killed) on the connection; a runner
+  that ended before the client looked would leave it with a pid it cannot check.
+- ``"merge_env": true``: the task's variables are added to the worker's own environment (the image's),
+  as ``docker run -e`` adds them, instead of replacing it.
 """
 
 from __future__ import annotations
@@ -38,6 +51,10 @@ __all__ = ["serve", "main"]
 #: not the process, so its handler checks whether the parent process is really gone.
 PARENT_DIED = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1
+#: How long a forked child waits for its client's go (a client that died meanwhile never sends it).
+GO_SECONDS = 30.0
+#: The worker's environment as it started (the image's, in a container): a merge_env task's base.
+_BASE_ENV: dict[str, str] = {}
 
 
 class Leave(SystemExit):
@@ -96,12 +113,13 @@ def _warm_up(done: set[str]) -> None:
 
 
 def _child(
-    runner: ModuleType, request: dict[str, Any], listener: socket.socket, conn: socket.socket, wake: int
+    runner: ModuleType, request: dict[str, Any], listener: socket.socket | None, conn: socket.socket, wake: int
 ) -> None:
     """In the forked child: become the task's runner, then leave without running the worker's exit code."""
     code = 2
     try:
-        listener.close()
+        if listener is not None:
+            listener.close()
         conn.close()
         os.close(wake)
         signal.set_wakeup_fd(-1)
@@ -109,9 +127,13 @@ def _child(
             signal.signal(signum, signal.SIG_DFL)
         gc.enable()
         os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
+        if "go_fd" in request:  # the worker closes it when the client says go (it kills us on stop)
+            os.read(request["go_fd"], 1)
+            os.close(request["go_fd"])
         os.chdir(request["cwd"])
+        base = _BASE_ENV if request.get("merge_env") else {}
         os.environ.clear()
-        os.environ.update(request["env"])
+        os.environ.update({**base, **request["env"]})
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
@@ -137,8 +159,9 @@ def _child(
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
-    """Tell each ended child's connection its exit code, and close it."""
-    while children:
+    """Tell each ended child's connection its exit code, and close it. Every ended child is reaped, ours or
+    not: in a container the worker is PID 1, the parent of whatever a cell left behind."""
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -166,7 +189,8 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
 
 
 def serve(parent: int, path: str, modules: list[str]) -> None:
-    """Import ``modules``, then fork a runner for each request on the socket ``path`` while ``parent`` lives."""
+    """Import ``modules``, then fork a runner for each request on the socket ``path`` while ``parent`` lives
+    (and, once a lifeline was held, until it ends and the runners forked so far have ended)."""
     gc.disable()  # until the child: no collection leaves holes in the pages the children share (gc.freeze)
     runner = importlib.import_module("batchmagic.runner.main")  # before any fork: every child has it loaded
     runner.warm_up()
@@ -174,45 +198,113 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
     warmed: set[str] = set()
     _preload(modules, done)
     _warm_up(warmed)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(path)
+    listening.listen(64)
+    listener: socket.socket | None = listening
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a child's end wakes the loop through the pipe
     children: dict[int, socket.socket] = {}
+    lifeline: socket.socket | None = None
     print("ready", flush=True)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)  # nobody reads the worker's stdout after this line: what an import prints goes nowhere
     os.close(quiet)
     while os.getppid() == parent:
-        ready, _, _ = select.select([listener.fileno(), wake_r], [], [], 1.0)
+        watched = [wake_r, *(s.fileno() for s in (listener, lifeline) if s is not None)]
+        ready, _, _ = select.select(watched, [], [], 1.0)
         if wake_r in ready:
             os.read(wake_r, 512)
         _reap(children)
-        if listener.fileno() not in ready:
+        if lifeline is not None and lifeline.fileno() in ready and not _still_held(lifeline):
+            lifeline.close()
+            lifeline = None
+            if listener is not None:
+                listener.close()
+                listener = None
+                _tidy(path)  # no new task: the kernel is gone
+        if listener is None:
+            if not children:
+                return  # the last runner ended: the worker (and its container) may go
             continue
-        conn, _ = listener.accept()
+        if listener.fileno() in ready:
+            conn, _ = listener.accept()
+            held = _take(conn, runner, listener, wake_r, (done, warmed), children)
+            lifeline = held or lifeline
+
+
+def _still_held(lifeline: socket.socket) -> bool:
+    """Whether the kernel still holds its lifeline (it sends nothing on it: readable means it ended)."""
+    try:
+        return bool(lifeline.recv(64))
+    except OSError:
+        return False
+
+
+def _take(
+    conn: socket.socket,
+    runner: ModuleType,
+    listener: socket.socket,
+    wake: int,
+    imported: tuple[set[str], set[str]],
+    children: dict[int, socket.socket],
+) -> socket.socket | None:
+    """Answer one connection: fork a task's runner, or keep the kernel's lifeline (returned)."""
+    go_w = -1
+    try:
+        request = _read_request(conn)
+        if request.get("hold"):
+            conn.sendall(json.dumps({"held": os.getpid()}).encode() + b"\n")
+            return conn
+        _preload(request.get("modules", []), imported[0])
+        _warm_up(imported[1])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if request.get("go"):
+            request["go_fd"], go_w = os.pipe()
+        # The worker's objects out of the collector's reach (Python's advice for fork without exec): a
+        # child's collections then never write to the pages it shares with the worker, which stay shared.
+        gc.freeze()
+        pid = os.fork()
+    except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
         try:
-            request = _read_request(conn)
-            _preload(request.get("modules", []), done)
-            _warm_up(warmed)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # The worker's objects out of the collector's reach (Python's advice for fork without exec): a
-            # child's collections then never write to the pages it shares with the worker, which stay shared.
-            gc.freeze()
-            pid = os.fork()
-        except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
             conn.sendall(json.dumps({"error": str(err)}).encode() + b"\n")
-            conn.close()
-            continue
-        if pid == 0:
-            _child(runner, request, listener, conn, wake_r)
-        children[pid] = conn
+        except OSError:
+            pass
+        conn.close()
+        return None
+    if pid == 0:
+        if go_w >= 0:
+            os.close(go_w)
+        _child(runner, request, listener, conn, wake)
+    children[pid] = conn
+    try:
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-        _reap(children)
+    except OSError:
+        pass  # the client is gone: the child is reaped as any other
+    if go_w >= 0:
+        os.close(request["go_fd"])
+        _await_go(conn, pid, go_w)
+    _reap(children)
+    return None
+
+
+def _await_go(conn: socket.socket, pid: int, go_w: int) -> None:
+    """Let the child run once its client says go; kill it on stop, silence, or a client that left."""
+    conn.settimeout(GO_SECONDS)
+    try:
+        said = conn.recv(64)
+    except OSError:
+        said = b""
+    conn.settimeout(None)
+    if said.strip() != b"go":
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.close(go_w)
 
 
 def _tidy(path: str) -> None:
@@ -231,6 +323,7 @@ def _leave(_signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     parent, path, modules = int(args[0]), args[1], args[2:]
+    _BASE_ENV.update(os.environ)  # before any import changes it
     try:
         signal.signal(signal.SIGTERM, _leave)  # the client's close: leave through the finally
         die_with(parent)

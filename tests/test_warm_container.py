@@ -1,0 +1,283 @@
+"""Fast to start in a container: ``--backend local --container`` runs and sweep tasks are forked in one warm
+container per kernel and image (batchmagic.backends.warm_container), through the real parts: a private
+dockerd, the debootstrap base image, the training image built from this kernel's environment.
+
+The image is built once (the first test that needs it); every test starts from no warm container."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchmagic.api import Session
+from batchmagic.backends.base import TaskSubmission
+from batchmagic.backends.local import LocalBackend, _container_argv, _Task, container_options
+from batchmagic.backends.warm import Forked, alive
+from batchmagic.backends.warm_container import LABEL, ContainerPlan, ContainerWorker, close_containers
+from batchmagic.errors import RunCancelled, RunFailed
+from tests.support import docker as docker_parts
+from tests.support.docker import DockerEngine
+from tests.support.emulator import wait_for
+
+pytestmark = pytest.mark.slow
+
+docker_engine = docker_parts.docker_engine
+base_image = docker_parts.base_image
+
+#: Where the cell runs: its pid namespace (one per container), PID 1's command line, the image's prefix.
+WHERE = (
+    "import os, sys\n"
+    "ns = os.readlink('/proc/self/ns/pid')\ninit = open('/proc/1/cmdline', 'rb').read().split(b'\\0')\n"
+    "prefix = sys.prefix\nparent = os.getppid()\ny = k * 2\n"
+)
+
+
+@pytest.fixture
+def cenv(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_engine: DockerEngine, base_image: str):
+    """A notebook's environment for local --container runs: the engine, the base image, no registry."""
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
+    for name in ("BATCHMAGIC_REGISTRY", "BATCHMAGIC_IMAGE", "BATCHMAGIC_WARM_WORKER"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    close_containers()
+    wait_for(lambda: not warm_containers(docker_engine), timeout=30)
+    return docker_engine
+
+
+@pytest.fixture
+def session(cenv: DockerEngine) -> Iterator[Session]:
+    s = Session()
+    yield s
+    s.teardown()
+
+
+def warm_containers(engine: DockerEngine, *, every: bool = True) -> list[str]:
+    """The warm containers the engine has (``docker ps -a``: running or not), by name."""
+    listed = engine.run("ps", "-a" if every else "-q", "--filter", f"label={LABEL}", "--format", "{{.Names}}")
+    return listed.stdout.decode().split()
+
+
+def container_of(backend: LocalBackend, run: Any) -> ContainerWorker:
+    worker = backend.warm_container(run_submission(backend, run))
+    assert worker is not None
+    return worker
+
+
+def run_submission(backend: LocalBackend, run: Any) -> TaskSubmission:
+    return backend._runs[run.id].submission  # noqa: SLF001 - the submission the backend was given
+
+
+def tasks_of(backend: LocalBackend, run: Any) -> list[Any]:
+    return list(backend._runs[run.id].tasks.values())  # noqa: SLF001 - what ran each task
+
+
+def warmed(session: Session) -> tuple[LocalBackend, ContainerWorker, dict[str, Any]]:
+    """A first --container run (in a container of its own: the warm one starts beside it), and its warm
+    container once ready."""
+    backend: Any = session.backend("local")
+    run = session.submit(WHERE, {"k": 1}, backend=backend, container=True, folder="")
+    first = run.wait(timeout=600)
+    assert not isinstance(tasks_of(backend, run)[0].process, Forked)
+    worker = container_of(backend, run)
+    wait_for(lambda: worker.ready, timeout=180)
+    return backend, worker, first
+
+
+def test_a_second_run_and_a_sweeps_tasks_are_forked_in_the_warm_container(session, cenv):
+    backend, worker, first = warmed(session)
+    (name,) = warm_containers(cenv)
+    assert name == worker.name and name.startswith(f"batchmagic-warm-{os.getpid()}-")
+    warm_ns = os.readlink(f"/proc/{worker.pid}/ns/pid")
+    assert first["ns"] != warm_ns  # the first ran in its own container
+
+    run = session.submit(WHERE, {"k": 1}, backend=backend, container=True, folder="")
+    second = run.wait(timeout=120)
+    (task,) = tasks_of(backend, run)
+    assert isinstance(task.process, Forked)
+    assert second["ns"] == warm_ns and b"batchmagic.runner.warm" in b" ".join(second["init"])
+    assert second["parent"] == 1  # forked by the worker, the container's PID 1
+    assert {k: second[k] for k in ("prefix", "y")} == {k: first[k] for k in ("prefix", "y")}
+    assert second["prefix"] == "/opt/batchmagic"
+
+    sweep = session.submit(
+        WHERE, {}, backend=backend, container=True, folder="", sweep=[{"k": k} for k in range(4)]
+    ).wait(timeout=120)
+    assert list(sweep.y) == [0, 2, 4, 6] and set(sweep.ns) == {warm_ns} and set(sweep.parent) == {1}
+    assert warm_containers(cenv) == [name]  # no container of its own for any of them
+
+
+def test_results_match_the_plain_run_and_a_run_in_its_own_container(session, cenv):
+    backend, _, _ = warmed(session)
+    pure = "import json\nrows = sorted(json.loads(data))\ntotal = sum(rows) * scale\nprint('total', total)\n"
+    cell = pure + (
+        "import os\nwhere = os.getcwd() == os.environ['AZ_BATCH_TASK_WORKING_DIR']\n"
+        "task = os.environ['AZ_BATCH_TASK_ID']\nsecret = 'AZURE_STORAGE_KEY' in os.environ\n"
+        "path = os.environ['PATH'].split(':')[0]\nhome = os.environ.get('HOME')\n"
+    )
+    namespace = {"data": "[3, 1, 2]", "scale": 10}
+    plain: dict[str, Any] = dict(namespace)
+    exec(pure, plain)
+    os.environ["AZURE_STORAGE_KEY"] = "not-for-a-task"
+    try:
+        run = session.submit(cell, namespace, backend=backend, container=True, folder="")
+        warm = run.wait(timeout=120)
+    finally:
+        del os.environ["AZURE_STORAGE_KEY"]
+    assert isinstance(tasks_of(backend, run)[0].process, Forked)
+    own = session.submit(cell, namespace, backend=LocalBackend(backend.home, warm=False), container=True, folder="")
+    alone = own.wait(timeout=300)
+    assert warm["rows"] == alone["rows"] == plain["rows"] and warm["total"] == alone["total"] == plain["total"] == 60
+    for name in ("where", "task", "secret", "path", "home"):  # the environment a run's own container has
+        assert warm[name] == alone[name], name
+    assert warm["where"] and warm["task"] == "task-0" and not warm["secret"] and warm["path"] == "/opt/batchmagic/bin"
+    assert "total 60" in run.logs() and "total 60" in own.logs()
+
+
+STUCK = (
+    "import subprocess, time\nchild = subprocess.Popen(['sleep', '60'])\nprint(child.pid, flush=True)\ntime.sleep(60)"
+)
+
+
+def test_timeout_and_cancel_end_the_task_not_the_container(session, cenv):
+    backend, worker, _ = warmed(session)
+    (name,) = warm_containers(cenv)
+    run = session.submit(STUCK, {}, backend=backend, container=True, folder="", timeout=3)
+    with pytest.raises(RunFailed, match="stopped after its --timeout of 3s"):
+        run.wait(timeout=60)
+    (task,) = tasks_of(backend, run)
+    assert isinstance(task.process, Forked) and not alive(task.process.pid)
+
+    run = session.submit(STUCK, {}, backend=backend, container=True, folder="")
+    wait_for(lambda: run.poll() or run.logs().strip(), timeout=60)
+    (task,) = tasks_of(backend, run)
+    assert isinstance(task.process, Forked)
+    grandchild = [p for p in _group(task.process.pid) if p != task.process.pid]
+    assert grandchild  # the cell's `sleep 60`, in the runner's process group, as this machine sees it
+    run.cancel()
+    with pytest.raises(RunCancelled):
+        run.result()
+    assert task.process.wait(10) in (-signal.SIGTERM, -signal.SIGKILL, 143)
+    wait_for(lambda: not any(alive(p) for p in grandchild), timeout=10)
+
+    assert warm_containers(cenv) == [name] and worker.ready  # the container goes on, and takes the next run
+    again = session.submit(WHERE, {"k": 3}, backend=backend, container=True, folder="")
+    assert again.wait(timeout=60)["y"] == 6 and isinstance(tasks_of(backend, again)[0].process, Forked)
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (this machine's pids)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def test_teardown_leaves_no_container_and_the_next_run_starts_one(shell, cenv):
+    shell.run_cell("%%azbatch --backend local --container\nx = 1")
+    wait_for(lambda: warm_containers(cenv) and live(), timeout=180)
+    shell.run_line_magic("azbatch_teardown", "")
+    assert warm_containers(cenv) == []
+    shell.run_cell("%%azbatch --backend local --container\nx = 2")  # its own container; a warm one starts again
+    assert shell.user_ns["x"] == 2
+    wait_for(lambda: warm_containers(cenv), timeout=180)
+
+
+def live() -> bool:
+    from batchmagic.backends.warm_container import live_containers
+
+    return bool(live_containers())
+
+
+def test_switched_off_every_run_has_its_own_container(session, cenv, monkeypatch):
+    monkeypatch.setenv("BATCHMAGIC_WARM_WORKER", "off")
+    backend: Any = Session().backend("local")
+    for k in (1, 2):
+        run = Session().submit(WHERE, {"k": k}, backend=backend, container=True, folder="")
+        assert run.wait(timeout=300)["y"] == 2 * k and not isinstance(tasks_of(backend, run)[0].process, Forked)
+    assert warm_containers(cenv) == []
+
+
+#: A kernel of its own: its first --container run starts the warm container; it says its name, then waits.
+CLIENT = """
+import sys, time
+from batchmagic.api import Session
+from batchmagic.backends.warm_container import live_containers
+
+session = Session()
+run = session.submit("x = 1", {}, backend="local", container=True, folder="")
+assert run.wait(timeout=600) == {"x": 1}
+deadline = time.monotonic() + 180
+while not live_containers() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("container", live_containers()[0].name, flush=True)
+if sys.argv[1] == "hang":
+    time.sleep(600)
+"""
+
+
+def _client(tmp_path: Path, how: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen(
+        [sys.executable, "-c", CLIENT, how], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.parametrize("how", ["hang", "exit"])
+def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
+    client = _client(tmp_path, how)
+    assert client.stdout is not None
+    _, name = client.stdout.readline().split()
+    client.stdout.close()
+    assert warm_containers(cenv) == [name]
+    if how == "hang":
+        client.kill()  # SIGKILL: no atexit, no teardown; the lifeline ends with the process
+    assert client.wait(60) in (0, -signal.SIGKILL)
+    wait_for(lambda: not warm_containers(cenv), timeout=30)
+
+
+def test_a_new_image_retires_the_old_container(session, cenv):
+    backend, worker, _ = warmed(session)
+    (old,) = warm_containers(cenv)
+    other = "batchmagic-retagged:1"  # another image (the same content under another name: no build)
+    assert cenv.run("tag", worker.plan.image, other).returncode == 0
+    run = session.submit(WHERE, {"k": 1}, backend=backend, container=True, folder="", image=other)
+    assert run.wait(timeout=300)["y"] == 2
+    assert old not in warm_containers(cenv) and not worker.ready
+    newer = container_of(backend, run)
+    assert newer.plan.image == other
+    wait_for(lambda: newer.ready, timeout=180)
+    assert warm_containers(cenv) == [newer.name]
+
+
+def _submission(**changes: Any) -> TaskSubmission:
+    return TaskSubmission("r1", "r", ["task-0"], {}, "Standard_D2s_v3", 60.0, image="img:1", **changes)
+
+
+def test_the_container_options_are_a_run_containers(tmp_path):
+    """The warm container gets what a run's own container gets: GPUs and a large /dev/shm on a GPU machine."""
+    sub = _submission(gpus=1)
+    task = _Task("task-0", tmp_path / "spec.json", tmp_path)
+    own = _container_argv(sub, task, tmp_path, tmp_path)
+    options = container_options(sub, tmp_path)
+    assert "--gpus" in options and "--shm-size" in options and own[5 : 5 + len(options)] == options
+    argv = ContainerPlan("img:1", tuple(options)).run_argv("n", "/tmp/x", ["numpy"])
+    assert argv[argv.index("--gpus") + 1] == "all" and argv[argv.index("img:1") :][-2:] == [
+        "/tmp/x/worker.sock",
+        "numpy",
+    ]
+    cpu = container_options(_submission(), tmp_path)
+    assert "--gpus" not in cpu and "--shm-size" not in cpu
