@@ -22,6 +22,7 @@ from batchmagic.backends.local import LocalBackend, _container_argv, _Task, cont
 from batchmagic.backends.warm import Forked, alive
 from batchmagic.backends.warm_container import LABEL, ContainerPlan, ContainerWorker, close_containers
 from batchmagic.errors import RunCancelled, RunFailed
+from batchmagic.runner.warm import HOLD_SECONDS
 from tests.support import docker as docker_parts
 from tests.support.docker import DockerEngine
 from tests.support.emulator import wait_for
@@ -247,6 +248,18 @@ def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
         client.kill()  # SIGKILL: no atexit, no teardown; the lifeline ends with the process
     assert client.wait(60) in (0, -signal.SIGKILL)
     wait_for(lambda: not warm_containers(cenv), timeout=30)
+
+
+def test_a_container_whose_kernel_never_held_it_ends_by_itself(session, cenv, tmp_path):
+    """A kernel that dies while its warm container starts never connects its lifeline: the worker ends
+    after batchmagic.runner.warm.HOLD_SECONDS, and --rm removes the container."""
+    _, worker, _ = warmed(session)
+    folder = tmp_path / "unheld"
+    folder.mkdir()
+    argv = worker.plan.run_argv("batchmagic-warm-unheld", str(folder), [])
+    assert cenv.run(*argv[1:]).returncode == 0
+    wait_for(lambda: (folder / "worker.sock").exists(), timeout=60)  # it listens...
+    wait_for(lambda: "batchmagic-warm-unheld" not in warm_containers(cenv), timeout=HOLD_SECONDS + 15)  # ...alone
 
 
 def test_a_new_image_retires_the_old_container(session, cenv):

@@ -42,6 +42,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -53,6 +54,10 @@ PARENT_DIED = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1
 #: How long a forked child waits for its client's go (a client that died meanwhile never sends it).
 GO_SECONDS = 30.0
+#: How long a worker with no parent to watch (PARENT 0: in a container) waits for its lifeline once ready:
+#: a kernel that died while the container started never sends it, and nothing else would end the worker.
+#: Its client connects as soon as the worker listens (it polls every 50 ms).
+HOLD_SECONDS = 20.0
 #: The worker's environment as it started (the image's, in a container): a merge_env task's base.
 _BASE_ENV: dict[str, str] = {}
 
@@ -208,6 +213,7 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a child's end wakes the loop through the pipe
     children: dict[int, socket.socket] = {}
     lifeline: socket.socket | None = None
+    unheld = time.monotonic() + HOLD_SECONDS if parent == 0 else float("inf")
     print("ready", flush=True)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)  # nobody reads the worker's stdout after this line: what an import prints goes nowhere
@@ -225,7 +231,7 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
                 listener.close()
                 listener = None
                 _tidy(path)  # no new task: the kernel is gone
-        if listener is None:
+        if listener is None or (lifeline is None and time.monotonic() > unheld):
             if not children:
                 return  # the last runner ended: the worker (and its container) may go
             continue
