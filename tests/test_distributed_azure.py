@@ -192,6 +192,58 @@ def test_the_cost_is_n_nodes_and_teardown_ends_every_rank(
     assert run.state().phase == Phase.CANCELLED
 
 
+def test_teardown_does_not_wait_for_a_monitor_stuck_on_an_unreachable_batch(
+    emulator: RunningEmulator,
+    azurite: RunningAzurite,
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    shell: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Batch stops answering (a proxy in front of the emulator resets every connection) while a --no-wait
+    distributed run's monitor polls it: ``%azbatch_teardown`` says at once that it could not reach Batch,
+    while that poll is still retrying, rather than after it; once Batch answers again, a teardown ends the
+    run ``cancelled``, and the poll that was in flight across the release does not turn it ``failed``."""
+    from tests.support.proxy import FaultyProxy
+
+    with FaultyProxy("127.0.0.1", int(emulator.endpoint.rsplit(":", 1)[1])) as proxy:
+        use_azure(monkeypatch, emulator, azurite, prefix="stuck")
+        monkeypatch.setenv("AZURE_BATCH_ENDPOINT", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("BATCHMAGIC_BACKEND", "azure")
+        cell = "import time\nprint('up', flush=True)\ntime.sleep(300)"
+        shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait\n{cell}")
+        run = shell.user_ns["_azbatch"]
+        wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
+        pids = _rank_pids(run)
+        polls: list[str] = []  # what the monitor's polls did, in order, once Batch is away
+        real = run.backend.poll
+
+        def poll(run_id: str) -> Any:  # the real poll, observed
+            polls.append("start")
+            try:
+                return real(run_id)
+            finally:
+                polls.append("end")
+
+        monkeypatch.setattr(run.backend, "poll", poll)
+        proxy.reset_before = 1.0  # Batch is unreachable from here on
+        wait_for(lambda: "start" in polls, timeout=30)
+        capsys.readouterr()
+        shell.run_line_magic("azbatch_teardown", "")
+        assert polls == ["start"], polls  # the monitor's poll is still retrying: teardown did not wait for it
+        assert "could not reach Azure Batch" in capsys.readouterr().out
+        assert not run.done and all(_alive(pid) for pid in pids.values())
+        proxy.reset_before = 0.0  # Batch is back
+        shell.run_line_magic("azbatch_teardown", "")
+        assert run.done and run.state().phase == Phase.CANCELLED
+        wait_for(lambda: "end" in polls, timeout=120)  # the poll in flight ends, having seen the ranks end
+        wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
+        time.sleep(1.0)  # and the monitor's loop, if it ticked again: the run stays cancelled
+        assert run.state().phase == Phase.CANCELLED
+        with pytest.raises(RunCancelled):
+            run.result()
+
+
 REQUEUE_CELL = """
 import os, pathlib, time
 mark = pathlib.Path(MARKS) / os.environ["RANK"]

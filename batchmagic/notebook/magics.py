@@ -475,7 +475,8 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
             if not isinstance(backend, NamedPools):
                 continue
             try:
-                kept = backend.list_pools()
+                with backend.waited_on():  # a user waits on it: an unreachable Batch is said in seconds
+                    kept = backend.list_pools()
             except Exception as err:  # a teardown must not fail on a listing
                 print(f"could not list the named pools: {err}", file=sys.stderr)
                 return

@@ -78,12 +78,17 @@ class Driver:
     def ticks(self) -> int:
         return self.monitor.ticks if self.monitor is not None else 0
 
-    def tick(self, phase: Phase, name: str, meter: CostMeter | None) -> Tick | None:
+    def tick(
+        self, phase: Phase, name: str, meter: CostMeter | None, *, stopping: threading.Event | None = None
+    ) -> Tick | None:
         """Poll once. None: the poll failed and the next may do better (a network blip, a throttled call);
-        after :data:`POLL_ATTEMPTS` failures in a row the tick says the run is lost."""
+        after :data:`POLL_ATTEMPTS` failures in a row the tick says the run is lost. ``stopping``: the run
+        is being cancelled or torn down; the monitor makes no further call once it is set."""
         try:
-            status, records = self.monitoring().tick()
+            status, records = self.monitoring().tick(stopping)
         except Exception as err:
+            if stopping is not None and stopping.is_set():
+                return None  # what failed is the run being ended: no poll error to count
             if self.ended_in_store:  # its job is gone (deleted), but every task left its outcome
                 return Tick(status_from_store(self.backend.store, self.run_id, self.task_ids))
             self._poll_errors += 1
@@ -93,8 +98,8 @@ class Driver:
                 return None
             return Tick(None, error=f"lost track of the run after {self._poll_errors} failed polls: {err}")
         self._poll_errors = 0
+        self.tasks.fold(status)  # before it is the last status: the panel's thread reads them together
         self.last_status = status
-        self.tasks.fold(status)
         if meter is not None:
             meter.observe(status.holding, time.time())
             if meter.over_budget and not status.finished:
@@ -216,6 +221,8 @@ class TaskStates:
     tasks (``BackendStatus.changed``) costs what changed, not how many tasks there are."""
 
     def __init__(self, task_ids: list[str]) -> None:
+        # The monitor folds while a cancel or teardown (another thread) reads the states for the panel.
+        self._lock = threading.Lock()
         self.task_ids = task_ids
         self.index = {tid: i for i, tid in enumerate(task_ids)}
         self.values = ["pending"] * len(task_ids)
@@ -224,14 +231,20 @@ class TaskStates:
         self.seen: BackendStatus | None = None  # the status folded in last
 
     def states(self, status: BackendStatus | None) -> tuple[str, ...]:
-        if status is not None and status is not self.seen:
-            self.fold(status)
-        return tuple(self.values)
+        with self._lock:
+            if status is not None and self.seen is None:
+                self._fold(status)
+            return tuple(self.values)
 
     def counts(self) -> dict[str, int]:
-        return {k: v for k, v in self.tally.items() if v}
+        with self._lock:
+            return {k: v for k, v in self.tally.items() if v}
 
     def fold(self, status: BackendStatus) -> None:
+        with self._lock:
+            self._fold(status)
+
+    def _fold(self, status: BackendStatus) -> None:
         changed = status.changed if self.seen is not None else None
         self.seen = status
         ids = self.task_ids if changed is None else [tid for tid in changed if tid in self.index]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Iterable, Iterator
 
 from batchmagic.backends.base import Backend, BackendStatus
@@ -83,11 +84,13 @@ class Monitor:
         self.queued_ticks = 0
         self.tail_interval = TAIL_FASTEST
 
-    def tick(self) -> tuple[BackendStatus, list[LogRecord]]:
-        """Poll once; return the status and the log records that arrived since the last tick."""
+    def tick(self, stopping: threading.Event | None = None) -> tuple[BackendStatus, list[LogRecord]]:
+        """Poll once; return the status and the log records that arrived since the last tick. Once
+        ``stopping`` is set (the run is being cancelled or torn down), no further call is made: the
+        logs are read on the next tick, from where they were."""
         self.ticks += 1
         status = self.backend.poll(self.run_id)
-        records = self.read_logs()
+        records = self.read_logs() if stopping is None or not stopping.is_set() else []
         return status, records
 
     def follow(self, task_id: str) -> None:

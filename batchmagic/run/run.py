@@ -33,7 +33,7 @@ from batchmagic.protocol import Layout
 from batchmagic.run.attach import ledger_submission, rebuild
 from batchmagic.run.collect import Collected, OutputWarning, collect, collect_sweep, read_result
 from batchmagic.run.cost import CostMeter
-from batchmagic.run.driver import Driver, sleep_between, thread_warnings
+from batchmagic.run.driver import Driver, Tick, sleep_between, thread_warnings
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail
 from batchmagic.run.names import kept_line, rebind
@@ -136,7 +136,11 @@ class Run:
         self.detail = ""
         self._phases: list[PhaseSpan] = []
         self._listeners: list[UpdateCallback] = []
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the run's state: its phase, error, outputs (held briefly)
+        self._polling = threading.Lock()  # one poll or log read at a time (the driver's state)
+        # Set, without the lock, by a cancel or teardown under way: a poll acts on nothing it saw from then
+        # on (the ranks or tasks they end), and one under way does not hold them up.
+        self._stopping = threading.Event()
         self._discard_error = ""  # why the data of a run that failed before it started could not all be removed
         self._collect_failing_since = 0.0  # monotonic time the store first failed to give the results
         self._ledger: Ledger | None = None
@@ -512,29 +516,41 @@ class Run:
         return LogTail(self.log_key(tid), tid).read_all(self.store)
 
     def poll(self) -> bool:
-        """One monitoring tick: update the phase, deliver new logs; True once the run is over."""
-        with self._lock:
-            if self.done:
-                return True
-            tick = self._driver.tick(self.phase, self.name, self.meter)
-            if tick is None:  # a failed poll: the next ones try again
-                return False
-            if tick.records:
-                self._notify(tick.records)
-            status = tick.status
-            if tick.budget and status is not None:
-                self._stop_for_budget(status, tick.error)
-            elif tick.error or status is None:
-                # Lost, over budget, or ended by the backend: release what the run holds.
-                self.fail(RunFailed(tick.error))
-                self.release()
-            elif status.finished:
-                self._collect_or_wait(status)
-            elif status.phase != self.phase or tick.detail != self.detail:
-                self.enter(status.phase, tick.detail)
-            else:
-                self._notify()
+        """One monitoring tick: update the phase, deliver new logs; True once the run is over.
+
+        The backend is asked without the run's lock (an unreachable Batch keeps a tick for minutes), so
+        a cancel or teardown never waits behind one; what a tick saw is acted on only if no cancel or
+        teardown began meanwhile."""
+        with self._polling:
+            if self.done or self._stopping.is_set():
+                return self.done
+            tick = self._driver.tick(self.phase, self.name, self.meter, stopping=self._stopping)
+            with self._lock:
+                if self.done or self._stopping.is_set() or tick is None:  # None: a failed poll, tried again
+                    return self.done
+                lost = self._act(tick)
+            if lost:
+                self.release()  # outside the lock: Batch may be slow to answer
             return self.done
+
+    def _act(self, tick: Tick) -> bool:
+        """Move the run on from what a tick saw; True when it failed and what it holds must go."""
+        if tick.records:
+            self._notify(tick.records)
+        status = tick.status
+        if tick.budget and status is not None:
+            self._stop_for_budget(status, tick.error)
+        elif tick.error or status is None:
+            # Lost, over budget, or ended by the backend: release what the run holds.
+            self.fail(RunFailed(tick.error))
+            return True
+        elif status.finished:
+            self._collect_or_wait(status)
+        elif status.phase != self.phase or tick.detail != self.detail:
+            self.enter(status.phase, tick.detail)
+        else:
+            self._notify()
+        return False
 
     def _stop_for_budget(self, status: BackendStatus, line: str) -> None:
         """The run's --budget is spent: stop spending first; a sweep keeps what its finished tasks made
@@ -549,10 +565,11 @@ class Run:
     def _tail(self) -> float:
         """Between two polls: read the run's log and deliver what came (see :meth:`Driver.tail`); the
         seconds until the next read."""
-        with self._lock:
+        with self._polling:
             records, wait = self._driver.tail(self.phase)
             if records:
-                self._notify(records)
+                with self._lock:
+                    self._notify(records)
             return wait
 
     def wait(self, timeout: float | None = None, *, between_polls: Callable[[], None] | None = None) -> Any:
@@ -658,11 +675,22 @@ class Run:
 
     def cancel(self) -> None:
         """Stop the run. Idempotent."""
-        with self._lock:
-            if self.done:
-                return
-            self.backend.cancel(self.id)
-            self.mark_cancelled()
+        if not self.done:
+            self._stop(lambda: self.backend.cancel(self.id))
+
+    def _stop(self, end: Callable[[], list[str] | None]) -> list[str]:
+        """End the run with ``end`` (the backend's cancel or release), then mark it ``cancelled``; what
+        ``end`` returns. The poll in flight is not waited for: :attr:`_stopping` tells it (and any later
+        one) to act on nothing it saw, so it cannot fail the run for the ranks or tasks ``end`` stops.
+        When ``end`` raises (Batch unreachable), the run is followed again as before, and it raises."""
+        self._stopping.set()
+        try:
+            done = end()
+        except BaseException:
+            self._stopping.clear()
+            raise
+        self.mark_cancelled()
+        return done or []
 
     def mark_cancelled(self) -> None:
         """End the run ``cancelled`` (its backend already stopped); nothing if it has ended."""
@@ -687,13 +715,12 @@ class Run:
         """Stop the run and free what it holds (and with ``blobs`` its run data); a line per thing
         removed. Raises what the backend raises, so a teardown can say which run it could not end.
 
-        Under the run's lock, as :meth:`cancel`: a poll between the release and the mark would see the ranks
-        (or tasks) the release ended and fail the run, where the user cancelled it."""
-        with self._lock, self.backend.waited_on():
-            removed = self.backend.release(self.id)
-            if removed and self._ledger is not None:
-                _record_quietly(self._ledger, "released", self.id, removed=removed)
-            self.mark_cancelled()
+        As :meth:`cancel`, it does not wait for a monitor's poll in flight (see :meth:`_stop`): with
+        Batch unreachable, it says so within the backend's brief patience (:meth:`Backend.waited_on`)."""
+        with self.backend.waited_on():
+            removed = self._stop(lambda: self.backend.release(self.id))
+        if removed and self._ledger is not None:
+            _record_quietly(self._ledger, "released", self.id, removed=removed)
         if blobs:
             count = self.store.delete_prefix(self.prefix)
             if self.outbox is not self.store:
