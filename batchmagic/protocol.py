@@ -398,6 +398,9 @@ class TaskOutcome:
     so one that cannot travel does not sink the others. A single cell that raised or exited (``ok`` false,
     phase ``"cell"`` or ``"exit"``) carries them too, and ``skipped`` and ``deleted``: what it did before
     the raise, which the notebook keeps (a sweep's task, a rank and a terminated task carry none).
+    A single cell that ended on an expression carries its value, to become the notebook's ``Out[n]``:
+    cloudpickled in ``value``, or, when it is the object a name in ``outputs`` holds, that name in
+    ``value_name`` (sent once). Its ``execute_result`` display is marked :data:`VALUE_MARK`.
     """
 
     ok: bool
@@ -409,6 +412,8 @@ class TaskOutcome:
     changed: tuple[str, ...] = ()  # names in outputs the cell did not assign but changed in place
     random_state: str = ""  # the global generators' state the cell left, if it drew (package.randomness)
     displays: tuple[dict[str, Any], ...] = ()  # nbformat output objects, in order
+    value: bytes = b""  # the last expression's value, cloudpickled (a single cell)
+    value_name: str = ""  # or the name in outputs that holds that very object
     files: tuple[tuple[str, int], ...] = ()  # --output files uploaded: (relative path, size)
     unmatched: tuple[str, ...] = ()  # --output globs that matched nothing
     written: tuple[tuple[str, int, str], ...] = ()  # files the cell created or changed: (path, size, sha256)
@@ -443,6 +448,8 @@ class TaskOutcome:
             changed=tuple(raw.get("changed", ())),
             random_state=str(raw.get("random_state", "")),
             displays=tuple(raw.get("displays", ())),
+            value=bytes(raw.get("value", b"")),
+            value_name=str(raw.get("value_name", "")),
             files=tuple((str(path), int(size)) for path, size in raw.get("files", ())),
             unmatched=tuple(raw.get("unmatched", ())),
             written=tuple((str(path), int(size), str(digest)) for path, size, digest in raw.get("written", ())),
@@ -456,6 +463,10 @@ class TaskOutcome:
 
 
 # --- the task's log ---
+
+#: The metadata key of a single cell's ``execute_result`` whose value travels in its outcome
+#: (:attr:`TaskOutcome.value`): the notebook shows it as the cell's ``Out[n]``, not as a display.
+VALUE_MARK = "batchmagic_value"
 
 #: Log record streams on the wire -> their names: the cell's stdout and stderr, the runner's transfer
 #: progress (JSON text), and what the cell displayed (an nbformat output object).

@@ -247,22 +247,25 @@ def test_magic_replays_displays_in_order_and_writes_the_record(shell: Any, capsy
     recorder.printed()
     assert shell.user_ns["total"] == 6  # names come back as before
     events = [(kind, value if kind == "o" else sorted(value)) for kind, value in recorder.events]
+    out = events[5][1]  # the last expression: the cell's Out, which the testing shell prints
     assert events == [
         ("o", "first\n"),
         ("d", ["text/html", "text/plain"]),  # display(df)
         ("d", ["image/png", "text/plain"]),  # plt.show()
         ("o", "second\n"),
         ("d", ["text/html", "text/plain"]),  # IPython's display, routed to the capture
-        ("d", ["text/plain"]),  # the last expression
-        ("d", ["image/png", "text/plain"]),  # the figure left open
+        ("o", out),
+        ("d", ["image/png", "text/plain"]),  # the figure left open, after the Out as in a notebook
     ]
+    assert out.startswith("Out[")
+    assert out.split()[1:] == ["0", "2", "1", "4", "2", "6", "Name:", "x,", "dtype:", "int64"]
     shown = [value for kind, value in recorder.events if kind == "d"]
     assert "<table" in shown[0]["text/html"] and shown[2]["text/html"] == "<b>bold</b>"
     assert base64.b64decode(shown[1]["image/png"]).startswith(PNG)
-    assert shown[3]["text/plain"].split() == ["0", "2", "1", "4", "2", "6", "Name:", "x,", "dtype:", "int64"]
+    assert shell.user_ns["_"].tolist() == [2, 4, 6]
 
     run = shell.user_ns["_azbatch"]
-    assert [o["data"] for o in run.displays] == shown
+    assert [o["data"] for i, o in enumerate(run.displays) if i != 3] == shown  # the record keeps the Out too
     nb = nbformat.reads(run.store.get_bytes(run.record_key).decode(), as_version=4)
     nbformat.validate(nb)
     (cell,) = nb.cells

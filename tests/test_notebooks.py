@@ -30,6 +30,10 @@ def outputs_of(nb: nbformat.NotebookNode, marker: str) -> list[dict]:
     return cell.outputs
 
 
+def plots_cell_count(nb: nbformat.NotebookNode) -> int:
+    return next(c.execution_count for c in nb.cells if c.cell_type == "code" and "--name plots" in c.source)
+
+
 def text_of(outputs: list[dict]) -> str:
     return "".join(o.get("text", "") or o.get("data", {}).get("text/plain", "") for o in outputs)
 
@@ -48,11 +52,15 @@ def test_quickstart(home: Path, tmp_path: Path) -> None:
     assert errors and errors[0]["ename"] == "RemoteError"
     assert any("math domain error" in line for line in errors[0]["traceback"])
     assert text_of(outputs_of(nb, "'score' in dir()")) == "False"
-    # What the remote cell displayed: a matplotlib figure, then two DataFrames (display() and the last expression)
-    shown = [o for o in outputs_of(nb, "--name plots") if o["output_type"] == "display_data"][1:]  # after the panel
-    assert [sorted(o["data"]) for o in shown] == [["image/png", "text/plain"], *[["text/html", "text/plain"]] * 2]
+    # What the remote cell displayed: a matplotlib figure, a DataFrame (display()), then the last expression's
+    # DataFrame as the cell's Out, formatted by this kernel, as a plain run shows it
+    plots = outputs_of(nb, "--name plots")
+    shown = [o for o in plots if o["output_type"] == "display_data"][1:]  # after the panel
+    assert [sorted(o["data"]) for o in shown] == [["image/png", "text/plain"], ["text/html", "text/plain"]]
     assert base64.b64decode(shown[0]["data"]["image/png"]).startswith(b"\x89PNG")
     assert "<table" in shown[1]["data"]["text/html"] and "mean" in shown[1]["data"]["text/plain"]
+    (out,) = [o for o in plots if o["output_type"] == "execute_result"]
+    assert out["execution_count"] == plots_cell_count(nb) and "<table" in out["data"]["text/html"]
     (record,) = (home / "runs").glob("plots-*/outputs.ipynb")
     kinds = [o.output_type for o in nbformat.read(record, as_version=4).cells[0].outputs]
     assert kinds == ["display_data", "display_data", "execute_result"]

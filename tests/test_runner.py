@@ -216,10 +216,16 @@ def test_stdout_and_stderr_interleave_in_order(tmp_path: Path) -> None:
     assert done.returncode == EXIT_OK, done.stderr
     *printed, shown = task.streams()
     assert printed == [("o", "out 1\n"), ("e", "err 1\n"), ("o", "out 2\n"), ("e", "err 2\n"), ("o", "out 3\n")]
-    # The last expression's value (write's count) is displayed, as a notebook shows it as Out.
+    # The last expression's value (write's count) is displayed, marked as the value that travels in the
+    # outcome to be the notebook's Out.
     assert shown == (
         "d",
-        {"output_type": "execute_result", "execution_count": None, "data": {"text/plain": "6"}, "metadata": {}},
+        {
+            "output_type": "execute_result",
+            "execution_count": None,
+            "data": {"text/plain": "6"},
+            "metadata": {"batchmagic_value": True},
+        },
     )
     records = task.records()
     assert all(set(r) == {"t", "s", "d"} for r in records)

@@ -751,3 +751,91 @@ def test_a_remote_widget_on_azure(azure_env, shell, capfd):
     out, err = capfd.readouterr()
     assert "f of 5" in out and "\x1b[2K" not in out + err
     assert err.count("widgets cannot stay live after the remote cell ends") == 1, err
+
+
+# --- the last line's value: the cell's Out, as here ---
+
+#: (id, setup cell, the cell ending on an expression, an expression over ``_`` that must equal the plain run's)
+LAST_VALUE = [
+    ("an expression", "xs = [1, 2, 3]", "total = sum(xs)\ntotal * 2", "_"),
+    ("a name the cell binds", "import pandas as pd", "df = pd.DataFrame({'a': [1, 2]})\ndf", "(_ is df, _.shape)"),
+    (
+        "fit returns the model",
+        IRIS + "from sklearn.tree import DecisionTreeClassifier\nclf = DecisionTreeClassifier(random_state=0)",
+        "clf.fit(X, y)",
+        "(_ is clf, clf.get_depth())",
+    ),
+    ("a semicolon shows nothing", "x = 1", "41;\nx = 2", "(_, x)"),
+]
+
+
+def _last_value_plain(shell: Any, setup: str, cell: str, check: str) -> Any:
+    shell.run_cell(setup)
+    shell.run_cell("'before'")  # _ holds this until a cell has a value of its own
+    shell.run_cell(cell)
+    return shell.ev(check)
+
+
+def _last_value_remote(shell: Any, setup: str, cell: str, check: str, line: str) -> Any:
+    shell.run_cell(setup)
+    shell.run_cell("'before'")
+    shell.run_cell(f"%%azbatch {line}\n{cell}")
+    return shell.ev(check)
+
+
+@pytest.mark.parametrize(("setup", "cell", "check"), [c[1:] for c in LAST_VALUE], ids=[c[0] for c in LAST_VALUE])
+def test_the_last_lines_value_is_the_cells_out_locally(shell, capfd, setup, cell, check):
+    here = _last_value_plain(shell, setup, cell, check)
+    out_here = capfd.readouterr().out
+    there = _last_value_remote(shell, setup, cell, check, "--backend local")
+    out_there = capfd.readouterr().out
+    assert there == here
+    # Shown once, as the cell's Out (the prompt's number aside), not as a display before it as well.
+    outs = [re.sub(r"Out\[\d+\]", "Out[n]", line) for line in out_here.splitlines() if line.startswith("Out[")]
+    assert [re.sub(r"Out\[\d+\]", "Out[n]", line) for line in out_there.splitlines() if "Out[" in line] == outs
+
+
+def test_a_value_that_cannot_travel_is_still_shown(shell, capfd):
+    """A lock cannot be pickled: it is shown as the cell displayed it, and ``_`` keeps what it held."""
+    shell.run_cell("'before'")
+    capfd.readouterr()
+    shell.run_cell("%%azbatch --backend local\nimport threading\nthreading.Lock()")
+    assert "unlocked _thread.lock object" in capfd.readouterr().out
+    assert shell.user_ns["_"] == "before" and shell.user_ns["_azbatch"].value is None
+
+
+def test_api_run_value(home):
+    from batchmagic.api import Session
+
+    run = Session().submit("n = 20\nn + 1", {}, backend="local")
+    assert run.wait() == {"n": 20} and run.value == 21
+
+
+def test_the_last_lines_value_is_the_cells_out_on_azure(azure_env: RunningEmulator, shell, capfd):
+    setup, cell, check = LAST_VALUE[1][1:]
+    assert _last_value_remote(shell, setup, cell, check, "--backend azure") == _last_value_plain(
+        shell, setup, cell, check
+    )
+    assert shell.user_ns["_azbatch"].backend.name == "azure"
+
+
+def test_the_last_lines_value_on_a_real_kernel(home: Path, tmp_path: Path) -> None:
+    """The cell's output is an execute_result with its execution count, as the plain cell's, and ``_`` and
+    ``Out[n]`` hold the value in the next cell."""
+    work = tmp_path / "work"
+    work.mkdir()
+    results = []
+    for head, magic in (([], ""), (["%load_ext batchmagic"], "%%azbatch --backend local\n")):
+        cells = [
+            *head,
+            "import pandas as pd",
+            f"{magic}df = pd.DataFrame({{'a': [1, 2]}})\ndf.a.sum() * 10",
+            "print(_, Out[max(Out)])",
+        ]
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
+        NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+        shown = [(o["output_type"], o["data"]["text/plain"]) for o in nb.cells[-2].outputs if "data" in o]
+        counted = [o.get("execution_count") for o in nb.cells[-2].outputs if o["output_type"] == "execute_result"]
+        printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o["output_type"] == "stream")
+        results.append((shown[-1], counted == [nb.cells[-2].execution_count], printed))
+    assert results[1] == results[0] == (("execute_result", "np.int64(30)"), True, "30 30\n")

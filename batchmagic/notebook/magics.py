@@ -31,6 +31,7 @@ from batchmagic.notebook.traits import settings_from_traits, settings_traits
 from batchmagic.notebook.view import status_lines
 from batchmagic.notebook.widget import Panel, TaskLogs, make_panel
 from batchmagic.options import RunOptions, check_identifier
+from batchmagic.protocol import VALUE_MARK
 from batchmagic.run.run import UpdateCallback
 from batchmagic.run.state import LogRecord, RunState
 from batchmagic.run.sweep import parse_grid, rows_from
@@ -222,9 +223,10 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
         )
 
         cap = LogCap(self.log_lines)
+        held: list[dict[str, Any]] = []  # the cell's value as it displayed it: shown as its Out instead
 
         def on_update(state: RunState, records: list[LogRecord]) -> None:
-            _show(cap.feed(records, state) + (cap.end(state) if state.finished else []))
+            _show(cap.feed(records, state) + (cap.end(state) if state.finished else []), held=held)
             panel.update(state)
 
         def on_background_update(state: RunState, records: list[LogRecord]) -> None:
@@ -259,6 +261,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
             try:
                 result = run.wait(between_polls=pump)
             except BatchMagicError:
+                _out_of_reach(held)  # the cell's value was shown, but its result did not come
                 if not run.partial:
                     raise
                 result = None  # the cell raised after it did some work: fetch keeps that, then raises
@@ -269,7 +272,28 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
             return result  # the results DataFrame, displayed as the cell's value
         with _warnings_as_lines():  # an alias left holding the old object of a name changed in place
             run.fetch(self._user_ns)
-        return None
+        return self._out(run, held)
+
+    def _out(self, run: api.Run, held: list[dict[str, Any]]) -> Any:
+        """What the cell returns, which IPython shows as its ``Out[n]`` and keeps in ``_``: the value of the
+        remote cell's last expression, as here; what it displayed after it (the figures it left open, which
+        a notebook shows once the cell has ended) follows the Out. A value that could not come back is shown
+        as the cell displayed it."""
+        if run.value is None:
+            _out_of_reach(held)
+            return None
+        after = held[1:]
+        if after:
+            assert self.shell is not None
+
+            def follow(*_args: Any) -> None:
+                assert self.shell is not None
+                self.shell.events.unregister("post_run_cell", follow)
+                for output in after:
+                    _replay(output)
+
+            self.shell.events.register("post_run_cell", follow)
+        return run.value
 
     def _record_after_a_cell(self, run: api.Run, panel: Panel) -> None:
         """Put a background run's record in place again after the first cell that ends once the run has.
@@ -522,17 +546,30 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                 print(text)
 
 
-def _show(records: list[LogRecord]) -> None:
-    """What the cell printed and displayed, shown as the cell itself would have: on the cell's output."""
+def _show(records: list[LogRecord], *, held: list[dict[str, Any]] | None = None) -> None:
+    """What the cell printed and displayed, shown as the cell itself would have: on the cell's output.
+    The display of the cell's last expression goes to ``held``, when given, with what it displays after it
+    (figures left open): its value becomes the Out, and they follow it, as the notebook orders them."""
     for record in records:
         if record.output is not None:
-            _replay(record.output)
+            if held is not None and (held or record.output.get("metadata", {}).get(VALUE_MARK)):
+                held.append(record.output)
+            else:
+                _replay(record.output)
             continue
         stream = sys.stderr if record.stream == "stderr" else sys.stdout
         stream.write(record.text)
     if records:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _out_of_reach(held: list[dict[str, Any]]) -> None:
+    """Show the cell's last expression as it displayed it, and what followed: its value did not come back
+    to be the Out."""
+    for output in held:
+        _replay(output)
+    held.clear()
 
 
 def _parse(magic: Any, line: str) -> Any:

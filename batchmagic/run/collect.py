@@ -57,6 +57,7 @@ class Collected:
     deleted: list[str] | None = None
     changed: list[str] | None = None
     random_state: str | None = None  # the global generators' state the cell left (package.randomness)
+    value: Any = None  # the cell's last expression's value (its Out), if it ended on one that could travel
     finished: int = 0  # a sweep's tasks that had finished
     partial: bool | None = None  # the cell raised: outputs, deleted and changed are what it did before
 
@@ -96,8 +97,23 @@ def collect_one(run: Run, status: BackendStatus) -> Collected:
                 got.error.add_note(line)
         return got
     take_names(got, outcome)
+    got.value = value_of(outcome, got.outputs)
     got.summary = _join(files_line(got.files or []), back, status.note)
     return got
+
+
+def value_of(outcome: TaskOutcome, outputs: dict[str, Any]) -> Any:
+    """The cell's last expression's value (None without one): the name that came back holding it, or its
+    own pickle. One that cannot be read here stays what the cell displayed (the magic shows that)."""
+    if outcome.value_name:
+        return outputs.get(outcome.value_name)
+    if not outcome.value:
+        return None
+    try:
+        return cloudpickle.loads(outcome.value)
+    except Exception:
+        log.debug("the cell's value cannot be read here; its display stands for it", exc_info=True)
+        return None
 
 
 def kept_partial(outcome: TaskOutcome) -> bool:

@@ -122,6 +122,7 @@ class Run:
         self.changed: list[str] = []  # names the cell read and changed in place (in outputs too)
         self.random_state = ""  # the global generators as the cell left them, if it drew: set by fetch
         self.partial = False  # the cell raised: outputs are what it did before the raise
+        self.value: Any = None  # the cell's last expression's value (the notebook's Out), if it ended on one
         self.keep_failed = False  # keep the data of a run that fails before it starts (--keep-failed)
         self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
         self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
@@ -769,7 +770,7 @@ class Run:
         if got.records:
             self._notify(got.records)
         names = ("outputs", "results", "errors", "displays", "files", "deleted", "changed", "random_state", "partial")
-        for name in names:
+        for name in (*names, "value"):
             value = getattr(got, name)
             if value is not None:
                 setattr(self, name, value)

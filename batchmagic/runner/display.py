@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from types import CodeType, ModuleType
 from typing import Any
 
+from batchmagic.protocol import VALUE_MARK
+
 __all__ = ["Capture", "compile_cell", "mime_bundle", "active", "prepare"]
 
 Output = dict[str, Any]
@@ -160,6 +162,10 @@ def _is_figure(obj: Any) -> bool:
     return figure is not None and isinstance(obj, figure.Figure)
 
 
+#: :attr:`Capture.value` before the cell has ended on an expression (None is no value: it is never shown).
+NO_VALUE: Any = object()
+
+
 class Capture:
     """Records what a cell displays, in order, and passes each output to ``sink`` as it happens.
 
@@ -168,11 +174,16 @@ class Capture:
     sink : callable, optional
         Called with each output object (a dict) the moment it is made: the runner logs it, so
         the client can replay it between the lines printed before and after it.
+    keep_value : bool
+        Keep the last expression's value in :attr:`value` and mark its ``execute_result`` with
+        ``protocol.VALUE_MARK``: a single cell's value travels back to be the notebook's ``Out[n]``.
     """
 
-    def __init__(self, sink: Callable[[Output], None] | None = None) -> None:
+    def __init__(self, sink: Callable[[Output], None] | None = None, *, keep_value: bool = False) -> None:
         self.outputs: list[Output] = []
+        self.value: Any = NO_VALUE  # with keep_value: the last expression's value, to travel as the cell's Out
         self._sink = sink
+        self._keep_value = keep_value
         self._shown: set[int] = set()  # ids of figures displayed (not shown again when the cell ends)
         self._said_widgets = False
 
@@ -240,6 +251,9 @@ class Capture:
             if static is None:
                 return
             data = static
+        elif self._keep_value:  # a widget cannot be the notebook's Out: it stays a display
+            self.value = value
+            meta = {**meta, VALUE_MARK: True}
         self._emit({"output_type": "execute_result", "execution_count": None, "data": data, "metadata": meta})
 
     def show_figures(self, *, only_new: bool = False) -> None:

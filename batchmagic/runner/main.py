@@ -223,7 +223,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
     sys.stdout = TeeStream(fds.stdout, log, "o")
     sys.stderr = TeeStream(fds.stderr, log, "e")
-    capture = rich.Capture(lambda output: log.add("d", output))
+    capture = rich.Capture(lambda output: log.add("d", output), keep_value=keeps_partial(spec))
     failed: TaskOutcome | None = None  # the cell raised, or exited non-zero
     try:
         with capture.active():
@@ -250,6 +250,8 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         if sampler is not None:
             sampler.stop()
     done = replace(_after_cell(failed, namespace, manifest, spec, bundle_path, log), displays=tuple(capture.outputs))
+    if failed is None and capture.value is not rich.NO_VALUE:
+        done = _with_value(done, capture.value, namespace)
     return EXIT_OK if failed is None else EXIT_CELL_ERROR, _with_files(done, spec, Path(cwd), workdir, before)
 
 
@@ -285,6 +287,19 @@ def _namespace(reader: BundleReader, spec: TaskSpec, workdir: Path) -> dict[str,
     for name, text in spec.params.items():
         namespace[name] = cloudpickle.loads(bytes.fromhex(text))
     return namespace
+
+
+def _with_value(done: TaskOutcome, value: Any, namespace: dict[str, Any]) -> TaskOutcome:
+    """The cell's last expression's value in its outcome, to be the notebook's ``Out[n]``: the name that
+    comes back holding that very object (``df`` on the last line is sent once), else the value pickled.
+    One that cannot be pickled stays a display, as before (the client shows its ``execute_result``)."""
+    for name in done.outputs:
+        if namespace.get(name) is value:
+            return replace(done, value_name=name)
+    try:
+        return replace(done, value=cloudpickle.dumps(value, protocol=5))
+    except Exception:  # a lock, a generator: what the notebook shows of it is the display already made
+        return done
 
 
 def keeps_partial(spec: TaskSpec) -> bool:
