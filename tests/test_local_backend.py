@@ -103,3 +103,19 @@ def test_a_local_sweep_goes_on_without_polls(session):
     local = session.backend("local")._runs[run.id]
     wait_for(lambda: all(t.ended for t in local.tasks.values()), timeout=60)  # no run.poll() in between
     assert list(run.wait().y) == list(range(6))
+
+
+def test_one_watchdog_thread_keeps_every_tasks_timeout():
+    """The tasks' --timeout alarms go off in the order they are due, a cancelled one (its task ended in
+    time) never; one thread keeps them all."""
+    from batchmagic.backends.local import _Watchdog
+
+    dog = _Watchdog()
+    fired: list[str] = []
+    done = threading.Event()
+    dog.after(0.3, lambda: (fired.append("late"), done.set()))
+    dog.after(0.05, lambda: fired.append("cancelled")).cancel()
+    dog.after(0.1, lambda: fired.append("soon"))
+    assert done.wait(10)
+    assert fired == ["soon", "late"]
+    assert dog._thread is not None and dog._thread.is_alive()  # noqa: SLF001 - one thread, still waiting

@@ -8,6 +8,7 @@ It mirrors a Batch node: a fresh working directory per task, the run's data in a
 from __future__ import annotations
 
 import fcntl
+import heapq
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,54 @@ _GRACE_SECONDS = 3.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+class _Alarm:
+    """One task's ``--timeout``: ``action`` runs at ``due`` (time.monotonic) unless cancelled first."""
+
+    def __init__(self, due: float, action: Callable[[], None]) -> None:
+        self.due = due
+        self.action = action
+        self.cancelled = False
+
+    def __lt__(self, other: _Alarm) -> bool:
+        return self.due < other.due
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Watchdog:
+    """Every task's ``--timeout``, kept by one thread: a ``threading.Timer`` per task is a thread per task,
+    whose start waits until it is scheduled (milliseconds on a busy machine, at each task of a sweep)."""
+
+    def __init__(self) -> None:
+        self._alarms: list[_Alarm] = []
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def after(self, seconds: float, action: Callable[[], None]) -> _Alarm:
+        alarm = _Alarm(time.monotonic() + seconds, action)
+        with self._changed:
+            heapq.heappush(self._alarms, alarm)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="batchmagic-timeouts", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        return alarm
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                while self._alarms and self._alarms[0].cancelled:
+                    heapq.heappop(self._alarms)  # a task that ended in time: forgotten
+                wait = self._alarms[0].due - time.monotonic() if self._alarms else None
+                if wait is None or wait > 0:
+                    self._changed.wait(wait)
+                    continue
+                alarm = heapq.heappop(self._alarms)
+            # Apart from the loop: stopping a task takes its grace period, and others may be due meanwhile.
+            threading.Thread(target=alarm.action, name="batchmagic-timeout", daemon=True).start()
+
+
 @dataclass
 class _Task:
     task_id: str
@@ -55,7 +105,7 @@ class _Task:
     started: float | None = None
     ended: float | None = None
     failure: str = ""
-    timer: threading.Timer | None = None  # the --timeout watchdog, cancelled when the process ends
+    timer: _Alarm | None = None  # the --timeout watchdog, cancelled when the process ends
 
 
 @dataclass
@@ -94,6 +144,7 @@ class LocalBackend(Backend):
         self.python = python or sys.executable
         self._runs: dict[str, _LocalRun] = {}
         self._warm = warm
+        self._watchdog = _Watchdog()
 
     @property
     def warm(self) -> WarmWorker | None:
@@ -220,10 +271,11 @@ class LocalBackend(Backend):
             )
         task.started = time.time()
         (task.dir / _PID_FILE).write_text(f"{task.process.pid} {start_ticks(task.process.pid)} {task.started}")
-        task.timer = threading.Timer(run.submission.timeout, self._time_out, args=(run, task))
-        task.timer.daemon = True
-        task.timer.start()
-        threading.Thread(target=self._reap, args=(run, task), name=f"reap-{task.task_id}", daemon=True).start()
+        task.timer = self._watchdog.after(run.submission.timeout, lambda: self._time_out(run, task))
+        if isinstance(task.process, Forked):  # reaped from the thread that watches it: no thread of its own
+            task.process.on_end(lambda: self._reap(run, task))
+        else:
+            threading.Thread(target=self._reap, args=(run, task), name=f"reap-{task.task_id}", daemon=True).start()
 
     def _reap(self, run: _LocalRun | None, task: _Task) -> None:
         """When a task's process ends: note it, stop its watchdog, start the next pending task (a sweep goes

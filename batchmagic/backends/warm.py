@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -98,7 +99,19 @@ class Forked:
         self._worker = worker
         self._ticks = start_ticks(pid)
         self._ended = threading.Event()
+        self._then: list[Callable[[], None]] = []  # called from the watcher thread once the runner ended
+        self._then_lock = threading.Lock()
         threading.Thread(target=self._watch, name=f"warm-child-{pid}", daemon=True).start()
+
+    def on_end(self, action: Callable[[], None]) -> None:
+        """Call ``action`` once the runner has ended (its exit code set), from the thread that watches it:
+        the local backend reaps a forked runner there, with no thread of its own per task (a thread's
+        start waits for it to be scheduled, milliseconds on a busy machine at every task of a sweep)."""
+        with self._then_lock:
+            if not self._ended.is_set():
+                self._then.append(action)
+                return
+        threading.Thread(target=action, daemon=True).start()  # it ended already: not in the caller's thread
 
     def _watch(self) -> None:
         try:
@@ -112,7 +125,14 @@ class Forked:
         if code is None:
             code = self._orphaned()
         self.returncode = code
-        self._ended.set()
+        with self._then_lock:
+            self._ended.set()
+            then, self._then = self._then, []
+        for action in then:
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - the watcher's thread must say it, not die silently
+                log.exception("after task runner %d ended", self.pid)
 
     def _orphaned(self) -> int:
         """The worker ended before this runner: it goes on (its own session), watched here until it ends."""
