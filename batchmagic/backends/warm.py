@@ -206,6 +206,7 @@ class WarmWorker:
         self._dir = ""  # made when the worker starts: a backend that never runs a task leaves nothing behind
         self._socket = ""
         self._process: subprocess.Popen[bytes] | None = None
+        self._modules: list[str] = []  # the kernel's modules the worker was last told of
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self.failed = False  # it could not start: tasks start as fresh processes from then on
@@ -229,8 +230,9 @@ class WarmWorker:
             self._ready = threading.Event()
             self._dir = tempfile.mkdtemp(prefix="batchmagic-warm-")
             self._socket = os.path.join(self._dir, "worker.sock")
+            self._modules = kernel_modules()
             self._process = process = subprocess.Popen(
-                [self.python, "-m", "batchmagic.runner.warm", str(os.getpid()), self._socket, *kernel_modules()],
+                [self.python, "-m", "batchmagic.runner.warm", str(os.getpid()), self._socket, *self._modules],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -264,9 +266,13 @@ class WarmWorker:
         if not self.ready:
             self.start()
             return None
-        asked = ask(self._socket, task_request(spec, cwd, env, stdout, stderr))
+        request = task_request(spec, cwd, env, stdout, stderr)
+        if request["modules"] == self._modules:
+            del request["modules"]  # the worker has them: a kernel's 1,000-odd names, 40 kB a task, not again
+        asked = ask(self._socket, request)
         if asked is None:
             return None
+        self._modules = request.get("modules", self._modules)
         conn, reader, answer = asked
         return Forked(conn, reader, int(answer["pid"]), result, self)
 
