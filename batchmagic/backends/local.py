@@ -179,8 +179,11 @@ class LocalBackend(Backend):
         return None if run.submission.distributed else self.warm
 
     def default_slots(self, tasks: int) -> int:
-        """As many tasks at once as this machine has cores (a sweep's tasks are independent processes)."""
-        return max(1, min(os.cpu_count() or 1, tasks))
+        """As many tasks at once as this machine has cores (a sweep's tasks are independent processes), and
+        one more when the warm worker forks them: at each task's end the hand-off (its end seen, the next
+        runner forked and set up, a chain of three processes) otherwise leaves a core idle for milliseconds,
+        which at a fork's start of a few milliseconds is much of a short task's time (bench/warm_start.py)."""
+        return max(1, min((os.cpu_count() or 1) + (1 if self._warm else 0), tasks))
 
     def gpus(self, vm_size: str, *, container: bool = True) -> int:
         """With ``--container``, this machine's NVIDIA GPUs (``nvidia-smi -L``), whatever ``--vm`` says: the
