@@ -175,8 +175,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("warm_worker", "choice", "BATCHMAGIC_WARM_WORKER", "on", "`on`",
             "Whether the local backend forks each runner from a warm worker: a process of this kernel's that has "
             "imported what the kernel imported (it costs about as much memory as those imports; it starts with "
-            "the first local run and ends with the kernel or %azbatch_teardown). 'off': every runner is a fresh "
-            "interpreter, a second or more slower to start.", choices=("on", "off")),
+            "the first local run and ends with the kernel or %azbatch_teardown), and --container runs' runners "
+            "from one in a warm container of the image. 'off': every runner is a fresh interpreter (in a "
+            "container of its own), a second or more slower to start.", choices=("on", "off")),
     Setting("panel", "choice", "", "auto", "`auto`",
             "How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
             "or 'auto' (the widget where it can render, text otherwise).",

@@ -134,6 +134,16 @@ ROWS: list[tuple[str, str, str]] = [
         "seen, 2 at a time); in CPU time, which other work on the machine does not inflate: {warm_sweep_cpu_s:.2f} s "
         "vs {plain_loop_cpu_s:.2f} s ({warm_sweep_cpu_ratio:.1f}x); the worker holds {warm_worker_rss_mb:.0f} MB",
     ),
+    (
+        "container_start",
+        "a `--backend local --container` run forked in the kernel's warm container (one per kernel and image, "
+        "running the warm worker) vs in a `docker run` of its own (`AzBatch.warm_worker = 'off'`, as before), "
+        "through a private dockerd: a small numpy cell (median of 5 and 3), a 6-task sweep's task start-up (to "
+        "the cell's first statement after its imports)",
+        "cell: {container_warm_cell_s:.2f} s warm, {container_cold_cell_s:.2f} s in its own container "
+        "({container_cell_ratio:.1f}x faster); task start-up: {container_warm_task_startup_s:.3f} s warm, "
+        "{container_cold_task_startup_s:.2f} s in its own container",
+    ),
 ]
 
 
