@@ -517,3 +517,29 @@ def test_log_sink_sends_a_line_after_a_quiet_interval_at_once_and_holds_the_rest
     assert not channel.arrived.wait(0.5)
     sink.close()
     assert len(channel.appends) == 2 and b"second line" in channel.appends[1]
+
+
+def test_a_warm_worker_hashes_a_shared_object_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the warm worker hashed before forking (check_objects) its runners trust while the file is
+    untouched; a file altered since is hashed again, and refused when it no longer matches."""
+    from batchmagic.package.bundle import BundleError
+    from batchmagic.protocol import ObjectRef, TaskSpec, sha256_file
+    from batchmagic.runner import main as runner
+
+    monkeypatch.setattr(runner, "_CHECKED", {})
+    path = tmp_path / "object"
+    path.write_bytes(cloudpickle.dumps(list(range(1000))))
+    ref = ObjectRef(path.as_uri(), sha256_file(path), path.stat().st_size)
+    spec = tmp_path / "spec.json"
+    spec.write_bytes(TaskSpec("r", "t", "file:///b", "file:///l", "file:///r", objects={"xs": ref}).to_json())
+    runner.check_objects(str(spec))  # in the worker, once
+    hashed: list[Path] = []
+    monkeypatch.setattr(runner, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    for _ in range(3):  # a sweep's tasks
+        assert runner._load_object("xs", ref, tmp_path) == list(range(1000))  # noqa: SLF001
+    assert hashed == [] and path.exists()  # read where it is, never hashed again, never removed
+    with path.open("ab") as f:
+        f.write(b"altered")
+    with pytest.raises(BundleError, match="does not match its hash"):
+        runner._load_object("xs", ref, tmp_path)  # noqa: SLF001
+    assert hashed == [path]

@@ -133,6 +133,23 @@ def test_a_sweep_forks_a_runner_per_task(session):
     assert all(isinstance(t.process, Forked) for t in tasks.values())
 
 
+def test_a_sweeps_big_shared_input_is_read_in_place_and_checked(session):
+    """A value over the object threshold (17 MB) shared by a sweep's forked tasks: each reads the store's
+    copy (the worker hashed it once). Altered in the store later, it is stored again by the next run's
+    client, and the worker's check of the old file vouches for nothing: the next run reads the new copy."""
+    backend = warm_backend(session)
+    blob = bytes(range(256)) * (17 << 12)
+    run = session.submit("n = len(blob) + k", {"blob": blob}, backend=backend, sweep=[{"k": k} for k in range(3)])
+    assert list(run.wait(timeout=120).n) == [len(blob), len(blob) + 1, len(blob) + 2]
+    (stored,) = [p for p in (backend.store.root / "objects").rglob("*") if p.is_file()]
+    with stored.open("r+b") as f:
+        f.seek(1000)
+        f.write(b"altered")
+    again = session.submit("n = len(blob)", {"blob": blob}, backend=backend, sweep=[{"k": 0}], name="again")
+    results = again.wait(timeout=120)
+    assert list(results.state) == ["succeeded"]  # the client found it altered and stored it again
+
+
 def test_the_setting_switches_it_off(home, monkeypatch):
     monkeypatch.setenv("BATCHMAGIC_WARM_WORKER", "off")
     backend: Any = Session().backend("local")

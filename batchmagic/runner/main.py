@@ -105,6 +105,44 @@ def main(argv: list[str] | None = None) -> int:
     return run_task(args.spec)
 
 
+#: Objects checked against their hash by the warm worker that forked this runner, by their file's path,
+#: size, modification time and inode (:func:`check_objects`): a file whose stamp is the same was not touched.
+_CHECKED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _stamp(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def check_objects(where: str) -> None:
+    """In a warm worker, before it forks the runner of the spec at ``where``: hash each big object the task
+    reads from a store on this machine, once per file and stamp (:data:`_CHECKED`). The runners it forks
+    then trust a file whose stamp is unchanged, as the client's hash cache does, instead of each hashing
+    it again: the 21 tasks of a sweep over a 1 GB DataFrame each hashed it, 2-3 s apiece."""
+    try:
+        objects = TaskSpec.from_json(_read_spec(where)).objects.values()
+    except Exception:  # noqa: BLE001 - the runner reads the spec itself and says what is wrong with it
+        return
+    for obj in objects:
+        path = open_channel(obj.url).local_path()
+        try:
+            stamp = _stamp(path) if path is not None else None
+            if stamp is not None and stamp not in _CHECKED and stamp[1] == obj.size:
+                _CHECKED[stamp] = sha256_file(Path(stamp[0]))
+        except OSError:
+            continue  # the runner finds it missing and says so
+
+
+def _sha256_of(path: Path) -> str:
+    """``path``'s sha256: from :data:`_CHECKED` while the file is as the warm worker hashed it."""
+    try:
+        known = _CHECKED.get(_stamp(path))
+    except OSError:
+        known = None
+    return known or sha256_file(path)
+
+
 def warm_up() -> None:
     """Do once, in a warm worker before it forks runners, what every runner would do on first use: a
     forked runner then starts with it done (:func:`run_task`)."""
@@ -395,14 +433,15 @@ def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
     machine), checked against its hash, unpickled."""
     channel = open_channel(obj.url)
     path = channel.local_path()
+    copy = workdir / f"{name}.pkl"
     if path is None:
-        path = workdir / f"{name}.pkl"
+        path = copy
         channel.download_to(path, size=obj.size)
-    if sha256_file(path) != obj.sha256:
+    if _sha256_of(path) != obj.sha256:
         raise BundleError(f"the object holding `{name}` does not match its hash: it was altered or truncated")
     with open(path, "rb") as f:
         value = cloudpickle.load(f)
-    if path.is_relative_to(workdir):
+    if path == copy:
         path.unlink()
     return value
 

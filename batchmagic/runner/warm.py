@@ -266,6 +266,7 @@ def _take(
             return conn
         _preload(request.get("modules", []), imported[0])
         _warm_up(imported[1])
+        runner.check_objects(request["spec"])  # a sweep's shared big inputs: hashed here once, not per task
         sys.stdout.flush()
         sys.stderr.flush()
         if request.get("go"):
