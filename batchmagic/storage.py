@@ -142,10 +142,11 @@ class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._resolved = self.root.resolve()  # once: path() is asked for a sweep's every task, several times
 
     def path(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        if self.root.resolve() not in target.parents:
+        target = (self._resolved / key).resolve()
+        if self._resolved not in target.parents:
             raise ValueError(f"key escapes the store: {key!r}")
         return target
 
