@@ -139,25 +139,34 @@ def torch_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.server_close()
 
 
-# The image build (torch unpacked: about 1.2 GB) and its push dominate: 4m22s for this test on this 2-core
-# machine when quiet (call 167 s, the session's dockerd and registry teardown 84 s), past 300 s when loaded.
+# The image build (torch unpacked: about 1.2 GB) and its push dominate: 3m27s for both cases on this 2-core
+# machine (the first call 168 s, the 4-rank one, whose image is built, 13 to 27 s; the session's dockerd
+# teardown 2 s with its data root in memory, 30 to 100 s when it was deleted from the disk), more when loaded.
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize(("options", "world"), [("--nodes 2", 2), ("--nodes 2 --procs-per-node 2", 4)])
 def test_ddp_training_through_the_docker_executor_equals_one_process(
     docker_batch: RunningEmulator,
     torch_index: str,
     shell: Any,
     registry: RunningRegistry,
     monkeypatch: pytest.MonkeyPatch,
+    options: str,
+    world: int,
 ) -> None:
     """The training image is built from the kernel's environment (torch from the mirror), pushed, and two
-    nodes' containers train with DDP over gloo: rank 0's weights equal one process's over the same batches."""
+    nodes' containers train with DDP over gloo, one rank each, then two each (4 ranks: a node's ranks share
+    its container): rank 0's weights equal one process's over the same global batches."""
     from tests.support.training import TRAIN_CELL, assert_same_weights, data, train_alone
 
     monkeypatch.setenv("BATCHMAGIC_PIP_EXTRA_INDEX_URL", torch_index)
     shell.user_ns.update(data())
-    shell.run_cell(f"%%azbatch --nodes 2 --distributed --out weights\n{TRAIN_CELL}")
+    shell.run_cell(f"%%azbatch {options} --distributed --out weights\n{TRAIN_CELL}")
     assert "weights" in shell.user_ns, shell.user_ns["_azbatch"].logs()
     assert_same_weights(shell.user_ns["weights"], train_alone(shell.user_ns))
     run = shell.user_ns["_azbatch"]
-    assert "[rank 1] step 20 loss" in run.logs()
+    logs = run.logs()
+    assert all(f"[rank {k}] step 20 loss" in logs for k in range(world)), logs
+    rows = run.state().ranks
+    assert [r.state for r in rows] == ["succeeded"] * world
+    assert len({r.node for r in rows}) == 2  # two nodes, each holding world / 2 ranks
     assert any(repo.endswith("batchmagic") for repo in registry.catalog())  # built here, pushed, pulled there
