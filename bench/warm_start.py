@@ -196,6 +196,8 @@ def main() -> dict[str, float]:
             f"warm_sweep{suffix}_cpu_s": sweep["cpu"],
             f"plain_loop{suffix}_cpu_s": loop_cpu,
             f"warm_sweep{suffix}_cpu_ratio": sweep["cpu"] / loop_cpu,
+            # CPU a task costs beyond its cell's work in the plain loop: the process per task, its bookkeeping
+            f"warm_task{suffix}_overhead_cpu_ms": (sweep["cpu"] - loop_cpu) / len(DEPTHS) * 1000,
         }
     _show(figures)
     return figures
