@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -225,7 +226,12 @@ deadline = time.monotonic() + 180
 while not live_containers() and time.monotonic() < deadline:
     time.sleep(0.05)
 print("container", live_containers()[0].name, flush=True)
-if sys.argv[1] == "hang":
+if sys.argv[1] == "running":  # a run forked in the warm container, still running when the kernel dies
+    run = session.submit("import time\\ntime.sleep(4)\\nx = 2", {}, backend="local", container=True, folder="")
+    task = session.backend("local")._runs[run.id].tasks["task-0"]
+    assert type(task.process).__name__ == "Forked"
+    print("task", task.dir, flush=True)
+if sys.argv[1] in ("hang", "running"):
     time.sleep(600)
 """
 
@@ -248,6 +254,24 @@ def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
         client.kill()  # SIGKILL: no atexit, no teardown; the lifeline ends with the process
     assert client.wait(60) in (0, -signal.SIGKILL)
     wait_for(lambda: not warm_containers(cenv), timeout=30)
+
+
+def test_a_run_in_flight_when_the_kernel_dies_finishes_then_the_container_goes(cenv, tmp_path):
+    from batchmagic.protocol import TaskOutcome
+
+    client = _client(tmp_path, "running")
+    assert client.stdout is not None
+    _, name = client.stdout.readline().split()
+    _, task_dir = client.stdout.readline().split()
+    client.stdout.close()
+    client.kill()
+    client.wait(10)
+    time.sleep(1.0)
+    assert warm_containers(cenv) == [name]  # its runner runs on: the worker waits for it
+    result = Path(task_dir) / "result"
+    wait_for(result.exists, timeout=60)
+    assert TaskOutcome.from_bytes(result.read_bytes()).ok
+    wait_for(lambda: not warm_containers(cenv), timeout=30)  # then it goes
 
 
 def test_a_container_whose_kernel_never_held_it_ends_by_itself(session, cenv, tmp_path):

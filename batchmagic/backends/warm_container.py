@@ -110,6 +110,7 @@ class ContainerWorker:
         self._starting = False
         self._lock = threading.Lock()
         self._forked: weakref.WeakSet[Forked] = weakref.WeakSet()
+        self._modules: list[str] = []  # the kernel's modules the worker was last told of
 
     @property
     def ready(self) -> bool:
@@ -136,7 +137,8 @@ class ContainerWorker:
         self.name = f"{self.plan.name(os.getpid(), start_ticks(os.getpid()))}-{self._boots}"
         try:
             self._folder = tempfile.mkdtemp(prefix="batchmagic-cwarm-")
-            started = self._docker(*self.plan.run_argv(self.name, self._folder, kernel_modules())[1:])
+            self._modules = kernel_modules()
+            started = self._docker(*self.plan.run_argv(self.name, self._folder, self._modules)[1:])
             if started.returncode != 0:
                 raise OSError(started.stderr.decode(errors="replace").strip()[-300:])
             lifeline = self._hold(f"{self._folder}/worker.sock")
@@ -216,9 +218,12 @@ class ContainerWorker:
             self.start()
             return None
         request = {**task_request(spec, cwd, env, stdout, stderr), "merge_env": True, "go": True}
+        if request["modules"] == self._modules:
+            del request["modules"]  # the worker has them (a kernel's 1,000-odd names, 40 kB a task)
         asked = ask(f"{self._folder}/worker.sock", request)
         if asked is None:
             return None
+        self._modules = request.get("modules", self._modules)
         conn, reader, answer = asked
         pid = host_pid(self._host_pid, int(answer["pid"]))
         try:
