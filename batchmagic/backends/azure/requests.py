@@ -145,12 +145,13 @@ def warm_start_command(job_id: str, image: str, modules: list[str]) -> str:
     name = container_name(job_id)
     worker = shlex.join(["python3", "-P", "-m", "batchmagic.runner.nodewarm", *modules])
     script = (
-        f'D="$AZ_BATCH_NODE_SHARED_DIR/{SOCKET_DIR}"; mkdir -p "$D"; '
-        'dk() { docker "$@" || sudo -n docker "$@"; } 2>/dev/null; '
-        f'dk rm -f "{name}" >/dev/null; '
+        # Open to the image's user (the worker binds its socket there; it is not the node's root), sticky.
+        f'D="$AZ_BATCH_NODE_SHARED_DIR/{SOCKET_DIR}"; mkdir -p "$D"; chmod 1777 "$D"; '
+        'dk() { docker "$@" || sudo -n docker "$@"; }; '
+        f'dk rm -f "{name}" >/dev/null 2>&1; '
         f'dk run -d --name "{name}" --network host -v "$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR" '
-        f"-e AZ_BATCH_NODE_SHARED_DIR -e AZ_BATCH_JOB_ID {shlex.quote(image)} {worker} >/dev/null "
-        f'|| (setsid {worker} </dev/null >"$D/{socket_name(job_id)}.log" 2>&1 &); exit 0'
+        f"-e AZ_BATCH_NODE_SHARED_DIR -e AZ_BATCH_JOB_ID {shlex.quote(image)} {worker} || "
+        f'(setsid {worker} </dev/null >"$D/{socket_name(job_id)}.log" 2>&1 &); exit 0'
     )
     return shlex.join(["/bin/sh", "-c", script])
 
@@ -160,8 +161,8 @@ def warm_stop_command(job_id: str) -> str:
     node itself leaves when its socket goes)."""
     name = container_name(job_id)
     script = (
-        'dk() { docker "$@" || sudo -n docker "$@"; } 2>/dev/null; '
-        f'dk rm -f "{name}" >/dev/null; '
+        'dk() { docker "$@" || sudo -n docker "$@"; }; '
+        f'dk rm -f "{name}" >/dev/null 2>&1; '
         f'rm -f "$AZ_BATCH_NODE_SHARED_DIR/{SOCKET_DIR}/{socket_name(job_id)}"; exit 0'
     )
     return shlex.join(["/bin/sh", "-c", script])

@@ -1,0 +1,90 @@
+"""A sweep's tasks fork from the node's warm worker on the Batch emulator's docker executor: the job's
+preparation task starts the worker's container from the node (``docker run -d`` in the training image),
+each task's container reaches it through the node's shared directory, and the release task removes it.
+Through a private dockerd, the loopback registry, the debootstrap base image, Azurite and the emulator."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchmagic.api import Session
+from batchmagic.run.sweep import parse_grid
+from tests.support import docker as docker_parts
+from tests.support.azurite import RunningAzurite
+from tests.support.docker import DockerEngine, RunningRegistry
+from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.settings import azure_environment
+
+pytestmark = pytest.mark.slow
+
+docker_engine = docker_parts.docker_engine
+base_image = docker_parts.base_image
+registry = docker_parts.registry
+
+#: In the worker's container the worker is process 1: a forked runner's parent is it; a fresh runner is
+#: process 1 of its own task container.
+CELL = """
+import os
+from pathlib import Path
+parent = os.getppid()
+forked = parent > 0 and b"batchmagic.runner.nodewarm" in Path(f"/proc/{parent}/cmdline").read_bytes()
+in_container = os.path.exists("/.dockerenv")
+y = k * k
+import time
+time.sleep(0.5)  # the tasks do not wait for the preparation task: the worker's container starts meanwhile
+"""
+
+
+@pytest.fixture
+def docker_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    tmp_path: Path,
+    docker_engine: DockerEngine,
+    registry: RunningRegistry,
+    base_image: str,
+    azurite: RunningAzurite,
+) -> Iterator[RunningEmulator]:
+    """The emulator on the docker executor, and a notebook (in a folder of its own) whose cells' images are
+    built and pushed."""
+    (tmp_path / "notebook").mkdir()
+    monkeypatch.chdir(tmp_path / "notebook")
+    with start_emulator(tmp_path / "batch", executor="docker", env=docker_engine.env, allocation_delay=0.1) as emu:
+        settings = azure_environment(emu, azurite, container=f"nwd-{int(time.time() * 1000) % 10**9}")
+        settings.pop("BATCHMAGIC_IMAGE")  # built for the cell, pushed to the loopback registry
+        for name, value in settings.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+        monkeypatch.setenv("BATCHMAGIC_REGISTRY", f"{registry.host}/batchmagic")
+        monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
+        monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", registry.username)
+        monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", registry.password)
+        yield emu
+
+
+def worker_containers(engine: DockerEngine, job_id: str) -> list[str]:
+    out = engine.run("ps", "-a", "--filter", f"name=bm-warm-{job_id}", "--format", "{{.Names}}").stdout.decode()
+    return out.split()
+
+
+def test_a_sweeps_task_containers_fork_from_the_nodes_worker_container(
+    docker_batch: RunningEmulator, docker_engine: DockerEngine
+) -> None:
+    session = Session()
+    try:
+        run = session.submit(CELL, {}, backend="azure", sweep=tuple(parse_grid(["k=range(6)"])), slots_per_node=1)
+        results: Any = run.wait(timeout=600)
+        assert list(results.y) == [k * k for k in range(6)]  # as the plain loop
+        assert results.in_container.all()
+        # The first task may start before the worker's container listens; the later ones are forked there.
+        assert results.forked.sum() >= 4, list(results.forked)
+        wait_for(lambda: not worker_containers(docker_engine, run.id), timeout=60)  # the release task's work
+        status = list(docker_batch.client().list_job_preparation_and_release_task_status(run.id))
+        assert [s.job_release_task_execution_info.exit_code for s in status] == [0]
+    finally:
+        session.teardown()
