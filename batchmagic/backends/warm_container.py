@@ -135,6 +135,7 @@ class ContainerWorker:
         self._remove()  # what a worker that ended by itself left (its folder)
         self._boots += 1  # a new name: one that ended on purpose may still finish its runners
         self.name = f"{self.plan.name(os.getpid(), start_ticks(os.getpid()))}-{self._boots}"
+        lifeline = None
         try:
             self._folder = tempfile.mkdtemp(prefix="batchmagic-cwarm-")
             self._modules = kernel_modules()
@@ -147,16 +148,14 @@ class ContainerWorker:
             if not self.closed_on_purpose:
                 log.info("no warm container for %s (%s): each run starts its own container", self.plan.image, err)
                 self.failed = True
-            self._remove()
-            return
-        finally:
-            self._starting = False
         with self._lock:
-            kept = not self.closed_on_purpose  # closed while it started: it goes at once
+            self._starting = False  # with the lifeline set: a start() between them would start a second one
+            kept = lifeline is not None and not self.closed_on_purpose  # closed while it started: it goes
             if kept:
                 self._lifeline = lifeline
         if not kept:
-            lifeline.close()
+            if lifeline is not None:
+                lifeline.close()
             self._remove()
             return
         threading.Thread(target=self._watch, args=(lifeline,), name="warm-container-lifeline", daemon=True).start()
