@@ -356,6 +356,9 @@ class NodeState:
     #: When the node's supervisor started (its clock, ``time.time()``): a task requeued after a node restart
     #: runs every instance again, and a state older than the attempt is the previous attempt's.
     since: float = 0.0
+    #: When the node's coordination command started (its clock; 0.0 where the node cannot say): how long the
+    #: node took from there to its ranks' first lines is its own start's critical path (bench/distributed.py).
+    launched: float = 0.0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -370,6 +373,7 @@ class NodeState:
             ranks=tuple(RankState(**r) for r in raw.get("ranks", ())),
             done=bool(raw.get("done", False)),
             since=float(raw.get("since", 0.0)),
+            launched=float(raw.get("launched", 0.0)),
         )
 
 

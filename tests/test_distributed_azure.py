@@ -66,6 +66,26 @@ def test_one_multi_instance_task_runs_every_rank(azure_env: RunningEmulator, she
     assert len({r.node for r in rows}) == 3 and rows[0].node.endswith("(node 0)")
 
 
+NODE_CELL = """
+import glob, os
+rank = int(os.environ["RANK"])
+mine = (os.environ["NODE_RANK"], os.environ["LOCAL_RANK"], os.path.basename(os.getcwd()))
+shared = sorted(os.path.basename(p) for p in glob.glob("../.azbatch-bundle-*.zip"))  # the node's one copy
+own = glob.glob(".azbatch-*/bundle.zip")  # a copy of the rank's own (each rank downloaded one before)
+print("rank", rank, "node", mine[0], "shared", shared, "own", own)
+"""
+
+
+def test_a_nodes_ranks_share_one_read_of_the_spec_and_bundle(azure_env: RunningEmulator, shell: Any) -> None:
+    """Two nodes of two ranks each (--procs-per-node 2): each node's supervisor read its ranks' specs and the
+    run's bundle once, onto the node's disk, and its ranks, forked from it, read that copy."""
+    shell.run_cell(f"%%azbatch --nodes 2 --procs-per-node 2 --distributed --out mine\n{NODE_CELL}")
+    assert shell.user_ns["mine"] == ("0", "0", "rank-0")
+    logs = shell.user_ns["_azbatch"].logs()
+    for rank in range(4):
+        assert f"[rank {rank}] rank {rank} node {rank // 2} shared ['.azbatch-bundle-0.zip'] own []" in logs, logs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("nodes", [2, 4])
 def test_ddp_training_on_the_emulator_equals_one_process(azure_env: RunningEmulator, shell: Any, nodes: int) -> None:

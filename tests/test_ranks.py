@@ -165,7 +165,7 @@ def test_a_node_keeps_writing_its_first_state_until_the_store_takes_it(tmp_path,
     node = supervisor.Supervisor(group, 1, "10.0.0.5", "10.0.0.4", "tvm-b")
     answers = [False, False, True]
     monkeypatch.setattr(node, "publish", lambda: answers.pop(0))
-    monkeypatch.setattr(supervisor, "_fork_runner", lambda spec, cwd, env: type("P", (), {"pid": 42})())
+    monkeypatch.setattr(supervisor, "_fork_runner", lambda spec, cwd, env, fetched=None: type("P", (), {"pid": 42})())
     monkeypatch.setattr(supervisor.time, "sleep", lambda seconds: None)
     node.start(tmp_path)
     assert answers == [] and [r.pid for r in node.state.ranks] == [42]

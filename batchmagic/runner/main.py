@@ -149,22 +149,28 @@ def warm_up() -> None:
     codecs.lookup("cp437")  # zipfile reads the bundle's member names with it (an import on first use)
 
 
-def run_task(where: str) -> int:
+def run_task(where: str, *, raw_spec: bytes | None = None, bundle_copy: Path | None = None) -> int:
     """Run the task of the spec at ``where`` (a path or URL) and write its result; the exit code. What
     ``python -m batchmagic.runner --spec WHERE`` does, without a command line to parse (a warm worker's
-    forked runner calls it: argparse's parser costs a runner 2 ms, a tenth of its start)."""
+    forked runner calls it: argparse's parser costs a runner 2 ms, a tenth of its start).
+
+    A distributed run's node supervisor, which forks its ranks, passes what it has read once for the node:
+    ``raw_spec``, the spec's bytes, and ``bundle_copy``, the run's bundle on this node's disk (read there,
+    not downloaded again by each rank)."""
     # The task's command line runs with ``python -P``: the working directory holds the notebook folder's
     # skeleton (a rerun finds the first attempt's), and a folder named like a package there must never
     # stand in for the runner's own. The cell, as in the kernel, has the working directory first.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 
-    raw = _read_spec(where)
+    raw = raw_spec if raw_spec is not None else _read_spec(where)
     try:
         spec = TaskSpec.from_json(raw)
     except SpecVersionError as err:
         _refuse(raw, err)
         return EXIT_SETUP_ERROR
+    if bundle_copy is not None:
+        spec = replace(spec, bundle=bundle_copy.as_uri())  # checked against its manifest's hash all the same
     spill = os.getcwd() if os.access(os.getcwd(), os.W_OK) else None  # the node's disk, for a log backlog
     log_channel = open_channel(spec.log)
     log = LogSink(log_channel, interval=spec.log_interval, spill_dir=spill, close_timeout=spec.log_patience).start()

@@ -38,13 +38,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from batchmagic.channel import open_channel
 from batchmagic.distributed import rank_environment, thread_budget
-from batchmagic.protocol import NodeState, RankGroup, RankState
+from batchmagic.protocol import NodeState, RankGroup, RankState, TaskSpec
 
 __all__ = ["main", "claim_node", "node_order"]
 
@@ -123,12 +124,62 @@ class _Forked:
         return code
 
 
-def _fork_runner(spec: str, cwd: Path, env: dict[str, str]) -> _Forked:
+class NodeFetch:
+    """What every rank of a node reads before its cell, read once for the node, in a thread: the ranks'
+    specs and the run's bundle (one file on the node's disk, where each rank read its own copy before). The
+    supervisor imports the runner meanwhile, so on a pool these round trips to storage overlap that work.
+    Whatever could not be read is left to each rank, which reads it as before and says what failed."""
+
+    def __init__(self, specs: list[str], workdir: Path) -> None:
+        self.specs: dict[str, bytes] = {}
+        self.bundles: dict[str, Path] = {}
+        self._thread = threading.Thread(target=self._read, args=(specs, workdir), name="node-fetch", daemon=True)
+        self._thread.start()
+
+    def _read(self, specs: list[str], workdir: Path) -> None:
+        try:
+            for url in specs:
+                if "://" in url:
+                    self.specs[url] = open_channel(url).read()
+            wanted = sorted({TaskSpec.from_json(raw).bundle for raw in self.specs.values()})
+            for i, url in enumerate(wanted):
+                channel = open_channel(url)
+                if channel.local_path() is None:  # a store on this machine is read where it is
+                    path = _node_dir(workdir) / f".azbatch-bundle-{i}.zip"
+                    channel.download_to(path)
+                    self.bundles[url] = path
+        except Exception as err:  # noqa: BLE001 - each rank reads what is missing itself, and says why
+            print(f"batchmagic: the node could not read its ranks' spec or bundle once for all: {err}", file=sys.stderr)
+
+    def done(self) -> NodeFetch:
+        """Wait for the reads (before the supervisor forks: no thread may run across a fork)."""
+        self._thread.join()
+        return self
+
+    def bundle_of(self, raw: bytes | None) -> Path | None:
+        if raw is None:
+            return None
+        try:
+            return self.bundles.get(TaskSpec.from_json(raw).bundle)
+        except Exception:  # noqa: BLE001 - the rank refuses the spec itself, in its own words
+            return None
+
+
+def _node_dir(workdir: Path) -> Path:
+    """Where the node keeps what its ranks share: the task's working directory, or the temp dir when the
+    image's user cannot write it."""
+    return workdir if os.access(workdir, os.W_OK) else Path(tempfile.mkdtemp(prefix="azbatch-node-"))
+
+
+def _fork_runner(spec: str, cwd: Path, env: dict[str, str], fetched: NodeFetch | None = None) -> _Forked:
     """Run ``python -m batchmagic.runner --spec SPEC`` as a fork of this process: the interpreter and the
     runner's imports are ready, so a node's ranks start without paying for them each (on a busy node that
-    is most of a rank's start). In the supervisor's process group: whatever ends the task ends them too."""
-    from batchmagic.runner.main import main as runner_main
+    is most of a rank's start), with what the node read for them (``fetched``). In the supervisor's process
+    group: whatever ends the task ends them too."""
+    from batchmagic.runner.main import run_task
 
+    raw = fetched.specs.get(spec) if fetched is not None else None
+    bundle = fetched.bundle_of(raw) if fetched is not None else None
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -138,7 +189,7 @@ def _fork_runner(spec: str, cwd: Path, env: dict[str, str]) -> _Forked:
     try:
         os.chdir(cwd)
         os.environ.update(env)
-        code = runner_main(["--spec", spec])
+        code = run_task(spec, raw_spec=raw, bundle_copy=bundle)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 2
     except BaseException:  # the runner writes its own result; this is only its last resort
@@ -165,9 +216,13 @@ def _rank_dir(workdir: Path, rank: int) -> Path:
 class Supervisor:
     """One node's ranks, their states, and what the other nodes say."""
 
-    def __init__(self, group: RankGroup, node_rank: int, address: str, master: str, node_id: str) -> None:
+    def __init__(
+        self, group: RankGroup, node_rank: int, address: str, master: str, node_id: str, *, launched: float = 0.0
+    ) -> None:
         self.group = group
-        self.state = NodeState(node_rank=node_rank, node_id=node_id, address=address, since=time.time())
+        self.state = NodeState(
+            node_rank=node_rank, node_id=node_id, address=address, since=time.time(), launched=launched
+        )
         self.master = master
         self.procs: dict[int, _Forked] = {}
         self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
@@ -180,6 +235,11 @@ class Supervisor:
     def start(self, workdir: Path) -> None:
         group, node = self.group, self.state.node_rank
         threads = thread_budget(os.cpu_count() or 1, group.procs_per_node, os.environ)
+        mine = range(node * group.procs_per_node, (node + 1) * group.procs_per_node)
+        fetching = NodeFetch([group.specs[rank] for rank in mine], workdir)
+        import batchmagic.runner.main  # noqa: F401 - while the node's specs and bundle are read
+
+        fetched = fetching.done()
         ranks = []
         for local in range(group.procs_per_node):
             rank = node * group.procs_per_node + local
@@ -192,7 +252,7 @@ class Supervisor:
                 master_port=group.master_port,
             )
             cwd = _rank_dir(workdir, rank)
-            self.procs[rank] = _fork_runner(group.specs[rank], cwd, env)
+            self.procs[rank] = _fork_runner(group.specs[rank], cwd, env, fetched)
             ranks.append(RankState(rank=rank, started=time.time(), pid=self.procs[rank].pid))
         self.state = replace(self.state, ranks=tuple(ranks))
         # Before the coordination command ends (and the primary reads it): this attempt's state must be in
@@ -376,6 +436,17 @@ def _write_code(status: Path, code: int) -> None:
         print(f"batchmagic: could not write the supervisor's exit code: {err}", file=sys.stderr)
 
 
+def process_started() -> float:
+    """When this process started, by ``time.time()``'s clock (to 10 ms), from Linux's /proc; 0.0 elsewhere.
+    In the coordination command it is when the node's shell started it: the start of the node's part."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchmagic.runner.ranks", description=__doc__)
     parser.add_argument("--group", required=True, help="path of the run's group.json")
@@ -393,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     master = env.get("AZ_BATCH_MASTER_NODE", hosts[0]).rsplit(":", 1)[0]
     hosts = node_order(hosts, master)
     node_rank, _held = claim_node(hosts, primary, group.master_port + 1)
-    supervisor = Supervisor(group, node_rank, hosts[node_rank], master, env.get("AZ_BATCH_NODE_ID", ""))
+    node_id = env.get("AZ_BATCH_NODE_ID", "")
+    supervisor = Supervisor(group, node_rank, hosts[node_rank], master, node_id, launched=process_started())
     workdir = Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd())
     if args.coordinate:
         return coordinate(supervisor, workdir, Path(args.coordinate))
