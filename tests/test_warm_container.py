@@ -227,19 +227,20 @@ while not live_containers() and time.monotonic() < deadline:
     time.sleep(0.05)
 print("container", live_containers()[0].name, flush=True)
 if sys.argv[1] == "running":  # a run forked in the warm container, still running when the kernel dies
-    run = session.submit("import time\\ntime.sleep(4)\\nx = 2", {}, backend="local", container=True, folder="")
+    cell = f"import time\\ntime.sleep({sys.argv[2]})\\nx = 2"
+    run = session.submit(cell, {}, backend="local", container=True, folder="")
     task = session.backend("local")._runs[run.id].tasks["task-0"]
     assert type(task.process).__name__ == "Forked"
-    print("task", task.dir, flush=True)
+    print("task", task.dir, run.id, flush=True)
 if sys.argv[1] in ("hang", "running"):
     time.sleep(600)
 """
 
 
-def _client(tmp_path: Path, how: str) -> subprocess.Popen[str]:
+def _client(tmp_path: Path, how: str, seconds: float = 0) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENT, how], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CLIENT, how, str(seconds)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
     )
 
 
@@ -259,10 +260,10 @@ def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
 def test_a_run_in_flight_when_the_kernel_dies_finishes_then_the_container_goes(cenv, tmp_path):
     from batchmagic.protocol import TaskOutcome
 
-    client = _client(tmp_path, "running")
+    client = _client(tmp_path, "running", 4)
     assert client.stdout is not None
     _, name = client.stdout.readline().split()
-    _, task_dir = client.stdout.readline().split()
+    _, task_dir, _ = client.stdout.readline().split()
     client.stdout.close()
     client.kill()
     client.wait(10)
@@ -272,6 +273,28 @@ def test_a_run_in_flight_when_the_kernel_dies_finishes_then_the_container_goes(c
     wait_for(result.exists, timeout=60)
     assert TaskOutcome.from_bytes(result.read_bytes()).ok
     wait_for(lambda: not warm_containers(cenv), timeout=30)  # then it goes
+
+
+def test_a_later_kernel_adopts_a_runner_of_a_killed_kernels_warm_container_and_cancels_it(cenv, tmp_path):
+    """The pid file of a runner forked in the warm container holds its pid on this machine: a later kernel
+    attaches to the run, watches the runner and ends it; the container goes after it."""
+    client = _client(tmp_path, "running", 120)
+    assert client.stdout is not None
+    _, name = client.stdout.readline().split()
+    _, task_dir, run_id = client.stdout.readline().split()
+    client.stdout.close()
+    client.kill()
+    client.wait(10)
+    pid = int((Path(task_dir) / "pid").read_text().split()[0])
+    assert alive(pid) and os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    later = Session()
+    run = later.attach(run_id)
+    run.cancel()
+    with pytest.raises(RunCancelled):
+        run.result()
+    wait_for(lambda: not alive(pid), timeout=20)
+    wait_for(lambda: name not in warm_containers(cenv), timeout=30)
+    later.teardown()
 
 
 def test_a_container_whose_kernel_never_held_it_ends_by_itself(session, cenv, tmp_path):
