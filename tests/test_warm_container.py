@@ -309,6 +309,32 @@ def test_a_container_whose_kernel_never_held_it_ends_by_itself(session, cenv, tm
     wait_for(lambda: "batchmagic-warm-unheld" not in warm_containers(cenv), timeout=HOLD_SECONDS + 15)  # ...alone
 
 
+def test_an_image_without_the_container_worker_runs_as_before_and_says_nothing(session, cenv, caplog):
+    """An image whose batchmagic has no warm worker (an older one, given with --image): its container ends
+    at once, each run starts its own container as before, and nothing above INFO is said."""
+    import logging
+
+    backend, worker, _ = warmed(session)
+    older = "batchmagic-no-warm-worker:1"
+    dockerfile = (
+        f"FROM {worker.plan.image}\nUSER root\n"
+        "RUN rm /opt/batchmagic/lib/python3*/site-packages/batchmagic/runner/warm.py\nUSER batchmagic\n"
+    )
+    built = cenv.run("build", "--network", "host", "-t", older, "-", input=dockerfile.encode())
+    assert built.returncode == 0, built.stderr.decode()
+    caplog.set_level(logging.INFO, logger="batchmagic")
+    results = []
+    for k in (1, 2, 3):
+        run = session.submit(WHERE, {"k": k}, backend=backend, container=True, folder="", image=older)
+        results.append(run.wait(timeout=300)["y"])
+        assert not isinstance(tasks_of(backend, run)[0].process, Forked)
+        if k == 1:
+            wait_for(lambda run=run: container_of(backend, run).failed, timeout=120)
+    assert results == [2, 4, 6] and warm_containers(cenv) == []
+    assert not [r for r in caplog.records if r.levelno > logging.INFO]
+    assert any("no warm container for batchmagic-no-warm-worker:1" in r.getMessage() for r in caplog.records)
+
+
 def test_a_new_image_retires_the_old_container(session, cenv):
     backend, worker, _ = warmed(session)
     (old,) = warm_containers(cenv)

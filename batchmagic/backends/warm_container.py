@@ -80,7 +80,9 @@ class ContainerPlan:
         """``docker run -d`` of the warm worker listening on ``folder/worker.sock`` (``folder`` mounted at
         the same path), preloading ``modules``."""
         return [
-            "docker", "run", "-d", "--rm", "--name", name, "--label", f"{LABEL}={os.getpid()}",
+            # --init=false: the worker is the container's PID 1 whatever the engine's default (it reaps the
+            # cells' orphans, and its parent is no process of the container's, which is how it runs there).
+            "docker", "run", "-d", "--rm", "--init=false", "--name", name, "--label", f"{LABEL}={os.getpid()}",
             *self.options, "-v", f"{folder}:{folder}", "-w", folder, "-e", "PYTHONUNBUFFERED=1",
             self.image, "python3", "-P", "-m", "batchmagic.runner.warm", "0", f"{folder}/worker.sock", *modules,
         ]  # fmt: skip
@@ -193,6 +195,10 @@ class ContainerWorker:
         pid = int(self._inspect("{{.State.Pid}}") or 0)
         if pid <= 0 or _nspid(pid)[-1:] != [1]:
             raise OSError("the engine's processes are not this machine's (a remote engine or a VM)")
+        try:
+            os.kill(pid, 0)  # the timeout and Cancel signal its runners from here
+        except PermissionError as err:
+            raise OSError("this user may not signal the container's processes (user namespaces)") from err
         return pid
 
     def _watch(self, lifeline: socket.socket) -> None:
