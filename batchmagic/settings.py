@@ -176,8 +176,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Whether the local backend forks each runner from a warm worker: a process of this kernel's that has "
             "imported what the kernel imported (it costs about as much memory as those imports; it starts with "
             "the first local run and ends with the kernel or %azbatch_teardown), and --container runs' runners "
-            "from one in a warm container of the image. 'off': every runner is a fresh interpreter (in a "
-            "container of its own), a second or more slower to start.", choices=("on", "off")),
+            "from one in a warm container of the image; on Azure Batch, a sweep's tasks on a node fork from a worker "
+            "the job starts on each of its nodes. 'off': every runner is a fresh interpreter (in a container of "
+            "its own), a second or more slower to start.", choices=("on", "off")),
     Setting("panel", "choice", "", "auto", "`auto`",
             "How runs are shown: 'widget' (ipywidgets panel), 'text' (a line per phase), 'none', "
             "or 'auto' (the widget where it can render, text otherwise).",

@@ -142,6 +142,15 @@ ROWS: list[tuple[str, str, str]] = [
         "(forest) from its start to its end seen, one more at a time than the cores; the worker holds "
         "{warm_worker_rss_mb:.0f} MB",
     ),
+    (
+        "node_warm",
+        "a 21-task sweep of a small scikit-learn cell on one node of the Batch emulator (one slot), with the "
+        "node's warm worker for the job (runners forked from it) vs without (a fresh interpreter per task)",
+        "a task's start-up (Batch starting it to the cell's first statement after its import, median): "
+        "{node_task_startup_s_warm:.3f} s vs {node_task_startup_s_fresh:.2f} s ({node_task_startup_ratio:.2f}x; "
+        "it includes Batch's download of the task's spec and the runner's of its bundle); the sweep "
+        "{node_sweep_s_warm:.1f} s vs {node_sweep_s_fresh:.1f} s ({node_sweep_ratio:.2f}x)",
+    ),
 ]
 
 

@@ -177,3 +177,14 @@ def test_no_secret_reaches_the_preparation_task(azure_env: RunningEmulator, sess
     text = job.job_preparation_task.command_line + job.job_release_task.command_line
     assert "sig=" not in text and "AccountKey" not in text and azure_env.key not in text
     assert not job.job_preparation_task.environment_settings
+
+
+def test_warm_worker_off_gives_a_sweep_no_worker(azure_env: RunningEmulator, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BATCHMAGIC_WARM_WORKER", "off")
+    session = Session()
+    try:
+        run = sweep(session, CELL, "k=0,1")
+        assert list(run.wait(timeout=120).worker) == ["", ""]
+        assert azure_env.client().get_job(run.id).job_preparation_task is None
+    finally:
+        session.teardown()

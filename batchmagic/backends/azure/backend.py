@@ -215,7 +215,9 @@ class AzureBackend(Backend, NamedPools):
         self._runs[submission.run_id] = run
         image = submission.image or self.settings.image
         pool_info, registry = self._pool_of(run, image)
-        job = requests.job_request(submission, pool_info, requests.node_worker(submission, image, kernel_modules()))
+        warm = self.settings.warm_worker == "on"
+        worker = requests.node_worker(submission, image, kernel_modules()) if warm else None
+        job = requests.job_request(submission, pool_info, worker)
         self.calls.call(
             lambda: self.client.create_job(job),
             "create the job",
