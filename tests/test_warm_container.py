@@ -367,3 +367,27 @@ def test_the_container_options_are_a_run_containers(tmp_path):
     ]
     cpu = container_options(_submission(), tmp_path)
     assert "--gpus" not in cpu and "--shm-size" not in cpu
+
+
+KERNEL_CELLS = [
+    "%load_ext batchmagic",
+    "%%azbatch --backend local --container\nimport os\nfirst = os.readlink('/proc/self/ns/pid')",
+    "import time\nfrom batchmagic.backends.warm_container import live_containers\n"
+    "for _ in range(1800):\n    if live_containers():\n        break\n    time.sleep(0.1)\n"
+    "worker = live_containers()[0]\nprint('warm', worker.name)",
+    "%%azbatch --backend local --container\nimport os\nsecond = os.readlink('/proc/self/ns/pid')\n"
+    "parent = os.getppid()",
+    "import os\nprint(first != second, second == os.readlink(f'/proc/{worker.pid}/ns/pid'), parent)",
+]
+
+
+def test_a_real_kernel_forks_its_second_container_cell_in_its_warm_container_and_leaves_none(cenv, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in KERNEL_CELLS])
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    said = "".join(o.get("text", "") for o in nb.cells[2].outputs + nb.cells[4].outputs).split()
+    assert said[0] == "warm" and said[2:] == ["True", "True", "1"], said
+    # nbclient shut the kernel down: its exit removed the container
+    wait_for(lambda: said[1] not in warm_containers(cenv), timeout=30)
