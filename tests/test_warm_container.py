@@ -232,7 +232,14 @@ if sys.argv[1] == "running":  # a run forked in the warm container, still runnin
     task = session.backend("local")._runs[run.id].tasks["task-0"]
     assert type(task.process).__name__ == "Forked"
     print("task", task.dir, run.id, flush=True)
-if sys.argv[1] in ("hang", "running"):
+if sys.argv[1] == "forked":  # a fork of the kernel (multiprocessing's) outlives it
+    import os
+    child = os.fork()
+    if child == 0:
+        time.sleep(600)
+        os._exit(0)
+    print("fork", child, flush=True)
+if sys.argv[1] in ("hang", "running", "forked"):
     time.sleep(600)
 """
 
@@ -255,6 +262,21 @@ def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
         client.kill()  # SIGKILL: no atexit, no teardown; the lifeline ends with the process
     assert client.wait(60) in (0, -signal.SIGKILL)
     wait_for(lambda: not warm_containers(cenv), timeout=30)
+
+
+def test_a_fork_of_a_killed_kernel_does_not_keep_its_container(cenv, tmp_path):
+    client = _client(tmp_path, "forked")
+    assert client.stdout is not None
+    _, name = client.stdout.readline().split()
+    _, child = client.stdout.readline().split()
+    client.stdout.close()
+    try:
+        client.kill()
+        client.wait(10)
+        assert alive(int(child))
+        wait_for(lambda: name not in warm_containers(cenv), timeout=30)
+    finally:
+        os.kill(int(child), signal.SIGKILL)
 
 
 def test_a_run_in_flight_when_the_kernel_dies_finishes_then_the_container_goes(cenv, tmp_path):

@@ -244,6 +244,12 @@ class ContainerWorker:
         self._forked.add(forked)
         return forked
 
+    def drop_lifeline(self) -> None:
+        """Close this process's copy of the lifeline (in a fork of the kernel: the kernel's stays open)."""
+        lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            lifeline.close()
+
     def close(self) -> None:
         """Let go of the container: its worker ends once its runners have; removed now when none runs."""
         with self._lock:
@@ -372,8 +378,11 @@ def _close_at_exit() -> None:
 
 
 def _forget_in_child() -> None:
-    """A fork of this process (multiprocessing's) owns none of its parent's containers."""
+    """A fork of this process (multiprocessing's) owns none of its parent's containers, and must not hold
+    their lifelines: a worker would outlive its kernel as long as the fork lives."""
     global _containers_lock
+    for worker in _containers.values():
+        worker.drop_lifeline()
     _containers.clear()
     _containers_lock = threading.Lock()
 
