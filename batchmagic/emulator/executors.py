@@ -109,6 +109,9 @@ class Executor(Protocol):
     def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
         """Find an attempt an earlier emulator process started (see ``--state``); None if it is gone."""
 
+    def release_node(self, root: str) -> None:
+        """A node left its pool (its VM is gone): end what its tasks left running (see :func:`end_node_processes`)."""
+
     def close(self) -> None:
         """Release resources (nothing to kill: the scheduler kills the running tasks itself)."""
 
@@ -137,6 +140,36 @@ def host_gpus() -> int:
     except (OSError, subprocess.TimeoutExpired):
         return 0
     return sum(1 for line in done.stdout.splitlines() if line.startswith("GPU ")) if done.returncode == 0 else 0
+
+
+def node_processes(root: str) -> list[int]:
+    """This machine's processes that were started for the node whose root directory is ``root``: the
+    environment the emulator gives every command of a node names it (``AZ_BATCH_NODE_ROOT_DIR``)."""
+    marker = f"AZ_BATCH_NODE_ROOT_DIR={root}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "environ"), "rb") as fh:
+                environ = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if marker in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def end_node_processes(root: str) -> None:
+    """Kill what a node's tasks left running on this machine when the node leaves its pool. On the service
+    the node's VM goes, and with it whatever its tasks started and left behind: a job preparation task's
+    "local service on the Node" (the reference's words) whose job's release task never ran, because the
+    pool was deleted first."""
+    for pid in node_processes(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def _start_time(pid: int) -> str | None:
@@ -271,6 +304,9 @@ class ProcessExecutor:
         except (KeyError, TypeError, ValueError):
             return None
         return handle if handle._alive() or handle.exit_path.exists() else None
+
+    def release_node(self, root: str) -> None:
+        end_node_processes(root)
 
     def close(self) -> None:
         return None
@@ -422,6 +458,20 @@ class DockerExecutor:
     def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
         # A container run's exit code is not kept anywhere once its `docker run` client is gone.
         return None
+
+    def release_node(self, root: str) -> None:
+        """What the node's tasks left running goes with it: its processes on this machine, and the containers
+        that have its root directory mounted (a task's own, or one a task started from the node)."""
+        end_node_processes(root)
+        host_env = dict(os.environ)
+        found = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"volume={root}"],
+            env=host_env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        containers = found.stdout.split() if found.returncode == 0 else []
+        if containers:
+            rm = ["docker", "rm", "-f", *containers]
+            subprocess.run(rm, env=host_env, capture_output=True, timeout=120, check=False)
 
     def close(self) -> None:
         with self._lock:

@@ -168,3 +168,35 @@ def test_container_start_task_shares_the_startup_dir_with_container_tasks(docker
     task = _done(client, "st-docker", "reads")
     assert task.execution_info.exit_code == 0, task.execution_info
     assert b"".join(client.download_task_file("st-docker", "reads", "stdout.txt")) == b"from-start\n"
+
+
+def test_a_container_a_preparation_task_left_goes_with_the_node(
+    docker_emulator: Any, docker_env: dict[str, str]
+) -> None:
+    """A preparation task on the node itself starts a detached container with the node's root bound (a
+    service for the job's tasks); it outlives the preparation task, and goes when the node leaves its pool
+    (on the service, with the node's VM)."""
+    client = docker_emulator.client()
+    _pool(client, "svcpool", [IMAGE])
+    prep = (
+        "/bin/sh -c 'docker run -d --name emu-svc-$AZ_BATCH_NODE_ID "
+        f'-v "$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR" {IMAGE} sleep 300\''
+    )
+    client.create_job(
+        m.BatchJobCreateOptions(
+            id="svc",
+            pool_info=m.BatchPoolInfo(pool_id="svcpool"),
+            job_preparation_task=m.BatchJobPreparationTask(command_line=prep),
+        )
+    )
+    settings = m.BatchTaskContainerSettings(image_name=IMAGE)
+    client.create_task("svc", m.BatchTaskCreateOptions(id="t", command_line="sleep 0", container_settings=settings))
+    assert _done(client, "svc", "t").execution_info.exit_code == 0
+
+    def running() -> list[str]:
+        return _docker(docker_env, "ps", "-q", "--filter", "name=emu-svc-").stdout.decode().split()
+
+    assert running()  # the preparation task ended: its container did not
+    client.begin_delete_job("svc", polling_interval=0.1).result()
+    client.begin_delete_pool("svcpool", polling_interval=0.1).result()
+    wait_for(lambda: not _docker(docker_env, "ps", "-aq", "--filter", "name=emu-svc-").stdout.strip(), 60)

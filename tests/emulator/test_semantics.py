@@ -352,6 +352,54 @@ def test_job_preparation_and_release_tasks(client: BatchClient) -> None:
     assert (status_code, code) == (409, "JobPreparationTaskNotSpecified")
 
 
+def _stdout(client: BatchClient, job: str, task: str) -> str:
+    return b"".join(client.download_task_file(job, task, "stdout.txt")).decode()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_preparation_task_not_waited_for_and_the_service_it_leaves(client: BatchClient) -> None:
+    """``waitForSuccess`` false: the job's tasks start while the preparation task runs. What it starts in the
+    background (a "local service on the Node") outlives it, and goes when the node leaves its pool."""
+    pool = {"id": "svc", "vmSize": "Standard_D2s_v3", "virtualMachineConfiguration": VMC, "targetDedicatedNodes": 1}
+    assert _send(client, "POST", "/pools", pool).status_code == 201
+    shared = "$AZ_BATCH_NODE_SHARED_DIR"
+    prep = (
+        f"/bin/sh -c 'setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {shared}/svc.pid; "
+        f"sleep 3; touch {shared}/prep-done'"
+    )
+    job = {
+        "id": "svcjob",
+        "poolInfo": {"poolId": "svc"},
+        "jobPreparationTask": {"commandLine": prep, "waitForSuccess": False},
+    }
+    assert _send(client, "POST", "/jobs", job).status_code == 201
+    early = f"/bin/sh -c 'sleep 0.5; test ! -e {shared}/prep-done && cat {shared}/svc.pid'"
+    client.create_task("svcjob", m.BatchTaskCreateOptions(id="early", command_line=early))
+    task = wait_for(lambda: (t := client.get_task("svcjob", "early")).state == m.BatchTaskState.COMPLETED and t, 120)
+    assert task.execution_info.exit_code == 0  # it ran while the preparation task still did
+    pid = int(_stdout(client, "svcjob", "early"))
+    wait_for(
+        lambda: (
+            list(client.list_job_preparation_and_release_task_status("svcjob"))[
+                0
+            ].job_preparation_task_execution_info.state
+            == m.BatchJobPreparationTaskState.COMPLETED
+        ),
+        60,
+    )
+    assert _alive(pid)  # the preparation task ended; its service did not
+    client.begin_delete_job("svcjob", polling_interval=0.1).result()
+    client.begin_delete_pool("svc", polling_interval=0.1).result()
+    wait_for(lambda: not _alive(pid), 60)  # the node's VM is gone, and everything on it
+
+
 def test_a_failing_preparation_task_keeps_the_jobs_tasks_off_the_node(client: BatchClient) -> None:
     job = {"id": "badprep", "poolInfo": {"poolId": "p"}, "jobPreparationTask": {"commandLine": "exit 7"}}
     assert _send(client, "POST", "/jobs", job).status_code == 201

@@ -300,6 +300,7 @@ class PoolsMixin(FilesMixin):
     def _reap_leaving(self, pool: Pool) -> None:
         for node in [n for n in pool.nodes.values() if n.data["state"] == "leavingpool" and not n.running]:
             pool.nodes.pop(node.id, None)
+            self._node_gone(node)
             log.info("node %s left pool %s", node.id, pool.id)
 
     def _remove_node(self, pool: Pool, node: Node) -> None:
@@ -308,7 +309,14 @@ class PoolsMixin(FilesMixin):
             task = job.tasks.get(task_id) if job else None
             if task is not None:
                 self._kill(task, "requeue")
-        pool.nodes.pop(node.id, None)
+        if pool.nodes.pop(node.id, None) is not None:
+            self._node_gone(node)
+
+    def _node_gone(self, node: Node) -> None:
+        """A node left its pool: its VM is gone, and with it what its tasks left running (in the background:
+        the executor may call Docker, and the lock is held here)."""
+        root = str(self.node_root(node.id))
+        threading.Thread(target=self.executor.release_node, args=(root,), name=f"gone-{node.id}", daemon=True).start()
 
     def get_pool(self, pool_id: str) -> dict[str, Any]:
         """The wire representation of a pool."""
