@@ -13,7 +13,7 @@ in this process, side by side in one run:
     sweep's figure is almost all per-task overhead (a process per task, its result, its bookkeeping);
   - ``forest``: the issue's reference workload ("a 21-task sweep of a small model: 0.6 s for the plain
     loop"): a random forest of 10 trees on 1,000 rows of 10 features, about 27 ms a fit, whose plain loop
-    takes 0.5-0.6 s on this 2-core machine;
+    takes 0.55-0.6 s on this 2-core machine when it is quiet (1-1.6 s while other work loads it);
 - the warm worker's resident memory once it has imported what this process has (numpy, scikit-learn).
 """
 
