@@ -6,6 +6,7 @@ training test PyTorch's gloo backend over loopback.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ from batchmagic import distributed
 from batchmagic.errors import RemoteError, RunCancelled, RunFailed
 from batchmagic.protocol import Layout
 from batchmagic.run.state import Phase
+from tests.support.docker import unavailable_in_ci
 
 ENV_CELL = """
 import os
@@ -30,11 +32,17 @@ helpers = (d.rank(), d.world(), d.local_rank(), d.node_rank(), d.is_main())
 """
 
 
+def need(module: str, reason: str) -> None:
+    """A test that needs ``module`` (a real part: torch, mpi4py) fails without it in CI (``CI`` set, or run
+    as root), as one that needs dockerd does; elsewhere it is skipped with ``reason``."""
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        unavailable_in_ci(f"{reason} ({err})")
+
+
 def need_torch() -> None:
-    """torch is in the test extra: CI fails without it; elsewhere the test is skipped with the reason."""
-    if os.environ.get("CI"):
-        import torch  # noqa: F401
-    pytest.importorskip("torch", reason="torch is in the test extra: pip install -e '.[test]'")
+    need("torch", "torch is in the test extra: pip install -e '.[test]'")
 
 
 def _alive(pid: int) -> bool:
@@ -200,10 +208,7 @@ def test_ddp_training_equals_one_process_over_the_same_batches(shell: Any, nodes
 
 
 def need_mpi() -> None:
-    """mpi4py and MPICH (both from PyPI) are in the test extra: CI fails without them, elsewhere a skip."""
-    if os.environ.get("CI"):
-        import mpi4py  # noqa: F401
-    pytest.importorskip("mpi4py", reason="mpi4py and mpich are in the test extra: pip install -e '.[test]'")
+    need("mpi4py", "mpi4py and mpich are in the test extra: pip install -e '.[test]'")
 
 
 @pytest.mark.slow

@@ -45,3 +45,22 @@ def test_a_missing_reference_skips_with_the_reason_and_fails_in_ci(tmp_path: Pat
 
 def test_one_azurite_for_the_whole_run(azurite: object, azurite_session: object) -> None:
     assert azurite is azurite_session
+
+
+def test_a_missing_framework_fails_in_ci_and_is_skipped_elsewhere(monkeypatch) -> None:
+    """need_torch (and need_mpi): torch missing fails a CI run (CI set, or as root) in one line, as a
+    missing dockerd does; a developer's run without it skips, saying what to install."""
+    import pytest
+
+    from tests.test_distributed import need_mpi, need_torch
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setenv("CI", "1")
+    for need in (need_torch, need_mpi):
+        with pytest.raises(pytest.fail.Exception, match="in the test extra"):
+            need()
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="pip install -e"):
+        need_torch()
