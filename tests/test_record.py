@@ -18,6 +18,7 @@ from batchmagic.errors import RunCancelled
 from batchmagic.notebook.record import Record, record_of, render
 from batchmagic.run.state import Phase, RunState
 from batchmagic.run.sweep import SweepRow, results_table
+from tests.support.emulator import wait_for
 from tests.test_widget import state, sweep_state
 
 
@@ -91,6 +92,9 @@ def test_a_local_sweep_runs_as_many_tasks_at_once_as_cores(shell: Any) -> None:
     shell.run_cell(f"%%azbatch --sweep i={','.join(str(i) for i in range(cores + 2))}\n" + cell)
     assert _most_at_once(shell.user_ns["_azbatch"].outputs) == cores  # not one after the other, nor more
     shell.run_cell("%config AzBatch.warm_worker = 'on'")
+    shell.run_cell("%%azbatch\nx = 1")  # starts the worker: the sweep's tasks are forked, all within milliseconds
+    worker = shell.user_ns["_azbatch"].backend.warm
+    wait_for(lambda: worker.ready, timeout=120)
     shell.run_cell(f"%%azbatch --sweep i={','.join(str(i) for i in range(cores + 2))}\n" + cell)
     assert _most_at_once(shell.user_ns["_azbatch"].outputs) == cores + 1
     shell.run_cell("%%azbatch --sweep i=0,1 --slots-per-node 1\n" + cell)
