@@ -156,6 +156,16 @@ ROWS: list[tuple[str, str, str]] = [
         "it includes Batch's download of the task's spec and the runner's of its bundle); the sweep "
         "{node_sweep_s_warm:.1f} s vs {node_sweep_s_fresh:.1f} s ({node_sweep_ratio:.2f}x)",
     ),
+    (
+        "container_start",
+        "a `--backend local --container` run forked in the kernel's warm container (one per kernel and image, "
+        "running the warm worker) vs in a `docker run` of its own (`AzBatch.warm_worker = 'off'`, as before), "
+        "through a private dockerd: a small numpy cell (median of 5 and 3), a 6-task sweep's task start-up (to "
+        "the cell's first statement after its imports)",
+        "cell: {container_warm_cell_s:.2f} s warm, {container_cold_cell_s:.2f} s in its own container "
+        "({container_cell_ratio:.1f}x faster); task start-up: {container_warm_task_startup_s:.3f} s warm, "
+        "{container_cold_task_startup_s:.2f} s in its own container",
+    ),
 ]
 
 
