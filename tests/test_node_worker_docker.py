@@ -88,3 +88,50 @@ def test_a_sweeps_task_containers_fork_from_the_nodes_worker_container(
         assert [s.job_release_task_execution_info.exit_code for s in status] == [0]
     finally:
         session.teardown()
+
+
+#: The first task forked in the worker's container sleeps, leaving its task id where the test finds it (the
+#: socket folder: open to the image's user).
+KILLED_CELL = """
+import os, time
+from pathlib import Path
+here = Path(os.environ["AZ_BATCH_NODE_SHARED_DIR"], "batchmagic-warm")
+forked = b"nodewarm" in Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+if forked and not (here / "task").exists():
+    (here / "task").write_text(os.environ["AZ_BATCH_TASK_ID"])
+    time.sleep(300)
+time.sleep(0.5)
+y = k
+"""
+
+
+def children_of(pid: int) -> list[int]:
+    """This machine's processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in status:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_task_container_ends_its_runner_in_the_worker_container(
+    docker_batch: RunningEmulator, docker_engine: DockerEngine, tmp_path: Path
+) -> None:
+    session = Session()
+    try:
+        run = session.submit(
+            KILLED_CELL, {}, backend="azure", sweep=tuple(parse_grid(["k=range(6)"])), slots_per_node=1
+        )
+        marker = wait_for(lambda: list((tmp_path / "batch").glob("**/batchmagic-warm/task")), timeout=600)[0]
+        [name] = worker_containers(docker_engine, run.id)
+        worker = int(docker_engine.run("inspect", "-f", "{{.State.Pid}}", name).stdout.decode())
+        [runner] = children_of(worker)  # the sleeping task's runner, in the worker's container
+        docker_batch.client().terminate_task(run.id, marker.read_text())  # Batch removes the task's container
+        wait_for(lambda: not Path(f"/proc/{runner}").exists(), timeout=60)
+        run.cancel()
+    finally:
+        session.teardown()
