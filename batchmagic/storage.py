@@ -214,8 +214,14 @@ class LocalStore(Store):
         base = self.path(prefix.rstrip("/")) if prefix.strip("/") else self.root.resolve()
         if base.is_file():
             return [(prefix, base.stat().st_size)]
-        root = self.root.resolve()
-        return [(p.relative_to(root).as_posix(), p.stat().st_size) for p in sorted(base.rglob("*")) if p.is_file()]
+        keys = []
+        for path in sorted(base.rglob("*")):
+            try:  # a run's files deleted meanwhile (its teardown, another kernel's trim) are simply not listed
+                if path.is_file():
+                    keys.append((path.relative_to(self._resolved).as_posix(), path.stat().st_size))
+            except FileNotFoundError:
+                continue
+        return keys
 
     def get_file(self, key: str, path: Path) -> None:
         shutil.copyfile(self.path(key), path)

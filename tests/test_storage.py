@@ -160,3 +160,20 @@ def test_log_record_is_one_json_line() -> None:
     data = json.loads(record)
     assert tuple(data) == ("t", "s", "d")
     assert data == {"t": 1700000000.123, "s": "e", "d": "héllo\nworld"}
+
+
+def test_listing_skips_a_file_deleted_while_it_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run torn down while the store is surveyed (the size limit's trim runs beside runs) loses files
+    between the listing's walk and its look at each: they are left out, the listing does not fail."""
+    store = LocalStore(tmp_path)
+    store.put_bytes("runs/a/spec.json", b"{}")
+    store.put_bytes("runs/b/spec.json", b"{}")
+    walk = Path.rglob
+
+    def walk_then_delete(self: Path, pattern: str):  # type: ignore[no-untyped-def]
+        found = list(walk(self, pattern))
+        (tmp_path / "runs" / "a" / "spec.json").unlink()
+        return iter(found)
+
+    monkeypatch.setattr(Path, "rglob", walk_then_delete)
+    assert store.list_keys("") == [("runs/b/spec.json", 2)]
