@@ -188,3 +188,34 @@ def test_warm_worker_off_gives_a_sweep_no_worker(azure_env: RunningEmulator, mon
         assert azure_env.client().get_job(run.id).job_preparation_task is None
     finally:
         session.teardown()
+
+
+def test_the_worker_forks_only_for_its_own_interpreter_and_leaves_with_its_socket(tmp_path, monkeypatch):
+    """The worker and a task's side of it as processes of their own, outside Batch: a task whose interpreter
+    is the worker's is forked (the runner's exit code relayed); one from elsewhere (a container task meeting a
+    worker on the node itself) is refused and runs fresh; removing the socket ends the worker."""
+    import signal
+    import subprocess
+    import sys
+
+    from batchmagic.runner import node
+
+    env = {**os.environ, "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"), "AZ_BATCH_JOB_ID": "job-x"}
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "batchmagic.runner.nodewarm", "json"], env=env)
+    sock = tmp_path / "shared" / "batchmagic-warm" / node.socket_name("job-x")
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        wait_for(sock.exists, timeout=30)
+        monkeypatch.chdir(tmp_path)
+        assert node.fork_on_node(["--spec", "missing.json"], env) == 2  # forked; the runner found no spec
+        monkeypatch.setattr(node, "identity", lambda: ["/elsewhere", sys.version, "True"])
+        assert node.fork_on_node(["--spec", "missing.json"], env) is None  # refused: the caller runs it fresh
+        assert worker.poll() is None
+        sock.unlink()  # as the job's release task does
+        assert worker.wait(10) == 0
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()

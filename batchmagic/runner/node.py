@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from types import FrameType
 
-__all__ = ["SOCKET_DIR", "socket_name", "socket_dir", "container_name", "fork_on_node", "exit_code"]
+__all__ = ["SOCKET_DIR", "socket_name", "socket_dir", "container_name", "fork_on_node", "exit_code", "identity"]
 
 #: The folder of the node's shared directory that holds its warm workers' sockets.
 SOCKET_DIR = "batchmagic-warm"
@@ -55,6 +55,13 @@ def container_name(job_id: str) -> str:
     """The worker's container name on a node, ``$AZ_BATCH_NODE_ID`` left for the node's shell to expand:
     one per job and node (nodes that share one engine, as the emulator's do, keep theirs apart)."""
     return f"bm-warm-{job_id}-$AZ_BATCH_NODE_ID"
+
+
+def identity() -> list[str]:
+    """Where this interpreter is: its prefix, its version, and whether it runs in a container. A worker
+    forks only for a task whose identity is its own (a worker on the node itself never runs a task meant
+    for a container, nor one of another image's interpreter)."""
+    return [sys.prefix, sys.version, str(os.path.exists("/.dockerenv"))]
 
 
 def exit_code(code: int) -> int:
@@ -110,7 +117,7 @@ def fork_on_node(argv: list[str], env: Mapping[str, str] | None = None) -> int |
     buffer = bytearray()
     try:
         conn.settimeout(ANSWER_TIMEOUT)
-        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(env)}
+        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(env), "identity": identity()}
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
         answer = _read_line(conn, buffer)
     except (OSError, ValueError):

@@ -6,8 +6,9 @@ task environment's ``AZ_BATCH_NODE_SHARED_DIR`` and ``AZ_BATCH_JOB_ID``. It bind
 (``<shared>/batchmagic-warm/<socket_name(job)>``: a task that connects while it still imports waits
 for it rather than importing the same modules itself), imports the runner and ``MODULE ...``, then forks
 one runner per connection (:mod:`batchmagic.runner.node` is the other side). A request is one JSON line
-``{"argv", "cwd", "env"}`` with the task's standard streams attached (``SCM_RIGHTS``); the worker answers
-``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child).
+``{"argv", "cwd", "env", "identity"}`` with the task's standard streams attached (``SCM_RIGHTS``); the worker
+answers ``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child), or ``{"error"}``
+for a task whose interpreter is not its own (:func:`~batchmagic.runner.node.identity`), which then runs fresh.
 
 The child has a runner's isolation: its own session and process group, the task's working directory,
 environment and streams. While it runs the worker reads its connection: ``{"signal": N}`` is passed to
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from types import FrameType, ModuleType
 from typing import Any
 
-from batchmagic.runner.node import socket_dir, socket_name
+from batchmagic.runner.node import identity, socket_dir, socket_name
 from batchmagic.runner.warm import WARM_UPS
 
 __all__ = ["serve", "main", "IDLE_LIMIT"]
@@ -131,6 +132,8 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
                 raise ConnectionError("the request ended early")
             data += more
         request = json.loads(data)
+        if request.get("identity") != identity():
+            raise ValueError(f"this worker runs {identity()}, the task {request.get('identity')}")
         sys.stdout.flush()
         sys.stderr.flush()
         gc.freeze()  # the worker's objects out of the collector's reach: the pages children share stay shared

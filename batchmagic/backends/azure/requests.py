@@ -139,9 +139,10 @@ def warm_start_command(job_id: str, image: str, modules: list[str]) -> str:
     """The preparation task's command line, run on the node itself (no container settings: as root, it
     reaches the node's Docker engine): the job's warm worker in ``image``, detached, the node's root
     directory bound at the same path, so the socket it makes in the shared directory and the task
-    directories are where the tasks' containers see them. Where no engine answers (a node whose tasks
-    run on the node itself, as the emulator's process executor has them) the worker starts on the node.
-    Always exits 0: a task finds the worker, or runs fresh."""
+    directories are where the tasks' containers see them. Where that fails (no engine answers, as on the
+    emulator's process executor, whose tasks run on the node itself) the worker starts on the node; it
+    forks only for tasks of its own interpreter outside a container (:func:`batchmagic.runner.node.identity`),
+    so a container task never runs there. Always exits 0: a task finds the worker, or runs fresh."""
     name = container_name(job_id)
     worker = shlex.join(["python3", "-P", "-m", "batchmagic.runner.nodewarm", *modules])
     script = (
