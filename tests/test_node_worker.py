@@ -219,3 +219,42 @@ def test_the_worker_forks_only_for_its_own_interpreter_and_leaves_with_its_socke
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if f"\nPPid:\t{pid}\n" in status and "\nState:\tZ" not in status:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_signal_to_the_task_reaches_its_runner_and_the_tasks_death_ends_it(tmp_path):
+    """A task's process forwards SIGTERM to its forked runner (which ends as SIGTERM ends it, 143 as the task's
+    exit code); a task's process killed outright (its container removed) ends the runner through the end of
+    its connection. The runner here waits on a FIFO for its spec: a runner that has not ended by itself."""
+    import signal
+    import subprocess
+    import sys
+
+    from batchmagic.runner import node
+
+    env = {**os.environ, "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"), "AZ_BATCH_JOB_ID": "job-y"}
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "batchmagic.runner.nodewarm"], env=env)
+    os.mkfifo(tmp_path / "spec.json")
+    task = [sys.executable, "-P", "-m", "batchmagic.runner", "--spec", "spec.json"]
+    try:
+        wait_for((tmp_path / "shared" / "batchmagic-warm" / node.socket_name("job-y")).exists, timeout=30)
+        for how, expected in ((signal.SIGTERM, 143), (signal.SIGKILL, -9)):
+            client = subprocess.Popen(task, env=env, cwd=tmp_path)
+            [runner] = wait_for(lambda: _children(worker.pid), timeout=30)
+            client.send_signal(how)
+            assert client.wait(30) == expected
+            wait_for(lambda r=runner: not _children(worker.pid) and not Path(f"/proc/{r}/status").exists(), 30)
+    finally:
+        worker.kill()
+        worker.wait()
