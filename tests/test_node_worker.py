@@ -258,3 +258,24 @@ def test_a_signal_to_the_task_reaches_its_runner_and_the_tasks_death_ends_it(tmp
     finally:
         worker.kill()
         worker.wait()
+
+
+LEARNING_CELL = """
+import sys
+had = "mergedeep" in sys.modules  # before the cell imports it: the worker had it
+import mergedeep
+y = k
+"""
+
+
+def test_the_worker_imports_what_a_cell_imported_for_the_next_tasks(azure_env, session):
+    """A module the kernel never imported (so the worker was not told of it) but the cell imports: the worker
+    learns it from the first forked task, and the later tasks start with it imported."""
+    import sys
+
+    assert "mergedeep" not in sys.modules  # the kernel (this process) has not imported it
+    run = sweep(session, LEARNING_CELL, "k=range(6)")
+    results = run.wait(timeout=180)
+    assert list(results.y) == list(range(6))
+    had = list(results.had)
+    assert any(had) and not all(had), had  # the first tasks imported it themselves; later ones found it imported

@@ -10,6 +10,10 @@ one runner per connection (:mod:`batchmagic.runner.node` is the other side). A r
 answers ``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child), or ``{"error"}``
 for a task whose interpreter is not its own (:func:`~batchmagic.runner.node.identity`), which then runs fresh.
 
+When a child ends it names the modules its cell imported that the worker had not (from site-packages: a
+library, not the cell's own code), and the worker imports them before the next fork: a module the kernel
+never imported costs its import once per node, not once per task.
+
 The child has a runner's isolation: its own session and process group, the task's working directory,
 environment and streams. While it runs the worker reads its connection: ``{"signal": N}`` is passed to
 the child's process group; the end of the connection (the task's process was killed, its container
@@ -52,7 +56,23 @@ class Leave(SystemExit):
 class _Child:
     pid: int
     conn: socket.socket
+    learn: int  # the read end of the pipe on which the child names the modules it imported
     buffer: bytearray = field(default_factory=bytearray)
+
+
+#: The most bytes of module names a child sends back (a pipe's capacity: the child never waits on it).
+LEARN_BYTES = 60_000
+
+
+def _learned(before: set[str]) -> str:
+    """The modules this process imported since ``before`` that a worker may import too: from site-packages
+    (not the cell's own, nor the bundle's local sources), none private, one a line."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        where = getattr(module, "__file__", None) or ""
+        if name not in before and "site-packages" in where and not any(p.startswith("_") for p in name.split(".")):
+            names.append(name)
+    return "\n".join(sorted(names, key=lambda n: (n.count("."), n)))
 
 
 def _preload(modules: list[str]) -> None:
@@ -83,9 +103,13 @@ def _bind(name: str) -> tuple[socket.socket, int]:
     return listener, os.stat(name).st_ino
 
 
-def _child(runner: ModuleType, request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> None:
-    """In the forked child: become the task's runner, then leave without returning into the worker."""
+def _child(
+    runner: ModuleType, request: dict[str, Any], fds: list[int], closing: list[socket.socket], learn: int
+) -> None:
+    """In the forked child: become the task's runner, tell the worker what the cell imported that it has
+    not (so the next tasks find it imported), then leave without returning into the worker."""
     code = 2
+    before = set(sys.modules)
     try:
         for sock in closing:
             sock.close()
@@ -117,6 +141,8 @@ def _child(runner: ModuleType, request: dict[str, Any], fds: list[int], closing:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+        with contextlib.suppress(Exception):
+            os.write(learn, _learned(before).encode()[:LEARN_BYTES])
         os._exit(code)
 
 
@@ -137,6 +163,7 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
         sys.stdout.flush()
         sys.stderr.flush()
         gc.freeze()  # the worker's objects out of the collector's reach: the pages children share stay shared
+        learn_r, learn_w = os.pipe()
         pid = os.fork()
     except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
         with contextlib.suppress(OSError):
@@ -146,10 +173,12 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
             os.close(fd)
         return
     if pid == 0:
-        _child(runner, request, fds, [listener, conn, *(c.conn for c in children.values())])
-    for fd in fds:
+        os.close(learn_r)
+        _child(runner, request, fds, [listener, conn, *(c.conn for c in children.values())], learn_w)
+    for fd in (*fds, learn_w):
         os.close(fd)
-    children[pid] = _Child(pid, conn)
+    os.set_blocking(learn_r, False)  # a process the cell forked may hold the write end after the child ends
+    children[pid] = _Child(pid, conn, learn_r)
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
 
@@ -172,20 +201,27 @@ def _heard(child: _Child) -> None:
             os.killpg(child.pid, int(json.loads(line)["signal"]))
 
 
-def _reap(children: dict[int, _Child]) -> None:
-    """Tell each ended child's task its exit code, and close its connection."""
+def _reap(children: dict[int, _Child]) -> list[str]:
+    """Tell each ended child's task its exit code, and close its connection; the modules the ended
+    children imported that this worker has not."""
+    learned: list[str] = []
     while children:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            break
         if pid == 0:
-            return
+            break
         child = children.pop(pid, None)
-        if child is not None:
-            with contextlib.suppress(OSError):
-                child.conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
-            child.conn.close()
+        if child is None:
+            continue  # an orphan of a cell's, reparented to the worker (its container's first process)
+        with contextlib.suppress(OSError):
+            child.conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+        child.conn.close()
+        with contextlib.suppress(OSError):
+            learned += [n for n in os.read(child.learn, LEARN_BYTES + 1).decode().split("\n") if n]
+        os.close(child.learn)
+    return [name for name in learned if name not in sys.modules]
 
 
 def _still_ours(name: str, inode: int) -> bool:
@@ -226,7 +262,9 @@ def _serve(listener: socket.socket, name: str, inode: int, modules: list[str]) -
         for fd in ready:
             if fd in watched:
                 _heard(watched[fd])
-        _reap(children)
+        learned = _reap(children)
+        if learned:  # what a cell imported, imported here once: the next tasks start with it
+            _preload(learned)
         if listener.fileno() in ready:
             _accept(listener, runner, children)
             last = time.monotonic()
