@@ -766,6 +766,8 @@ LAST_VALUE = [
         "(_ is clf, clf.get_depth())",
     ),
     ("a semicolon shows nothing", "x = 1", "41;\nx = 2", "(_, x)"),
+    # Shown, not changed: the notebook's own object is the Out (nothing travels back for it).
+    ("an input left alone", "xs = [1, 2, 3]", "n = len(xs)\nxs", "(_ is xs, _, n)"),
 ]
 
 
@@ -793,6 +795,20 @@ def test_the_last_lines_value_is_the_cells_out_locally(shell, capfd, setup, cell
     # Shown once, as the cell's Out (the prompt's number aside), not as a display before it as well.
     outs = [re.sub(r"Out\[\d+\]", "Out[n]", line) for line in out_here.splitlines() if line.startswith("Out[")]
     assert [re.sub(r"Out\[\d+\]", "Out[n]", line) for line in out_there.splitlines() if "Out[" in line] == outs
+
+
+def test_an_input_left_alone_is_not_sent_back(shell):
+    shell.run_cell("import numpy as np\narr = np.zeros(1_000_000)")
+    shell.run_cell("%%azbatch --backend local\ntotal = arr.sum()\narr")
+    run = shell.user_ns["_azbatch"]
+    assert run.value_name == "arr" and "arr" not in run.outputs and shell.ev("_ is arr")
+
+
+def test_a_value_changed_but_left_out_by_out_comes_as_a_copy(shell):
+    """With --out the notebook's ``xs`` stays as it was, so the Out is the cell's changed list, not it."""
+    shell.run_cell("xs = [1, 2, 3]")
+    shell.run_cell("%%azbatch --backend local --out n\nn = 1\nxs.append(4)\nxs")
+    assert shell.ev("(_, xs, n)") == ([1, 2, 3, 4], [1, 2, 3], 1)
 
 
 def test_a_value_that_cannot_travel_is_still_shown(shell, capfd):

@@ -58,6 +58,7 @@ class Collected:
     changed: list[str] | None = None
     random_state: str | None = None  # the global generators' state the cell left (package.randomness)
     value: Any = None  # the cell's last expression's value (its Out), if it ended on one that could travel
+    value_name: str | None = None  # the name that holds that value, coming back or in the notebook already
     finished: int = 0  # a sweep's tasks that had finished
     partial: bool | None = None  # the cell raised: outputs, deleted and changed are what it did before
 
@@ -97,14 +98,15 @@ def collect_one(run: Run, status: BackendStatus) -> Collected:
                 got.error.add_note(line)
         return got
     take_names(got, outcome)
-    got.value = value_of(outcome, got.outputs)
+    got.value, got.value_name = value_of(outcome, got.outputs), outcome.value_name
     got.summary = _join(files_line(got.files or []), back, status.note)
     return got
 
 
 def value_of(outcome: TaskOutcome, outputs: dict[str, Any]) -> Any:
     """The cell's last expression's value (None without one): the name that came back holding it, or its
-    own pickle. One that cannot be read here stays what the cell displayed (the magic shows that)."""
+    own pickle. One that cannot be read here stays what the cell displayed (the magic shows that). A name
+    that did not come back is a value the notebook holds already: :meth:`Run.fetch` takes it from there."""
     if outcome.value_name:
         return outputs.get(outcome.value_name)
     if not outcome.value:

@@ -123,6 +123,7 @@ class Run:
         self.random_state = ""  # the global generators as the cell left them, if it drew: set by fetch
         self.partial = False  # the cell raised: outputs are what it did before the raise
         self.value: Any = None  # the cell's last expression's value (the notebook's Out), if it ended on one
+        self.value_name = ""  # the name holding that value: one the cell left alone is fetch's to take
         self.keep_failed = False  # keep the data of a run that fails before it starts (--keep-failed)
         self.env: dict[str, str] = {}  # --env as it may be shown: secret-looking values redacted
         self.source = ""  # the cell's text: its record (outputs.ipynb) starts with it
@@ -645,6 +646,8 @@ class Run:
         for note in rebind(target, outputs, deleted=self.deleted, changed=self.changed):
             warnings.warn(note, OutputWarning, stacklevel=2)
         apply_state(self.random_state)  # np.random/random continue where the cell left them, as here
+        if self.value is None and self.value_name in target:  # `df` on the last line, unchanged: ours
+            self.value = target[self.value_name]
         self.fetched = True
         if self.partial and self.error is not None:
             line = kept_line(outputs, self.deleted, bound=True)
@@ -770,7 +773,7 @@ class Run:
         if got.records:
             self._notify(got.records)
         names = ("outputs", "results", "errors", "displays", "files", "deleted", "changed", "random_state", "partial")
-        for name in (*names, "value"):
+        for name in (*names, "value", "value_name"):
             value = getattr(got, name)
             if value is not None:
                 setattr(self, name, value)

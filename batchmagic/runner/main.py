@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -295,7 +295,10 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
             sampler.stop()
     done = replace(_after_cell(failed, namespace, manifest, spec, bundle_path, log), displays=tuple(capture.outputs))
     if failed is None and capture.value is not rich.NO_VALUE:
-        done = _with_value(done, capture.value, namespace)
+        # What the notebook holds too: a value the cell received and did not change (without --out, every
+        # value it changed comes back in outputs, or is skipped).
+        received = () if manifest.outputs is not None else (*manifest.values, *spec.objects)
+        done = _with_value(done, capture.value, namespace, received)
     return EXIT_OK if failed is None else EXIT_CELL_ERROR, _with_files(done, spec, Path(cwd), workdir, before)
 
 
@@ -333,17 +336,26 @@ def _namespace(reader: BundleReader, spec: TaskSpec, workdir: Path) -> dict[str,
     return namespace
 
 
-def _with_value(done: TaskOutcome, value: Any, namespace: dict[str, Any]) -> TaskOutcome:
-    """The cell's last expression's value in its outcome, to be the notebook's ``Out[n]``: the name that
-    comes back holding that very object (``df`` on the last line is sent once), else the value pickled.
-    One that cannot be pickled stays a display, as before (the client shows its ``execute_result``)."""
-    for name in done.outputs:
+#: The largest pickled last-line value sent back to be the notebook's Out (a bigger one stays its display):
+#: a name the cell binds comes back whatever its size, but a value shown in passing (``model.predict(X)``)
+#: should not double the runner's memory and the result's size.
+VALUE_LIMIT = 64 * 2**20
+
+
+def _with_value(done: TaskOutcome, value: Any, namespace: dict[str, Any], received: Iterable[str]) -> TaskOutcome:
+    """The cell's last expression's value in its outcome, to be the notebook's ``Out[n]``: a name that holds
+    that very object, coming back or ``received`` and left alone (``df`` on the last line travels once, or
+    not at all), else the value pickled. One that cannot be pickled, or is over :data:`VALUE_LIMIT`, stays a
+    display, as before (the client shows its ``execute_result``)."""
+    unchanged = [name for name in received if name not in done.outputs and name not in done.skipped]
+    for name in (*done.outputs, *unchanged):
         if namespace.get(name) is value:
             return replace(done, value_name=name)
     try:
-        return replace(done, value=cloudpickle.dumps(value, protocol=5))
+        pickled = cloudpickle.dumps(value, protocol=5)
     except Exception:  # a lock, a generator: what the notebook shows of it is the display already made
         return done
+    return replace(done, value=pickled) if len(pickled) <= VALUE_LIMIT else done
 
 
 def keeps_partial(spec: TaskSpec) -> bool:
