@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import pytest
+
 from batchmagic.backends.azure.ranks import APPLICATION, COORDINATION, lost_node, rank_statuses, this_attempt
 from batchmagic.backends.base import TaskStatus, TaskSubmission
 from batchmagic.distributed import is_main, local_rank, node_rank, rank, rank_environment, thread_budget, world
@@ -116,6 +118,34 @@ def test_node_ranks_put_the_primary_first_wherever_the_host_list_has_it() -> Non
         for held in (held0, held1):
             if held is not None:
                 held.close()
+
+
+def test_a_node_waits_for_its_address_held_by_the_previous_tasks_supervisor() -> None:
+    """The next run's node starts while the previous run's supervisor there still holds its address (killed
+    with its task, not yet gone): the node claims it once it is free, instead of failing the run."""
+    import socket
+    import threading
+
+    port = supervisor.claim_node(["127.0.92.2", "127.0.92.3"], False, 0)[1]
+    assert port is not None
+    number = port.getsockname()[1]
+    port.close()
+    stale = socket.socket()
+    stale.bind(("127.0.92.3", number))
+    threading.Timer(0.3, stale.close).start()
+    rank, held = supervisor.claim_node(["127.0.92.2", "127.0.92.3"], False, number, patience=10)
+    try:
+        assert rank == 1 and held is not None and held.getsockname() == ("127.0.92.3", number)
+    finally:
+        if held is not None:
+            held.close()
+    with pytest.raises(SystemExit, match="each in use"):
+        blocker = socket.socket()
+        blocker.bind(("127.0.92.3", number))
+        try:
+            supervisor.claim_node(["127.0.92.2", "127.0.92.3"], False, number, patience=0.2)
+        finally:
+            blocker.close()
 
 
 def test_an_earlier_attempts_node_states_do_not_count(tmp_path) -> None:

@@ -32,6 +32,7 @@ Standard library only, as the rest of the runner.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -59,6 +60,8 @@ PUBLISH_PATIENCE = 60.0  # seconds a node keeps trying to write its first state 
 #: nodes' coordination commands start together, on clocks kept in step; a requeued attempt is minutes apart.
 ATTEMPT_SKEW = 30.0
 EXIT_RANK_FAILED = 1
+#: Seconds a node tries again to claim an address in use (the previous task's supervisor, not yet gone).
+CLAIM_PATIENCE = 10.0
 
 
 def node_order(hosts: list[str], master: str) -> list[str]:
@@ -67,26 +70,40 @@ def node_order(hosts: list[str], master: str) -> list[str]:
     return [master, *(host for host in hosts if host != master)] if master in hosts else hosts
 
 
-def claim_node(hosts: list[str], primary: bool, port: int) -> tuple[int, socket.socket | None]:
+def claim_node(
+    hosts: list[str], primary: bool, port: int, *, patience: float = CLAIM_PATIENCE
+) -> tuple[int, socket.socket | None]:
     """This node's rank and the socket that holds it (see the module's docstring); ``hosts`` in the order
-    :func:`node_order` gives."""
+    :func:`node_order` gives. An address in use may be held by the previous task's supervisor, killed with
+    its task a moment ago and not yet gone (the next task on these nodes starts at once): tried again for
+    up to ``patience`` seconds, rather than failing the run (seen on the emulator, back-to-back runs)."""
     if primary:
-        return 0, _bind(hosts[0], port)
-    for index, host in enumerate(hosts[1:], start=1):
-        held = _bind(host, port)
-        if held is not None:
-            return index, held
-    raise SystemExit(f"batchmagic: this node has none of the addresses of AZ_BATCH_HOST_LIST ({','.join(hosts)})")
+        return 0, _bind(hosts[0], port)[0]
+    deadline = time.monotonic() + patience
+    while True:
+        busy = False
+        for index, host in enumerate(hosts[1:], start=1):
+            held, in_use = _bind(host, port)
+            if held is not None:
+                return index, held
+            busy = busy or in_use
+        if not busy or time.monotonic() > deadline:
+            raise SystemExit(
+                f"batchmagic: this node has none of the addresses of AZ_BATCH_HOST_LIST ({','.join(hosts)})"
+                + (" free (each in use)" if busy else "")
+            )
+        time.sleep(0.05)
 
 
-def _bind(host: str, port: int) -> socket.socket | None:
+def _bind(host: str, port: int) -> tuple[socket.socket | None, bool]:
+    """A socket bound to ``host:port``, or None and whether the address was in use (not merely not ours)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as err:
         sock.close()
-        return None
-    return sock
+        return None, err.errno == errno.EADDRINUSE
+    return sock, False
 
 
 class _Forked:
