@@ -5,6 +5,9 @@ Through a private dockerd, the loopback registry, the debootstrap base image, Az
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 
 from batchmagic.api import Session
+from batchmagic.backends.azure.requests import warm_start_command
 from batchmagic.run.sweep import parse_grid
 from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite
@@ -135,3 +139,26 @@ def test_a_killed_task_container_ends_its_runner_in_the_worker_container(
         run.cancel()
     finally:
         session.teardown()
+
+
+def test_a_worker_container_that_leaves_by_itself_leaves_no_container(
+    docker_engine: DockerEngine, base_image: str, tmp_path: Path
+) -> None:
+    """The base image has Python but not batchmagic: its worker ends at once, as one that sat idle or whose
+    socket went (a release task that ran before it started) would. Its container goes with it."""
+    job = f"rm{int(time.time() * 1000) % 10**9}"
+    root = tmp_path / "node"
+    (root / "shared").mkdir(parents=True)
+    env = {
+        **os.environ,
+        **docker_engine.env,
+        "AZ_BATCH_NODE_ROOT_DIR": str(root),
+        "AZ_BATCH_NODE_SHARED_DIR": str(root / "shared"),
+        "AZ_BATCH_JOB_ID": job,
+        "AZ_BATCH_NODE_ID": "tvmps_1",
+    }
+    done = subprocess.run(shlex.split(warm_start_command(job, base_image, [])), env=env, check=False)
+    assert done.returncode == 0
+    # docker run -d did start it (no worker fell back to the host: no log of one there)
+    assert not list((root / "shared").glob("batchmagic-warm/*.log"))
+    wait_for(lambda: not worker_containers(docker_engine, job), timeout=60)

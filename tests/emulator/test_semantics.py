@@ -348,7 +348,8 @@ def test_job_preparation_and_release_tasks(client: BatchClient) -> None:
     release = status.job_release_task_execution_info
     assert release.state == m.BatchJobReleaseTaskState.COMPLETED and release.exit_code == 0
     # A job without them: 409, as the service answers.
-    status_code, code, _ = _error(_send(client, "GET", "/jobs/re/jobpreparationandreleasetaskstatus"))
+    client.create_job(m.BatchJobCreateOptions(id="noprep", pool_info=m.BatchPoolInfo(pool_id="p")))
+    status_code, code, _ = _error(_send(client, "GET", "/jobs/noprep/jobpreparationandreleasetaskstatus"))
     assert (status_code, code) == (409, "JobPreparationTaskNotSpecified")
 
 
@@ -372,7 +373,7 @@ def test_a_preparation_task_not_waited_for_and_the_service_it_leaves(client: Bat
     shared = "$AZ_BATCH_NODE_SHARED_DIR"
     prep = (
         f"/bin/sh -c 'setsid sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {shared}/svc.pid; "
-        f"sleep 3; touch {shared}/prep-done'"
+        f"until [ -e {shared}/task-ran ]; do sleep 0.05; done; touch {shared}/prep-done'"
     )
     job = {
         "id": "svcjob",
@@ -380,7 +381,11 @@ def test_a_preparation_task_not_waited_for_and_the_service_it_leaves(client: Bat
         "jobPreparationTask": {"commandLine": prep, "waitForSuccess": False},
     }
     assert _send(client, "POST", "/jobs", job).status_code == 201
-    early = f"/bin/sh -c 'sleep 0.5; test ! -e {shared}/prep-done && cat {shared}/svc.pid'"
+    # The preparation task ends only once the task has run: the task runs while it does, not by luck.
+    early = (
+        f"/bin/sh -c 'until [ -s {shared}/svc.pid ]; do sleep 0.05; done; "
+        f"test ! -e {shared}/prep-done && cat {shared}/svc.pid && touch {shared}/task-ran'"
+    )
     client.create_task("svcjob", m.BatchTaskCreateOptions(id="early", command_line=early))
     task = wait_for(lambda: (t := client.get_task("svcjob", "early")).state == m.BatchTaskState.COMPLETED and t, 120)
     assert task.execution_info.exit_code == 0  # it ran while the preparation task still did
@@ -398,6 +403,37 @@ def test_a_preparation_task_not_waited_for_and_the_service_it_leaves(client: Bat
     client.begin_delete_job("svcjob", polling_interval=0.1).result()
     client.begin_delete_pool("svc", polling_interval=0.1).result()
     wait_for(lambda: not _alive(pid), 60)  # the node's VM is gone, and everything on it
+
+
+def test_terminating_a_job_ends_its_running_preparation_task_before_the_release(client: BatchClient) -> None:
+    """Terminate Job "terminates any running Tasks associated with the Job and runs any required Job release
+    Tasks": a preparation task not waited for and still running is ended, and the release task (which runs
+    where the preparation task "ran and completed") starts only after its end; the job completes after both."""
+    shared = "$AZ_BATCH_NODE_SHARED_DIR"
+    job = {
+        "id": "prepend",
+        "poolInfo": {"poolId": "p"},
+        "jobPreparationTask": {
+            "commandLine": f"/bin/sh -c 'touch {shared}/prepend-started; sleep 60; touch {shared}/prepend-done'",
+            "waitForSuccess": False,
+        },
+        "jobReleaseTask": {"commandLine": f"/bin/sh -c 'test ! -e {shared}/prepend-done'"},
+    }
+    assert _send(client, "POST", "/jobs", job).status_code == 201
+    gate = f"/bin/sh -c 'until [ -e {shared}/prepend-started ]; do sleep 0.05; done'"
+    client.create_task("prepend", m.BatchTaskCreateOptions(id="t", command_line=gate))
+    wait_for(lambda: client.get_task("prepend", "t").state == m.BatchTaskState.COMPLETED, 60)
+    client.begin_terminate_job(
+        "prepend", m._models.BatchJobTerminateOptions(termination_reason="done"), polling_interval=0.1
+    ).result()
+    wait_for(lambda: client.get_job("prepend").state == m.BatchJobState.COMPLETED, 60)
+    [status] = list(client.list_job_preparation_and_release_task_status("prepend"))
+    prep, release = status.job_preparation_task_execution_info, status.job_release_task_execution_info
+    assert prep.state == m.BatchJobPreparationTaskState.COMPLETED
+    assert prep.result == m.BatchTaskExecutionResult.FAILURE and prep.failure_info.code == "TaskEnded"
+    assert release.state == m.BatchJobReleaseTaskState.COMPLETED and release.exit_code == 0
+    assert release.start_time >= prep.end_time
+    assert client.get_job("prepend").execution_info.end_time >= release.end_time
 
 
 def test_a_failing_preparation_task_keeps_the_jobs_tasks_off_the_node(client: BatchClient) -> None:

@@ -142,7 +142,11 @@ def warm_start_command(job_id: str, image: str, modules: list[str]) -> str:
     directories are where the tasks' containers see them. Where that fails (no engine answers, as on the
     emulator's process executor, whose tasks run on the node itself) the worker starts on the node; it
     forks only for tasks of its own interpreter outside a container (:func:`batchmagic.runner.node.identity`),
-    so a container task never runs there. Always exits 0: a task finds the worker, or runs fresh."""
+    so a container task never runs there. Always exits 0: a task finds the worker, or runs fresh.
+
+    The container is removed when its worker ends (``--rm``): one that leaves by itself (idle, its socket
+    gone) or one started after the release task already ran (``waitForSuccess`` false: the release does
+    not wait for a preparation task still starting) leaves no stopped container on the node."""
     name = container_name(job_id)
     worker = shlex.join(["python3", "-P", "-m", "batchmagic.runner.nodewarm", *modules])
     script = (
@@ -150,7 +154,7 @@ def warm_start_command(job_id: str, image: str, modules: list[str]) -> str:
         f'D="$AZ_BATCH_NODE_SHARED_DIR/{SOCKET_DIR}"; mkdir -p "$D"; chmod 1777 "$D"; '
         'dk() { docker "$@" || sudo -n docker "$@"; }; '
         f'dk rm -f "{name}" >/dev/null 2>&1; '
-        f'dk run -d --name "{name}" --network host -v "$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR" '
+        f'dk run -d --rm --name "{name}" --network host -v "$AZ_BATCH_NODE_ROOT_DIR:$AZ_BATCH_NODE_ROOT_DIR" '
         f"-e AZ_BATCH_NODE_SHARED_DIR -e AZ_BATCH_JOB_ID {shlex.quote(image)} {worker} || "
         f'(setsid {worker} </dev/null >"$D/{socket_name(job_id)}.log" 2>&1 &); exit 0'
     )

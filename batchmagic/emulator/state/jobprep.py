@@ -9,8 +9,12 @@
 - What a preparation task leaves running (a "local service on the Node so that all Tasks of that Job
   can communicate with it", as the reference puts it) goes on after it ends: it is the release task's
   to stop ("shutting down services that were started as part of Job preparation").
-- Its ``jobReleaseTask`` runs on every node that ran the preparation task when the job ends
-  (terminated, by a user or its own conditions); the job stays ``terminating`` until they are done.
+- Ending the job (Terminate Job: "terminates any running Tasks associated with the Job and runs any
+  required Job release Tasks"; Delete Job) ends a preparation task still running, as it ends the job's
+  other tasks (``failureInfo`` ``TaskEnded``). Its ``jobReleaseTask`` then runs on each node where the
+  preparation task "ran and completed", once none runs any more: never beside a preparation task still
+  running, and not on a node whose preparation task never started; the job stays ``terminating`` until
+  the release tasks are done.
 - ``GET /jobs/{id}/jobpreparationandreleasetaskstatus`` lists, per node, both tasks' execution info.
 """
 
@@ -29,6 +33,9 @@ from batchmagic.emulator.state.tasks import TasksMixin
 __all__ = ["JobPrepMixin"]
 
 log = logging.getLogger("batchmagic.emulator")
+
+#: The job states in which a preparation task still running is ended.
+_ENDING = ("terminating", "deleting", "completed")
 
 
 class JobPrepMixin(TasksMixin):
@@ -85,15 +92,17 @@ class JobPrepMixin(TasksMixin):
             else spec.get("maxWallClockTime", "PT15M"),
         )
 
+        def should_stop() -> bool:
+            # The job's end ends its preparation task (not its release task, which the end starts).
+            return self._stop.is_set() or (kind == "prep" and job.data["state"] in _ENDING)
+
         def before_attempt(retry: int) -> bool:
             if retry:
                 with self.lock:
                     info["retryCount"] = retry
-            return not self._stop.is_set()
+            return not should_stop()
 
-        result = run_command(
-            self.executor, run, now=self.now, should_stop=self._stop.is_set, before_attempt=before_attempt
-        )
+        result = run_command(self.executor, run, now=self.now, should_stop=should_stop, before_attempt=before_attempt)
         with self.lock:
             info["state"] = "completed"
             info["endTime"] = iso(self.now())
@@ -151,8 +160,15 @@ class JobPrepMixin(TasksMixin):
         for job in self.jobs.values():
             if job.data["state"] != "terminating" or job.release_state:
                 continue
+            preps = [e["jobPreparationTaskExecutionInfo"].get("state") for e in job.prep_status.values()]
+            if "running" in preps:
+                continue  # being ended by the job's end: the release (and the job's completion) wait for it
             spec = job.data.get("jobReleaseTask")
-            targets = [e for e in job.prep_status.values() if e["nodeId"]] if spec else []
+            targets = [
+                e
+                for e in job.prep_status.values()
+                if spec and e["nodeId"] and e["jobPreparationTaskExecutionInfo"].get("state") == "completed"
+            ]
             if not spec or not targets:
                 job.release_state = "done"
                 continue
