@@ -18,6 +18,7 @@ from batchmagic.run.sweep import parse_grid
 from batchmagic.runner.node import socket_name
 from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.escapees import kill_sleepers, sleepers
 from tests.support.settings import use_azure
 
 #: What a task reports of the process that started its runner: a warm worker, which one (pid and start
@@ -258,6 +259,53 @@ def test_a_signal_to_the_task_reaches_its_runner_and_the_tasks_death_ends_it(tmp
     finally:
         worker.kill()
         worker.wait()
+
+
+#: A cell that starts ``sleep $MARK`` in a session of its own (as a daemonised server does), then sleeps $HOLD.
+ESCAPING = (
+    "import os, subprocess, time\n"
+    "subprocess.Popen(['sleep', os.environ.get('MARK', '1')], start_new_session=True)\n"
+    "time.sleep(float(os.environ.get('HOLD', '0')))\n"
+)
+
+
+def test_what_a_cell_starts_in_a_session_of_its_own_ends_with_its_forked_runner(home, tmp_path, monkeypatch):
+    """A process the cell starts in a new session leaves the runner's process group: it ends all the same
+    when the forked runner ends by itself, when a SIGTERM reaches it, and when the task's process is killed
+    outright (the worker kills the runner's group, and then what the runner left, which comes to it). The
+    spec is a real run's, made (and run once) by the local backend."""
+    import signal
+    import subprocess
+    import sys
+
+    from batchmagic.backends.local import LocalBackend
+    from batchmagic.runner import node
+
+    monkeypatch.chdir(tmp_path)
+    backend = LocalBackend(home, warm=False)
+    made = Session().submit(ESCAPING, {}, backend=backend)
+    made.wait(timeout=120)
+    spec = backend._runs[made.id].tasks["task-0"].spec_path  # noqa: SLF001 - the spec a task runs
+    env = {**os.environ, "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"), "AZ_BATCH_JOB_ID": "job-z"}
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "batchmagic.runner.nodewarm"], env=env)
+    marks = (3031, 3032, 3033)
+    try:
+        wait_for((tmp_path / "shared" / "batchmagic-warm" / node.socket_name("job-z")).exists, timeout=30)
+        ways = zip(marks, (0, 60, 60), (None, signal.SIGTERM, signal.SIGKILL), (0, 143, -9), strict=True)
+        for mark, hold, how, expected in ways:
+            task = [sys.executable, "-P", "-m", "batchmagic.runner", "--spec", str(spec)]
+            client = subprocess.Popen(task, env={**env, "MARK": str(mark), "HOLD": str(hold)}, cwd=tmp_path)
+            if how is not None:
+                wait_for(lambda m=mark: sleepers(m), timeout=60)
+                assert _children(worker.pid)  # forked by the worker
+                client.send_signal(how)
+            assert client.wait(60) == expected
+            wait_for(lambda m=mark: not sleepers(m), timeout=5)
+        assert worker.poll() is None
+    finally:
+        worker.kill()
+        worker.wait()
+        kill_sleepers(*marks)
 
 
 LEARNING_CELL = """

@@ -19,6 +19,7 @@ from batchmagic.backends.local import LocalBackend
 from batchmagic.backends.warm import Forked, alive, close_workers, kernel_modules, live_workers
 from batchmagic.errors import ConfigError, RunCancelled, RunFailed
 from tests.support.emulator import wait_for
+from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
 
 
 @pytest.fixture
@@ -120,6 +121,34 @@ def test_timeout_and_cancel_end_a_forked_runner_and_what_it_started(session):
     process = process_of(backend, run)
     assert isinstance(process, Forked) and process.wait(10) in (-signal.SIGTERM, -signal.SIGKILL, 143)
     wait_for(lambda: not alive(child), timeout=10)
+
+
+def test_what_a_forked_cell_starts_in_a_session_of_its_own_ends_with_the_run(session):
+    """A process the cell starts in a new session (a daemonised server) leaves the runner's process group;
+    a forked runner's orphan would be re-parented past the worker and outlive the run. It ends at the run's
+    end, at Cancel, and when the runner is killed outright (the worker, its subreaper, ends it)."""
+    backend = warm_backend(session)
+    marks = (3021, 3022, 3023)
+    try:
+        run = session.submit(escaping_cell(marks[0], 0), {}, backend=backend)
+        run.wait(timeout=60)  # the cell does not wait for it
+        assert isinstance(process_of(backend, run), Forked)
+        wait_for(lambda: not sleepers(marks[0]), timeout=5)
+
+        run = session.submit(escaping_cell(marks[1], 60), {}, backend=backend)
+        wait_for(lambda: sleepers(marks[1]), timeout=60)
+        run.cancel()
+        with pytest.raises(RunCancelled):
+            run.result()
+        wait_for(lambda: not sleepers(marks[1]), timeout=5)
+
+        run = session.submit(escaping_cell(marks[2], 60), {}, backend=backend)
+        wait_for(lambda: sleepers(marks[2]), timeout=60)
+        os.killpg(process_of(backend, run).pid, signal.SIGKILL)  # no SIGTERM first: the runner cannot end it
+        wait_for(lambda: not sleepers(marks[2]), timeout=5)
+        assert backend.warm is not None and backend.warm.ready
+    finally:
+        kill_sleepers(*marks)
 
 
 def test_a_sweep_forks_a_runner_per_task(session):

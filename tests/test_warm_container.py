@@ -27,6 +27,7 @@ from batchmagic.runner.warm import HOLD_SECONDS
 from tests.support import docker as docker_parts
 from tests.support.docker import DockerEngine
 from tests.support.emulator import wait_for
+from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
 
 pytestmark = pytest.mark.slow
 
@@ -172,6 +173,36 @@ def test_timeout_and_cancel_end_the_task_not_the_container(session, cenv):
     assert warm_containers(cenv) == [name] and worker.ready  # the container goes on, and takes the next run
     again = session.submit(WHERE, {"k": 3}, backend=backend, container=True, folder="")
     assert again.wait(timeout=60)["y"] == 6 and isinstance(tasks_of(backend, again)[0].process, Forked)
+
+
+def test_what_a_forked_cell_starts_in_a_session_of_its_own_ends_with_the_run(session, cenv):
+    """A process the cell starts in a new session (a daemonised server) leaves the runner's process group;
+    forked in the warm container, it would be re-parented to the worker (the container's PID 1) and outlive
+    the run. It ends at the run's end, at Cancel, and when the runner is killed outright."""
+    backend, worker, _ = warmed(session)
+    marks = (3011, 3012, 3013)
+    try:
+        run = session.submit(escaping_cell(marks[0], 0), {}, backend=backend, container=True, folder="")
+        run.wait(timeout=120)  # the cell does not wait for it
+        assert isinstance(tasks_of(backend, run)[0].process, Forked)
+        wait_for(lambda: not sleepers(marks[0]), timeout=5)
+
+        run = session.submit(escaping_cell(marks[1], 60), {}, backend=backend, container=True, folder="")
+        wait_for(lambda: sleepers(marks[1]), timeout=60)
+        run.cancel()
+        with pytest.raises(RunCancelled):
+            run.result()
+        wait_for(lambda: not sleepers(marks[1]), timeout=5)
+
+        run = session.submit(escaping_cell(marks[2], 60), {}, backend=backend, container=True, folder="")
+        wait_for(lambda: sleepers(marks[2]), timeout=60)
+        (task,) = tasks_of(backend, run)
+        assert isinstance(task.process, Forked)
+        os.killpg(task.process.pid, signal.SIGKILL)  # no SIGTERM first: the runner cannot end it itself
+        wait_for(lambda: not sleepers(marks[2]), timeout=5)  # the worker, its parent now, ended it
+        assert worker.ready  # the container goes on
+    finally:
+        kill_sleepers(*marks)
 
 
 def _group(pgid: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import codecs
+import contextlib
 import importlib
 import json
 import linecache
@@ -39,6 +40,7 @@ from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
 from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
 from batchmagic.runner.ipyshell import NoIPythonError, ipython_cell
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
+from batchmagic.runner.reap import become_subreaper, end_descendants
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
 
 EXIT_OK = 0
@@ -162,6 +164,9 @@ def run_task(where: str, *, raw_spec: bytes | None = None, bundle_copy: Path | N
     # stand in for the runner's own. The cell, as in the kernel, has the working directory first.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    # What the cell leaves behind in a session of its own stays this runner's descendant (it is re-parented
+    # here, not to a warm worker or a container's PID 1 that outlive the run): _end_stragglers ends it.
+    become_subreaper()
 
     raw = raw_spec if raw_spec is not None else _read_spec(where)
     try:
@@ -432,16 +437,18 @@ def _names_back(
 
 
 def _end_stragglers() -> None:
-    """End the processes the cell started and left running (``Popen`` without a wait): they are in the
-    runner's process group when it leads one (the local backend starts it in a session of its own; a
-    container's first process too), and must not outlive the cell nor keep its output pipes open."""
-    if os.getpgid(0) != os.getpid():
-        return  # not a group leader: the group is someone else's
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """End the processes the cell started and left running (``Popen`` without a wait, a server started in a
+    session of its own): they must not outlive the cell (ports, GPU memory) nor keep its output pipes open.
+    Those in the runner's process group, when it leads one (the local backend starts it in a session of its
+    own; a container's first process too), and every descendant of the runner: a runner is a subreaper
+    (:func:`run_task`), so what a cell's child left behind in a session of its own is its descendant too.
+    Also on SIGTERM (cancel, timeout): the unwinding of :class:`_Terminated` passes here."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a cancel meanwhile must not stop this half-way
     try:
-        os.killpg(os.getpid(), signal.SIGTERM)
-    except OSError:
-        pass
+        if os.getpgid(0) == os.getpid():  # not a group leader: the group is someone else's
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpid(), signal.SIGTERM)
+        end_descendants()
     finally:
         signal.signal(signal.SIGTERM, previous)
 

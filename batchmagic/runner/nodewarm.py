@@ -40,6 +40,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from batchmagic.runner.node import identity, socket_dir, socket_name
+from batchmagic.runner.reap import become_subreaper, end_orphans
 from batchmagic.runner.warm import WARM_UPS
 
 __all__ = ["serve", "main", "IDLE_LIMIT"]
@@ -247,6 +248,7 @@ def _serve(listener: socket.socket, name: str, inode: int, modules: list[str]) -
     gc.disable()  # until the child: no collection leaves holes in the pages the children share
     runner = importlib.import_module("batchmagic.runner.main")
     _preload(modules)
+    become_subreaper()  # what a runner killed outright left comes here (not to init): end_orphans kills it
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -263,6 +265,7 @@ def _serve(listener: socket.socket, name: str, inode: int, modules: list[str]) -
             if fd in watched:
                 _heard(watched[fd])
         learned = _reap(children)
+        end_orphans(children)
         if learned:  # what a cell imported, imported here once: the next tasks start with it
             _preload(learned)
         if listener.fileno() in ready:

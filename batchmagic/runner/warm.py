@@ -46,6 +46,8 @@ import time
 from types import FrameType, ModuleType
 from typing import Any
 
+from batchmagic.runner.reap import become_subreaper, end_orphans
+
 __all__ = ["serve", "main"]
 
 #: The signal Linux sends the worker when the thread that started it ends (PR_SET_PDEATHSIG): a thread,
@@ -203,6 +205,7 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
     warmed: set[str] = set()
     _preload(modules, done)
     _warm_up(warmed)
+    become_subreaper()  # what a runner killed outright left comes here, not to init: end_orphans kills it
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listening.bind(path)
     listening.listen(64)
@@ -224,6 +227,7 @@ def serve(parent: int, path: str, modules: list[str]) -> None:
         if wake_r in ready:
             os.read(wake_r, 512)
         _reap(children)
+        end_orphans(children)
         if lifeline is not None and lifeline.fileno() in ready and not _still_held(lifeline):
             lifeline.close()
             lifeline = None

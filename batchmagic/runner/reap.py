@@ -1,0 +1,115 @@
+"""What a runner's cell started must end with the run, whatever session it started it in.
+
+A runner's process group holds what the cell started plainly, and the group is what the backends signal.
+A process the cell starts in a session of its own (``Popen(..., start_new_session=True)``, a daemonised
+server) leaves the group; when its parent ends it is re-parented to the nearest *subreaper* above it, else
+to the PID namespace's init: a warm worker, the container's PID 1, which runs on. So:
+
+- a forked runner makes itself a subreaper (:func:`become_subreaper`): what the cell leaves behind stays
+  its descendant, and the runner's end kills all its descendants (:func:`end_descendants`);
+- a warm worker makes itself a subreaper too (it is already one as a container's PID 1): what a runner
+  killed outright (SIGKILL) left comes to it, and it kills any such process (:func:`end_orphans`).
+
+Only the standard library: the runner's side of a node worker imports this before anything heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["become_subreaper", "children", "descendants", "end_descendants", "end_orphans"]
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the subreaper of its descendants (Linux 3.4+): True when it is one now."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command's name ([] when the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def children(pid: int) -> list[int]:
+    """The living (not zombie) children of ``pid``, those of each of its threads."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for tid in tasks:
+            found += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    except OSError:  # gone, or a kernel without CONFIG_PROC_CHILDREN: every process's parent
+        found = [int(e) for e in os.listdir("/proc") if e.isdigit() and _stat(int(e))[1:2] == [str(pid)]]
+    return [c for c in found if _stat(c)[:1] not in ([], ["Z"], ["X"])]
+
+
+def descendants(pid: int) -> list[int]:
+    """The living descendants of ``pid``, parents before their children."""
+    found: list[int] = []
+    todo = children(pid)
+    while todo:
+        found += todo
+        todo = [c for p in todo for c in children(p) if c not in found]
+    return found
+
+
+def _signal_all(pids: Iterable[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def end_descendants(grace: float = 0.5) -> None:
+    """End every descendant of this process: SIGTERM (a server may shut down cleanly), then, after at most
+    ``grace`` seconds, SIGKILL to what remains, again until none is left (a killed process's children come
+    to this process when it is a subreaper, else to the next one above: the warm worker)."""
+    me = os.getpid()
+    left = descendants(me)
+    if not left:
+        return
+    _signal_all(left, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while left and time.monotonic() < deadline:
+        time.sleep(0.02)
+        left = descendants(me)
+    for _ in range(50):  # a process that forks as fast as it is killed: bounded, not forever
+        if not left:
+            return
+        _signal_all(left, signal.SIGKILL)
+        time.sleep(0.01)
+        left = descendants(me)
+
+
+def end_orphans(runners: Iterable[int]) -> list[int]:
+    """In a warm worker: kill each of its children that is not one of ``runners`` and not of its own session
+    (an import's helper process is): a process a runner's cell left, re-parented to the worker when that
+    runner was killed outright. The pids killed."""
+    mine = os.getsid(0)
+    keep = set(runners)
+    killed = []
+    for pid in children(os.getpid()):
+        try:
+            theirs = os.getsid(pid)
+        except OSError:
+            continue
+        if pid not in keep and theirs != mine:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
