@@ -295,6 +295,36 @@ def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
     wait_for(lambda: not warm_containers(cenv), timeout=30)
 
 
+def test_a_killed_kernels_socket_folder_is_cleared_at_the_next_start(session, cenv, tmp_path):
+    """The worker cannot remove its socket folder (a mount point in its container) and a killed kernel never
+    does: the next warm container's start on this machine removes the folders of kernels that are gone,
+    and only those (a live kernel's stays; one whose pid was reused by another process goes)."""
+    import tempfile
+
+    from batchmagic.backends.warm import start_ticks
+    from batchmagic.backends.warm_container import folder_prefix
+
+    client = _client(tmp_path, "hang")
+    assert client.stdout is not None
+    _, name = client.stdout.readline().split()
+    client.stdout.close()
+    tmp = Path(tempfile.gettempdir())
+    (left,) = tmp.glob(f"batchmagic-cwarm-{client.pid}-*")
+    client.kill()
+    client.wait(10)
+    wait_for(lambda: name not in warm_containers(cenv), timeout=30)
+    assert left.is_dir()  # the worker ended and could not remove it
+    live = Path(tempfile.mkdtemp(prefix=folder_prefix(os.getpid(), start_ticks(os.getpid()))))
+    reused = Path(tempfile.mkdtemp(prefix=folder_prefix(os.getpid(), start_ticks(os.getpid()) + 1)))
+    try:
+        warmed(session)  # a warm container starts: the first --container run starts it
+        assert not left.exists() and not reused.exists() and live.is_dir()
+    finally:
+        for folder in (live, reused):
+            if folder.exists():
+                folder.rmdir()
+
+
 def test_a_fork_of_a_killed_kernel_does_not_keep_its_container(cenv, tmp_path):
     client = _client(tmp_path, "forked")
     assert client.stdout is not None

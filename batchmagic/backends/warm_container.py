@@ -20,6 +20,9 @@ folder mounted at the same path in the container. What makes it a container's:
   the host, as for a runner on the host; the container goes on.
 - Its name and labels: ``batchmagic-warm-<kernel pid>-<hash>`` (the hash of the kernel's start time and
   the container's options), labelled ``batchmagic.warm-worker=<kernel pid>``.
+- Its socket folder: ``$TMPDIR/batchmagic-cwarm-<kernel pid>-<start ticks>-<random>``. The worker cannot
+  remove it (a mount point in its container): the kernel does, and a kernel that was killed leaves it to
+  the next container's start on this machine (:func:`clear_stale_folders`).
 
 When it cannot be used (the image's batchmagic has no such worker, the engine runs on another machine or
 in a VM so its processes are not this machine's, Docker refuses), it says so in the log only and runs
@@ -39,10 +42,11 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchmagic.backends.warm import Forked, ask, kernel_modules, start_ticks, task_request
+from batchmagic.backends.warm import Forked, alive, ask, kernel_modules, start_ticks, task_request
 
 __all__ = ["ContainerPlan", "ContainerWorker", "shared_container", "close_containers", "host_pid", "LABEL"]
 
@@ -139,7 +143,8 @@ class ContainerWorker:
         self.name = f"{self.plan.name(os.getpid(), start_ticks(os.getpid()))}-{self._boots}"
         lifeline = None
         try:
-            self._folder = tempfile.mkdtemp(prefix="batchmagic-cwarm-")
+            clear_stale_folders(Path(tempfile.gettempdir()))
+            self._folder = tempfile.mkdtemp(prefix=folder_prefix(os.getpid(), start_ticks(os.getpid())))
             self._modules = kernel_modules()
             started = self._docker(*self.plan.run_argv(self.name, self._folder, self._modules)[1:])
             if started.returncode != 0:
@@ -286,6 +291,37 @@ class ContainerWorker:
     def _logs(self) -> str:
         done = self._docker("logs", "--tail", "5", self.name)
         return (done.stdout + done.stderr).decode(errors="replace").strip()[-300:] or "no output"
+
+
+#: A warm container's socket folder on this machine: ``<prefix><kernel pid>-<its start ticks>-<random>``.
+FOLDER_PREFIX = "batchmagic-cwarm-"
+
+
+def folder_prefix(kernel_pid: int, kernel_ticks: int) -> str:
+    """The start of the name of a socket folder of the kernel ``kernel_pid`` started at ``kernel_ticks``."""
+    return f"{FOLDER_PREFIX}{kernel_pid}-{kernel_ticks}-"
+
+
+def stale_folders(names: list[str], alive_now: Callable[[int, int], bool]) -> list[str]:
+    """The socket folders among ``names`` whose kernel is gone (``alive_now(pid, ticks)`` says it is not):
+    the worker cannot remove its own (a mount point in its container), and a killed kernel never did."""
+    stale = []
+    for name in names:
+        parts = name[len(FOLDER_PREFIX) :].split("-") if name.startswith(FOLDER_PREFIX) else []
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():  # mkdtemp's part has no "-"
+            if not alive_now(int(parts[0]), int(parts[1])):
+                stale.append(name)
+    return stale
+
+
+def clear_stale_folders(tmp: Path) -> None:
+    """Remove this user's socket folders in ``tmp`` whose kernel is gone (done at a container's start)."""
+    try:
+        names = [e.name for e in os.scandir(tmp) if e.name.startswith(FOLDER_PREFIX) and e.stat().st_uid == os.getuid()]
+    except OSError:
+        return
+    for name in stale_folders(names, alive):
+        shutil.rmtree(tmp / name, ignore_errors=True)
 
 
 def _nspid(pid: int) -> list[int]:
