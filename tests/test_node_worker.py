@@ -327,3 +327,46 @@ def test_the_worker_imports_what_a_cell_imported_for_the_next_tasks(azure_env, s
     assert list(results.y) == list(range(6))
     had = list(results.had)
     assert any(had) and not all(had), had  # the first tasks imported it themselves; later ones found it imported
+
+
+def test_a_task_that_gave_up_waiting_is_not_run_again_by_the_worker(tmp_path, monkeypatch):
+    """A task that connects while the worker still imports waits at most ANSWER_TIMEOUT, then runs fresh. Its
+    request (and its streams) stay queued on the worker's socket: the worker, once it has imported, must not
+    fork a second runner for it. The worker's preload here waits on a file; the task that gave up writes its
+    streams to a file of its own, where a second runner of its spec would write."""
+    import subprocess
+    import sys
+
+    from batchmagic.runner import node
+
+    mods, gate = tmp_path / "mods", tmp_path / "gate"
+    mods.mkdir()
+    (mods / "slowmod.py").write_text(
+        f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\n"
+    )
+    env = {
+        **os.environ,
+        "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"),
+        "AZ_BATCH_JOB_ID": "job-z",
+        "PYTHONPATH": os.pathsep.join([str(mods), os.environ.get("PYTHONPATH", "")]),
+    }
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "batchmagic.runner.nodewarm", "slowmod"], env=env)
+    gave_up = (
+        "import sys; from batchmagic.runner import node; node.ANSWER_TIMEOUT = 0.5; "
+        "sys.exit(0 if node.fork_on_node(['--spec', 'missing.json']) is None else 1)"
+    )
+    try:
+        wait_for((tmp_path / "shared" / "batchmagic-warm" / node.socket_name("job-z")).exists, timeout=30)
+        with open(tmp_path / "gave-up.err", "wb") as err:
+            done = subprocess.run(
+                [sys.executable, "-c", gave_up], env=env, cwd=tmp_path, stdout=err, stderr=err, check=False
+            )
+        assert done.returncode == 0  # no answer in time: it runs fresh
+        gate.touch()  # the worker's imports end; the queued request of the task that gave up comes first
+        monkeypatch.chdir(tmp_path)
+        assert node.fork_on_node(["--spec", "missing.json"], env) == 2  # a task that waited is forked
+        wait_for(lambda: not _children(worker.pid), timeout=30)
+        assert (tmp_path / "gave-up.err").read_bytes() == b""  # no second runner wrote there
+    finally:
+        worker.kill()
+        worker.wait()

@@ -8,7 +8,8 @@ a Unix socket in the node's shared directory, which every task container sees (B
 root directory into a task's container at the same path). Before anything heavy is imported,
 :func:`fork_on_node` asks that worker to fork the runner: it sends the task's working directory, spec path
 and environment, and its own standard streams (``SCM_RIGHTS``: the child writes where a fresh runner
-would), then relays the child's exit code. When this process is killed (the task is terminated, its
+would), says ``go`` when the worker is ready to fork (only in time: a task that gave up waiting never gets
+a second runner), then relays the child's exit code. When this process is killed (the task is terminated, its
 container removed) the connection closes and the worker kills the child's process group; a SIGTERM is
 passed on to the child, so the runner ends as it does on its own (its log flushed, a result written).
 
@@ -120,6 +121,12 @@ def fork_on_node(argv: list[str], env: Mapping[str, str] | None = None) -> int |
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(env), "identity": identity()}
         socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
         answer = _read_line(conn, buffer)
+        if answer is not None and answer.get("ready"):
+            # In time: this task now takes the worker's runner, whatever comes. Past ANSWER_TIMEOUT it never
+            # says go, and the worker, which forks only on go, never runs a second runner for it.
+            conn.sendall(b"go\n")
+            conn.settimeout(None)
+            answer = _read_line(conn, buffer)
     except (OSError, ValueError):
         answer = None
     if answer is None or "pid" not in answer:

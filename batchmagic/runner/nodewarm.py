@@ -7,6 +7,8 @@ task environment's ``AZ_BATCH_NODE_SHARED_DIR`` and ``AZ_BATCH_JOB_ID``. It bind
 for it rather than importing the same modules itself), imports the runner and ``MODULE ...``, then forks
 one runner per connection (:mod:`batchmagic.runner.node` is the other side). A request is one JSON line
 ``{"argv", "cwd", "env", "identity"}`` with the task's standard streams attached (``SCM_RIGHTS``); the worker
+answers ``{"ready": true}``, forks once the task says ``go`` (a task that gave up waiting, its request
+queued while the worker imported, has closed its connection and runs fresh: it gets no second runner),
 answers ``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child), or ``{"error"}``
 for a task whose interpreter is not its own (:func:`~batchmagic.runner.node.identity`), which then runs fresh.
 
@@ -147,6 +149,31 @@ def _child(
         os._exit(code)
 
 
+#: How long the worker waits for a task's go once it said it is ready (the task answers at once, or is gone).
+GO_TIMEOUT = 10.0
+
+
+def _go(conn: socket.socket) -> bool:
+    """Tell the task the worker is ready to fork its runner; True when it answers ``go``. A task that waited
+    past its ANSWER_TIMEOUT (its request queued while the worker imported) has gone to run fresh: its
+    connection is closed, and it must not get a second runner."""
+    said = b""
+    try:
+        conn.sendall(b'{"ready": true}\n')
+        conn.settimeout(GO_TIMEOUT)
+        while not said.endswith(b"\n"):
+            more = conn.recv(16)
+            if not more:
+                return False
+            said += more
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            conn.settimeout(None)
+    return said == b"go\n"
+
+
 def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Child]) -> None:
     """Take one task: fork its runner and answer with the child's pid (a bad request: an error line)."""
     conn, _ = listener.accept()
@@ -161,6 +188,8 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
         request = json.loads(data)
         if request.get("identity") != identity():
             raise ValueError(f"this worker runs {identity()}, the task {request.get('identity')}")
+        if not _go(conn):
+            raise ConnectionError("the task no longer waits (it runs fresh)")
         sys.stdout.flush()
         sys.stderr.flush()
         gc.freeze()  # the worker's objects out of the collector's reach: the pages children share stay shared
