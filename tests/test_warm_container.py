@@ -432,6 +432,40 @@ def test_a_new_image_retires_the_old_container(session, cenv):
     assert warm_containers(cenv) == [newer.name]
 
 
+def test_runs_in_two_images_at_once_keep_each_their_container(session, cenv):
+    """A run in another image retires the old container only once it is idle: while a run forked in image A
+    runs, a run in image B starts B's warm container and A's goes on; with a run in each, the next runs of
+    both images are forked in their own image's container; once A's is idle, a run in B retires it."""
+    backend, worker, _ = warmed(session)
+    other = "batchmagic-retagged:2"
+    assert cenv.run("tag", worker.plan.image, other).returncode == 0
+
+    def submit(cell: str, image: str) -> Any:
+        return session.submit(cell, {"k": 1}, backend=backend, container=True, folder="", image=image)
+
+    hold = "import time\ntime.sleep(120)"
+    long_a = submit(hold, worker.plan.image)
+    assert isinstance(tasks_of(backend, long_a)[0].process, Forked)
+    first_b = submit(WHERE, other)
+    assert first_b.wait(timeout=300)["y"] == 2
+    newer = container_of(backend, first_b)
+    wait_for(lambda: newer.ready, timeout=180)
+    assert worker.ready and not long_a.poll()  # A's container is kept while its run runs
+    long_b = submit(hold, other)
+    runs = [submit(WHERE, worker.plan.image), submit(WHERE, other)]
+    assert [r.wait(timeout=120)["y"] for r in runs] == [2, 2]
+    forked = [isinstance(tasks_of(backend, r)[0].process, Forked) for r in (long_b, *runs)]
+    assert forked == [True, True, True]  # each in its own image's warm container, none retired
+    assert sorted(warm_containers(cenv)) == sorted([worker.name, newer.name])
+    for run in (long_a, long_b):
+        run.cancel()
+        with pytest.raises(RunCancelled):
+            run.result()
+    last = submit(WHERE, other)
+    assert last.wait(timeout=120)["y"] == 2 and isinstance(tasks_of(backend, last)[0].process, Forked)
+    wait_for(lambda: warm_containers(cenv) == [newer.name], timeout=30)  # A's, idle now, is retired
+
+
 def _submission(**changes: Any) -> TaskSubmission:
     return TaskSubmission("r1", "r", ["task-0"], {}, "Standard_D2s_v3", 60.0, image="img:1", **changes)
 

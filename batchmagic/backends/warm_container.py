@@ -13,7 +13,8 @@ folder mounted at the same path in the container. What makes it a container's:
   connection end, takes no more tasks, waits for the runners it forked (they end with it: it is the
   container's PID 1), and ends; ``docker run --rm`` then removes the container. ``Session.teardown``,
   ``%azbatch_teardown`` and this process's exit (atexit) also ``docker rm -f`` it when none of its runners
-  runs. A run in another image (the environment changed) retires it: at most one per kernel.
+  runs. A run in another image (the environment changed) retires it once it is idle (it neither starts
+  nor runs a task): one per kernel and image in use, and an idle one only for the image last used.
 - Pids. Each forked runner is a process of the host too: the client finds its host pid (its parent's
   children in /proc, whose ``NSpid`` says the pid inside) before the runner may start (it waits for the
   client's ``go``), so the timeout, Cancel and a later client's adoption signal its process group from
@@ -121,6 +122,11 @@ class ContainerWorker:
     @property
     def ready(self) -> bool:
         return self._lifeline is not None
+
+    @property
+    def busy(self) -> bool:
+        """Whether it starts, or a runner forked in it runs: it must not be retired now."""
+        return self._starting or any(f.poll() is None for f in list(self._forked))
 
     @property
     def pid(self) -> int | None:
@@ -380,10 +386,12 @@ _at_exit = threading.Event()
 
 def shared_container(plan: ContainerPlan, env: dict[str, str]) -> ContainerWorker:
     """This process's warm container for ``plan`` (made, not started, on first call); those of other plans
-    are closed (another image: the environment changed)."""
+    are closed when idle (another image: the environment changed). One that starts or runs a task is kept:
+    two runs in two images at once (a sweep in the background, a cell in another image) each keep theirs,
+    instead of each task retiring the other's container, and paying a ``docker run`` retired before ready."""
     with _containers_lock:
         worker = _containers.get(plan)
-        retired = [w for p, w in _containers.items() if p != plan]
+        retired = [w for p, w in _containers.items() if p != plan and not w.busy]
         if worker is None:
             worker = _containers[plan] = ContainerWorker(plan, env)
         for old in retired:
