@@ -19,7 +19,9 @@ never imported costs its import once per node, not once per task.
 The child has a runner's isolation: its own session and process group, the task's working directory,
 environment and streams. While it runs the worker reads its connection: ``{"signal": N}`` is passed to
 the child's process group; the end of the connection (the task's process was killed, its container
-removed) kills the group, as the end of a task's container kills a fresh runner.
+removed) kills the group, as the end of a task's container kills a fresh runner. What the cell started in
+a session of its own ends with the runner too (:mod:`batchmagic.runner.reap`): the runner is its subreaper
+and ends its descendants, and the worker, a subreaper too, kills what a runner killed outright left to it.
 
 The worker leaves when its socket is removed or replaced (the job's release task; a preparation task run
 again on the node), on SIGTERM, and after :data:`IDLE_LIMIT` seconds without a task.

@@ -11,7 +11,9 @@ session of its own (its own process group: the backend's timeout and Cancel kill
 task's working directory, environment and output files, and runs the runner as
 ``python -m batchmagic.runner --spec SPEC`` would, in a process that paid for no import. The worker
 answers ``{"pid": N}``, and ``{"exit": CODE}`` when the child ends (negative: the signal that ended it),
-then closes the connection.
+then closes the connection. The worker is a subreaper: what a runner killed outright (SIGKILL) left
+behind comes to it, and it kills that (:func:`batchmagic.runner.reap.end_orphans`); a runner ends what its
+cell left itself (it is the subreaper of its own descendants).
 
 When the worker ends (its parent died, or SIGTERM) it removes its socket and folder; a runner still
 running goes on, as a fresh runner does when its kernel dies: the client that started it watches it by
