@@ -7,6 +7,7 @@ scheduler waits on and can kill.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -58,6 +59,8 @@ class TaskContext:
     command), each command of the task on the node executed in it, removed when the task ends. So what a
     coordination command starts in the background (the service's "typical coordination command line
     launches a background service") keeps running for the application command."""
+    user_identity: dict[str, Any] | None = None
+    """The task's ``userIdentity`` (None: the pool's non-admin auto-user): whom its container runs as."""
 
     @property
     def wd(self) -> Path:
@@ -114,6 +117,39 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release resources (nothing to kill: the scheduler kills the running tasks itself)."""
+
+
+#: The pool's non-admin auto-user (``_azbatch`` on the service's Linux nodes) as uid and gid, when the emulator
+#: runs as root and so can give a task's files to another user. Batch Shipyard, written by the Batch team,
+#: aligns its own ``_azbatch`` to 1000:1000 "to batch pool"; BATCHEMU_TASK_USER=UID:GID models another.
+NONADMIN_USER = (1000, 1000)
+
+
+def task_user(ctx: TaskContext) -> tuple[int, int]:
+    """The uid and gid a task runs as. The service runs a task as its ``userIdentity`` (default: the pool's
+    non-admin auto-user); on Linux it maps that user into a container task's container ("Batch maps the
+    user/group permission to the container"; an auto-user of admin elevation runs as root there), and the
+    task's files and directories are owned by that user. An emulator that is not root runs every task as
+    itself, the only user it can be."""
+    auto = (ctx.user_identity or {}).get("autoUser") or {}
+    if str(auto.get("elevationLevel") or "nonadmin").lower() == "admin":
+        return (0, 0) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid()
+    given = os.environ.get("BATCHEMU_TASK_USER", "")
+    uid, _, gid = given.partition(":")
+    return (int(uid), int(gid or uid)) if uid.isdigit() and (gid or uid).isdigit() else NONADMIN_USER
+
+
+def own_task_dir(task_dir: Path, user: tuple[int, int]) -> None:
+    """Give the task's directory and all in it (its working directory, its resource files) to its user, as
+    the service's node agent does ("All files and directories of a task are owned by the task user")."""
+    if os.geteuid() != 0:
+        return
+    for here, dirs, files in os.walk(task_dir):
+        for name in (".", *dirs, *files):
+            with contextlib.suppress(OSError):
+                os.chown(os.path.join(here, name), *user, follow_symlinks=False)
 
 
 def check_run_options(settings: dict[str, Any] | None) -> None:
@@ -337,6 +373,8 @@ def docker_argv(ctx: TaskContext, image: str, name: str) -> list[str]:
     argv += ["-v", f"{mount}:{mount}"]
     if settings.get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
         argv += ["-w", str(ctx.wd)]
+    uid, gid = task_user(ctx)
+    argv += ["-u", f"{uid}:{gid}"]  # the task's user, not the image's USER (run options may still set one)
     for key, value in ctx.env.items():
         argv += ["-e", f"{key}={value}"]
     if ctx.gpus and host_gpus():
@@ -415,6 +453,7 @@ class DockerExecutor:
                 "One or more container images specified are invalid",
                 [("ContainerImage", image), ("Message", str(exc)[:1000])],
             ) from exc
+        own_task_dir(ctx.task_dir, task_user(ctx))
         if ctx.container_name:
             return self._exec_in_task_container(ctx, image)
         name = f"batchemu-{uuid.uuid4().hex[:12]}"
@@ -442,7 +481,8 @@ class DockerExecutor:
                 made = subprocess.run(argv, env=host_env, capture_output=True, timeout=120, check=False)
                 if made.returncode != 0:
                     raise TaskStartError("ContainerInvalidSettings", made.stderr.decode(errors="replace")[:1000])
-        argv = ["docker", "exec"]
+        uid, gid = task_user(ctx)
+        argv = ["docker", "exec", "-u", f"{uid}:{gid}"]
         if (ctx.container_settings or {}).get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
             argv += ["-w", str(ctx.wd)]
         for key, value in ctx.env.items():

@@ -234,14 +234,25 @@ def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
         log.add("e", f"[batchmagic] {problem}\n")
         return EXIT_PREFLIGHT, TaskOutcome(ok=False, phase="preflight", error=TaskError("GpuPreflight", problem))
     # The runner's own files (bundle, sources, big objects) go in a directory of their own, removed at
-    # the end: in the task's working directory, unless this user cannot write it (a non-root image
-    # user on a directory the node agent created as root): then the temp dir.
+    # the end: in the task's working directory, unless this user cannot write it (a runner started as
+    # another user than the task's, who owns it): then the temp dir.
     cwd = os.getcwd()
     workdir = Path(tempfile.mkdtemp(prefix=".azbatch-", dir=cwd if os.access(cwd, os.W_OK) else None))
     try:
         return _run_in(spec, log, cwd, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_writable(cwd: str) -> None:
+    """The notebook folder's files and skeleton go in the task's working directory: say so plainly when this
+    process cannot write it, before the first file fails with a bare PermissionError."""
+    if not os.access(cwd, os.W_OK):
+        raise PermissionError(
+            f"the task's working directory {cwd} is not writable by this process (uid {os.getuid()}, owner uid "
+            f"{os.stat(cwd).st_uid}), so the notebook folder's files cannot be placed there: Azure Batch runs a "
+            "container task as the task's user, who owns that directory, and this runner runs as another"
+        )
 
 
 def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int, TaskOutcome]:
@@ -260,6 +271,8 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     if manifest.ipython:  # %time, !cmd: compiled as the kernel compiles it; tracebacks still show the cell's text
         source = ipython_cell(source, namespace)
     codes = rich.compile_cell(source, CELL_FILENAME, first_line=manifest.first_line)
+    if spec.inputs or spec.folder is not None:
+        _check_writable(cwd)
     if spec.inputs:
         fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
     before = prepare_folder(spec.folder, Path(cwd)) if spec.folder is not None else {}

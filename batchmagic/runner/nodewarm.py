@@ -10,7 +10,8 @@ one runner per connection (:mod:`batchmagic.runner.node` is the other side). A r
 answers ``{"ready": true}``, forks once the task says ``go`` (a task that gave up waiting, its request
 queued while the worker imported, has closed its connection and runs fresh: it gets no second runner),
 answers ``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child), or ``{"error"}``
-for a task whose interpreter is not its own (:func:`~batchmagic.runner.node.identity`), which then runs fresh.
+for a task whose interpreter is not its own (:func:`~batchmagic.runner.node.identity`) or whose working
+directory it cannot write (the task's user, who owns it, is not the worker's), which then runs fresh.
 
 When a child ends it names the modules its cell imported that the worker had not (from site-packages: a
 library, not the cell's own code), and the worker imports them before the next fork: a module the kernel
@@ -190,6 +191,8 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
         request = json.loads(data)
         if request.get("identity") != identity():
             raise ValueError(f"this worker runs {identity()}, the task {request.get('identity')}")
+        if not os.access(str(request.get("cwd")), os.W_OK):  # the task's user is not this worker's: run fresh
+            raise PermissionError(f"this worker (uid {os.getuid()}) cannot write the task's directory")
         if not _go(conn):
             raise ConnectionError("the task no longer waits (it runs fresh)")
         sys.stdout.flush()

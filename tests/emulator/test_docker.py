@@ -200,3 +200,35 @@ def test_a_container_a_preparation_task_left_goes_with_the_node(
     client.begin_delete_job("svc", polling_interval=0.1).result()
     client.begin_delete_pool("svcpool", polling_interval=0.1).result()
     wait_for(lambda: not _docker(docker_env, "ps", "-aq", "--filter", "name=emu-svc-").stdout.strip(), 60)
+
+
+def test_a_container_task_runs_as_its_task_user_who_owns_its_directory(docker_emulator: Any) -> None:
+    """As the service on Linux: the container runs as the task's user (the pool's non-admin auto-user unless
+    its userIdentity says admin: root), not the image's, and that user owns the task's working directory
+    and resource files ("All files and directories of a task are owned by the task user")."""
+    client = docker_emulator.client()
+    _pool(client, "whom", [IMAGE])
+    wait_for(lambda: [n for n in client.list_nodes("whom") if n.state == m.BatchNodeState.IDLE], 60)
+    client.create_job(m.BatchJobCreateOptions(id="whom", pool_info=m.BatchPoolInfo(pool_id="whom")))
+    admin = m.UserIdentity(
+        auto_user=m.AutoUserSpecification(scope=m.AutoUserScope.POOL, elevation_level=m.ElevationLevel.ADMIN)
+    )
+    line = "/bin/sh -c 'echo made > $AZ_BATCH_TASK_WORKING_DIR/made.txt && cat /proc/self/status'"
+    for task_id, identity in (("plain", None), ("admin", admin)):
+        client.create_task(
+            "whom",
+            m.BatchTaskCreateOptions(
+                id=task_id,
+                command_line=line,
+                container_settings=m.BatchTaskContainerSettings(image_name=IMAGE),
+                user_identity=identity,
+            ),
+        )
+    expected = {"plain": "1000" if os.geteuid() == 0 else str(os.geteuid()), "admin": str(os.geteuid())}
+    for task_id, uid in expected.items():
+        task = _done(client, "whom", task_id)
+        out = b"".join(client.download_task_file("whom", task_id, "stdout.txt")).decode()
+        assert task.execution_info.exit_code == 0, (task_id, out, task.execution_info.failure_info)
+        [uids] = [row.split()[1:] for row in out.splitlines() if row.startswith("Uid:")]
+        assert uids[0] == uid, (task_id, out)
+        assert b"".join(client.download_task_file("whom", task_id, "wd/made.txt")) == b"made\n"

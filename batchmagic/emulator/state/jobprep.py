@@ -80,6 +80,7 @@ class JobPrepMixin(TasksMixin):
             env=env,
             container_settings=spec.get("containerSettings"),
             pool_container=pool_container,
+            user_identity=spec.get("userIdentity"),
         )
         constraints = spec.get("constraints") or {}
         # A release task has no retries and its own wall clock limit (15 minutes unless set).

@@ -225,6 +225,7 @@ class MultiInstanceMixin(TasksMixin):
             pool_container=pool_container,
             gpus=pool_gpus(pool.data),
             container_name=task_container(job, task, node),
+            user_identity=task.data.get("userIdentity"),
         )
         return CommandRun(ctx, resource_files=list(settings.get("commonResourceFiles") or []), resource_dir=task_dir)
 

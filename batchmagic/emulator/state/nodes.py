@@ -107,6 +107,7 @@ class NodesMixin(PoolsMixin):
             env=env,
             container_settings=spec.get("containerSettings"),
             pool_container=pool_container,
+            user_identity=spec.get("userIdentity"),
         )
         run = CommandRun(
             ctx,

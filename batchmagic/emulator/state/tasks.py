@@ -421,6 +421,7 @@ class TasksMixin(FilesMixin):
             container_settings=data.get("containerSettings"),
             pool_container=pool_container,
             gpus=pool_gpus(pool.data),
+            user_identity=data.get("userIdentity"),
         )
         return CommandRun(
             ctx,
