@@ -184,7 +184,7 @@ class NodeFetch:
 
 def _node_dir(workdir: Path) -> Path:
     """Where the node keeps what its ranks share: the task's working directory, or the temp dir when the
-    image's user cannot write it."""
+    process cannot write it (the service makes it the task's user's, the user the container runs as)."""
     return workdir if os.access(workdir, os.W_OK) else Path(tempfile.mkdtemp(prefix="azbatch-node-"))
 
 
@@ -220,8 +220,8 @@ def _fork_runner(spec: str, cwd: Path, env: dict[str, str], fetched: NodeFetch |
 
 
 def _rank_dir(workdir: Path, rank: int) -> Path:
-    """A rank's working directory: ``rank-<k>`` in the task's, or in the temp dir when the image's user
-    cannot write the task's (a directory the node agent made as root)."""
+    """A rank's working directory: ``rank-<k>`` in the task's, or in the temp dir when this process
+    cannot write the task's (it runs as a user other than the task's, who owns it)."""
     try:
         path = workdir / f"rank-{rank}"
         path.mkdir(parents=True, exist_ok=True)

@@ -44,9 +44,10 @@ __all__ = [
 #: The group's file name in each node's task directory (``AZ_BATCH_TASK_SHARED_DIR``).
 GROUP_FILE = "group.json"
 _SUPERVISOR = 'python3 -P -m batchmagic.runner.ranks --group "$AZ_BATCH_TASK_SHARED_DIR/group.json"'
-#: The node's status directory ("$d"): beside the task's files, or in /tmp when the image's user cannot write
-#: there (a directory the node agent made as root). The supervisor's output is "$d/ranks.txt". Whether it can
-#: be written is tried with the shell's own ``true`` (not ``touch``: one process fewer on the start's path).
+#: The node's status directory ("$d"): beside the task's files, or in /tmp when this user cannot write there
+#: (a fallback: the task's user owns them, and the container runs as that user). The supervisor's output is
+#: "$d/ranks.txt". Whether it can be written is tried with the shell's own ``true`` (not ``touch``: one
+#: process fewer on the start's path).
 _STATUS_DIR = (
     'd="$AZ_BATCH_TASK_SHARED_DIR"; '
     'if ! true 2>/dev/null >> "$d/ranks.txt"; then d="/tmp/batchmagic-$AZ_BATCH_JOB_ID-$AZ_BATCH_NODE_ID"; '
