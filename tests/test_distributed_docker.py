@@ -9,7 +9,6 @@ import functools
 import glob
 import os
 import threading
-import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite, azurite_fixture
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.settings import azure_environment
+from tests.support.settings import use_azure_images
 from tests.test_distributed import need_torch
 
 pytestmark = pytest.mark.slow
@@ -81,15 +80,9 @@ def docker_batch(
 ) -> Iterator[RunningEmulator]:
     """The emulator on the docker executor, and a notebook whose cells' images are built and pushed."""
     with start_emulator(tmp_path / "batch", executor="docker", env=docker_engine.env, allocation_delay=0.1) as emu:
-        settings = azure_environment(emu, azurite, container=f"distd-{int(time.time() * 1000) % 10**9}")
-        settings.pop("BATCHMAGIC_IMAGE")  # built for the cell, pushed to the loopback registry
-        for name, value in settings.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY", f"{registry.host}/batchmagic")
-        monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", registry.username)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", registry.password)
+        use_azure_images(
+            monkeypatch, emu, azurite, prefix="distd", engine=docker_engine, registry=registry, base_image=base_image
+        )
         yield emu
 
 

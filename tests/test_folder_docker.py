@@ -6,7 +6,6 @@ base image, Azurite and the emulator."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator
-from tests.support.settings import azure_environment
+from tests.support.settings import use_azure_images
 
 pytestmark = pytest.mark.slow
 
@@ -66,15 +65,9 @@ def docker_batch(
     given); the cell's image built for it and pushed to the registry."""
     env = {**docker_engine.env, "BATCHEMU_TASK_USER": getattr(request, "param", None) or "1000:1000"}
     with start_emulator(tmp_path / "batch", executor="docker", env=env, allocation_delay=0.1) as emu:
-        settings = azure_environment(emu, azurite, container=f"fdk-{int(time.time() * 1000) % 10**9}")
-        settings.pop("BATCHMAGIC_IMAGE")
-        for name, value in settings.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY", f"{registry.host}/batchmagic")
-        monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", registry.username)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", registry.password)
+        use_azure_images(
+            monkeypatch, emu, azurite, prefix="fdk", engine=docker_engine, registry=registry, base_image=base_image
+        )
         yield emu
 
 

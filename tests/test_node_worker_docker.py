@@ -22,7 +22,7 @@ from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
-from tests.support.settings import azure_environment
+from tests.support.settings import use_azure_images
 
 pytestmark = pytest.mark.slow
 
@@ -59,15 +59,9 @@ def docker_batch(
     (tmp_path / "notebook").mkdir()
     monkeypatch.chdir(tmp_path / "notebook")
     with start_emulator(tmp_path / "batch", executor="docker", env=docker_engine.env, allocation_delay=0.1) as emu:
-        settings = azure_environment(emu, azurite, container=f"nwd-{int(time.time() * 1000) % 10**9}")
-        settings.pop("BATCHMAGIC_IMAGE")  # built for the cell, pushed to the loopback registry
-        for name, value in settings.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY", f"{registry.host}/batchmagic")
-        monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", registry.username)
-        monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", registry.password)
+        use_azure_images(
+            monkeypatch, emu, azurite, prefix="nwd", engine=docker_engine, registry=registry, base_image=base_image
+        )
         yield emu
 
 

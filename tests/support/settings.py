@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGE", "azure_environment", "azure_environ", "azure_session_fixture", "use_azure"]
+__all__ = ["IMAGE", "azure_environment", "azure_environ", "azure_session_fixture", "use_azure", "use_azure_images"]
 
 #: A training image name for runs on the process executor (which does not pull it).
 IMAGE = "127.0.0.1:5000/batchmagic/train:env-test"
@@ -46,6 +46,22 @@ def use_azure(monkeypatch: Any, emulator: Any, azurite: Any, *, prefix: str, ima
         monkeypatch.delenv(name, raising=False)
     for name, value in azure_environment(emulator, azurite, container=container, image=image).items():
         monkeypatch.setenv(name, value)
+    return container
+
+
+def use_azure_images(
+    monkeypatch: Any, emulator: Any, azurite: Any, *, prefix: str, engine: Any, registry: Any, base_image: str
+) -> str:
+    """Export that setup for an emulator on the docker executor: no fixed image, so each cell's training image
+    is built from ``base_image`` by the Docker ``engine`` and pushed to ``registry`` (with its credentials);
+    return the storage container's name."""
+    container = use_azure(monkeypatch, emulator, azurite, prefix=prefix)
+    monkeypatch.delenv("BATCHMAGIC_IMAGE")
+    monkeypatch.setenv("DOCKER_HOST", engine.host)
+    monkeypatch.setenv("BATCHMAGIC_REGISTRY", f"{registry.host}/batchmagic")
+    monkeypatch.setenv("BATCHMAGIC_BASE_IMAGE", base_image)
+    monkeypatch.setenv("BATCHMAGIC_REGISTRY_USERNAME", registry.username)
+    monkeypatch.setenv("BATCHMAGIC_REGISTRY_PASSWORD", registry.password)
     return container
 
 
