@@ -255,6 +255,16 @@ def _check_writable(cwd: str) -> None:
         )
 
 
+def _place_files(spec: TaskSpec, log: LogSink, cwd: str) -> Snapshot:
+    """The task's --input files and the notebook folder's skeleton in its working directory; the folder as
+    it is then (what the cell changes in it is sent back)."""
+    if spec.inputs or spec.folder is not None:
+        _check_writable(cwd)
+    if spec.inputs:
+        fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
+    return prepare_folder(spec.folder, Path(cwd)) if spec.folder is not None else {}
+
+
 def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int, TaskOutcome]:
     reader, bundle_path = _open_bundle(spec, workdir)
     manifest = reader.manifest
@@ -271,11 +281,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     if manifest.ipython:  # %time, !cmd: compiled as the kernel compiles it; tracebacks still show the cell's text
         source = ipython_cell(source, namespace)
     codes = rich.compile_cell(source, CELL_FILENAME, first_line=manifest.first_line)
-    if spec.inputs or spec.folder is not None:
-        _check_writable(cwd)
-    if spec.inputs:
-        fetch_inputs(spec.inputs, Path(cwd), concurrency=spec.input_concurrency, progress=progress(log))
-    before = prepare_folder(spec.folder, Path(cwd)) if spec.folder is not None else {}
+    before = _place_files(spec, log, cwd)
 
     # One sampler per node: the ranks of a distributed run share its GPUs, and its first rank samples them all.
     sampling = spec.gpus > 0 and os.environ.get("LOCAL_RANK", "0") == "0"
