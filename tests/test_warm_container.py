@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from batchmagic.api import Session
+from batchmagic.backends import warm_container
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.backends.local import LocalBackend, _container_argv, _Task, container_options
 from batchmagic.backends.warm import Forked, alive
@@ -484,6 +487,58 @@ def test_the_container_options_are_a_run_containers(tmp_path):
     ]
     cpu = container_options(_submission(), tmp_path)
     assert "--gpus" not in cpu and "--shm-size" not in cpu
+
+
+def _ready_worker(image: str, calls: list[tuple[str, ...]], monkeypatch: pytest.MonkeyPatch) -> ContainerWorker:
+    """A worker that looks ready (a lifeline held) with no engine: its docker commands are recorded."""
+
+    def docker(self: ContainerWorker, *args: str) -> subprocess.CompletedProcess[bytes]:
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, b"", b"")
+
+    monkeypatch.setattr(ContainerWorker, "_docker", docker)
+    worker = ContainerWorker(ContainerPlan(image, ()), {})
+    worker.name, worker._lifeline = f"warm-{image}", socket.socketpair()[0]  # noqa: SLF001 - ready, no engine
+    return worker
+
+
+def test_a_runner_being_forked_keeps_its_container_from_a_run_in_another_image(monkeypatch):
+    """Between the worker's answer and the runner's joining the forked ones (the /proc scan, the go), a run
+    in another image must not retire the container: its removal would kill the runner just forked."""
+    calls: list[tuple[str, ...]] = []
+    old = _ready_worker("a:1", calls, monkeypatch)
+    monkeypatch.setattr(warm_container, "_containers", {old.plan: old})
+    asked, answer = threading.Event(), threading.Event()
+
+    def ask(path: str, request: dict[str, Any]) -> None:
+        asked.set()
+        answer.wait(10)  # the fork is under way: a run in image b:1 comes now
+
+    monkeypatch.setattr(warm_container, "ask", ask)
+    forking = threading.Thread(target=old.fork, args=(Path("s"), Path("."), {}, Path("o"), Path("e"), Path("r")))
+    forking.start()
+    assert asked.wait(10)
+    other = warm_container.shared_container(ContainerPlan("b:1", ()), {})
+    assert old.busy and not old.retired and old.ready and calls == []
+    assert set(warm_container._containers.values()) == {old, other}  # noqa: SLF001 - both kept
+    answer.set()
+    forking.join(10)
+    assert not old.busy  # the fork is over (the worker refused it): idle, the next run in b:1 retires it
+    assert warm_container.shared_container(other.plan, {}) is other and old.retired
+    assert calls == [("rm", "-f", "warm-a:1")]
+
+
+def test_a_retired_container_never_starts_again(monkeypatch):
+    """A caller still holding a retired worker gets no runner and no new container (one teardown would
+    never reach): it runs the task in a container of its own."""
+    calls: list[tuple[str, ...]] = []
+    old = _ready_worker("a:1", calls, monkeypatch)
+    monkeypatch.setattr(warm_container, "_containers", {old.plan: old})
+    warm_container.shared_container(ContainerPlan("b:1", ()), {})
+    assert old.retired and not old.ready and calls == [("rm", "-f", "warm-a:1")]
+    assert old.fork(Path("s"), Path("."), {}, Path("o"), Path("e"), Path("r")) is None
+    old.start()
+    assert not old._starting and old.closed_on_purpose and calls == [("rm", "-f", "warm-a:1")]  # noqa: SLF001
 
 
 KERNEL_CELLS = [

@@ -13,8 +13,9 @@ folder mounted at the same path in the container. What makes it a container's:
   connection end, takes no more tasks, waits for the runners it forked (they end with it: it is the
   container's PID 1), and ends; ``docker run --rm`` then removes the container. ``Session.teardown``,
   ``%azbatch_teardown`` and this process's exit (atexit) also ``docker rm -f`` it when none of its runners
-  runs. A run in another image (the environment changed) retires it once it is idle (it neither starts
-  nor runs a task): one per kernel and image in use, and an idle one only for the image last used.
+  runs. A run in another image (the environment changed) retires it once it is idle (it neither starts,
+  nor forks, nor runs a task), for good: a run still holding it runs in a container of its own. One per
+  kernel and image in use, and an idle one only for the image last used.
 - Pids. Each forked runner is a process of the host too: the client finds its host pid (its parent's
   children in /proc, whose ``NSpid`` says the pid inside) before the runner may start (it waits for the
   client's ``go``), so the timeout, Cancel and a later client's adoption signal its process group from
@@ -46,6 +47,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from batchmagic.backends.warm import Forked, alive, ask, kernel_modules, start_ticks, task_request
 
@@ -111,10 +113,12 @@ class ContainerWorker:
         self._boots = 0
         self.failed = False  # it could not start: runs start their own containers from then on
         self.closed_on_purpose = False
+        self.retired = False  # a run in another image let it go: it never starts again (not in _containers)
         self._folder = ""
         self._lifeline: socket.socket | None = None
         self._host_pid = 0  # the worker (the container's PID 1) as this machine sees it
         self._starting = False
+        self._pending = 0  # forks asked of the worker, not yet in _forked (the /proc scan, the go)
         self._lock = threading.Lock()
         self._forked: weakref.WeakSet[Forked] = weakref.WeakSet()
         self._modules: list[str] = []  # the kernel's modules the worker was last told of
@@ -125,18 +129,27 @@ class ContainerWorker:
 
     @property
     def busy(self) -> bool:
-        """Whether it starts, or a runner forked in it runs: it must not be retired now."""
-        return self._starting or any(f.poll() is None for f in list(self._forked))
+        """Whether it starts, forks a runner, or a runner forked in it runs: it must not be retired now."""
+        return self._starting or self._pending > 0 or any(f.poll() is None for f in list(self._forked))
 
     @property
     def pid(self) -> int | None:
         """The worker's pid on this machine while it runs, else None."""
         return self._host_pid if self.ready else None
 
-    def start(self) -> None:
-        """Start the container in the background unless it runs or starts; :meth:`fork` uses it once ready."""
+    def retire(self) -> bool:
+        """Retire it for good unless it is busy (checked and set together with :meth:`fork`'s count, so a
+        runner forked meanwhile is never removed with it); True when retired: :meth:`close` it then."""
         with self._lock:
-            if self.failed or self._starting or self.ready:
+            if not self.busy:
+                self.retired = True
+            return self.retired
+
+    def start(self) -> None:
+        """Start the container in the background unless it runs, starts or was retired (a caller still
+        holding it then runs in a container of its own); :meth:`fork` uses it once ready."""
+        with self._lock:
+            if self.failed or self.retired or self._starting or self.ready:
                 return
             self._starting = True
             self.closed_on_purpose = False
@@ -230,10 +243,21 @@ class ContainerWorker:
         """A runner for ``spec`` forked in the container, with ``env`` added to the image's environment;
         None when the container is not ready (it starts, for the next run) or failed: the caller then runs
         the task in a container of its own."""
-        if not self.ready:
+        with self._lock:
+            asking = self.ready and not self.retired
+            if asking:
+                self._pending += 1  # busy from now on: a run in another image must not retire it under us
+        if not asking:
             self.start()
             return None
-        request = {**task_request(spec, cwd, env, stdout, stderr), "merge_env": True, "go": True}
+        try:
+            return self._fork(task_request(spec, cwd, env, stdout, stderr), result)
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def _fork(self, task: dict[str, Any], result: Path) -> Forked | None:
+        request = {**task, "merge_env": True, "go": True}
         if request["modules"] == self._modules:
             del request["modules"]  # the worker has them (a kernel's 1,000-odd names, 40 kB a task)
         asked = ask(f"{self._folder}/worker.sock", request)
@@ -391,7 +415,7 @@ def shared_container(plan: ContainerPlan, env: dict[str, str]) -> ContainerWorke
     instead of each task retiring the other's container, and paying a ``docker run`` retired before ready."""
     with _containers_lock:
         worker = _containers.get(plan)
-        retired = [w for p, w in _containers.items() if p != plan and not w.busy]
+        retired = [w for p, w in _containers.items() if p != plan and w.retire()]
         if worker is None:
             worker = _containers[plan] = ContainerWorker(plan, env)
         for old in retired:
