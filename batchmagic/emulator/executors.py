@@ -143,13 +143,20 @@ def task_user(ctx: TaskContext) -> tuple[int, int]:
 
 def own_task_dir(task_dir: Path, user: tuple[int, int]) -> None:
     """Give the task's directory and all in it (its working directory, its resource files) to its user, as
-    the service's node agent does ("All files and directories of a task are owned by the task user")."""
+    the service's node agent does ("All files and directories of a task are owned by the task user").
+
+    It runs as root while a task of the node may run as that user (a multi-instance task's coordination
+    command, when its application command starts): each name is changed relative to its open directory,
+    never through a link, and fwalk enters no directory swapped for a link since it was listed, so a link
+    to root's files outside gives the task user none of them."""
     if os.geteuid() != 0:
         return
-    for here, dirs, files in os.walk(task_dir):
-        for name in (".", *dirs, *files):
+    for _here, dirs, files, dir_fd in os.fwalk(task_dir, follow_symlinks=False):
+        with contextlib.suppress(OSError):
+            os.chown(dir_fd, *user)
+        for name in (*dirs, *files):
             with contextlib.suppress(OSError):
-                os.chown(os.path.join(here, name), *user, follow_symlinks=False)
+                os.chown(name, *user, dir_fd=dir_fd, follow_symlinks=False)
 
 
 def check_run_options(settings: dict[str, Any] | None) -> None:

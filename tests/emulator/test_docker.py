@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from azure.batch import models as m
 
+from batchmagic.emulator.executors import own_task_dir
 from tests.support import docker as docker_parts
 from tests.support.docker import DockerEngine
 from tests.support.emulator import start_emulator, wait_for
@@ -232,3 +233,34 @@ def test_a_container_task_runs_as_its_task_user_who_owns_its_directory(docker_em
         [uids] = [row.split()[1:] for row in out.splitlines() if row.startswith("Uid:")]
         assert uids[0] == uid, (task_id, out)
         assert b"".join(client.download_task_file("whom", task_id, "wd/made.txt")) == b"made\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root gives a task's files to its user")
+def test_giving_a_task_dir_to_its_user_never_reaches_through_a_link(tmp_path, monkeypatch) -> None:
+    """The walk runs as root while the task user may change the task dir: a link to root's files outside,
+    there from the start or swapped in for a subdirectory mid-walk, gives the user none of them."""
+    outside, task_dir = tmp_path / "outside", tmp_path / "task"
+    outside.mkdir()
+    (outside / "secret").write_text("root's")
+    (task_dir / "wd" / "sub").mkdir(parents=True)
+    (task_dir / "wd" / "sub" / "mine.txt").write_text("mine")
+    (task_dir / "wd" / "link").symlink_to(outside / "secret")
+    sub = task_dir / "wd" / "sub"
+    real = {"open": os.open, "scandir": os.scandir}
+
+    def swap_first(call: str) -> Any:
+        def entering(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, str) and path.endswith("sub") and not sub.is_symlink():
+                shutil.rmtree(sub)  # the task user wins the race: the folder checked is a link when entered
+                sub.symlink_to(outside)
+            return real[call](path, *args, **kwargs)
+
+        return entering
+
+    for call in real:
+        monkeypatch.setattr(os, call, swap_first(call))
+    own_task_dir(task_dir, (1000, 1000))
+    monkeypatch.undo()
+    assert os.stat(outside / "secret").st_uid == 0 and os.stat(outside).st_uid == 0
+    assert os.stat(task_dir / "wd").st_uid == 1000 and os.lstat(task_dir / "wd" / "link").st_uid == 1000
+    assert os.stat(task_dir).st_uid == 1000
