@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -543,3 +544,45 @@ def test_a_warm_worker_hashes_a_shared_object_once(tmp_path: Path, monkeypatch: 
     with pytest.raises(BundleError, match="does not match its hash"):
         runner._load_object("xs", ref, tmp_path)  # noqa: SLF001
     assert hashed == [path]
+
+
+# A runner that cannot be a subreaper (not Linux) signals its process group, itself in it.
+NOT_A_SUBREAPER = "import sys, batchmagic.runner.main as m; m.become_subreaper = lambda: False; sys.exit(m.main())"
+
+
+@pytest.mark.parametrize("subreaper", [True, False])
+@pytest.mark.parametrize("cancel", [True, False])
+def test_a_sigterm_while_the_runner_ends_what_the_cell_left_is_not_lost(
+    tmp_path: Path, subreaper: bool, cancel: bool
+) -> None:
+    """Ending a leftover child that ignores SIGTERM takes the runner its grace (0.5 s) and a SIGKILL: a cancel
+    that comes then must still end the run as terminated, not be thrown away and the run reported done (nor
+    the SIGTERM a runner sends its own group taken for a cancel)."""
+    cell = """\
+    import subprocess, sys
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    print("cell done", flush=True)
+    """
+    task = _prepare(tmp_path, cell, {}, outputs=[])
+    command = task.command() if subreaper else [sys.executable, "-P", "-c", NOT_A_SUBREAPER, *task.command()[4:]]
+    proc = subprocess.Popen(
+        command, cwd=task.workdir, env=task.env(), stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "cell done\n"
+        if cancel:
+            time.sleep(0.2)  # the runner is in the leftover child's grace now
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert code == (EXIT_TERMINATED if cancel else EXIT_OK)
+    outcome = task.outcome()
+    assert (outcome.ok, outcome.phase) == ((False, "terminated") if cancel else (True, "cell"))

@@ -51,6 +51,11 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 EXIT_PREFLIGHT = 3  # the GPUs the machine should have are not visible: the cell did not run
 
 
+#: Whether this runner is the subreaper of its descendants (:func:`run_task`): then what its cell left in its
+#: process group is its descendant, and :func:`_end_stragglers` need not signal the group (itself included).
+_SUBREAPER = False
+
+
 class _Terminated(BaseException):
     """SIGTERM arrived (cancel or timeout): unwind so the log is flushed and a result written."""
 
@@ -166,7 +171,8 @@ def run_task(where: str, *, raw_spec: bytes | None = None, bundle_copy: Path | N
         sys.path.insert(0, os.getcwd())
     # What the cell leaves behind in a session of its own stays this runner's descendant (it is re-parented
     # here, not to a warm worker or a container's PID 1 that outlive the run): _end_stragglers ends it.
-    become_subreaper()
+    global _SUBREAPER
+    _SUBREAPER = become_subreaper()
 
     raw = raw_spec if raw_spec is not None else _read_spec(where)
     try:
@@ -313,10 +319,12 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
         sys.stdout.flush()
         sys.stderr.flush()
         sys.stdout, sys.stderr = saved
-        _end_stragglers()  # before the pipes close: a child still holding them would hold the runner too
-        fds.__exit__(None, None, None)
-        if sampler is not None:
-            sampler.stop()
+        try:
+            _end_stragglers()  # before the pipes close: a child still holding them would hold the runner too
+        finally:  # a SIGTERM it held is raised as it ends
+            fds.__exit__(None, None, None)
+            if sampler is not None:
+                sampler.stop()
     done = replace(_after_cell(failed, namespace, manifest, spec, bundle_path, log), displays=tuple(capture.outputs))
     if failed is None and capture.value is not rich.NO_VALUE:
         # What the notebook holds too: a value the cell received and did not change (without --out, every
@@ -458,18 +466,25 @@ def _names_back(
 def _end_stragglers() -> None:
     """End the processes the cell started and left running (``Popen`` without a wait, a server started in a
     session of its own): they must not outlive the cell (ports, GPU memory) nor keep its output pipes open.
-    Those in the runner's process group, when it leads one (the local backend starts it in a session of its
-    own; a container's first process too), and every descendant of the runner: a runner is a subreaper
-    (:func:`run_task`), so what a cell's child left behind in a session of its own is its descendant too.
-    Also on SIGTERM (cancel, timeout): the unwinding of :class:`_Terminated` passes here."""
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a cancel meanwhile must not stop this half-way
+    Every descendant of the runner: a runner is a subreaper (:func:`run_task`), so what a cell's child left
+    behind in a session of its own is its descendant too; where it cannot be one, also those in the runner's
+    process group, when it leads one (the local backend starts it in a session of its own).
+    Also on SIGTERM (cancel, timeout): the unwinding of :class:`_Terminated` passes here. A SIGTERM that
+    comes meanwhile (up to a second) waits until this is done, then is raised again: never lost."""
+    own = not _SUBREAPER and os.getpgid(0) == os.getpid()  # not a group leader: the group is someone else's
+    held: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    wakeup = signal.set_wakeup_fd(-1)  # nor may _SigtermHandler's watcher see a held one and pass it on
     try:
-        if os.getpgid(0) == os.getpid():  # not a group leader: the group is someone else's
+        if own:  # the group holds this runner too: its own SIGTERM is the first one held
             with contextlib.suppress(OSError):
                 os.killpg(os.getpid(), signal.SIGTERM)
         end_descendants()
     finally:
+        signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, previous)
+    if len(held) > own and not getattr(previous, "ran", False):
+        signal.raise_signal(signal.SIGTERM)  # to the handler it was meant for: the run ends as terminated
 
 
 def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
