@@ -83,6 +83,17 @@ def test_start_task_runs_before_tasks_and_shares_the_startup_dir(client: Any) ->
     assert b"".join(client.download_task_file("st-ok-job", "reader", "stdout.txt")) == b"ready\n"
 
 
+def test_the_nodes_shared_dir_is_open_to_every_task_user_and_sticky(client: Any) -> None:
+    """Every task, whichever user it runs as, creates files in the node's shared directory; the sticky bit
+    (as /tmp) keeps a task user from renaming or removing another user's entries there."""
+    _pool(client, "sh")
+    wait_for(lambda: _node_in(client, "sh", "idle"), 10)
+    _job(client, "sh-job", "sh")
+    _task(client, "sh-job", "mode", '/bin/sh -c "stat -c %a $AZ_BATCH_NODE_SHARED_DIR"')
+    wait_for(lambda: client.get_task("sh-job", "mode").state == m.BatchTaskState.COMPLETED, 10)
+    assert b"".join(client.download_task_file("sh-job", "mode", "stdout.txt")) == b"1777\n"
+
+
 def test_failing_start_task_with_wait_for_success_leaves_the_node_unused(client: Any) -> None:
     start = m.BatchStartTask(command_line="/bin/sh -c 'exit 3'", wait_for_success=True, max_task_retry_count=2)
     _pool(client, "st-bad", start_task=start)

@@ -234,8 +234,10 @@ class PoolsMixin(FilesMixin):
         node = Node(data=data, pool_id=pool.id, dedicated=dedicated)
         for sub in ("shared", "startup", "tasks"):
             (self.node_root(node_id) / sub).mkdir(parents=True, exist_ok=True)
-        # "read/write access to all tasks that run on a node": whichever user each runs as (see task_user)
-        (self.node_root(node_id) / "shared").chmod(0o777)
+        # "read/write access to all tasks that run on a node": whichever user each runs as (see task_user).
+        # Sticky, as /tmp: a task user may not rename or remove another user's entries (a node worker's
+        # socket folder), so one task cannot pose as what another task left there.
+        (self.node_root(node_id) / "shared").chmod(0o1777)
         return node
 
     def _advance_pool(self, pool: Pool, now: float) -> None:
