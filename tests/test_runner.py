@@ -586,3 +586,30 @@ def test_a_sigterm_while_the_runner_ends_what_the_cell_left_is_not_lost(
     assert code == (EXIT_TERMINATED if cancel else EXIT_OK)
     outcome = task.outcome()
     assert (outcome.ok, outcome.phase) == ((False, "terminated") if cancel else (True, "cell"))
+
+
+def _unwritable(workdir: Path, command: list[str]) -> list[str]:
+    """``command`` run in ``workdir`` that it cannot write: a mode that forbids it, or, for root (whom no
+    mode stops), a read-only bind mount of it in a mount namespace of its own."""
+    if os.geteuid() != 0:
+        workdir.chmod(0o555)
+        return command
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("root, and no mount namespace to make a read-only directory in")
+    d = shlex.quote(str(workdir))
+    script = f"mount --bind {d} {d} && mount -o remount,bind,ro {d} && cd {d} && exec {shlex.join(command)}"
+    return ["unshare", "-m", "sh", "-c", script]
+
+
+def test_a_working_directory_the_runner_cannot_write_is_said_in_one_line(tmp_path: Path) -> None:
+    folder = {"origin": "/home/me/project", "dirs": ["data"], "url": (tmp_path / "outbox").as_uri(), "prefix": ""}
+    task = _prepare(tmp_path, "x = 1", {}, folder=folder)
+    command = _unwritable(task.workdir, task.command())
+    done = subprocess.run(command, cwd=task.workdir, env=task.env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_SETUP_ERROR, done.stderr
+    error = task.outcome().error
+    assert error.type.endswith("WorkdirNotWritableError")
+    assert f"working directory {task.workdir} is not writable by this runner" in error.message
+    assert "Azure Batch and the local backend" in error.message
+    assert "Traceback" not in "".join(error.traceback)  # the one line, no runner frames
+    assert not (task.workdir / "data").exists()

@@ -201,7 +201,7 @@ def run_task(where: str, *, raw_spec: bytes | None = None, bundle_copy: Path | N
         outcome = TaskOutcome(ok=False, phase="terminated", error=_where_terminated(err))
     except BaseException as err:  # the runner's own failure still ends in a result
         code = EXIT_SETUP_ERROR
-        said = isinstance(err, NoIPythonError)  # says all there is to say: no runner traceback under it
+        said = isinstance(err, NoIPythonError | WorkdirNotWritableError)  # all there is to say: no traceback
         error = _describe(err, None if said else err.__traceback__, cell_only=False)
         outcome = TaskOutcome(ok=False, phase="setup", error=error)
     finally:
@@ -250,14 +250,18 @@ def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+class WorkdirNotWritableError(PermissionError):
+    """The runner cannot write the task's working directory: it runs as another user than its owner."""
+
+
 def _check_writable(cwd: str) -> None:
     """The notebook folder's files and skeleton go in the task's working directory: say so plainly when this
     process cannot write it, before the first file fails with a bare PermissionError."""
     if not os.access(cwd, os.W_OK):
-        raise PermissionError(
-            f"the task's working directory {cwd} is not writable by this process (uid {os.getuid()}, owner uid "
-            f"{os.stat(cwd).st_uid}), so the notebook folder's files cannot be placed there: Azure Batch runs a "
-            "container task as the task's user, who owns that directory, and this runner runs as another"
+        raise WorkdirNotWritableError(
+            f"the task's working directory {cwd} is not writable by this runner (uid {os.getuid()}; its owner "
+            f"is uid {os.stat(cwd).st_uid}), so the notebook folder's files cannot be placed there: the runner "
+            "must run as the user who owns it (the task's user, as Azure Batch and the local backend run a task)"
         )
 
 
