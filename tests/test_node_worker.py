@@ -222,14 +222,15 @@ def test_the_worker_forks_only_for_its_own_interpreter_and_leaves_with_its_socke
             worker.wait()
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, *, zombies: bool = False) -> list[int]:
+    """The living children of ``pid``; with ``zombies``, the ended ones it has not reaped."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
             status = (entry / "status").read_text() if entry.name.isdigit() else ""
         except OSError:
             continue
-        if f"\nPPid:\t{pid}\n" in status and "\nState:\tZ" not in status:
+        if f"\nPPid:\t{pid}\n" in status and ("\nState:\tZ" in status) == zombies:
             found.append(int(entry.name))
     return found
 
@@ -301,6 +302,8 @@ def test_what_a_cell_starts_in_a_session_of_its_own_ends_with_its_forked_runner(
                 client.send_signal(how)
             assert client.wait(60) == expected
             wait_for(lambda m=mark: not sleepers(m), timeout=5)
+            # What the worker killed is reaped too, though no runner is left to end after it.
+            wait_for(lambda: not _children(worker.pid, zombies=True), timeout=5)
         assert worker.poll() is None
     finally:
         worker.kill()

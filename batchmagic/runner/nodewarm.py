@@ -238,9 +238,10 @@ def _heard(child: _Child) -> None:
 
 def _reap(children: dict[int, _Child]) -> list[str]:
     """Tell each ended child's task its exit code, and close its connection; the modules the ended
-    children imported that this worker has not."""
+    children imported that this worker has not. Every ended child is reaped, a runner or not: an orphan a
+    runner left, killed by end_orphans, stays a zombie until then (after the last runner too)."""
     learned: list[str] = []
-    while children:
+    while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
