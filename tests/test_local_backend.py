@@ -12,6 +12,7 @@ import pytest
 from batchmagic.api import Session
 from batchmagic.errors import RunCancelled, RunFailed
 from tests.support.emulator import wait_for
+from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
 
 
 @pytest.fixture
@@ -119,3 +120,22 @@ def test_one_watchdog_thread_keeps_every_tasks_timeout():
     assert done.wait(10)
     assert fired == ["soon", "late"]
     assert dog._thread is not None and dog._thread.is_alive()  # noqa: SLF001 - one thread, still waiting
+
+
+def test_what_a_fresh_runner_killed_outright_left_in_a_session_of_its_own_ends_too(home):
+    """A fresh runner (no warm worker: none is the subreaper above it) that sits out the grace after its
+    timeout's SIGTERM is killed outright: it ends nothing itself, and what its cell started in a session of
+    its own goes to init. The backend ends it by the task's working directory its environment names."""
+    from batchmagic.backends.local import LocalBackend
+
+    mark = 3041
+    cell = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + escaping_cell(mark, 60)
+    session = Session()
+    try:
+        run = session.submit(cell, {}, backend=LocalBackend(home, warm=False), timeout=1)
+        with pytest.raises(RunFailed, match="timeout"):
+            run.wait(timeout=60)
+        wait_for(lambda: not sleepers(mark), timeout=5)
+    finally:
+        session.teardown()
+        kill_sleepers(mark)

@@ -37,6 +37,7 @@ from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
 from batchmagic.runner.gpu import host_gpus
+from batchmagic.runner.reap import end_processes_with
 from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")
@@ -284,11 +285,15 @@ class LocalBackend(Backend):
         """When a task's process ends: note it, stop its watchdog, start the next pending task (a sweep goes
         on whether or not anyone polls)."""
         assert task.process is not None
-        task.process.wait()
+        code = task.process.wait()
         try:  # whatever the cell started and the runner could not end goes with it (SIGKILL ignores no one)
             os.killpg(task.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if code < 0 and not isinstance(task.process, Forked):
+            # A fresh runner killed outright ended nothing, and is no warm worker's: what its cell started in
+            # a session of its own went to init. The task's working directory, in its environment, names it.
+            end_processes_with("AZ_BATCH_TASK_WORKING_DIR", str(task.dir / "wd"))
         self._finished(task)
         if run is not None:
             self._end_ranks_after(run, task)

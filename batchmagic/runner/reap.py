@@ -8,7 +8,9 @@ to the PID namespace's init: a warm worker, the container's PID 1, which runs on
 - a forked runner makes itself a subreaper (:func:`become_subreaper`): what the cell leaves behind stays
   its descendant, and the runner's end kills all its descendants (:func:`end_descendants`);
 - a warm worker makes itself a subreaper too (it is already one as a container's PID 1): what a runner
-  killed outright (SIGKILL) left comes to it, and it kills any such process (:func:`end_orphans`).
+  killed outright (SIGKILL) left comes to it, and it kills any such process (:func:`end_orphans`);
+- what a fresh runner killed outright left goes to init: the local backend finds it by the working
+  directory its environment names, as every process of the task's does (:func:`end_processes_with`).
 
 Only the standard library: the runner's side of a node worker imports this before anything heavy.
 """
@@ -24,7 +26,15 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["become_subreaper", "children", "descendants", "end_descendants", "end_orphans"]
+__all__ = [
+    "become_subreaper",
+    "children",
+    "descendants",
+    "end_descendants",
+    "end_orphans",
+    "end_processes_with",
+    "processes_with",
+]
 
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -112,4 +122,35 @@ def end_orphans(runners: Iterable[int]) -> list[int]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
+    return killed
+
+
+def processes_with(variable: str, value: str) -> list[int]:
+    """This machine's processes started with ``variable=value`` in their environment (those this user may
+    read): a task's, through any session, by the variable its backend gives all it runs. A process started
+    with an environment of its own making (``env -i``) is not found."""
+    marker = f"{variable}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc") if os.path.isdir("/proc") else ():
+        if entry.name.isdigit():
+            try:
+                environ = Path(entry.path, "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if marker in environ and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
+def end_processes_with(variable: str, value: str) -> list[int]:
+    """SIGKILL every process :func:`processes_with` finds, again until none is left (a bounded number of
+    rounds: a process that forks as fast as it is killed). The pids killed."""
+    killed: list[int] = []
+    for _ in range(20):
+        left = processes_with(variable, value)
+        if not left:
+            break
+        _signal_all(left, signal.SIGKILL)
+        killed += left
+        time.sleep(0.01)
     return killed
