@@ -4,7 +4,9 @@ emulator's process executor, Azurite, the unmodified SDK), and the request build
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,7 +197,6 @@ def test_the_worker_forks_only_for_its_own_interpreter_and_leaves_with_its_socke
     """The worker and a task's side of it as processes of their own, outside Batch: a task whose interpreter
     is the worker's is forked (the runner's exit code relayed); one from elsewhere (a container task meeting a
     worker on the node itself) is refused and runs fresh; removing the socket ends the worker."""
-    import signal
     import subprocess
     import sys
 
@@ -204,22 +205,33 @@ def test_the_worker_forks_only_for_its_own_interpreter_and_leaves_with_its_socke
     env = {**os.environ, "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"), "AZ_BATCH_JOB_ID": "job-x"}
     worker = subprocess.Popen([sys.executable, "-P", "-m", "batchmagic.runner.nodewarm", "json"], env=env)
     sock = tmp_path / "shared" / "batchmagic-warm" / node.socket_name("job-x")
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         wait_for(sock.exists, timeout=30)
         monkeypatch.chdir(tmp_path)
-        assert node.fork_on_node(["--spec", "missing.json"], env) == 2  # forked; the runner found no spec
-        monkeypatch.setattr(node, "identity", lambda: ["/elsewhere", sys.version, "True"])
-        assert node.fork_on_node(["--spec", "missing.json"], env) is None  # refused: the caller runs it fresh
+        with _signals_kept():
+            assert node.fork_on_node(["--spec", "missing.json"], env) == 2  # forked; the runner found no spec
+            monkeypatch.setattr(node, "identity", lambda: ["/elsewhere", sys.version, "True"])
+            assert node.fork_on_node(["--spec", "missing.json"], env) is None  # refused: the caller runs it fresh
         assert worker.poll() is None
         sock.unlink()  # as the job's release task does
         assert worker.wait(10) == 0
     finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+@contextlib.contextmanager
+def _signals_kept() -> Iterator[None]:
+    """A task's side of the worker run in the test's own process sets SIGTERM, SIGINT and SIGHUP handlers (it
+    passes them on to the forked runner): put the test process's back afterwards, or a later test's Ctrl-C
+    goes to a closed connection."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def _children(pid: int, *, zombies: bool = False) -> list[int]:
@@ -367,7 +379,8 @@ def test_a_task_that_gave_up_waiting_is_not_run_again_by_the_worker(tmp_path, mo
         assert done.returncode == 0  # no answer in time: it runs fresh
         gate.touch()  # the worker's imports end; the queued request of the task that gave up comes first
         monkeypatch.chdir(tmp_path)
-        assert node.fork_on_node(["--spec", "missing.json"], env) == 2  # a task that waited is forked
+        with _signals_kept():  # fork_on_node passes SIGTERM/SIGINT on to the runner: pytest's Ctrl-C stays
+            assert node.fork_on_node(["--spec", "missing.json"], env) == 2  # a task that waited is forked
         wait_for(lambda: not _children(worker.pid), timeout=30)
         assert (tmp_path / "gave-up.err").read_bytes() == b""  # no second runner wrote there
     finally:

@@ -613,3 +613,21 @@ def test_a_working_directory_the_runner_cannot_write_is_said_in_one_line(tmp_pat
     assert "Azure Batch and the local backend" in error.message
     assert "Traceback" not in "".join(error.traceback)  # the one line, no runner frames
     assert not (task.workdir / "data").exists()
+
+
+def test_a_machine_without_proc_ends_a_cell_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS has no /proc: a runner's end finds no descendants to list (the backends signal its group), and
+    never fails the run for it."""
+    from batchmagic.runner import reap
+
+    real_isdir, real_listdir = os.path.isdir, os.listdir
+
+    def listdir(path: str) -> list[str]:
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(reap.os, "listdir", listdir)
+    monkeypatch.setattr(reap.os.path, "isdir", lambda path: path != "/proc" and real_isdir(path))
+    assert reap.children(os.getpid()) == [] and reap.descendants(os.getpid()) == []
+    reap.end_descendants()  # nothing to end, no error

@@ -65,6 +65,8 @@ def children(pid: int) -> list[int]:
         for tid in tasks:
             found += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
     except OSError:  # gone, or a kernel without CONFIG_PROC_CHILDREN: every process's parent
+        if not os.path.isdir("/proc"):  # macOS: no process table to read; the backends signal the group
+            return []
         found = [int(e) for e in os.listdir("/proc") if e.isdigit() and _stat(int(e))[1:2] == [str(pid)]]
     return [c for c in found if _stat(c)[:1] not in ([], ["Z"], ["X"])]
 
