@@ -21,6 +21,7 @@ from batchmagic.runner.node import socket_name
 from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.escapees import kill_sleepers, sleepers
+from tests.support.procs import processes
 from tests.support.settings import use_azure
 
 #: What a task reports of the process that started its runner: a warm worker, which one (pid and start
@@ -96,18 +97,8 @@ def sweep(session: Session, cell: str, grid: str, namespace: dict[str, Any] | No
 def workers_of(job_id: str) -> list[int]:
     """Processes of this machine that are the warm worker of ``job_id`` (the process executor's nodes are
     this machine)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"batchmagic.runner.nodewarm" in cmdline and f"AZ_BATCH_JOB_ID={job_id}".encode() in environ:
-            found.append(int(entry.name))
-    return found
+    job = f"AZ_BATCH_JOB_ID={job_id}".encode()
+    return [p.pid for p in processes() if b"batchmagic.runner.nodewarm" in p.cmdline() and job in p.environ()]
 
 
 def test_a_sweeps_tasks_fork_from_one_worker_on_the_node_and_it_goes_with_the_job(azure_env, session):
@@ -236,15 +227,7 @@ def _signals_kept() -> Iterator[None]:
 
 def _children(pid: int, *, zombies: bool = False) -> list[int]:
     """The living children of ``pid``; with ``zombies``, the ended ones it has not reaped."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status and ("\nState:\tZ" in status) == zombies:
-            found.append(int(entry.name))
-    return found
+    return [p.pid for p in processes() if p.ppid == pid and (p.state == "Z") == zombies]
 
 
 def test_a_signal_to_the_task_reaches_its_runner_and_the_tasks_death_ends_it(tmp_path):

@@ -22,6 +22,7 @@ from tests.support import docker as docker_parts
 from tests.support.azurite import RunningAzurite
 from tests.support.docker import DockerEngine, RunningRegistry
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
+from tests.support.procs import processes
 from tests.support.settings import use_azure_images
 
 pytestmark = pytest.mark.slow
@@ -105,15 +106,7 @@ y = k
 
 def children_of(pid: int) -> list[int]:
     """This machine's processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            status = (entry / "status").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in status:
-            found.append(int(entry.name))
-    return found
+    return [p.pid for p in processes() if p.ppid == pid]
 
 
 def test_a_killed_task_container_ends_its_runner_in_the_worker_container(

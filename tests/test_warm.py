@@ -20,6 +20,7 @@ from batchmagic.backends.warm import Forked, alive, close_workers, kernel_module
 from batchmagic.errors import ConfigError, RunCancelled, RunFailed
 from tests.support.emulator import wait_for
 from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
+from tests.support.procs import processes
 
 
 @pytest.fixture
@@ -46,18 +47,7 @@ def process_of(backend: LocalBackend, run: Any) -> Any:
 
 def workers_of(pid: int) -> list[int]:
     """The warm workers whose parent is ``pid``, read from /proc as ``ps`` would."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat[1]) == pid and stat[0] not in ("Z", "X") and b"batchmagic.runner.warm" in command:
-            found.append(int(entry.name))
-    return found
+    return [p.pid for p in processes() if p.ppid == pid and p.living and b"batchmagic.runner.warm" in p.argv()]
 
 
 def test_a_forked_runner_has_what_a_fresh_one_has(session, tmp_path):

@@ -31,6 +31,7 @@ from tests.support import docker as docker_parts
 from tests.support.docker import DockerEngine
 from tests.support.emulator import wait_for
 from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
+from tests.support.procs import processes
 
 pytestmark = pytest.mark.slow
 
@@ -210,16 +211,7 @@ def test_what_a_forked_cell_starts_in_a_session_of_its_own_ends_with_the_run(ses
 
 def _group(pgid: int) -> list[int]:
     """The processes of process group ``pgid`` (this machine's pids)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
+    return [p.pid for p in processes() if p.pgid == pgid and p.living]
 
 
 def test_teardown_leaves_no_container_and_the_next_run_starts_one(shell, cenv):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
+
+from tests.support.procs import processes
 
 
 def escaping_cell(mark: int, hold: float) -> str:
@@ -20,18 +21,8 @@ def escaping_cell(mark: int, hold: float) -> str:
 
 def sleepers(mark: int) -> list[int]:
     """This machine's living ``sleep MARK`` processes (a container's too: they are this machine's)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if command == f"sleep\0{mark}\0".encode() and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+    command = f"sleep\0{mark}\0".encode()
+    return [p.pid for p in processes() if p.living and p.cmdline() == command]
 
 
 def kill_sleepers(*marks: int) -> None:
