@@ -46,7 +46,7 @@ from typing import Any
 
 from batchmagic.runner.node import identity, socket_dir, socket_name
 from batchmagic.runner.reap import become_subreaper, end_orphans
-from batchmagic.runner.warm import WARM_UPS
+from batchmagic.runner.warm import WARM_UPS, child_exit
 
 __all__ = ["serve", "main", "IDLE_LIMIT"]
 
@@ -114,42 +114,37 @@ def _child(
 ) -> None:
     """In the forked child: become the task's runner, tell the worker what the cell imported that it has
     not (so the next tasks find it imported), then leave without returning into the worker."""
-    code = 2
     before = set(sys.modules)
-    try:
-        for sock in closing:
-            sock.close()
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        gc.enable()
-        os.setsid()  # its own session and process group: a signal to the group reaches what the cell starts
-        for target, fd in zip((0, 1, 2), fds, strict=False):
-            os.dup2(fd, target)
-        for fd in fds:
-            if fd > 2:
-                os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        argv = list(request["argv"])
-        sys.argv = [str(runner.__file__), *argv]
-        # The task's own command line is `--spec FILE`: run it without argparse (2 ms a runner), anything
-        # else as the command line would.
-        code = runner.run_task(argv[1]) if len(argv) == 2 and argv[0] == "--spec" else runner.main(argv)
-    except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else 1
-    except BaseException:  # noqa: BLE001 - the child must never return into the worker's loop
-        import traceback
+    code = child_exit(lambda: _become(runner, request, fds, closing))
+    with contextlib.suppress(Exception):
+        os.write(learn, _learned(before).encode()[:LEARN_BYTES])
+    os._exit(code)
 
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        with contextlib.suppress(Exception):
-            os.write(learn, _learned(before).encode()[:LEARN_BYTES])
-        os._exit(code)
+
+def _become(runner: ModuleType, request: dict[str, Any], fds: list[int], closing: list[socket.socket]) -> int:
+    """The child's side: let go of the worker's sockets and signals, take the task's session, streams, folder
+    and environment, and run its command line; its exit code."""
+    for sock in closing:
+        sock.close()
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    gc.enable()
+    os.setsid()  # its own session and process group: a signal to the group reaches what the cell starts
+    for target, fd in zip((0, 1, 2), fds, strict=False):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    argv = list(request["argv"])
+    sys.argv = [str(runner.__file__), *argv]
+    # The task's own command line is `--spec FILE`: run it without argparse (2 ms a runner), anything
+    # else as the command line would.
+    code: int = runner.run_task(argv[1]) if len(argv) == 2 and argv[0] == "--spec" else runner.main(argv)
+    return code
 
 
 #: How long the worker waits for a task's go once it said it is ready (the task answers at once, or is gone).

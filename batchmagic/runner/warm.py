@@ -35,6 +35,7 @@ worker can see, so ``PARENT`` is 0 and three more request fields serve it:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import importlib
@@ -45,6 +46,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from types import FrameType, ModuleType
 from typing import Any
 
@@ -121,50 +123,63 @@ def _warm_up(done: set[str]) -> None:
                 continue
 
 
-def _child(
-    runner: ModuleType, request: dict[str, Any], listener: socket.socket | None, conn: socket.socket, wake: int
-) -> None:
-    """In the forked child: become the task's runner, then leave without running the worker's exit code."""
-    code = 2
+def child_exit(become: Callable[[], int]) -> int:
+    """In a forked child: ``become()`` the task's runner and run it; its exit code whatever it raised (a
+    traceback on its stderr and 2 for anything but SystemExit), its streams flushed. The caller's next step
+    is ``os._exit``: a child must never return into its worker's loop."""
     try:
-        if listener is not None:
-            listener.close()
-        conn.close()
-        os.close(wake)
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, PARENT_DIED, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
-        gc.enable()
-        os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
-        if "go_fd" in request:  # the worker closes it when the client says go (it kills us on stop)
-            os.read(request["go_fd"], 1)
-            os.close(request["go_fd"])
-        os.chdir(request["cwd"])
-        base = _BASE_ENV if request.get("merge_env") else {}
-        os.environ.clear()
-        os.environ.update({**base, **request["env"]})
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.dup2(out, fd)
-            os.close(out)
-        sys.path[0] = request["cwd"]  # as `python -m` puts the working directory first
-        sys.argv = [str(runner.__file__), "--spec", request["spec"]]
-        code = runner.run_task(request["spec"])
+        return become()
     except SystemExit as err:
-        code = err.code if isinstance(err.code, int) else 1
+        return err.code if isinstance(err.code, int) else 1
     except BaseException:  # noqa: BLE001 - the child must never return into the worker's loop
         import traceback
 
         traceback.print_exc()
+        return 2
     finally:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):  # leaving anyway
                 stream.flush()
-            except Exception:  # noqa: BLE001 - leaving anyway
-                pass
-        os._exit(code)
+
+
+def _child(
+    runner: ModuleType, request: dict[str, Any], listener: socket.socket | None, conn: socket.socket, wake: int
+) -> None:
+    """In the forked child: become the task's runner, then leave without running the worker's exit code."""
+    os._exit(child_exit(lambda: _become(runner, request, listener, conn, wake)))
+
+
+def _become(
+    runner: ModuleType, request: dict[str, Any], listener: socket.socket | None, conn: socket.socket, wake: int
+) -> int:
+    """The child's side: let go of the worker's sockets and signals, take the task's session, streams,
+    folder and environment, and run its runner; its exit code."""
+    if listener is not None:
+        listener.close()
+    conn.close()
+    os.close(wake)
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, PARENT_DIED, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    gc.enable()
+    os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
+    if "go_fd" in request:  # the worker closes it when the client says go (it kills us on stop)
+        os.read(request["go_fd"], 1)
+        os.close(request["go_fd"])
+    os.chdir(request["cwd"])
+    base = _BASE_ENV if request.get("merge_env") else {}
+    os.environ.clear()
+    os.environ.update({**base, **request["env"]})
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(out, fd)
+        os.close(out)
+    sys.path[0] = request["cwd"]  # as `python -m` puts the working directory first
+    sys.argv = [str(runner.__file__), "--spec", request["spec"]]
+    code: int = runner.run_task(request["spec"])
+    return code
 
 
 def _reap(children: dict[int, socket.socket]) -> None:
