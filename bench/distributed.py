@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -63,9 +64,47 @@ dist.destroy_process_group()
 MEGABYTES, ITERATIONS = 16, 20
 
 
-def _start_seconds(session: Session, backend: Any, nodes: int) -> tuple[float, float]:
-    """Submit to the moment the latest rank printed its first line; and the slowest node's own start (its
-    coordination command's start to its ranks' latest first line)."""
+class MachineCpu:
+    """The CPU seconds this whole machine has spent (every core, every process: the emulated nodes, the
+    emulator, Azurite, this client), sampled from ``/proc/stat`` every 10 ms in a thread, so that the CPU
+    spent between two moments known only afterwards (a rank's first line) can be read back."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="machine-cpu", daemon=True)
+
+    def __enter__(self) -> MachineCpu:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def busy() -> float:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.samples.append((time.time(), self.busy()))
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds spent from ``start`` to ``end`` (``time.time()``), to the nearest sample."""
+
+        def at(moment: float) -> float:
+            return min(self.samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+        return at(end) - at(start)
+
+
+def _start_seconds(session: Session, backend: Any, nodes: int, cpu: MachineCpu | None = None) -> tuple[float, ...]:
+    """Submit to the moment the latest rank printed its first line; the slowest node's own start (its
+    coordination command's start to its ranks' latest first line); and the machine's CPU seconds between
+    submit and that first line (0 without ``cpu``)."""
     started = time.time()
     run = session.submit(START_CELL, {}, backend=backend, pool="dist", nodes=nodes, distributed=True)
     run.wait()
@@ -74,7 +113,8 @@ def _start_seconds(session: Session, backend: Any, nodes: int) -> tuple[float, f
     for node in range(nodes):
         state = NodeState.from_json(run.store.get_bytes(Layout.node_state(run.id, node)))
         paths.append(max(printed[f"rank-{r.rank}"] for r in state.ranks) - state.launched)
-    return max(printed.values()) - started, max(paths)
+    latest = max(printed.values())
+    return latest - started, max(paths), cpu.between(started, latest) if cpu is not None else 0.0
 
 
 @contextmanager
@@ -125,15 +165,21 @@ def measure_start() -> dict[str, float]:
             backend = _warm_pool(session, emu)
             walls: dict[int, list[float]] = {n: [] for n in RANKS}
             nodes: dict[int, list[float]] = {n: [] for n in RANKS}
-            for _ in range(REPEATS):  # interleaved, so a slow moment of the machine hits every side
-                for n in RANKS:
-                    wall, node = _start_seconds(session, backend, n)
-                    walls[n].append(wall)
-                    nodes[n].append(node)
+            cpus: dict[int, list[float]] = {n: [] for n in RANKS}
+            with MachineCpu() as cpu:
+                for _ in range(REPEATS):  # interleaved, so a slow moment of the machine hits every side
+                    for n in RANKS:
+                        figures = _start_seconds(session, backend, n, cpu)
+                        for into, figure in zip((walls, nodes, cpus), figures, strict=True):
+                            into[n].append(figure)
             pools.delete_pool("dist", session=session)
             session.teardown()
-    wall, node = ({n: statistics.median(v[n]) for n in RANKS} for v in (walls, nodes))
+    wall, node, used = ({n: statistics.median(v[n]) for n in RANKS} for v in (walls, nodes, cpus))
+    cores = os.cpu_count() or 1
     return {
+        "distributed_start_cpu_1_rank_s": used[1],
+        "distributed_start_cpu_4_ranks_s": used[NODES],
+        "distributed_start_cpu_floor_ratio": max(wall[1], used[NODES] / cores) / wall[1],
         "distributed_start_1_rank_s": wall[1],
         "distributed_start_2_ranks_s": wall[2],
         "distributed_start_4_ranks_s": wall[NODES],
@@ -180,6 +226,11 @@ def report(figures: dict[str, float]) -> None:
         f"{figures['distributed_start_ratio_2_ranks']:.2f}; the slowest node's own start: 1 rank "
         f"{figures['distributed_node_start_1_rank_s']:.2f} s, {NODES} ranks "
         f"{figures['distributed_node_start_4_ranks_s']:.2f} s (ratio {figures['distributed_node_start_ratio']:.2f})"
+    )
+    print(
+        f"the machine's CPU in the start: 1 rank {figures['distributed_start_cpu_1_rank_s']:.2f} s, {NODES} ranks "
+        f"{figures['distributed_start_cpu_4_ranks_s']:.2f} s: on {os.cpu_count()} cores the {NODES}-rank start "
+        f"takes at least {figures['distributed_start_cpu_floor_ratio']:.2f} times the 1-rank start's wall time"
     )
     print(
         f"all-reduce bus bandwidth ({figures['allreduce_megabytes']:.0f} MB, gloo, 2 ranks): batchmagic "
