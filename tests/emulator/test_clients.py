@@ -201,3 +201,57 @@ def test_legacy_sdk_runs_the_published_quickstart(emulator: RunningEmulator, azu
     # The legacy client speaks an older api-version, which the emulator accepts.
     versions = {tuple(r["query"].get("api-version", [""])) for r in emulator.requests()}
     assert ("2024-02-01.19.0",) in versions, versions
+
+
+def test_azure_cli_runs_a_multi_instance_task(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """The Azure CLI's own JSON (the REST bodies, as Microsoft's multi-instance page writes them): a pool with
+    inter-node communication, a task with multiInstanceSettings, its subtasks listed with their nodes."""
+    az = AzCli(_client_bin(".venv-azcli", "az"), emulator, tmp_path / "azure")
+    pool = {
+        "id": "mipool",
+        "vmSize": "Standard_D2s_v3",
+        "virtualMachineConfiguration": {
+            "imageReference": {"publisher": "canonical", "offer": "0001-com-ubuntu-server-jammy", "sku": "22_04-lts"},
+            "nodeAgentSKUId": "batch.node.ubuntu 22.04",
+        },
+        "targetDedicatedNodes": 2,
+        "enableInterNodeCommunication": True,
+        "taskSlotsPerNode": 1,
+    }
+    (tmp_path / "pool.json").write_text(json.dumps(pool))
+    az("pool", "create", "--json-file", str(tmp_path / "pool.json"))
+    wait_for(lambda: {n["state"] for n in az("node", "list", "--pool-id", "mipool")} == {"idle"}, 30)
+    az("job", "create", "--id", "mijob", "--pool-id", "mipool")
+    task = {
+        "id": "mpi",
+        # The primary only, once every coordination command has ended.
+        "commandLine": "/bin/sh -c 'echo master=$AZ_BATCH_MASTER_NODE hosts=$AZ_BATCH_HOST_LIST "
+        "is_master=$AZ_BATCH_IS_CURRENT_NODE_MASTER; cat $AZ_BATCH_TASK_SHARED_DIR/coordinated'",
+        "multiInstanceSettings": {
+            "numberOfInstances": 2,
+            "coordinationCommandLine": "/bin/sh -c 'echo $AZ_BATCH_NODE_ID > $AZ_BATCH_TASK_SHARED_DIR/coordinated'",
+        },
+    }
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    az("task", "create", "--job-id", "mijob", "--json-file", str(tmp_path / "task.json"))
+    done = wait_for(
+        lambda: (t := az("task", "show", "--job-id", "mijob", "--task-id", "mpi"))["state"] == "completed" and t, 30
+    )
+    assert done["executionInfo"]["exitCode"] == 0 and done["multiInstanceSettings"]["numberOfInstances"] == 2
+    out = tmp_path / "stdout.txt"
+    az("task", "file", "download", "--job-id", "mijob", "--task-id", "mpi", "--file-path", "stdout.txt",
+       "--destination", str(out))  # fmt: skip
+    said = dict(word.split("=", 1) for word in out.read_text().splitlines()[0].split())
+    hosts = said["hosts"].split(",")
+    primary = done["nodeInfo"]["nodeId"]
+    assert len(set(hosts)) == 2 and said["is_master"] == "true"
+    assert said["master"].rsplit(":", 1)[0] in hosts  # an address of the list, with a port
+    assert out.read_text().splitlines()[1] == primary  # its own coordination command ran first, on its node
+
+    subtasks = az("task", "subtask", "list", "--job-id", "mijob", "--task-id", "mpi")
+    assert [(s["id"], s["state"], s["exitCode"]) for s in subtasks] == [(1, "completed", 0)]
+    nodes = {n["id"] for n in az("node", "list", "--pool-id", "mipool")}
+    assert subtasks[0]["nodeInfo"]["nodeId"] in nodes - {primary}  # the other node, not the primary's
+
+    az("job", "delete", "--job-id", "mijob", "--yes")
+    az("pool", "delete", "--pool-id", "mipool", "--yes")
