@@ -113,6 +113,53 @@ def test_timeout_and_cancel_end_a_forked_runner_and_what_it_started(session):
     wait_for(lambda: not alive(child), timeout=10)
 
 
+#: A ``sitecustomize`` for the worker alone (on its PYTHONPATH, not a task's): its forked runner waits
+#: before it makes its own session, so a cancel or timeout that comes right after the fork lands in the
+#: window where the runner has no process group yet, every time instead of once in a while.
+_SLOW_SETSID = """
+import os, time
+_setsid = os.setsid
+def _slow_setsid():
+    time.sleep(1.5)
+    return _setsid()
+os.setsid = _slow_setsid
+"""
+
+
+def test_a_cancel_or_timeout_right_after_the_fork_ends_the_runner(session, tmp_path, monkeypatch):
+    """A forked runner leads no process group until its ``setsid``: a cancel, or a timeout, sent to its
+    group before then found none and was lost, and the runner ran on. The worker answers its pid once the
+    group exists, so a cancel issued at once (here inside that window, made wide) still ends it."""
+    from batchmagic.backends import local
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(_SLOW_SETSID)
+    environment = local._worker_environment  # noqa: SLF001 - the worker's own environment, with the hook
+    hooked = {**environment(), "PYTHONPATH": f"{tmp_path / 'hook'}{os.pathsep}{environment()['PYTHONPATH']}"}
+    monkeypatch.setattr(local, "_worker_environment", lambda: hooked)
+    backend = warm_backend(session)
+    cell = "import time\nprint('started', flush=True)\ntime.sleep(60)"
+    runners = []
+    try:
+        run = session.submit(cell, {}, backend=backend)
+        runners.append(process_of(backend, run))
+        run.cancel()
+        with pytest.raises(RunCancelled):
+            run.result()
+        assert isinstance(runners[0], Forked) and runners[0].wait(10) in (-signal.SIGTERM, -signal.SIGKILL, 143)
+
+        run = session.submit(cell, {}, backend=backend, timeout=1)
+        runners.append(process_of(backend, run))
+        with pytest.raises(RunFailed, match="stopped after its --timeout of 1s"):
+            run.wait(timeout=20)
+        assert isinstance(runners[1], Forked) and runners[1].wait(10) in (-signal.SIGTERM, -signal.SIGKILL, 143)
+        assert not any(alive(r.pid) for r in runners)
+    finally:
+        for runner in runners:  # what a lost cancel left running
+            if alive(runner.pid):
+                os.kill(runner.pid, signal.SIGKILL)
+
+
 def test_what_a_forked_cell_starts_in_a_session_of_its_own_ends_with_the_run(session):
     """A process the cell starts in a new session (a daemonised server) leaves the runner's process group;
     a forked runner's orphan would be re-parented past the worker and outlive the run. It ends at the run's

@@ -10,10 +10,11 @@ one JSON line: ``{"spec", "cwd", "env", "stdout", "stderr", "modules"}``. The wo
 session of its own (its own process group: the backend's timeout and Cancel kill it as one), takes the
 task's working directory, environment and output files, and runs the runner as
 ``python -m batchmagic.runner --spec SPEC`` would, in a process that paid for no import. The worker
-answers ``{"pid": N}``, and ``{"exit": CODE}`` when the child ends (negative: the signal that ended it),
-then closes the connection. The worker is a subreaper: what a runner killed outright (SIGKILL) left
-behind comes to it, and it kills that (:func:`batchmagic.runner.reap.end_orphans`); a runner ends what its
-cell left itself (it is the subreaper of its own descendants).
+answers ``{"pid": N}`` once the child leads its session (a cancel sent at once finds its process group),
+and ``{"exit": CODE}`` when the child ends (negative: the signal that ended it), then closes the connection.
+The worker is a subreaper: what a runner killed outright (SIGKILL) left behind comes to it, and it kills
+that (:func:`batchmagic.runner.reap.end_orphans`); a runner ends what its cell left itself (it is the
+subreaper of its own descendants).
 
 When the worker ends (its parent died, or SIGTERM) it removes its socket and folder; a runner still
 running goes on, as a fresh runner does when its kernel dies: the client that started it watches it by
@@ -163,6 +164,7 @@ def _become(
         signal.signal(signum, signal.SIG_DFL)
     gc.enable()
     os.setsid()  # its own session and process group, as the backend's Popen(start_new_session=True)
+    os.close(request["session_fd"])  # the worker answers our pid now: a signal to our group finds it
     if "go_fd" in request:  # the worker closes it when the client says go (it kills us on stop)
         os.read(request["go_fd"], 1)
         os.close(request["go_fd"])
@@ -279,7 +281,7 @@ def _take(
     children: dict[int, socket.socket],
 ) -> socket.socket | None:
     """Answer one connection: fork a task's runner, or keep the kernel's lifeline (returned)."""
-    go_w = -1
+    go_w = session_r = -1
     try:
         request = _read_request(conn)
         if request.get("hold"):
@@ -292,6 +294,7 @@ def _take(
         sys.stderr.flush()
         if request.get("go"):
             request["go_fd"], go_w = os.pipe()
+        session_r, request["session_fd"] = os.pipe()
         # The worker's objects out of the collector's reach (Python's advice for fork without exec): a
         # child's collections then never write to the pages it shares with the worker, which stay shared.
         gc.freeze()
@@ -304,10 +307,13 @@ def _take(
         conn.close()
         return None
     if pid == 0:
-        if go_w >= 0:
-            os.close(go_w)
+        for fd in (go_w, session_r):
+            if fd >= 0:
+                os.close(fd)
         _child(runner, request, listener, conn, wake)
     children[pid] = conn
+    os.close(request["session_fd"])
+    _await_session(pid, session_r)
     try:
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     except OSError:
@@ -317,6 +323,18 @@ def _take(
         _await_go(conn, pid, go_w)
     _reap(children)
     return None
+
+
+def _await_session(pid: int, session: int) -> None:
+    """Wait until the child ``pid`` leads its own session (it closes its end of the ``session`` pipe then,
+    or by ending): only then does its client learn its pid. A cancel or timeout that came between the fork
+    and the child's ``setsid`` would find no process group to signal, and be lost. A child that does not
+    get there in :data:`GO_SECONDS` is killed (by pid: it is our child, not reaped yet, so its pid is its own)."""
+    there, _, _ = select.select([session], [], [], GO_SECONDS)
+    os.close(session)
+    if not there:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _await_go(conn: socket.socket, pid: int, go_w: int) -> None:
