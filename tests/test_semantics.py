@@ -126,6 +126,17 @@ def test_seeded_global_generators_carry_through_locally(shell, setup, cell, chec
     assert remote(shell, setup, cell, check) == plain(setup, cell, check)
 
 
+def test_a_cell_that_draws_nothing_leaves_the_global_generators_alone(shell):
+    """Waiting for the run draws nothing from the notebook's generators: the polls' jitter has a generator of
+    its own (a public notebook seeds `random` in its first cell, its next cells' numbers must not depend on
+    how many polls a remote cell took)."""
+    setup = "import numpy as np, random\nnp.random.seed(0)\nrandom.seed(1)"
+    cell = "import time\ntime.sleep(0.6)\nx = 1"
+    check = "(np.random.rand(2).tolist(), random.random())"
+    assert remote(shell, setup, cell, check) == plain(setup, cell, check)
+    assert shell.user_ns["_azbatch"].random_state == ""  # nothing came back for them: the cell drew nothing
+
+
 def test_a_sweeps_tasks_draw_apart(shell):
     """The notebook's seed goes to single cells only: a sweep whose tasks all drew the same would be no sweep."""
     shell.run_cell("import numpy as np\nnp.random.seed(0)")

@@ -20,6 +20,10 @@ __all__ = ["LogRecord", "LogTail", "Monitor", "RunState", "PhaseSpan", "TAIL_FAS
 
 log = logging.getLogger("batchmagic.monitor")
 
+#: The polls' jitter draws from a generator of its own: the module's global one is the notebook's, which a
+#: notebook seeds so that its later cells draw the same numbers whatever the polls of a remote cell did.
+_JITTER = random.Random()
+
 RUNNING_LONGEST = 5.0  # seconds: the slowest poll while a cell runs (quiet cells still show output soon)
 #: Ticks a queued run polls at the fastest interval: its node is ready, so its task starts within
 #: seconds (a warm pool) and its first line should not wait for a backed-off poll. Bounded, so a run
@@ -123,4 +127,4 @@ class Monitor:
         else:
             longest = self.longest if phase != Phase.RUNNING else min(self.longest, RUNNING_LONGEST)
             self.interval = min(longest, self.interval * 1.5)
-        return self.interval * random.uniform(0.9, 1.1)
+        return self.interval * _JITTER.uniform(0.9, 1.1)

@@ -27,6 +27,8 @@ __all__ = ["BatchCalls", "batch_client", "blob_store", "code", "first_line", "me
 log = logging.getLogger("batchmagic.backends.azure")
 
 T = TypeVar("T")
+#: Retries' jitter draws from a generator of its own, not the notebook's seeded global one (run.monitor).
+_JITTER = random.Random()
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 RETRIES = 8
 #: Retries in a :meth:`BatchCalls.brief` block: the SDK has retried a failed connection three times itself.
@@ -121,7 +123,7 @@ def _translated(err: Any, status: int | None, what: str) -> Exception:
 
 def backoff(attempt: int) -> float:
     """Seconds before retry ``attempt`` (1, 2...): 0.5, 1, 2, 4, 8 at most, each with up to 50 % jitter."""
-    return float(min(8.0, 0.25 * 2.0**attempt)) * (1 + random.random() / 2)
+    return float(min(8.0, 0.25 * 2.0**attempt)) * (1 + _JITTER.random() / 2)
 
 
 def retry_after(err: Any) -> float:
