@@ -264,6 +264,58 @@ def test_teardown_does_not_wait_for_a_monitor_stuck_on_an_unreachable_batch(
             run.result()
 
 
+def test_cancel_says_at_once_that_an_unreachable_batch_kept_it_from_stopping_the_run(
+    emulator: RunningEmulator,
+    azurite: RunningAzurite,
+    monkeypatch: pytest.MonkeyPatch,
+    home: Path,
+    shell: Any,
+) -> None:
+    """A user's Cancel (``run.cancel()``, what the panel's button and Ctrl-C call) while Batch does not
+    answer: one line, while the monitor's poll is still retrying (not after the same minute of retries),
+    that says the run was not cancelled, runs on, and what will end it. The ledger still holds the run, so
+    a teardown once Batch answers ends it ``cancelled``."""
+    from batchmagic.run.ledger import Ledger
+    from tests.support.proxy import FaultyProxy
+
+    with FaultyProxy("127.0.0.1", int(emulator.endpoint.rsplit(":", 1)[1])) as proxy:
+        use_azure(monkeypatch, emulator, azurite, prefix="nocancel")
+        monkeypatch.setenv("AZURE_BATCH_ENDPOINT", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("BATCHMAGIC_BACKEND", "azure")
+        cell = "import time\nprint('up', flush=True)\ntime.sleep(300)"
+        shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait --timeout 2h\n{cell}")
+        run = shell.user_ns["_azbatch"]
+        wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
+        pids = _rank_pids(run)
+        polls: list[str] = []
+        real = run.backend.poll
+
+        def poll(run_id: str) -> Any:  # the real poll, observed
+            polls.append("start")
+            try:
+                return real(run_id)
+            finally:
+                polls.append("end")
+
+        monkeypatch.setattr(run.backend, "poll", poll)
+        proxy.reset_before = 1.0  # Batch is unreachable from here on
+        wait_for(lambda: "start" in polls, timeout=30)
+        with pytest.raises(RunFailed) as refused:
+            run.cancel()
+        assert polls == ["start"], polls  # the monitor's poll still retries: the cancel did not take as long
+        line = str(refused.value)
+        assert "\n" not in line and f"run {run.name} is not cancelled: could not reach Azure Batch" in line
+        assert "--timeout of 2h" in line and "%azbatch_teardown" in line
+        assert not run.done and all(_alive(pid) for pid in pids.values())
+        assert run.id in Ledger(home).open_runs()
+        proxy.reset_before = 0.0  # Batch is back
+        shell.run_line_magic("azbatch_teardown", "")
+        assert run.done and run.state().phase == Phase.CANCELLED
+        wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=30)
+        wait_for(lambda: "end" in polls, timeout=120)
+        assert run.state().phase == Phase.CANCELLED
+
+
 REQUEUE_CELL = """
 import os, pathlib, time
 mark = pathlib.Path(MARKS) / os.environ["RANK"]

@@ -176,6 +176,22 @@ def test_cancel_click_says_cancelling_at_once():
     assert ">cancelled<" in panel.title.value and panel.cancel_button.layout.display == "none"
 
 
+def test_a_cancel_that_could_not_stop_the_run_says_so_in_the_panel_and_may_be_clicked_again():
+    """Run.cancel raises when Batch is unreachable: an error raised by a click would only reach the kernel's
+    log, so the panel shows its line, and the run, which goes on, may be cancelled again."""
+    from batchmagic.errors import RunFailed
+
+    def refuse() -> None:
+        raise RunFailed("run train-1 is not cancelled: could not reach Azure Batch to read the job: reset")
+
+    panel = StatusPanel(on_cancel=refuse)
+    panel.update(state(Phase.RUNNING))
+    panel.cancel_button.click()
+    assert panel.cancel_button.description == "Cancel" and not panel.cancel_button.disabled
+    assert ">running<" in panel.title.value and not panel.cancelling
+    assert "is not cancelled: could not reach Azure Batch" in panel.detail.value and RED in panel.detail.value
+
+
 def test_finish_puts_the_record_in_the_panels_display():
     class Handle:
         def __init__(self):

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from batchmagic.errors import BatchMagicError
 from batchmagic.notebook.pump import ui_pump, widgets_can_render
 from batchmagic.notebook.view import (
     AMBER,
@@ -241,7 +242,20 @@ class StatusPanel:
             if self.state is not None and not self.state.finished:
                 self.title.value = self._title(self.state)
         if self._on_cancel is not None:
-            self._on_cancel()
+            try:
+                self._on_cancel()
+            except BatchMagicError as err:  # not stopped (Batch unreachable): said where the user clicked,
+                self._cancel_failed(str(err))  # not in the kernel's log where a click's error goes
+
+    def _cancel_failed(self, line: str) -> None:
+        """The run could not be cancelled and goes on: Cancel may be clicked again, and ``line`` says why."""
+        self.cancelling = False
+        with self.widget.hold_sync():
+            self.cancel_button.disabled = False
+            self.cancel_button.description = "Cancel"
+            if self.state is not None:
+                self.title.value = self._title(self.state)
+            self.detail.value = f"<span style='color:{RED}'>{html.escape(line)}</span>"
 
     def pick(self, task_id: str) -> None:
         """Show this task (what a click on its square does)."""

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from batchmagic.backends.base import Backend, BackendStatus, TaskSubmission
+from batchmagic.backends.base import Backend, BackendStatus, TaskSubmission, format_duration
 from batchmagic.config import Settings, redacted
 from batchmagic.distributed import DEFAULT_MASTER_PORT, rank_id, rank_of
 from batchmagic.errors import BatchMagicError, ConfigError, RemoteError, RunCancelled, RunFailed
@@ -678,9 +678,29 @@ class Run:
         return self._background
 
     def cancel(self) -> None:
-        """Stop the run. Idempotent."""
-        if not self.done:
-            self._stop(lambda: self.backend.cancel(self.id))
+        """Stop the run. Idempotent.
+
+        A user waits on it: like :meth:`teardown`, it gives up on an unreachable service within the
+        backend's brief patience (:meth:`Backend.waited_on`), not the monitor's minute of retries.
+
+        Raises
+        ------
+        RunFailed
+            The backend could not stop the run (Batch unreachable), in one line: nothing was stopped, the
+            run goes on being followed and stays in the ledger, and its ``--timeout`` (the job's lifetime)
+            or ``%azbatch_teardown`` once the service answers ends it.
+        """
+        if self.done:
+            return
+        try:
+            with self.backend.waited_on():
+                self._stop(lambda: self.backend.cancel(self.id))
+        except RunFailed as err:
+            raise RunFailed(
+                f"run {self.name} is not cancelled: {err}. It runs on, still followed and in the ledger, until its "
+                f"--timeout of {format_duration(self.timeout)} (its job's lifetime), or %azbatch_teardown once "
+                "the service answers"
+            ) from err
 
     def _stop(self, end: Callable[[], list[str] | None]) -> list[str]:
         """End the run with ``end`` (the backend's cancel or release), then mark it ``cancelled``; what
