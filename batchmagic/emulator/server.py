@@ -244,7 +244,10 @@ class Emulator:
             self.record_path.parent.mkdir(parents=True, exist_ok=True)
             self._record_file = open(self.record_path, "a", encoding="utf-8")  # noqa: SIM115
         self.state.start()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="batch-emulator-http", daemon=True)
+        # A short poll: stop() (every emulator's end: each test that starts one) waits out one poll.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="batch-emulator-http", daemon=True
+        )
         self._thread.start()
         log.info("batch emulator listening on %s", self.url)
         return self
