@@ -26,6 +26,7 @@ from batchmagic.settings import (
     DEFAULT_MAX_NODES,
     DEFAULT_MAX_TASKS,
     DEFAULT_SHIP_LIMIT,
+    DEFAULT_STORAGE_RETRIES,
     DEFAULT_STORE_LIMIT,
     DEFAULT_VM_SIZE,
     SETTINGS,
@@ -270,6 +271,7 @@ class Settings:
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     max_tasks: int = DEFAULT_MAX_TASKS
     max_nodes: int = DEFAULT_MAX_NODES
+    storage_retries: int = DEFAULT_STORAGE_RETRIES  # the Blob Storage client's retries of one request
     docker_host: str = ""
     region: str = ""  # the Batch account's region, for prices; "" -> from the endpoint's host name
     # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.backends.azure.prices)

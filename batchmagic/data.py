@@ -54,7 +54,8 @@ def _url(path: str) -> str:
     from batchmagic.config import Settings
 
     # In the notebook itself there is no run to sign for it: the settings' own storage account.
-    connection = Settings.from_env().secrets.storage_connection_string
+    settings = Settings.from_env()
+    connection = settings.secrets.storage_connection_string
     if not connection:
         raise PermissionError(
             f"no read access to {path}: inside a run, write the az:// path literally in the cell (or pass it "
@@ -62,7 +63,7 @@ def _url(path: str) -> str:
         )
     from batchmagic.storage import BlobStore
 
-    signer = BlobStore.from_connection_string(connection, match.group(1))
+    signer = BlobStore.from_connection_string(connection, match.group(1), retries=settings.storage_retries)
     expiry = datetime.now(UTC) + timedelta(hours=1)
     return signer.blob_url_in(match.group(1), match.group(2), permissions="r", expiry=expiry)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from batchmagic.channel import BlobChannel, Channel, FileChannel, atomic_write, open_channel
 from batchmagic.protocol import sha256_file
+from batchmagic.settings import DEFAULT_STORAGE_RETRIES
 
 log = logging.getLogger("batchmagic.storage")
 
@@ -282,18 +283,34 @@ class BlobStore(Store):
         return f"<BlobStore {self.describe()}>"
 
     @classmethod
-    def from_connection_string(cls, connection_string: str, container: str, **client_options: Any) -> BlobStore:
+    def from_connection_string(
+        cls, connection_string: str, container: str, *, retries: int = DEFAULT_STORAGE_RETRIES, **client_options: Any
+    ) -> BlobStore:
+        """A store on ``container`` of the account ``connection_string`` names; ``retries``: how many times the
+        client tries a request again that got no answer (``Settings.storage_retries``)."""
         from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient.from_connection_string(connection_string, **{**_client_options(), **client_options})
+        options = {**_client_options(retries), **client_options}
+        service = BlobServiceClient.from_connection_string(connection_string, **options)
         key = service.credential.account_key if service.credential is not None else None
         return cls(service.get_container_client(check_container_name(container)), account_key=key)
 
     @classmethod
-    def from_account_url(cls, account_url: str, container: str, credential: Any, **client_options: Any) -> BlobStore:
+    def from_account_url(
+        cls,
+        account_url: str,
+        container: str,
+        credential: Any,
+        *,
+        retries: int = DEFAULT_STORAGE_RETRIES,
+        **client_options: Any,
+    ) -> BlobStore:
+        """A store on ``container`` at ``account_url`` signed in with ``credential`` (``retries``: as
+        :meth:`from_connection_string`)."""
         from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient(account_url, credential=credential, **{**_client_options(), **client_options})
+        options = {**_client_options(retries), **client_options}
+        service = BlobServiceClient(account_url, credential=credential, **options)
         return cls(service.get_container_client(check_container_name(container)), credential=credential)
 
     def close(self) -> None:
@@ -479,9 +496,10 @@ class BlobStore(Store):
         return f"{self._container.url}"
 
 
-def _client_options() -> dict[str, Any]:
+def _client_options(retries: int) -> dict[str, Any]:
     """Retries for someone waiting at a notebook: a few, seconds apart (the SDK's default backs off for
-    about a minute and a half before it says the account cannot be reached)."""
+    about a minute and a half before it says the account cannot be reached); the callers' own patience
+    (a run's collect, ``batchmagic logs``) takes over from there."""
     from azure.storage.blob import ExponentialRetry
 
-    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=4)}
+    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries)}

@@ -207,6 +207,8 @@ def test_batchmagic_logs_waits_out_an_outage_with_one_line(tmp_path, monkeypatch
         port = first.port
         with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
             use_azure(monkeypatch, emu, first, prefix=f"cli-{uuid.uuid4().hex[:4]}")
+            # One retry of each request (the default 4 take about 20 s): the CLI's own patience is on trial.
+            monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")
             session = Session()
             run = session.submit("for i in range(5):\n    print('line', i)\nx = 1", {}, backend="azure", name="cli")
             try:
@@ -224,7 +226,7 @@ def test_batchmagic_logs_waits_out_an_outage_with_one_line(tmp_path, monkeypatch
                 with pytest.raises(RunFailed, match="does not answer") as raised:  # the API: one line too
                     run.logs()
                 assert "\n" not in str(raised.value)
-                time.sleep(max(0.0, 35 - (time.monotonic() - waited)))  # past the storage client's own retries
+                time.sleep(max(0.0, 12 - (time.monotonic() - waited)))  # past a few of the CLI's tries
                 with start_azurite(location, port=port):
                     out, err = cli.communicate(timeout=120)
                     assert cli.returncode == 0, err
@@ -253,6 +255,7 @@ def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_pa
         with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
             use_azure(monkeypatch, emu, first, prefix=f"dies-{uuid.uuid4().hex[:4]}")
             monkeypatch.setattr(Run, "collect_patience", 10.0)  # the default is minutes
+            monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")  # one retry per read: the default's take 20 s
             session = Session()
             run = session.submit(
                 "import os, time\nprint('started', flush=True)\ntime.sleep(3)\nos._exit(9)",
@@ -266,8 +269,8 @@ def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_pa
                 wait_for(lambda: "started" in "".join(streamed), timeout=90)
                 first.process.terminate()
                 first.process.wait(10)
-                # Each read of a stopped Azurite takes the storage client's own retries (about 20 s), so a
-                # tick takes up to a minute: the run ends on the first tick past its patience.
+                # Each read of a stopped Azurite takes the storage client's own retries (up to 4 s with one),
+                # so a tick takes several seconds: the run ends on the first tick past its patience.
                 wait_for(lambda: run.done, timeout=360)
                 assert run.status == "failed"
                 message = str(run.error)

@@ -36,6 +36,7 @@ VARIABLES = {
     "BATCHMAGIC_SHIP_LIMIT", "BATCHMAGIC_BRING_BACK_LIMIT", "BATCHMAGIC_STORE_LIMIT",
     "BATCHMAGIC_GPU_BASE_IMAGE", "BATCHMAGIC_SHM_SIZE", "BATCHMAGIC_WARM_WORKER",
     "BATCHMAGIC_PIP_EXTRA_INDEX_URL",
+    "BATCHMAGIC_STORAGE_RETRIES",  # the Blob Storage client's retries (tests wait out outages sooner)
 }  # fmt: skip
 #: Settings fields that are not settings a user sets: derived, or secrets (never traits).
 NOT_SETTINGS = {"backend_chosen", "user", "secrets"}

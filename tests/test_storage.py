@@ -177,3 +177,23 @@ def test_listing_skips_a_file_deleted_while_it_lists(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(Path, "rglob", walk_then_delete)
     assert store.list_keys("") == [("runs/b/spec.json", 2)]
+
+
+def test_the_blob_storage_clients_retries_are_the_setting(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BATCHMAGIC_STORAGE_RETRIES`` reaches the client the Azure backend stores runs with (4 by default);
+    a request to storage that is not there gives up after that many retries."""
+    from batchmagic.backends.azure.calls import blob_store
+    from batchmagic.config import Settings
+    from tests.support.azurite import ACCOUNT, KEY
+
+    url = f"http://127.0.0.1:1/{ACCOUNT}"  # nothing listens on port 1
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={url};")
+    assert blob_store(Settings.from_env())._container._config.retry_policy.total_retries == 4
+    monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")
+    store = blob_store(Settings.from_env())
+    assert store._container._config.retry_policy.total_retries == 1
+    sent: list[str] = []
+    store._container._config.retry_policy.sleep = lambda *_: sent.append("retry")  # no back-off wait
+    with pytest.raises(Exception, match="Connection refused"):
+        store.get_bytes("runs/x")
+    assert sent == ["retry"]

@@ -202,12 +202,15 @@ def blob_store(settings: Settings) -> BlobStore:
     connection = settings.secrets.storage_connection_string
     try:
         if connection:
-            return BlobStore.from_connection_string(connection, settings.container)
+            return BlobStore.from_connection_string(connection, settings.container, retries=settings.storage_retries)
         if settings.storage_account_url:
             from azure.identity import DefaultAzureCredential
 
             return BlobStore.from_account_url(
-                settings.storage_account_url, settings.container, DefaultAzureCredential()
+                settings.storage_account_url,
+                settings.container,
+                DefaultAzureCredential(),
+                retries=settings.storage_retries,
             )
     except ValueError as err:
         variable = "AZURE_STORAGE_CONNECTION_STRING" if connection else "AZURE_STORAGE_ACCOUNT_URL"
