@@ -1,0 +1,132 @@
+"""A public teaching notebook runs the same with ``%%azbatch`` as without it.
+
+tests/data/public/scipy2017_cv_gridsearch.ipynb is an excerpt of the SciPy 2017 scikit-learn tutorial (CC0,
+origin in its first cell): a manual k-fold loop that fits a classifier in place, ``cross_val_score`` with
+unseeded ``ShuffleSplit``/``KFold(shuffle=True)`` (numpy's global generator), ``plt.matshow`` and a
+``validation_curve`` plot, ``GridSearchCV(verbose=3).fit`` on the last line. It runs twice on real kernels:
+plainly, then with its cells tagged ``azbatch`` under ``%%azbatch --backend local``; each cell's outputs (what
+it printed, its figures, its ``Out[n]`` and the count on it), then the namespace and numpy's and Python's
+generators afterwards, must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbclient import NotebookClient
+
+EXCERPT = Path(__file__).resolve().parent / "data" / "public" / "scipy2017_cv_gridsearch.ipynb"
+
+#: The last cell of both runs: every name the notebook holds, as something two processes can compare (arrays
+#: and fitted estimators by the hash of their bytes, estimators attribute by attribute), and the generators.
+SUMMARY = r"""
+import hashlib as _hl, json as _js, pickle as _pk, random as _rd, types as _ty
+def _summary(value, depth=0):
+    if isinstance(value, (bool, int, str, type(None))):
+        return repr(value)
+    if isinstance(value, float):
+        return repr(round(value, 12))
+    if isinstance(value, np.generic):
+        return repr(value.item())
+    if isinstance(value, np.ndarray):
+        return f"ndarray{value.shape}{value.dtype}:" + _hl.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()
+    if isinstance(value, np.random.RandomState):
+        return "RandomState:" + _hl.sha1(repr(value.get_state()).encode()).hexdigest()
+    if isinstance(value, (_ty.FunctionType, type, _ty.ModuleType, _ty.BuiltinFunctionType)):
+        return f"{type(value).__name__}:{value.__name__}"
+    if depth > 6:
+        return type(value).__name__
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__] + [_summary(item, depth + 1) for item in value]
+    if isinstance(value, dict):  # cv_results_ and the like: their timings differ from run to run
+        return {str(k): _summary(v, depth + 1) for k, v in value.items() if "time" not in str(k)}
+    if hasattr(value, "__dict__"):
+        attributes = {k: _summary(v, depth + 1) for k, v in vars(value).items() if "time" not in k}
+        return {"__type__": type(value).__name__, **attributes}
+    return type(value).__name__ + ":" + _hl.sha1(_pk.dumps(value)).hexdigest()
+_names = {
+    name: _summary(value) for name, value in dict(globals()).items()
+    if not name.startswith("_") and name not in ("In", "Out", "exit", "quit", "get_ipython")
+}
+_names["<np.random>"] = _hl.sha1(repr(np.random.get_state()).encode()).hexdigest()
+_names["<random>"] = _hl.sha1(repr(_rd.getstate()).encode()).hexdigest()
+print(_js.dumps(_names, sort_keys=True))
+"""
+
+
+def prepared(*, remote: bool) -> nbformat.NotebookNode:
+    """The excerpt, its ``azbatch`` cells under ``%%azbatch --backend local`` when ``remote``, and the summary
+    cell at the end. ``%load_ext`` shares the first cell, so that both runs count their cells alike."""
+    nb = nbformat.read(EXCERPT, as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    for cell in code:
+        if remote and "azbatch" in cell.metadata.get("tags", []):
+            cell.source = "%%azbatch --backend local\n" + cell.source
+    if remote:
+        code[0].source = "%load_ext batchmagic\n" + code[0].source
+    nb.cells = [*code, nbformat.v4.new_code_cell(SUMMARY)]
+    return nb
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path) -> nbformat.NotebookNode:
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def _timeless(text: str) -> str:
+    """GridSearchCV's verbose lines end with each fit's time (``total time=   0.0s``); an object's repr holds
+    its address (``<matplotlib.image.AxesImage at 0x7f...>``)."""
+    return re.sub(r"0x[0-9a-f]+", "0x?", re.sub(r"total time=\s*[0-9.]+s", "total time=?", text))
+
+
+def outputs(cell: nbformat.NotebookNode) -> list[Any]:
+    """A cell's outputs as they read in the notebook: streams merged by name and timings blanked, figures as
+    their formats (a PNG's bytes differ with the font cache), the record that replaced a run's panel left out."""
+    shown: list[Any] = []
+    for output in cell.outputs:
+        kind = output["output_type"]
+        if kind == "stream":
+            text = _timeless(output["text"])
+            if shown and shown[-1][:2] == ["stream", output["name"]]:
+                shown[-1][2] += text
+            else:
+                shown.append(["stream", output["name"], text])
+            continue
+        data = output.get("data", {})
+        if "azbatch-record" in data.get("text/html", ""):
+            continue
+        if kind == "error":
+            shown.append(["error", output["ename"], output["evalue"]])
+        elif any(mime.startswith("image/") for mime in data):
+            shown.append([kind, output.get("execution_count"), sorted(data), re.sub(r"\d+", "N", data["text/plain"])])
+        else:
+            shown.append([kind, output.get("execution_count"), sorted(data), _timeless(data.get("text/plain", ""))])
+    return shown
+
+
+def test_a_public_tutorial_runs_the_same_under_azbatch(home: Path, tmp_path: Path) -> None:
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "remote").mkdir()
+    plain = execute(prepared(remote=False), tmp_path / "plain")
+    remote = execute(prepared(remote=True), tmp_path / "remote")
+
+    ran_remotely = [cell for cell in remote.cells if cell.source.startswith("%%azbatch")]
+    assert len(ran_remotely) == 11
+    assert len(list((home / "runs").iterdir())) >= 11  # each tagged cell was a run of its own
+    for index, (here, there) in enumerate(zip(plain.cells[:-1], remote.cells[:-1], strict=True)):
+        assert there.execution_count == here.execution_count
+        assert outputs(there) == outputs(here), f"cell {index}:\n{there.source}"
+    # What the excerpt shows, so that equal outputs are not two empty lists: the figures, the Out of a
+    # cross_val_score and of GridSearchCV.fit (its HTML repr), the grid search's verbose lines.
+    shown = [outputs(cell) for cell in ran_remotely]
+    assert sum(1 for cell in shown for output in cell if "image/png" in output[2:3][0]) >= 2
+    assert any(o[0] == "execute_result" and "GridSearchCV" in o[3] and "text/html" in o[2] for o in sum(shown, []))
+    assert any(o[0] == "stream" and "[CV 5/5] END" in o[2] for o in sum(shown, []))
+
+    names_here, names_there = (json.loads(nb.cells[-1].outputs[0]["text"]) for nb in (plain, remote))
+    assert {"classifier", "grid", "masks", "scores", "cv", "<np.random>", "<random>"} <= set(names_here)
+    assert names_there == names_here
