@@ -19,6 +19,8 @@ from typing import Any
 import nbformat
 from nbclient import NotebookClient
 
+from batchmagic.package.plots import static_figures_note
+
 EXCERPT = Path(__file__).resolve().parent / "data" / "public" / "scipy2017_cv_gridsearch.ipynb"
 
 #: The last cell of both runs: every name the notebook holds, as something two processes can compare (arrays
@@ -130,3 +132,32 @@ def test_a_public_tutorial_runs_the_same_under_azbatch(home: Path, tmp_path: Pat
     names_here, names_there = (json.loads(nb.cells[-1].outputs[0]["text"]) for nb in (plain, remote))
     assert {"classifier", "grid", "masks", "scores", "cv", "<np.random>", "<random>"} <= set(names_here)
     assert names_there == names_here
+
+
+def test_a_kernel_with_live_figures_is_told_once_that_remote_figures_are_images(home: Path, tmp_path: Path) -> None:
+    """The SciPy tutorial's trees-and-forests notebook starts with ``%matplotlib notebook``: its figures are live
+    in the kernel, a remote cell's come back as images (as the inline backend shows them). The notebook says so,
+    once, under the first remote figure."""
+    cells = [
+        "%matplotlib notebook\nimport matplotlib.pyplot as plt\n%load_ext batchmagic",
+        "%%azbatch --backend local\nplt.figure()\nplt.plot([1, 2, 3]);",
+        "%%azbatch --backend local\nplt.figure()\nplt.plot([3, 2, 1]);",
+    ]
+    nb = execute(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells]), tmp_path)
+    first, second = (outputs(cell) for cell in nb.cells[1:])
+    assert [o[2] for o in first + second if o[0] == "display_data"] == [["image/png", "text/plain"]] * 2
+    said = [o[2] for o in first if o[0] == "stream" and o[1] == "stderr"]
+    assert len(said) == 1 and "live figures (%matplotlib notebook)" in said[0] and "came back as images" in said[0]
+    assert not [o for o in second if o[0] == "stream" and "live figures" in o[2]]
+
+
+def test_the_live_figures_note_is_for_live_backends_and_figures_only() -> None:
+    figure = {"data": {"image/png": "iVBOR", "text/plain": "<Figure size 640x480 with 1 Axes>"}}
+    picture = {"data": {"image/png": "iVBOR", "text/plain": "<IPython.core.display.Image object>"}}
+    assert "%matplotlib notebook" in static_figures_note("notebook", [figure])
+    assert "%matplotlib notebook" in static_figures_note("nbAgg", [figure])
+    assert "%matplotlib widget" in static_figures_note("module://ipympl.backend_nbagg", [figure])
+    assert "%matplotlib widget" in static_figures_note("widget", [figure])
+    assert static_figures_note("module://matplotlib_inline.backend_inline", [figure]) == ""
+    assert static_figures_note(None, [figure]) == ""
+    assert static_figures_note("nbAgg", [picture]) == ""

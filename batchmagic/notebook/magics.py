@@ -31,6 +31,7 @@ from batchmagic.notebook.traits import settings_from_traits, settings_traits
 from batchmagic.notebook.view import status_lines
 from batchmagic.notebook.widget import Panel, TaskLogs, make_panel
 from batchmagic.options import RunOptions, check_identifier
+from batchmagic.package.plots import kernel_backend, static_figures_note
 from batchmagic.protocol import VALUE_MARK
 from batchmagic.run.run import UpdateCallback
 from batchmagic.run.state import LogRecord, RunState
@@ -54,6 +55,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
         super().__init__(shell=shell, **kwargs)
         self.session = api.Session()
         self._notice_shown = False
+        self._figures_noted = False  # static_figures_note, said once per kernel
         self._environment: Settings | None = None
 
     @property
@@ -270,6 +272,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                     panel.finish(record_of(run, background=False))
         if run.is_sweep:
             return result  # the results DataFrame, displayed as the cell's value
+        self._note_static_figures(run.displays)
         with _warnings_as_lines():  # an alias left holding the old object of a name changed in place
             run.fetch(self._user_ns)
         return self._out(run, held)
@@ -362,6 +365,13 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                 raise UsageError(f"--sweep-from {args.sweep_from}: no such variable in the notebook")
             return rows_from(args.sweep_from, self._user_ns[args.sweep_from])
         return None
+
+    def _note_static_figures(self, displays: list[dict[str, Any]]) -> None:
+        """Say once that remote figures are images when this kernel's are live (``%matplotlib notebook``)."""
+        note = "" if self._figures_noted else static_figures_note(kernel_backend(), displays)
+        if note:
+            self._figures_noted = True
+            print(note, file=sys.stderr)
 
     def _explain_default_backend(self, explicit: str | None, settings: Settings) -> None:
         """Say once why cells run locally when nobody chose the backend."""

@@ -18,7 +18,7 @@ import pickle
 import sys
 from typing import Any
 
-__all__ = ["plot_settings", "PlotSettings"]
+__all__ = ["kernel_backend", "plot_settings", "PlotSettings", "static_figures_note"]
 
 log = logging.getLogger("batchmagic.package.plots")
 
@@ -46,6 +46,39 @@ def plot_settings() -> str:
     except Exception as err:  # a setting that does not pickle: figures look as the defaults make them
         log.warning("the notebook's plot settings cannot travel (%s); remote figures use matplotlib's defaults", err)
         return ""
+
+
+def kernel_backend() -> str | None:
+    """This kernel's matplotlib backend as set (``nbAgg``, ``module://ipympl.backend_nbagg``...), read without
+    resolving it (reading ``rcParams['backend']`` may import pyplot); None before matplotlib is imported."""
+    mpl = sys.modules.get("matplotlib")
+    if mpl is None:
+        return None
+    backend = dict.__getitem__(mpl.rcParams, "backend")
+    return backend if isinstance(backend, str) else None
+
+
+def static_figures_note(backend: str | None, displays: list[dict[str, Any]]) -> str:
+    """The line for a kernel whose figures are live (``%matplotlib notebook``, ``%matplotlib widget``) when a
+    remote cell's ``displays`` hold figures: they came back as images, as the inline backend shows them, and
+    are not open here for a later cell to change. "" when ``backend`` (this kernel's matplotlib backend, None
+    when it never imported matplotlib) draws images anyway, or when the cell showed no figure."""
+    name = (backend or "").lower()  # as %matplotlib set it: "notebook" or "nbAgg"; "widget", "ipympl" or its module
+    if name not in ("notebook", "widget") and not any(word in name for word in ("nbagg", "ipympl")):
+        return ""
+    if not any(_is_figure(output) for output in displays):
+        return ""
+    magic = "%matplotlib notebook" if name in ("notebook", "nbagg") else "%matplotlib widget"
+    return (
+        f"batchmagic: this kernel draws live figures ({magic}); the remote cell's came back as images, as "
+        "%matplotlib inline shows them, and are not open here for a later cell to change: plot in a cell of "
+        "its own, from the results, to interact"
+    )
+
+
+def _is_figure(output: dict[str, Any]) -> bool:
+    data = output.get("data", {})
+    return any(mime.startswith("image/") for mime in data) and str(data.get("text/plain", "")).startswith("<Figure")
 
 
 def decode(text: str) -> PlotSettings:
