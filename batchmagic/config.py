@@ -333,11 +333,18 @@ def redacted(env: Mapping[str, str]) -> dict[str, str]:
     return {k: REDACTED if SECRET_NAME.search(k) else v for k, v in env.items()}
 
 
+#: Batch keeps this port on every node of a multi-instance task (``AZ_BATCH_MASTER_NODE`` names it).
+BATCH_PORT = 6000
+
+
 def check_port(port: int, name: str) -> int:
-    """``port`` if a distributed run's rank 0 can listen on it: 1024-65535, not Batch's own 6000."""
-    if not 1024 <= port <= 65535 or port == 6000:
+    """``port`` if a distributed run's rank 0 can listen on it and each node's supervisor on the one after
+    (:func:`batchmagic.runner.ranks.main` binds ``port + 1`` to claim its node rank): both 1024-65535, neither
+    Batch's own 6000. So 1024-65534 without 5999 and 6000."""
+    if not 1024 <= port <= 65534 or BATCH_PORT in (port, port + 1):
         raise ConfigError(
-            f"{name} {port} cannot be rank 0's port: pick one from 1024 to 65535 other than 6000 (Batch's own)"
+            f"{name} {port} cannot be rank 0's port: pick one from 1024 to 65534 other than 5999 and 6000 "
+            f"(Batch keeps 6000, and each node's supervisor takes the port after rank 0's)"
         )
     return port
 

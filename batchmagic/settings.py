@@ -163,7 +163,8 @@ SETTINGS: tuple[Setting, ...] = (
             "The Batch account's region, for prices (e.g. westeurope)."),
     Setting("master_port", "port", "BATCHMAGIC_MASTER_PORT", DEFAULT_MASTER_PORT, f"`{DEFAULT_MASTER_PORT}`",
             "The port rank 0 of a --distributed run listens on (MASTER_PORT) on Azure Batch; the local backend "
-            "picks a free one, as torchrun --standalone does. Not 6000, which Batch keeps.", clears=True),
+            "picks a free one, as torchrun --standalone does. From 1024 to 65534, not 6000 (Batch keeps it) nor "
+            "5999 (each node's supervisor takes the port after rank 0's).", clears=True),
     Setting("ship_limit", "size", "BATCHMAGIC_SHIP_LIMIT", "200MB", "`200MB`",
             "Most a cell ships from the notebook's folder by naming files in it (like pd.read_csv('data/train.csv')); "
             "past it the cell is refused with the --input that ships the data instead (see docs/files.md)."),

@@ -206,6 +206,9 @@ SETTINGS: list[tuple[str, dict[str, str | None], str]] = [
     ("max-nodes", {"BATCHMAGIC_MAX_NODES": "-3"}, "BATCHMAGIC_MAX_NODES='-3' is not a positive integer"),
     ("storage-garbage", {"AZURE_STORAGE_CONNECTION_STRING": "nonsense"}, "AZURE_STORAGE_CONNECTION_STRING"),
     ("no-storage", {"AZURE_STORAGE_CONNECTION_STRING": None}, "no Blob Storage configured"),
+    # Each node's supervisor binds MASTER_PORT + 1: 65536 does not exist, 6000 is Batch's.
+    ("master-port-top", {"BATCHMAGIC_MASTER_PORT": "65535"}, "BATCHMAGIC_MASTER_PORT 65535 cannot be rank 0's port"),
+    ("master-port-5999", {"BATCHMAGIC_MASTER_PORT": "5999"}, "other than 5999 and 6000"),
 ]
 
 

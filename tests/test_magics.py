@@ -156,6 +156,16 @@ def test_config_round_trips(shell):
     assert magics.backend == "local"
 
 
+def test_master_port_refuses_what_a_supervisor_cannot_bind(shell):
+    # Each node's supervisor binds master_port + 1: 65535 would crash it, 5999 take Batch's 6000.
+    magics = shell.magics_manager.registry["AzBatch"]
+    for refused in (65535, 5999, 6000, 80):
+        shell.run_line_magic("config", f"AzBatch.master_port = {refused}")  # IPython logs the TraitError
+        assert magics.master_port == 6105, refused
+    shell.run_line_magic("config", "AzBatch.master_port = 65534")
+    assert magics.master_port == 65534
+
+
 def test_backend_trait_seeded_from_env(home, monkeypatch):
     from batchmagic.notebook.magics import AzBatch
 
