@@ -555,7 +555,7 @@ NOT_A_SUBREAPER = "import sys, batchmagic.runner.main as m; m.become_subreaper =
 def test_a_sigterm_while_the_runner_ends_what_the_cell_left_is_not_lost(
     tmp_path: Path, subreaper: bool, cancel: bool
 ) -> None:
-    """Ending a leftover child that ignores SIGTERM takes the runner its grace (0.5 s) and a SIGKILL: a cancel
+    """Ending a leftover child that ignores SIGTERM takes the runner its grace (reap.TERM_GRACE) and a SIGKILL: a cancel
     that comes then must still end the run as terminated, not be thrown away and the run reported done (nor
     the SIGTERM a runner sends its own group taken for a cancel)."""
     cell = """\

@@ -474,7 +474,7 @@ def _end_stragglers() -> None:
     behind in a session of its own is its descendant too; where it cannot be one, also those in the runner's
     process group, when it leads one (the local backend starts it in a session of its own).
     Also on SIGTERM (cancel, timeout): the unwinding of :class:`_Terminated` passes here. A SIGTERM that
-    comes meanwhile (up to a second) waits until this is done, then is raised again: never lost."""
+    comes meanwhile (up to ``reap.TERM_GRACE`` seconds) waits until this is done, then is raised again."""
     own = not _SUBREAPER and os.getpgid(0) == os.getpid()  # not a group leader: the group is someone else's
     held: list[int] = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))

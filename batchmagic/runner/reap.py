@@ -33,10 +33,21 @@ __all__ = [
     "end_descendants",
     "end_orphans",
     "end_processes_with",
+    "family",
     "processes_with",
+    "signal_listed",
+    "TERM_GRACE",
 ]
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+#: Seconds :func:`end_descendants` gives what the cell left between SIGTERM and SIGKILL. A process that
+#: heeds SIGTERM ends in milliseconds, and the wait ends with it: only one that is slow to stop costs it.
+#: That one is the reason for it: a server the cell started that writes into the notebook's folder (a
+#: checkpoint, a database) needs a moment to flush what it holds, else the folder comes back torn. Kept well
+#: under the 3 s a backend gives a runner after its own SIGTERM (the local backend's ``_GRACE_SECONDS``, a
+#: node's ``ranks.GRACE``), so that a cancelled runner still writes its result and log before its SIGKILL.
+TERM_GRACE = 2.0
 
 
 def become_subreaper() -> bool:
@@ -73,12 +84,42 @@ def children(pid: int) -> list[int]:
 
 def descendants(pid: int) -> list[int]:
     """The living descendants of ``pid``, parents before their children."""
-    found: list[int] = []
-    todo = children(pid)
+    return [child for child, _ in family(pid)]
+
+
+def family(pid: int) -> list[tuple[int, int]]:
+    """The living descendants of ``pid`` as (pid, its parent's pid), parents before their children."""
+    found: list[tuple[int, int]] = []
+    todo = [(c, pid) for c in children(pid)]
     while todo:
         found += todo
-        todo = [c for p in todo for c in children(p) if c not in found]
+        seen = {c for c, _ in found}
+        todo = [(c, p) for p, _ in todo for c in children(p) if c not in seen]
     return found
+
+
+def signal_listed(listed: Iterable[tuple[int, int]], signum: int) -> None:
+    """Send ``signum`` to each (pid, parent) that :func:`family` listed, and only to that process: one that
+    ended since may have left its pid to another. On Linux each is pinned by a pidfd, then checked to be
+    still the child of the parent it was listed under (a pid taken by a stranger has another parent), and
+    signalled through the pidfd, which names that process whatever happens to its pid. Where pidfds are
+    missing (not Linux, a kernel before 5.3, a sandbox that refuses them): by pid, as ``kill`` does."""
+    for pid, parent in listed:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # gone
+        except (AttributeError, OSError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+            continue
+        try:
+            if _stat(pid)[1:2] == [str(parent)]:
+                signal.pidfd_send_signal(pidfd, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        finally:
+            os.close(pidfd)
 
 
 def _signal_all(pids: Iterable[int], signum: int) -> None:
@@ -87,25 +128,26 @@ def _signal_all(pids: Iterable[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def end_descendants(grace: float = 0.5) -> None:
+def end_descendants(grace: float = TERM_GRACE) -> None:
     """End every descendant of this process: SIGTERM (a server may shut down cleanly), then, after at most
     ``grace`` seconds, SIGKILL to what remains, again until none is left (a killed process's children come
-    to this process when it is a subreaper, else to the next one above: the warm worker)."""
+    to this process when it is a subreaper, else to the next one above: the warm worker). Each signal goes
+    to the process listed, never to one that took its pid since (:func:`signal_listed`)."""
     me = os.getpid()
-    left = descendants(me)
+    left = family(me)
     if not left:
         return
-    _signal_all(left, signal.SIGTERM)
+    signal_listed(left, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while left and time.monotonic() < deadline:
         time.sleep(0.02)
-        left = descendants(me)
+        left = family(me)
     for _ in range(50):  # a process that forks as fast as it is killed: bounded, not forever
         if not left:
             return
-        _signal_all(left, signal.SIGKILL)
+        signal_listed(left, signal.SIGKILL)
         time.sleep(0.01)
-        left = descendants(me)
+        left = family(me)
 
 
 def end_orphans(runners: Iterable[int]) -> list[int]:
