@@ -192,9 +192,9 @@ def run_task(where: str, *, raw_spec: bytes | None = None, bundle_copy: Path | N
     if again:
         log.add("e", "[batchmagic] the task started again (a retry, or its node restarted): its output starts over\n")
     result_channel = open_channel(spec.result)
-    _SigtermHandler().install()
     started = time.time()
     try:
+        _SigtermHandler().install()  # in the try: a cancel that lands while it starts its thread is handled
         code, outcome = _run(spec, log)
     except _Terminated as err:
         code = EXIT_TERMINATED
