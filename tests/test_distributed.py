@@ -162,6 +162,36 @@ def test_cancel_ends_every_rank(home: Path) -> None:
     assert leftovers == []
 
 
+def test_cancel_stops_blocked_ranks_together(home: Path, tmp_path: Path) -> None:
+    """Four ranks that do not end on SIGTERM (as a rank blocked in a gloo collective: its Python handler never
+    runs): each notes when SIGTERM came and goes on. Cancel signals them all at once, then gives one grace
+    period, not one each."""
+    from batchmagic.backends.local import _GRACE_SECONDS
+
+    cell = (
+        "import os, signal, time\n"
+        "def noted(*_):\n"
+        "    with open(os.path.join(SEEN, os.environ['RANK']), 'w') as f:\n"
+        "        f.write(repr(time.time()))\n"
+        "signal.signal(signal.SIGTERM, noted)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    run = batchmagic.submit(cell, {"SEEN": str(tmp_path)}, backend="local", nodes=4, distributed=True, home=home)
+    _wait_for(lambda: all("up" in run.logs(tid) for tid in run.task_ids))
+    pids = _pids(home, run)
+    started = time.monotonic()
+    run.cancel()
+    with pytest.raises(RunCancelled):
+        run.wait(timeout=60)
+    took = time.monotonic() - started
+    termed = [float((tmp_path / str(k)).read_text()) for k in range(4)]
+    # Every rank had SIGTERM before the first grace period was over (one by one: 3 s apart each).
+    assert max(termed) - min(termed) < _GRACE_SECONDS, termed
+    assert took < 2.5 * _GRACE_SECONDS, took  # one by one it is four grace periods
+    assert not any(_alive(pid) for pid in pids.values())
+
+
 def test_teardown_ends_every_rank_and_the_run_is_cancelled(shell: Any, home: Path) -> None:
     """``%azbatch_teardown`` of a running distributed run (watched in the background, --no-wait): every rank
     ends, and the run ends cancelled, not failed by a monitor that saw the ranks die."""

@@ -312,12 +312,7 @@ class LocalBackend(Backend):
             for other in others:
                 if not other.failure:
                     other.failure = f"{STOPPED_AFTER} {task.task_id} failed"
-        # Together: a rank blocked in a collective does not see SIGTERM, so each takes the grace period.
-        stops = [threading.Thread(target=self._stop, args=(run, other), daemon=True) for other in others]
-        for stop in stops:
-            stop.start()
-        for stop in stops:
-            stop.join()
+        self._stop_all(run, others)
 
     @staticmethod
     def _finished(task: _Task) -> None:
@@ -327,17 +322,22 @@ class LocalBackend(Backend):
                 task.timer.cancel()
 
     def _stop(self, run: _LocalRun, task: _Task) -> None:
-        """End a task: its process group, and its container when it runs in one (the docker CLI going
-        away does not stop a container that ignores the signal)."""
-        if task.process is not None:
-            _kill_group(task.process)
-        if run.submission.image and not isinstance(task.process, Forked):  # forked in the warm one: it stays
-            subprocess.run(
-                ["docker", "rm", "-f", _container_name(run.submission.run_id, task.task_id)],
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
+        """End a task: its process group, and its container when it runs in one."""
+        self._stop_all(run, [task])
+
+    @staticmethod
+    def _stop_all(run: _LocalRun, tasks: list[_Task]) -> None:
+        """End tasks together: every process group gets SIGTERM at once and the one grace period, then SIGKILL
+        (a rank blocked in a collective does not see SIGTERM: one by one, each would take the grace period
+        while the caller waits). Then their containers (the docker CLI going away does not stop a container
+        that ignores the signal); one forked in the warm container stays, it is the worker's."""
+        _kill_groups([task.process for task in tasks if task.process is not None])
+        if run.submission.image:
+            names = [
+                _container_name(run.submission.run_id, t.task_id) for t in tasks if not isinstance(t.process, Forked)
+            ]
+            if names:
+                subprocess.run(["docker", "rm", "-f", *names], capture_output=True, timeout=60, check=False)
 
     def _time_out(self, run: _LocalRun, task: _Task) -> None:
         if task.process is not None and task.process.poll() is None:
@@ -377,10 +377,10 @@ class LocalBackend(Backend):
             return
         with run.lock:
             run.cancelled = True
-            for task in run.tasks.values():
-                if task.process is not None and task.process.poll() is None:
-                    task.failure = "cancelled"
-                    self._stop(run, task)
+            alive = [t for t in run.tasks.values() if t.process is not None and t.process.poll() is None]
+            for task in alive:
+                task.failure = "cancelled"
+            self._stop_all(run, alive)
 
     def release(self, run_id: str) -> list[str]:
         run = self._runs.get(run_id)
@@ -580,17 +580,23 @@ def _worker_environment() -> dict[str, str]:
     return env
 
 
-def _kill_group(process: subprocess.Popen[bytes] | Forked | _Adopted) -> None:
-    """SIGTERM the task's process group (the runner flushes its log), SIGKILL it if it lingers."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
+def _kill_groups(processes: list[subprocess.Popen[bytes] | Forked | _Adopted]) -> None:
+    """SIGTERM every task's process group (each runner flushes its log), then one grace period for all of
+    them, then SIGKILL the groups that linger."""
+    signalled = []
+    for process in processes:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGTERM)
+            signalled.append(process)
         except ProcessLookupError:
             pass
-        process.wait()
+    deadline = time.monotonic() + _GRACE_SECONDS
+    for process in signalled:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
