@@ -472,6 +472,10 @@ class TaskOutcome:
 #: (:attr:`TaskOutcome.value`): the notebook shows it as the cell's ``Out[n]``, not as a display.
 VALUE_MARK = "batchmagic_value"
 
+#: The metadata key of a figure the cell left open, displayed by the runner when the cell ended: the notebook
+#: shows it after the cell's traceback when the cell raised, as the inline backend does.
+LEFT_OPEN_MARK = "batchmagic_left_open"
+
 #: Log record streams on the wire -> their names: the cell's stdout and stderr, the runner's transfer
 #: progress (JSON text), and what the cell displayed (an nbformat output object).
 STREAMS = {"o": "stdout", "e": "stderr", "p": "progress", "d": "display"}

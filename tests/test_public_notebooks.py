@@ -161,3 +161,26 @@ def test_the_live_figures_note_is_for_live_backends_and_figures_only() -> None:
     assert static_figures_note("module://matplotlib_inline.backend_inline", [figure]) == ""
     assert static_figures_note(None, [figure]) == ""
     assert static_figures_note("nbAgg", [picture]) == ""
+
+
+def test_a_cell_that_plots_then_raises_shows_its_figure_after_the_traceback(home: Path, tmp_path: Path) -> None:
+    """The SciPy tutorial's classification notebook draws a scatter plot, then calls a helper whose import
+    failed: the kernel shows the NameError, then the figure the cell left open (the inline backend draws it
+    once the cell has ended). A figure shown mid-cell (plt.show()) comes before, in both."""
+    setup = "import matplotlib.pyplot as plt\n%load_ext batchmagic"
+    cell = (
+        "plt.plot([1, 2]); plt.show()\n"  # shown mid-cell
+        "plt.scatter([1, 2], [3, 4])\nplt.xlabel('first feature')\n"  # left open
+        "plot_2d_separator(knn, X)"
+    )
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_code_cell(source) for source in (setup, cell, "%%azbatch --backend local\n" + cell)]
+    )
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    plain, remote = (
+        [o[:2] if o[0] != "stream" else o[:2] for o in outputs(c) if o[1] != "stderr"] for c in nb.cells[1:]
+    )
+    assert plain == [["display_data", None], ["error", "NameError"], ["display_data", None]]
+    assert remote == [["display_data", None], ["error", "RemoteError"], ["display_data", None]]

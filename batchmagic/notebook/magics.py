@@ -32,7 +32,7 @@ from batchmagic.notebook.view import status_lines
 from batchmagic.notebook.widget import Panel, TaskLogs, make_panel
 from batchmagic.options import RunOptions, check_identifier
 from batchmagic.package.plots import kernel_backend, static_figures_note
-from batchmagic.protocol import VALUE_MARK
+from batchmagic.protocol import LEFT_OPEN_MARK, VALUE_MARK
 from batchmagic.run.run import UpdateCallback
 from batchmagic.run.state import LogRecord, RunState
 from batchmagic.run.sweep import parse_grid, rows_from
@@ -226,9 +226,10 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
 
         cap = LogCap(self.log_lines)
         held: list[dict[str, Any]] = []  # the cell's value as it displayed it: shown as its Out instead
+        left_open: list[dict[str, Any]] = []  # figures the cell left open, with no value: shown once it has ended
 
         def on_update(state: RunState, records: list[LogRecord]) -> None:
-            _show(cap.feed(records, state) + (cap.end(state) if state.finished else []), held=held)
+            _show(cap.feed(records, state) + (cap.end(state) if state.finished else []), held=held, left_open=left_open)
             panel.update(state)
 
         def on_background_update(state: RunState, records: list[LogRecord]) -> None:
@@ -264,6 +265,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                 result = run.wait(between_polls=pump)
             except BatchMagicError:
                 _out_of_reach(held)  # the cell's value was shown, but its result did not come
+                self._after_the_cell(left_open)  # after its traceback, as the inline backend shows them
                 if not run.partial:
                     raise
                 result = None  # the cell raised after it did some work: fetch keeps that, then raises
@@ -272,6 +274,7 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                     panel.finish(record_of(run, background=False))
         if run.is_sweep:
             return result  # the results DataFrame, displayed as the cell's value
+        _out_of_reach(left_open)  # a cell that ended well: they close its output, as here
         self._note_static_figures(run.displays)
         with _warnings_as_lines():  # an alias left holding the old object of a name changed in place
             run.fetch(self._user_ns)
@@ -285,18 +288,24 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
         if run.value is None:
             _out_of_reach(held)
             return None
-        after = held[1:]
-        if after:
-            assert self.shell is not None
-
-            def follow(*_args: Any) -> None:
-                assert self.shell is not None
-                self.shell.events.unregister("post_run_cell", follow)
-                for output in after:
-                    _replay(output)
-
-            self.shell.events.register("post_run_cell", follow)
+        self._after_the_cell(held[1:])
         return run.value
+
+    def _after_the_cell(self, outputs: list[dict[str, Any]]) -> None:
+        """Show ``outputs`` once the cell has ended: after its Out, or after its traceback."""
+        if not outputs:
+            return
+        assert self.shell is not None
+        after = list(outputs)
+        outputs.clear()
+
+        def follow(*_args: Any) -> None:
+            assert self.shell is not None
+            self.shell.events.unregister("post_run_cell", follow)
+            for output in after:
+                _replay(output)
+
+        self.shell.events.register("post_run_cell", follow)
 
     def _record_after_a_cell(self, run: api.Run, panel: Panel) -> None:
         """Put a background run's record in place again after the first cell that ends once the run has.
@@ -556,14 +565,24 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
                 print(text)
 
 
-def _show(records: list[LogRecord], *, held: list[dict[str, Any]] | None = None) -> None:
+def _show(
+    records: list[LogRecord],
+    *,
+    held: list[dict[str, Any]] | None = None,
+    left_open: list[dict[str, Any]] | None = None,
+) -> None:
     """What the cell printed and displayed, shown as the cell itself would have: on the cell's output.
     The display of the cell's last expression goes to ``held``, when given, with what it displays after it
-    (figures left open): its value becomes the Out, and they follow it, as the notebook orders them."""
+    (figures left open): its value becomes the Out, and they follow it, as the notebook orders them. Figures
+    left open by a cell with no value go to ``left_open``, when given: a cell that raised shows them after
+    its traceback."""
     for record in records:
         if record.output is not None:
-            if held is not None and (held or record.output.get("metadata", {}).get(VALUE_MARK)):
+            marks = record.output.get("metadata", {})
+            if held is not None and (held or marks.get(VALUE_MARK)):
                 held.append(record.output)
+            elif left_open is not None and marks.get(LEFT_OPEN_MARK):
+                left_open.append(record.output)
             else:
                 _replay(record.output)
             continue
@@ -601,7 +620,8 @@ def _replay(output: dict[str, Any]) -> None:
     """Show what the remote cell displayed, after what it printed before (an Out shows as display data)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    publish_display_data(output.get("data", {}), output.get("metadata", {}))
+    metadata = {k: v for k, v in output.get("metadata", {}).items() if k != LEFT_OPEN_MARK}
+    publish_display_data(output.get("data", {}), metadata)
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from types import CodeType, ModuleType
 from typing import Any
 
-from batchmagic.protocol import VALUE_MARK
+from batchmagic.protocol import LEFT_OPEN_MARK, VALUE_MARK
 
 __all__ = ["Capture", "compile_cell", "mime_bundle", "active", "prepare"]
 
@@ -267,7 +267,7 @@ class Capture:
             figure = manager.canvas.figure
             if not (only_new and id(figure) in self._shown):
                 try:
-                    self.display(figure)
+                    self.display(figure, metadata={LEFT_OPEN_MARK: True} if only_new else None)
                 except Exception as err:  # one figure that cannot render must not lose the cell's result
                     print(f"batchmagic: could not render figure {manager.num}: {err!r}", file=sys.stderr)
         pyplot.close("all")
