@@ -260,6 +260,13 @@ class AzBatch(Magics, _SettingTraits):  # type: ignore[misc]
             run.watch_in_background()
             self._record_after_a_cell(run, panel)
             return None
+        return self._wait_here(run, panel, held, left_open)
+
+    def _wait_here(
+        self, run: api.Run, panel: Panel, held: list[dict[str, Any]], left_open: list[dict[str, Any]]
+    ) -> Any:
+        """Wait for a blocking run with the kernel kept responsive (Cancel), then bind what it brought back and
+        return its value (a sweep: its table); what the cell displayed late follows, as the notebook orders it."""
         with _warnings_as_lines(), ui_pump() as pump:
             try:
                 result = run.wait(between_polls=pump)
