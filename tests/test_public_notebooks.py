@@ -184,3 +184,17 @@ def test_a_cell_that_plots_then_raises_shows_its_figure_after_the_traceback(home
     )
     assert plain == [["display_data", None], ["error", "NameError"], ["display_data", None]]
     assert remote == [["display_data", None], ["error", "RemoteError"], ["display_data", None]]
+
+
+def test_an_empty_figure_shows_as_its_text_as_the_inline_backend_shows_it(home: Path, tmp_path: Path) -> None:
+    """The SciPy tutorial's linear-models notebook calls ``plt.figure()``, then fails before drawing on it: the
+    inline backend shows an empty figure as its text (``<Figure size 640x480 with 0 Axes>``), no blank image."""
+    cell = "plt.figure()\nplt.scatter([1, 2], [3, 4], c=plt.cm.spectral([0.5, 1.0]));"
+    sources = ("import matplotlib.pyplot as plt\n%load_ext batchmagic", cell, "%%azbatch --backend local\n" + cell)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in sources])
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    plain, remote = ([o for o in outputs(cell) if o[0] == "display_data"] for cell in nb.cells[1:])
+    assert plain == [["display_data", None, ["text/plain"], "<Figure size 640x? with 0 Axes>"]]
+    assert remote == plain

@@ -44,7 +44,10 @@ def _apply_rc(mpl: ModuleType) -> None:
 
 def figure_bundle(fig: Any) -> tuple[dict[str, str], dict[str, Any]]:
     """A figure as the notebook's inline backend shows it: its formats (png by default; retina: png at twice
-    the dpi, shown at half size; svg; jpeg) and its print kwargs (a tight bounding box by default)."""
+    the dpi, shown at half size; svg; jpeg) and its print kwargs (a tight bounding box by default); a figure
+    with nothing on it has no image (``<Figure size 640x480 with 0 Axes>`` alone)."""
+    if not fig.axes and not fig.lines:  # nothing drawn: IPython shows its text, not a blank image
+        return {}, {}
     formats = _settings.get("formats") or ["png"]
     kwargs = {"bbox_inches": "tight", **_settings.get("print_figure_kwargs", {})}
     kwargs.setdefault("facecolor", fig.get_facecolor())
