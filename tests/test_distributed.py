@@ -224,6 +224,43 @@ def test_the_run_layout_keeps_a_log_and_result_per_rank(home: Path) -> None:
         assert (home / Layout.result(run.id, tid)).exists()
 
 
+#: Each rank binds a name and writes a --output file and a file beside the notebook; the ranks other than 0
+#: bind a large value (8 MB, as a state dict would be), which must not travel: only rank 0's names come back.
+RANKS_WRITE_CELL = """
+import os
+rank = int(os.environ["RANK"])
+big = os.urandom(8_000_000) if rank else "rank 0's"
+os.makedirs("model", exist_ok=True)
+open(f"model/rank-{rank}.bin", "wb").write(bytes(1000))
+open(f"beside-{rank}.txt", "w").write(str(rank))
+print("wrote", rank)
+"""
+
+
+def assert_only_rank_zero_sent_back(run: Any, work: Path, results: dict[str, int]) -> None:
+    """Rank 0's names, --output files and files beside the notebook came back, and only its: the other ranks'
+    results (``results``: their sizes) hold a verdict and no pickle of their 8 MB, and they uploaded no file."""
+    assert sorted(p.name for p in work.glob("beside-*")) == ["beside-0.txt"]
+    assert not (work / "model").exists() or sorted(p.name for p in (work / "model").iterdir()) == ["rank-0.bin"]
+    assert run.files == [("model/rank-0.bin", 1000)]
+    assert set(results) == set(run.task_ids) and all(size < 20_000 for size in results.values()), results
+    for tid in run.task_ids[1:]:
+        assert run.outbox.list_keys(Layout.outputs(run.id, tid)) == []
+    assert [k for k, _ in run.outbox.list_keys(Layout.outputs(run.id, "rank-0"))] != []
+    for k in range(len(run.task_ids)):
+        assert f"[rank {k}] wrote {k}\n" in run.logs()
+
+
+def test_only_rank_zero_sends_back_its_names_and_files(shell: Any, home: Path) -> None:
+    shell.run_cell(
+        f"%%azbatch --backend local --nodes 2 --procs-per-node 2 --distributed --output model/*\n{RANKS_WRITE_CELL}"
+    )
+    assert shell.user_ns["big"] == "rank 0's" and shell.user_ns["rank"] == 0
+    run = shell.user_ns["_azbatch"]
+    results = {tid: (home / Layout.result(run.id, tid)).stat().st_size for tid in run.task_ids}
+    assert_only_rank_zero_sent_back(run, Path.cwd(), results)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("nodes", [2, 4])
 def test_ddp_training_equals_one_process_over_the_same_batches(shell: Any, nodes: int) -> None:

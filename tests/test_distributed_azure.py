@@ -21,7 +21,7 @@ from batchmagic.run.state import Phase
 from tests.support.azurite import RunningAzurite
 from tests.support.emulator import RunningEmulator, start_emulator, wait_for
 from tests.support.settings import use_azure
-from tests.test_distributed import need_torch
+from tests.test_distributed import RANKS_WRITE_CELL, assert_only_rank_zero_sent_back, need_torch
 
 HOSTS_CELL = """
 import os
@@ -84,6 +84,17 @@ def test_a_nodes_ranks_share_one_read_of_the_spec_and_bundle(azure_env: RunningE
     logs = shell.user_ns["_azbatch"].logs()
     for rank in range(4):
         assert f"[rank {rank}] rank {rank} node {rank // 2} shared ['.azbatch-bundle-0.zip'] own []" in logs, logs
+
+
+def test_only_rank_zero_sends_back_its_names_and_files(azure_env: RunningEmulator, shell: Any) -> None:
+    """Through Azurite: the other ranks' result blobs are small (their 8 MB value was not pickled nor
+    uploaded), their files stay on their nodes, and the names that come back are rank 0's."""
+    shell.run_cell(f"%%azbatch --nodes 2 --procs-per-node 2 --distributed --output model/*\n{RANKS_WRITE_CELL}")
+    assert shell.user_ns["big"] == "rank 0's" and shell.user_ns["rank"] == 0
+    run = shell.user_ns["_azbatch"]
+    blobs = dict(run.store.list_keys(f"runs/{run.id}/"))
+    results = {tid: blobs[Layout.result(run.id, tid)] for tid in run.task_ids}
+    assert_only_rank_zero_sent_back(run, Path.cwd(), results)
 
 
 @pytest.mark.slow

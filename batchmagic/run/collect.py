@@ -67,17 +67,20 @@ def collect(run: Run, status: BackendStatus) -> Collected:
     """Read the finished run's outcomes (see the module docstring)."""
     if run.is_sweep:
         return collect_sweep(run, status)
-    if run.world:
-        error = rank_failure(run, status)
-        if error is not None:
-            return Collected(error=error)
-    return collect_one(run, status)
+    if not run.world:
+        return collect_one(run, status)
+    outcomes = rank_outcomes(run, status)
+    error = rank_failure(run, status, outcomes)
+    if error is not None:
+        return Collected(error=error)
+    return collect_one(run, status, read=outcomes[run.task_ids[0]])
 
 
-def collect_one(run: Run, status: BackendStatus) -> Collected:
-    """A single cell (or a distributed run's rank 0): its names, displays and files, or its error."""
+def collect_one(run: Run, status: BackendStatus, *, read: tuple[TaskOutcome | None, str] | None = None) -> Collected:
+    """A single cell (or a distributed run's rank 0): its names, displays and files, or its error. ``read``:
+    its result, read already (a distributed run's rank 0's, read with the others' verdicts: once, not twice)."""
     task = status.tasks[run.task_ids[0]]
-    outcome, failure = read_result(run.store, run.id, task)
+    outcome, failure = read if read is not None else read_result(run.store, run.id, task)
     if failure:
         hint = run.backend.task_log_hint(run.id, task.task_id) if outcome is None else ""
         return Collected(error=RunFailed(f"run {run.name}: {failure}" + (f"; {hint}" if hint else "")))
@@ -179,12 +182,19 @@ def collect_sweep(run: Run, status: BackendStatus, *, stopped: str = "") -> Coll
     )
 
 
-def rank_failure(run: Run, status: BackendStatus) -> BaseException | None:
-    """A distributed run: read every rank's outcome; when one failed, that rank's error (the cell's
-    exception as it raised there, or one line naming the rank and its last lines); else None."""
+def rank_outcomes(run: Run, status: BackendStatus) -> dict[str, tuple[TaskOutcome | None, str]]:
+    """A distributed run's ranks' results, read in parallel: rank 0's with its names, the others' their
+    verdict, error and log tail only (the runner writes no more for them: ``runner.main.sends_back``)."""
     with ThreadPoolExecutor(max_workers=16) as pool:
         read = list(pool.map(lambda tid: read_result(run.store, run.id, status.tasks[tid]), run.task_ids))
-    outcomes = dict(zip(run.task_ids, read, strict=True))
+    return dict(zip(run.task_ids, read, strict=True))
+
+
+def rank_failure(
+    run: Run, status: BackendStatus, outcomes: dict[str, tuple[TaskOutcome | None, str]]
+) -> BaseException | None:
+    """A distributed run whose ranks left ``outcomes``: when one failed, that rank's error (the cell's
+    exception as it raised there, or one line naming the rank and its last lines); else None."""
     failed = blame(run.task_ids, status.tasks, outcomes)
     if failed is None:
         return None

@@ -280,9 +280,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     manifest = reader.manifest
 
     source = reader.cell()
-    # Lines are numbered as where the cell was written (under a %%azbatch line, its first line is line 2).
-    padding = ["\n"] * (max(1, manifest.first_line) - 1)
-    linecache.cache[CELL_FILENAME] = (len(source), None, padding + source.splitlines(True), CELL_FILENAME)
+    _cache_lines(source, manifest.first_line)
     rich.prepare()  # before the values load: unpickling one may import matplotlib or IPython
     plots.apply(manifest.plot_settings)  # the notebook's style, rc and figure formats, once matplotlib is imported
     namespace = _namespace(reader, spec, workdir)
@@ -329,13 +327,27 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
             fds.__exit__(None, None, None)
             if sampler is not None:
                 sampler.stop()
-    done = replace(_after_cell(failed, namespace, manifest, spec, bundle_path, log), displays=tuple(capture.outputs))
+    done = _after_cell(failed, namespace, manifest, spec, bundle_path, log)
+    code = EXIT_OK if failed is None else EXIT_CELL_ERROR
+    if not sends_back(spec):  # its verdict only: what it printed and displayed is in its log
+        return code, done
+    done = replace(done, displays=tuple(capture.outputs))
     if failed is None and capture.value is not rich.NO_VALUE:
-        # What the notebook holds too: a value the cell received and did not change (without --out, every
-        # value it changed comes back in outputs, or is skipped).
-        received = () if manifest.outputs is not None else (*manifest.values, *spec.objects)
-        done = _with_value(done, capture.value, namespace, received)
-    return EXIT_OK if failed is None else EXIT_CELL_ERROR, _with_files(done, spec, Path(cwd), workdir, before)
+        done = _with_value(done, capture.value, namespace, _received(manifest, spec))
+    return code, _with_files(done, spec, Path(cwd), workdir, before)
+
+
+def _received(manifest: Manifest, spec: TaskSpec) -> tuple[str, ...]:
+    """The names whose values the notebook holds too: a value the cell received and did not change (with
+    ``--out``, none: without it, every value it changed comes back in outputs, or is skipped)."""
+    return () if manifest.outputs is not None else (*manifest.values, *spec.objects)
+
+
+def _cache_lines(source: str, first_line: int) -> None:
+    """The cell's lines for tracebacks, numbered as where it was written (under a %%azbatch line, its first
+    line is line 2)."""
+    padding = ["\n"] * (max(1, first_line) - 1)
+    linecache.cache[CELL_FILENAME] = (len(source), None, padding + source.splitlines(True), CELL_FILENAME)
 
 
 def _open_bundle(spec: TaskSpec, workdir: Path) -> tuple[BundleReader, Path]:
@@ -401,6 +413,15 @@ def keeps_partial(spec: TaskSpec) -> bool:
     return not spec.params and rank_of(spec.task_id) is None
 
 
+def sends_back(spec: TaskSpec) -> bool:
+    """Whether the task's names, value, displays and files go back to the notebook: not a distributed run's
+    ranks other than 0. Rank 0's names come back; the others' outcome is only checked, so each writes its
+    verdict, its error and its log's tail, never a pickle of its names (16 ranks each pickling and uploading
+    a 2 GB state dict that no one reads) nor its --output files and the notebook folder's changes."""
+    rank = rank_of(spec.task_id)
+    return rank is None or rank == 0
+
+
 def _random_state(manifest: Manifest, spec: TaskSpec) -> str:
     """The notebook's global generators, for a single cell only: a sweep's tasks and a run's ranks draw
     apart (each the same numbers would be no sweep)."""
@@ -417,6 +438,8 @@ def _after_cell(
 ) -> TaskOutcome:
     """The cell's outcome: its names back; when it raised (or exited), its error, with the names it bound
     and changed before the raise where :func:`keeps_partial` (the same ``--out`` and checks as a success)."""
+    if not sends_back(spec):
+        return failed if failed is not None else TaskOutcome(ok=True)
     if failed is None:
         return _names_back(namespace, manifest, spec, bundle_path)
     if not keeps_partial(spec):
