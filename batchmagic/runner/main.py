@@ -328,13 +328,13 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
             if sampler is not None:
                 sampler.stop()
     done = _after_cell(failed, namespace, manifest, spec, bundle_path, log)
-    code = EXIT_OK if failed is None else EXIT_CELL_ERROR
+    exit_code = EXIT_OK if failed is None else EXIT_CELL_ERROR
     if not sends_back(spec):  # its verdict only: what it printed and displayed is in its log
-        return code, done
+        return exit_code, done
     done = replace(done, displays=tuple(capture.outputs))
     if failed is None and capture.value is not rich.NO_VALUE:
         done = _with_value(done, capture.value, namespace, _received(manifest, spec))
-    return code, _with_files(done, spec, Path(cwd), workdir, before)
+    return exit_code, _with_files(done, spec, Path(cwd), workdir, before)
 
 
 def _received(manifest: Manifest, spec: TaskSpec) -> tuple[str, ...]:
