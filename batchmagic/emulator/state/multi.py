@@ -1,14 +1,18 @@
 """Multi-instance tasks (``multiInstanceSettings``): one task on ``numberOfInstances`` nodes.
 
-The scheduler holds that many nodes for the task (the first is the primary). On every node the
-``commonResourceFiles`` are downloaded into the task's directory (``AZ_BATCH_TASK_SHARED_DIR``) and the
-``coordinationCommandLine`` runs; once every coordination command has exited (they typically start a
-background service), the primary runs the task's ``commandLine`` (after its own ``resourceFiles``).
+The scheduler holds that many nodes for the task (the first is the primary). The job's preparation task
+runs on each of them first (the task and its subtasks are ``preparing`` meanwhile). Then, in each
+attempt, the ``commonResourceFiles`` are downloaded into the task's directory on every node
+(``AZ_BATCH_TASK_SHARED_DIR``) and the ``coordinationCommandLine`` runs there; once every coordination
+command has exited (they typically start a background service), the primary runs the task's
+``commandLine`` (after its own ``resourceFiles``). The task is ``running`` from the coordination on:
+the reference's running state "includes task-level preparation such as downloading resource files",
+and its preparing state is only "waiting for a required Job Preparation Task".
 Every instance sees ``AZ_BATCH_HOST_LIST`` (the nodes' addresses, primary first),
-``AZ_BATCH_MASTER_NODE`` (``primary:6000``) and ``AZ_BATCH_IS_CURRENT_NODE_MASTER``. The other nodes
-are the task's subtasks (ids 1..n-1, ``GET .../subtasksinfo``); they complete with the task, and
-whatever their coordination command left running is stopped then. A coordination command that fails
-fails the task.
+``AZ_BATCH_MASTER_NODE`` (``primary:6000``), ``AZ_BATCH_IS_CURRENT_NODE_MASTER`` and ``CCP_NODES``. The
+other nodes are the task's subtasks (ids 1..n-1, ``GET .../subtasksinfo``); they complete with the task,
+and whatever their coordination command left running is stopped then. A coordination command that fails
+fails the attempt, with that instance's exit code; a retry runs every instance again.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from batchmagic.emulator.images import pool_gpus
 from batchmagic.emulator.state.commands import CommandResult, CommandRun, run_command
 from batchmagic.emulator.state.model import Job, Node, Pool, Task, failure_info, iso
 from batchmagic.emulator.state.tasks import TasksMixin
+from batchmagic.emulator.vmsizes import lookup
 
 __all__ = ["MultiInstanceMixin"]
 
@@ -43,16 +48,23 @@ def task_container(job: Job, task: Task, node: Node) -> str:
     return "batchemu-mi-" + hashlib.sha256(f"{job.id}/{task.id}/{node.id}".encode()).hexdigest()[:16]
 
 
-def instance_environment(addresses: list[str]) -> dict[str, str]:
+def vm_cores(vm_size: str) -> int:
+    """The cores of a node of ``vm_size`` (1 when the name is not a size the emulator knows)."""
+    size = lookup(vm_size) if vm_size else None
+    return size.cores if size is not None else 1
+
+
+def instance_environment(addresses: list[str], cores: int = 1) -> dict[str, str]:
     """The variables every instance of a multi-instance task sees, from its nodes' addresses (primary
     first), as the service writes them: ``AZ_BATCH_HOST_LIST`` comma-separated, ``AZ_BATCH_NODE_LIST``
     semicolon-separated, ``AZ_BATCH_MASTER_NODE`` the primary's address and Batch's own port, and
-    ``CCP_NODES`` (the HPC Pack form: the count, then each address with its one core slot)."""
+    ``CCP_NODES`` (the HPC Pack form "numNodes node1IP node1Cores node2IP node2Cores ...": the count, then
+    each address with its node's ``cores``; the whole node is the task's, with one task slot)."""
     return {
         "AZ_BATCH_HOST_LIST": ",".join(addresses),
         "AZ_BATCH_NODE_LIST": ";".join(addresses),
         "AZ_BATCH_MASTER_NODE": f"{addresses[0]}:{MASTER_PORT}",
-        "CCP_NODES": " ".join([str(len(addresses)), *(f"{a} 1" for a in addresses)]),
+        "CCP_NODES": " ".join([str(len(addresses)), *(f"{a} {cores}" for a in addresses)]),
     }
 
 
@@ -70,21 +82,25 @@ class MultiInstanceMixin(TasksMixin):
         task_dir: Path,
         pool_container: Any,
     ) -> CommandResult | None:
-        """Every attempt of a multi-instance task: the coordination command on every instance, then the
-        application command on the primary. A failure of either is the attempt's; a retry runs every
-        instance again (the service terminates the whole task and retries it). None: requeued."""
+        """Every attempt of a multi-instance task: the job's preparation task on every node first, then in each
+        attempt the coordination command on every instance, then the application command on the primary. A
+        failure of either is the attempt's; a retry runs every instance again (the service terminates the
+        whole task and retries it) and counts as one (``retryCount``, ``lastRetryTime``). None: requeued."""
         retries = int(data["constraints"].get("maxTaskRetryCount", 0))
+        nodes = [node, *task.extra_nodes]
+        with self.lock:
+            # A subtask waiting for its node's job preparation task is "preparing", as the task is.
+            waiting = "preparing" if job.data.get("jobPreparationTask") else "running"
+            task.subtasks = self._subtask_entries(job, task, pool, nodes, waiting)
+        if not self._prepare_job_on_nodes(job, pool, nodes):
+            self._requeue(task)  # a node's preparation task failed: that node takes no task of the job
+            return None
         attempt = 0
-
-        def begin(_retry: int) -> bool:
-            return self._begin_attempt(task, attempt)  # the task's attempt, not the command's
-
         while True:
-            failure = self._coordinate(job, task, pool, node, env, pool_container)
-            if failure is None:
-                if not self._prepare_job_on_node(job, pool, node):
-                    self._requeue(task)
-                    return None
+            if not self._begin_attempt(task, attempt):  # running from here: the coordination is the task's run
+                return CommandResult(None, failure_info("TaskEnded", "Task Was Ended by User Request"), stopped=True)
+            result = self._coordinate(job, task, pool, node, env, pool_container)
+            if result is None:
                 app = self._application_run(job, task, pool, node, env, data, task_dir, pool_container, retries=0)
                 app.ctx = replace(app.ctx, container_name=task_container(job, task, node))  # the coordination's
                 result = run_command(
@@ -92,11 +108,9 @@ class MultiInstanceMixin(TasksMixin):
                     app,
                     now=self.now,
                     should_stop=task.kill_event.is_set,
-                    before_attempt=begin,
+                    before_attempt=lambda _retry: not task.kill_event.is_set(),
                     started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
                 )
-            else:
-                result = CommandResult(None, failure)
             spent = retries != -1 and attempt >= retries
             if result.succeeded or result.stopped or task.kill_event.is_set() or spent:
                 return result
@@ -104,32 +118,68 @@ class MultiInstanceMixin(TasksMixin):
             log.info("task %s/%s: attempt %d failed; every instance runs again", job.id, task.id, attempt)
             self._end_subtasks(task)
 
+    def _prepare_job_on_nodes(self, job: Job, pool: Pool, nodes: list[Node]) -> bool:
+        """The job's preparation task on every node of the task, at once, before anything of the task runs
+        there: the service runs it "on each compute node that is scheduled to run a task", and a subtask is
+        one. False when it failed on any of them (the task goes back to the queue)."""
+        if not job.data.get("jobPreparationTask"):
+            return True
+        ok = [False] * len(nodes)
+
+        def prepare(i: int) -> None:
+            ok[i] = self._prepare_job_on_node(job, pool, nodes[i])
+
+        threads = [
+            threading.Thread(target=prepare, args=(i,), name=f"prep-{job.id}-{n.id}", daemon=True)
+            for i, n in enumerate(nodes)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return all(ok)
+
+    def _subtask_entries(self, job: Job, task: Task, pool: Pool, nodes: list[Node], state: str) -> list[dict[str, Any]]:
+        """The subtasks (every node but the primary) as ``subtasksinfo`` lists them, in ``state``."""
+        rel = self.task_rel_dir(job.id, task.id)
+        now = iso(self.now())
+        entries = []
+        for i, n in enumerate(nodes[1:], start=1):
+            entry: dict[str, Any] = {
+                "id": i,
+                "nodeInfo": {
+                    "affinityId": n.data["affinityId"],
+                    "nodeUrl": n.data["url"],
+                    "poolId": pool.id,
+                    "nodeId": n.id,
+                    "taskRootDirectory": rel,
+                    "taskRootDirectoryUrl": f"{n.data['url']}/files/{rel}",
+                },
+                "state": state,
+                "stateTransitionTime": now,
+            }
+            if state == "running":
+                entry["startTime"] = now
+            entries.append(entry)
+        return entries
+
     def _coordinate(
         self, job: Job, task: Task, pool: Pool, node: Node, env: dict[str, str], pool_container: Any
-    ) -> dict[str, Any] | None:
-        rel = self.task_rel_dir(job.id, task.id)
+    ) -> CommandResult | None:
+        """One attempt's coordination command on every instance; None when every one exited 0, else the
+        attempt's result: the first failed instance's exit code (a subtask's fails the task) and failure."""
         with self.lock:
             nodes = [node, *task.extra_nodes]
             settings = copy.deepcopy(task.data.get("multiInstanceSettings") or {})
-            now = self.now()
-            task.subtasks = [
-                {
-                    "id": i,
-                    "nodeInfo": {
-                        "affinityId": n.data["affinityId"],
-                        "nodeUrl": n.data["url"],
-                        "poolId": pool.id,
-                        "nodeId": n.id,
-                        "taskRootDirectory": rel,
-                        "taskRootDirectoryUrl": f"{n.data['url']}/files/{rel}",
-                    },
-                    "startTime": iso(now),
-                    "state": "running",
-                    "stateTransitionTime": iso(now),
-                }
-                for i, n in enumerate(nodes[1:], start=1)
-            ]
-        shared = instance_environment([str(n.data["ipAddress"]) for n in nodes])
+            now = iso(self.now())
+            if task.subtasks and all(s["state"] == "preparing" for s in task.subtasks):
+                for sub in task.subtasks:  # their node's preparation task is done: they run
+                    sub["previousState"], sub["previousStateTransitionTime"] = "preparing", sub["stateTransitionTime"]
+                    sub["state"], sub["stateTransitionTime"], sub["startTime"] = "running", now, now
+            else:
+                task.subtasks = self._subtask_entries(job, task, pool, nodes, "running")
+            cores = vm_cores(str(pool.data.get("vmSize") or ""))
+        shared = instance_environment([str(n.data["ipAddress"]) for n in nodes], cores)
         runs = [
             self._coordination_run(job, task, pool, n, i, {**env, **shared}, settings, pool_container)
             for i, n in enumerate(nodes)
@@ -144,11 +194,14 @@ class MultiInstanceMixin(TasksMixin):
         log.info("task %s/%s: coordination failed on instances %s", job.id, task.id, failed)
         first = results[failed[0]]
         if first.exit_code is None and first.failure is not None:
-            return first.failure  # the command never ran: a resource file or the container could not start
-        return failure_info(
-            "FailureExitCode",
-            "The coordination command exited with an exit code representing a failure",
-            [("Message", f"The coordination command failed on instance(s) {', '.join(map(str, failed))}")],
+            return first  # the command never ran: a resource file or the container could not start
+        return CommandResult(
+            first.exit_code,
+            failure_info(
+                "FailureExitCode",
+                "The coordination command exited with an exit code representing a failure",
+                [("Message", f"The coordination command failed on instance(s) {', '.join(map(str, failed))}")],
+            ),
         )
 
     def _run_coordination(self, task: Task, runs: list[CommandRun]) -> list[CommandResult]:

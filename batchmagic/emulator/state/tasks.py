@@ -34,6 +34,25 @@ __all__ = ["TasksMixin"]
 log = logging.getLogger("batchmagic.emulator")
 
 
+#: The most nodes a multi-instance task can ask for: the service's limit on the nodes of a pool with
+#: inter-node communication ("Pool size limits", Batch service quotas and limits: 100 in Batch service
+#: pool allocation mode, the emulator's).
+MAX_INSTANCES = 100
+
+
+def check_multi_instance(body: dict[str, Any]) -> None:
+    """Refuse a multi-instance task the service cannot run: ``requiredSlots`` other than 1 ("for multi-instance
+    Tasks, this must be 1"), ``numberOfInstances`` below 1 or above :data:`MAX_INSTANCES` (400
+    ``InvalidPropertyValue``; omitted, it is 1)."""
+    if int(body.get("requiredSlots", 1)) != 1:
+        raise invalid_property("requiredSlots", body.get("requiredSlots"))
+    count = (body.get("multiInstanceSettings") or {}).get("numberOfInstances")
+    if count is not None and not 1 <= int(count) <= MAX_INSTANCES:
+        raise invalid_property(
+            "numberOfInstances", count, f"A multi-instance task runs on 1 to {MAX_INSTANCES} compute nodes"
+        )
+
+
 class TasksMixin(FilesMixin):
     """Tasks of jobs. ``_schedule`` places active tasks on free node slots; each attempt runs in a thread."""
 
@@ -60,8 +79,8 @@ class TasksMixin(FilesMixin):
         check_display_name(body)
         if not body.get("commandLine"):
             raise missing_property("commandLine")
-        if body.get("multiInstanceSettings") and int(body.get("requiredSlots", 1)) != 1:
-            raise invalid_property("requiredSlots", body.get("requiredSlots"))  # a multi-instance task takes 1
+        if body.get("multiInstanceSettings"):
+            check_multi_instance(body)
         self._check_new_task(job, body)
         constraints = dict(body.get("constraints") or {})
         try:
@@ -476,7 +495,7 @@ class TasksMixin(FilesMixin):
     # Multi-instance tasks (state/multi.py overrides these).
     def _coordinate(
         self, job: Job, task: Task, pool: Pool, node: Node, env: dict[str, str], pool_container: Any
-    ) -> dict[str, Any] | None:
+    ) -> CommandResult | None:
         return None
 
     def _end_subtasks(self, task: Task) -> None:
