@@ -18,6 +18,7 @@ import pytest
 
 import batchmagic
 from batchmagic import distributed
+from batchmagic.api import Session
 from batchmagic.errors import RemoteError, RunCancelled, RunFailed
 from batchmagic.protocol import Layout
 from batchmagic.run.state import Phase
@@ -144,6 +145,63 @@ def test_a_killed_rank_ends_the_run_within_15_seconds_naming_it(home: Path) -> N
     assert re.search(r"rank 1 on localhost \(node 1\) failed: the task process was killed by SIGKILL", message), message
     assert re.search(r"its last lines: rank 1 step \d+", message), message
     assert not any(_alive(pid) for pid in pids.values())
+
+
+#: A kernel that submits a 2-rank run, prints its id once both ranks are stepping, and dies.
+_DYING_KERNEL = """
+import os, sys, time
+from pathlib import Path
+import batchmagic
+cell = "import os, time\\nfor i in range(600):\\n    print('step', i, flush=True)\\n    time.sleep(0.2)\\n"
+run = batchmagic.submit(cell, {}, backend="local", nodes=2, distributed=True, home=Path(sys.argv[1]), name="orphan")
+deadline = time.time() + 60
+while time.time() < deadline and not all("step 2" in run.logs(t) for t in run.task_ids):
+    time.sleep(0.1)
+print(run.id, flush=True)
+os._exit(0)
+"""
+
+
+def _orphaned_ranks(home: Path) -> tuple[str, dict[str, int]]:
+    """A 2-rank run whose kernel is gone: its id, and its ranks' pids."""
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root}
+    done = subprocess.run(
+        [sys.executable, "-c", _DYING_KERNEL, str(home)], capture_output=True, text=True, env=env, timeout=120
+    )
+    run_id = done.stdout.split()[-1]
+    pids = {t: int((home / "runs" / run_id / t / "pid").read_text().split()[0]) for t in ("rank-0", "rank-1")}
+    assert all(_alive(pid) for pid in pids.values()), done.stderr
+    return run_id, pids
+
+
+def test_a_dead_kernels_ranks_end_together_with_no_client(home: Path) -> None:
+    """The kernel that started the ranks is gone and no client watches: a rank killed still ends the other
+    (the run's rank watcher outlives the kernel), and a client attaching later is told which rank failed."""
+    run_id, pids = _orphaned_ranks(home)
+    os.kill(pids["rank-1"], signal.SIGKILL)
+    _wait_for(lambda: not _alive(pids["rank-0"]), timeout=15)
+    assert (home / "runs" / run_id / "rank-0" / "stopped-after").read_text() == "stopped after rank-1 failed"
+    run = Session(home).attach(run_id)
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=30)
+    assert re.search(r"rank 1 on localhost \(node 1\) failed: the task process was killed by SIGKILL", str(info.value))
+
+
+def test_a_dead_kernels_ranks_end_together_under_an_attached_client(home: Path) -> None:
+    """Another client attached to a dead kernel's run: a rank killed ends the run within 15 s, naming it."""
+    run_id, pids = _orphaned_ranks(home)
+    run = Session(home).attach(run_id)
+    os.kill(pids["rank-1"], signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=30)
+    assert time.monotonic() - killed < 15
+    assert "rank 1 on localhost (node 1) failed" in str(info.value), str(info.value)
+    _wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=10)
 
 
 def test_cancel_ends_every_rank(home: Path) -> None:

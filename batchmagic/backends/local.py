@@ -7,6 +7,7 @@ It mirrors a Batch node: a fresh working directory per task, the run's data in a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import heapq
 import logging
@@ -37,6 +38,7 @@ from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
 from batchmagic.runner.gpu import host_gpus
+from batchmagic.runner.rankwatch import CANCELLED_FILE, stopped_note
 from batchmagic.runner.reap import end_processes_with
 from batchmagic.storage import LocalStore
 
@@ -119,6 +121,7 @@ class _LocalRun:
     lease: _Lease | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     master_port: int = 0  # a distributed run's rank 0 port: a free one, as torchrun --standalone picks
+    watcher: subprocess.Popen[bytes] | None = None  # a distributed run's rank watcher, which outlives this process
 
 
 class LocalBackend(Backend):
@@ -218,11 +221,13 @@ class LocalBackend(Backend):
             adopted = _Adopted.of(task.dir)
             if adopted is not None:
                 task.process, task.started = adopted, adopted.started
-                threading.Thread(target=self._reap, args=(None, task), daemon=True).start()
             tasks[task_id] = task
         run = _LocalRun(submission, tasks, may_take_over=take_over, lease=self._lease(submission.run_id))
         run.watch_only = not (take_over and run.lease is not None and run.lease.take())
         self._runs[submission.run_id] = run
+        for task in tasks.values():  # a rank that fails ends the others, whoever started them
+            if task.process is not None:
+                threading.Thread(target=self._reap, args=(run, task), daemon=True).start()
         self._start_ready(run)
 
     def _start_ready(self, run: _LocalRun) -> None:
@@ -233,12 +238,31 @@ class LocalBackend(Backend):
             slots = max(1, run.submission.slots_per_node) * max(1, run.submission.nodes)
             if run.submission.distributed:
                 slots = len(run.tasks)  # the ranks start together: they wait for each other
+            spawned = False
             for task in run.tasks.values():
                 if running >= slots:
                     break
                 if task.process is None:
                     self._spawn(run, task)
-                    running += 1
+                    running, spawned = running + 1, True
+            if spawned and run.submission.distributed and all(t.process is not None for t in run.tasks.values()):
+                self._watch_ranks(run)
+
+    def _watch_ranks(self, run: _LocalRun) -> None:
+        """Start the run's rank watcher (:mod:`batchmagic.runner.rankwatch`): in a session of its own, it
+        outlives this process, so a rank that fails ends the others whether or not any client watches."""
+        run_dir = self.store.path(Layout.run_prefix(run.submission.run_id))
+        ranks = [
+            f"{t.task_id}={_container_name(run.submission.run_id, t.task_id)}" if run.submission.image else t.task_id
+            for t in run.tasks.values()
+        ]
+        env = inherited_environment(_SECRET_ENV) | {"PYTHONPATH": _PACKAGE_ROOT}
+        with open(run_dir / "rankwatch.txt", "ab") as out:
+            argv = [self.python, "-P", "-m", "batchmagic.runner.rankwatch", str(run_dir), *ranks]
+            run.watcher = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+            )
+        threading.Thread(target=run.watcher.wait, name="rankwatch-reap", daemon=True).start()
 
     def _spawn(self, run: _LocalRun, task: _Task) -> None:
         workdir = task.dir / "wd"
@@ -286,6 +310,8 @@ class LocalBackend(Backend):
         on whether or not anyone polls)."""
         assert task.process is not None
         code = task.process.wait()
+        if run is not None and run.submission.distributed and not task.failure:
+            task.failure = stopped_note(task.dir)  # the rank watcher stopped it after another rank failed
         try:  # whatever the cell started and the runner could not end goes with it (SIGKILL ignores no one)
             os.killpg(task.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -363,6 +389,8 @@ class LocalBackend(Backend):
             else:
                 self._finished(task)
                 status.state, status.exit_code, status.ended = "completed", code, task.ended
+                if run.submission.distributed and not task.failure:
+                    task.failure = stopped_note(task.dir)
                 status.failure = task.failure or _docker_gpu_failure(run.submission, task, code) or exit_reason(code)
             statuses[task.task_id] = status
         states = {s.state for s in statuses.values()}
@@ -375,6 +403,9 @@ class LocalBackend(Backend):
         run = self._runs.get(run_id)
         if run is None:
             return
+        if run.submission.distributed:  # the rank watcher leaves the ranks to the cancel
+            with contextlib.suppress(OSError):
+                (self.store.path(Layout.run_prefix(run_id)) / CANCELLED_FILE).touch()
         with run.lock:
             run.cancelled = True
             alive = [t for t in run.tasks.values() if t.process is not None and t.process.poll() is None]
