@@ -257,6 +257,49 @@ def test_a_signal_to_the_task_reaches_its_runner_and_the_tasks_death_ends_it(tmp
         worker.wait()
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt in /proc: a task's process sets its
+    pass-on handlers once the worker has answered its runner's pid)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signum - 1)))
+
+
+def test_a_signal_or_death_of_the_task_right_after_the_fork_ends_its_runner(tmp_path):
+    """A forked runner leads no process group until its ``setsid``: a SIGTERM the task passed on, or the
+    task's death, that came before then found no group to signal, and the runner ran on. The worker answers
+    the runner's pid once the group exists. Its runners here wait 1.5 s before ``setsid`` (the window, made
+    wide); each waits on a FIFO for its spec, so none ends by itself."""
+    import subprocess
+    import sys
+
+    from batchmagic.runner import node
+    from tests.support.slow_setsid import slow_setsid
+
+    env = {**os.environ, "AZ_BATCH_NODE_SHARED_DIR": str(tmp_path / "shared"), "AZ_BATCH_JOB_ID": "job-w"}
+    hooked = {**env, "PYTHONPATH": os.pathsep.join([slow_setsid(tmp_path / "hook"), env.get("PYTHONPATH", "")])}
+    worker = subprocess.Popen([sys.executable, "-P", "-m", "batchmagic.runner.nodewarm"], env=hooked)
+    os.mkfifo(tmp_path / "spec.json")
+    task = [sys.executable, "-P", "-m", "batchmagic.runner", "--spec", "spec.json"]
+    clients: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for((tmp_path / "shared" / "batchmagic-warm" / node.socket_name("job-w")).exists, timeout=30)
+        for how, expected in ((signal.SIGTERM, 143), (signal.SIGKILL, -9)):
+            client = subprocess.Popen(task, env=env, cwd=tmp_path)
+            clients.append(client)
+            [runner] = wait_for(lambda: _children(worker.pid), timeout=30)  # forked: not yet in its session
+            if how == signal.SIGTERM:  # passed on as soon as the task can: once it has the runner's pid
+                wait_for(lambda c=client: _catches(c.pid, signal.SIGTERM), timeout=30)
+            client.send_signal(how)
+            assert client.wait(30) == expected
+            wait_for(lambda r=runner: not _children(worker.pid) and not Path(f"/proc/{r}/status").exists(), 30)
+    finally:  # what a lost signal left running
+        for pid in [*_children(worker.pid), *(c.pid for c in clients if c.poll() is None)]:
+            os.kill(pid, signal.SIGKILL)
+        worker.kill()
+        worker.wait()
+
+
 #: A cell that starts ``sleep $MARK`` in a session of its own (as a daemonised server does), then sleeps $HOLD.
 ESCAPING = (
     "import os, subprocess, time\n"

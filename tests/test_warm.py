@@ -21,6 +21,7 @@ from batchmagic.errors import ConfigError, RunCancelled, RunFailed
 from tests.support.emulator import wait_for
 from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
 from tests.support.procs import processes
+from tests.support.slow_setsid import slow_setsid
 
 
 @pytest.fixture
@@ -113,29 +114,15 @@ def test_timeout_and_cancel_end_a_forked_runner_and_what_it_started(session):
     wait_for(lambda: not alive(child), timeout=10)
 
 
-#: A ``sitecustomize`` for the worker alone (on its PYTHONPATH, not a task's): its forked runner waits
-#: before it makes its own session, so a cancel or timeout that comes right after the fork lands in the
-#: window where the runner has no process group yet, every time instead of once in a while.
-_SLOW_SETSID = """
-import os, time
-_setsid = os.setsid
-def _slow_setsid():
-    time.sleep(1.5)
-    return _setsid()
-os.setsid = _slow_setsid
-"""
-
-
 def test_a_cancel_or_timeout_right_after_the_fork_ends_the_runner(session, tmp_path, monkeypatch):
     """A forked runner leads no process group until its ``setsid``: a cancel, or a timeout, sent to its
     group before then found none and was lost, and the runner ran on. The worker answers its pid once the
     group exists, so a cancel issued at once (here inside that window, made wide) still ends it."""
     from batchmagic.backends import local
 
-    (tmp_path / "hook").mkdir()
-    (tmp_path / "hook" / "sitecustomize.py").write_text(_SLOW_SETSID)
+    hook = slow_setsid(tmp_path / "hook")
     environment = local._worker_environment  # noqa: SLF001 - the worker's own environment, with the hook
-    hooked = {**environment(), "PYTHONPATH": f"{tmp_path / 'hook'}{os.pathsep}{environment()['PYTHONPATH']}"}
+    hooked = {**environment(), "PYTHONPATH": f"{hook}{os.pathsep}{environment()['PYTHONPATH']}"}
     monkeypatch.setattr(local, "_worker_environment", lambda: hooked)
     backend = warm_backend(session)
     cell = "import time\nprint('started', flush=True)\ntime.sleep(60)"

@@ -9,9 +9,10 @@ one runner per connection (:mod:`batchmagic.runner.node` is the other side). A r
 ``{"argv", "cwd", "env", "identity"}`` with the task's standard streams attached (``SCM_RIGHTS``); the worker
 answers ``{"ready": true}``, forks once the task says ``go`` (a task that gave up waiting, its request
 queued while the worker imported, has closed its connection and runs fresh: it gets no second runner),
-answers ``{"pid": N}``, then ``{"exit": CODE}`` (negative: the signal that ended the child), or ``{"error"}``
-for a task whose interpreter is not its own (:func:`~batchmagic.runner.node.identity`) or whose working
-directory it cannot write (the task's user, who owns it, is not the worker's), which then runs fresh.
+answers ``{"pid": N}`` once the child leads its session (a signal passed on at once finds its group), then
+``{"exit": CODE}`` (negative: the signal that ended the child), or ``{"error"}`` for a task whose
+interpreter is not its own (:func:`~batchmagic.runner.node.identity`) or whose working directory it cannot
+write (the task's user, who owns it, is not the worker's), which then runs fresh.
 
 When a child ends it names the modules its cell imported that the worker had not (from site-packages: a
 library, not the cell's own code), and the worker imports them before the next fork: a module the kernel
@@ -46,7 +47,7 @@ from typing import Any
 
 from batchmagic.runner.node import identity, socket_dir, socket_name
 from batchmagic.runner.reap import become_subreaper, end_orphans
-from batchmagic.runner.warm import WARM_UPS, child_exit
+from batchmagic.runner.warm import WARM_UPS, await_session, child_exit
 
 __all__ = ["serve", "main", "IDLE_LIMIT"]
 
@@ -131,6 +132,7 @@ def _become(runner: ModuleType, request: dict[str, Any], fds: list[int], closing
         signal.signal(signum, signal.SIG_DFL)
     gc.enable()
     os.setsid()  # its own session and process group: a signal to the group reaches what the cell starts
+    os.close(request["session_fd"])  # the worker answers our pid now: a signal to our group finds it
     for target, fd in zip((0, 1, 2), fds, strict=False):
         os.dup2(fd, target)
     for fd in fds:
@@ -194,6 +196,7 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
         sys.stderr.flush()
         gc.freeze()  # the worker's objects out of the collector's reach: the pages children share stay shared
         learn_r, learn_w = os.pipe()
+        session_r, request["session_fd"] = os.pipe()
         pid = os.fork()
     except Exception as err:  # noqa: BLE001 - one bad request must not end the worker
         with contextlib.suppress(OSError):
@@ -204,9 +207,11 @@ def _accept(listener: socket.socket, runner: ModuleType, children: dict[int, _Ch
         return
     if pid == 0:
         os.close(learn_r)
+        os.close(session_r)
         _child(runner, request, fds, [listener, conn, *(c.conn for c in children.values())], learn_w)
-    for fd in (*fds, learn_w):
+    for fd in (*fds, learn_w, request["session_fd"]):
         os.close(fd)
+    await_session(pid, session_r)  # the task learns the pid, and may pass a signal on, once its group exists
     os.set_blocking(learn_r, False)  # a process the cell forked may hold the write end after the child ends
     children[pid] = _Child(pid, conn, learn_r)
     with contextlib.suppress(OSError):

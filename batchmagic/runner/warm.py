@@ -53,7 +53,7 @@ from typing import Any
 
 from batchmagic.runner.reap import become_subreaper, end_orphans
 
-__all__ = ["serve", "main"]
+__all__ = ["serve", "main", "await_session", "child_exit"]
 
 #: The signal Linux sends the worker when the thread that started it ends (PR_SET_PDEATHSIG): a thread,
 #: not the process, so its handler checks whether the parent process is really gone.
@@ -313,7 +313,7 @@ def _take(
         _child(runner, request, listener, conn, wake)
     children[pid] = conn
     os.close(request["session_fd"])
-    _await_session(pid, session_r)
+    await_session(pid, session_r)
     try:
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     except OSError:
@@ -325,7 +325,7 @@ def _take(
     return None
 
 
-def _await_session(pid: int, session: int) -> None:
+def await_session(pid: int, session: int) -> None:
     """Wait until the child ``pid`` leads its own session (it closes its end of the ``session`` pipe then,
     or by ending): only then does its client learn its pid. A cancel or timeout that came between the fork
     and the child's ``setsid`` would find no process group to signal, and be lost. A child that does not
