@@ -380,3 +380,21 @@ def test_a_requeued_run_reads_only_its_own_attempts_node_states(
     assert run.wait(timeout=120)["attempt"] == "second"
     assert run.logs("rank-1").splitlines()[-1] == "second attempt"
     assert [r.state for r in run.state().ranks] == ["succeeded", "succeeded"]
+
+
+def test_a_distributed_run_on_an_rdma_size_gives_its_containers_infiniband(
+    azure_env: RunningEmulator, shell: Any
+) -> None:
+    """The multi-instance task Batch gets for an InfiniBand size (HB120rs_v3: no GPU, so the process executor
+    runs it here) asks for the node's InfiniBand devices in its container, on top of the host's network and
+    /dev/shm; one on a size without InfiniBand does not."""
+    from batchmagic.backends.azure.gpus import INFINIBAND_OPTIONS
+
+    options = {}
+    for vm in ("Standard_HB120rs_v3", "Standard_D2s_v3"):
+        shell.run_cell(f"%%azbatch --nodes 2 --distributed --vm {vm}\nx = 1")
+        run = shell.user_ns["_azbatch"]
+        (create,) = [r for r in azure_env.requests() if r["method"] == "POST" and r["path"] == f"/jobs/{run.id}/tasks"]
+        options[vm] = create["body"]["containerSettings"]["containerRunOptions"]
+    assert options["Standard_HB120rs_v3"] == f"--network host --shm-size 8g {INFINIBAND_OPTIONS}"
+    assert options["Standard_D2s_v3"] == "--network host --shm-size 8g"

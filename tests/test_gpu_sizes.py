@@ -212,3 +212,48 @@ def test_a_node_image_override_without_the_driver_is_one_line_for_a_gpu_size() -
         images, "Standard_NC24ads_A100_v4", today=today, override="microsoft-dsvm:ubuntu-hpc:2404"
     )
     assert tesla.offer == "ubuntu-hpc" and not tesla.driver_extension
+
+
+RDMA_SIZES = [
+    "Standard_ND96isr_H100_v5",
+    "Standard_ND96isr_H200_v5",
+    "Standard_ND96asr_v4",
+    "Standard_ND96amsr_A100_v4",
+    "Standard_HB120rs_v3",
+    "standard_hb176rs_v4",
+    "Standard_HB176-96rs_v4",
+    "Standard_HX176rs",
+    "Standard_HC44rs",
+    "Standard_ND40rs_v2",
+    "Standard_H16r",
+    "Standard_H16mr",
+    "Standard_NC24rs_v3",
+]
+NO_RDMA_SIZES = [
+    "Standard_NC24ads_A100_v4", "Standard_NC40ads_H100_v5", "Standard_NC80adis_H100_v5", "Standard_NC4as_T4_v3",
+    "Standard_NV36adms_A10_v5", "Standard_D4s_v3", "Standard_E32_v3", "Standard_F16s_v2", "Standard_H16",
+    "Standard_NC24s_v3", "", "Standard_DR4",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("vm", RDMA_SIZES)
+def test_a_distributed_run_on_an_rdma_size_gets_infiniband_in_its_container(vm: str) -> None:
+    from batchmagic.backends.azure.gpus import INFINIBAND_OPTIONS, container_run_options
+    from batchmagic.backends.azure.vmsizes import has_infiniband
+
+    assert has_infiniband(vm)
+    options = container_run_options(gpus=8, distributed=True, shm_size="16g", vm_size=vm)
+    assert options == f"--network host --shm-size 16g {INFINIBAND_OPTIONS}"
+    for flag in ("--device /dev/infiniband", "--ulimit memlock=-1", "--cap-add IPC_LOCK"):
+        assert flag in INFINIBAND_OPTIONS
+    # A run on one node talks to no other: no devices asked for (nor --gpus, ever).
+    assert container_run_options(gpus=8, distributed=False, shm_size="16g", vm_size=vm) == "--shm-size 16g"
+
+
+@pytest.mark.parametrize("vm", NO_RDMA_SIZES)
+def test_a_size_without_infiniband_gets_no_rdma_options(vm: str) -> None:
+    from batchmagic.backends.azure.gpus import container_run_options
+    from batchmagic.backends.azure.vmsizes import has_infiniband
+
+    assert not has_infiniband(vm)
+    assert container_run_options(gpus=1, distributed=True, shm_size="", vm_size=vm) == "--network host --shm-size 8g"

@@ -6,6 +6,12 @@ extension, and the line that says a GPU family's quota is too small.
   service (the task fails with ``ContainerInvalidSettings``), so :func:`container_run_options` never adds it.
 - ``/dev/shm``: Docker's 64 MB fails PyTorch DataLoader workers ("Bus error") and NCCL; a GPU or distributed
   run's container gets ``--shm-size`` (``AzBatch.shm_size``), a distributed one the host's network too.
+- InfiniBand: on an RDMA-capable size (ND, HB/HC/HX, the ``r`` sizes) a distributed run's container gets the
+  node's InfiniBand devices (``--device /dev/infiniband``), unlimited locked memory (``--ulimit memlock=-1``:
+  RDMA registers, that is pins, its buffers) and ``--cap-add IPC_LOCK``, as NVIDIA documents for NCCL in a
+  container and Batch Shipyard gives its RDMA tasks; without them NCCL finds no IB device and falls back to
+  TCP over the node's Ethernet. The node image must have the InfiniBand drivers (``microsoft-dsvm``
+  ``ubuntu-hpc``, the default for GPU sizes, has them), the training image the user-space verbs library.
 - NV sizes on an image without the GRID driver: Azure's NVIDIA GPU driver extension on the pool.
 - Quota: a Batch account counts dedicated cores per VM family as well as in all (``dedicatedCoreQuotaPerVMFamily``);
   GPU families often start at zero. The service reports it as a pool resize error.
@@ -20,11 +26,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchmagic.backends.azure.vmsizes import family_for, size_info
+from batchmagic.backends.azure.vmsizes import family_for, has_infiniband, size_info
 from batchmagic.distributed import DEFAULT_SHM_SIZE
 
 __all__ = [
     "DRIVER_EXTENSION",
+    "INFINIBAND_OPTIONS",
     "QUOTA_HELP",
     "container_run_options",
     "driver_extension",
@@ -45,12 +52,20 @@ QUOTA_HELP = (
 )
 
 
-def container_run_options(*, gpus: int, distributed: bool, shm_size: str) -> str | None:
+#: What a distributed run's container on an RDMA-capable node gets: the InfiniBand devices (the directory:
+#: every HCA's verbs, umad and rdma_cm device, 8 HCAs on an ND H100 v5), locked memory without limit, and
+#: the capability to lock it.
+INFINIBAND_OPTIONS = "--device /dev/infiniband --ulimit memlock=-1 --cap-add IPC_LOCK"
+
+
+def container_run_options(*, gpus: int, distributed: bool, shm_size: str, vm_size: str = "") -> str | None:
     """The task's ``containerRunOptions``: ``--shm-size`` for a GPU or distributed run, the host's network for a
-    distributed one (NCCL does not cross Docker's bridge); None for any other run. Never ``--gpus``."""
+    distributed one (NCCL does not cross Docker's bridge) and, on a ``vm_size`` with InfiniBand, its devices
+    (:data:`INFINIBAND_OPTIONS`); None for any other run. Never ``--gpus``."""
     shm = f"--shm-size {shm_size or DEFAULT_SHM_SIZE}"
     if distributed:
-        return f"--network host {shm}"
+        rdma = f" {INFINIBAND_OPTIONS}" if has_infiniband(vm_size) else ""
+        return f"--network host {shm}{rdma}"
     return shm if gpus > 0 else None
 
 

@@ -231,9 +231,13 @@ def task_request(
             image_name=image,
             working_directory=m.ContainerWorkingDirectory.TASK_WORKING_DIRECTORY,
             registry=registry,
-            # /dev/shm for a GPU or distributed run; never --gpus (Batch gives the container the GPUs itself)
+            # /dev/shm for a GPU or distributed run, InfiniBand for a distributed one on an RDMA size; never --gpus
+            # (Batch gives the container the GPUs itself)
             container_run_options=container_run_options(
-                gpus=submission.gpus, distributed=submission.distributed, shm_size=submission.shm_size
+                gpus=submission.gpus,
+                distributed=submission.distributed,
+                shm_size=submission.shm_size,
+                vm_size=submission.vm_size,
             ),
         ),
         resource_files=[m.ResourceFile(http_url=spec_url, file_path=SPEC_FILENAME)],

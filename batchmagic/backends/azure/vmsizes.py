@@ -46,6 +46,7 @@ __all__ = [
     "fits",
     "gpu_label",
     "gpus_for",
+    "has_infiniband",
     "parse_gpu",
     "retirement",
     "size_info",
@@ -220,6 +221,21 @@ _INSTEAD = {
 def size_info(vm_size: str) -> SizeInfo | None:
     """What the table knows of ``vm_size`` (any case), or None."""
     return SIZES.get((vm_size or "").strip().lower())
+
+
+#: Microsoft's size naming: an ``r`` among the additive features (the letters after the vCPUs) means RDMA
+#: capable (InfiniBand), on the HPC (H, HB, HC, HX) and GPU (NC, ND) series: Standard_HB176rs_v4,
+#: Standard_HX176rs, Standard_ND96isr_H100_v5, Standard_ND40rs_v2, Standard_NC24rs_v3, Standard_H16mr.
+_RDMA_NAME = re.compile(r"^standard_(h|hb|hc|hx|nc|nd)\d+(-\d+)?[a-z]*r[a-z]*(_.*)?$")
+
+
+def has_infiniband(vm_size: str) -> bool:
+    """Whether a node of ``vm_size`` has InfiniBand (RDMA): the table says so, else the size's name (an
+    ``r`` among its features, on the H and N series that have them)."""
+    info = size_info(vm_size)
+    if info is not None:
+        return info.infiniband
+    return bool(_RDMA_NAME.match((vm_size or "").strip().lower()))
 
 
 def retirement(vm_size: str) -> str:
