@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from batchmagic.package.plots import static_figures_note
+from tests.support.azurite import RunningAzurite
+from tests.support.emulator import RunningEmulator, emulator_fixture
+from tests.support.settings import use_azure
 
 EXCERPT = Path(__file__).resolve().parent / "data" / "public" / "scipy2017_cv_gridsearch.ipynb"
 
@@ -60,15 +64,15 @@ print(_js.dumps(_names, sort_keys=True))
 """
 
 
-def prepared(*, remote: bool) -> nbformat.NotebookNode:
-    """The excerpt, its ``azbatch`` cells under ``%%azbatch --backend local`` when ``remote``, and the summary
-    cell at the end. ``%load_ext`` shares the first cell, so that both runs count their cells alike."""
+def prepared(flags: str | None) -> nbformat.NotebookNode:
+    """The excerpt, its ``azbatch`` cells under ``%%azbatch FLAGS`` (none when ``flags`` is None), and the
+    summary cell at the end. ``%load_ext`` shares the first cell, so that both runs count their cells alike."""
     nb = nbformat.read(EXCERPT, as_version=4)
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     for cell in code:
-        if remote and "azbatch" in cell.metadata.get("tags", []):
-            cell.source = "%%azbatch --backend local\n" + cell.source
-    if remote:
+        if flags is not None and "azbatch" in cell.metadata.get("tags", []):
+            cell.source = f"%%azbatch {flags}\n" + cell.source
+    if flags is not None:
         code[0].source = "%load_ext batchmagic\n" + code[0].source
     nb.cells = [*code, nbformat.v4.new_code_cell(SUMMARY)]
     return nb
@@ -110,28 +114,62 @@ def outputs(cell: nbformat.NotebookNode) -> list[Any]:
     return shown
 
 
-def test_a_public_tutorial_runs_the_same_under_azbatch(home: Path, tmp_path: Path) -> None:
-    (tmp_path / "plain").mkdir()
-    (tmp_path / "remote").mkdir()
-    plain = execute(prepared(remote=False), tmp_path / "plain")
-    remote = execute(prepared(remote=True), tmp_path / "remote")
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> nbformat.NotebookNode:
+    """The excerpt run plainly, once for the module's tests."""
+    return execute(prepared(None), tmp_path_factory.mktemp("plain"))
 
+
+def assert_ran_the_same(plain: nbformat.NotebookNode, remote: nbformat.NotebookNode) -> None:
     ran_remotely = [cell for cell in remote.cells if cell.source.startswith("%%azbatch")]
     assert len(ran_remotely) == 11
-    assert len(list((home / "runs").iterdir())) >= 11  # each tagged cell was a run of its own
     for index, (here, there) in enumerate(zip(plain.cells[:-1], remote.cells[:-1], strict=True)):
         assert there.execution_count == here.execution_count
         assert outputs(there) == outputs(here), f"cell {index}:\n{there.source}"
     # What the excerpt shows, so that equal outputs are not two empty lists: the figures, the Out of a
     # cross_val_score and of GridSearchCV.fit (its HTML repr), the grid search's verbose lines.
-    shown = [outputs(cell) for cell in ran_remotely]
-    assert sum(1 for cell in shown for output in cell if "image/png" in output[2:3][0]) >= 2
-    assert any(o[0] == "execute_result" and "GridSearchCV" in o[3] and "text/html" in o[2] for o in sum(shown, []))
-    assert any(o[0] == "stream" and "[CV 5/5] END" in o[2] for o in sum(shown, []))
+    shown = [output for cell in ran_remotely for output in outputs(cell)]
+    assert sum(1 for output in shown if output[0] == "display_data" and "image/png" in output[2]) >= 2
+    assert any(o[0] == "execute_result" and "GridSearchCV" in o[3] and "text/html" in o[2] for o in shown)
+    assert any(o[0] == "stream" and "[CV 5/5] END" in o[2] for o in shown)
 
     names_here, names_there = (json.loads(nb.cells[-1].outputs[0]["text"]) for nb in (plain, remote))
     assert {"classifier", "grid", "masks", "scores", "cv", "<np.random>", "<random>"} <= set(names_here)
     assert names_there == names_here
+
+
+def test_a_public_tutorial_runs_the_same_under_azbatch(
+    home: Path, tmp_path: Path, plain_run: nbformat.NotebookNode
+) -> None:
+    assert_ran_the_same(plain_run, execute(prepared("--backend local"), tmp_path))
+    assert len(list((home / "runs").iterdir())) >= 11  # each tagged cell was a run of its own
+
+
+emulator = emulator_fixture(allocation_delay=0.2)
+
+
+@pytest.mark.slow
+def test_a_public_tutorial_runs_the_same_on_the_azure_path(
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    emulator: RunningEmulator,
+    azurite: RunningAzurite,
+    plain_run: nbformat.NotebookNode,
+) -> None:
+    """The same cells as Batch jobs (the project's emulator) with their bundles and results in Blob Storage
+    (Azurite), on a named pool as a notebook of many remote cells would use one: the first cell grows it to a
+    node, the later ones start on that node at once."""
+    use_azure(monkeypatch, emulator, azurite, prefix="public")
+    nb = prepared("--pool tutorial")
+    nb.cells[0].source += "\n%azbatch_pool create tutorial --vm Standard_D2s_v3 --idle 5m"
+    remote = execute(nb, tmp_path)
+    for cell in remote.cells:  # the tests' placeholder image has no registry to be checked against: said once
+        cell.outputs = [o for o in cell.outputs if not o.get("text", "").startswith("warning: could not check")]
+    remote.cells[0].outputs = []  # what %azbatch_pool create said
+    assert_ran_the_same(plain_run, remote)
+    jobs = [r["body"] for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/jobs"]
+    assert len(jobs) == 11 and {job["poolInfo"].get("poolId") for job in jobs} == {"tutorial"}
 
 
 def test_a_kernel_with_live_figures_is_told_once_that_remote_figures_are_images(home: Path, tmp_path: Path) -> None:
