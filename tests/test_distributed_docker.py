@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -163,3 +164,43 @@ def test_ddp_training_through_the_docker_executor_equals_one_process(
     assert [r.state for r in rows] == ["succeeded"] * world
     assert len({r.node for r in rows}) == 2  # two nodes, each holding world / 2 ranks
     assert any(repo.endswith("batchmagic") for repo in registry.catalog())  # built here, pushed, pulled there
+
+
+def test_docker_takes_the_infiniband_options_and_maps_a_device_directory(
+    docker_engine: DockerEngine, base_image: str
+) -> None:
+    """The InfiniBand options a distributed run on an RDMA size asks for, given to a real Docker engine with
+    the one change this machine needs (no InfiniBand here: /dev/net, a directory of character devices as
+    /dev/infiniband is, stands in for it): the engine takes them, maps every device of the directory, gives
+    CAP_IPC_LOCK, and unlimited locked memory where the engine may raise the limit (a Batch node's dockerd,
+    root on its VM; this sandbox withholds CAP_SYS_RESOURCE, so there the runtime refuses it, and the test
+    checks it is that refusal and runs again at this machine's hard limit)."""
+    import resource
+    import shlex
+
+    from batchmagic.backends.azure.gpus import INFINIBAND_OPTIONS
+
+    options = shlex.split(INFINIBAND_OPTIONS.replace("/dev/infiniband", "/dev/net"))
+    assert len(options) == 6 and "/dev/net" in options
+    probe = "ls /dev/net; ulimit -l; grep CapEff /proc/self/status"
+
+    def run(given: list[str]) -> subprocess.CompletedProcess[bytes]:
+        return docker_engine.run("run", "--rm", "--network", "host", *given, base_image, "sh", "-c", probe, timeout=120)
+
+    done, memlock = run(options), "unlimited"
+    if done.returncode == 125 and b"error setting rlimit type 8: operation not permitted" in done.stderr:
+        assert not _capable(24), "the engine may raise limits, yet refused memlock=-1"  # 24: CAP_SYS_RESOURCE
+        hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+        done, memlock = run([o.replace("memlock=-1", f"memlock={hard}") for o in options]), str(hard // 1024)
+    assert done.returncode == 0, done.stderr.decode()
+    devices, locked, caps = done.stdout.decode().split("\n")[:3]
+    assert (devices, locked) == ("tun", memlock), done.stdout
+    assert int(caps.split()[1], 16) & (1 << 14), caps  # CAP_IPC_LOCK is bit 14
+
+
+def _capable(bit: int) -> bool:
+    """Whether this process has the capability ``bit`` (its effective set, /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << bit))
+    return False
