@@ -267,13 +267,20 @@ if sys.argv[1] == "forked":  # a fork of the kernel (multiprocessing's) outlives
     print("fork", child, flush=True)
 if sys.argv[1] in ("hang", "running", "forked"):
     time.sleep(600)
+if sys.argv[1] == "exit":  # once the test has seen the container: its worker ends at once with the lifeline
+    sys.stdin.readline()
 """
 
 
 def _client(tmp_path: Path, how: str, seconds: float = 0) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.Popen(
-        [sys.executable, "-c", CLIENT, how, str(seconds)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", CLIENT, how, str(seconds)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.PIPE if how == "exit" else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -286,6 +293,9 @@ def test_a_killed_or_exited_kernel_leaves_no_container(cenv, tmp_path, how):
     assert warm_containers(cenv) == [name]
     if how == "hang":
         client.kill()  # SIGKILL: no atexit, no teardown; the lifeline ends with the process
+    else:
+        assert client.stdin is not None
+        client.stdin.close()  # the client reads to its end, then exits as a kernel does: atexit, no teardown
     assert client.wait(60) in (0, -signal.SIGKILL)
     wait_for(lambda: not warm_containers(cenv), timeout=30)
 

@@ -283,7 +283,13 @@ class WarmWorker:
             self.closed_on_purpose = True
             process = self._process
             if process is not None and process.poll() is None:
-                process.terminate()
+                # One still importing the kernel's modules has forked nothing and is killed outright: a
+                # SIGTERM waits for the import under way (a second or more for torch), or is lost in a
+                # library's bare except, and the close waited its 5 s.
+                if self._ready.is_set():
+                    process.terminate()
+                else:
+                    process.kill()
                 try:
                     process.wait(5)
                 except subprocess.TimeoutExpired:

@@ -382,3 +382,9 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Straight out, its socket gone: an interpreter's shutdown with the kernel's thousands of modules
+    # (torch, pandas, ...) loaded takes a second or more, and the client's close waits for it. The worker
+    # holds nothing to flush: its forked runners are processes of their own.
+    os._exit(0)
