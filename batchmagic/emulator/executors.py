@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import shlex
@@ -61,6 +62,12 @@ class TaskContext:
     launches a background service") keeps running for the application command."""
     user_identity: dict[str, Any] | None = None
     """The task's ``userIdentity`` (None: the pool's non-admin auto-user): whom its container runs as."""
+    shared_dir: str = ""
+    """A multi-instance task's ``AZ_BATCH_TASK_SHARED_DIR`` as the service gives it, one path on every node of
+    the task (the primary's task directory), each node's own directory there. A container can have it: the
+    docker executor mounts the node's task directory (``task_dir``) at this path. A command on the host
+    cannot (the emulated nodes share this machine's one filesystem): it keeps its node's own directory,
+    which ``env`` names, a different path on each node."""
 
     @property
     def wd(self) -> Path:
@@ -114,6 +121,9 @@ class Executor(Protocol):
 
     def release_node(self, root: str) -> None:
         """A node left its pool (its VM is gone): end what its tasks left running (see :func:`end_node_processes`)."""
+
+    def container_info(self, name: str) -> dict[str, Any] | None:
+        """``containerInfo`` (a ``BatchTaskContainerExecutionInfo``) of the container ``name``; None without one."""
 
     def close(self) -> None:
         """Release resources (nothing to kill: the scheduler kills the running tasks itself)."""
@@ -351,6 +361,9 @@ class ProcessExecutor:
     def release_node(self, root: str) -> None:
         end_node_processes(root)
 
+    def container_info(self, name: str) -> dict[str, Any] | None:
+        return None  # commands run on the host: there is no container to report
+
     def close(self) -> None:
         return None
 
@@ -378,6 +391,8 @@ def docker_argv(ctx: TaskContext, image: str, name: str) -> list[str]:
     # The node's whole root, as on the service: the task sees its node's startup and shared directories.
     mount = ctx.env.get("AZ_BATCH_NODE_ROOT_DIR") or str(ctx.task_dir)
     argv += ["-v", f"{mount}:{mount}"]
+    if ctx.shared_dir and ctx.shared_dir != str(ctx.task_dir):
+        argv += ["-v", f"{ctx.task_dir}:{ctx.shared_dir}"]  # AZ_BATCH_TASK_SHARED_DIR: this node's, one path
     if settings.get("workingDirectory", "taskWorkingDirectory") != "containerImageDefault":
         argv += ["-w", str(ctx.wd)]
     uid, gid = task_user(ctx)
@@ -448,6 +463,8 @@ class DockerExecutor:
         if not settings:
             return ProcessExecutor(self.python_bin_dir).start(ctx)
         check_run_options(settings)
+        if ctx.shared_dir:  # a multi-instance task: its container sees its node's task directory at one path
+            ctx = replace(ctx, env={**ctx.env, "AZ_BATCH_TASK_SHARED_DIR": ctx.shared_dir})
         image = str(settings.get("imageName") or "")
         registries = list((ctx.pool_container or {}).get("containerRegistries") or [])
         if settings.get("registry"):
@@ -519,6 +536,26 @@ class DockerExecutor:
         if containers:
             rm = ["docker", "rm", "-f", *containers]
             subprocess.run(rm, env=host_env, capture_output=True, timeout=120, check=False)
+
+    def container_info(self, name: str) -> dict[str, Any] | None:
+        """What ``docker inspect`` says of the container: its id, its status and its error, if any (the
+        reference's ``containerId``, ``state`` "equivalent to the status field returned by docker inspect"
+        and ``error``). None when docker knows no such container."""
+        found = subprocess.run(
+            ["docker", "container", "inspect", "--format", "{{json .}}", name],
+            env=dict(os.environ), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if found.returncode != 0:
+            return None
+        try:
+            data = json.loads(found.stdout)
+        except ValueError:
+            return None
+        state = data.get("State") or {}
+        info = {"containerId": str(data.get("Id") or name), "state": str(state.get("Status") or "")}
+        if state.get("Error"):
+            info["error"] = str(state["Error"])
+        return info
 
     def close(self) -> None:
         with self._lock:

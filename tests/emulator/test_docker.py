@@ -123,6 +123,65 @@ def test_container_task_runs_in_image(docker_emulator: Any) -> None:
     assert {d.name for d in info.details} == {"ContainerImage", "Message"}
 
 
+def test_a_multi_instance_container_task_has_one_shared_dir_path_and_subtasks_container_info(
+    docker_emulator: Any,
+) -> None:
+    """AZ_BATCH_TASK_SHARED_DIR "is identical on every node allocated to the multi-instance task", each node's
+    own directory ("Batch does not share the directory in a remote access sense"): a container has it there.
+    A subtask of a container task reports its container (``containerInfo``, as docker inspect sees it)."""
+    client = docker_emulator.client()
+    client.create_pool(
+        m.BatchPoolCreateOptions(
+            id="mi-dock",
+            vm_size="standard_d2s_v3",
+            target_dedicated_nodes=2,
+            enable_inter_node_communication=True,
+            virtual_machine_configuration=m.VirtualMachineConfiguration(
+                image_reference=m.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc", sku="2204"),
+                node_agent_sku_id="batch.node.ubuntu 22.04",
+                container_configuration=m.BatchContainerConfiguration(
+                    type=m.ContainerType.DOCKER_COMPATIBLE, container_image_names=[IMAGE]
+                ),
+            ),
+        )
+    )
+    wait_for(lambda: [n.state for n in client.list_nodes("mi-dock")] == [m.BatchNodeState.IDLE] * 2, 60)
+    client.create_job(m.BatchJobCreateOptions(id="mi-dock", pool_info=m.BatchPoolInfo(pool_id="mi-dock")))
+    # Each node writes its id into the shared directory, and notes the path it was given in its own task dir.
+    coordination = (
+        '/bin/sh -c "echo $AZ_BATCH_NODE_ID > $AZ_BATCH_TASK_SHARED_DIR/node; '
+        'echo $AZ_BATCH_TASK_SHARED_DIR > $AZ_BATCH_TASK_DIR/shared-path"'
+    )
+    client.create_task(
+        "mi-dock",
+        m.BatchTaskCreateOptions(
+            id="mi",
+            command_line='/bin/sh -c "sleep 2; cat $AZ_BATCH_TASK_SHARED_DIR/node; echo $AZ_BATCH_TASK_SHARED_DIR"',
+            container_settings=m.BatchTaskContainerSettings(image_name=IMAGE),
+            multi_instance_settings=m.MultiInstanceSettings(
+                number_of_instances=2, coordination_command_line=coordination
+            ),
+        ),
+    )
+    subs = wait_for(lambda: [s for s in client.list_subtasks("mi-dock", "mi") if s.container_info], 30)
+    running = subs[0].container_info
+    assert running.container_id and running.state == "running"
+    task = _done(client, "mi-dock", "mi")
+    assert task.execution_info.exit_code == 0, task.execution_info.failure_info
+    assert task.execution_info.container_info.container_id
+    primary = task.node_info.node_id
+    node, path = b"".join(client.download_task_file("mi-dock", "mi", "stdout.txt")).decode().split()
+    assert node == primary  # the primary's own file: the subtask's write went to its own node's directory
+    (sub,) = client.list_subtasks("mi-dock", "mi")
+    assert sub.container_info.container_id == running.container_id and sub.container_info.state == "exited"
+    other = sub.node_info.node_id
+    rel = "tasks/mi-dock/job-1/mi"
+    assert b"".join(client.download_node_file("mi-dock", other, f"{rel}/node")).decode().split() == [other]
+    for node_id in (primary, other):  # one path on both nodes: the primary's task directory
+        assert b"".join(client.download_node_file("mi-dock", node_id, f"{rel}/shared-path")).decode().split() == [path]
+    assert path.endswith(f"/{primary}/{rel}")
+
+
 def test_unpullable_pool_image_makes_node_unusable(docker_emulator: Any) -> None:
     client = docker_emulator.client()
     _pool(client, "badpool", [BAD_IMAGE])

@@ -102,7 +102,10 @@ class MultiInstanceMixin(TasksMixin):
             result = self._coordinate(job, task, pool, node, env, pool_container)
             if result is None:
                 app = self._application_run(job, task, pool, node, env, data, task_dir, pool_container, retries=0)
-                app.ctx = replace(app.ctx, container_name=task_container(job, task, node))  # the coordination's
+                # In the coordination's container, where the shared directory is mounted.
+                app.ctx = replace(
+                    app.ctx, container_name=task_container(job, task, node), shared_dir=env["AZ_BATCH_TASK_SHARED_DIR"]
+                )
                 result = run_command(
                     self.executor,
                     app,
@@ -180,8 +183,9 @@ class MultiInstanceMixin(TasksMixin):
                 task.subtasks = self._subtask_entries(job, task, pool, nodes, "running")
             cores = vm_cores(str(pool.data.get("vmSize") or ""))
         shared = instance_environment([str(n.data["ipAddress"]) for n in nodes], cores)
+        shared_dir = str(self.node_root(node.id) / self.task_rel_dir(job.id, task.id))  # the primary's
         runs = [
-            self._coordination_run(job, task, pool, n, i, {**env, **shared}, settings, pool_container)
+            self._coordination_run(job, task, pool, n, i, {**env, **shared}, settings, pool_container, shared_dir)
             for i, n in enumerate(nodes)
         ]
         env.update(shared)  # the primary's application command sees them too
@@ -210,11 +214,17 @@ class MultiInstanceMixin(TasksMixin):
 
         def coordinate(i: int) -> None:
             def started(handle: RunningTask) -> None:
+                name = runs[i].ctx.container_name  # made by now: the command runs in it
+                container = self.executor.container_info(name) if name else None
                 with self.lock:
                     if i == 0:
                         task.primary_coordination = handle
+                        if container is not None:
+                            task.data["executionInfo"]["containerInfo"] = container
                     elif i <= len(task.subtasks):
                         task.subtasks[i - 1]["_handle"] = handle
+                        if container is not None:
+                            task.subtasks[i - 1]["containerInfo"] = container
 
             result = run_command(
                 self.executor, runs[i], now=self.now, should_stop=task.kill_event.is_set, started=started
@@ -248,8 +258,10 @@ class MultiInstanceMixin(TasksMixin):
         env: dict[str, str],
         settings: dict[str, Any],
         pool_container: Any,
+        shared_dir: str,
     ) -> CommandRun:
-        """Instance ``index``'s coordination command: its node's environment, the common resource files."""
+        """Instance ``index``'s coordination command: its node's environment, the common resource files, and
+        ``shared_dir`` (the primary's task directory) where a container sees its node's own."""
         root = self.node_root(node.id)
         task_dir = root / self.task_rel_dir(job.id, task.id)
         (task_dir / "wd").mkdir(parents=True, exist_ok=True)
@@ -279,6 +291,7 @@ class MultiInstanceMixin(TasksMixin):
             gpus=pool_gpus(pool.data),
             container_name=task_container(job, task, node),
             user_identity=task.data.get("userIdentity"),
+            shared_dir=shared_dir,
         )
         return CommandRun(ctx, resource_files=list(settings.get("commonResourceFiles") or []), resource_dir=task_dir)
 
@@ -287,6 +300,11 @@ class MultiInstanceMixin(TasksMixin):
         primary, task.primary_coordination = task.primary_coordination, None
         if primary is not None:
             primary.kill()  # what the primary's coordination command left running
+        # A container of the task is ended with it (its processes exit, then it is removed): what docker
+        # inspect said of it last is that it exited.
+        for info in (task.data["executionInfo"].get("containerInfo"), *(s.get("containerInfo") for s in task.subtasks)):
+            if info:
+                info["state"] = "exited"
         for sub in task.subtasks:
             handle = sub.pop("_handle", None)
             if handle is not None:

@@ -233,7 +233,7 @@ class TasksMixin(FilesMixin):
                     [("TaskState", str(task.data["state"])), ("TaskResult", str(info.get("result")))],
                 )
             now = self.now()
-            for key in ("exitCode", "failureInfo", "result", "endTime", "startTime", "lastRetryTime"):
+            for key in ("exitCode", "failureInfo", "result", "endTime", "startTime", "lastRetryTime", "containerInfo"):
                 info.pop(key, None)
             info["retryCount"] = 0
             task.data.pop("nodeInfo", None)
