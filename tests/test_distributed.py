@@ -178,6 +178,19 @@ def _orphaned_ranks(home: Path) -> tuple[str, dict[str, int]]:
     return run_id, pids
 
 
+def _watchers(run_dir: Path) -> list[int]:
+    """The rank watchers of the run in ``run_dir`` still running (their command line names the directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"batchmagic.runner.rankwatch" in argv and str(run_dir).encode() in argv and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
 def test_a_dead_kernels_ranks_end_together_with_no_client(home: Path) -> None:
     """The kernel that started the ranks is gone and no client watches: a rank killed still ends the other
     (the run's rank watcher outlives the kernel), and a client attaching later is told which rank failed."""
@@ -185,6 +198,7 @@ def test_a_dead_kernels_ranks_end_together_with_no_client(home: Path) -> None:
     os.kill(pids["rank-1"], signal.SIGKILL)
     _wait_for(lambda: not _alive(pids["rank-0"]), timeout=15)
     assert (home / "runs" / run_id / "rank-0" / "stopped-after").read_text() == "stopped after rank-1 failed"
+    _wait_for(lambda: not _watchers(home / "runs" / run_id), timeout=10)  # its work done, the watcher is gone
     run = Session(home).attach(run_id)
     with pytest.raises(RunFailed) as info:
         run.wait(timeout=30)
@@ -211,11 +225,13 @@ def test_cancel_ends_every_rank(home: Path) -> None:
     pids = _pids(home, run)
     assert len(pids) == 4
     groups = {os.getpgid(pid) for pid in pids.values()}
+    assert len(_watchers(home / "runs" / run.id)) == 1  # the run's rank watcher, in a session of its own
     run.cancel()
     with pytest.raises(RunCancelled):
         run.wait(timeout=30)
     assert run.state().phase == Phase.CANCELLED
     _wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
+    _wait_for(lambda: not _watchers(home / "runs" / run.id), timeout=10)  # it left the ranks to the cancel
     leftovers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _alive(int(p)) and _pgid(int(p)) in groups]
     assert leftovers == []
 
