@@ -110,6 +110,28 @@ def test_strings_of_the_cell_and_of_the_notebook_functions_it_calls():
     assert function_strings("y = 1", namespace) == []
 
 
+def test_paths_held_by_the_notebooks_variables_and_default_arguments():
+    """Hands-On Machine Learning's notebooks build their paths in an early cell and read them in functions'
+    defaults and globals: ``HOUSING_PATH = os.path.join("datasets", "housing")``, then
+    ``def load_housing_data(housing_path=HOUSING_PATH)``. Their values are known before the run, as literals."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "os": os}
+    exec(
+        "HOUSING_PATH = os.path.join('datasets', 'housing')\n"
+        "IMAGES = os.path.join('images', 'end_to_end_project')\n"
+        "def load_housing_data(housing_path=HOUSING_PATH, *, extra=('a.csv', 'b.csv')):\n"
+        "    return os.path.join(housing_path, 'housing.csv')\n"
+        "def save_fig(name):\n"
+        "    return os.path.join(IMAGES, name)\n",
+        namespace,
+    )
+    namespace["CSV"] = Path("data") / "train.csv"
+    found = function_strings("h = load_housing_data()\nsave_fig('x')\nopen(CSV)", namespace)
+    assert {"datasets/housing", "housing.csv", "a.csv", "b.csv", "images/end_to_end_project", "data/train.csv"} <= set(
+        found
+    )
+    assert function_strings("y = len(range(3))", namespace) == []
+
+
 def test_named_paths_are_existing_relative_paths_under_the_folder(tmp_path):
     root = make_project(tmp_path / "nb")
     (root / "data" / "more.csv").write_text("x\n1\n")
@@ -188,6 +210,26 @@ def test_local_cells_behave_as_if_they_ran_here(shell, tmp_path):
     assert "images/trees/boundary.png" in tree(project) and "out/deep/rows.txt" in tree(project)
     shell.run_cell("text = open('results/summary.txt').read()")  # written remotely, read back here
     assert shell.user_ns["text"] == "total=1225"
+
+
+#: Hands-On Machine Learning's idiom (ageron/handson-ml2, Apache-2.0): paths built once in an early cell, read
+#: by the notebook's functions as their defaults and globals.
+PATHS = (
+    "import os\nimport pandas as pd\n"
+    "DATA_PATH = os.path.join('data')\nIMAGES_PATH = os.path.join('.', 'images', 'trees')\n"
+    "def load_data(data_path=DATA_PATH):\n    return pd.read_csv(os.path.join(data_path, 'train.csv'))\n"
+    "def save_note(name):\n    open(os.path.join(IMAGES_PATH, name), 'w').write('saved')\n"
+)
+
+
+def test_paths_the_notebook_built_earlier_are_shipped(shell, tmp_path):
+    project = make_project(Path.cwd())
+    mirror = make_project(tmp_path / "plain")
+    shell.run_cell(PATHS)
+    shell.run_cell("%%azbatch --backend local\ndf = load_data()\nsave_note('note.txt')\nrows = len(df)")
+    expected = plain([PATHS, "df = load_data()\nsave_note('note.txt')\nrows = len(df)"], mirror)
+    assert shell.user_ns["rows"] == expected["rows"] == 50
+    assert tree(project) == tree(mirror)  # images/trees/note.txt came back
 
 
 SHELL = "files = !ls data\nlines = !wc -l data/train.csv"

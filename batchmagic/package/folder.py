@@ -3,7 +3,8 @@
 The folder is the kernel's working directory (where the notebook is). The rules:
 
 - **What is shipped.** Every string in the cell, and in the notebook's own functions the cell calls
-  (their constants, and those of the notebook functions they call), that names an existing file or
+  (their constants and string defaults, and those of the notebook functions they call), and every path
+  value of the notebook's variables they read (a string, a ``Path``), that names an existing file or
   directory under the folder by a relative path (or a glob: ``'data/*.csv'``) is shipped, content-
   addressed and cached as ``--input`` files are, to the same relative path. A named directory ships
   whole; a glob of anything (``'*'``) names nothing. A path an ``--input`` already ships is left to it.
@@ -64,6 +65,7 @@ __all__ = [
 MAX_DIRS = 1000  # directories of the skeleton: a kernel started in a home folder must not ship a whole disk's
 MAX_DEPTH = 6
 _MAX_FUNCTIONS = 100  # notebook functions followed from the cell
+_MAX_PATH_ITEMS = 100  # a list of paths in a variable is read; a long list is data, not paths
 _SKIPPED_DIRS = frozenset({"node_modules", "__pycache__", "site-packages"})
 _GLOB = re.compile(r"[*?\[]")
 _MISSING = re.compile(r"No such file or directory: '([^']+)'")
@@ -197,19 +199,32 @@ def _code_names(code: types.CodeType) -> Iterator[str]:
 
 def function_strings(source: str, namespace: Mapping[str, Any]) -> list[str]:
     """The string constants of the notebook's functions the cell calls, and of the notebook functions
-    those call (functions defined in ``__main__``: a library's are not the notebook's)."""
+    those call (functions defined in ``__main__``: a library's are not the notebook's); their string
+    default arguments; and the paths held by the notebook's variables that the cell or those functions
+    read (``HOUSING_PATH = os.path.join("datasets", "housing")`` in an earlier cell: its value is known
+    before the run, as a literal is)."""
     pending = [namespace.get(name) for name in _cell_names(source)]
     seen: set[int] = set()
     strings: list[str] = []
     while pending and len(seen) < _MAX_FUNCTIONS:
         value = pending.pop()
+        strings.extend(_path_values(value))
         if not inspect.isfunction(value) or value.__module__ != "__main__" or id(value) in seen:
             continue
         seen.add(id(value))
         strings.extend(_code_strings(value.__code__))
+        for default in [*(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values()]:
+            strings.extend(_path_values(default))
         scope = value.__globals__
         pending.extend(scope.get(name) for name in _code_names(value.__code__))
     return strings
+
+
+def _path_values(value: Any) -> list[str]:
+    """What a value names as a path: a string, a ``pathlib.Path``, or a short list or tuple of them."""
+    items = list(value) if isinstance(value, (list, tuple)) and len(value) <= _MAX_PATH_ITEMS else [value]
+    paths = (os.fspath(item) if isinstance(item, os.PathLike) else item for item in items)
+    return [path for path in paths if isinstance(path, str)]
 
 
 def _candidate(text: str) -> bool:
