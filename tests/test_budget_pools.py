@@ -26,7 +26,8 @@ def test_a_budget_stop_keeps_the_results_of_finished_sweep_tasks(azure_session, 
     monkeypatch.setenv("BATCHMAGIC_REGION", "emulated")
     monkeypatch.setenv("BATCHMAGIC_PRICES", PRICES)
     cell = "import time\ntime.sleep(0.2 if i < 2 else 120)\ny = i * 10"
-    run = session.submit(cell, {}, backend="azure", sweep=[{"i": i} for i in range(4)], budget=30, name="capped",
+    # 15 s of the node: time enough for the two short tasks to end, even on a loaded machine (30 cost 15 s more)
+    run = session.submit(cell, {}, backend="azure", sweep=[{"i": i} for i in range(4)], budget=15, name="capped",
                          slots_per_node=4)  # fmt: skip
     with pytest.raises(RunFailed) as caught:
         run.wait(timeout=120)
