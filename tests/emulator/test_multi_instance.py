@@ -8,7 +8,9 @@ Batch workloads" (task submission "can remain unchanged, regardless of the VM ty
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -124,6 +126,23 @@ def test_a_retry_after_a_failed_coordination_command_counts(client: Any, pool: s
     assert info.last_retry_time is not None and info.start_time <= info.last_retry_time <= info.end_time
 
 
+def test_the_tasks_wall_clock_covers_its_coordination_commands(client: Any, pool: str) -> None:
+    """The task's constraints "apply to the primary and all subtasks": a subtask whose coordination command
+    outlives the task's maxWallClockTime ends the task, which is not retried."""
+    _job(client, "wall", pool)
+    coordination = '/bin/sh -c "test $AZ_BATCH_IS_CURRENT_NODE_MASTER = true || sleep 60"'
+    task = _multi("mi", "true", coordination, retries=1)
+    task.constraints.max_wall_clock_time = timedelta(seconds=2)
+    client.create_task("wall", task)
+    done = _done(client, "wall", "mi", timeout=15)
+    info = done.execution_info
+    assert info.result == m.BatchTaskExecutionResult.FAILURE and info.retry_count == 0
+    assert info.failure_info.code == "TaskEnded"
+    assert {d.name for d in info.failure_info.details} == {"MaxWallClockTime"}
+    assert (info.end_time - info.start_time).total_seconds() < 10
+    assert [s.state for s in client.list_subtasks("wall", "mi")] == [m.BatchSubtaskState.COMPLETED]
+
+
 def test_the_job_preparation_task_runs_on_every_node_before_the_coordination(client: Any, pool: str) -> None:
     """On every node the task runs on, the job preparation task has run before anything of the task: the task
     and its subtask are preparing meanwhile, and running (not preparing) while the coordination commands run."""
@@ -148,6 +167,29 @@ def test_the_job_preparation_task_runs_on_every_node_before_the_coordination(cli
         if s.job_preparation_task_execution_info.exit_code == 0
     }
     assert ran == {n.id for n in client.list_nodes(pool)}
+
+
+def test_a_failed_preparation_task_on_a_subtasks_node_sends_the_task_back_to_the_queue(client: Any, pool: str) -> None:
+    """The reference: "If the Job Preparation Task fails, the Task will return to active", and "Batch will not
+    run Tasks of this Job on the Node": with one of the pool's two nodes out, the task waits."""
+    bad = sorted(n.id for n in client.list_nodes(pool))[1]
+    prep = m.BatchJobPreparationTask(command_line=f'/bin/sh -c "test $AZ_BATCH_NODE_ID != {bad}"')
+    _job(client, "prep-fails", pool, prep)
+    coordination = '/bin/sh -c "touch $AZ_BATCH_NODE_SHARED_DIR/prep-fails-coordinated"'
+    client.create_task("prep-fails", _multi("mi", "true", coordination))
+    task = wait_for(lambda: (t := client.get_task("prep-fails", "mi")).execution_info.requeue_count and t, 15)
+    assert task.state == m.BatchTaskState.ACTIVE and task.node_info is None
+    assert list(client.list_subtasks("prep-fails", "mi")) == []
+    status = {
+        s.node_id: s.job_preparation_task_execution_info
+        for s in client.list_job_preparation_and_release_task_status("prep-fails")
+    }
+    assert status[bad].result == m.BatchTaskExecutionResult.FAILURE
+    time.sleep(1)  # it is not placed again: one node is left for the job
+    assert client.get_task("prep-fails", "mi").state == m.BatchTaskState.ACTIVE
+    for node in client.list_nodes(pool):  # nothing of the task ran anywhere
+        names = {f.name for f in client.list_node_files(pool, node.id, recursive=True)}
+        assert "shared/prep-fails-coordinated" not in names
 
 
 def test_ccp_nodes_gives_each_node_its_cores(client: Any, pool: str) -> None:

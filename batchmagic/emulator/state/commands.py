@@ -44,6 +44,9 @@ class CommandRun:
         ``maxTaskRetryCount``: retries after a non-zero exit; -1 retries without limit.
     max_wall_clock_time : str or None
         ``maxWallClockTime`` (an ISO 8601 duration, counted from each attempt's start); None for unlimited.
+    deadline : float or None
+        When the command must have ended (the emulated clock), instead of ``max_wall_clock_time``: a
+        multi-instance task's attempt counts its wall clock from its coordination commands' start.
     """
 
     ctx: TaskContext
@@ -51,6 +54,7 @@ class CommandRun:
     resource_dir: Path | None = None
     max_retries: int = 0
     max_wall_clock_time: str | None = None
+    deadline: float | None = None
 
     @property
     def wall_clock(self) -> float | None:
@@ -159,7 +163,7 @@ def run_command(
         if started is not None:
             started(handle)
         wall = run.wall_clock
-        deadline = now() + wall if wall is not None else None
+        deadline = run.deadline if run.deadline is not None else now() + wall if wall is not None else None
         exit_code, stopped, timed_out = wait_for(handle, should_stop, deadline, now)
         if stopped:
             failure = failure_info("TaskEnded", "Task Was Ended by User Request")

@@ -28,7 +28,7 @@ from typing import Any
 from batchmagic.emulator.executors import RunningTask, TaskContext
 from batchmagic.emulator.images import pool_gpus
 from batchmagic.emulator.state.commands import CommandResult, CommandRun, run_command
-from batchmagic.emulator.state.model import Job, Node, Pool, Task, failure_info, iso
+from batchmagic.emulator.state.model import Job, Node, Pool, Task, failure_info, iso, parse_duration
 from batchmagic.emulator.state.tasks import TasksMixin
 from batchmagic.emulator.vmsizes import lookup
 
@@ -87,25 +87,32 @@ class MultiInstanceMixin(TasksMixin):
         failure of either is the attempt's; a retry runs every instance again (the service terminates the
         whole task and retries it) and counts as one (``retryCount``, ``lastRetryTime``). None: requeued."""
         retries = int(data["constraints"].get("maxTaskRetryCount", 0))
+        # The task's constraints "apply to the primary and all subtasks": its wall clock counts from the
+        # attempt's start, its coordination commands included; a task past it ends, not retried.
+        wall = parse_duration(data["constraints"].get("maxWallClockTime"))
         nodes = [node, *task.extra_nodes]
         with self.lock:
             # A subtask waiting for its node's job preparation task is "preparing", as the task is.
             waiting = "preparing" if job.data.get("jobPreparationTask") else "running"
             task.subtasks = self._subtask_entries(job, task, pool, nodes, waiting)
         if not self._prepare_job_on_nodes(job, pool, nodes):
+            with self.lock:
+                task.subtasks = []  # none ran: the task is back in the queue, as if never placed
             self._requeue(task)  # a node's preparation task failed: that node takes no task of the job
             return None
         attempt = 0
         while True:
             if not self._begin_attempt(task, attempt):  # running from here: the coordination is the task's run
                 return CommandResult(None, failure_info("TaskEnded", "Task Was Ended by User Request"), stopped=True)
-            result = self._coordinate(job, task, pool, node, env, pool_container)
+            deadline = self.now() + wall if wall is not None else None
+            result = self._coordinate(job, task, pool, node, env, pool_container, deadline)
             if result is None:
                 app = self._application_run(job, task, pool, node, env, data, task_dir, pool_container, retries=0)
                 # In the coordination's container, where the shared directory is mounted.
                 app.ctx = replace(
                     app.ctx, container_name=task_container(job, task, node), shared_dir=env["AZ_BATCH_TASK_SHARED_DIR"]
                 )
+                app.deadline = deadline
                 result = run_command(
                     self.executor,
                     app,
@@ -115,7 +122,7 @@ class MultiInstanceMixin(TasksMixin):
                     started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
                 )
             spent = retries != -1 and attempt >= retries
-            if result.succeeded or result.stopped or task.kill_event.is_set() or spent:
+            if result.succeeded or result.stopped or result.timed_out or task.kill_event.is_set() or spent:
                 return result
             attempt += 1
             log.info("task %s/%s: attempt %d failed; every instance runs again", job.id, task.id, attempt)
@@ -167,10 +174,18 @@ class MultiInstanceMixin(TasksMixin):
         return entries
 
     def _coordinate(
-        self, job: Job, task: Task, pool: Pool, node: Node, env: dict[str, str], pool_container: Any
+        self,
+        job: Job,
+        task: Task,
+        pool: Pool,
+        node: Node,
+        env: dict[str, str],
+        pool_container: Any,
+        deadline: float | None = None,
     ) -> CommandResult | None:
-        """One attempt's coordination command on every instance; None when every one exited 0, else the
-        attempt's result: the first failed instance's exit code (a subtask's fails the task) and failure."""
+        """One attempt's coordination command on every instance (ended at ``deadline``, the task's wall clock);
+        None when every one exited 0, else the attempt's result: the first failed instance's exit code (a
+        subtask's fails the task) and failure."""
         with self.lock:
             nodes = [node, *task.extra_nodes]
             settings = copy.deepcopy(task.data.get("multiInstanceSettings") or {})
@@ -188,6 +203,9 @@ class MultiInstanceMixin(TasksMixin):
             self._coordination_run(job, task, pool, n, i, {**env, **shared}, settings, pool_container, shared_dir)
             for i, n in enumerate(nodes)
         ]
+        for run in runs:
+            run.max_wall_clock_time = task.data["constraints"].get("maxWallClockTime")
+            run.deadline = deadline
         env.update(shared)  # the primary's application command sees them too
         env["AZ_BATCH_TASK_SHARED_DIR"] = str(runs[0].ctx.task_dir)
         env["AZ_BATCH_IS_CURRENT_NODE_MASTER"] = "true"
@@ -195,6 +213,9 @@ class MultiInstanceMixin(TasksMixin):
         failed = [i for i, result in enumerate(results) if not result.succeeded]
         if not failed:
             return None
+        late = [result for result in results if result.timed_out]
+        if late:
+            return late[0]  # past the task's wall clock
         log.info("task %s/%s: coordination failed on instances %s", job.id, task.id, failed)
         first = results[failed[0]]
         if first.exit_code is None and first.failure is not None:

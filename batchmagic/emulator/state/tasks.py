@@ -494,7 +494,14 @@ class TasksMixin(FilesMixin):
 
     # Multi-instance tasks (state/multi.py overrides these).
     def _coordinate(
-        self, job: Job, task: Task, pool: Pool, node: Node, env: dict[str, str], pool_container: Any
+        self,
+        job: Job,
+        task: Task,
+        pool: Pool,
+        node: Node,
+        env: dict[str, str],
+        pool_container: Any,
+        deadline: float | None = None,
     ) -> CommandResult | None:
         return None
 
