@@ -51,6 +51,8 @@ __all__ = [
     "SpecVersionError",
     "LogRecord",
     "PROGRESS_VERSION",
+    "HEARTBEAT",
+    "SILENT",
     "Progress",
     "STREAMS",
     "encode_log_record",
@@ -293,6 +295,16 @@ class TaskSpec:
         )
 
 
+#: Seconds between a node supervisor's heartbeats (a write of its :class:`NodeState` with one more ``beat``)
+#: while its ranks run: a blob write each, about 1,800 an hour per node (a fraction of a cent next to the
+#: node's price).
+HEARTBEAT = 2.0
+#: Seconds a node's ``beat`` may stand still, by the reader's own clock, before the node counts as lost
+#: (hung, or gone with its VM): several beats missed. Readers (the primary's supervisor, the client) end the
+#: run then, rather than leave its ranks in a collective for PyTorch's 30-minute timeout.
+SILENT = 10.0
+
+
 @dataclass(frozen=True)
 class RankGroup:
     """A distributed run as each node's supervisor (``python -m batchmagic.runner.ranks``) is told it:
@@ -359,6 +371,13 @@ class NodeState:
     #: When the node's coordination command started (its clock; 0.0 where the node cannot say): how long the
     #: node took from there to its ranks' first lines is its own start's critical path (bench/distributed.py).
     launched: float = 0.0
+    #: The node's heartbeat: one more at every write, which the supervisor makes at least every few seconds
+    #: while its ranks run. A reader tells a silent node (hung, or lost) by this count not moving on its own
+    #: clock: the nodes' clocks are never compared. 0: a supervisor that beats not (an older batchmagic).
+    beat: int = 0
+    #: The primary's only: the node ranks it found silent past its bound (or that never wrote a state), whose
+    #: ranks it ended the run for: their ranks are the run's cause, the others' stopped after them.
+    lost: tuple[int, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -374,6 +393,8 @@ class NodeState:
             done=bool(raw.get("done", False)),
             since=float(raw.get("since", 0.0)),
             launched=float(raw.get("launched", 0.0)),
+            beat=int(raw.get("beat", 0)),
+            lost=tuple(int(n) for n in raw.get("lost", ())),
         )
 
 

@@ -155,6 +155,109 @@ def test_a_killed_rank_ends_the_run_within_15_seconds(azure_env: RunningEmulator
     wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
 
 
+STEPS_CELL = "import time\nfor i in range(600):\n    print('step', i, flush=True)\n    time.sleep(0.2)"
+
+
+def test_a_node_that_hangs_ends_the_run_within_15_seconds(azure_env: RunningEmulator, shell: Any) -> None:
+    """Node 1 freezes (its supervisor and its rank stopped, as a VM that hangs: no process dies, no connection
+    resets): its heartbeat stands still, so the primary's supervisor ends the run, naming node 1's rank as
+    the cause and its last lines, and rank 0 as stopped after it; not after a collective's 30 minutes."""
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait --name frozen\n{STEPS_CELL}")
+    run = shell.user_ns["_azbatch"]
+    wait_for(lambda: all("step 3" in run.logs(t) for t in run.task_ids), timeout=60)
+    pids = _rank_pids(run)
+    group = os.getpgid(pids[1])  # node 1's coordination command: its supervisor and its rank
+    assert group != os.getpgid(pids[0])
+    os.killpg(group, signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        with pytest.raises(RunFailed) as info:
+            run.wait(timeout=60)
+        assert time.monotonic() - frozen < 15
+    finally:
+        os.killpg(group, signal.SIGCONT)
+    message = str(info.value)
+    assert re.search(r"rank 1 on \S+ \(node 1\) failed: its node went silent: no heartbeat for 10 s", message), message
+    assert "its last lines: step" in message and "\n" not in message
+    assert [r.state for r in run.state().ranks] == ["stopped", "failed"]
+    wait_for(lambda: not any(_alive(pid) for pid in pids.values()), timeout=15)
+
+
+def test_a_node_removed_from_the_pool_ends_the_run_in_one_line(azure_env: RunningEmulator, shell: Any) -> None:
+    """Node 1 leaves the pool mid-run (Batch requeues the task, to run every rank again from the start): the
+    run ends at once in one line naming node 1's rank and why, rather than starting over unseen."""
+    from azure.batch import models as m
+
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait --name lost\n{STEPS_CELL}")
+    run = shell.user_ns["_azbatch"]
+    wait_for(lambda: all("step 3" in run.logs(t) for t in run.task_ids), timeout=60)
+    client = azure_env.client()
+    pool = client.get_task(run.id, "rank-0").node_info.pool_id
+    other = next(iter(client.list_subtasks(run.id, "rank-0"))).node_info.node_id
+    client.begin_remove_nodes(pool, m.BatchNodeRemoveOptions(node_ids=[other]), polling_interval=0)
+    removed = time.monotonic()
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=60)
+    assert time.monotonic() - removed < 15
+    message = str(info.value)
+    assert f"rank 1 on {other} (node 1) failed: Batch requeued the task to start every rank again: its node " in message
+    assert "its last lines: step" in message
+    # Not started again: the job is ended (Batch leaves a terminated job's active task as it is, unscheduled).
+    assert client.get_job(run.id).state in (m.BatchJobState.TERMINATING, m.BatchJobState.COMPLETED)
+    assert client.get_task(run.id, "rank-0").state == m.BatchTaskState.ACTIVE
+
+
+def test_a_node_restarted_under_its_ranks_is_blamed_not_rank_0(azure_env: RunningEmulator, shell: Any) -> None:
+    """Node 1 reboots with its task ended (not requeued): Batch ends the whole task. The run's line names
+    node 1's rank and what became of its node; rank 0, healthy and ended with the task, is only "stopped"."""
+    from azure.batch import models as m
+
+    shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait --name rebooted\n{STEPS_CELL}")
+    run = shell.user_ns["_azbatch"]
+    wait_for(lambda: all("step 3" in run.logs(t) for t in run.task_ids), timeout=60)
+    client = azure_env.client()
+    pool = client.get_task(run.id, "rank-0").node_info.pool_id
+    other = next(iter(client.list_subtasks(run.id, "rank-0"))).node_info.node_id
+    client.begin_reboot_node(
+        pool, other, m._models.BatchNodeRebootOptions(node_reboot_kind="terminate"), polling_interval=0
+    )
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=30)
+    message = str(info.value)
+    assert f"rank 1 on {other} (node 1) failed: the task ended as its node went: its node is " in message, message
+    assert "its last lines: step" in message
+    assert [r.state for r in run.state().ranks] == ["stopped", "failed"]
+
+
+def test_a_node_whose_coordination_command_fails_is_blamed_with_its_own_words(
+    azure_env: RunningEmulator, shell: Any
+) -> None:
+    """Node 1's supervisor cannot start (every address it may claim is in use: its coordination command exits
+    1, and so fails the task): the line names rank 1, its node and the last lines of that node's ranks.txt
+    (read through Batch's node file API), never rank 0 with the task's generic failure."""
+    import socket
+
+    shell.run_line_magic("azbatch_pool", "create ib --vm Standard_D2s_v3 --max-nodes 2 --inter-node")
+    shell.run_line_magic("azbatch_pool", "resize ib 2")
+    client = azure_env.client()
+    wait_for(lambda: [str(n.state.value) for n in client.list_nodes("ib")] == ["idle", "idle"], timeout=60)
+    held = [socket.socket() for _ in range(2)]
+    for sock, node in zip(held, client.list_nodes("ib"), strict=True):
+        sock.bind((node.ip_address, 6106))  # the port a node's supervisor claims its address with
+    try:
+        with pytest.raises(RunFailed) as info:
+            shell.run_cell(
+                "%%azbatch --pool ib --nodes 2 --distributed\nimport time\nprint('up', flush=True)\ntime.sleep(60)"
+            )
+    finally:
+        for sock in held:
+            sock.close()
+    message = str(info.value)
+    assert re.search(r"rank 1 on \S+ \(node 1\) failed: its node's part of the task failed \(exit code 1\)", message)
+    assert "its node said: batchmagic: this node has none of the addresses of AZ_BATCH_HOST_LIST" in message
+    assert [r.state for r in shell.user_ns["_azbatch"].state().ranks] == ["stopped", "failed"]
+
+
 def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:
     cell = "import time\nprint('up', flush=True)\ntime.sleep(300)"
     shell.run_cell(f"%%azbatch --nodes 2 --distributed --no-wait\n{cell}")
@@ -340,13 +443,12 @@ if attempt == "second" and os.environ["RANK"] == "1":
 """
 
 
-def test_a_requeued_run_reads_only_its_own_attempts_node_states(
+def test_a_requeued_run_ends_in_one_line_rather_than_starting_over(
     azure_env: RunningEmulator, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """The primary's node restarts mid-run (a reboot that requeues its task): Batch runs every instance again.
-    The previous attempt's node states (rank 1 had finished, rank 0 was running) are not this attempt's:
-    the ranks show pending until this attempt's supervisors write theirs, and what comes back is the second
-    attempt's, rank 1 included."""
+    """The primary's node restarts mid-run (a reboot that requeues its task): Batch would run every instance
+    again from the start, the cell's work so far lost and paid for twice, unseen. The run ends at once instead,
+    in one line naming rank 0, its node and why; rank 1 had finished; nothing runs a second attempt."""
     from azure.batch import models as m
 
     from batchmagic.api import Session
@@ -364,22 +466,25 @@ def test_a_requeued_run_reads_only_its_own_attempts_node_states(
     task = client.get_task(run.id, "rank-0")
     pool, primary = task.node_info.pool_id, task.node_info.node_id
     other = next(iter(client.list_subtasks(run.id, "rank-0"))).node_info.node_id
-    # Hold the requeued task (it needs both nodes) while the client looks at it.
+    # The emulator's reboot takes a moment, a pool's minutes: hold the requeued task (it needs both nodes)
+    # so that it cannot start again before the client's next poll.
     client.disable_node_scheduling(
         pool, other, m.BatchNodeDisableSchedulingOptions(node_disable_scheduling_option="taskcompletion")
     )
     client.begin_reboot_node(
         pool, primary, m._models.BatchNodeRebootOptions(node_reboot_kind="requeue"), polling_interval=0
     )
-    wait_for(lambda: client.get_task(run.id, "rank-0").execution_info.requeue_count == 1, timeout=30)
-    for _ in range(3):
-        run.poll()
-        assert [r.state for r in run.state().ranks] == ["pending", "pending"], run.state().ranks
-        time.sleep(0.2)
+    with pytest.raises(RunFailed) as info:
+        run.wait(timeout=30)
+    message = str(info.value)
+    assert message.startswith(f"run {run.name}: rank 0 on {primary} (node 0) failed: Batch requeued the task"), message
+    assert "its last lines: first attempt" in message
+    assert [r.state for r in run.state().ranks] == ["failed", "succeeded"]
     client.enable_node_scheduling(pool, other)
-    assert run.wait(timeout=120)["attempt"] == "second"
-    assert run.logs("rank-1").splitlines()[-1] == "second attempt"
-    assert [r.state for r in run.state().ranks] == ["succeeded", "succeeded"]
+    time.sleep(2)  # the nodes are back: the task is not scheduled again
+    assert sorted(p.name for p in (tmp_path / "marks").iterdir()) == ["0", "1"]
+    assert client.get_task(run.id, "rank-0").state == m.BatchTaskState.ACTIVE
+    assert "second attempt" not in run.logs()
 
 
 def test_a_distributed_run_on_an_rdma_size_gives_its_containers_infiniband(

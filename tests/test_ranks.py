@@ -8,7 +8,17 @@ from dataclasses import replace
 
 import pytest
 
-from batchmagic.backends.azure.ranks import APPLICATION, COORDINATION, lost_node, rank_statuses, this_attempt
+from batchmagic.backends.azure.ranks import (
+    APPLICATION,
+    COORDINATION,
+    SILENT_WHY,
+    RankWatch,
+    failed_instances,
+    rank_statuses,
+    requeue_causes,
+    tail_lines,
+    this_attempt,
+)
 from batchmagic.backends.base import TaskStatus, TaskSubmission
 from batchmagic.distributed import is_main, local_rank, node_rank, rank, rank_environment, thread_budget, world
 from batchmagic.protocol import NodeState, RankGroup, RankState, TaskError, TaskOutcome
@@ -80,25 +90,73 @@ def test_rank_statuses_from_the_nodes_states() -> None:
     assert ended["rank-0"].failure.startswith("stopped after") and ended["rank-2"].failure.startswith("its node never")
 
 
-def test_lost_node_and_the_coordination_command() -> None:
-    class Sub:
-        def __init__(self, state: str, code: int | None) -> None:
-            self.id, self.state, self.exit_code, self.failure_info = 1, state, code, None
-            self.node_info = type("Info", (), {"node_id": "tvm-b"})()
+def test_a_node_to_blame_is_the_cause_and_the_ranks_still_running_stopped_after_it() -> None:
+    """The task ended while ranks ran: the ranks of a node the primary found silent (its ``lost``) or whose
+    instance failed are the cause; the others, rank 0 included, stopped after its first rank."""
+    sub = TaskSubmission("r", "r", [f"rank-{k}" for k in range(4)], {}, "D2", 60, nodes=2, procs_per_node=2)
+    primary = NodeState(0, "tvm-a", "10.0.0.4", (RankState(0, 1.0, 11, code=-15, stopped=True, after=2),), lost=(1,))
+    primary = replace(primary, ranks=(*primary.ranks, RankState(1, 1.0, 12)))
+    other = NodeState(1, "tvm-b", "10.0.0.5", (RankState(2, 1.0, 13), RankState(3, 1.0, 14)), beat=7)
+    ended = TaskStatus("rank-0", "completed", 1, ended=4.0, failure="FailureExitCode: the task failed")
+    got = rank_statuses(sub, ended, [primary, other])
+    assert got["rank-2"].failure == got["rank-3"].failure == SILENT_WHY
+    assert got["rank-0"].failure == got["rank-1"].failure == "stopped after rank-2 failed"
+    why = rank_statuses(sub, ended, [replace(primary, lost=()), other], {1: "its node's part failed"})
+    assert why["rank-2"].failure == "its node's part failed" and why["rank-1"].failure == "stopped after rank-2 failed"
+    # No node to blame: the task's own words (never each rank's "another rank failed" with none failed).
+    bare = rank_statuses(sub, replace(ended, exit_code=None), [replace(primary, lost=()), other])
+    assert bare["rank-1"].failure == "FailureExitCode: the task failed"
 
-    assert lost_node([Sub("running", None)]) == ""
-    assert lost_node([Sub("completed", 137)]) == "node tvm-b (instance 1) of the run failed (exit code 137)"
+
+def test_failed_instances_name_the_node_and_the_coordination_command() -> None:
+    class Sub:
+        def __init__(self, state: str, code: int | None, node_id: str = "tvm-b") -> None:
+            self.id, self.state, self.exit_code, self.failure_info = 1, state, code, None
+            self.node_info = type("Info", (), {"node_id": node_id})()
+
+    assert failed_instances([Sub("running", None)], {0: "tvm-a", 1: "tvm-b"}, 2) == {}
+    ((why, _sub),) = failed_instances([Sub("completed", 137)], {0: "tvm-a", 1: "tvm-b"}, 2).values()
+    assert why == "its node's part of the task failed (exit code 137)"
+    sub = Sub("completed", 1)
+    sub.failure_info = type("Failure", (), {"code": "TaskEnded", "message": "the node rebooted"})()
+    assert failed_instances([sub], {1: "tvm-b"}, 2)[1][0].endswith("(exit code 1, TaskEnded: the node rebooted)")
+    # A node that never wrote its state: the one node without one.
+    assert list(failed_instances([Sub("completed", 1, "tvm-x")], {0: "tvm-a", 1: "tvm-b"}, 3)) == [2]
+    assert failed_instances([Sub("completed", 1, "tvm-x")], {0: "tvm-a"}, 3) == {}  # two without: unknown
+    assert tail_lines("a\n\nb\nc\nd\n") == "; its node said: b | c | d" and tail_lines("") == ""
     assert "--coordinate" in COORDINATION and "go" in APPLICATION and "code" in APPLICATION
+
+
+def test_the_client_finds_a_silent_node_by_its_own_clock() -> None:
+    watch = RankWatch()
+    beating = [NodeState(0, "a", "", beat=3), NodeState(1, "b", "", beat=5), NodeState(2, "c", "", beat=0)]
+    assert watch.silent(beating, 100.0) == []
+    assert watch.silent([replace(beating[0], beat=4), *beating[1:]], 105.0) == []
+    assert watch.silent([replace(beating[0], beat=9), *beating[1:]], 110.5) == [1]  # node 1 still at 5
+    assert watch.silent([None, replace(beating[1], done=True), beating[2]], 111.0) == []  # done, or no beat
+    assert watch.nodes == {0: "a", 1: "b", 2: "c"}
+    late = RankWatch()
+    late.silent(beating, 100.0)
+    assert late.silent(beating, 130.0) == []  # the client's own gap: the count starts again
+    assert late.silent(beating, 135.0) == []
+    assert late.silent(beating, 140.5) == [0, 1]
+
+
+def test_a_requeue_names_the_node_that_left() -> None:
+    nodes = {0: "tvm-a", 1: "tvm-b"}
+    assert list(requeue_causes(nodes, {"tvm-a": "running", "tvm-b": ""})) == [1]
+    assert requeue_causes(nodes, {"tvm-a": "rebooting", "tvm-b": "idle"})[0].endswith("its node is rebooting")
+    assert list(requeue_causes(nodes, {"tvm-a": "idle"})) == [0]  # none named: the primary's
 
 
 def test_the_primary_gives_up_on_a_node_that_never_starts(monkeypatch) -> None:
     group = RankGroup("r", nodes=3, procs_per_node=2, master_port=6105, specs=("",) * 6, states=("",) * 3)
     primary = supervisor.Supervisor(group, 0, "10.0.0.4", "10.0.0.4", "tvm-a")
     seen = [NodeState(1, "tvm-b", "10.0.0.5", (RankState(2, 1.0), RankState(3, 1.0)))]
-    assert primary._never_started(seen) is None  # within the deadline
+    assert primary._never_started(seen) == []  # within the deadline
     primary.born = time.monotonic() - supervisor.START_TIMEOUT - 1
-    assert primary._never_started(seen) == 4  # node 2's first rank
-    assert primary._never_started([*seen, NodeState(2, "tvm-c", "10.0.0.6")]) is None
+    assert primary._never_started(seen) == [2]
+    assert primary._never_started([*seen, NodeState(2, "tvm-c", "10.0.0.6")]) == []
 
 
 def test_node_ranks_put_the_primary_first_wherever_the_host_list_has_it() -> None:
@@ -181,10 +239,10 @@ def test_the_primary_reads_no_other_node_until_its_application_command_starts(tm
     primary = supervisor.Supervisor(group, 0, "10.0.0.4", "10.0.0.4", "tvm-a")
     primary.gate = tmp_path / supervisor.GO_FILE
     primary.born = time.monotonic() - supervisor.START_TIMEOUT - 1
-    assert primary.others() == [] and primary._never_started([]) is None
+    assert primary.others() == [] and primary._never_started([]) == []
     primary.gate.touch()
     assert primary.others() == [stale] and primary.gate is None
-    assert primary._never_started([]) is None  # the deadline starts now
+    assert primary._never_started([]) == []  # the deadline starts now
 
 
 def test_a_node_keeps_writing_its_first_state_until_the_store_takes_it(tmp_path, monkeypatch) -> None:

@@ -40,7 +40,14 @@ GREEN, RED, AMBER, BROWN, BLUE, GREY = "#2e7d32", "#c62828", "#e65100", "#6d4c41
 
 _COLOURS = {Phase.DONE: GREEN, Phase.FAILED: RED, Phase.CANCELLED: BROWN, Phase.RUNNING: BLUE}
 
-TASK_COLOURS = {"pending": "#cfd8dc", "running": "#42a5f5", "succeeded": "#66bb6a", "failed": "#ef5350"}
+#: A distributed run's rank "stopped" (ended because another failed) is grey: the one that failed stands out.
+TASK_COLOURS = {
+    "pending": "#cfd8dc",
+    "running": "#42a5f5",
+    "succeeded": "#66bb6a",
+    "failed": "#ef5350",
+    "stopped": "#90a4ae",
+}
 
 GRID_LIMIT = 2000  # tasks drawn in a grid; a bigger sweep shows its counts and the first ones
 

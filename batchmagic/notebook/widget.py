@@ -283,7 +283,7 @@ class StatusPanel:
             return
         with self._lock:
             task_state = self._task_state(task_id)
-            ended = task_state in ("succeeded", "failed")
+            ended = task_state in ("succeeded", "failed", "stopped")
             seen = self._texts.get(task_id, "")
             new = "" if task_id in self._ended else self._on_pick(task_id)
             if ended:

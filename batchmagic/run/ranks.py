@@ -18,7 +18,16 @@ from batchmagic.errors import RemoteError, RunFailed
 from batchmagic.protocol import TaskOutcome
 from batchmagic.run.state import LogRecord
 
-__all__ = ["STOPPED_AFTER", "RankFailure", "RankPrefixer", "blame", "failure_of", "label", "last_lines"]
+__all__ = [
+    "STOPPED_AFTER",
+    "RankFailure",
+    "RankPrefixer",
+    "blame",
+    "failure_of",
+    "label",
+    "last_lines",
+    "rank_row_state",
+]
 
 LAST_LINES = 3  # lines of the failed rank's log in the run's one-line error
 
@@ -61,6 +70,13 @@ class RankPrefixer:
         """The unfinished lines held back (the run has ended: they will not be finished), prefixed."""
         held, self._partial = list(self._partial.values()), {}
         return [replace(r, text=f"[{label(r.task_id)}] {r.text}") for r in sorted(held, key=lambda r: r.time)]
+
+
+def rank_row_state(state: str, status: TaskStatus | None) -> str:
+    """A rank's state in the panel: "stopped" for a rank that failed only because another did (its node's
+    supervisor or Batch ended it), so that the rank that failed of itself is the one row that says "failed"."""
+    stopped = status is not None and status.failure.startswith(STOPPED_AFTER)
+    return "stopped" if state == "failed" and stopped else state
 
 
 def last_lines(records: Iterable[LogRecord], count: int = LAST_LINES) -> list[str]:

@@ -37,7 +37,7 @@ from batchmagic.run.driver import Driver, Tick, sleep_between, thread_warnings
 from batchmagic.run.ledger import Ledger, LedgerRun
 from batchmagic.run.monitor import LogTail
 from batchmagic.run.names import kept_line, rebind
-from batchmagic.run.ranks import RankPrefixer
+from batchmagic.run.ranks import RankPrefixer, rank_row_state
 from batchmagic.run.state import GpuTracker, LogRecord, Phase, PhaseSpan, RankRow, RunState
 from batchmagic.run.sweep import task_ids_for
 from batchmagic.storage import BlobStore, unreachable
@@ -324,7 +324,9 @@ class Run:
         tasks = last.tasks if last is not None else {}
         lines = self._driver.last_lines
         return tuple(
-            RankRow(tid, state, tasks[tid].node if tid in tasks else "", lines.get(tid, ""))
+            RankRow(
+                tid, rank_row_state(state, tasks.get(tid)), tasks[tid].node if tid in tasks else "", lines.get(tid, "")
+            )
             for tid, state in zip(self.task_ids, states, strict=True)
         )
 

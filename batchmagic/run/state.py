@@ -180,7 +180,7 @@ class RankRow:
     """One rank of a distributed run, as the panel shows it."""
 
     task_id: str  # rank-<k>
-    state: str  # pending, running, succeeded or failed
+    state: str  # pending, running, succeeded, failed, or stopped (ended because another rank failed)
     node: str = ""
     last_line: str = ""  # the last line it printed
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import http.client
 import os
 import signal
 import socket
@@ -46,7 +47,7 @@ from pathlib import Path
 
 from batchmagic.channel import open_channel
 from batchmagic.distributed import rank_environment, thread_budget
-from batchmagic.protocol import NodeState, RankGroup, RankState, TaskSpec
+from batchmagic.protocol import HEARTBEAT, SILENT, NodeState, RankGroup, RankState, TaskSpec
 
 __all__ = ["main", "claim_node", "node_order"]
 
@@ -60,6 +61,9 @@ PUBLISH_PATIENCE = 60.0  # seconds a node keeps trying to write its first state 
 #: nodes' coordination commands start together, on clocks kept in step; a requeued attempt is minutes apart.
 ATTEMPT_SKEW = 30.0
 EXIT_RANK_FAILED = 1
+#: What a read or write of the store may raise: the network's errors, and http.client's own for a
+#: connection that broke mid-answer (not OSErrors: uncaught, they would kill the supervisor).
+STORAGE_ERRORS = (OSError, http.client.HTTPException)
 #: Seconds a node tries again to claim an address in use (the previous task's supervisor, not yet gone).
 CLAIM_PATIENCE = 10.0
 
@@ -244,6 +248,11 @@ class Supervisor:
         self.procs: dict[int, _Forked] = {}
         self.failed: int | None = None  # a rank seen failed (here or anywhere): the others are ended
         self.born = time.monotonic()
+        self.published = 0.0  # time.monotonic() of the last write of this node's state
+        #: The primary's view of the other nodes' heartbeats: node rank -> (its beat, when, on this node's
+        #: monotonic clock, that beat was first read). Only this node's clock measures a silence.
+        self.heard: dict[int, tuple[int, float]] = {}
+        self.looked = 0.0  # time.monotonic() of the last read of the other nodes' states
         #: On the primary started by its coordination command: a file whose presence says the application
         #: command has started, so every other node's coordination command has ended and written this
         #: attempt's state. Until then the other nodes' states may be an earlier attempt's: none is read.
@@ -280,10 +289,13 @@ class Supervisor:
             pause = min(pause * 2, 5.0)
 
     def publish(self) -> bool:
-        """Write this node's state to the store; False (and a line) when the store did not take it."""
+        """Write this node's state to the store, one heartbeat more; False (and a line) when the store did
+        not take it."""
+        self.state = replace(self.state, beat=self.state.beat + 1)
+        self.published = time.monotonic()
         try:
             open_channel(self.group.states[self.state.node_rank]).write(self.state.to_json())
-        except OSError as err:  # the ranks go on; the next change tries again
+        except STORAGE_ERRORS as err:  # the ranks go on; the next change or heartbeat tries again
             print(f"batchmagic: could not write this node's state: {err}", file=sys.stderr)
             return False
         return True
@@ -310,16 +322,30 @@ class Supervisor:
             if not self.gate.exists():
                 return []
             self.gate, self.born = None, time.monotonic()  # the start deadline counts from here
+        now = time.monotonic()
+        if now - self.looked > HEARTBEAT:  # this loop itself stalled (a slow store): no silence was seen
+            self.heard = {node: (beat, now) for node, (beat, _) in self.heard.items()}
+        found = self._read_others(primary)
+        self.looked = time.monotonic()
+        return found
+
+    def _read_others(self, primary: bool) -> list[NodeState]:
         found = []
         for node in range(self.group.nodes) if primary else [0]:
             if node == self.state.node_rank:
                 continue
             try:
                 state = NodeState.from_json(open_channel(self.group.states[node]).read())
-            except (OSError, ValueError, KeyError):
-                continue  # not written yet (that node has not started), or mid-write
+            except (*STORAGE_ERRORS, ValueError, KeyError):
+                # Not written yet (that node has not started), mid-write, or the store did not answer: nothing
+                # is known of that node now, so its silence is not counted against it.
+                if node in self.heard:
+                    self.heard[node] = (self.heard[node][0], time.monotonic())
+                continue
             if primary or state.since >= self.state.since - ATTEMPT_SKEW:
                 found.append(state)
+                if self.heard.get(node, (-1, 0.0))[0] != state.beat:
+                    self.heard[node] = (state.beat, time.monotonic())
             # else: the primary's state of an earlier attempt (the task was requeued). Every node's coordination
             # command, the primary's too, starts its supervisor when the task is scheduled, so this attempt's
             # supervisors start within moments of each other (either may be first); an earlier attempt's is
@@ -345,14 +371,16 @@ class Supervisor:
         """Until this node's ranks (on the primary: every rank) have ended; the supervisor's exit code."""
         primary = self.state.node_rank == 0
         while True:
-            if self.reap():
+            if self.reap() or time.monotonic() - self.published >= HEARTBEAT:
                 self.publish()
             others = self.others()
             if self.failed is None:
                 self.failed = next((r.rank for n in others for r in n.ranks if r.code not in (None, 0)), None)
             if self.failed is None and primary:
-                self.failed = self._never_started(others)
-                if self.failed is not None and primary:
+                lost = self._silent(others) or self._never_started(others)
+                if lost:  # their ranks are the cause: the readers blame them, and these stopped after them
+                    self.failed = lost[0] * self.group.procs_per_node
+                    self.state = replace(self.state, lost=tuple(lost))
                     self.publish()
             if self.failed is not None and not self.state.done:
                 self.stop()
@@ -364,15 +392,26 @@ class Supervisor:
                 return self._verdict(others)
             time.sleep(POLL)
 
-    def _never_started(self, others: list[NodeState]) -> int | None:
-        """Past START_TIMEOUT, the first rank of a node whose supervisor never wrote its state (it did not
-        start, or it died at once): the run cannot go on, and its ranks would wait for it in their first
-        collective for PyTorch's 30 minutes."""
+    def _never_started(self, others: list[NodeState]) -> list[int]:
+        """Past START_TIMEOUT, the nodes whose supervisor never wrote its state (it did not start, or it died
+        at once): the run cannot go on, and its ranks would wait for them in their first collective for
+        PyTorch's 30 minutes."""
         if self.gate is not None or time.monotonic() - self.born < START_TIMEOUT:
-            return None  # the other nodes' coordination commands may still run (a container starting)
+            return []  # the other nodes' coordination commands may still run (a container starting)
         seen = {n.node_rank for n in others} | {0}
-        missing = [node for node in range(self.group.nodes) if node not in seen]
-        return missing[0] * self.group.procs_per_node if missing else None
+        return [node for node in range(self.group.nodes) if node not in seen]
+
+    def _silent(self, others: list[NodeState]) -> list[int]:
+        """The nodes whose heartbeat has not moved for SILENT seconds (by this node's clock) while their
+        ranks run: hung (a frozen VM, a supervisor stopped) or lost with their VM. A node whose ranks have
+        all ended beats no more, and one whose supervisor does not beat (beat 0: an older one) is not
+        judged by it."""
+        now = time.monotonic()
+        return [
+            n.node_rank
+            for n in others
+            if not n.done and n.beat and now - self.heard.get(n.node_rank, (0, now))[1] > SILENT
+        ]
 
     def _remote_ranks(self) -> int:
         return (self.group.nodes - 1) * self.group.procs_per_node
@@ -381,6 +420,14 @@ class Supervisor:
         if self.failed is None:
             return 0
         where = next((n for n in [self.state, *others] for r in n.ranks if r.rank == self.failed), None)
+        if where is not None and where.node_rank in self.state.lost:
+            ranks = ", ".join(str(r.rank) for r in where.ranks)
+            print(
+                f"batchmagic: node {where.node_rank} ({where.node_id or where.address}), ranks {ranks}, went "
+                f"silent: no heartbeat for {SILENT:.0f} s (the node hung or was lost); the other ranks were ended",
+                file=sys.stderr,
+            )
+            return EXIT_RANK_FAILED
         if where is None:
             node = self.failed // self.group.procs_per_node
             print(

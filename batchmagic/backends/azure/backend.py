@@ -43,7 +43,20 @@ from batchmagic.backends.azure.calls import (
 from batchmagic.backends.azure.named_pools import AzurePools
 from batchmagic.backends.azure.nodeimages import NodeImage, SupportedImage, choose_node_image
 from batchmagic.backends.azure.poolspec import Pool, PoolRequest
-from batchmagic.backends.azure.ranks import as_multi_instance, batch_view, lost_node, rank_statuses, this_attempt
+from batchmagic.backends.azure.ranks import (
+    SILENT_WHY,
+    RankWatch,
+    a_rank_failed,
+    as_multi_instance,
+    batch_view,
+    failed_instances,
+    gone_causes,
+    primary_lost,
+    rank_statuses,
+    requeue_causes,
+    tail_lines,
+    this_attempt,
+)
 from batchmagic.backends.azure.status import AzureRun, value
 from batchmagic.backends.azure.vmsizes import gpus_for, vm_cores
 from batchmagic.backends.base import Backend, BackendStatus, NamedPools, TaskStatus, TaskSubmission
@@ -88,6 +101,7 @@ class AzureBackend(Backend, NamedPools):
         self._images: list[SupportedImage] | None = None  # the account's supported images, listed once
         self._named: dict[str, Pool] = {}  # named pools found by validate, for the submit that follows
         self._ranks: dict[str, TaskSubmission] = {}  # distributed runs: their ranks (Batch runs one task)
+        self._watches: dict[str, RankWatch] = {}  # distributed runs: what their polls keep (heartbeats...)
         self._warm: set[tuple[str, str, str]] = set()  # (pool, node, image) a task of ours ran on: pulled there
 
     @classmethod
@@ -308,6 +322,7 @@ class AzureBackend(Backend, NamedPools):
         if not submission.distributed:
             return None, submission
         self._ranks[submission.run_id] = submission
+        self._watches.setdefault(submission.run_id, RankWatch())
         return submission, batch_view(submission)
 
     def _upload_group(self, sub: TaskSubmission, expiry: datetime) -> str:
@@ -327,27 +342,108 @@ class AzureBackend(Backend, NamedPools):
         return self.store.url(Layout.group(sub.run_id), permissions="r", expiry=expiry)
 
     def _rank_status(self, sub: TaskSubmission, answer: BackendStatus) -> BackendStatus:
-        """The Batch task's status as the ranks': each from its node's state; a lost node ends the task."""
+        """The Batch task's status as the ranks': each from its node's state. A node lost, silent or failed
+        while the task runs (or a requeue of the task) ends the task at once, its ranks blamed; once the task
+        has ended, its instances are read once for a node whose part failed."""
         task = answer.tasks.get(sub.task_ids[0]) or TaskStatus(sub.task_ids[0])
+        watch, requeued = self._watches[sub.run_id], self._runs[sub.run_id].requeued.get(task.task_id)
+        if not watch.watching:  # an attached run may have been requeued before: that attempt is the one watched
+            watch.requeue, watch.watching = requeued, True
+        states = self._node_states(sub)
+        # Requeued while watched: the run ends, and what it shows is the attempt that was watched.
+        current = states if requeued != watch.requeue else this_attempt(states, requeued)
+        if not answer.error and task.state != "completed" and not watch.causes:
+            watch.causes.update(self._causes_while_running(sub, task, current, watch, requeued))
+            if watch.causes:
+                self._terminate(sub.run_id)
+                task = replace(task, state="completed", ended=time.time())
+        if task.state == "completed" and not watch.instances_read:
+            watch.instances_read = True
+            for node, why in self._causes_at_the_end(sub, task, current, watch).items():
+                watch.causes.setdefault(node, why)
+        tasks = rank_statuses(sub, task, current, watch.causes)
+        for k, rank in enumerate(tasks.values()):
+            node = k // sub.procs_per_node
+            if not rank.node and watch.nodes.get(node):
+                rank.node = f"{watch.nodes[node]} (node {node})"
+        # Finished when Batch's task is: the ranks end a moment before the primary's application command does,
+        # and until then the task holds its nodes (and, on containers, each node's container).
+        completed = len(tasks) if task.state == "completed" else 0
+        return replace(answer, tasks=tasks, completed=completed, changed=None)
+
+    def _node_states(self, sub: TaskSubmission) -> list[NodeState | None]:
         states: list[NodeState | None] = []
         for node in range(sub.nodes):
             try:
                 states.append(NodeState.from_json(self.store.get_bytes(Layout.node_state(sub.run_id, node))))
             except (KeyError, ValueError):
                 states.append(None)  # that node's supervisor has not started (or is mid-write)
-        error = answer.error
-        if not error and task.state == "running":
-            subtasks = self.calls.call(
-                lambda: list(self.client.list_subtasks(sub.run_id, task.task_id)), "read the nodes"
-            )
-            error = lost_node(subtasks)
-            if error:
-                self._terminate(sub.run_id)
-        tasks = rank_statuses(sub, task, this_attempt(states, self._runs[sub.run_id].requeued.get(task.task_id)))
-        # Finished when Batch's task is: the ranks end a moment before the primary's application command does,
-        # and until then the task holds its nodes (and, on containers, each node's container).
-        completed = len(tasks) if task.state == "completed" else 0
-        return replace(answer, tasks=tasks, completed=completed, changed=None, error=error)
+        return states
+
+    def _causes_while_running(
+        self,
+        sub: TaskSubmission,
+        task: TaskStatus,
+        states: list[NodeState | None],
+        watch: RankWatch,
+        requeued: float | None,
+    ) -> dict[int, str]:
+        """The nodes that end the run now (node rank -> why): the task requeued, a node the primary or this
+        client found silent, or a node whose instance failed."""
+        if requeued != watch.requeue:
+            return requeue_causes(watch.nodes, self._nodes_now(self._runs[sub.run_id].pool_id, watch))
+        found = primary_lost(states) | dict.fromkeys(watch.silent(states, time.monotonic()), SILENT_WHY)
+        if found or task.state != "running":
+            return found
+        return self._failed_instances(sub, task, watch)
+
+    def _causes_at_the_end(
+        self, sub: TaskSubmission, task: TaskStatus, states: list[NodeState | None], watch: RankWatch
+    ) -> dict[int, str]:
+        """Once the task has ended: the nodes whose instance failed; else, when it failed with no rank to
+        blame, the nodes that are gone (rebooting, left the pool) as it ended."""
+        found = self._failed_instances(sub, task, watch)
+        if found or task.exit_code in (0, None) or watch.causes or a_rank_failed(states):
+            return found
+        why = "the task ended as its node went: "
+        return gone_causes(watch.nodes, self._nodes_now(self._runs[sub.run_id].pool_id, watch), why)
+
+    def _failed_instances(self, sub: TaskSubmission, task: TaskStatus, watch: RankWatch) -> dict[int, str]:
+        """The nodes whose instance failed, each with the last lines of its ranks.txt (its supervisor's
+        output, in the subtask's directory on its node)."""
+        subtasks = self.calls.call(lambda: list(self.client.list_subtasks(sub.run_id, task.task_id)), "read the nodes")
+        out = {}
+        for node, (why, subtask) in failed_instances(subtasks, watch.nodes, sub.nodes).items():
+            out[node] = why + tail_lines(self._ranks_txt(subtask))
+            if subtask.node_info is not None:  # a node that never wrote its state is named by Batch's word
+                watch.nodes.setdefault(node, subtask.node_info.node_id or "")
+        return out
+
+    def _ranks_txt(self, subtask: Any) -> str:
+        """A subtask's ranks.txt, "" when it cannot be read (its node gone, the file in /tmp)."""
+        info = subtask.node_info
+        if info is None or not info.pool_id or not info.node_id:
+            return ""
+        path = f"{(info.task_root_directory or '').rstrip('/')}/ranks.txt"
+        try:
+            return b"".join(self.client.download_node_file(info.pool_id, info.node_id, path)).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - the reason is known without it
+            log.debug("could not read %s on node %s", path, info.node_id, exc_info=True)
+            return ""
+
+    def _nodes_now(self, pool_id: str, watch: RankWatch) -> dict[str, str]:
+        """Each watched node's state now (node id -> state, "" when it has left its pool)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        out = {}
+        for node_id in watch.nodes.values():
+            try:
+                out[node_id] = value(self.client.get_node(pool_id, node_id, select=["id", "state"]).state)
+            except ResourceNotFoundError:
+                out[node_id] = ""
+            except Exception:  # noqa: BLE001 - unknown: not named
+                log.debug("could not read node %s", node_id, exc_info=True)
+        return out
 
     def _status(self, run_id: str) -> BackendStatus:
         """Read the job and the tasks that changed; the pool and its nodes only while no task is on one."""

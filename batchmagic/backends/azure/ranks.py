@@ -21,13 +21,13 @@ Pure builders and readers: :class:`~batchmagic.backends.azure.backend.AzureBacke
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from batchmagic.backends.base import STOPPED_AFTER, TaskStatus, TaskSubmission, exit_reason
 from batchmagic.distributed import DEFAULT_SHM_SIZE, rank_id
-from batchmagic.protocol import NodeState
+from batchmagic.protocol import SILENT, NodeState
 
 __all__ = [
     "APPLICATION",
@@ -36,8 +36,15 @@ __all__ = [
     "CONTAINER_OPTIONS",
     "COORDINATION",
     "GROUP_FILE",
-    "lost_node",
+    "a_rank_failed",
+    "failed_instances",
+    "gone_causes",
+    "RankWatch",
     "rank_statuses",
+    "primary_lost",
+    "requeue_causes",
+    "SILENT_WHY",
+    "tail_lines",
     "this_attempt",
 ]
 
@@ -66,6 +73,10 @@ APPLICATION = "/bin/sh -c " + shlex.quote(
     'if [ -e "$d/code" ]; then exit "$(cat "$d/code")"; fi; '
     'echo "batchmagic: the primary node\'s supervisor ended without a verdict (killed?)" >&2; exit 1'
 )
+#: Why a silent node's ranks ended the run (the primary's supervisor or the client found its heartbeat still).
+SILENT_WHY = f"its node went silent: no heartbeat for {SILENT:.0f} s (the node hung, or was lost with its VM)"
+#: Lines of a failed node's ranks.txt (its supervisor's own output) the run's error carries.
+TAIL_LINES = 3
 #: Options of each node's container: the host's network and a large /dev/shm.
 CONTAINER_OPTIONS = f"--network host --shm-size {DEFAULT_SHM_SIZE}"
 
@@ -100,53 +111,158 @@ def this_attempt(states: Iterable[NodeState | None], requeued: float | None) -> 
     return [s if s is not None and s.since >= requeued else None for s in states]
 
 
+@dataclass
+class RankWatch:
+    """What the client keeps of a distributed run between its polls: the nodes' heartbeats as it read them
+    (node rank -> (beat, when first read, on the client's monotonic clock): the nodes' clocks are never
+    compared), the task's requeue time when it began to watch, the node ids the states named, and the nodes
+    found to have ended the run (node rank -> why)."""
+
+    heard: dict[int, tuple[int, float]] = field(default_factory=dict)
+    looked: float | None = None  # the client's clock at the last read of the states
+    requeue: float | None = None
+    watching: bool = False  # ``requeue`` is set: the first poll has been made
+    nodes: dict[int, str] = field(default_factory=dict)
+    causes: dict[int, str] = field(default_factory=dict)
+    instances_read: bool = False  # the subtasks were read once after the task ended
+
+    def silent(self, states: Iterable[NodeState | None], now: float) -> list[int]:
+        """The nodes whose heartbeat has stood still for :data:`SILENT` seconds while their ranks run. A gap
+        between the client's own reads longer than that (a laptop asleep, a slow store) judges no one: the
+        count starts again."""
+        if self.looked is not None and now - self.looked > SILENT:
+            self.heard = {node: (beat, now) for node, (beat, _) in self.heard.items()}
+        self.looked = now
+        out = []
+        for state in states:
+            if state is None:
+                continue
+            node = state.node_rank
+            self.nodes[node] = state.node_id or state.address
+            if state.done or not state.beat:  # ended, or a supervisor that does not beat (an older one)
+                continue
+            beat, since = self.heard.get(node, (-1, now))
+            if beat != state.beat:
+                self.heard[node] = (state.beat, now)
+            elif now - since > SILENT:
+                out.append(node)
+        return out
+
+
 def rank_statuses(
-    submission: TaskSubmission, task: TaskStatus, states: Iterable[NodeState | None]
+    submission: TaskSubmission,
+    task: TaskStatus,
+    states: Sequence[NodeState | None],
+    causes: Mapping[int, str] | None = None,
 ) -> dict[str, TaskStatus]:
     """Each rank's status from the Batch task's (``task``) and the nodes' states: pending until its node's
-    supervisor started it, then running, then completed with its code; a rank that never said it ended
-    takes the task's end (the primary ended it, or Batch did)."""
-    by_rank = {}
-    for state in states:
-        if state is None:
-            continue
-        for rank in state.ranks:
-            by_rank[rank.rank] = (state, rank)
+    supervisor started it, then running, then completed with its code. A rank that never said it ended takes
+    the task's end: the ranks of a node in ``causes`` (node rank -> why: lost, silent, its instance failed) or
+    in the primary's ``lost`` are the run's cause; the others stopped after the first of them."""
+    causes = primary_lost(states) | dict(causes or {})
+    ppn = submission.procs_per_node
+    first = min((node * ppn for node in causes), default=None)
+    by_rank = {rank.rank: (state, rank) for state in states if state is not None for rank in state.ranks}
     out = {}
     for k, tid in enumerate(submission.task_ids):
         status = TaskStatus(tid, state="pending")
         found = by_rank.get(k)
         if found is not None:
-            node, rank = found
-            status.node = f"{node.node_id or node.address} (node {node.node_rank})"
-            status.started = rank.started
-            status.state = "running"
-            if rank.code is not None:
-                status.state, status.exit_code, status.ended = "completed", rank.code, rank.ended
-                if rank.stopped and rank.after is not None:
-                    status.failure = f"{STOPPED_AFTER} {rank_id(rank.after)} failed"
-                else:
-                    status.failure = exit_reason(rank.code)
+            _started(status, *found)
         if task.state == "completed" and status.state != "completed":
             status.state, status.ended = "completed", task.ended
             status.exit_code = status.exit_code if status.exit_code is not None else task.exit_code
-            if found is None:  # its node's supervisor never wrote a state: it never started
-                status.failure = "its node never started it (see ranks.txt in that node's task directory)"
-            elif task.exit_code not in (0, None):
-                status.failure = f"{STOPPED_AFTER} another rank failed"
-            else:
-                status.failure = task.failure or "its node ended before it did (the primary ended, or Batch ended it)"
+            status.failure = _ended_with_task(task, found is not None, causes.get(k // ppn), first)
         out[tid] = status
     return out
 
 
-def lost_node(subtasks: Iterable[Any]) -> str:
-    """A subtask (a node other than the primary) that failed while the task runs: one line, else ""."""
+_NEVER = "its node never started it (see ranks.txt in that node's task directory)"
+
+
+def primary_lost(states: Sequence[NodeState | None]) -> dict[int, str]:
+    """The nodes the primary's supervisor ended the run for (node rank -> why): silent, or never started."""
+    primary = states[0] if states else None
+    return {
+        node: SILENT_WHY if node < len(states) and states[node] is not None else _NEVER
+        for node in (primary.lost if primary is not None else ())
+    }
+
+
+def _started(status: TaskStatus, node: NodeState, rank: Any) -> None:
+    status.node = f"{node.node_id or node.address} (node {node.node_rank})"
+    status.started = rank.started
+    status.state = "running"
+    if rank.code is not None:
+        status.state, status.exit_code, status.ended = "completed", rank.code, rank.ended
+        if rank.stopped and rank.after is not None:
+            status.failure = f"{STOPPED_AFTER} {rank_id(rank.after)} failed"
+        else:
+            status.failure = exit_reason(rank.code)
+
+
+def _ended_with_task(task: TaskStatus, started: bool, cause: str | None, first: int | None) -> str:
+    """Why a rank that never said it ended did: its node's cause, else it stopped after the first rank of a
+    node to blame, else (no node to blame) what the task says."""
+    if cause is not None:
+        return cause
+    if not started:
+        return _NEVER
+    if first is not None:
+        return f"{STOPPED_AFTER} {rank_id(first)} failed"
+    if task.exit_code not in (0, None):
+        return f"{STOPPED_AFTER} another rank failed"
+    return task.failure or "its node ended before it did (the primary ended, or Batch ended it)"
+
+
+def failed_instances(subtasks: Iterable[Any], nodes: Mapping[int, str], count: int) -> dict[int, tuple[str, Any]]:
+    """The instances (subtasks: the nodes other than the primary) that failed: node rank -> (why, the
+    subtask). A subtask names its node by id; ``nodes`` (node rank -> id, from the nodes' states) maps it to
+    its rank. A failed node that never wrote its state is not in ``nodes``: it is the one node of the
+    ``count`` without a state, when only one is."""
+    by_id = {node_id: rank for rank, node_id in nodes.items()}
+    missing = [rank for rank in range(1, count) if rank not in nodes]
+    out: dict[int, tuple[str, Any]] = {}
     for sub in subtasks:
         state = str(getattr(sub.state, "value", sub.state) or "")
-        if state == "completed" and (sub.exit_code or 0) != 0:
-            node = sub.node_info.node_id if sub.node_info is not None else f"instance {sub.id}"
-            info = sub.failure_info
-            why = f"{info.code}: {info.message}" if info is not None else f"exit code {sub.exit_code}"
-            return f"node {node} (instance {sub.id}) of the run failed ({why})"
-    return ""
+        if state != "completed" or (sub.exit_code or 0) == 0:
+            continue
+        node_id = sub.node_info.node_id if sub.node_info is not None else ""
+        rank = by_id.get(node_id, missing[0] if len(missing) == 1 else None)
+        if rank is None:
+            continue
+        info = sub.failure_info
+        why = f"exit code {sub.exit_code}"
+        if info is not None and info.code != "FailureExitCode":  # that one only says the exit code was not 0
+            why += f", {info.code}: {info.message}"
+        out[rank] = (f"its node's part of the task failed ({why})", sub)
+    return out
+
+
+def gone_causes(nodes: Mapping[int, str], node_states: Mapping[str, str], why: str) -> dict[int, str]:
+    """The run's nodes that are gone: node rank -> ``why`` and what became of its node (``node_states``: node
+    id -> its state now, "" when it is no longer in the pool); a node idle or running is not gone."""
+    return {
+        rank: why + (f"its node is {node_states[node_id]}" if node_states[node_id] else "its node left the pool")
+        for rank, node_id in sorted(nodes.items())
+        if node_id in node_states and node_states[node_id] not in ("idle", "running")
+    }
+
+
+def requeue_causes(nodes: Mapping[int, str], node_states: Mapping[str, str]) -> dict[int, str]:
+    """The task was requeued while the client watched (a node restarted or was removed; Batch would run every
+    instance again from the start): node rank -> why, for the nodes that are gone; the primary (node 0) when
+    none can be named."""
+    why = "Batch requeued the task to start every rank again: "
+    return gone_causes(nodes, node_states, why) or {0: why + "one of its nodes restarted or left the pool"}
+
+
+def a_rank_failed(states: Iterable[NodeState | None]) -> bool:
+    """Whether a node's state says one of its ranks failed of itself (not stopped after another)."""
+    return any(r.code not in (None, 0) and not r.stopped for s in states if s is not None for r in s.ranks)
+
+
+def tail_lines(text: str, count: int = TAIL_LINES) -> str:
+    """The last ``count`` non-empty lines of a node's ranks.txt, as one clause of the run's error."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()][-count:]
+    return f"; its node said: {' | '.join(lines)}" if lines else ""
