@@ -14,6 +14,7 @@ from batchmagic.backends.azure.ranks import (
     SILENT_WHY,
     RankWatch,
     failed_instances,
+    gone_causes,
     rank_statuses,
     requeue_causes,
     tail_lines,
@@ -147,6 +148,10 @@ def test_a_requeue_names_the_node_that_left() -> None:
     assert list(requeue_causes(nodes, {"tvm-a": "running", "tvm-b": ""})) == [1]
     assert requeue_causes(nodes, {"tvm-a": "rebooting", "tvm-b": "idle"})[0].endswith("its node is rebooting")
     assert list(requeue_causes(nodes, {"tvm-a": "idle"})) == [0]  # none named: the primary's
+    # Once the run has ended its auto pool lets every node go: only a node that broke is named then.
+    assert gone_causes(nodes, {"tvm-a": "leavingpool", "tvm-b": "rebooting"}, "", left=False) == {
+        1: "its node is rebooting"
+    }
 
 
 def test_the_primary_gives_up_on_a_node_that_never_starts(monkeypatch) -> None:

@@ -405,8 +405,9 @@ class AzureBackend(Backend, NamedPools):
         found = self._failed_instances(sub, task, watch)
         if found or task.exit_code in (0, None) or watch.causes or a_rank_failed(states):
             return found
-        why = "the task ended as its node went: "
-        return gone_causes(watch.nodes, self._nodes_now(self._runs[sub.run_id].pool_id, watch), why)
+        why = "Batch ended the task as its node went down: "
+        nodes = self._nodes_now(self._runs[sub.run_id].pool_id, watch, task.started)
+        return gone_causes(watch.nodes, nodes, why, left=False)
 
     def _failed_instances(self, sub: TaskSubmission, task: TaskStatus, watch: RankWatch) -> dict[int, str]:
         """The nodes whose instance failed, each with the last lines of its ranks.txt (its supervisor's
@@ -431,14 +432,17 @@ class AzureBackend(Backend, NamedPools):
             log.debug("could not read %s on node %s", path, info.node_id, exc_info=True)
             return ""
 
-    def _nodes_now(self, pool_id: str, watch: RankWatch) -> dict[str, str]:
-        """Each watched node's state now (node id -> state, "" when it has left its pool)."""
+    def _nodes_now(self, pool_id: str, watch: RankWatch, since: float | None = None) -> dict[str, str]:
+        """Each watched node's state now (node id -> state, "" when it has left its pool); "restarted" for a
+        node back up that booted after ``since`` (the task's start): it restarted under the task."""
         from azure.core.exceptions import ResourceNotFoundError
 
         out = {}
         for node_id in watch.nodes.values():
             try:
-                out[node_id] = value(self.client.get_node(pool_id, node_id, select=["id", "state"]).state)
+                node = self.client.get_node(pool_id, node_id, select=["id", "state", "lastBootTime"])
+                booted = node.last_boot_time.timestamp() if node.last_boot_time is not None else 0.0
+                out[node_id] = "restarted" if since is not None and booted > since else value(node.state)
             except ResourceNotFoundError:
                 out[node_id] = ""
             except Exception:  # noqa: BLE001 - unknown: not named

@@ -239,13 +239,25 @@ def failed_instances(subtasks: Iterable[Any], nodes: Mapping[int, str], count: i
     return out
 
 
-def gone_causes(nodes: Mapping[int, str], node_states: Mapping[str, str], why: str) -> dict[int, str]:
-    """The run's nodes that are gone: node rank -> ``why`` and what became of its node (``node_states``: node
-    id -> its state now, "" when it is no longer in the pool); a node idle or running is not gone."""
+#: A node's states (Batch's ``BatchNodeState``) that say it restarted or broke under its task.
+BROKEN = frozenset(
+    {"rebooting", "reimaging", "starting", "waitingforstarttask", "starttaskfailed", "unusable", "offline", "unknown"}
+    | {"restarted"}  # batchmagic's own word: back up, but booted after the task started
+)
+
+
+def gone_causes(
+    nodes: Mapping[int, str], node_states: Mapping[str, str], why: str, *, left: bool = True
+) -> dict[int, str]:
+    """The run's nodes that broke or are gone: node rank -> ``why`` and what became of its node (``node_states``:
+    node id -> its state now, "" when it is no longer in the pool). ``left``: a node that left the pool counts
+    (not once the run has ended: its auto pool then lets every node go)."""
+    counted = BROKEN | ({"", "leavingpool", "preempted"} if left else {"preempted"})
+    words = {"": "its node left the pool", "restarted": "its node restarted"}
     return {
-        rank: why + (f"its node is {node_states[node_id]}" if node_states[node_id] else "its node left the pool")
+        rank: why + words.get(node_states[node_id], f"its node is {node_states[node_id]}")
         for rank, node_id in sorted(nodes.items())
-        if node_id in node_states and node_states[node_id] not in ("idle", "running")
+        if node_states.get(node_id, "idle") in counted
     }
 
 
