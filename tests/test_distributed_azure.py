@@ -484,8 +484,13 @@ def test_a_requeued_run_ends_in_one_line_rather_than_starting_over(
     assert message.startswith(f"run {run.name}: rank 0 on {primary} (node 0) failed: Batch requeued the task"), message
     assert "its last lines: first attempt" in message
     assert [r.state for r in run.state().ranks] == ["failed", "succeeded"]
-    client.enable_node_scheduling(pool, other)
-    time.sleep(2)  # the nodes are back: the task is not scheduled again
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        client.enable_node_scheduling(pool, other)
+    except ResourceNotFoundError:
+        pass  # the run's end let its auto pool go already
+    time.sleep(2)  # the nodes are back (or gone): the task is not scheduled again
     assert sorted(p.name for p in (tmp_path / "marks").iterdir()) == ["0", "1"]
     assert client.get_task(run.id, "rank-0").state == m.BatchTaskState.ACTIVE
     assert "second attempt" not in run.logs()
