@@ -17,7 +17,6 @@ from __future__ import annotations
 import ast
 import io
 import re
-from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 __all__ = ["open", "read_bytes", "read_csv", "read_parquet", "grant", "az_paths"]
@@ -61,6 +60,8 @@ def _url(path: str) -> str:
             f"no read access to {path}: inside a run, write the az:// path literally in the cell (or pass it "
             "with --input); in the notebook, export AZURE_STORAGE_CONNECTION_STRING"
         )
+    from datetime import UTC, datetime, timedelta  # here: the runner imports this module for grant() only
+
     from batchmagic.storage import BlobStore
 
     signer = BlobStore.from_connection_string(connection, match.group(1), retries=settings.storage_retries)

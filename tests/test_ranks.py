@@ -3,6 +3,9 @@ to blame, each rank's status from the nodes' states, the node supervisor's start
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from dataclasses import replace
 
@@ -262,3 +265,34 @@ def test_a_node_keeps_writing_its_first_state_until_the_store_takes_it(tmp_path,
     monkeypatch.setattr(supervisor.time, "sleep", lambda seconds: None)
     node.start(tmp_path)
     assert answers == [] and [r.pid for r in node.state.ranks] == [42]
+
+
+def test_the_coordination_commands_arguments_are_read_as_argparse_reads_them() -> None:
+    """The node's own command line is read without argparse, to the same effect; any other form is argparse's."""
+    assert supervisor.parse_args(["--group", "g.json"]) == ("g.json", None)
+    assert supervisor.parse_args(["--group", "g.json", "--coordinate", "/d"]) == ("g.json", "/d")
+    assert supervisor.parse_args(["--coordinate=/d", "--group=g.json"]) == ("g.json", "/d")
+    with pytest.raises(SystemExit):
+        supervisor.parse_args(["--group", "--coordinate"])  # argparse: --group expects one argument
+    with pytest.raises(SystemExit):
+        supervisor.parse_args(["--coordinate", "/d"])  # argparse: --group is required
+
+
+def test_stop_kills_a_rank_that_sits_out_its_sigterm(tmp_path, monkeypatch) -> None:
+    """SIGTERM to each rank; SIGKILL, after GRACE, to one still running."""
+    ready = tmp_path / "ready"
+    deaf = (
+        "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    codes = ("import time; time.sleep(60)", deaf)
+    pids = [os.posix_spawn(sys.executable, [sys.executable, "-c", code], os.environ) for code in codes]
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    group = RankGroup("r", nodes=1, procs_per_node=2, master_port=6105, specs=("", ""), states=("",))
+    node = supervisor.Supervisor(group, 0, "10.0.0.4", "10.0.0.4", "tvm-a")
+    node.procs = {rank: supervisor._Forked(pid) for rank, pid in enumerate(pids)}
+    monkeypatch.setattr(supervisor, "GRACE", 0.5)
+    node.stop()
+    assert [proc.poll() for proc in node.procs.values()] == [-signal.SIGTERM, -signal.SIGKILL]

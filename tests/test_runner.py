@@ -467,6 +467,35 @@ def test_params_are_injected(tmp_path: Path) -> None:
     assert cloudpickle.loads(task.outcome().outputs["y"]) == 5.0
 
 
+#: What a runner imports only when its cell needs it (each costs a runner's start milliseconds of CPU): the
+#: pickler, an error's traceback, the GPU checks, a pool of threads to move files with, the command line's
+#: other forms (argparse), the client's logging and platform checks.
+NOT_AT_START = (
+    "argparse", "batchmagic.runner.gpu", "cloudpickle", "concurrent.futures", "logging", "platform", "subprocess",
+    "traceback",
+)  # fmt: skip
+
+
+def test_a_runner_imports_what_its_cell_needs_only_when_it_does(tmp_path: Path) -> None:
+    """A cell that receives plain values runs with none of NOT_AT_START imported; what it binds comes back
+    all the same (the pickler is imported then)."""
+    cell = f"import sys\nloaded = [m for m in {NOT_AT_START!r} if m in sys.modules]\ny = x * 2"
+    task = _prepare(tmp_path, cell, {"x": 8})
+    done = _run(task)
+    assert done.returncode == EXIT_OK, done.stderr
+    outputs = {name: cloudpickle.loads(data) for name, data in task.outcome().outputs.items()}
+    assert (outputs["loaded"], outputs["y"]) == ([], 16)
+
+
+def test_a_node_supervisor_imports_nothing_a_small_cell_does_without() -> None:
+    """The node supervisor imports the runner before it forks its ranks: not what a rank imports when its
+    cell needs it."""
+    code = "import sys, batchmagic.runner.ranks, batchmagic.runner.main; print(' '.join(sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(Path(batchmagic.__file__).resolve().parents[1])}  # this checkout's
+    done = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert not set(NOT_AT_START) & set(done.stdout.split())
+
+
 def test_spec_given_as_a_file_url(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "y = 1", {})
     done = subprocess.run(

@@ -13,14 +13,11 @@ not JSON), written by this client and read by its own runner.
 from __future__ import annotations
 
 import base64
-import logging
 import pickle
 import sys
 from typing import Any
 
 __all__ = ["kernel_backend", "plot_settings", "PlotSettings", "static_figures_note"]
-
-log = logging.getLogger("batchmagic.package.plots")
 
 #: Settings that describe this process, not how a figure looks.
 _NOT_LOOKS = frozenset(
@@ -44,7 +41,11 @@ def plot_settings() -> str:
     try:
         return base64.b64encode(pickle.dumps(settings, protocol=5)).decode("ascii")
     except Exception as err:  # a setting that does not pickle: figures look as the defaults make them
-        log.warning("the notebook's plot settings cannot travel (%s); remote figures use matplotlib's defaults", err)
+        import logging  # here: the runner imports this module to decode, and logging costs it 2 ms
+
+        logging.getLogger("batchmagic.package.plots").warning(
+            "the notebook's plot settings cannot travel (%s); remote figures use matplotlib's defaults", err
+        )
         return ""
 
 

@@ -24,7 +24,6 @@ import ast
 import base64
 import builtins
 import importlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import io
@@ -355,7 +354,9 @@ def _patch_ipython(module: ModuleType) -> None:
             sys.modules[name].clear_output = _clear_output  # type: ignore[attr-defined]
 
 
-class _PatchingLoader(importlib.abc.Loader):
+# The import hooks are plain classes with the methods the import system calls (importlib.abc's bases would
+# cost every runner 1.5 ms of imports).
+class _PatchingLoader:
     def __init__(self, loader: Any) -> None:
         self._loader = loader
 
@@ -370,7 +371,7 @@ class _PatchingLoader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _IPythonHook(importlib.abc.MetaPathFinder):
+class _IPythonHook:
     """Patches IPython's ``display`` the moment it is imported: no IPython import for cells without it."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
@@ -378,7 +379,7 @@ class _IPythonHook(importlib.abc.MetaPathFinder):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _PatchingLoader(spec.loader)
+            spec.loader = _PatchingLoader(spec.loader)  # type: ignore[assignment]  # a loader by its methods
         return spec
 
 

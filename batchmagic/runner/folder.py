@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from batchmagic.channel import child_url, open_channel
@@ -66,6 +65,8 @@ def upload_changed(
         if relative not in done:
             open_channel(child_url(folder.url, folder.prefix + relative)).upload_file(path)
         return relative, path.stat().st_size, sha256_file(path)
+
+    from concurrent.futures import ThreadPoolExecutor  # here: after the cell, not in every runner's start
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return tuple(pool.map(one, sorted(changed)))

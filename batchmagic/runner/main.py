@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import codecs
 import contextlib
@@ -10,22 +9,20 @@ import importlib
 import json
 import linecache
 import os
+import pickle
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
-import traceback
 import types
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import cloudpickle
+from typing import TYPE_CHECKING, Any
 
 from batchmagic import data
 from batchmagic.channel import Channel, open_channel
@@ -37,11 +34,13 @@ from batchmagic.runner import display as rich
 from batchmagic.runner import plots
 from batchmagic.runner.changes import as_received, changed_in_place
 from batchmagic.runner.folder import Snapshot, prepare_folder, upload_changed
-from batchmagic.runner.gpu import GpuSample, GpuSampler, preflight
 from batchmagic.runner.ipyshell import NoIPythonError, ipython_cell
 from batchmagic.runner.logsink import FdCapture, LogSink, TeeStream
 from batchmagic.runner.reap import become_subreaper, end_descendants
 from batchmagic.runner.transfer import fetch_inputs, upload_outputs
+
+if TYPE_CHECKING:
+    from batchmagic.runner.gpu import GpuSample, GpuSampler
 
 EXIT_OK = 0
 EXIT_CELL_ERROR = 1
@@ -106,6 +105,11 @@ class _SigtermHandler:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--spec" and not argv[1].startswith("-"):
+        return run_task(argv[1])  # as every backend starts it: no parser to build (2 ms of a runner's start)
+    import argparse  # any other form: its --help, its errors
+
     parser = argparse.ArgumentParser(prog="python -m batchmagic.runner", description=__doc__)
     parser.add_argument("--spec", required=True, help="path or URL of the task spec (JSON)")
     args = parser.parse_args(argv)
@@ -154,6 +158,7 @@ def warm_up() -> None:
     """Do once, in a warm worker before it forks runners, what every runner would do on first use: a
     forked runner then starts with it done (:func:`run_task`)."""
     codecs.lookup("cp437")  # zipfile reads the bundle's member names with it (an import on first use)
+    import cloudpickle  # noqa: F401 - a runner imports it when it pickles (see _collect)
 
 
 def run_task(where: str, *, raw_spec: bytes | None = None, bundle_copy: Path | None = None) -> int:
@@ -235,10 +240,13 @@ def _read_spec(where: str) -> bytes:
 def _run(spec: TaskSpec, log: LogSink) -> tuple[int, TaskOutcome]:
     os.environ.update(spec.env)  # --env: from the spec, never from the task definition
     # Before anything is downloaded: a GPU run whose container sees no GPU would run the cell on the CPU.
-    problem = preflight(spec.gpus, spec.machine)
-    if problem:
-        log.add("e", f"[batchmagic] {problem}\n")
-        return EXIT_PREFLIGHT, TaskOutcome(ok=False, phase="preflight", error=TaskError("GpuPreflight", problem))
+    if spec.gpus > 0:  # runner.gpu (nvidia-smi, its sampler) is imported by a runner that has GPUs only
+        from batchmagic.runner.gpu import preflight
+
+        problem = preflight(spec.gpus, spec.machine)
+        if problem:
+            log.add("e", f"[batchmagic] {problem}\n")
+            return EXIT_PREFLIGHT, TaskOutcome(ok=False, phase="preflight", error=TaskError("GpuPreflight", problem))
     # The runner's own files (bundle, sources, big objects) go in a directory of their own, removed at
     # the end: in the task's working directory, unless this user cannot write it (a runner started as
     # another user than the task's, who owns it): then the temp dir.
@@ -291,9 +299,7 @@ def _run_in(spec: TaskSpec, log: LogSink, cwd: str, workdir: Path) -> tuple[int,
     codes = rich.compile_cell(source, CELL_FILENAME, first_line=manifest.first_line)
     before = _place_files(spec, log, cwd)
 
-    # One sampler per node: the ranks of a distributed run share its GPUs, and its first rank samples them all.
-    sampling = spec.gpus > 0 and os.environ.get("LOCAL_RANK", "0") == "0"
-    sampler = GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start() if sampling else None
+    sampler = _gpu_sampler(spec, log)
     apply_state(_random_state(manifest, spec))  # the notebook's seeded generators, as if the cell ran there
     saved = sys.stdout, sys.stderr
     fds = FdCapture(log).__enter__()  # what C code and subprocesses write to fd 1/2 reaches the log too
@@ -375,12 +381,12 @@ def _namespace(reader: BundleReader, spec: TaskSpec, workdir: Path) -> dict[str,
         namespace[name] = importlib.import_module(module)
     for name in reader.manifest.values:
         with reader.open_value(name) as f:
-            namespace[name] = cloudpickle.load(f)
+            namespace[name] = pickle.load(f)  # noqa: S301 - the notebook's own values, checked by hash
     for name, obj in spec.objects.items():
         namespace[name] = _load_object(name, obj, workdir)
     data.grant(spec.grants)  # batchmagic.data reads az:// paths with the run's own SAS
     for name, text in spec.params.items():
-        namespace[name] = cloudpickle.loads(bytes.fromhex(text))
+        namespace[name] = pickle.loads(bytes.fromhex(text))  # noqa: S301 - the sweep's, in the run's spec
     return namespace
 
 
@@ -399,6 +405,8 @@ def _with_value(done: TaskOutcome, value: Any, namespace: dict[str, Any], receiv
     for name in (*done.outputs, *unchanged):
         if namespace.get(name) is value:
             return replace(done, value_name=name)
+    import cloudpickle  # see _collect
+
     try:
         pickled = cloudpickle.dumps(value, protocol=5)
     except Exception:  # a lock, a generator: what the notebook shows of it is the display already made
@@ -526,7 +534,7 @@ def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
     if _sha256_of(path) != obj.sha256:
         raise BundleError(f"the object holding `{name}` does not match its hash: it was altered or truncated")
     with open(path, "rb") as f:
-        value = cloudpickle.load(f)
+        value = pickle.load(f)  # noqa: S301 - checked against its hash above
     if path == copy:
         path.unlink()
     return value
@@ -535,6 +543,16 @@ def _load_object(name: str, obj: ObjectRef, workdir: Path) -> Any:
 def progress(log: LogSink) -> Callable[[str], None]:
     """Transfer progress travels as log records of their own stream, which the panel shows."""
     return lambda text: log.add("p", text)
+
+
+def _gpu_sampler(spec: TaskSpec, log: LogSink) -> GpuSampler | None:
+    """The GPUs' sampler, started: one per node (the ranks of a distributed run share its GPUs, and its first
+    rank samples them all); None without GPUs."""
+    if spec.gpus <= 0 or os.environ.get("LOCAL_RANK", "0") != "0":
+        return None
+    from batchmagic.runner.gpu import GpuSampler  # as the preflight's: a runner that has GPUs only
+
+    return GpuSampler(_gpu_progress(log), interval=spec.gpu_interval).start()
 
 
 def _gpu_progress(log: LogSink) -> Callable[[list[GpuSample]], None]:
@@ -558,9 +576,14 @@ def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, byt
     """Pickle each output separately, so one that can't travel doesn't sink the others."""
     outputs: dict[str, bytes] = {}
     skipped: dict[str, str] = {}
+    names = [name for name in names if name in namespace]
+    if not names:
+        return outputs, skipped
+    # Imported by a runner that pickles only: 5 ms of a runner's start that a cell that sends nothing back
+    # does without. Unpickling needs no import of it (cloudpickle.load is pickle.load).
+    import cloudpickle
+
     for name in names:
-        if name not in namespace:
-            continue
         value = namespace[name]
         if type(value).__module__.startswith("ipywidgets."):
             skipped[name] = "a widget cannot stay live after the remote cell ends; make it in a cell of its own"
@@ -588,12 +611,16 @@ def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool =
                 last = last.tb_next
     cls = type(err)
     name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    import traceback  # only when there is an error to describe
+
     return TaskError(name, str(err), tuple(traceback.format_exception(cls, err, tb)))
 
 
 def _where_terminated(err: _Terminated) -> TaskError:
     """Where the cell was when SIGTERM came: its own frames only (the signal may land in the runner's
     log writer or handler, which say nothing to the user)."""
+    import traceback  # as _describe's
+
     frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == CELL_FILENAME]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames), f"{err}\n"]
     return TaskError("Terminated", str(err), tuple(lines))

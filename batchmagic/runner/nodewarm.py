@@ -143,9 +143,7 @@ def _become(runner: ModuleType, request: dict[str, Any], fds: list[int], closing
     os.environ.update(request["env"])
     argv = list(request["argv"])
     sys.argv = [str(runner.__file__), *argv]
-    # The task's own command line is `--spec FILE`: run it without argparse (2 ms a runner), anything
-    # else as the command line would.
-    code: int = runner.run_task(argv[1]) if len(argv) == 2 and argv[0] == "--spec" else runner.main(argv)
+    code: int = runner.main(argv)  # the task's own `--spec FILE` is run without argparse (runner.main)
     return code
 
 

@@ -8,7 +8,6 @@ hook, as :func:`batchmagic.runner.display.install_ipython_hook` does for IPython
 from __future__ import annotations
 
 import base64
-import importlib.abc
 import importlib.machinery
 import io
 import sys
@@ -81,7 +80,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # the IHDR chunk
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:  # plain, as runner.display's hooks
     def __init__(self, loader: Any) -> None:
         self._loader = loader
 
@@ -96,7 +95,7 @@ class _Loader(importlib.abc.Loader):
         return getattr(self._loader, name)
 
 
-class _MatplotlibHook(importlib.abc.MetaPathFinder):
+class _MatplotlibHook:
     """Applies the settings right after ``import matplotlib``, before pyplot reads them."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
@@ -104,5 +103,5 @@ class _MatplotlibHook(importlib.abc.MetaPathFinder):
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path, target)
         if spec is not None and spec.loader is not None:
-            spec.loader = _Loader(spec.loader)
+            spec.loader = _Loader(spec.loader)  # type: ignore[assignment]  # a loader by its methods
         return spec

@@ -31,13 +31,11 @@ Standard library only, as the rest of the runner.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import http.client
 import os
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,7 +47,7 @@ from batchmagic.channel import open_channel
 from batchmagic.distributed import rank_environment, thread_budget
 from batchmagic.protocol import HEARTBEAT, SILENT, NodeState, RankGroup, RankState, TaskSpec
 
-__all__ = ["main", "claim_node", "node_order"]
+__all__ = ["main", "claim_node", "node_order", "parse_args"]
 
 POLL = 0.5  # seconds between looks at the ranks and the states
 GRACE = 3.0  # seconds a stopped rank has to write its result before SIGKILL
@@ -111,7 +109,8 @@ def _bind(host: str, port: int) -> tuple[socket.socket | None, bool]:
 
 
 class _Forked:
-    """A rank forked from the supervisor, with the part of ``Popen``'s interface the supervisor uses."""
+    """A rank forked from the supervisor, with the part of ``Popen``'s interface the supervisor uses (but
+    :meth:`wait` returns None at its timeout: the supervisor does without importing subprocess)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -136,11 +135,12 @@ class _Forked:
     def kill(self) -> None:
         self._signal(signal.SIGKILL)
 
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The rank's exit code once it has ended; None if it still runs after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
             if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("rank", timeout or 0)
+                return None
             time.sleep(0.02)
         return code
 
@@ -263,8 +263,10 @@ class Supervisor:
         threads = thread_budget(os.cpu_count() or 1, group.procs_per_node, os.environ)
         mine = range(node * group.procs_per_node, (node + 1) * group.procs_per_node)
         fetching = NodeFetch([group.specs[rank] for rank in mine], workdir)
-        import batchmagic.runner.main  # noqa: F401 - while the node's specs and bundle are read
+        from batchmagic.runner.main import warm_up  # while the node's specs and bundle are read
 
+        if group.procs_per_node > 1:
+            warm_up()  # what each rank would do on first use (cloudpickle's import), once for the node
         fetched = fetching.done()
         ranks = []
         for local in range(group.procs_per_node):
@@ -361,9 +363,7 @@ class Supervisor:
             proc.terminate()
         deadline = time.monotonic() + GRACE
         for proc in alive:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if proc.wait(max(0.0, deadline - time.monotonic())) is None:
                 proc.kill()
                 proc.wait()
 
@@ -511,7 +511,15 @@ def process_started() -> float:
         return 0.0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> tuple[str, str | None]:
+    """``--group PATH [--coordinate STATUS_DIR]``: the group's path and the status directory (None without).
+    The coordination command's own form is read as it is, without building argparse's parser (2 ms of a
+    node's start); any other form goes to argparse (its --help, its errors)."""
+    plain = len(argv) in (2, 4) and argv[0] == "--group" and argv[2:3] in ([], ["--coordinate"])
+    if plain and not any(value.startswith("-") for value in argv[1::2]):
+        return argv[1], argv[3] if len(argv) == 4 else None
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m batchmagic.runner.ranks", description=__doc__)
     parser.add_argument("--group", required=True, help="path of the run's group.json")
     parser.add_argument(
@@ -521,7 +529,12 @@ def main(argv: list[str] | None = None) -> int:
         "and watch them in the background (the primary's verdict goes to STATUS_DIR/code)",
     )
     args = parser.parse_args(argv)
-    group = RankGroup.from_json(Path(args.group).read_bytes())
+    return args.group, args.coordinate
+
+
+def main(argv: list[str] | None = None) -> int:
+    group_path, status_dir = parse_args(sys.argv[1:] if argv is None else argv)
+    group = RankGroup.from_json(Path(group_path).read_bytes())
     env = os.environ
     hosts = [h for h in env.get("AZ_BATCH_HOST_LIST", "").split(",") if h] or ["127.0.0.1"]
     primary = env.get("AZ_BATCH_IS_CURRENT_NODE_MASTER", "true") == "true"
@@ -531,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     node_id = env.get("AZ_BATCH_NODE_ID", "")
     supervisor = Supervisor(group, node_rank, hosts[node_rank], master, node_id, launched=process_started())
     workdir = Path(env.get("AZ_BATCH_TASK_WORKING_DIR") or os.getcwd())
-    if args.coordinate:
-        return coordinate(supervisor, workdir, Path(args.coordinate))
+    if status_dir:
+        return coordinate(supervisor, workdir, Path(status_dir))
     supervisor.start(workdir)
     return supervisor.watch()
 

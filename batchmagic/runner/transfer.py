@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from batchmagic.channel import child_url, open_channel
@@ -69,6 +68,8 @@ def fetch_inputs(
             done += size
         report()
 
+    from concurrent.futures import ThreadPoolExecutor  # in a runner that has files to move only (with logging: 3 ms)
+
     small = [f for f in files if f.size <= 8 << 20]
     large = [f for f in files if f.size > 8 << 20]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -100,6 +101,8 @@ def upload_outputs(
         relative, path = item
         open_channel(child_url(outputs.url, outputs.prefix + relative)).upload_file(path)
         return relative, path.stat().st_size
+
+    from concurrent.futures import ThreadPoolExecutor  # as fetch_inputs'
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         files = tuple(pool.map(one, matched.items()))
