@@ -469,10 +469,10 @@ def test_params_are_injected(tmp_path: Path) -> None:
 
 #: What a runner imports only when its cell needs it (each costs a runner's start milliseconds of CPU): the
 #: pickler, an error's traceback, the GPU checks, a pool of threads to move files with, the command line's
-#: other forms (argparse), the client's logging and platform checks.
+#: other forms (argparse), the client's logging. (Not platform: numpy imports it, and a runner imports numpy
+#: to set the notebook's seeded generators when this test process has imported it.)
 NOT_AT_START = (
-    "argparse", "batchmagic.runner.gpu", "cloudpickle", "concurrent.futures", "logging", "platform", "subprocess",
-    "traceback",
+    "argparse", "batchmagic.runner.gpu", "cloudpickle", "concurrent.futures", "logging", "subprocess", "traceback",
 )  # fmt: skip
 
 
