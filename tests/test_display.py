@@ -117,6 +117,12 @@ def test_no_execute_result(source: str) -> None:
     assert capture.outputs == []
 
 
+@pytest.mark.parametrize("source", ["x = 6\nx * 7\n", "x = 6; y = ';'\nx * 7  # ;\n"])
+def test_an_execute_result_whatever_semicolons_come_before_or_in_a_comment(source: str) -> None:
+    capture, _ = run_cell(source)
+    assert [output["data"]["text/plain"] for output in capture.outputs] == ["42"]
+
+
 def test_future_import_and_error_lines_point_at_the_cell() -> None:
     capture, _ = run_cell("from __future__ import annotations\ndef f(a: Undefined) -> int:\n    return 1\nf(0)\n")
     assert capture.outputs[0]["data"] == {"text/plain": "1"}
