@@ -167,6 +167,11 @@ def test_the_job_preparation_task_runs_on_every_node_before_the_coordination(cli
         if s.job_preparation_task_execution_info.exit_code == 0
     }
     assert ran == {n.id for n in client.list_nodes(pool)}
+    # The next task of the job waits for no preparation task: its subtask starts running.
+    client.create_task("prep", _multi("again", "true", '/bin/sh -c "sleep 1"'))
+    (sub,) = wait_for(lambda: list(client.list_subtasks("prep", "again")), 10)
+    assert sub.state == m.BatchSubtaskState.RUNNING and sub.previous_state is None
+    assert _done(client, "prep", "again").execution_info.result == m.BatchTaskExecutionResult.SUCCESS
 
 
 def test_a_failed_preparation_task_on_a_subtasks_node_sends_the_task_back_to_the_queue(client: Any, pool: str) -> None:

@@ -92,9 +92,11 @@ class MultiInstanceMixin(TasksMixin):
         wall = parse_duration(data["constraints"].get("maxWallClockTime"))
         nodes = [node, *task.extra_nodes]
         with self.lock:
-            # A subtask waiting for its node's job preparation task is "preparing", as the task is.
-            waiting = "preparing" if job.data.get("jobPreparationTask") else "running"
-            task.subtasks = self._subtask_entries(job, task, pool, nodes, waiting)
+            task.subtasks = self._subtask_entries(job, task, pool, nodes, "running")
+            for sub, sub_node in zip(task.subtasks, nodes[1:], strict=True):
+                if self._awaits_job_prep(job, sub_node):  # "preparing", as the reference's subtask states say
+                    sub["state"] = "preparing"
+                    del sub["startTime"]
         if not self._prepare_job_on_nodes(job, pool, nodes):
             with self.lock:
                 task.subtasks = []  # none ran: the task is back in the queue, as if never placed
@@ -149,6 +151,16 @@ class MultiInstanceMixin(TasksMixin):
             thread.join()
         return all(ok)
 
+    @staticmethod
+    def _awaits_job_prep(job: Job, node: Node) -> bool:
+        """Whether a task of ``job`` placed on ``node`` waits for the job's preparation task there (it has
+        not completed there, and the job's tasks wait for it: ``waitForSuccess``, true by default)."""
+        spec = job.data.get("jobPreparationTask")
+        if not spec or not spec.get("waitForSuccess", True):
+            return False
+        entry = job.prep_status.get(node.id)
+        return entry is None or entry["jobPreparationTaskExecutionInfo"].get("state") != "completed"
+
     def _subtask_entries(self, job: Job, task: Task, pool: Pool, nodes: list[Node], state: str) -> list[dict[str, Any]]:
         """The subtasks (every node but the primary) as ``subtasksinfo`` lists them, in ``state``."""
         rel = self.task_rel_dir(job.id, task.id)
@@ -190,12 +202,12 @@ class MultiInstanceMixin(TasksMixin):
             nodes = [node, *task.extra_nodes]
             settings = copy.deepcopy(task.data.get("multiInstanceSettings") or {})
             now = iso(self.now())
-            if task.subtasks and all(s["state"] == "preparing" for s in task.subtasks):
-                for sub in task.subtasks:  # their node's preparation task is done: they run
+            if any(s["state"] == "completed" for s in task.subtasks):  # a retry: every instance runs anew
+                task.subtasks = self._subtask_entries(job, task, pool, nodes, "running")
+            for sub in task.subtasks:
+                if sub["state"] == "preparing":  # its node's preparation task is done: it runs
                     sub["previousState"], sub["previousStateTransitionTime"] = "preparing", sub["stateTransitionTime"]
                     sub["state"], sub["stateTransitionTime"], sub["startTime"] = "running", now, now
-            else:
-                task.subtasks = self._subtask_entries(job, task, pool, nodes, "running")
             cores = vm_cores(str(pool.data.get("vmSize") or ""))
         shared = instance_environment([str(n.data["ipAddress"]) for n in nodes], cores)
         shared_dir = str(self.node_root(node.id) / self.task_rel_dir(job.id, task.id))  # the primary's
