@@ -16,10 +16,11 @@ import shutil
 import sys
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from batchmagic.channel import BlobChannel, Channel, FileChannel, atomic_write, open_channel
 from batchmagic.protocol import sha256_file
@@ -36,8 +37,27 @@ __all__ = [
     "BlobChannel",
     "open_channel",
     "check_container_name",
+    "read_at_once",
     "unreachable",
+    "READERS",
 ]
+
+#: Reads of small blobs made at once (a tick's logs, a distributed run's nodes' states): each is a round
+#: trip, so N of them one after another take N round trips (800 ranks: 800 GETs a tick).
+READERS = 16
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def read_at_once(read: Callable[[_T], _R], items: Sequence[_T], *, workers: int | None = None) -> list[_R]:
+    """``read(item)`` for each item, at most ``workers`` (:data:`READERS`) at a time, the answers in the
+    items' order; the first that raises is raised."""
+    workers = min(workers or READERS, len(items))
+    if workers <= 1:
+        return [read(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(read, items))
 
 
 def unreachable(err: BaseException) -> bool:

@@ -20,7 +20,7 @@ from batchmagic.backends.base import Backend, BackendStatus, TaskStatus
 from batchmagic.protocol import Progress
 from batchmagic.run.collect import status_from_store
 from batchmagic.run.cost import CostMeter
-from batchmagic.run.monitor import TAIL_FASTEST, TAIL_SLOWEST, Monitor
+from batchmagic.run.monitor import LIVE_RANKS, TAIL_FASTEST, TAIL_SLOWEST, Monitor
 from batchmagic.run.ranks import RankPrefixer
 from batchmagic.run.state import GpuTracker, LogRecord, Phase
 
@@ -66,12 +66,16 @@ class Driver:
         self._prefixer = RankPrefixer()
         self._line_parts: dict[str, str] = {}  # each rank's line printed so far (its end not yet arrived)
         self.ended_in_store = False  # attached to a run every task of which left its outcome in the store
+        self._told_live = False  # a distributed run's log said which ranks stream
 
     def monitoring(self) -> Monitor:
         """The run's monitor, made on first use."""
         if self.monitor is None:
-            # A single cell's log streams; a sweep's streams only for the tasks someone follows.
-            self.monitor = Monitor(self.backend, self.run_id, follow=() if self.sweep else self.task_ids)
+            # A single cell's log streams; a sweep's streams only for the tasks someone follows; a distributed
+            # run's for its first ranks, the others' last lines read a few a tick.
+            follow = () if self.sweep else self.task_ids[: LIVE_RANKS if self.world else None]
+            glimpse = self.task_ids[len(follow) :] if self.world else ()
+            self.monitor = Monitor(self.backend, self.run_id, follow, glimpse=glimpse)
         return self.monitor
 
     @property
@@ -86,6 +90,8 @@ class Driver:
         is being cancelled or torn down; the monitor makes no further call once it is set."""
         try:
             status, records = self.monitoring().tick(stopping)
+            if self.world:
+                self.last_lines.update(self.monitoring().read_last_lines(stopping))
         except Exception as err:
             if stopping is not None and stopping.is_set():
                 return None  # what failed is the run being ended: no poll error to count
@@ -116,6 +122,9 @@ class Driver:
             records = [r for r in records if r.output is None or r.task_id == self.task_ids[0]]
             self._note_last_lines(records)
             records = self._prefixer.apply(records)
+            if records and not self._told_live and self.world > LIVE_RANKS:
+                self._told_live = True
+                records.insert(0, LogRecord(records[0].time, "stderr", live_ranks_line(self.world)))
         return records
 
     def tail(self, phase: Phase) -> tuple[list[LogRecord], float]:
@@ -136,6 +145,8 @@ class Driver:
         if self.monitor is not None:
             while records := self.monitor.read_logs():
                 yield self.deliverable(records)
+            if self.world:
+                self.last_lines.update(self.monitor.glimpses.read_to_end(self.backend.store))
         if self.world and (unfinished := self._prefixer.flush()):
             yield unfinished  # the ranks' last lines that had no newline
 
@@ -185,6 +196,15 @@ class Driver:
             self._line_parts[record.task_id] = text.rsplit("\n", 1)[-1][-1000:]
             if lines := [line for line in text.splitlines() if line.strip()]:
                 self.last_lines[record.task_id] = lines[-1]
+
+
+def live_ranks_line(world: int) -> str:
+    """The first line of a distributed run's log that streams only some of its ranks: which, and where the
+    others' are."""
+    return (
+        f"[batchmagic] this log streams ranks 0-{LIVE_RANKS - 1} of {world}; every rank's: run.logs(), one "
+        "rank's: run.logs('rank-k') or the panel's rank log; each rank's last line is in its row\n"
+    )
 
 
 def sleep_between(

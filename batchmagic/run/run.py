@@ -40,7 +40,7 @@ from batchmagic.run.names import kept_line, rebind
 from batchmagic.run.ranks import RankPrefixer, rank_row_state
 from batchmagic.run.state import GpuTracker, LogRecord, Phase, PhaseSpan, RankRow, RunState
 from batchmagic.run.sweep import task_ids_for
-from batchmagic.storage import BlobStore, unreachable
+from batchmagic.storage import BlobStore, read_at_once, unreachable
 
 __all__ = ["Run", "OutputWarning", "LargeUploadWarning", "UpdateCallback"]
 
@@ -513,7 +513,8 @@ class Run:
     def log_records(self, task_id: str | None = None) -> Iterable[LogRecord]:
         """The task's log from the start, read a chunk at a time (a flood of output is never held whole)."""
         if task_id is None and self.world:
-            merged = [r for tid in self.task_ids for r in LogTail(self.log_key(tid), tid).read_all(self.store)]
+            logs = read_at_once(lambda tid: list(LogTail(self.log_key(tid), tid).read_all(self.store)), self.task_ids)
+            merged = [r for got in logs for r in got]
             prefixer = RankPrefixer()
             return prefixer.apply(sorted(merged, key=lambda r: r.time)) + prefixer.flush()
         tid = task_id or self.task_ids[0]
