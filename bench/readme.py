@@ -127,6 +127,20 @@ ROWS: list[tuple[str, str, str]] = [
         "{allreduce_busbw_ratio:.2f} (goal 0.9; each rank's OMP_NUM_THREADS shares the cores, as torchrun does)",
     ),
     (
+        "rank_polling",
+        "a distributed run's poll tick as its ranks grow (real multi-instance tasks on the Batch emulator and "
+        "Azurite, every rank printing): store reads a tick and the tick's wall time, now (the first 8 ranks' logs "
+        "stream, 16 other ranks' last lines a tick, everything read 16 at once) vs as before (every node's state "
+        "and every rank's log, one after another), also with a 20 ms round trip added to each read (Blob Storage "
+        "from a notebook; Azurite is on loopback)",
+        "4 ranks: {rank_poll_reads_4_ranks:.0f} reads vs {rank_poll_reads_before_4_ranks:.0f}; 16 ranks: "
+        "{rank_poll_reads_16_ranks:.0f} vs {rank_poll_reads_before_16_ranks:.0f}; 64 ranks (8 nodes x 8): "
+        "{rank_poll_reads_64_ranks:.0f} vs {rank_poll_reads_before_64_ranks:.0f}, a tick {rank_poll_ms_64_ranks:.0f} "
+        "ms vs {rank_poll_ms_before_64_ranks:.0f} ms, with a 20 ms round trip {rank_poll_far_ms_64_ranks:.0f} ms vs "
+        "{rank_poll_far_ms_before_64_ranks:.0f} ms. Reads a tick are the nodes + 8 + 16 at most (100 nodes x 8: "
+        "124, where it was 900, and 800 more between two polls); the walls are noisy (2 cores run the ranks too)",
+    ),
+    (
         "warm_start",
         "the local backend with its warm worker (runners forked from a process that has imported what the kernel "
         "has) vs without it vs run plainly in the kernel: a small scikit-learn cell (median of 5), a sweep "

@@ -28,7 +28,7 @@ from batchmagic.run.names import kept_line
 from batchmagic.run.ranks import blame, failure_of, last_lines
 from batchmagic.run.state import LogRecord, Phase
 from batchmagic.run.sweep import SweepRow, results_table
-from batchmagic.storage import Store
+from batchmagic.storage import Store, read_at_once
 
 if TYPE_CHECKING:
     from batchmagic.run.run import Run
@@ -239,16 +239,17 @@ def bring_back_files(run: Run, task_id: str, outcome: TaskOutcome) -> tuple[Task
 
 
 def status_from_store(store: Store, run_id: str, task_ids: list[str]) -> BackendStatus:
-    """A finished run as its stored outcomes tell it, for when the backend no longer knows it."""
-    tasks = {}
-    for tid in task_ids:
+    """A finished run as its stored outcomes tell it, for when the backend no longer knows it (read at once)."""
+
+    def one(tid: str) -> TaskStatus:
         try:
             outcome = TaskOutcome.from_bytes(store.get_bytes(Layout.result(run_id, tid)))
             code, started, ended = (0 if outcome.ok else 1), outcome.started, outcome.ended
         except KeyError:
             code, started, ended = None, None, None
-        tasks[tid] = TaskStatus(tid, "completed", exit_code=code, started=started, ended=ended)
-    return BackendStatus(phase=Phase.RUNNING, tasks=tasks)
+        return TaskStatus(tid, "completed", exit_code=code, started=started, ended=ended)
+
+    return BackendStatus(phase=Phase.RUNNING, tasks={task.task_id: task for task in read_at_once(one, task_ids)})
 
 
 def read_result(store: Store, run_id: str, task: TaskStatus) -> tuple[TaskOutcome | None, str]:
