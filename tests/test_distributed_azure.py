@@ -119,6 +119,23 @@ def test_an_error_on_one_rank_fails_the_run(azure_env: RunningEmulator, shell: A
     assert info.value.task_id == "rank-1" and "rank one is unhappy" in str(info.value)
 
 
+def test_a_rank_that_calls_sys_exit_fails_the_run_in_the_same_words(azure_env: RunningEmulator, shell: Any) -> None:
+    """``sys.exit(3)`` on rank 1: the run's line says "failed", why and its last lines, as any rank's failure
+    does, and the panel's rows tell the rank that failed from the one stopped after it."""
+    cell = (
+        "import os, sys, time\nprint('hello from', os.environ['RANK'], flush=True)\n"
+        "if os.environ['RANK'] == '1':\n    sys.exit(3)\ntime.sleep(60)"
+    )
+    with pytest.raises(RunFailed) as info:
+        shell.run_cell(f"%%azbatch --nodes 2 --distributed --name ex3\n{cell}")
+    message = str(info.value)
+    assert re.fullmatch(
+        r"run ex3: rank 1 on \S+ \(node 1\) failed: the cell called sys.exit\(3\); its last lines: hello from 1",
+        message,
+    ), message
+    assert [r.state for r in shell.user_ns["_azbatch"].state().ranks] == ["stopped", "failed"]
+
+
 def _rank_pids(run: Any) -> dict[int, int]:
     """Each rank's process, as its node's supervisor wrote it in the run's store."""
     pids = {}
@@ -260,6 +277,26 @@ def test_a_node_whose_coordination_command_fails_is_blamed_with_its_own_words(
     assert re.search(r"rank 1 on \S+ \(node 1\) failed: its node's part of the task failed \(exit code 1\)", message)
     assert "its node said: batchmagic: this node has none of the addresses of AZ_BATCH_HOST_LIST" in message
     assert [r.state for r in shell.user_ns["_azbatch"].state().ranks] == ["stopped", "failed"]
+
+
+def test_the_supervisors_survive_answers_cut_short(
+    emulator: RunningEmulator, azurite: RunningAzurite, monkeypatch: pytest.MonkeyPatch, home: Path, shell: Any
+) -> None:
+    """Storage answers the supervisors' reads of the nodes' states cut short (a connection that breaks
+    mid-body: http.client.IncompleteRead, which is no OSError): the supervisors read again on their next
+    look, and the run ends well, rather than the primary's supervisor dying and failing it."""
+    from tests.support.proxy import FaultyProxy
+
+    only = r"^GET /\S*/runs/\S*/nodes/\d+\.json\S* Python-urllib"  # the runner's reads of node states
+    with FaultyProxy("127.0.0.1", azurite.port, truncate=0.5, only=only) as proxy:
+        use_azure(monkeypatch, emulator, azurite, prefix="cut")
+        monkeypatch.setenv("BATCHMAGIC_BACKEND", "azure")
+        proxied = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", proxied)
+        cell = "import time\nfor i in range(15):\n    print('step', i, flush=True)\n    time.sleep(0.2)\ndone = 1"
+        shell.run_cell(f"%%azbatch --nodes 2 --distributed --out done\n{cell}")
+        assert shell.user_ns["done"] == 1
+        assert proxy.counts["truncated"] >= 2, proxy.counts
 
 
 def test_cancel_ends_every_rank(azure_env: RunningEmulator, shell: Any) -> None:

@@ -124,14 +124,14 @@ def failure_of(name: str, failed: RankFailure, lines: list[str], exit_line: Call
     naming it), else one line naming the rank, its node, why and its last lines."""
     outcome = failed.outcome
     who = label(failed.task_id) + (f" on {failed.status.node}" if failed.status.node else "")
+    tail = f"; its last lines: {' | '.join(lines)}" if lines else "; it printed nothing"
     if outcome is not None and not failed.failure and not outcome.ok and outcome.error is not None:
         if outcome.phase == "cell":
             err = outcome.error
             return RemoteError(err.type, err.message, list(err.traceback), failed.task_id)
-        if outcome.phase == "exit":
-            return RunFailed(f"run {name}: {who} {exit_line(outcome)}")
+        if outcome.phase == "exit":  # as any other failure's line: the rank, why, and what it printed last
+            return RunFailed(f"run {name}: {who} failed: {exit_line(outcome)}{tail}")
     why = failed.failure or failed.status.failure or _why(failed)
-    tail = f"; its last lines: {' | '.join(lines)}" if lines else "; it printed nothing"
     return RunFailed(f"run {name}: {who} failed: {why}{tail}")
 
 

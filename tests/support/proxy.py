@@ -1,6 +1,7 @@
 """A loopback HTTP proxy that drops connections: in front of Azurite (or any HTTP service), it resets a
 share of requests before forwarding them and a share after the service answered (the client never sees
-the answer of a call that happened).
+the answer of a call that happened), and cuts a share of answers short mid-body (the client reads fewer
+bytes than the answer's Content-Length: ``http.client.IncompleteRead``, which is not an OSError).
 
 Examples
 --------
@@ -32,15 +33,20 @@ class FaultyProxy:
         reset_after: float = 0.0,
         seed: int = 1,
         exempt: str = "",
+        truncate: float = 0.0,
+        only: str = "",
     ) -> None:
-        """``exempt``: a regular expression of ``METHOD path`` never faulted."""
+        """``exempt``: a regular expression of ``METHOD path`` never faulted; ``only``: one of
+        ``METHOD path User-Agent`` that a request must match to be faulted."""
         self.target = (host, port)
         self.reset_before = reset_before
         self.reset_after = reset_after
+        self.truncate = truncate
+        self.only = re.compile(only) if only else None
         self.random = random.Random(seed)
         self.exempt = re.compile(exempt) if exempt else None
         self.lock = threading.Lock()
-        self.counts = {"forwarded": 0, "reset-before": 0, "reset-after": 0}
+        self.counts = {"forwarded": 0, "reset-before": 0, "reset-after": 0, "truncated": 0}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,6 +67,9 @@ class FaultyProxy:
                     draw = proxy.random.random()
                 if proxy.exempt is not None and proxy.exempt.search(f"{self.command} {self.path}"):
                     draw = 1.0
+                agent = self.headers.get("User-Agent", "")
+                if proxy.only is not None and not proxy.only.search(f"{self.command} {self.path} {agent}"):
+                    draw = 1.0
                 if draw < proxy.reset_before:
                     proxy._count("reset-before")
                     self._reset()
@@ -75,7 +84,8 @@ class FaultyProxy:
                     proxy._count("reset-after")
                     self._reset()
                     return
-                proxy._count("forwarded")
+                cut = len(payload) > 1 and draw < proxy.reset_before + proxy.reset_after + proxy.truncate
+                proxy._count("truncated" if cut else "forwarded")
                 self.send_response(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in ("connection", "transfer-encoding", "content-length"):
@@ -83,7 +93,9 @@ class FaultyProxy:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    self.wfile.write(payload[: len(payload) // 2] if cut else payload)
+                if cut:
+                    self.close_connection = True
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _serve
 

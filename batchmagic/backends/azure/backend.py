@@ -392,13 +392,29 @@ class AzureBackend(Backend, NamedPools):
         self, sub: TaskSubmission, task: TaskStatus, states: list[NodeState | None], watch: RankWatch
     ) -> dict[int, str]:
         """Once the task has ended: the nodes whose instance failed; else, when it failed with no rank to
-        blame, the nodes that are gone (rebooting, left the pool) as it ended."""
+        blame, the nodes that are gone (rebooting, left the pool) as it ended; else the primary's own part
+        (its supervisor's words: the application command's stderr)."""
         found = self._failed_instances(sub, task, watch)
         if found or task.exit_code in (0, None) or watch.causes or a_rank_failed(states):
             return found
         why = "Batch ended the task as its node went down: "
         nodes = self._nodes_now(self._runs[sub.run_id].pool_id, watch, task.started)
-        return gone_causes(watch.nodes, nodes, why, left=False)
+        found = gone_causes(watch.nodes, nodes, why, left=False)
+        if found:
+            return found
+        said = self._task_file(sub.run_id, task.task_id, "stderr.txt")
+        return {
+            0: f"its node's part of the task failed ({task.failure or f'exit code {task.exit_code}'})"
+            + tail_lines(said)
+        }
+
+    def _task_file(self, run_id: str, task_id: str, path: str) -> str:
+        """A file of the task's directory on the primary, "" when it cannot be read."""
+        try:
+            return b"".join(self.client.download_task_file(run_id, task_id, path)).decode(errors="replace")
+        except Exception:  # noqa: BLE001 - the reason is known without it
+            log.debug("could not read %s of task %s", path, task_id, exc_info=True)
+            return ""
 
     def _failed_instances(self, sub: TaskSubmission, task: TaskStatus, watch: RankWatch) -> dict[int, str]:
         """The nodes whose instance failed, each with the last lines of its ranks.txt (its supervisor's

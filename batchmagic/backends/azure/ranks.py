@@ -160,9 +160,12 @@ def rank_statuses(
     the task's end: the ranks of a node in ``causes`` (node rank -> why: lost, silent, its instance failed) or
     in the primary's ``lost`` are the run's cause; the others stopped after the first of them."""
     causes = primary_lost(states) | dict(causes or {})
+    if task.state == "completed":  # a node that never wrote its state never started its ranks: a cause too
+        causes = {node: _NEVER for node, state in enumerate(states) if state is None} | causes
     ppn = submission.procs_per_node
     first = min((node * ppn for node in causes), default=None)
     by_rank = {rank.rank: (state, rank) for state in states if state is not None for rank in state.ranks}
+    failed = a_rank_failed(states)
     out = {}
     for k, tid in enumerate(submission.task_ids):
         status = TaskStatus(tid, state="pending")
@@ -172,7 +175,7 @@ def rank_statuses(
         if task.state == "completed" and status.state != "completed":
             status.state, status.ended = "completed", task.ended
             status.exit_code = status.exit_code if status.exit_code is not None else task.exit_code
-            status.failure = _ended_with_task(task, found is not None, causes.get(k // ppn), first)
+            status.failure = _ended_with_task(task, found is not None, causes.get(k // ppn), first, failed)
         out[tid] = status
     return out
 
@@ -201,18 +204,22 @@ def _started(status: TaskStatus, node: NodeState, rank: Any) -> None:
             status.failure = exit_reason(rank.code)
 
 
-def _ended_with_task(task: TaskStatus, started: bool, cause: str | None, first: int | None) -> str:
+def _ended_with_task(task: TaskStatus, started: bool, cause: str | None, first: int | None, failed: bool) -> str:
     """Why a rank that never said it ended did: its node's cause, else it stopped after the first rank of a
-    node to blame, else (no node to blame) what the task says."""
+    node to blame, or after the rank that failed of itself (``failed``), else what the task says."""
     if cause is not None:
         return cause
     if not started:
         return _NEVER
     if first is not None:
         return f"{STOPPED_AFTER} {rank_id(first)} failed"
-    if task.exit_code not in (0, None):
+    if failed and task.exit_code not in (0, None):
         return f"{STOPPED_AFTER} another rank failed"
-    return task.failure or "its node ended before it did (the primary ended, or Batch ended it)"
+    if task.failure:
+        return task.failure
+    if task.exit_code not in (0, None):
+        return f"the task ended with exit code {task.exit_code} (its stderr.txt on the primary node says why)"
+    return "its node ended before it did (the primary ended, or Batch ended it)"
 
 
 def failed_instances(subtasks: Iterable[Any], nodes: Mapping[int, str], count: int) -> dict[int, tuple[str, Any]]:
