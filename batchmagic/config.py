@@ -26,7 +26,7 @@ from batchmagic.settings import (
     DEFAULT_MAX_NODES,
     DEFAULT_MAX_TASKS,
     DEFAULT_SHIP_LIMIT,
-    DEFAULT_STORAGE_RETRIES,
+    DEFAULT_STORAGE_PATIENCE,
     DEFAULT_STORE_LIMIT,
     DEFAULT_VM_SIZE,
     SETTINGS,
@@ -271,7 +271,7 @@ class Settings:
     input_concurrency: int = DEFAULT_INPUT_CONCURRENCY
     max_tasks: int = DEFAULT_MAX_TASKS
     max_nodes: int = DEFAULT_MAX_NODES
-    storage_retries: int = DEFAULT_STORAGE_RETRIES  # the Blob Storage client's retries of one request
+    storage_patience: float = DEFAULT_STORAGE_PATIENCE  # seconds the Blob Storage client backs off over a request
     docker_host: str = ""
     region: str = ""  # the Batch account's region, for prices; "" -> from the endpoint's host name
     # AzBatch.prices: a prices file's path, or the prices as JSON text (see batchmagic.backends.azure.prices)
@@ -357,6 +357,12 @@ def _from_variable(setting: Setting) -> Any:
         return default_home()
     if setting.kind == "count":
         return _positive(setting.variable, int(str(setting.default)))
+    if setting.kind == "duration":
+        raw = os.environ.get(setting.variable, "").strip() or str(setting.default)
+        try:
+            return parse_timeout(raw)
+        except ConfigError:
+            raise ConfigError(f"{setting.variable}={raw!r} is not a duration: write it like 20s or 2m") from None
     if setting.kind == "port":
         return check_port(_positive(setting.variable, int(str(setting.default))), setting.variable)
     if setting.kind == "size":

@@ -64,7 +64,7 @@ def _url(path: str) -> str:
 
     from batchmagic.storage import BlobStore
 
-    signer = BlobStore.from_connection_string(connection, match.group(1), retries=settings.storage_retries)
+    signer = BlobStore.from_connection_string(connection, match.group(1), patience=settings.storage_patience)
     expiry = datetime.now(UTC) + timedelta(hours=1)
     return signer.blob_url_in(match.group(1), match.group(2), permissions="r", expiry=expiry)
 

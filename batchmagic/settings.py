@@ -32,7 +32,7 @@ __all__ = [
     "DEFAULT_SHIP_LIMIT",
     "DEFAULT_BRING_BACK_LIMIT",
     "DEFAULT_STORE_LIMIT",
-    "DEFAULT_STORAGE_RETRIES",
+    "DEFAULT_STORAGE_PATIENCE",
     "reference_table",
     "render_reference",
 ]
@@ -45,7 +45,9 @@ DEFAULT_LOG_LINES = 10_000  # AzBatch.log_lines: the most lines of a run's log a
 DEFAULT_SHIP_LIMIT = 200_000_000  # bytes a cell ships from the notebook's folder by naming files
 DEFAULT_BRING_BACK_LIMIT = 200_000_000  # bytes of the files a cell wrote that come back by themselves
 DEFAULT_STORE_LIMIT = 20_000_000_000  # bytes the local run store keeps before it trims its oldest data
-DEFAULT_STORAGE_RETRIES = 4  # the Blob Storage client's retries of one request: about 20 s, 1-3-5-9 s apart
+#: Seconds the Blob Storage client backs off over its retries of a request that found no one listening:
+#: about 3, 5 and 9 (with jitter).
+DEFAULT_STORAGE_PATIENCE = 17.0
 
 #: What a setting's value is: how its variable is read, its trait made, its trait's value checked.
 KINDS = {
@@ -194,12 +196,11 @@ SETTINGS: tuple[Setting, ...] = (
             "The most tasks a sweep may have.", trait=False),
     Setting("max_nodes", "count", "BATCHMAGIC_MAX_NODES", DEFAULT_MAX_NODES, "`100`",
             "The most --nodes a run may ask for (Batch's API does not tell the account's quota).", trait=False),
-    Setting("storage_retries", "count", "BATCHMAGIC_STORAGE_RETRIES", DEFAULT_STORAGE_RETRIES,
-            f"`{DEFAULT_STORAGE_RETRIES}`",
-            "How many times this machine's Blob Storage client tries a request again that got no answer, backing "
-            "off about 1, 3, 5, 9 s (with jitter), before a read or write says storage does not answer: then a "
-            "finished run, batchmagic logs and the panel try again on their own (see docs/reliability.md). Fewer "
-            "answers sooner through an outage.", trait=False),
+    Setting("storage_patience", "duration", "BATCHMAGIC_STORAGE_PATIENCE", "17s", "`17s`",
+            "About how long this machine's Blob Storage client backs off over its retries of a request that found "
+            "no one listening (3, 5 and 9 s apart, with jitter, at 17s; shorter in proportion), before a read or "
+            "write says storage does not answer: then a finished run, batchmagic logs and the panel try again on "
+            "their own (see docs/reliability.md).", trait=False),
     Setting("docker_host", "text", "DOCKER_HOST", "", "the engine's default socket",
             "The Docker engine training images are built with (the docker SDK's own variable).", trait=False),
 )  # fmt: skip

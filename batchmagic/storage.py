@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from batchmagic.channel import BlobChannel, Channel, FileChannel, atomic_write, open_channel
 from batchmagic.protocol import sha256_file
-from batchmagic.settings import DEFAULT_STORAGE_RETRIES
+from batchmagic.settings import DEFAULT_STORAGE_PATIENCE
 
 log = logging.getLogger("batchmagic.storage")
 
@@ -304,13 +304,19 @@ class BlobStore(Store):
 
     @classmethod
     def from_connection_string(
-        cls, connection_string: str, container: str, *, retries: int = DEFAULT_STORAGE_RETRIES, **client_options: Any
+        cls,
+        connection_string: str,
+        container: str,
+        *,
+        patience: float = DEFAULT_STORAGE_PATIENCE,
+        **client_options: Any,
     ) -> BlobStore:
-        """A store on ``container`` of the account ``connection_string`` names; ``retries``: how many times the
-        client tries a request again that got no answer (``Settings.storage_retries``)."""
+        """A store on ``container`` of the account ``connection_string`` names; ``patience``: about how many
+        seconds the client backs off over its retries of a request that got no answer
+        (``Settings.storage_patience``)."""
         from azure.storage.blob import BlobServiceClient
 
-        options = {**_client_options(retries), **client_options}
+        options = {**_client_options(patience), **client_options}
         service = BlobServiceClient.from_connection_string(connection_string, **options)
         key = service.credential.account_key if service.credential is not None else None
         return cls(service.get_container_client(check_container_name(container)), account_key=key)
@@ -322,14 +328,14 @@ class BlobStore(Store):
         container: str,
         credential: Any,
         *,
-        retries: int = DEFAULT_STORAGE_RETRIES,
+        patience: float = DEFAULT_STORAGE_PATIENCE,
         **client_options: Any,
     ) -> BlobStore:
-        """A store on ``container`` at ``account_url`` signed in with ``credential`` (``retries``: as
+        """A store on ``container`` at ``account_url`` signed in with ``credential`` (``patience``: as
         :meth:`from_connection_string`)."""
         from azure.storage.blob import BlobServiceClient
 
-        options = {**_client_options(retries), **client_options}
+        options = {**_client_options(patience), **client_options}
         service = BlobServiceClient(account_url, credential=credential, **options)
         return cls(service.get_container_client(check_container_name(container)), credential=credential)
 
@@ -516,10 +522,17 @@ class BlobStore(Store):
         return f"{self._container.url}"
 
 
-def _client_options(retries: int) -> dict[str, Any]:
-    """Retries for someone waiting at a notebook: a few, seconds apart (the SDK's default backs off for
-    about a minute and a half before it says the account cannot be reached); the callers' own patience
-    (a run's collect, ``batchmagic logs``) takes over from there."""
+def _client_options(patience: float) -> dict[str, Any]:
+    """Retries for someone waiting at a notebook: a few, seconds apart (a connection refused is retried 3
+    times, 3, 5 and 9 s apart with jitter at the default ``patience`` of 17 s, in proportion otherwise; the
+    SDK's default backs off for about a minute and a half before it says the account cannot be reached);
+    the callers' own patience (a run's collect, ``batchmagic logs``) takes over from there."""
     from azure.storage.blob import ExponentialRetry
 
-    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries)}
+    scale = patience / DEFAULT_STORAGE_PATIENCE
+
+    class Patient(ExponentialRetry):
+        def get_backoff_time(self, settings: dict[str, Any]) -> float:
+            return float(super().get_backoff_time(settings)) * scale
+
+    return {"retry_policy": Patient(initial_backoff=1, increment_base=2, retry_total=4)}

@@ -271,7 +271,7 @@ def test_storage_that_stops_answering_is_one_line(azure_env, shell, tmp_path, mo
 
     with start_azurite(tmp_path / "doomed") as doomed:  # its own: the session's Azurite serves other tests
         monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", doomed.connection_string)
-        monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")  # the default's 4 retries take about 20 s a request
+        monkeypatch.setenv("BATCHMAGIC_STORAGE_PATIENCE", "2s")  # the default's retries take about 17 s a request
         magics = shell.magics_manager.registry["AzBatch"]
         backend = magics.session.backend("azure", home=magics.home, **magics.backend_config())
         backend.check_access()  # the preflight passed...

@@ -94,6 +94,9 @@ def test_runs_complete_through_a_proxy_that_resets_storage_connections(tmp_path,
         use_azure(monkeypatch, emu, azurite, prefix="proxy")
         proxied = azurite.connection_string.replace(f":{azurite.port}/", f":{proxy.port}/")
         monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", proxied)
+        # As many retries of each request, backing off a tenth as long: some twenty resets cost 2 s each with
+        # the default's back-off (17s), 30 s of the test
+        monkeypatch.setenv("BATCHMAGIC_STORAGE_PATIENCE", "2s")
         assert f"127.0.0.1:{proxy.port}/{ACCOUNT}" in proxied
         session = Session()
         try:

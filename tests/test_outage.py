@@ -207,8 +207,9 @@ def test_batchmagic_logs_waits_out_an_outage_with_one_line(tmp_path, monkeypatch
         port = first.port
         with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
             use_azure(monkeypatch, emu, first, prefix=f"cli-{uuid.uuid4().hex[:4]}")
-            # One retry of each request (the default 4 take about 20 s): the CLI's own patience is on trial.
-            monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")
+            # 2 s of the storage client's retries a request (the default's take 17 s): the CLI's own patience
+            # is on trial.
+            monkeypatch.setenv("BATCHMAGIC_STORAGE_PATIENCE", "2s")
             session = Session()
             run = session.submit("for i in range(5):\n    print('line', i)\nx = 1", {}, backend="azure", name="cli")
             try:
@@ -255,7 +256,7 @@ def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_pa
         with start_emulator(tmp_path / "batch", allocation_delay=0.2) as emu:
             use_azure(monkeypatch, emu, first, prefix=f"dies-{uuid.uuid4().hex[:4]}")
             monkeypatch.setattr(Run, "collect_patience", 10.0)  # the default is minutes
-            monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")  # one retry per read: the default's take 20 s
+            monkeypatch.setenv("BATCHMAGIC_STORAGE_PATIENCE", "2s")  # a read's retries: the default's take 17 s
             session = Session()
             run = session.submit(
                 "import os, time\nprint('started', flush=True)\ntime.sleep(3)\nos._exit(9)",
@@ -269,8 +270,8 @@ def test_a_task_that_dies_while_storage_is_down_fails_the_run_in_one_line(tmp_pa
                 wait_for(lambda: "started" in "".join(streamed), timeout=90)
                 first.process.terminate()
                 first.process.wait(10)
-                # Each read of a stopped Azurite takes the storage client's own retries (up to 4 s with one),
-                # so a tick takes several seconds: the run ends on the first tick past its patience.
+                # Each read of a stopped Azurite takes the storage client's own retries (about 2 s here), so a
+                # tick takes several seconds: the run ends on the first tick past its patience.
                 wait_for(lambda: run.done, timeout=360)
                 assert run.status == "failed"
                 message = str(run.error)

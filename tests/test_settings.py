@@ -36,7 +36,7 @@ VARIABLES = {
     "BATCHMAGIC_SHIP_LIMIT", "BATCHMAGIC_BRING_BACK_LIMIT", "BATCHMAGIC_STORE_LIMIT",
     "BATCHMAGIC_GPU_BASE_IMAGE", "BATCHMAGIC_SHM_SIZE", "BATCHMAGIC_WARM_WORKER",
     "BATCHMAGIC_PIP_EXTRA_INDEX_URL",
-    "BATCHMAGIC_STORAGE_RETRIES",  # the Blob Storage client's retries (tests wait out outages sooner)
+    "BATCHMAGIC_STORAGE_PATIENCE",  # the Blob Storage client's back-off (tests wait out outages sooner)
 }  # fmt: skip
 #: Settings fields that are not settings a user sets: derived, or secrets (never traits).
 NOT_SETTINGS = {"backend_chosen", "user", "secrets"}
@@ -51,6 +51,8 @@ def _sample(name: str, tmp_path: Path) -> tuple[str, Any]:
         return str(tmp_path / "elsewhere"), tmp_path / "elsewhere"
     if kind in ("count", "port"):
         return "7001", 7001
+    if kind == "duration":
+        return "2m", 120.0
     if kind == "size":
         return "3MB", 3_000_000
     if kind == "choice":

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batchmagic.channel import FileChannel, open_channel
+from batchmagic.errors import ConfigError
 from batchmagic.protocol import encode_log_record
 from batchmagic.storage import LocalStore
 
@@ -179,21 +181,33 @@ def test_listing_skips_a_file_deleted_while_it_lists(tmp_path: Path, monkeypatch
     assert store.list_keys("") == [("runs/b/spec.json", 2)]
 
 
-def test_the_blob_storage_clients_retries_are_the_setting(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``BATCHMAGIC_STORAGE_RETRIES`` reaches the client the Azure backend stores runs with (4 by default);
-    a request to storage that is not there gives up after that many retries."""
+def test_the_blob_storage_clients_back_off_is_the_setting(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BATCHMAGIC_STORAGE_PATIENCE`` reaches the client the Azure backend stores runs with: a refused
+    connection retried 3 times, backing off about 3, 5, 9 s at the default 17s, and in proportion (jitter too)
+    at another."""
     from batchmagic.backends.azure.calls import blob_store
     from batchmagic.config import Settings
     from tests.support.azurite import ACCOUNT, KEY
 
     url = f"http://127.0.0.1:1/{ACCOUNT}"  # nothing listens on port 1
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", f"AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={url};")
-    assert blob_store(Settings.from_env())._container._config.retry_policy.total_retries == 4
-    monkeypatch.setenv("BATCHMAGIC_STORAGE_RETRIES", "1")
+
+    def backoffs(store: Any) -> list[float]:
+        policy = store._container._config.retry_policy
+        assert policy.total_retries == 4
+        return [policy.get_backoff_time({"count": n}) for n in (1, 2, 3) for _ in range(50)]
+
+    waits = backoffs(blob_store(Settings.from_env()))
+    assert 14 < sum(waits) / 50 < 20 and max(waits) <= 12  # 3, 5, 9 s, each up to 3 s either way
+    monkeypatch.setenv("BATCHMAGIC_STORAGE_PATIENCE", "1.7s")
     store = blob_store(Settings.from_env())
-    assert store._container._config.retry_policy.total_retries == 1
-    sent: list[str] = []
-    store._container._config.retry_policy.sleep = lambda *_: sent.append("retry")  # no back-off wait
+    waits = backoffs(store)
+    assert 1.4 < sum(waits) / 50 < 2.0 and max(waits) <= 1.2  # a tenth
+    slept: list[float] = []
+    store._container._config.retry_policy.sleep = lambda settings, transport: slept.append(settings["count"])
     with pytest.raises(Exception, match="Connection refused"):
         store.get_bytes("runs/x")
-    assert sent == ["retry"]
+    assert slept == [1, 2, 3]  # each retry backed off, then the error
+    monkeypatch.setenv("BATCHMAGIC_STORAGE_PATIENCE", "soon")
+    with pytest.raises(ConfigError, match="BATCHMAGIC_STORAGE_PATIENCE='soon' is not a duration"):
+        Settings.from_env()

@@ -114,7 +114,7 @@ def signer(store: Store, settings: Settings) -> BlobStore | None:
     if not connection:
         return None
     try:
-        return BlobStore.from_connection_string(connection, settings.container, retries=settings.storage_retries)
+        return BlobStore.from_connection_string(connection, settings.container, patience=settings.storage_patience)
     except ValueError as err:
         raise ConfigError(f"AZURE_STORAGE_CONNECTION_STRING is not usable: {err}") from None
 

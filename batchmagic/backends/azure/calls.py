@@ -202,7 +202,7 @@ def blob_store(settings: Settings) -> BlobStore:
     connection = settings.secrets.storage_connection_string
     try:
         if connection:
-            return BlobStore.from_connection_string(connection, settings.container, retries=settings.storage_retries)
+            return BlobStore.from_connection_string(connection, settings.container, patience=settings.storage_patience)
         if settings.storage_account_url:
             from azure.identity import DefaultAzureCredential
 
@@ -210,7 +210,7 @@ def blob_store(settings: Settings) -> BlobStore:
                 settings.storage_account_url,
                 settings.container,
                 DefaultAzureCredential(),
-                retries=settings.storage_retries,
+                patience=settings.storage_patience,
             )
     except ValueError as err:
         variable = "AZURE_STORAGE_CONNECTION_STRING" if connection else "AZURE_STORAGE_ACCOUNT_URL"
