@@ -15,7 +15,7 @@ from typing import Any
 
 BENCHMARKS = [
     "packaging", "log_latency", "api_calls", "sweep_calls", "tick_cost", "first_line", "image", "data", "flood",
-    "distributed", "rank_polling", "warm_start", "container_start", "node_warm",
+    "distributed", "rank_polling", "runner_start", "warm_start", "container_start", "node_warm",
 ]  # fmt: skip
 RESULTS = Path(__file__).with_name("results.json")
 

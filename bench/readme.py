@@ -141,6 +141,18 @@ ROWS: list[tuple[str, str, str]] = [
         "124, where it was 900, and 800 more between two polls); the walls are noisy (2 cores run the ranks too)",
     ),
     (
+        "runner_start",
+        "CPU a fresh process spends, median of 15 (compiled bytecode; CPU, which the machine's other work inflates "
+        "far less than wall time): the interpreter alone (`python -P -c pass`) vs a fresh runner of a small cell "
+        "(one value in, one name out; start to exit) vs a distributed node supervisor's imports (`runner.ranks` "
+        "and the runner it forks its ranks from)",
+        "interpreter {runner_start_python_cpu_ms:.0f} ms; fresh runner {runner_start_fresh_runner_cpu_ms:.0f} ms "
+        "({runner_start_runner_over_python_cpu_ms:.0f} ms its own); node supervisor's imports "
+        "{runner_start_supervisor_imports_cpu_ms:.0f} ms ({runner_start_supervisor_over_python_cpu_ms:.0f} ms their "
+        "own). Before the runner imported cloudpickle, argparse, runner.gpu, concurrent.futures, traceback and "
+        "logging only where a cell needs them, the same benchmark measured 80-86 ms and 89-94 ms of their own",
+    ),
+    (
         "warm_start",
         "the local backend with its warm worker (runners forked from a process that has imported what the kernel "
         "has) vs without it vs run plainly in the kernel: a small scikit-learn cell (median of 5), a sweep "
