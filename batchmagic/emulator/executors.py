@@ -241,6 +241,8 @@ class _Process:
         self.on_kill = on_kill
         self.exit_path = exit_path
         self.started = _start_time(proc.pid)
+        self.container = ""
+        """The attempt's own container (docker executor), which the task reports (``containerInfo``)."""
 
     @property
     def identity(self) -> dict[str, Any] | None:
@@ -378,9 +380,10 @@ def _registry_for(image: str, registries: list[dict[str, Any]]) -> dict[str, Any
 
 
 def docker_argv(ctx: TaskContext, image: str, name: str) -> list[str]:
-    """The ``docker run`` of a container task: its run options, the host's network unless they name one, the
-    node's root mounted at the same path, the task's environment, and the node's GPUs when it has them and
-    this host too (``--gpus all``: the service gives a GPU node's container every GPU)."""
+    """The ``docker run`` (or ``docker create``) of a container task: its run options, the host's network
+    unless they name one, the node's root mounted at the same path, the task's environment, and the node's
+    GPUs when it has them and this host too (``--gpus all``: the service gives a GPU node's container every
+    GPU)."""
     settings = ctx.container_settings or {}
     options = shlex.split(str(settings.get("containerRunOptions") or ""))
     argv = ["docker", "run", "--name", name]
@@ -406,7 +409,8 @@ def docker_argv(ctx: TaskContext, image: str, name: str) -> list[str]:
 
 @dataclass
 class DockerExecutor:
-    """Run container tasks with ``docker run`` (network host, the node's directory mounted at the same path).
+    """Run container tasks in containers made with ``docker create`` and run with ``docker start -a`` (network
+    host, the node's directory mounted at the same path).
 
     Images are pulled with the docker SDK (``DOCKER_HOST`` honoured), using the matching
     ``containerRegistries`` credentials. Tasks without ``containerSettings`` run on the host as with
@@ -482,13 +486,24 @@ class DockerExecutor:
             return self._exec_in_task_container(ctx, image)
         name = f"batchemu-{uuid.uuid4().hex[:12]}"
         argv = docker_argv(ctx, image, name)
+        argv[1] = "create"  # made first (the task reports its container from its start), then run attached
         host_env = dict(os.environ)
-        proc = _launch(ctx, argv, host_env, "ContainerInvalidSettings", "docker run could not be launched")
+        made = subprocess.run(argv, env=host_env, capture_output=True, timeout=120, check=False)
+        if made.returncode != 0:
+            raise TaskStartError(
+                "ContainerInvalidSettings",
+                "The task's container could not be created",
+                [("Message", made.stderr.decode(errors="replace")[:1000])],
+            )
+        start = ["docker", "start", "-a", name]  # its exit code is the container's
+        proc = _launch(ctx, start, host_env, "ContainerInvalidSettings", "docker start could not be launched")
 
         def kill_container() -> None:
             subprocess.run(["docker", "kill", name], env=host_env, capture_output=True, timeout=30, check=False)
 
-        return _Process(proc, on_kill=kill_container)
+        handle = _Process(proc, on_kill=kill_container)
+        handle.container = name
+        return handle
 
     def _exec_in_task_container(self, ctx: TaskContext, image: str) -> RunningTask:
         """``docker exec`` the command in the task's container on this node, made first if need be (idle:
@@ -517,10 +532,12 @@ class DockerExecutor:
         def remove_container() -> None:  # the task ended on this node: its container and all it ran go
             subprocess.run(["docker", "rm", "-f", name], env=host_env, capture_output=True, timeout=60, check=False)
 
-        return _Process(proc, on_kill=remove_container)
+        handle = _Process(proc, on_kill=remove_container)
+        handle.container = name
+        return handle
 
     def adopt(self, identity: dict[str, Any]) -> RunningTask | None:
-        # A container run's exit code is not kept anywhere once its `docker run` client is gone.
+        # A container run's exit code is not kept anywhere once its `docker start -a` client is gone.
         return None
 
     def release_node(self, root: str) -> None:

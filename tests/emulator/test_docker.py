@@ -99,11 +99,18 @@ def test_container_task_runs_in_image(docker_emulator: Any) -> None:
     lines = out.splitlines()
     assert lines[0] == "in-container hello hi"
     assert lines[1].endswith("/tasks/dock/job-1/hello/wd")
+    # The task reports its container ("set only if the Task runs in a container context"): docker's id, and
+    # its status as docker inspect gives it.
+    container = task.execution_info.container_info
+    assert len(container.container_id) == 64 and container.state == "exited"
 
     client.create_task(
         "dock", m.BatchTaskCreateOptions(id="sleepy", command_line="sleep 100", container_settings=settings)
     )
-    wait_for(lambda: client.get_task("dock", "sleepy").state == m.BatchTaskState.RUNNING, 30)
+    running = wait_for(lambda: (t := client.get_task("dock", "sleepy")).state == m.BatchTaskState.RUNNING and t, 30)
+    container = wait_for(lambda: client.get_task("dock", "sleepy").execution_info.container_info, 10)
+    assert container.state == "running" and container.container_id != task.execution_info.container_info.container_id
+    assert running.execution_info.start_time is not None
     time.sleep(0.5)
     started = time.monotonic()
     client.terminate_task("dock", "sleepy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -400,7 +401,7 @@ class TasksMixin(FilesMixin):
                 now=self.now,
                 should_stop=task.kill_event.is_set,
                 before_attempt=lambda retry: self._begin_attempt(task, retry),
-                started=lambda handle: setattr(task, "process", getattr(handle, "identity", None)),
+                started=lambda handle: self._attempt_started(task, handle),
             )
         if task.kill_reason in ("requeue", "shutdown"):
             self._requeue(task)
@@ -461,6 +462,21 @@ class TasksMixin(FilesMixin):
         pool_container: Any,
     ) -> CommandResult | None:
         raise NotImplementedError  # state/multi.py
+
+    def _attempt_started(self, task: Task, handle: Any) -> None:
+        """An attempt runs: keep what finds it again after a restart, and report its container, if it has one
+        (``containerInfo``: docker inspect's id and status, once docker has started it)."""
+        name = str(getattr(handle, "container", "") or "")
+        info = self.executor.container_info(name) if name else None
+        for _ in range(40):
+            if info is None or info.get("state") != "created":
+                break
+            time.sleep(0.05)  # being started by `docker start -a`
+            info = self.executor.container_info(name)
+        with self.lock:
+            task.process = getattr(handle, "identity", None)
+            if info is not None:
+                task.data["executionInfo"]["containerInfo"] = info
 
     def _begin_attempt(self, task: Task, retry: int) -> bool:
         """Record an attempt's start (``startTime``, or ``retryCount`` and ``lastRetryTime``); False if killed."""
