@@ -292,10 +292,11 @@ def test_a_sweep_spreads_over_the_pool_and_two_sessions_share_it(azure_env, shel
     assert pools.delete_pool("shared", session=magics.session, settings=settings).startswith("Azure Batch pool shared")
 
 
-@pytest.mark.parametrize("emulator", [{"time_scale": 60}], indirect=True)
+@pytest.mark.parametrize("emulator", [{"time_scale": 120}], indirect=True)
 def test_pool_grows_with_pending_tasks_and_goes_to_zero_when_idle(azure_env, shell):
     """The formula works in the service, with no batchmagic client: tasks added with the plain SDK grow the
-    pool, and it goes to zero once idle. Under --time-scale 60 an emulated minute is a real second."""
+    pool, and it goes to zero once idle. Under --time-scale 120 an emulated minute is half a real second (the
+    evaluations, five emulated minutes apart, 2.5 s; the idle period 5 s)."""
     from azure.batch import models as m
 
     from batchmagic import pools
@@ -306,7 +307,7 @@ def test_pool_grows_with_pending_tasks_and_goes_to_zero_when_idle(azure_env, she
     client = azure_env.client()
     assert client.get_pool("auto").target_dedicated_nodes == 0
     client.create_job(m.BatchJobCreateOptions(id="plain", pool_info=m.BatchPoolInfo(pool_id="auto")))
-    client.create_tasks("plain", [m.BatchTaskCreateOptions(id=f"t{i}", command_line="sleep 3") for i in range(4)])
+    client.create_tasks("plain", [m.BatchTaskCreateOptions(id=f"t{i}", command_line="sleep 1") for i in range(4)])
 
     # Four pending tasks, at most three nodes: the next evaluation grows it to three.
     wait_for(lambda: client.get_pool("auto").target_dedicated_nodes == 3, timeout=60, interval=0.2)
