@@ -103,10 +103,13 @@ def test_a_node_to_blame_is_the_cause_and_the_ranks_still_running_stopped_after_
     other = NodeState(1, "tvm-b", "10.0.0.5", (RankState(2, 1.0, 13), RankState(3, 1.0, 14)), beat=7)
     ended = TaskStatus("rank-0", "completed", 1, ended=4.0, failure="FailureExitCode: the task failed")
     got = rank_statuses(sub, ended, [primary, other])
-    assert got["rank-2"].failure == got["rank-3"].failure == SILENT_WHY
+    assert got["rank-2"].failure == got["rank-3"].failure == f"{SILENT_WHY} (the node's ranks: 2-3)"
     assert got["rank-0"].failure == got["rank-1"].failure == "stopped after rank-2 failed"
     why = rank_statuses(sub, ended, [replace(primary, lost=()), other], {1: "its node's part failed"})
-    assert why["rank-2"].failure == "its node's part failed" and why["rank-1"].failure == "stopped after rank-2 failed"
+    assert (
+        why["rank-2"].failure == "its node's part failed (the node's ranks: 2-3)"
+        and why["rank-1"].failure == "stopped after rank-2 failed"
+    )
     # No node to blame: the task's own words (never each rank's "another rank failed" with none failed).
     bare = rank_statuses(sub, replace(ended, exit_code=None), [replace(primary, lost=()), other])
     assert bare["rank-1"].failure == "FailureExitCode: the task failed"
@@ -296,3 +299,36 @@ def test_stop_kills_a_rank_that_sits_out_its_sigterm(tmp_path, monkeypatch) -> N
     monkeypatch.setattr(supervisor, "GRACE", 0.5)
     node.stop()
     assert [proc.poll() for proc in node.procs.values()] == [-signal.SIGTERM, -signal.SIGKILL]
+
+
+def test_the_primary_finds_a_node_whose_heartbeat_stands_still(tmp_path, monkeypatch) -> None:
+    """The primary's supervisor judges another node's silence by its own clock, from the moment it first read
+    the node's current beat: past SILENT seconds the node is lost. A read that fails, or a pause of its own
+    loop, starts the count again; a node whose ranks have all ended, or that does not beat, is never lost."""
+    states = tuple((tmp_path / f"node-{n}.json").as_uri() for n in range(2))
+    group = RankGroup("r", nodes=2, procs_per_node=1, master_port=6105, specs=("", ""), states=states)
+    primary = supervisor.Supervisor(group, 0, "10.0.0.4", "10.0.0.4", "tvm-a")
+    clock = [100.0]
+    monkeypatch.setattr(supervisor.time, "monotonic", lambda: clock[0])
+
+    def look(beat: int, **fields: bool) -> list[int]:
+        other = NodeState(1, "tvm-b", "10.0.0.5", (RankState(1, 1.0),), beat=beat, **fields)
+        (tmp_path / "node-1.json").write_bytes(other.to_json())
+        return primary._silent(primary.others())
+
+    assert look(3) == []
+    for _ in range(10):  # one look a second, the beat standing still
+        clock[0] += 1.0
+        assert look(3) == []
+    clock[0] += 1.0
+    assert look(3) == [1]
+    assert look(4) == []  # it beat again
+    clock[0] += 30.0  # this loop paused (a slow store): no silence was seen meanwhile
+    assert look(4) == []
+    clock[0] += 1.5
+    assert look(4, done=True) == [] and look(0) == []
+    (tmp_path / "node-1.json").unlink()
+    for _ in range(11):  # unreadable: nothing is known, nothing is counted
+        clock[0] += 1.0
+        assert primary._silent(primary.others()) == []
+    assert look(4) == []  # readable again, the same beat: the count starts from its last failed read

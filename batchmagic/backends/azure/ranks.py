@@ -164,6 +164,8 @@ def rank_statuses(
         causes = {node: _NEVER for node, state in enumerate(states) if state is None} | causes
     ppn = submission.procs_per_node
     first = min((node * ppn for node in causes), default=None)
+    if ppn > 1:  # the line names one rank: say which others ran on that node
+        causes = {n: f"{why} (the node's ranks: {n * ppn}-{n * ppn + ppn - 1})" for n, why in causes.items()}
     by_rank = {rank.rank: (state, rank) for state in states if state is not None for rank in state.ranks}
     failed = a_rank_failed(states)
     out = {}
