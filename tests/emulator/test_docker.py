@@ -219,11 +219,18 @@ def test_container_start_task_shares_the_startup_dir_with_container_tasks(docker
         )
     node = wait_for(lambda: (n := list(client.list_nodes("st-docker"))) and n[0].state == "idle" and n[0], 60)
     assert node.start_task_info.exit_code == 0
+    started_in = node.start_task_info.container_info  # the start task reports its container, as tasks do
+    assert len(started_in.container_id) == 64 and started_in.state == "exited"
     bad = wait_for(
         lambda: (n := list(client.list_nodes("st-docker-bad"))) and n[0].state == "starttaskfailed" and n[0], 60
     )
     assert bad.start_task_info.exit_code == 5 and bad.start_task_info.failure_info.code == "FailureExitCode"
-    client.create_job(m.BatchJobCreateOptions(id="st-docker", pool_info=m.BatchPoolInfo(pool_id="st-docker")))
+    prep = m.BatchJobPreparationTask(command_line="/bin/sh -c 'echo prepared'", container_settings=in_image)
+    client.create_job(
+        m.BatchJobCreateOptions(
+            id="st-docker", pool_info=m.BatchPoolInfo(pool_id="st-docker"), job_preparation_task=prep
+        )
+    )
     client.create_task(
         "st-docker",
         m.BatchTaskCreateOptions(
@@ -235,6 +242,10 @@ def test_container_start_task_shares_the_startup_dir_with_container_tasks(docker
     task = _done(client, "st-docker", "reads")
     assert task.execution_info.exit_code == 0, task.execution_info
     assert b"".join(client.download_task_file("st-docker", "reads", "stdout.txt")) == b"from-start\n"
+    (status,) = client.list_job_preparation_and_release_task_status("st-docker")
+    prepared = status.job_preparation_task_execution_info
+    assert prepared.exit_code == 0 and len(prepared.container_info.container_id) == 64
+    assert prepared.container_info.state == "exited"
 
 
 def test_a_container_a_preparation_task_left_goes_with_the_node(

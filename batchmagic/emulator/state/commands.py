@@ -13,6 +13,7 @@ the hooks :func:`run_command` takes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,16 @@ from batchmagic.emulator.executors import RunningTask, TaskContext, TaskStartErr
 from batchmagic.emulator.state.model import TICK, Node, failure_info, parse_duration
 from batchmagic.emulator.transfer import TransferError, download_resource_files
 
-__all__ = ["CommandRun", "CommandResult", "run_command", "wait_for", "node_env", "exit_failure"]
+__all__ = [
+    "CommandRun",
+    "CommandResult",
+    "run_command",
+    "wait_for",
+    "node_env",
+    "exit_failure",
+    "started_container",
+    "container_ended",
+]
 
 #: How long a killed attempt is given to be reaped before it is reported as gone.
 _KILL_WAIT = 10.0
@@ -78,6 +88,26 @@ class CommandResult:
     def succeeded(self) -> bool:
         """No failure: the command exited 0."""
         return self.failure is None
+
+
+def started_container(executor: Any, handle: RunningTask) -> dict[str, Any] | None:
+    """The ``containerInfo`` of an attempt that runs in a container of its own (docker inspect's id and status,
+    once docker has started it: "set only if the Task runs in a container context"); None without one."""
+    name = str(getattr(handle, "container", "") or "")
+    info: dict[str, Any] | None = executor.container_info(name) if name else None
+    for _ in range(40):
+        if info is None or info.get("state") != "created":
+            break
+        time.sleep(0.05)  # being started by `docker start -a`
+        info = executor.container_info(name)
+    return info
+
+
+def container_ended(info: dict[str, Any] | None) -> None:
+    """A ``containerInfo`` whose command ended: its container's processes exited (it is removed then), which
+    is the status docker inspect gave it last."""
+    if info:
+        info["state"] = "exited"
 
 
 def exit_failure() -> dict[str, Any]:

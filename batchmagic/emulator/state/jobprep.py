@@ -25,8 +25,8 @@ import logging
 import threading
 from typing import Any
 
-from batchmagic.emulator.executors import TaskContext
-from batchmagic.emulator.state.commands import CommandRun, run_command
+from batchmagic.emulator.executors import RunningTask, TaskContext
+from batchmagic.emulator.state.commands import CommandRun, container_ended, run_command, started_container
 from batchmagic.emulator.state.model import TICK, Job, Node, Pool, Task, iso
 from batchmagic.emulator.state.tasks import TasksMixin
 
@@ -103,7 +103,15 @@ class JobPrepMixin(TasksMixin):
                     info["retryCount"] = retry
             return not should_stop()
 
-        result = run_command(self.executor, run, now=self.now, should_stop=should_stop, before_attempt=before_attempt)
+        def started(handle: RunningTask) -> None:
+            container = started_container(self.executor, handle)
+            if container is not None:
+                with self.lock:
+                    info["containerInfo"] = container
+
+        result = run_command(
+            self.executor, run, now=self.now, should_stop=should_stop, before_attempt=before_attempt, started=started
+        )
         with self.lock:
             info["state"] = "completed"
             info["endTime"] = iso(self.now())
@@ -112,6 +120,7 @@ class JobPrepMixin(TasksMixin):
             info["result"] = "success" if result.succeeded else "failure"
             if result.failure:
                 info["failureInfo"] = result.failure
+            container_ended(info.get("containerInfo"))
         return result.exit_code
 
     def _prepare_job_on_node(self, job: Job, pool: Pool, node: Node) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 from batchmagic.emulator.executors import RunningTask, TaskContext
 from batchmagic.emulator.images import pool_gpus
-from batchmagic.emulator.state.commands import CommandResult, CommandRun, run_command
+from batchmagic.emulator.state.commands import CommandResult, CommandRun, container_ended, run_command
 from batchmagic.emulator.state.model import Job, Node, Pool, Task, failure_info, iso, parse_duration
 from batchmagic.emulator.state.tasks import TasksMixin
 from batchmagic.emulator.vmsizes import lookup
@@ -336,8 +336,7 @@ class MultiInstanceMixin(TasksMixin):
         # A container of the task is ended with it (its processes exit, then it is removed): what docker
         # inspect said of it last is that it exited.
         for info in (task.data["executionInfo"].get("containerInfo"), *(s.get("containerInfo") for s in task.subtasks)):
-            if info:
-                info["state"] = "exited"
+            container_ended(info)
         for sub in task.subtasks:
             handle = sub.pop("_handle", None)
             if handle is not None:

@@ -24,7 +24,14 @@ from typing import Any
 
 from batchmagic.emulator.errors import ApiError, invalid_property, missing_property, not_found
 from batchmagic.emulator.executors import RunningTask, TaskContext
-from batchmagic.emulator.state.commands import CommandResult, CommandRun, node_env, run_command
+from batchmagic.emulator.state.commands import (
+    CommandResult,
+    CommandRun,
+    container_ended,
+    node_env,
+    run_command,
+    started_container,
+)
 from batchmagic.emulator.state.model import TICK, Node, Pool, iso, parse_duration, touch, transition
 from batchmagic.emulator.state.pools import PoolsMixin
 
@@ -125,8 +132,11 @@ class NodesMixin(PoolsMixin):
             return True
 
         def started(handle: RunningTask) -> None:
+            container = started_container(self.executor, handle)
             with self.lock:
                 node.start_handle = handle
+                if container is not None:
+                    node.data["startTaskInfo"]["containerInfo"] = container
 
         def should_stop() -> bool:
             # The node went away under its start task (reboot, reimage, removal) or the emulator stops.
@@ -148,6 +158,7 @@ class NodesMixin(PoolsMixin):
             if result.failure:
                 info["failureInfo"] = result.failure
             info["result"] = "success" if result.succeeded else "failure"
+            container_ended(info.get("containerInfo"))
             node.start_handle = None
         log.info("node %s: start task %s (exit %s)", node.id, info["result"], result.exit_code)
         return result.succeeded

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from batchmagic.emulator.errors import ApiError, exists, invalid_property, missi
 from batchmagic.emulator.executors import TaskContext
 from batchmagic.emulator.images import pool_gpus
 from batchmagic.emulator.limits import check_display_name, check_id, taken
-from batchmagic.emulator.state.commands import CommandResult, CommandRun, node_env, run_command
+from batchmagic.emulator.state.commands import CommandResult, CommandRun, node_env, run_command, started_container
 from batchmagic.emulator.state.files import FilesMixin
 from batchmagic.emulator.state.model import (
     UNLIMITED_DURATION,
@@ -466,13 +465,7 @@ class TasksMixin(FilesMixin):
     def _attempt_started(self, task: Task, handle: Any) -> None:
         """An attempt runs: keep what finds it again after a restart, and report its container, if it has one
         (``containerInfo``: docker inspect's id and status, once docker has started it)."""
-        name = str(getattr(handle, "container", "") or "")
-        info = self.executor.container_info(name) if name else None
-        for _ in range(40):
-            if info is None or info.get("state") != "created":
-                break
-            time.sleep(0.05)  # being started by `docker start -a`
-            info = self.executor.container_info(name)
+        info = started_container(self.executor, handle)
         with self.lock:
             task.process = getattr(handle, "identity", None)
             if info is not None:
