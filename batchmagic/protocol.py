@@ -419,10 +419,13 @@ class TaskOutcome:
     were not visible in the container: the cell did not run), ``"terminated"`` (SIGTERM: cancelled or out
     of time), ``"result"`` (the outcome itself could not be written whole), ``"exit"`` (the cell
     called ``sys.exit(n)`` with a non-zero ``n``: ``error.message`` is ``repr(n)``). ``outputs`` are the names
-    the cell bound, and those it read and changed in place (also in ``changed``), each cloudpickled apart
-    so one that cannot travel does not sink the others. A single cell that raised or exited (``ok`` false,
-    phase ``"cell"`` or ``"exit"``) carries them too, and ``skipped`` and ``deleted``: what it did before
-    the raise, which the notebook keeps (a sweep's task, a rank and a terminated task carry none).
+    the cell bound, and those it read and changed in place (also in ``changed``). The names a cell that ended
+    bound are cloudpickled together, as one :class:`SharedOutputs` each of their entries holds (the same
+    bytes object, stored once), so that objects they share stay shared; when that pickle fails, each is
+    cloudpickled apart, so one that cannot travel does not sink the others. A single cell that raised or
+    exited (``ok`` false, phase ``"cell"`` or ``"exit"``) carries them too (each apart), and ``skipped`` and
+    ``deleted``: what it did before the raise, which the notebook keeps (a sweep's task, a rank and a
+    terminated task carry none).
     A single cell that ended on an expression carries its value, to become the notebook's ``Out[n]``:
     cloudpickled in ``value``, or, when it is the object a name in ``outputs`` holds, that name in
     ``value_name`` (sent once). Its ``execute_result`` display is marked :data:`VALUE_MARK`.
@@ -488,6 +491,12 @@ class TaskOutcome:
 
 
 # --- the task's log ---
+
+
+class SharedOutputs(dict):  # type: ignore[type-arg]
+    """The names a cell bound, pickled as one: ``fig, ax = plt.subplots()`` leaves ``ax.figure is fig`` true in
+    the notebook, as the plain cell does (names pickled apart would come back as two figures)."""
+
 
 #: The metadata key of a single cell's ``execute_result`` whose value travels in its outcome
 #: (:attr:`TaskOutcome.value`): the notebook shows it as the cell's ``Out[n]``, not as a display.

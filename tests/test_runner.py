@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import batchmagic
 from batchmagic.errors import RemoteError
 from batchmagic.package.capture import capture
 from batchmagic.protocol import SCHEMA_VERSION, TaskOutcome
+from batchmagic.run.collect import load_outputs
 from batchmagic.runner import EXIT_CELL_ERROR, EXIT_OK, EXIT_SETUP_ERROR, EXIT_TERMINATED
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and paths")
@@ -63,6 +64,11 @@ class Task:
         return runs
 
 
+def names_of(outcome: TaskOutcome, report: Callable[[str], Any] = pytest.fail) -> dict[str, Any]:
+    """The names an outcome brings back, as the notebook loads them (names pickled together or apart)."""
+    return load_outputs(outcome, report)
+
+
 def _prepare(
     root: Path, cell: str, namespace: Mapping[str, Any], *, outputs: list[str] | None = None, **spec: Any
 ) -> Task:
@@ -100,7 +106,7 @@ def test_success_returns_outputs(tmp_path: Path) -> None:
     assert outcome.ok is True
     assert outcome.task_id == "t0"
     assert outcome.ended >= outcome.started
-    outputs = {name: cloudpickle.loads(data) for name, data in outcome.outputs.items()}
+    outputs = names_of(outcome)
     assert outputs["y"] == 16
     assert outputs["root"] == 4.0
     assert outputs["math"].__name__ == "math"
@@ -108,6 +114,16 @@ def test_success_returns_outputs(tmp_path: Path) -> None:
     assert outcome.skipped == {}
     assert outcome.deleted == ()
     assert task.streams() == [("o", "y is 16\n")]
+
+
+def test_outputs_that_share_objects_travel_together_and_the_others_apart(tmp_path: Path) -> None:
+    task = _prepare(tmp_path, "a = b = [1]\nd = {'xs': a}\nc = [2]\nn = 3", {})
+    assert _run(task).returncode == EXIT_OK
+    outcome = task.outcome()
+    assert outcome.outputs["a"] is outcome.outputs["b"] is outcome.outputs["d"]  # one pickle, stored once
+    assert outcome.outputs["c"] is not outcome.outputs["a"]  # apart: one that cannot load sinks no other
+    names = names_of(outcome)
+    assert names["a"] is names["b"] is names["d"]["xs"] and names["c"] == [2] and names["n"] == 3
 
 
 def test_outputs_are_limited_and_notebook_functions_run(tmp_path: Path) -> None:
@@ -119,7 +135,7 @@ def test_outputs_are_limited_and_notebook_functions_run(tmp_path: Path) -> None:
     assert done.returncode == EXIT_OK, done.stderr
     outputs = task.outcome().outputs
     assert list(outputs) == ["model"]
-    assert cloudpickle.loads(outputs["model"]) == 4.0
+    assert names_of(task.outcome())["model"] == 4.0
 
 
 def test_cell_error_is_remote_error_ready(tmp_path: Path) -> None:
@@ -263,7 +279,7 @@ def test_local_module_shipped_as_source_is_importable(tmp_path: Path, local_modu
     task = _prepare(tmp_path / "run", cell, {"bm_runmod": bm_runmod})
     done = _run(task)
     assert done.returncode == EXIT_OK, done.stderr
-    outputs = {k: cloudpickle.loads(v) for k, v in task.outcome().outputs.items() if k != "base"}
+    outputs = {k: v for k, v in names_of(task.outcome()).items() if k != "base"}
     assert outputs["s"] == 205
     # imported from the shipped copy, not from the project directory
     assert not outputs["where"].startswith(str(local_module))
@@ -280,7 +296,7 @@ def test_a_cell_that_uses_a_multiprocessing_pool_is_not_taken_for_terminated(tmp
     task = _prepare(tmp_path, cell, {})
     done = _run(task, timeout=60)
     assert done.returncode == EXIT_OK, done.stderr
-    assert cloudpickle.loads(task.outcome().outputs["out"]) == [1, 2]
+    assert names_of(task.outcome())["out"] == [1, 2]
 
 
 def test_a_folder_named_like_the_runner_in_the_working_directory_does_not_shadow_it(tmp_path: Path) -> None:
@@ -297,7 +313,7 @@ def test_a_folder_named_like_the_runner_in_the_working_directory_does_not_shadow
     env = {k: v for k, v in task.env().items() if k != "PYTHONPATH"}  # the installed package, as on a node
     done = subprocess.run(argv, cwd=task.workdir, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_OK, done.stderr
-    assert cloudpickle.loads(task.outcome().outputs["value"]) == 7
+    assert names_of(task.outcome(), print)["value"] == 7  # `helper` is the working directory's, not this process's
 
 
 def test_sigterm_flushes_the_log_and_writes_a_result(tmp_path: Path) -> None:
@@ -381,7 +397,7 @@ def test_a_cell_that_raises_keeps_what_it_did_before_the_raise(tmp_path: Path) -
         "ValueError",
         "late",
     )
-    outputs = {name: cloudpickle.loads(data) for name, data in outcome.outputs.items()}
+    outputs = names_of(outcome)
     assert {k: v for k, v in outputs.items() if k != "threading"} == {"a": 1, "xs": [1, 5]}
     assert set(outputs) == {"threading", "a", "xs"}
     assert list(outcome.skipped) == ["lock"] and "cannot be pickled" in outcome.skipped["lock"]
@@ -443,7 +459,7 @@ def test_unpicklable_output_is_skipped_others_come_back(tmp_path: Path) -> None:
     assert set(outcome.skipped) == {"lock", "gen"}
     assert "lock" in outcome.skipped["lock"] and "cannot be pickled" in outcome.skipped["lock"]
     assert set(outcome.outputs) == {"threading", "count"}
-    assert cloudpickle.loads(outcome.outputs["count"]) == 3
+    assert names_of(outcome)["count"] == 3
 
 
 def test_deleted_names_are_reported(tmp_path: Path) -> None:
@@ -464,7 +480,7 @@ def test_empty_outputs_bring_nothing_back(tmp_path: Path) -> None:
 def test_params_are_injected(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "y = lr * 10", {"lr": 0.1}, params={"lr": cloudpickle.dumps(0.5).hex()})
     assert _run(task).returncode == EXIT_OK
-    assert cloudpickle.loads(task.outcome().outputs["y"]) == 5.0
+    assert names_of(task.outcome())["y"] == 5.0
 
 
 #: What a runner imports only when its cell needs it (each costs a runner's start milliseconds of CPU): the

@@ -200,6 +200,32 @@ def test_two_names_of_one_object_both_changed(shell, capsys):
     assert "`a`, `b` were one object here and the remote cell changed it" in capsys.readouterr().err
 
 
+#: Names a cell binds to objects that share parts, and what the plain cell leaves true of them.
+SHARED = [
+    (
+        "subplots",
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt",
+        "fig, ax = plt.subplots()\nax.plot([1, 2])",
+        "(ax.figure is fig, fig.axes[0] is ax)",
+    ),
+    ("alias", "", "a = b = [1]\nd = {'xs': a}", "(a is b, d['xs'] is a)"),
+    (
+        "best estimator",
+        IRIS + "from sklearn.model_selection import GridSearchCV\nfrom sklearn.tree import DecisionTreeClassifier",
+        "grid = GridSearchCV(DecisionTreeClassifier(random_state=0), {'max_depth': [1, 2]}, cv=3).fit(X, y)\n"
+        "best = grid.best_estimator_",
+        "best is grid.best_estimator_",
+    ),
+]
+
+
+@pytest.mark.parametrize(("setup", "cell", "check"), [c[1:] for c in SHARED], ids=[c[0] for c in SHARED])
+def test_names_bound_to_shared_objects_still_share_them(shell, setup, cell, check):
+    """``fig, ax = plt.subplots()`` in a remote cell: ``ax.figure is fig`` here as after the plain cell, so a
+    later ``ax.set_xlabel(...)`` shows on ``fig``."""
+    assert remote(shell, setup, cell, check) == plain(setup, cell, check)
+
+
 def test_out_limits_what_comes_back_and_may_name_a_read_name(shell):
     shell.run_cell("d = {}\ne = []")
     shell.run_cell("%%azbatch --out d\nd['x'] = 1\ne.append(1)\nz = 3")

@@ -23,7 +23,7 @@ import cloudpickle
 from batchmagic.backends.base import BackendStatus, TaskStatus
 from batchmagic.errors import RemoteError, RunFailed
 from batchmagic.package.folder import bring_back, explain_missing
-from batchmagic.protocol import Layout, TaskOutcome, count_lines, decode_log_records
+from batchmagic.protocol import Layout, SharedOutputs, TaskOutcome, count_lines, decode_log_records
 from batchmagic.run.names import kept_line
 from batchmagic.run.ranks import blame, failure_of, last_lines
 from batchmagic.run.state import LogRecord, Phase
@@ -301,11 +301,18 @@ def remote_error(outcome: TaskOutcome, task_id: str) -> RemoteError:
 def load_outputs(outcome: TaskOutcome, report: Callable[[str], None]) -> dict[str, Any]:
     """Unpickle each output of a successful outcome; one that cannot come back is reported, not fatal."""
     outputs = {}
+    loaded: dict[int, tuple[Any, Exception | None]] = {}  # names pickled together share one bytes object
     for name, data in outcome.outputs.items():
-        try:
-            outputs[name] = cloudpickle.loads(data)
-        except Exception as exc:
-            report(f"`{name}` could not be brought back: {exc}")
+        if id(data) not in loaded:
+            try:
+                loaded[id(data)] = (cloudpickle.loads(data), None)
+            except Exception as exc:
+                loaded[id(data)] = (None, exc)
+        value, failed = loaded[id(data)]
+        if failed is not None:
+            report(f"`{name}` could not be brought back: {failed}")
+        else:
+            outputs[name] = value[name] if isinstance(value, SharedOutputs) else value
     return outputs
 
 

@@ -6,6 +6,7 @@ import builtins
 import codecs
 import contextlib
 import importlib
+import io
 import json
 import linecache
 import os
@@ -29,7 +30,16 @@ from batchmagic.channel import Channel, open_channel
 from batchmagic.distributed import rank_of
 from batchmagic.package.bundle import CELL_FILENAME, BundleError, BundleReader, Manifest
 from batchmagic.package.randomness import apply_state, state_after
-from batchmagic.protocol import ObjectRef, Progress, SpecVersionError, TaskError, TaskOutcome, TaskSpec, sha256_file
+from batchmagic.protocol import (
+    ObjectRef,
+    Progress,
+    SharedOutputs,
+    SpecVersionError,
+    TaskError,
+    TaskOutcome,
+    TaskSpec,
+    sha256_file,
+)
 from batchmagic.runner import display as rich
 from batchmagic.runner import plots
 from batchmagic.runner.changes import as_received, changed_in_place
@@ -474,7 +484,7 @@ def _names_back(
     ``raised``: the cell stopped early, so a name it reads and would have bound after the raise may still
     hold what it received: such a name stays as it is in the notebook."""
     names = manifest.outputs if manifest.outputs is not None else manifest.bound
-    outputs, skipped = _collect(namespace, names)
+    outputs, skipped = _collect(namespace, names, together=not raised)  # raised: each compared to what it received
 
     def received(name: str) -> bytes | None:
         if name in manifest.values:
@@ -572,8 +582,12 @@ def _with_files(outcome: TaskOutcome, spec: TaskSpec, cwd: Path, workdir: Path, 
     return outcome
 
 
-def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Pickle each output separately, so one that can't travel doesn't sink the others."""
+def _collect(
+    namespace: dict[str, Any], names: list[str], *, together: bool = True
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Pickle each output separately, so one that can't travel doesn't sink the others; those that share
+    objects (``fig, ax = plt.subplots()``), when ``together``, as one :class:`~batchmagic.protocol.SharedOutputs`
+    that each of their entries holds, so that what they share stays shared."""
     outputs: dict[str, bytes] = {}
     skipped: dict[str, str] = {}
     names = [name for name in names if name in namespace]
@@ -583,6 +597,7 @@ def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, byt
     # does without. Unpickling needs no import of it (cloudpickle.load is pickle.load).
     import cloudpickle
 
+    held: dict[str, list[Any]] = {}  # the objects each output holds that another could hold too
     for name in names:
         value = namespace[name]
         if type(value).__module__.startswith("ipywidgets."):
@@ -592,10 +607,83 @@ def _collect(namespace: dict[str, Any], names: list[str]) -> tuple[dict[str, byt
         if hung is not None and type(hung).__module__.startswith("ipywidgets."):
             del value.widget  # interact(f) hangs its widget on f: f comes back, its dead widget does not
         try:
-            outputs[name] = cloudpickle.dumps(value, protocol=5)
+            outputs[name], held[name] = _pickle_noting(value, noting=together)
         except Exception as err:
             skipped[name] = f"{type(value).__name__} cannot be pickled: {err}"
+    for group in _sharing(held):
+        try:
+            shared = cloudpickle.dumps(SharedOutputs({name: namespace[name] for name in group}), protocol=5)
+        except Exception:  # they went apart above: each comes back on its own
+            continue
+        outputs.update(dict.fromkeys(group, shared))
     return outputs, skipped
+
+
+#: Objects whose sharing between two outputs is noted: containers and instances (not numbers, strings,
+#: tuples, classes, functions or modules, which are immutable or travel by reference), at most this many.
+_NOTED_MAX = 200_000
+
+
+def _noting_pickler() -> type:
+    """cloudpickle's pickler, noting the mutable objects a value holds (kept alive meanwhile: no id is
+    reused); made when first needed, as cloudpickle is imported (see _collect)."""
+    global _NOTING
+    if _NOTING is None:
+        import cloudpickle
+
+        class NotingPickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no type hints
+            def __init__(self, file: io.BytesIO, noted: list[Any]) -> None:
+                super().__init__(file, protocol=5)
+                self.noted = noted
+
+            def persistent_id(self, obj: Any) -> None:
+                if len(self.noted) < _NOTED_MAX and (
+                    isinstance(obj, (list, dict, set, bytearray))
+                    or (hasattr(obj, "__dict__") and not _by_reference(obj))
+                ):
+                    self.noted.append(obj)
+                return None
+
+        _NOTING = NotingPickler
+    return _NOTING
+
+
+_NOTING: type | None = None
+
+
+def _by_reference(obj: Any) -> bool:
+    return isinstance(obj, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType))
+
+
+def _pickle_noting(value: Any, *, noting: bool) -> tuple[bytes, list[Any]]:
+    import cloudpickle  # see _collect
+
+    if not noting:
+        return cloudpickle.dumps(value, protocol=5), []
+    buffer, noted = io.BytesIO(), [value]
+    _noting_pickler()(buffer, noted).dump(value)
+    return buffer.getvalue(), noted
+
+
+def _sharing(held: dict[str, list[Any]]) -> list[list[str]]:
+    """The groups of outputs that hold an object in common (two names of one list, a figure and its axes)."""
+    owner: dict[int, str] = {}
+    group: dict[str, str] = {name: name for name in held}
+
+    def root(name: str) -> str:
+        while group[name] != name:
+            name = group[name]
+        return name
+
+    for name, objects in held.items():
+        for obj in objects:
+            other = owner.setdefault(id(obj), name)
+            if other != name:
+                group[root(name)] = root(other)
+    groups: dict[str, list[str]] = {}
+    for name in held:
+        groups.setdefault(root(name), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _describe(err: BaseException, tb: TracebackType | None, *, cell_only: bool = True) -> TaskError:
