@@ -525,6 +525,16 @@ def test_spec_given_as_a_file_url(tmp_path: Path) -> None:
     assert task.outcome().ok is True
 
 
+def test_other_forms_of_the_command_line_are_argparses(tmp_path: Path) -> None:
+    """`--spec=PATH` runs as `--spec PATH` does; no spec is argparse's usage error (exit 2)."""
+    task = _prepare(tmp_path, "y = 1", {})
+    command = [sys.executable, "-P", "-m", "batchmagic.runner"]
+    done = subprocess.run([*command, f"--spec={task.spec}"], cwd=task.workdir, env=task.env(), timeout=30)
+    assert done.returncode == EXIT_OK and task.outcome().ok is True
+    refused = subprocess.run(command, cwd=task.workdir, env=task.env(), capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "the following arguments are required: --spec" in refused.stderr
+
+
 def test_spec_from_a_newer_batchmagic_is_refused_in_one_line(tmp_path: Path) -> None:
     task = _prepare(tmp_path, "y = 1", {})
     spec = json.loads(task.spec.read_text())
