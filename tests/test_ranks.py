@@ -332,3 +332,31 @@ def test_the_primary_finds_a_node_whose_heartbeat_stands_still(tmp_path, monkeyp
         clock[0] += 1.0
         assert primary._silent(primary.others()) == []
     assert look(4) == []  # readable again, the same beat: the count starts from its last failed read
+
+
+def test_a_node_writes_its_last_state_through_a_storage_outage(monkeypatch) -> None:
+    """A node whose ranks have ended beats no more: its last state ("done") must reach the store, or the
+    primary would take the node, silent with its ranks "running", for lost and fail a run that went well."""
+    group = RankGroup("r", nodes=2, procs_per_node=1, master_port=6105, specs=("", ""), states=("s0", "s1"))
+    node = supervisor.Supervisor(group, 1, "10.0.0.5", "10.0.0.4", "tvm-b")
+    node.state = replace(node.state, ranks=(RankState(1, 1.0),))
+    node.procs = {1: type("Done", (), {"poll": lambda self: 0})()}  # type: ignore[dict-item]
+    written: list[NodeState] = []
+    failures = [OSError("storage away")] * 3
+
+    class Channel:
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def read(self) -> bytes:
+            raise KeyError(self.url)  # the primary's state: not there
+
+        def write(self, data: bytes) -> None:
+            if failures:
+                raise failures.pop()
+            written.append(NodeState.from_json(data))
+
+    monkeypatch.setattr(supervisor, "open_channel", Channel)
+    monkeypatch.setattr(supervisor.time, "sleep", lambda seconds: None)
+    assert node.watch() == 0
+    assert not failures and written[-1].done and written[-1].ranks[0].code == 0

@@ -21,10 +21,13 @@ now (``DIR/go``: they are all this attempt's) and ends with its verdict (``DIR/c
    the variables of :mod:`batchmagic.distributed`, ``MASTER_ADDR`` being the host part of
    ``AZ_BATCH_MASTER_NODE`` (its port is Batch's own);
 3. writes its :class:`~batchmagic.protocol.NodeState` (which ranks run, which ended and how) to the run's
-   store at every change, and watches: a rank of its own that fails, or (read from the primary's state)
-   one that failed anywhere, ends its other ranks at once instead of leaving them in a collective until
-   PyTorch's 30-minute timeout. The primary reads every node's state and exits non-zero, naming the rank,
-   within seconds of a failure; it exits 0 once every rank of every node has ended well.
+   store at every change and at least every :data:`~batchmagic.protocol.HEARTBEAT` seconds while its ranks
+   run (its ``beat``), and watches: a rank of its own that fails, or (read from the primary's state) one that
+   failed anywhere, ends its other ranks at once instead of leaving them in a collective until PyTorch's
+   30-minute timeout. The primary reads every node's state and exits non-zero, naming the rank, within
+   seconds of a failure, and names a node whose beat stood still :data:`~batchmagic.protocol.SILENT`
+   seconds on its own clock (hung, or lost: ``NodeState.lost``); it exits 0 once every rank of every node
+   has ended well.
 
 Standard library only, as the rest of the runner.
 """
@@ -285,6 +288,12 @@ class Supervisor:
         self.state = replace(self.state, ranks=tuple(ranks))
         # Before the coordination command ends (and the primary reads it): this attempt's state must be in
         # the store, or the primary would read an earlier attempt's, or none and end a healthy run.
+        self.publish_surely()
+
+    def publish_surely(self) -> None:
+        """Publish, trying again through a storage outage for up to PUBLISH_PATIENCE seconds: the node's
+        first state, and its last (a node whose last word is "running" and then beats no more would look
+        lost: the primary would end a run that went well)."""
         deadline, pause = time.monotonic() + PUBLISH_PATIENCE, 0.5
         while not self.publish() and time.monotonic() < deadline:
             time.sleep(pause)
@@ -297,8 +306,9 @@ class Supervisor:
         self.published = time.monotonic()
         try:
             open_channel(self.group.states[self.state.node_rank]).write(self.state.to_json())
-        except STORAGE_ERRORS as err:  # the ranks go on; the next change or heartbeat tries again
+        except STORAGE_ERRORS as err:  # the ranks go on; the next look tries again
             print(f"batchmagic: could not write this node's state: {err}", file=sys.stderr)
+            self.published = -1.0  # a change not written: write it on the next look, not a heartbeat later
             return False
         return True
 
@@ -371,7 +381,10 @@ class Supervisor:
         """Until this node's ranks (on the primary: every rank) have ended; the supervisor's exit code."""
         primary = self.state.node_rank == 0
         while True:
-            if self.reap() or time.monotonic() - self.published >= HEARTBEAT:
+            changed = self.reap()
+            if changed and self.state.done:
+                self.publish_surely()  # its last state: the supervisor beats no more once its ranks have ended
+            elif changed or self.published < 0 or time.monotonic() - self.published >= HEARTBEAT:
                 self.publish()
             others = self.others()
             if self.failed is None:

@@ -13,7 +13,11 @@
 - Containers run on the host network (NCCL does not work across Docker's bridge) with a ``/dev/shm``
   NCCL can live with (Docker's is 64 MB).
 - Each rank's state for the panel comes from the nodes' states in the store (which rank runs where, how
-  each ended); the task's ``subtasksinfo`` tells a node that was lost.
+  each ended). While the task runs, a node whose heartbeat stands still (:class:`RankWatch`), that the
+  primary found lost, whose subtask failed, or a requeue of the task ends the run, that node's ranks blamed;
+  once the task has ended its ``subtasksinfo`` is read once, and the ranks of the node whose instance failed
+  (with its ``ranks.txt``), that is gone, or that never wrote its state are the cause, those still running
+  stopped after them.
 
 Pure builders and readers: :class:`~batchmagic.backends.azure.backend.AzureBackend` makes the calls.
 """
