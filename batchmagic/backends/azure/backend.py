@@ -225,6 +225,8 @@ class AzureBackend(Backend, NamedPools):
 
     def submit(self, submission: TaskSubmission) -> None:
         ranks, submission = self._follow_ranks(submission)
+        if ranks is not None:  # submitted here: any requeue is one this client must see, the first included
+            self._watches[submission.run_id].watching = True
         run = AzureRun(submission)
         self._runs[submission.run_id] = run
         image = submission.image or self.settings.image
@@ -350,6 +352,8 @@ class AzureBackend(Backend, NamedPools):
         if not watch.watching:  # an attached run may have been requeued before: that attempt is the one watched
             watch.requeue, watch.watching = requeued, True
         states = self._node_states(sub)
+        if requeued != watch.requeue and not any(states):  # before any rank started: nothing lost, it goes on
+            watch.requeue = requeued
         # Requeued while watched: the run ends, and what it shows is the attempt that was watched.
         current = states if requeued != watch.requeue else this_attempt(states, requeued)
         if not answer.error and task.state != "completed" and not watch.causes:
