@@ -622,12 +622,16 @@ def _kill_groups(processes: list[subprocess.Popen[bytes] | Forked | _Adopted]) -
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + _GRACE_SECONDS
+    lingering = []
     for process in signalled:
         try:
             process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
+            lingering.append(process)
+    # SIGKILL them all before waiting for any: waiting for each in turn (a forked runner's end is known once
+    # its warm worker reports it, slow on a busy machine) would leave the later ones running past the grace.
+    for process in lingering:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    for process in lingering:
+        process.wait()
