@@ -400,6 +400,10 @@ def test_teardown_does_not_wait_for_a_monitor_stuck_on_an_unreachable_batch(
         real = run.backend.poll
 
         def poll(run_id: str) -> Any:  # the real poll, observed
+            if not polls:
+                # Batch is unreachable from here on, made so as this poll starts: a poll already in flight
+                # when it went away would retry for a minute unobserved, and none would start meanwhile.
+                proxy.reset_before = 1.0
             polls.append("start")
             try:
                 return real(run_id)
@@ -407,8 +411,7 @@ def test_teardown_does_not_wait_for_a_monitor_stuck_on_an_unreachable_batch(
                 polls.append("end")
 
         monkeypatch.setattr(run.backend, "poll", poll)
-        proxy.reset_before = 1.0  # Batch is unreachable from here on
-        wait_for(lambda: "start" in polls, timeout=30)
+        wait_for(lambda: "start" in polls, timeout=30)  # the next tick (every 5 s at most while it runs)
         capsys.readouterr()
         shell.run_line_magic("azbatch_teardown", "")
         assert polls == ["start"], polls  # the monitor's poll is still retrying: teardown did not wait for it
@@ -452,6 +455,10 @@ def test_cancel_says_at_once_that_an_unreachable_batch_kept_it_from_stopping_the
         real = run.backend.poll
 
         def poll(run_id: str) -> Any:  # the real poll, observed
+            if not polls:
+                # Batch is unreachable from here on, made so as this poll starts: a poll already in flight
+                # when it went away would retry for a minute unobserved, and none would start meanwhile.
+                proxy.reset_before = 1.0
             polls.append("start")
             try:
                 return real(run_id)
@@ -459,8 +466,7 @@ def test_cancel_says_at_once_that_an_unreachable_batch_kept_it_from_stopping_the
                 polls.append("end")
 
         monkeypatch.setattr(run.backend, "poll", poll)
-        proxy.reset_before = 1.0  # Batch is unreachable from here on
-        wait_for(lambda: "start" in polls, timeout=30)
+        wait_for(lambda: "start" in polls, timeout=30)  # the next tick (every 5 s at most while it runs)
         with pytest.raises(RunFailed) as refused:
             run.cancel()
         assert polls == ["start"], polls  # the monitor's poll still retries: the cancel did not take as long
