@@ -373,6 +373,28 @@ def test_the_cost_is_n_nodes_and_teardown_ends_every_rank(
     assert run.state().phase == Phase.CANCELLED
 
 
+def _cut_off_at_the_next_poll(run: Any, proxy: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the run's monitor's polls do from now on, in order ("start", "end"), once the next one has
+    started; Batch (behind ``proxy``) is unreachable from that moment on."""
+    polls: list[str] = []
+    real = run.backend.poll
+
+    def poll(run_id: str) -> Any:  # the real poll, observed
+        if not polls:
+            # Made unreachable as this poll starts: a poll already in flight when Batch went away would
+            # retry for a minute unobserved, and none would start meanwhile.
+            proxy.reset_before = 1.0
+        polls.append("start")
+        try:
+            return real(run_id)
+        finally:
+            polls.append("end")
+
+    monkeypatch.setattr(run.backend, "poll", poll)
+    wait_for(lambda: "start" in polls, timeout=30)  # the next tick (every 5 s at most while it runs)
+    return polls
+
+
 def test_teardown_does_not_wait_for_a_monitor_stuck_on_an_unreachable_batch(
     emulator: RunningEmulator,
     azurite: RunningAzurite,
@@ -396,22 +418,7 @@ def test_teardown_does_not_wait_for_a_monitor_stuck_on_an_unreachable_batch(
         run = shell.user_ns["_azbatch"]
         wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
         pids = _rank_pids(run)
-        polls: list[str] = []  # what the monitor's polls did, in order, once Batch is away
-        real = run.backend.poll
-
-        def poll(run_id: str) -> Any:  # the real poll, observed
-            if not polls:
-                # Batch is unreachable from here on, made so as this poll starts: a poll already in flight
-                # when it went away would retry for a minute unobserved, and none would start meanwhile.
-                proxy.reset_before = 1.0
-            polls.append("start")
-            try:
-                return real(run_id)
-            finally:
-                polls.append("end")
-
-        monkeypatch.setattr(run.backend, "poll", poll)
-        wait_for(lambda: "start" in polls, timeout=30)  # the next tick (every 5 s at most while it runs)
+        polls = _cut_off_at_the_next_poll(run, proxy, monkeypatch)
         capsys.readouterr()
         shell.run_line_magic("azbatch_teardown", "")
         assert polls == ["start"], polls  # the monitor's poll is still retrying: teardown did not wait for it
@@ -451,22 +458,7 @@ def test_cancel_says_at_once_that_an_unreachable_batch_kept_it_from_stopping_the
         run = shell.user_ns["_azbatch"]
         wait_for(lambda: all("up" in run.logs(t) for t in run.task_ids), timeout=60)
         pids = _rank_pids(run)
-        polls: list[str] = []
-        real = run.backend.poll
-
-        def poll(run_id: str) -> Any:  # the real poll, observed
-            if not polls:
-                # Batch is unreachable from here on, made so as this poll starts: a poll already in flight
-                # when it went away would retry for a minute unobserved, and none would start meanwhile.
-                proxy.reset_before = 1.0
-            polls.append("start")
-            try:
-                return real(run_id)
-            finally:
-                polls.append("end")
-
-        monkeypatch.setattr(run.backend, "poll", poll)
-        wait_for(lambda: "start" in polls, timeout=30)  # the next tick (every 5 s at most while it runs)
+        polls = _cut_off_at_the_next_poll(run, proxy, monkeypatch)
         with pytest.raises(RunFailed) as refused:
             run.cancel()
         assert polls == ["start"], polls  # the monitor's poll still retries: the cancel did not take as long
