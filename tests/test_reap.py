@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from batchmagic.backends.warm import alive
 from batchmagic.runner import reap
+from batchmagic.runner.reap import alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pids reused on purpose: Linux's")
 
@@ -108,3 +109,18 @@ def test_descendants_that_heed_sigterm_end_the_wait_at_once() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, "-c", RUNNER], env=env, capture_output=True, text=True, timeout=20)
     assert done.returncode == 0 and done.stdout == "0\n", done.stderr
+
+
+def test_without_proc_a_rank_is_alive_while_its_pid_is_taken(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """Where there is no /proc (macOS), the local backend's rank watcher still tells a running rank from an
+    ended one (by the pid: it took every rank for ended, and failed, and stopped the run at once)."""
+    from batchmagic.runner.rankwatch import Rank
+
+    monkeypatch.setattr(reap, "_stat", lambda pid: [])  # no process table to read
+    monkeypatch.setattr(reap.sys, "platform", "darwin")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as running:
+        rank = Rank("rank-0", tmp_path, running.pid, ticks=0)
+        assert rank.alive() and alive(running.pid)
+        running.kill()
+        running.wait()
+        assert not rank.alive() and not alive(running.pid)

@@ -16,8 +16,9 @@ import pytest
 
 from batchmagic.api import Session
 from batchmagic.backends.local import LocalBackend
-from batchmagic.backends.warm import Forked, alive, close_workers, kernel_modules, live_workers
+from batchmagic.backends.warm import Forked, close_workers, kernel_modules, live_workers
 from batchmagic.errors import ConfigError, RunCancelled, RunFailed
+from batchmagic.runner.reap import alive
 from tests.support.emulator import wait_for
 from tests.support.escapees import escaping_cell, kill_sleepers, sleepers
 from tests.support.procs import processes

@@ -23,9 +23,10 @@ from batchmagic.api import Session
 from batchmagic.backends import warm_container
 from batchmagic.backends.base import TaskSubmission
 from batchmagic.backends.local import LocalBackend, _container_argv, _Task, container_options
-from batchmagic.backends.warm import Forked, alive
+from batchmagic.backends.warm import Forked
 from batchmagic.backends.warm_container import LABEL, ContainerPlan, ContainerWorker, close_containers
 from batchmagic.errors import RunCancelled, RunFailed
+from batchmagic.runner.reap import alive
 from batchmagic.runner.warm import HOLD_SECONDS
 from tests.support import docker as docker_parts
 from tests.support.docker import DockerEngine
@@ -306,8 +307,8 @@ def test_a_killed_kernels_socket_folder_is_cleared_at_the_next_start(session, ce
     and only those (a live kernel's stays; one whose pid was reused by another process goes)."""
     import tempfile
 
-    from batchmagic.backends.warm import start_ticks
     from batchmagic.backends.warm_container import folder_prefix
+    from batchmagic.runner.reap import start_ticks
 
     client = _client(tmp_path, "hang")
     assert client.stdout is not None

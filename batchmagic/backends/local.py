@@ -32,14 +32,14 @@ from batchmagic.backends.base import (
     exit_reason,
     format_duration,
 )
-from batchmagic.backends.warm import Forked, WarmWorker, close_workers, code_from_result, shared_worker, start_ticks
+from batchmagic.backends.warm import Forked, WarmWorker, close_workers, code_from_result, shared_worker
 from batchmagic.backends.warm_container import ContainerPlan, ContainerWorker, close_containers, shared_container
 from batchmagic.config import SECRET_NAME, inherited_environment
 from batchmagic.distributed import DEFAULT_SHM_SIZE, ENV_NAMES, rank_environment, rank_of, thread_budget
 from batchmagic.protocol import Layout
 from batchmagic.runner.gpu import host_gpus
 from batchmagic.runner.rankwatch import CANCELLED_FILE, stopped_note
-from batchmagic.runner.reap import end_processes_with
+from batchmagic.runner.reap import end_processes_with, start_ticks
 from batchmagic.storage import LocalStore
 
 log = logging.getLogger("batchmagic.backends.local")

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from batchmagic.runner.reap import alive, start_ticks
+
 __all__ = ["WarmWorker", "Forked", "kernel_modules", "shared_worker", "close_workers", "live_workers", "ask"]
 
 log = logging.getLogger("batchmagic.backends.warm")
@@ -162,31 +164,6 @@ def code_from_result(result: Path) -> int:
         return 0 if TaskOutcome.from_bytes(result.read_bytes()).ok else 1
     except Exception:  # noqa: BLE001 - whatever is there, it is no result
         return -9
-
-
-def start_ticks(pid: int) -> int:
-    """When ``pid`` started, in clock ticks since boot (/proc): with the pid, it names one process; 0 unknown."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def alive(pid: int, ticks: int = 0) -> bool:
-    """Whether ``pid`` runs (not a zombie, and the same process when ``ticks`` says when it started)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        if sys.platform.startswith("linux"):
-            return False
-        try:  # no /proc: the signal check
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return fields[0] not in ("Z", "X") and (not ticks or int(fields[19]) == ticks)
 
 
 class WarmWorker:

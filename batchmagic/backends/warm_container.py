@@ -49,7 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchmagic.backends.warm import Forked, alive, ask, kernel_modules, start_ticks, task_request
+from batchmagic.backends.warm import Forked, ask, kernel_modules, task_request
+from batchmagic.runner.reap import alive, start_ticks
 
 __all__ = ["ContainerPlan", "ContainerWorker", "shared_container", "close_containers", "host_pid", "LABEL"]
 

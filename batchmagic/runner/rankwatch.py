@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchmagic.runner.reap import end_processes_with
+from batchmagic.runner.reap import alive, end_processes_with
 
 __all__ = ["CANCELLED_FILE", "STOPPED_FILE", "Rank", "first_failure", "main", "stopped_note"]
 
@@ -55,12 +55,9 @@ class Rank:
     container: str = ""
 
     def alive(self) -> bool:
-        """Whether the rank's runner runs: the same process (its start ticks), not a zombie."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return False
-        return fields[0] not in ("Z", "X") and int(fields[19]) == self.ticks
+        """Whether the rank's runner runs: the same process (its start ticks), not a zombie; where there is
+        no /proc (macOS), whether its pid is taken."""
+        return alive(self.pid, self.ticks)
 
     def failed(self) -> bool:
         """An ended rank failed unless its result says the cell succeeded (a killed runner writes none)."""

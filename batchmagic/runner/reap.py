@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
+    "alive",
     "become_subreaper",
     "children",
     "descendants",
@@ -36,6 +37,7 @@ __all__ = [
     "family",
     "processes_with",
     "signal_listed",
+    "start_ticks",
     "TERM_GRACE",
 ]
 
@@ -66,6 +68,31 @@ def _stat(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
+
+
+def start_ticks(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot (/proc): with the pid, it names one process; 0 unknown."""
+    fields = _stat(pid)
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def alive(pid: int, ticks: int = 0) -> bool:
+    """Whether ``pid`` runs (not a zombie, and the same process when ``ticks`` says when it started)."""
+    fields = _stat(pid)
+    if not fields:
+        if sys.platform.startswith("linux"):
+            return False
+        try:  # no /proc (macOS): the signal check
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return fields[0] not in ("Z", "X") and (not ticks or int(fields[19]) == ticks)
 
 
 def children(pid: int) -> list[int]:
