@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchmagic.errors import ConfigError
+from batchmagic.runner.reap import pid_taken
 
 __all__ = [
     "ENV_FILE",
@@ -144,16 +145,6 @@ def _write_private(path: Path, text: str) -> None:
     partial.replace(path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _listening(url: str) -> bool:
     host, _, port = url.removeprefix("http://").split("/")[0].partition(":")
     try:
@@ -174,7 +165,7 @@ def adopt_env_file(home: Path, environ: Mapping[str, str]) -> dict[str, str] | N
     if any(environ.get(name) for name in OWN_SETTINGS) or not path.is_file():
         return None
     values, pid = parse_env_file(path.read_text(encoding="utf-8"))
-    if pid is None or not _alive(pid) or not _listening(values.get("AZURE_BATCH_ENDPOINT", "")):
+    if pid is None or not pid_taken(pid) or not _listening(values.get("AZURE_BATCH_ENDPOINT", "")):
         return None
     return {name: value for name, value in values.items() if not environ.get(name)}
 

@@ -35,6 +35,7 @@ __all__ = [
     "end_orphans",
     "end_processes_with",
     "family",
+    "pid_taken",
     "processes_with",
     "signal_listed",
     "start_ticks",
@@ -83,16 +84,19 @@ def alive(pid: int, ticks: int = 0) -> bool:
     """Whether ``pid`` runs (not a zombie, and the same process when ``ticks`` says when it started)."""
     fields = _stat(pid)
     if not fields:
-        if sys.platform.startswith("linux"):
-            return False
-        try:  # no /proc (macOS): the signal check
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return not sys.platform.startswith("linux") and pid_taken(pid)  # no /proc (macOS): the signal check
     return fields[0] not in ("Z", "X") and (not ticks or int(fields[19]) == ticks)
+
+
+def pid_taken(pid: int) -> bool:
+    """Whether a process holds ``pid`` (the signal check: any process, a zombie too, on any system)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def children(pid: int) -> list[int]:
